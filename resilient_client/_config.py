@@ -1,0 +1,386 @@
+"""
+Reading configuration: a mapping, or a YAML, TOML or JSON file, into a
+frozen `Config`.
+
+The parser only maps keys onto the policy dataclasses of `_policy` (which
+validate their own values), rejects unknown keys, merges each endpoint over
+``defaults`` and prefixes the key path onto every `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._policy import (
+    BackoffPolicy,
+    BreakerPolicy,
+    BudgetPolicy,
+    BulkheadPolicy,
+    Fallback,
+    Policy,
+    RetryPolicy,
+    StaleFallback,
+    StaticFallback,
+    Timeouts,
+    _header_name,
+    _methods,
+    _sequence,
+)
+from .exceptions import ConfigError
+
+__all__ = ["Config", "ConfigSource", "Endpoint", "Secrets", "load_config"]
+
+#: Headers whose values are always redacted.
+ALWAYS_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """
+    Names whose values never appear in logs, events, errors or reprs.
+    ``headers`` adds to Authorization, Proxy-Authorization, Cookie and
+    Set-Cookie; ``query`` names query parameters. Both are matched
+    case-insensitively and stored lower-cased.
+
+    .. versionadded:: 0.1.0
+    """
+
+    headers: frozenset[str] = ALWAYS_SECRET_HEADERS
+    query: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        names = {_header_name(f"headers[{i}]", h).lower() for i, h in enumerate(_sequence("headers", self.headers))}
+        object.__setattr__(self, "headers", frozenset(names | ALWAYS_SECRET_HEADERS))
+        query = set()
+        for i, q in enumerate(_sequence("query", self.query)):
+            if not isinstance(q, str) or not q:
+                raise ConfigError(f"query[{i}]", f"must be a query parameter name, got {q!r}")
+            query.add(q.lower())
+        object.__setattr__(self, "query", frozenset(query))
+
+
+_GLOB_CHARS = re.compile(r"[*?]")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """
+    One rule of ``endpoints``: requests whose URL matches ``match`` (a
+    prefix, or a glob with ``*`` and ``?`` that must match the whole URL
+    without its query) and whose method is in ``methods`` (any method when
+    ``None``) get ``policy``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    match: str
+    policy: Policy = field(default_factory=Policy)
+    methods: frozenset[str] | None = None
+
+    @property
+    def name(self) -> str:
+        """The endpoint name: breaker, budget and bulkhead are per name."""
+        return self.policy.name
+
+    @property
+    def is_glob(self) -> bool:
+        """Whether ``match`` is a glob rather than a prefix."""
+        return bool(_GLOB_CHARS.search(self.match))
+
+    def __post_init__(self) -> None:
+        m = self.match
+        if not isinstance(m, str) or not m:
+            raise ConfigError("match", f"must be a URL prefix or glob, got {m!r}")
+        if "[" in m or "]" in m:
+            raise ConfigError("match", f"bad glob: only * and ? are supported, got {m!r}")
+        scheme, sep, rest = m.partition("://")
+        if not sep or not rest:
+            raise ConfigError("match", f"must start with http:// or https://, got {m!r}")
+        if scheme.lower() not in ("http", "https", "*", "http*"):
+            raise ConfigError("match", f"must start with http:// or https://, got {m!r}")
+        if any(c.isspace() for c in m):
+            raise ConfigError("match", f"must not contain spaces, got {m!r}")
+        if self.methods is not None:
+            object.__setattr__(self, "methods", _methods("methods", self.methods))
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    A validated configuration: ``defaults`` for every request, ``endpoints``
+    in order (first match wins) and session-wide ``secrets``.
+
+    Build it with `Config.load` from a mapping or a file, or in Python.
+
+    .. versionadded:: 0.1.0
+    """
+
+    defaults: Policy = field(default_factory=Policy)
+    endpoints: tuple[Endpoint, ...] = ()
+    secrets: Secrets = field(default_factory=Secrets)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", tuple(self.endpoints))
+        _check_shared_state(self.endpoints)
+
+    @classmethod
+    def load(cls, source: ConfigSource) -> Config:
+        """
+        Return the config from *source*: ``None`` (the defaults), a mapping,
+        a path to a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file, or a
+        `Config` (returned as is).
+
+        Raises:
+            ConfigError: naming the key path and the bad value.
+        """
+        return load_config(source)
+
+
+ConfigSource = "Config | Mapping[str, Any] | str | os.PathLike[str] | None"
+
+
+def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | None) -> Config:
+    """Implementation of `Config.load`."""
+    if source is None:
+        return Config()
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, Mapping):
+        return _parse(source)
+    if isinstance(source, (str, os.PathLike)):
+        return _parse(_read_file(Path(source)))
+    raise ConfigError("", f"config must be a mapping, a file path or a Config, got {type(source).__name__}")
+
+
+# -- files ------------------------------------------------------------------
+
+
+def _read_file(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ConfigError("", f"{path}: unknown config format {suffix!r}; use .yaml, .yml, .toml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("", f"{path}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"{path}: not UTF-8 text: {e}") from None
+    if not text.strip():
+        raise ConfigError("", f"{path}: config file is empty")
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            return _toml_loads(text)
+        return _yaml_loads(text)
+    except ConfigError:
+        raise
+    except Exception as e:  # each parser has its own error class
+        raise ConfigError("", f"{path}: invalid {suffix[1:].upper()}: {e}") from None
+
+
+def _toml_loads(text: str) -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError("", "reading TOML on Python 3.10 needs tomli: pip install 'resilient_client[toml]'") from None
+    return tomllib.loads(text)
+
+
+def _yaml_loads(text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("", "reading YAML needs PyYAML: pip install 'resilient_client[yaml]'") from None
+    return yaml.safe_load(text)
+
+
+# -- mappings ---------------------------------------------------------------
+
+_TOP_KEYS = ("defaults", "secrets", "endpoints")
+_SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback", "critical")
+_ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
+# Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
+_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "total",
+                       "idempotency_header", "attempt_header", "slow_call_duration"})
+
+_S = TypeVar("_S")
+
+
+def _mapping(path: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        what = "the config" if not path else "a mapping"
+        raise ConfigError(path, f"must be {what} of keys, got {value!r}")
+    return value
+
+
+def _check_keys(path: str, raw: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, f"unknown key; expected one of {', '.join(allowed)}")
+
+
+def _null(key: str, value: object) -> object:
+    return None if value is False and key in _NULLABLE else value
+
+
+def _parse(raw: object) -> Config:
+    raw = _mapping("", raw)
+    _check_keys("", raw, _TOP_KEYS)
+    defaults = _policy("defaults", Policy(), _mapping("defaults", raw.get("defaults") or {}), name="default")
+    secrets = _secrets("secrets", raw.get("secrets"))
+    endpoints_raw = raw.get("endpoints") or []
+    endpoints = tuple(
+        _endpoint(f"endpoints[{i}]", defaults, item)
+        for i, item in enumerate(_sequence("endpoints", endpoints_raw))
+    )
+    try:
+        return Config(defaults=defaults, endpoints=endpoints, secrets=secrets)
+    except ConfigError as e:
+        raise ConfigError(e.path, e.problem) from None
+
+
+def _secrets(path: str, raw: object) -> Secrets:
+    if raw is None:
+        return Secrets()
+    raw = _mapping(path, raw)
+    _check_keys(path, raw, ("headers", "query"))
+    return _build(path, Secrets, {k: v for k, v in raw.items()})
+
+
+def _endpoint(path: str, defaults: Policy, raw: object) -> Endpoint:
+    raw = _mapping(path, raw)
+    _check_keys(path, raw, _ENDPOINT_KEYS)
+    if "match" not in raw:
+        raise ConfigError(f"{path}.match", "is required")
+    name = raw.get("name", raw["match"])
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}.name", f"must be a non-empty string, got {name!r}")
+    sections = {k: v for k, v in raw.items() if k in _SECTION_KEYS}
+    policy = _policy(path, defaults, sections, name=name)
+    methods = raw.get("methods")
+    return _build(path, Endpoint, {"match": raw["match"], "policy": policy, "methods": methods})
+
+
+def _policy(path: str, base: Policy, raw: Mapping[str, Any], *, name: str) -> Policy:
+    _check_keys(path, raw, _SECTION_KEYS)
+    changes: dict[str, Any] = {"name": name}
+    for key, value in raw.items():
+        value = _null(key, value)
+        where = f"{path}.{key}"
+        if key == "failure_status":
+            changes[key] = value
+        elif key == "critical":
+            changes[key] = value
+        elif key == "fallback":
+            changes[key] = _fallback(where, value)
+        elif key == "timeout":
+            if value is None:
+                raise ConfigError(where, "cannot be switched off: connect and read timeouts are mandatory")
+            changes[key] = _section(where, Timeouts, base.timeout, value)
+        elif value is None:
+            changes[key] = None
+        elif key == "retry":
+            changes[key] = _retry(where, base.retry, value)
+        else:
+            kind = {"budget": BudgetPolicy, "breaker": BreakerPolicy, "bulkhead": BulkheadPolicy}[key]
+            changes[key] = _section(where, kind, getattr(base, key), value)
+    return _build(path, Policy, changes, base=base)
+
+
+def _retry(path: str, base: RetryPolicy | None, raw: object) -> RetryPolicy:
+    raw = _mapping(path, raw)
+    base = base or RetryPolicy()
+    extra: dict[str, Any] = {}
+    if "backoff" in raw:
+        extra["backoff"] = _section(f"{path}.backoff", BackoffPolicy, base.backoff, raw["backoff"])
+    rest = {k: v for k, v in raw.items() if k != "backoff"}
+    return _section(path, RetryPolicy, base, rest, extra=extra, allowed=_field_names(RetryPolicy))
+
+
+def _fallback(path: str, raw: object) -> Fallback | None:
+    if raw is None:
+        return None
+    if raw == "stale":
+        return StaleFallback()
+    if isinstance(raw, str):
+        raise ConfigError(path, f"must be 'stale', null or a mapping with status and json or text, got {raw!r}")
+    raw = _mapping(path, raw)
+    if "stale" in raw:
+        _check_keys(path, raw, ("stale",))
+        stale = _mapping(f"{path}.stale", raw["stale"] or {})
+        _check_keys(f"{path}.stale", stale, ("max_entries",))
+        return _build(f"{path}.stale", StaleFallback, dict(stale))
+    _check_keys(path, raw, ("status", "json", "text", "headers"))
+    if "json" in raw and "text" in raw:
+        raise ConfigError(path, "give json or text, not both")
+    status = raw.get("status", 200)
+    headers = raw.get("headers") or {}
+    try:
+        StaticFallback(status=status, headers=_mapping("headers", headers))
+        if "json" in raw:
+            return StaticFallback.from_json(status, raw["json"], headers)
+        if "text" in raw:
+            return StaticFallback.from_text(status, raw["text"], headers)
+        return StaticFallback(status=status, headers=headers)
+    except ConfigError as e:
+        raise ConfigError(f"{path}.{e.path}", e.problem) from None
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
+
+
+def _section(
+    path: str,
+    kind: type[_S],
+    base: _S | None,
+    raw: object,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    allowed: Sequence[str] | None = None,
+) -> _S:
+    """Merge *raw* over *base* (or the built-in defaults of *kind*) key by key."""
+    raw = _mapping(path, raw)
+    _check_keys(path, raw, allowed or _field_names(kind))
+    changes = {k: _null(k, v) for k, v in raw.items()}
+    changes.update(extra or {})
+    return _build(path, kind, changes, base=base if base is not None else kind())
+
+
+def _build(path: str, kind: type[_S], changes: dict[str, Any], *, base: _S | None = None) -> _S:
+    try:
+        if base is not None:
+            return dataclasses.replace(base, **changes)  # type: ignore[type-var]
+        return kind(**changes)
+    except ConfigError as e:
+        raise ConfigError(f"{path}.{e.path}" if path else e.path, e.problem) from None
+
+
+def _check_shared_state(endpoints: Sequence[Endpoint]) -> None:
+    """Endpoints sharing a name share breaker, budget and bulkhead: they must agree."""
+    seen: dict[str, tuple[int, Policy]] = {}
+    for i, ep in enumerate(endpoints):
+        first = seen.setdefault(ep.name, (i, ep.policy))
+        if first[0] == i:
+            continue
+        for section in ("breaker", "budget", "bulkhead"):
+            if getattr(first[1], section) != getattr(ep.policy, section):
+                raise ConfigError(
+                    f"endpoints[{i}].{section}",
+                    f"endpoint name {ep.name!r} is also used by endpoints[{first[0]}] with a "
+                    f"different {section}; endpoints sharing a name share its state, so give "
+                    "them the same settings or different names",
+                )

@@ -1,0 +1,474 @@
+"""
+Policies: frozen values, validated where they are written.
+
+Each section of the configuration is a frozen dataclass whose
+``__post_init__`` validates and normalises its fields, raising `ConfigError`
+with the field name as the key path. The config parser (`_config`) builds
+them from mappings and prefixes its own key path onto any error, so the
+rules live in one place whether a policy comes from YAML or from Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json as _json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = [
+    "ALL_RETRY_ON",
+    "BackoffPolicy",
+    "BreakerPolicy",
+    "BudgetPolicy",
+    "BulkheadPolicy",
+    "CallableFallback",
+    "Fallback",
+    "Jitter",
+    "Policy",
+    "RetryPolicy",
+    "StaleFallback",
+    "StaticFallback",
+    "Timeouts",
+]
+
+_HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH", "CONNECT"}
+)
+_HEADER_TOKEN = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+#: The failure kinds that ``retry.on`` accepts.
+ALL_RETRY_ON = frozenset({"connect_error", "connect_timeout", "read_timeout", "read_error"})
+
+
+# -- small validators shared by every section -------------------------------
+
+
+def _number(path: str, value: object, *, minimum: float = 0.0, allow_zero: bool = False) -> float:
+    """Return *value* as a finite float > *minimum* (or >= when allow_zero)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(path, f"must be a number, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ConfigError(path, f"must be a finite number, got {value!r}")
+    if value < minimum or (value == minimum and not allow_zero):
+        op = ">=" if allow_zero else ">"
+        raise ConfigError(path, f"must be a number {op} {minimum:g}, got {value!r}")
+    return value
+
+
+def _integer(path: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(path, f"must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ConfigError(path, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _ratio(path: str, value: object, *, allow_zero: bool = True) -> float:
+    v = _number(path, value, minimum=0.0, allow_zero=allow_zero)
+    if v > 1.0:
+        raise ConfigError(path, f"must be a number between 0 and 1, got {value!r}")
+    return v
+
+
+def _header_name(path: str, value: object) -> str:
+    if not isinstance(value, str) or not value or not set(value) <= _HEADER_TOKEN:
+        raise ConfigError(path, f"must be an HTTP header name, got {value!r}")
+    return value
+
+
+def _statuses(path: str, value: object, *, lo: int = 100, hi: int = 599) -> frozenset[int]:
+    items = _sequence(path, value)
+    out = set()
+    for i, code in enumerate(items):
+        if isinstance(code, bool) or not isinstance(code, int) or not lo <= code <= hi:
+            raise ConfigError(f"{path}[{i}]", f"must be an HTTP status {lo}-{hi}, got {code!r}")
+        out.add(code)
+    return frozenset(out)
+
+
+def _methods(path: str, value: object) -> frozenset[str]:
+    items = _sequence(path, value)
+    out = set()
+    for i, m in enumerate(items):
+        if not isinstance(m, str) or m.upper() not in _HTTP_METHODS:
+            raise ConfigError(
+                f"{path}[{i}]",
+                f"must be an HTTP method ({', '.join(sorted(_HTTP_METHODS))}), got {m!r}",
+            )
+        out.add(m.upper())
+    return frozenset(out)
+
+
+def _sequence(path: str, value: object) -> list[Any]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ConfigError(path, f"must be a list, got {value!r}")
+    return list(value)
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    # Normalising inside a frozen dataclass's __post_init__.
+    object.__setattr__(obj, name, value)
+
+
+# -- sections ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """
+    Timeouts of one endpoint, in seconds.
+
+    ``connect`` and ``read`` are always finite and > 0: the config cannot
+    switch them off. ``read`` bounds each socket read, not the whole body;
+    ``total`` is the deadline for the whole call (every attempt, every
+    backoff sleep and the body download), or ``None`` for no deadline.
+
+    .. versionadded:: 0.1.0
+    """
+
+    connect: float = 1.0
+    read: float = 5.0
+    total: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        _set(self, "connect", _number("connect", self.connect))
+        _set(self, "read", _number("read", self.read))
+        if self.total is not None:
+            _set(self, "total", _number("total", self.total))
+
+
+class Jitter(str, enum.Enum):
+    """
+    How backoff sleeps are randomised (Marc Brooker, "Exponential Backoff and
+    Jitter"). Compares equal to its string value.
+
+    .. versionadded:: 0.1.0
+    """
+
+    NONE = "none"
+    FULL = "full"
+    EQUAL = "equal"
+    DECORRELATED = "decorrelated"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """
+    Exponential backoff: the n-th sleep (n from 1) is
+    ``min(max, initial * multiplier ** (n - 1))``, then jittered.
+
+    .. versionadded:: 0.1.0
+    """
+
+    initial: float = 0.1
+    multiplier: float = 2.0
+    max: float = 5.0
+    jitter: Jitter = Jitter.FULL
+
+    def __post_init__(self) -> None:
+        _set(self, "initial", _number("initial", self.initial, allow_zero=True))
+        _set(self, "multiplier", _number("multiplier", self.multiplier, minimum=1.0, allow_zero=True))
+        _set(self, "max", _number("max", self.max, allow_zero=True))
+        if self.max < self.initial:
+            raise ConfigError("max", f"must be >= initial ({self.initial:g}), got {self.max!r}")
+        try:
+            _set(self, "jitter", Jitter(self.jitter))
+        except ValueError:
+            choices = " | ".join(j.value for j in Jitter)
+            raise ConfigError("jitter", f"must be one of {choices}, got {self.jitter!r}") from None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    When and how often to retry. See the retries page for what is retried.
+
+    ``attempt_header``, when set, names a request header that carries the
+    attempt number (1 for the first try) so a callee can tell a retry apart.
+
+    .. versionadded:: 0.1.0
+    """
+
+    attempts: int = 3
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    on_status: frozenset[int] = frozenset({429, 502, 503, 504})
+    on: frozenset[str] = ALL_RETRY_ON
+    methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+    idempotency_header: str | None = None
+    respect_retry_after: bool = True
+    max_retry_after: float = 30.0
+    attempt_header: str | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "attempts", _integer("attempts", self.attempts, minimum=1))
+        if not isinstance(self.backoff, BackoffPolicy):
+            raise ConfigError("backoff", f"must be a BackoffPolicy, got {self.backoff!r}")
+        _set(self, "on_status", _statuses("on_status", self.on_status))
+        on = _sequence("on", self.on)
+        for i, kind in enumerate(on):
+            if kind not in ALL_RETRY_ON:
+                raise ConfigError(
+                    f"on[{i}]", f"must be one of {', '.join(sorted(ALL_RETRY_ON))}, got {kind!r}"
+                )
+        _set(self, "on", frozenset(on))
+        _set(self, "methods", _methods("methods", self.methods))
+        if self.idempotency_header is not None:
+            _header_name("idempotency_header", self.idempotency_header)
+        if self.attempt_header is not None:
+            _header_name("attempt_header", self.attempt_header)
+        if not isinstance(self.respect_retry_after, bool):
+            raise ConfigError(
+                "respect_retry_after", f"must be true or false, got {self.respect_retry_after!r}"
+            )
+        _set(self, "max_retry_after", _number("max_retry_after", self.max_retry_after, allow_zero=True))
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """
+    A retry budget per endpoint: over a sliding ``window`` (seconds), retries
+    may add at most ``ratio`` of the first tries, plus ``min_per_second``
+    retries per second, so an outage never becomes a retry storm.
+
+    .. versionadded:: 0.1.0
+    """
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    window: float = 10.0
+
+    def __post_init__(self) -> None:
+        _set(self, "ratio", _number("ratio", self.ratio, allow_zero=True))
+        _set(self, "min_per_second", _number("min_per_second", self.min_per_second, allow_zero=True))
+        _set(self, "window", _number("window", self.window))
+
+
+class BreakerMode(str, enum.Enum):
+    """
+    What opens a breaker: ``consecutive`` failures, or a failure ``rate``
+    over a sliding window.
+
+    .. versionadded:: 0.1.0
+    """
+
+    CONSECUTIVE = "consecutive"
+    RATE = "rate"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """
+    A circuit breaker per endpoint.
+
+    In ``consecutive`` mode, ``failure_threshold`` consecutive failures open
+    it. In ``rate`` mode, it opens when, over the last ``window`` seconds and
+    at least ``min_calls`` calls, the share of failures reaches
+    ``failure_rate``. A call slower than ``slow_call_duration`` (if set)
+    counts as a failure. ``storage`` is ``memory`` or a ``redis://`` URL.
+
+    .. versionadded:: 0.1.0
+    """
+
+    failure_threshold: int = 5
+    reset_timeout: float = 30.0
+    storage: str = "memory"
+    mode: BreakerMode = BreakerMode.CONSECUTIVE
+    failure_rate: float = 0.5
+    window: float = 30.0
+    min_calls: int = 20
+    slow_call_duration: float | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "failure_threshold", _integer("failure_threshold", self.failure_threshold, minimum=1))
+        _set(self, "reset_timeout", _number("reset_timeout", self.reset_timeout))
+        if not isinstance(self.storage, str) or not (
+            self.storage == "memory"
+            or self.storage.startswith(("redis://", "rediss://", "unix://"))
+        ):
+            raise ConfigError(
+                "storage", f"must be 'memory' or a redis:// URL, got {self.storage!r}"
+            )
+        try:
+            _set(self, "mode", BreakerMode(self.mode))
+        except ValueError:
+            raise ConfigError("mode", f"must be consecutive | rate, got {self.mode!r}") from None
+        _set(self, "failure_rate", _ratio("failure_rate", self.failure_rate, allow_zero=False))
+        _set(self, "window", _number("window", self.window))
+        _set(self, "min_calls", _integer("min_calls", self.min_calls, minimum=1))
+        if self.slow_call_duration is not None:
+            _set(self, "slow_call_duration", _number("slow_call_duration", self.slow_call_duration))
+
+
+@dataclass(frozen=True)
+class BulkheadPolicy:
+    """
+    At most ``max_concurrent`` calls in flight per endpoint; one more is
+    refused at once with `BulkheadFull`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    max_concurrent: int = 50
+
+    def __post_init__(self) -> None:
+        _set(self, "max_concurrent", _integer("max_concurrent", self.max_concurrent, minimum=1))
+
+
+@dataclass(frozen=True)
+class StaticFallback:
+    """
+    A fixed response: ``status``, a body (from ``json`` or ``text`` in
+    config) and ``headers``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.status, bool) or not isinstance(self.status, int) or not 100 <= self.status <= 599:
+            raise ConfigError("status", f"must be an HTTP status 100-599, got {self.status!r}")
+        if not isinstance(self.body, bytes):
+            raise ConfigError("body", f"must be bytes, got {type(self.body).__name__}")
+        if not isinstance(self.headers, Mapping):
+            raise ConfigError("headers", f"must be a mapping, got {self.headers!r}")
+        for k, v in self.headers.items():
+            _header_name(f"headers.{k}", k)
+            if not isinstance(v, str) or "\n" in v or "\r" in v:
+                raise ConfigError(f"headers.{k}", f"must be a single-line string, got {v!r}")
+        _set(self, "headers", dict(self.headers))
+
+    @classmethod
+    def from_json(cls, status: int, data: object, headers: Mapping[str, str] | None = None) -> StaticFallback:
+        """A fallback whose body is *data* as JSON."""
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        try:
+            body = _json.dumps(data).encode()
+        except (TypeError, ValueError) as e:
+            raise ConfigError("json", f"must be JSON-serialisable: {e}") from None
+        return cls(status=status, body=body, headers=hdrs)
+
+    @classmethod
+    def from_text(cls, status: int, text: str, headers: Mapping[str, str] | None = None) -> StaticFallback:
+        """A fallback whose body is *text*, UTF-8."""
+        if not isinstance(text, str):
+            raise ConfigError("text", f"must be a string, got {text!r}")
+        hdrs = {"Content-Type": "text/plain; charset=utf-8"}
+        hdrs.update(headers or {})
+        return cls(status=status, body=text.encode(), headers=hdrs)
+
+
+@dataclass(frozen=True)
+class StaleFallback:
+    """
+    Answer with the last successful (2xx) GET or HEAD response seen for the
+    same URL, keeping at most ``max_entries`` URLs per endpoint.
+
+    .. versionadded:: 0.1.0
+    """
+
+    max_entries: int = 1024
+
+    def __post_init__(self) -> None:
+        _set(self, "max_entries", _integer("max_entries", self.max_entries, minimum=1))
+
+
+#: What a callable fallback receives: the request and the error or failing
+#: response; it returns the response to give the caller.
+FallbackFunction = Callable[["requests.PreparedRequest", "BaseException | requests.Response"], "requests.Response"]
+
+
+@dataclass(frozen=True)
+class CallableFallback:
+    """
+    A fallback computed in Python: ``function(request, error_or_response)``
+    returns a `requests.Response`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    function: FallbackFunction
+
+    def __post_init__(self) -> None:
+        if not callable(self.function):
+            raise ConfigError("fallback", f"must be callable, got {self.function!r}")
+
+
+Fallback = Union[StaticFallback, StaleFallback, CallableFallback]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """
+    Everything that applies to one request: the merged result of ``defaults``
+    and the first matching endpoint. ``None`` switches a section off.
+
+    .. versionadded:: 0.1.0
+    """
+
+    name: str = "default"
+    timeout: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy | None = field(default_factory=RetryPolicy)
+    budget: BudgetPolicy | None = field(default_factory=BudgetPolicy)
+    failure_status: frozenset[int] = frozenset({500, 502, 503, 504})
+    breaker: BreakerPolicy | None = field(default_factory=BreakerPolicy)
+    bulkhead: BulkheadPolicy | None = field(default_factory=BulkheadPolicy)
+    fallback: Fallback | None = None
+    #: Whether an open breaker to this endpoint makes the health view unhealthy.
+    critical: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("name", f"must be a non-empty string, got {self.name!r}")
+        _set(self, "failure_status", _statuses("failure_status", self.failure_status, lo=500))
+        if not isinstance(self.critical, bool):
+            raise ConfigError("critical", f"must be true or false, got {self.critical!r}")
+        for name, kind in _SECTION_TYPES.items():
+            value = getattr(self, name)
+            if value is None and name != "timeout":
+                continue
+            if not isinstance(value, kind):
+                raise ConfigError(name, f"must be a {_kind_name(kind)}, got {value!r}")
+
+    def replace(self, **changes: Any) -> Policy:
+        """Return a copy with *changes* applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return kind.__name__
+
+
+_SECTION_TYPES: dict[str, type | tuple[type, ...]] = {
+    "timeout": Timeouts,
+    "retry": RetryPolicy,
+    "budget": BudgetPolicy,
+    "breaker": BreakerPolicy,
+    "bulkhead": BulkheadPolicy,
+    "fallback": (StaticFallback, StaleFallback, CallableFallback),
+}

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+about: dict[str, str] = {}
+exec((HERE / "resilient_client" / "_version.py").read_text(), about)
+
+EXTRAS = {
+    "yaml": ["PyYAML>=6"],
+    "redis": ["redis>=4.5"],
+    "prometheus": ["prometheus-client>=0.17"],
+    "otel": ["opentelemetry-api>=1.20"],
+    "toml": ['tomli>=2; python_version < "3.11"'],
+}
+EXTRAS["test"] = [
+    "pytest>=7",
+    "responses>=0.23",
+    "hypothesis>=6",
+    *EXTRAS["yaml"],
+    *EXTRAS["redis"],
+    *EXTRAS["prometheus"],
+    *EXTRAS["otel"],
+]
+EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
+EXTRAS["docs"] = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
+EXTRAS["all"] = sorted({d for k, v in EXTRAS.items() if k not in ("lint", "docs") for d in v})
+
+setup(
+    name="resilient_client",
+    version=about["__version__"],
+    description="A drop-in requests.Session with mandatory timeouts, retries, "
+    "circuit breakers, bulkheads and fallbacks per endpoint.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["resilient_client", "resilient_client.*"]),
+    package_data={"resilient_client": ["py.typed"]},
+    install_requires=[
+        "requests>=2.31",
+        "urllib3>=2.0",
+        "pybreaker>=1.2",
+        "tenacity>=8.3",
+    ],
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": ["resilient-client=resilient_client._cli:main"],
+        "pytest11": ["resilient_client=resilient_client.testing"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Typing :: Typed",
+        "Framework :: Pytest",
+    ],
+)
