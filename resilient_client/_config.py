@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from ._policy import (
     BackoffPolicy,
@@ -132,7 +132,7 @@ class Config:
         _check_shared_state(self.endpoints)
 
     @classmethod
-    def load(cls, source: ConfigSource) -> Config:
+    def load(cls, source: ConfigSource) -> Config:  # noqa: F821 - alias defined below
         """
         Return the config from *source*: ``None`` (the defaults), a mapping,
         a path to a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file, or a
@@ -144,10 +144,11 @@ class Config:
         return load_config(source)
 
 
-ConfigSource = "Config | Mapping[str, Any] | str | os.PathLike[str] | None"
+#: What a config may be given as.
+ConfigSource = Union[Config, Mapping[str, Any], str, "os.PathLike[str]", None]
 
 
-def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | None) -> Config:
+def load_config(source: ConfigSource) -> Config:
     """Implementation of `Config.load`."""
     if source is None:
         return Config()

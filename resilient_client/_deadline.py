@@ -1,0 +1,179 @@
+"""
+The ``total`` deadline, enforced down to each socket read.
+
+requests' read timeout bounds one socket read, so a peer that drips a byte
+every 100 ms never trips it. We bound the whole call instead:
+
+* Each attempt's connect and read timeouts are capped by the time left.
+* The session's own adapters build their connections with a response class
+  whose socket reader checks the deadline before every ``recv`` and shrinks
+  the socket timeout to what is left. Headers and body both pass through it,
+  so a drip-fed peer is cut off within one read of the deadline.
+
+Why a reader and not a timer thread that closes the socket: a socket that
+goes back to the pool may be in another thread's hands a moment later. The
+reader touches the socket only inside a read on its own response, that is
+only while the calling thread owns that connection. The per-attempt `_Arm`
+is handed over through a thread-local because the response object is built
+deep inside http.client, on the calling thread, with no way to pass it down.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import socket
+import threading
+from typing import Any
+
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3 import connectionpool as _pools
+from urllib3.poolmanager import PoolManager
+
+from ._clock import Clock
+
+__all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm"]
+
+
+class Deadline:
+    """
+    A point on the session clock by which a call must be done.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("at", "clock", "total")
+
+    def __init__(self, clock: Clock, total: float, *, at: float | None = None) -> None:
+        self.clock = clock
+        self.total = total
+        self.at = clock.monotonic() + total if at is None else at
+
+    def remaining(self) -> float:
+        """Seconds left; negative once passed."""
+        return self.at - self.clock.monotonic()
+
+    def expired(self) -> bool:
+        return self.clock.monotonic() >= self.at
+
+    def __repr__(self) -> str:
+        return f"<Deadline total={self.total:g}s remaining={self.remaining():.3f}s>"
+
+
+class _Arm:
+    """What one attempt's responses read against; ``deadline`` None = disarmed."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, deadline: Deadline | None) -> None:
+        self.deadline = deadline
+
+
+_local = threading.local()
+
+
+def arm(deadline: Deadline) -> _Arm:
+    """Make responses built on this thread, until `disarm`, read against *deadline*."""
+    a = _Arm(deadline)
+    _local.arm = a
+    return a
+
+
+def disarm(a: _Arm) -> None:
+    """Stop *a*: later reads (a streamed body read by the caller) use the read timeout only."""
+    a.deadline = None
+    if getattr(_local, "arm", None) is a:
+        _local.arm = None
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket reader that refuses to wait past the armed deadline."""
+
+    def __init__(self, sock: socket.socket, a: _Arm) -> None:
+        super().__init__()
+        self._sock = sock
+        self._arm = a
+        # urllib3 set the read timeout on the socket just before building the response.
+        self._read_timeout = sock.gettimeout()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        d = self._arm.deadline
+        if d is not None:
+            left = d.remaining()
+            if left <= 0:
+                raise TimeoutError("total deadline passed while reading the response")
+            rt = self._read_timeout
+            self._sock.settimeout(left if rt is None or left < rt else rt)
+        elif self._read_timeout is not None:
+            # Disarmed (a streamed body read by the caller): back to the read timeout.
+            self._sock.settimeout(self._read_timeout)
+        return self._sock.recv_into(b)
+
+    def close(self) -> None:
+        # The connection owns the socket; closing the response's reader must not close it.
+        self._sock = None  # type: ignore[assignment]
+        super().close()
+
+
+class _DeadlineSocket:
+    """What http.client.HTTPResponse sees as the socket: only ``makefile`` is used."""
+
+    __slots__ = ("_arm", "_sock")
+
+    def __init__(self, sock: socket.socket, a: _Arm) -> None:
+        self._sock = sock
+        self._arm = a
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._arm))
+
+
+class _DeadlineHTTPResponse(http.client.HTTPResponse):
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        a: _Arm | None = getattr(_local, "arm", None)
+        if a is not None and a.deadline is not None:
+            sock = _DeadlineSocket(sock, a)
+        super().__init__(sock, *args, **kwargs)
+
+
+class _HTTPConnection(HTTPConnection):
+    response_class = _DeadlineHTTPResponse
+
+
+class _HTTPSConnection(HTTPSConnection):
+    response_class = _DeadlineHTTPResponse
+
+
+# Named like urllib3's own so error messages read as users expect.
+class HTTPConnectionPool(_pools.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class HTTPSConnectionPool(_pools.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """
+    requests' `HTTPAdapter` whose connections enforce the call's deadline on
+    every socket read. ``max_retries`` stays 0: the session is the only
+    retry layer.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager

@@ -1,0 +1,308 @@
+"""
+The retry layer: tenacity is the engine, these are its strategies.
+
+A `tenacity.Retrying` is built once per policy (`build_retrying`) and shared
+by every call under it; what differs per call (the request, its deadline,
+its endpoint's budget) travels as the single positional argument of the
+attempt function, which tenacity keeps in ``retry_state.args[0]``.
+
+Order of decisions after a failed attempt (tenacity computes the wait first,
+then asks the stop strategies, in this order):
+
+1. ``retry``: is this outcome retryable at all (`RetrySafely`)?
+2. ``wait``: backoff with jitter, or the peer's Retry-After (`Backoff`).
+3. ``stop``: attempts used up, Retry-After refused, the sleep would pass the
+   deadline, the budget is spent (last, so it is only charged for a retry
+   that will really happen).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import requests
+import tenacity
+from tenacity import RetryCallState
+
+from ._outcome import BEFORE_SEND, RetryPredicate, failure_kind
+from ._policy import BackoffPolicy, Jitter, RetryPolicy
+
+if TYPE_CHECKING:
+    from ._budget import RetryBudget
+    from ._deadline import Deadline
+
+__all__ = ["Backoff", "Call", "build_retrying", "parse_retry_after"]
+
+
+class Call:
+    """Per-call state shared by the attempt function and the strategies."""
+
+    __slots__ = (
+        "arm",
+        "attempt",
+        "budget",
+        "deadline",
+        "idempotent",
+        "kwargs",
+        "prev_sleep",
+        "replayable",
+        "request",
+        "retry_after",
+        "route",
+        "stop_reason",
+        "stream",
+        "timeouts",
+    )
+
+    def __init__(
+        self,
+        request: requests.PreparedRequest,
+        kwargs: dict[str, Any],
+        deadline: Deadline | None,
+        budget: RetryBudget | None,
+        idempotent: bool,
+        replayable: bool,
+    ) -> None:
+        self.request = request
+        self.kwargs = kwargs
+        self.deadline = deadline
+        self.budget = budget
+        self.idempotent = idempotent
+        self.replayable = replayable
+        self.attempt = 0
+        self.prev_sleep = 0.0
+        #: Seconds asked by the last response's Retry-After; None when absent,
+        #: math.inf when refused (unparseable, negative, over the maximum).
+        self.retry_after: float | None = None
+        self.stop_reason = ""
+        # Set by the session: the route (policy and endpoint state), the
+        # per-attempt deadline arm, stream=, and the (connect, read) timeouts.
+        self.route: Any = None
+        self.arm: Any = None
+        self.stream = False
+        self.timeouts: tuple[float, float] = (0.0, 0.0)
+
+
+def _call(rs: RetryCallState) -> Call:
+    c = rs.args[0]
+    assert isinstance(c, Call)
+    return c
+
+
+# -- Retry-After ------------------------------------------------------------
+
+
+def parse_retry_after(value: str, *, now: Callable[[], float] = time.time) -> float | None:
+    """
+    Return the seconds a ``Retry-After`` value asks for, or None when it is
+    unparseable or negative. A date in the past means 0.
+
+    .. versionadded:: 0.1.0
+    """
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    if value[0] in "+-" or value.replace(".", "", 1).isdigit():
+        return None  # negative, or not the integer the RFC requires
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    try:
+        return max(0.0, when.timestamp() - now())
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+# -- strategies -------------------------------------------------------------
+
+
+class RetrySafely(tenacity.retry_base):
+    """
+    Retry an outcome only where it is safe: a failure before any byte reached
+    the peer for any method; after that only for idempotent methods (or a
+    request carrying the idempotency key) with a replayable body.
+    """
+
+    def __init__(self, policy: RetryPolicy, predicate: RetryPredicate | None) -> None:
+        self.policy = policy
+        self.predicate = predicate
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        call = _call(rs)
+        outcome = rs.outcome
+        assert outcome is not None
+        exc = outcome.exception()
+        if exc is not None:
+            kind = failure_kind(exc)
+            before_send = kind in BEFORE_SEND
+            verdict = self._user(call, exc)
+            if verdict is not None:
+                return verdict and (before_send or call.replayable)
+            if kind is None or kind not in self.policy.on:
+                return False
+            return before_send or (call.idempotent and call.replayable)
+        resp: requests.Response = outcome.result()
+        verdict = self._user(call, resp)
+        if verdict is not None:
+            return verdict and call.replayable
+        return resp.status_code in self.policy.on_status and call.idempotent and call.replayable
+
+    def _user(self, call: Call, outcome: requests.Response | BaseException) -> bool | None:
+        return None if self.predicate is None else self.predicate(call.request, outcome)
+
+    def __repr__(self) -> str:
+        return f"RetrySafely(on_status={sorted(self.policy.on_status)}, on={sorted(self.policy.on)})"
+
+
+class Backoff(tenacity.wait.wait_base):
+    """
+    Exponential backoff with jitter, or the peer's ``Retry-After`` when it
+    sent one and the policy respects it.
+
+    The n-th sleep's base is ``min(max, initial * multiplier ** (n - 1))``:
+    ``none`` sleeps the base, ``full`` a uniform draw in [0, base], ``equal``
+    base/2 plus a draw in [0, base/2], ``decorrelated``
+    ``min(max, uniform(initial, 3 * previous sleep))``.
+    """
+
+    def __init__(
+        self,
+        policy: BackoffPolicy,
+        *,
+        respect_retry_after: bool = True,
+        max_retry_after: float = 30.0,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.respect_retry_after = respect_retry_after
+        self.max_retry_after = max_retry_after
+        self._rng = rng or random.Random()
+        self._wall = wall_clock
+
+    def __call__(self, rs: RetryCallState) -> float:
+        call = _call(rs)
+        call.retry_after = None
+        if self.respect_retry_after and rs.outcome is not None and not rs.outcome.failed:
+            header = rs.outcome.result().headers.get("Retry-After")
+            if header is not None:
+                seconds = parse_retry_after(header, now=self._wall)
+                if seconds is None or seconds > self.max_retry_after:
+                    call.retry_after = math.inf
+                    return 0.0
+                call.retry_after = seconds
+                return seconds
+        sleep = self.sleep_for(rs.attempt_number, call.prev_sleep)
+        call.prev_sleep = sleep
+        return sleep
+
+    def sleep_for(self, n: int, previous: float = 0.0) -> float:
+        """The sleep after the *n*-th attempt (n from 1)."""
+        p = self.policy
+        # Cap the exponent so huge attempt counts cannot overflow.
+        base = min(p.max, p.initial * p.multiplier ** min(n - 1, 64))
+        jitter = p.jitter
+        if jitter is Jitter.NONE:
+            return base
+        if jitter is Jitter.FULL:
+            return self._rng.uniform(0.0, base)
+        if jitter is Jitter.EQUAL:
+            return base / 2 + self._rng.uniform(0.0, base / 2)
+        prev = previous or p.initial
+        return min(p.max, self._rng.uniform(p.initial, max(p.initial, prev * 3)))
+
+    def __repr__(self) -> str:
+        p = self.policy
+        return (
+            f"Backoff(initial={p.initial:g}, multiplier={p.multiplier:g}, max={p.max:g}, "
+            f"jitter={p.jitter.value!r})"
+        )
+
+
+class StopOnRefusedRetryAfter(tenacity.stop.stop_base):
+    """Stop when the peer's Retry-After was unparseable, negative or over the maximum."""
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        call = _call(rs)
+        if call.retry_after == math.inf:
+            call.stop_reason = "retry_after_refused"
+            return True
+        return False
+
+
+class StopBeforeDeadline(tenacity.stop.stop_base):
+    """Stop now rather than sleep past the call's deadline."""
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        call = _call(rs)
+        if call.deadline is not None and rs.upcoming_sleep >= call.deadline.remaining():
+            call.stop_reason = "deadline"
+            return True
+        return False
+
+
+class StopWhenBudgetSpent(tenacity.stop.stop_base):
+    """Stop when the endpoint's retry budget has no retry left (charges one otherwise)."""
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        call = _call(rs)
+        if call.budget is not None and not call.budget.try_spend():
+            call.stop_reason = "budget"
+            return True
+        return False
+
+
+class _StopAfterAttempts(tenacity.stop_after_attempt):
+    def __call__(self, rs: RetryCallState) -> bool:
+        if super().__call__(rs):
+            _call(rs).stop_reason = "attempts"
+            return True
+        return False
+
+
+def _last_outcome(rs: RetryCallState) -> Any:
+    """When retries stop, the caller gets the last attempt's own outcome."""
+    assert rs.outcome is not None
+    return rs.outcome.result()
+
+
+def build_retrying(
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None],
+    before_sleep: Callable[[RetryCallState], None],
+    predicate: RetryPredicate | None = None,
+    rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> tenacity.Retrying:
+    """One `tenacity.Retrying` for *policy*, reused by every call under it."""
+    return tenacity.Retrying(
+        sleep=sleep,
+        retry=RetrySafely(policy, predicate),
+        wait=Backoff(
+            policy.backoff,
+            respect_retry_after=policy.respect_retry_after,
+            max_retry_after=policy.max_retry_after,
+            rng=rng,
+            wall_clock=wall_clock,
+        ),
+        stop=(
+            _StopAfterAttempts(policy.attempts)
+            | StopOnRefusedRetryAfter()
+            | StopBeforeDeadline()
+            | StopWhenBudgetSpent()
+        ),
+        before_sleep=before_sleep,
+        retry_error_callback=_last_outcome,
+        reraise=True,
+    )

@@ -1,0 +1,576 @@
+"""
+`ResilientSession`: a `requests.Session` whose ``send`` runs every request
+through the endpoint's policy, one concern per layer::
+
+    send                      route (cached), then:
+    _send_with_fallback       deadline, bulkhead slot, fallback on failure
+    _send_with_retries        tenacity, inside the retry budget
+    _attempt                  breaker, timeouts capped by the deadline, the adapter
+
+Retries run outside the breaker, so an open breaker also stops the
+remaining retries (`CircuitOpenError` is never retried).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
+
+import requests
+import tenacity
+from tenacity import RetryCallState
+from urllib3.util import Timeout as Urllib3Timeout
+
+from ._breaker import BreakerState, CircuitBreaker
+from ._budget import RetryBudget
+from ._bulkhead import Bulkhead
+from ._clock import SYSTEM_CLOCK, Clock
+from ._config import Config, ConfigSource
+from ._deadline import Deadline, DeadlineAdapter, arm, disarm
+from ._events import (
+    AttemptFinished,
+    BreakerStateChanged,
+    BudgetExhausted,
+    BulkheadRejected,
+    CallFinished,
+    DeadlinePassed,
+    Event,
+    EventBus,
+    FallbackServed,
+    GaveUp,
+    RetryScheduled,
+)
+from ._fallback import StaleCache, make_response
+from ._outcome import RetryPredicate, failure_kind, is_peer_failure, is_replayable
+from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
+from ._redact import redact_exception, redact_url, secret_values
+from ._retry import Call, build_retrying
+from ._routing import Resolution, Router
+from .exceptions import BulkheadFull, DeadlineExceeded, ResilienceError
+
+__all__ = ["ResilientSession"]
+
+_ROUTE_CACHE_SIZE = 4096
+_SAFE_FALLBACK_ERRORS = (requests.ConnectionError, requests.Timeout, ResilienceError,
+                         requests.exceptions.ChunkedEncodingError)
+
+
+
+class _EndpointState:
+    """What is shared by every request to one endpoint name (or origin)."""
+
+    __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "stale")
+
+    def __init__(self, name: str, policy: Policy, session: ResilientSession) -> None:
+        self.name = name
+        self.policy = policy
+        clock = session.clock
+        self.breaker = (
+            CircuitBreaker(name, policy.breaker, clock=clock, on_state_change=session._breaker_changed)
+            if policy.breaker is not None
+            else None
+        )
+        self.budget = RetryBudget(policy.budget, clock) if policy.budget is not None else None
+        self.bulkhead = Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None
+        self.stale: StaleCache | None = None
+
+
+class _Route:
+    """Everything the hot path needs for one URL shape, resolved once."""
+
+    __slots__ = ("name", "policy", "resolution", "retrying", "state", "timeouts")
+
+    def __init__(
+        self,
+        resolution: Resolution,
+        state: _EndpointState,
+        retrying: tenacity.Retrying | None,
+    ) -> None:
+        self.resolution = resolution
+        self.policy = resolution.policy
+        self.name = resolution.key
+        self.state = state
+        self.retrying = retrying
+        self.timeouts = (self.policy.timeout.connect, self.policy.timeout.read)
+
+
+class ResilientSession(requests.Session):
+    """
+    A drop-in `requests.Session` that enforces, per endpoint, mandatory
+    timeouts, a total deadline, retries within a budget, a circuit breaker,
+    a bulkhead and a fallback.
+
+    Args:
+        config: a mapping, a path to a YAML/TOML/JSON file, a `Config`, or
+            None for the built-in (safe) defaults.
+        clock: where time comes from (monotonic reading and sleep); tests
+            pass a fake one.
+        listeners: callables receiving every `Event`.
+        retry_if: ``(request, response_or_exception) -> bool | None``
+            overriding the built-in retry decision (None = use the built-in
+            rules). A body that cannot be replayed is still never resent.
+        rng: the random source for backoff jitter.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        config: ConfigSource = None,
+        *,
+        clock: Clock | None = None,
+        listeners: Iterable[Callable[[Event], None]] = (),
+        retry_if: RetryPredicate | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.config: Config = Config.load(config)
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self._bus = EventBus(list(listeners))
+        self._retry_if = retry_if
+        self._rng = rng
+        self._router = Router(self.config.endpoints, self.config.defaults)
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._states: dict[str, _EndpointState] = {}
+        self._retryings: dict[int, tenacity.Retrying | None] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        # Our adapters enforce the deadline on every socket read; max_retries
+        # stays 0 so that this session is the only retry layer.
+        self.mount("https://", DeadlineAdapter())
+        self.mount("http://", DeadlineAdapter())
+
+    @classmethod
+    def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
+        """
+        The same as ``ResilientSession(source, **kwargs)``.
+
+        .. versionadded:: 0.1.0
+        """
+        return cls(source, **kwargs)
+
+    # -- public helpers ----------------------------------------------------
+
+    def policy_for(self, method: str, url: str) -> Policy:
+        """
+        The policy that applies to *method* *url*.
+
+        .. versionadded:: 0.1.0
+        """
+        return self.resolve(method, url).policy
+
+    def resolve(self, method: str, url: str) -> Resolution:
+        """
+        Which rule applies to *method* *url* and why (``str()`` explains).
+
+        .. versionadded:: 0.1.0
+        """
+        return self._router.resolve(method, url)
+
+    def circuit(self, name_or_url: str) -> CircuitBreaker:
+        """
+        The breaker of an endpoint name, or of the endpoint a URL resolves to.
+
+        Raises:
+            KeyError: no such endpoint, or it has no breaker.
+
+        .. versionadded:: 0.1.0
+        """
+        if "://" in name_or_url:
+            route = self._route_for("GET", name_or_url)
+            state = route.state
+        else:
+            state = self._state_named(name_or_url)
+        if state.breaker is None:
+            raise KeyError(f"endpoint {state.name!r} has no breaker (breaker: null)")
+        return state.breaker
+
+    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """
+        Send every `Event` to *listener*; returns a function that unsubscribes it.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._bus.subscribe(listener)
+
+    # -- routing -----------------------------------------------------------
+
+    def _route_for(self, method: str, url: str) -> _Route:
+        q = url.find("?")
+        key = (method, url if q < 0 else url[:q])
+        route = self._routes.get(key)
+        if route is None:
+            route = self._new_route(method, url)
+            if len(self._routes) >= _ROUTE_CACHE_SIZE:
+                self._routes.clear()  # bounded: URLs with ids in the path must not grow it forever
+            self._routes[key] = route
+        return route
+
+    def _new_route(self, method: str, url: str) -> _Route:
+        res = self._router.resolve(method, url)
+        policy = res.policy if res.endpoint is not None else res.policy.replace(name=res.key)
+        res = Resolution(policy, res.endpoint, res.index, res.key)
+        with self._lock:
+            state = self._states.get(res.key)
+            if state is None:
+                state = self._states[res.key] = _EndpointState(res.key, policy, self)
+            if isinstance(policy.fallback, StaleFallback) and state.stale is None:
+                state.stale = StaleCache(policy.fallback, self.clock)
+            slot = -1 if res.index is None else res.index
+            if slot not in self._retryings:
+                self._retryings[slot] = self._build_retrying(policy)
+            retrying = self._retryings[slot]
+        return _Route(res, state, retrying)
+
+    def _state_named(self, name: str) -> _EndpointState:
+        with self._lock:
+            state = self._states.get(name)
+            if state is not None:
+                return state
+            for ep in self.config.endpoints:
+                if ep.name == name:
+                    state = self._states[name] = _EndpointState(name, ep.policy, self)
+                    return state
+        raise KeyError(f"no endpoint named {name!r}; known: {sorted({e.name for e in self.config.endpoints})}")
+
+    def _build_retrying(self, policy: Policy) -> tenacity.Retrying | None:
+        if policy.retry is None or policy.retry.attempts <= 1:
+            return None
+        return build_retrying(
+            policy.retry,
+            sleep=self.clock.sleep,
+            before_sleep=self._before_sleep,
+            predicate=self._retry_if,
+            rng=self._rng,
+        )
+
+    # -- the layers ---------------------------------------------------------
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """
+        Send *request* through its endpoint's policy (requests' signature).
+        """
+        if getattr(self._local, "in_attempt", False):
+            # A redirect hop inside an attempt: it already runs under that
+            # attempt's timeouts and deadline.
+            return super().send(request, **kwargs)
+        route = self._route_for(request.method or "GET", request.url or "")
+        return self._send_with_fallback(request, kwargs, route)
+
+    def _send_with_fallback(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any], route: _Route
+    ) -> requests.Response:
+        policy = route.policy
+        stream = bool(kwargs.get("stream", self.stream))
+        total = policy.timeout.total
+        deadline = Deadline(self.clock, total) if total is not None else None
+        call = Call(
+            request,
+            kwargs,
+            deadline,
+            route.state.budget,
+            idempotent=self._idempotent(request, policy),
+            replayable=is_replayable(request),
+        )
+        call.timeouts = self._timeouts(route, kwargs.get("timeout"))
+        call.route = route
+        call.stream = stream
+        hot = self._bus.wants_hot()
+        started = self.clock.monotonic() if hot else 0.0
+
+        bulkhead = route.state.bulkhead
+        if bulkhead is not None and not bulkhead.try_acquire():
+            err = BulkheadFull(route.name, bulkhead.max_concurrent, request=request)
+            self._emit(BulkheadRejected(route.name, request.method or "", self._url(request),
+                                        bulkhead.max_concurrent))
+            return self._fallback_or_raise(call, err)
+        slot_held = bulkhead is not None
+        try:
+            try:
+                resp = self._send_with_retries(call)
+            except _SAFE_FALLBACK_ERRORS as exc:
+                if hot:
+                    self._emit_call(call, None, exc, started)
+                return self._fallback_or_raise(call, exc)
+            if policy.fallback is not None and resp.status_code in policy.failure_status:
+                fb = self._fallback_or_none(call, resp)
+                if fb is not None:
+                    return fb
+            stale = route.state.stale
+            if stale is not None and not stream and 200 <= resp.status_code < 300 and request.method in ("GET", "HEAD"):
+                stale.store(request.method, request.url or "", resp)
+            if stream and slot_held:
+                self._hand_slot_to(resp, cast(Bulkhead, bulkhead))
+                slot_held = False
+            if hot:
+                self._emit_call(call, resp, None, started)
+            return resp
+        finally:
+            if slot_held:
+                cast(Bulkhead, bulkhead).release()
+
+    def _send_with_retries(self, call: Call) -> requests.Response:
+        route: _Route = call.route
+        try:
+            if route.retrying is None:
+                resp = self._attempt(call)
+            else:
+                resp = route.retrying(self._attempt, call)
+        except DeadlineExceeded:
+            self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
+                                      call.deadline.total if call.deadline else 0.0, call.attempt))
+            raise
+        except Exception as exc:
+            self._gave_up(call, failure_kind(exc) or type(exc).__name__)
+            raise
+        if resp.status_code in route.policy.failure_status or resp.status_code in (
+            route.policy.retry.on_status if route.policy.retry else ()
+        ):
+            self._gave_up(call, f"status {resp.status_code}")
+        if call.stream and call.arm is not None:
+            disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
+        resp.attempts = call.attempt  # type: ignore[attr-defined]
+        resp.is_fallback = False  # type: ignore[attr-defined]
+        return resp
+
+    def _attempt(self, call: Call) -> requests.Response:
+        """One try: breaker, timeouts capped by the deadline, then requests' own send."""
+        call.attempt += 1
+        route: _Route = call.route
+        request = call.request
+        header = route.policy.retry.attempt_header if route.policy.retry else None
+        if header:
+            request = request.copy()
+            request.headers[header] = str(call.attempt)
+        deadline = call.deadline
+        connect, read = call.timeouts
+        if deadline is not None:
+            left = deadline.remaining()
+            if left <= 0:
+                raise DeadlineExceeded(route.name, deadline.total, request=request)
+            connect, read = min(connect, left), min(read, left)
+        breaker = route.state.breaker
+        is_trial = breaker.before_call() if breaker is not None else False
+        if call.attempt == 1 and call.budget is not None:
+            call.budget.record_request()
+
+        kwargs = call.kwargs
+        kwargs["timeout"] = (connect, read)
+        started = self.clock.monotonic()
+        a = arm(deadline) if deadline is not None else None
+        call.arm = a
+        self._local.in_attempt = True
+        try:
+            resp = super().send(request, **kwargs)
+        except BaseException as exc:
+            duration = self.clock.monotonic() - started
+            if breaker is not None:
+                if isinstance(exc, Exception) and is_peer_failure(exc):
+                    breaker.record(success=False, is_trial=is_trial, duration=duration)
+                elif is_trial:
+                    breaker.release_trial()
+            if self._bus.wants_hot():
+                self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
+                                           call.attempt, failure_kind(exc) or "error", None,
+                                           duration, type(exc).__name__))
+            if deadline is not None and isinstance(exc, requests.RequestException) and deadline.expired():
+                raise DeadlineExceeded(route.name, deadline.total, request=request) from exc
+            raise
+        finally:
+            self._local.in_attempt = False
+            if a is not None and not call.stream:
+                disarm(a)
+        duration = self.clock.monotonic() - started
+        failed = resp.status_code in route.policy.failure_status
+        if breaker is not None:
+            breaker.record(success=not failed, is_trial=is_trial, duration=duration)
+        if self._bus.wants_hot():
+            self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
+                                       call.attempt, "status" if failed else "ok",
+                                       resp.status_code, duration))
+        return resp
+
+    # -- retry hooks ---------------------------------------------------------
+
+    def _before_sleep(self, rs: RetryCallState) -> None:
+        """Release the discarded attempt's connection, then say why we retry."""
+        call: Call = rs.args[0]
+        outcome = rs.outcome
+        assert outcome is not None
+        if outcome.failed:
+            exc = outcome.exception()
+            reason = failure_kind(exc) if exc is not None else None
+            reason = reason or type(exc).__name__
+        else:
+            resp: requests.Response = outcome.result()
+            reason = f"status {resp.status_code}"
+            _discard(resp)
+        route: _Route = call.route
+        self._emit(RetryScheduled(route.name, call.request.method or "", self._url(call.request),
+                                  call.attempt, rs.upcoming_sleep, reason))
+
+    def _gave_up(self, call: Call, outcome: str) -> None:
+        route: _Route = call.route
+        reason = call.stop_reason or ("not_retryable" if route.retrying is not None else "no_retry")
+        method, url = call.request.method or "", self._url(call.request)
+        if reason == "budget":
+            self._emit(BudgetExhausted(route.name, method, url, call.attempt))
+        self._emit(GaveUp(route.name, method, url, call.attempt, reason, outcome))
+
+    # -- fallbacks -----------------------------------------------------------
+
+    def _fallback_or_raise(self, call: Call, exc: BaseException) -> requests.Response:
+        resp = self._fallback_or_none(call, exc)
+        if resp is None:
+            values = secret_values(call.request.url or "", call.request.headers, self.config.secrets)
+            redact_exception(exc, values)
+            raise exc
+        return resp
+
+    def _fallback_or_none(
+        self, call: Call, failure: BaseException | requests.Response
+    ) -> requests.Response | None:
+        """The fallback's response for *failure*, or None when there is none to give."""
+        route: _Route = call.route
+        fb = route.policy.fallback
+        request = call.request
+        if fb is None:
+            return None
+        if isinstance(fb, StaticFallback):
+            resp = make_response(request, fb.status, fb.body, fb.headers)
+            kind = "static"
+        elif isinstance(fb, StaleFallback):
+            stale = route.state.stale
+            found = stale.response_for(request) if stale is not None else None
+            if found is None:
+                return None
+            resp, kind = found, "stale"
+        else:
+            assert isinstance(fb, CallableFallback)
+            kind = "callable"
+            try:
+                resp = fb.function(request, failure)
+            except Exception as fb_exc:
+                if isinstance(failure, BaseException):
+                    raise fb_exc from failure
+                raise
+        if isinstance(failure, requests.Response) and failure is not resp:
+            _discard(failure)
+        resp.attempts = call.attempt  # type: ignore[attr-defined]
+        resp.is_fallback = True  # type: ignore[attr-defined]
+        self._emit(FallbackServed(route.name, request.method or "", self._url(request), kind,
+                                  self._describe(call, failure)))
+        return resp
+
+    # -- small helpers -------------------------------------------------------
+
+    def _timeouts(self, route: _Route, value: object) -> tuple[float, float]:
+        """Per-call ``timeout=`` replaces connect/read; None parts mean the policy's."""
+        if value is None:
+            return route.timeouts
+        connect, read = route.timeouts
+        if isinstance(value, Urllib3Timeout):
+            c: object = value.connect_timeout
+            r: object = value.read_timeout
+            c = None if not isinstance(c, (int, float)) else c
+            r = None if not isinstance(r, (int, float)) else r
+        elif isinstance(value, tuple):
+            if len(value) != 2:
+                raise ValueError(f"timeout must be a number or a (connect, read) tuple, got {value!r}")
+            c, r = value
+        else:
+            c = r = value
+        return (_finite("connect", c, connect), _finite("read", r, read))
+
+    @staticmethod
+    def _idempotent(request: requests.PreparedRequest, policy: Policy) -> bool:
+        retry = policy.retry
+        if retry is None:
+            return False
+        if request.method in retry.methods:
+            return True
+        return retry.idempotency_header is not None and retry.idempotency_header in request.headers
+
+    def _hand_slot_to(self, resp: requests.Response, bulkhead: Bulkhead) -> None:
+        """A streamed response keeps its bulkhead slot until it is consumed or closed."""
+        raw = resp.raw
+        released = False
+        lock = threading.Lock()
+
+        def release() -> None:
+            nonlocal released
+            with lock:
+                if released:
+                    return
+                released = True
+            bulkhead.release()
+
+        original = getattr(raw, "release_conn", None)
+        if raw is None or original is None:
+            release()
+            return
+
+        def release_conn() -> None:
+            try:
+                original()
+            finally:
+                release()
+
+        raw.release_conn = release_conn  # type: ignore[method-assign]
+
+    def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), breaker.stats().consecutive_failures))
+
+    def _emit(self, event: Event) -> None:
+        self._bus.emit(event)
+
+    def _emit_call(
+        self, call: Call, resp: requests.Response | None, exc: BaseException | None, started: float
+    ) -> None:
+        route: _Route = call.route
+        outcome = "ok" if resp is not None and resp.status_code not in route.policy.failure_status else (
+            "status" if resp is not None else (failure_kind(exc) if exc else None) or type(exc).__name__
+        )
+        self._emit(CallFinished(route.name, call.request.method or "", self._url(call.request),
+                                call.attempt, outcome, resp.status_code if resp is not None else None,
+                                self.clock.monotonic() - started, False))
+
+    def _url(self, request: requests.PreparedRequest) -> str:
+        return redact_url(request.url or "", self.config.secrets)
+
+    def _describe(self, call: Call, failure: BaseException | requests.Response) -> str:
+        if isinstance(failure, requests.Response):
+            return f"status {failure.status_code}"
+        values = secret_values(call.request.url or "", call.request.headers, self.config.secrets)
+        redact_exception(failure, values)
+        return f"{type(failure).__name__}: {failure}"
+
+    def __repr__(self) -> str:
+        return f"<ResilientSession endpoints={[e.name for e in self.config.endpoints]}>"
+
+
+def _finite(name: str, value: object, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} timeout must be a number, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value <= 0:
+        raise ValueError(f"{name} timeout must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _discard(resp: requests.Response) -> None:
+    """Return a discarded response's connection to the pool (drain a small body, else close)."""
+    try:
+        if not resp._content_consumed and resp.raw is not None:  # type: ignore[attr-defined]
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) <= 65536:
+                resp.raw.drain_conn()
+    except Exception:  # noqa: S110 - a failing drain just means the connection is closed below
+        pass
+    finally:
+        resp.close()
+
