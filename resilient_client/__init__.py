@@ -20,6 +20,7 @@ from ._config import Config, Endpoint, Secrets
 from ._deadline import Deadline
 from ._events import (
     AttemptFinished,
+    BreakerRejected,
     BreakerStateChanged,
     BudgetExhausted,
     BulkheadRejected,
@@ -63,6 +64,7 @@ __all__ = [
     "BackoffPolicy",
     "BreakerMode",
     "BreakerPolicy",
+    "BreakerRejected",
     "BreakerState",
     "BreakerStateChanged",
     "BreakerStats",

@@ -1,43 +1,145 @@
 """
-Circuit breakers per endpoint. (Interface stub: a helper is filling it in.)
+Circuit breakers, one per endpoint name.
 
-The session uses exactly this surface:
+A breaker watches the outcome of every attempt to an endpoint and stops
+calling it once it looks down: *closed* lets calls through, *open* refuses
+them at once with `CircuitOpenError`, and after ``reset_timeout`` one trial
+call goes through (*half-open*); its success closes the breaker, its failure
+opens it again. The session drives it around each attempt::
 
-    breaker = CircuitBreaker(name, policy, clock=clock, on_state_change=cb)
     is_trial = breaker.before_call()          # raises CircuitOpenError
-    breaker.record(success=True/False, is_trial=is_trial, duration=seconds)
-    breaker.release_trial()                   # trial call ended without an outcome
-    breaker.state -> BreakerState ; .open() ; .close() ; .retry_at ; .stats()
+    ...                                       # the attempt itself, no lock held
+    breaker.record(success=ok, is_trial=is_trial, duration=seconds)
+    # or, if the attempt ended without an outcome (BaseException):
+    breaker.release_trial()
+
+What we take from pybreaker, and why
+------------------------------------
+pybreaker is a dependency; we use its vocabulary and its storage seam, not its
+machinery:
+
+* **State names.** `BreakerState`'s values *are* ``pybreaker.STATE_CLOSED``,
+  ``STATE_OPEN`` and ``STATE_HALF_OPEN``, so a state string in Redis, in a log
+  line or in a listener means what it means in pybreaker.
+* **Storage.** Shared state lives in `_RedisStorage`, a subclass of
+  ``pybreaker.CircuitRedisStorage`` (hence a ``CircuitBreakerStorage``). It
+  keeps pybreaker's key layout (``<namespace>:breaker:state``,
+  ``...:fail_counter``) and its accessors, so ``pybreaker.CircuitBreaker(
+  state_storage=...)`` can read and drive the very same breaker. It overrides
+  ``opened_at`` to keep sub-second precision (pybreaker stores whole seconds)
+  and adds Lua scripts for the steps that must be atomic across processes.
+* **Listeners.** ``pybreaker.CircuitBreakerListener`` instances can be
+  registered; they get ``state_change``, ``before_call``, ``success`` and
+  ``failure`` as they would from pybreaker.
+
+Not used: ``pybreaker.CircuitBreaker`` and its state classes. Its ``call()``
+holds one lock for the whole wrapped call (so calls through a breaker would
+run one at a time), it reads the wall clock (``datetime.now``) so it cannot
+run on an injected clock, and its Redis storage logs a traceback for every
+Redis error on every call. We do not wrap the call at all, the lock is held
+only for bookkeeping, and time in memory mode is the injected clock's. Memory
+mode does not use ``CircuitMemoryStorage`` either: the closed path must be a
+single attribute read, and that storage keeps ``opened_at`` as a wall-clock
+datetime.
+
+Shared state (``storage: redis://...``)
+---------------------------------------
+The state (open or not, when it opened, forced, the trial claim) and the
+consecutive-failure count are shared per endpoint name; the rate-mode window
+is counted per process, since sharing it would cost a Redis write per call.
+Redis must never become the thing that fails: every operation has a short
+socket timeout and no retries; when Redis is unreachable the breaker carries
+on with its in-process state, logs that once, tries Redis again at most every
+``_REDIS_RETRY_INTERVAL`` seconds and resyncs when it answers.
+
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import math
+import os
 import threading
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
-from ._clock import Clock
-from ._policy import BreakerPolicy
-from .exceptions import CircuitOpenError
+import pybreaker
 
-__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker"]
+from ._clock import SYSTEM_CLOCK, Clock
+from ._policy import BreakerMode, BreakerPolicy
+from .exceptions import CircuitOpenError, ConfigError
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "StateChangeCallback"]
+
+logger = logging.getLogger("resilient_client")
+
+#: How long a snapshot of the shared state read from Redis is trusted. Within
+#: it, calls cost no Redis round trip; another process's trip is seen at most
+#: this late.
+_SHARED_CACHE_TTL = 0.02
+#: Socket timeouts for Redis (connect, and each operation). A breaker's job is
+#: to fail fast: a slow Redis must not add more than this to a call.
+_REDIS_CONNECT_TIMEOUT = 0.05
+_REDIS_TIMEOUT = 0.1
+#: After Redis failed, how long to run on in-process state before trying again.
+_REDIS_RETRY_INTERVAL = 1.0
+#: A trial claim expires after max(reset_timeout, this) seconds, so a trial
+#: whose caller vanished (a crashed process, a lost record()) cannot keep the
+#: breaker half-open for ever. It must outlast any real call, hence generous.
+_TRIAL_LEASE_MIN = 30.0
+#: Shared keys expire after a day without writes: breakers per origin would
+#: otherwise leave keys behind for every host ever called.
+_KEY_TTL_MS = 86_400_000
+#: Rate mode: the window is cut into this many buckets (about 1 s each,
+#: clamped), so memory is bounded whatever the window.
+_MIN_BUCKETS = 10
+_MAX_BUCKETS = 60
 
 
 class BreakerState(str, enum.Enum):
-    """The state of a breaker; compares equal to ``"closed"``, ``"open"``, ``"half-open"``."""
+    """
+    The state of a breaker; compares equal to ``"closed"``, ``"open"`` and
+    ``"half-open"`` (pybreaker's state names).
 
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half-open"
+    .. versionadded:: 0.1.0
+    """
+
+    CLOSED = pybreaker.STATE_CLOSED
+    OPEN = pybreaker.STATE_OPEN
+    HALF_OPEN = pybreaker.STATE_HALF_OPEN
 
     def __str__(self) -> str:
         return self.value
 
 
+_CLOSED = BreakerState.CLOSED
+_OPEN = BreakerState.OPEN
+_HALF_OPEN = BreakerState.HALF_OPEN
+
+
 @dataclass(frozen=True)
 class BreakerStats:
-    """A snapshot of a breaker for dashboards and the health view."""
+    """
+    A snapshot of a breaker, for dashboards, health views and tests.
+
+    Counts are this process's, since the breaker was created. ``retry_at`` is
+    when a trial call becomes possible (on the session's clock), ``None``
+    when closed or forced open. ``window_calls``/``window_failures`` cover the
+    rate-mode window (0 in consecutive mode). ``shared`` is ``None`` in memory
+    mode, else whether Redis is currently reachable.
+
+    .. versionadded:: 0.1.0
+    """
 
     name: str
     state: BreakerState
@@ -46,98 +148,1055 @@ class BreakerStats:
     successes: int
     rejected: int
     retry_at: float | None
+    slow_calls: int = 0
+    window_calls: int = 0
+    window_failures: int = 0
+    shared: bool | None = None
 
 
+#: ``on_state_change(breaker, old_state, new_state)``.
 StateChangeCallback = Callable[["CircuitBreaker", BreakerState, BreakerState], None]
+
+_Changes = list[tuple[BreakerState, BreakerState]]
+
+
+class _ListenerState:
+    """What a pybreaker listener gets as a state: pybreaker passes its state
+    objects, whose ``.name`` is the state string."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<state {self.name}>"
+
+
+_LISTENER_STATES = {s: _ListenerState(s.value) for s in BreakerState}
+
+
+class _FailedAttempt(Exception):
+    """Given to pybreaker listeners' ``failure()``: record() gets no exception."""
+
+
+class _Window:
+    """
+    Calls and failures over the last *span* seconds, in fixed time buckets.
+
+    The newest bucket is ``_head``; moving to a later bucket clears the ones
+    skipped over, keeping running totals, so every operation is O(1) amortised
+    and memory is ``2 * buckets`` ints whatever the traffic.
+    """
+
+    __slots__ = ("_calls", "_fails", "_head", "_n", "_width", "calls", "failures")
+
+    def __init__(self, span: float) -> None:
+        self._n = min(_MAX_BUCKETS, max(_MIN_BUCKETS, math.ceil(span)))
+        self._width = span / self._n
+        self._calls = [0] * self._n
+        self._fails = [0] * self._n
+        self._head: int | None = None
+        self.calls = 0
+        self.failures = 0
+
+    def clear(self) -> None:
+        self._calls = [0] * self._n
+        self._fails = [0] * self._n
+        self._head = None
+        self.calls = self.failures = 0
+
+    def advance(self, now: float) -> int:
+        """Slide the window to *now*; return the slot of the current bucket."""
+        idx = math.floor(now / self._width)
+        head = self._head
+        if head is None or idx - head >= self._n:
+            self.clear()
+        elif idx > head:
+            for i in range(head + 1, idx + 1):
+                slot = i % self._n
+                self.calls -= self._calls[slot]
+                self.failures -= self._fails[slot]
+                self._calls[slot] = self._fails[slot] = 0
+        else:
+            idx = head  # a monotonic clock never goes back; stay put if it does
+        self._head = idx
+        return idx % self._n
+
+    def add(self, now: float, failed: bool) -> None:
+        slot = self.advance(now)
+        self._calls[slot] += 1
+        self.calls += 1
+        if failed:
+            self._fails[slot] += 1
+            self.failures += 1
+
+
+# -- shared state in Redis ------------------------------------------------------
+#
+# Time across hosts: monotonic clocks have a per-host epoch, so they cannot be
+# shared; wall clocks can, but drift between hosts. Every shared timestamp is
+# therefore Redis's own TIME, written and compared inside the same script or
+# read together with TIME in one snapshot: one clock for all processes, with
+# sub-millisecond precision (epoch milliseconds as a float string).
+
+# KEYS: 1 state, 2 opened_at_ms, 3 forced, 4 fail_counter, 5 trial.
+_LUA_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function open_now()
+  redis.call('SET', KEYS[1], 'open', 'PX', ARGV[#ARGV])
+  redis.call('SET', KEYS[2], string.format('%.3f', now_ms()), 'PX', ARGV[#ARGV])
+end
+"""
+
+# One round trip for everything before_call() needs, including Redis's clock.
+_LUA_SNAPSHOT = """
+local t = redis.call('TIME')
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]),
+        redis.call('GET', KEYS[4]), redis.call('PTTL', KEYS[5]), t[1], t[2]}
+"""
+
+# A failure while closed, consecutive mode. ARGV: threshold, key ttl.
+_LUA_FAIL = _LUA_PRELUDE + """
+local n = redis.call('INCR', KEYS[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[#ARGV])
+if n < tonumber(ARGV[1]) or redis.call('GET', KEYS[3]) then return 0 end
+local s = redis.call('GET', KEYS[1])
+if s and s ~= 'closed' then return 0 end
+open_now()
+return 1
+"""
+
+# Open a closed breaker (rate mode, resync). Already open: leave opened_at be.
+_LUA_TRIP = _LUA_PRELUDE + """
+if redis.call('GET', KEYS[3]) then return 0 end
+local s = redis.call('GET', KEYS[1])
+if s and s ~= 'closed' then return 0 end
+open_now()
+return 1
+"""
+
+# Claim the one trial call. The claim itself is SET NX PX, so exactly one
+# caller across all processes wins it, and it expires if its holder vanishes.
+# ARGV: reset_timeout ms, lease ms, token, key ttl.
+_LUA_CLAIM = _LUA_PRELUDE + """
+if redis.call('GET', KEYS[3]) then return {'forced', '0'} end
+local s = redis.call('GET', KEYS[1])
+if not s or s == 'closed' then return {'closed', '0'} end
+if s == 'open' then
+  local left = (tonumber(redis.call('GET', KEYS[2])) or 0) + tonumber(ARGV[1]) - now_ms()
+  if left > 0 then return {'open', string.format('%.3f', left)} end
+end
+if not redis.call('SET', KEYS[5], ARGV[3], 'NX', 'PX', ARGV[2]) then return {'busy', '0'} end
+redis.call('SET', KEYS[1], 'half-open', 'PX', ARGV[#ARGV])
+return {'claimed', '0'}
+"""
+
+# The trial's outcome. Only the holder of the claim decides; a claim that
+# expired and went to someone else makes this outcome stale. ARGV: token,
+# '1' success | '0' failure, key ttl.
+_LUA_END_TRIAL = _LUA_PRELUDE + """
+local holder = redis.call('GET', KEYS[5])
+if holder and holder ~= ARGV[1] then return 'stale' end
+if holder then redis.call('DEL', KEYS[5]) end
+if redis.call('GET', KEYS[3]) then return 'forced' end
+if redis.call('GET', KEYS[1]) ~= 'half-open' then return 'ignored' end
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+  return 'closed'
+end
+open_now()
+return 'open'
+"""
+
+_LUA_RELEASE = """
+if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) return 1 end
+return 0
+"""
+
+# Forced open ('1') or close ('0'). A closed breaker is the absence of keys.
+_LUA_FORCE = _LUA_PRELUDE + """
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[3], '1')
+  redis.call('DEL', KEYS[5])
+  open_now()
+else
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+end
+return 1
+"""
+
+_STATE_BY_BYTES = {s.value.encode(): s for s in BreakerState}
+
+
+class _Shared(NamedTuple):
+    """The shared state as read in one round trip."""
+
+    state: BreakerState
+    forced: bool
+    opened_at_ms: float  # Redis TIME, epoch milliseconds
+    now_ms: float  # Redis TIME when read
+    failures: int  # shared consecutive failures
+    trial_ttl_ms: int  # > 0 while someone holds the trial claim
+    read_at: float  # time.monotonic() here when read
+
+    def open_left(self, reset_ms: float) -> float:
+        """Seconds until a trial is allowed, as of now (<= 0: allowed)."""
+        age_ms = (time.monotonic() - self.read_at) * 1000.0
+        return (self.opened_at_ms + reset_ms - self.now_ms - age_ms) / 1000.0
+
+
+def _redact(url: str) -> str:
+    """*url* without credentials or query (where unix:// puts a password)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class _RedisStorage(pybreaker.CircuitRedisStorage):
+    """
+    Shared breaker state in Redis: pybreaker's storage with sub-second
+    ``opened_at``, no network I/O in the constructor, and atomic scripts for
+    what the breaker does. Our methods raise `redis.RedisError`; the breaker
+    decides what an unreachable Redis means.
+    """
+
+    #: Keys are ``resilient_client:{<name>}:breaker:<key>``; the braces make
+    #: every key of a breaker hash to one Redis Cluster slot, as scripts need.
+    BASE_NAMESPACE = "breaker"
+
+    def __init__(self, url: str, name: str) -> None:
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigError(
+                "breaker.storage",
+                "a redis:// storage needs the redis package: "
+                "pip install 'resilient_client[redis]'",
+            ) from None
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=_REDIS_TIMEOUT,
+            socket_connect_timeout=_REDIS_CONNECT_TIMEOUT,
+            # redis-py retries failed commands by default (with backoff):
+            # that would multiply the timeouts above. We fail over instead.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self.url = _redact(url)
+        super().__init__(pybreaker.STATE_CLOSED, client, namespace=f"resilient_client:{{{name}}}")
+        self._client: redis.Redis = client
+        self._keys = [
+            self._namespace(k) for k in ("state", "opened_at_ms", "forced", "fail_counter", "trial")
+        ]
+        register = client.register_script
+        self._snapshot: Callable[..., Any] = register(_LUA_SNAPSHOT)
+        self._fail: Callable[..., Any] = register(_LUA_FAIL)
+        self._trip: Callable[..., Any] = register(_LUA_TRIP)
+        self._claim: Callable[..., Any] = register(_LUA_CLAIM)
+        self._end_trial: Callable[..., Any] = register(_LUA_END_TRIAL)
+        self._release: Callable[..., Any] = register(_LUA_RELEASE)
+        self._force: Callable[..., Any] = register(_LUA_FORCE)
+
+    def _initialize_redis_state(self, state: str) -> None:
+        # pybreaker SETNXes its keys here, from the constructor. Missing keys
+        # already read as closed / 0, and building a breaker must not block
+        # on (or fail with) Redis, so there is nothing to do.
+        return None
+
+    # pybreaker's accessor, with sub-second precision: for a pybreaker
+    # CircuitBreaker sharing this storage. Our own code uses the scripts.
+    @property
+    def opened_at(self) -> datetime | None:
+        """When the breaker last opened (UTC, sub-second), or ``None``."""
+        try:
+            raw = self._client.get(self._keys[1])
+        except _redis_error():
+            self.logger.exception("RedisError")
+            return None
+        if not raw:
+            return None
+        return datetime.fromtimestamp(float(raw) / 1000.0, tz=timezone.utc)
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        try:
+            self._client.set(self._keys[1], f"{now.timestamp() * 1000.0:.3f}", px=_KEY_TTL_MS)
+        except _redis_error():
+            self.logger.exception("RedisError")
+
+    # -- what the breaker uses; each is one round trip ------------------------
+
+    def snapshot(self) -> _Shared:
+        state, opened, forced, fails, ttl, secs, usecs = self._snapshot(keys=self._keys)
+        return _Shared(
+            state=_STATE_BY_BYTES.get(state or b"", _CLOSED),
+            forced=bool(forced),
+            opened_at_ms=float(opened or 0.0),
+            now_ms=int(secs) * 1000.0 + int(usecs) / 1000.0,
+            failures=int(fails or 0),
+            trial_ttl_ms=int(ttl),
+            read_at=time.monotonic(),
+        )
+
+    def record_failure(self, threshold: int) -> bool:
+        """Count a failure; return whether this one opened the breaker."""
+        return bool(self._fail(keys=self._keys, args=[threshold, _KEY_TTL_MS]))
+
+    def reset_failures(self) -> None:
+        self._client.delete(self._keys[3])
+
+    def trip(self) -> bool:
+        return bool(self._trip(keys=self._keys, args=[_KEY_TTL_MS]))
+
+    def claim(self, reset_timeout: float, lease: float, token: str) -> tuple[str, float]:
+        """Try to claim the trial: ``(outcome, seconds until possible)``."""
+        status, left = self._claim(
+            keys=self._keys,
+            args=[f"{reset_timeout * 1000.0:.3f}", math.ceil(lease * 1000.0), token, _KEY_TTL_MS],
+        )
+        return status.decode(), float(left) / 1000.0
+
+    def end_trial(self, token: str, success: bool) -> str:
+        out: bytes = self._end_trial(
+            keys=self._keys, args=[token, "1" if success else "0", _KEY_TTL_MS]
+        )
+        return out.decode()
+
+    def release(self, token: str) -> None:
+        self._release(keys=self._keys, args=[token])
+
+    def force(self, open_: bool) -> None:
+        self._force(keys=self._keys, args=["1" if open_ else "0", _KEY_TTL_MS])
+
+    def drop_idle_connections(self) -> None:
+        """After a failure: idle pooled connections are likely dead too."""
+        try:
+            self._client.connection_pool.disconnect(inuse_connections=False)
+        except Exception:  # best effort: never let cleanup mask the outage
+            pass
+
+
+def _redis_error() -> type[Exception]:
+    """`redis.RedisError`, imported only once shared storage is in use."""
+    from redis.exceptions import RedisError
+
+    return RedisError
+
+
+# -- the breaker -----------------------------------------------------------------
 
 
 class CircuitBreaker:
-    """Minimal consecutive-failure breaker (placeholder until the full one lands)."""
+    """
+    The circuit breaker of one endpoint.
+
+    Args:
+        name: the endpoint name; breakers with the same name and a
+            ``redis://`` storage share their state.
+        policy: thresholds, timeouts and storage.
+        clock: time for the in-process state machine (a fake one in tests).
+        on_state_change: called as ``on_state_change(breaker, old, new)``
+            after each change of state; it must not block.
+        listeners: ``pybreaker.CircuitBreakerListener`` instances.
+
+    Thread-safe: calls through one breaker run concurrently; its lock is held
+    for bookkeeping only, never across a call or a Redis round trip.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closed_fast",
+        "_consecutive",
+        "_down",
+        "_down_until",
+        "_epoch",
+        "_failures",
+        "_forced",
+        "_incremented",
+        "_lease",
+        "_listeners",
+        "_lock",
+        "_on_state_change",
+        "_opened_at",
+        "_orphan_tokens",
+        "_pending",
+        "_refresh_lock",
+        "_rejected",
+        "_reset_snap",
+        "_shared",
+        "_slow_calls",
+        "_slow_limit",
+        "_snap",
+        "_state",
+        "_successes",
+        "_trial",
+        "_trial_deadline",
+        "_trial_token",
+        "_window",
+        "name",
+        "policy",
+    )
 
     def __init__(
         self,
         name: str,
         policy: BreakerPolicy,
         *,
-        clock: Clock,
+        clock: Clock = SYSTEM_CLOCK,
         on_state_change: StateChangeCallback | None = None,
+        listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
     ) -> None:
         self.name = name
         self.policy = policy
         self._clock = clock
         self._on_state_change = on_state_change
+        self._listeners: tuple[pybreaker.CircuitBreakerListener, ...] = tuple(listeners)
         self._lock = threading.Lock()
-        self._state = BreakerState.CLOSED
-        self._consecutive = 0
-        self._opened_at = 0.0
-        self._trial = False
+        self._slow_limit = policy.slow_call_duration
+        self._lease = max(policy.reset_timeout, _TRIAL_LEASE_MIN)
+        self._window = _Window(policy.window) if policy.mode is BreakerMode.RATE else None
+
+        # The in-process state machine. In memory mode it is the truth; with
+        # Redis it mirrors the shared state, and is the truth while Redis is
+        # unreachable.
+        self._state = _CLOSED
         self._forced = False
-        self._failures = self._successes = self._rejected = 0
+        self._opened_at = 0.0  # on self._clock
+        self._trial = False  # a trial call is in flight
+        self._trial_deadline = 0.0
+        self._consecutive = 0
+        self._failures = self._successes = self._rejected = self._slow_calls = 0
+
+        self._shared: _RedisStorage | None = None
+        if policy.storage != "memory":
+            self._shared = _RedisStorage(policy.storage, name)
+        self._snap: _Shared | None = None
+        self._refresh_lock = threading.Lock()
+        self._epoch = 0  # bumped by each local write to Redis: older reads are stale
+        self._down = False
+        self._down_until = 0.0  # time.monotonic(): Redis is not tried before then
+        self._pending: str | None = None  # what to push to Redis when it returns
+        self._orphan_tokens: list[str] = []  # trial claims to release when it returns
+        self._trial_token: str | None = None
+        self._incremented = False  # we counted a shared failure since the last reset
+        self._reset_snap: _Shared | None = None
+
+        # The one flag before_call() reads on the closed path: True only when
+        # nothing else has to happen for a call to go through.
+        self._closed_fast = self._fast_path_ok()
+
+    # -- the hot path ------------------------------------------------------------
+
+    def before_call(self) -> bool:
+        """
+        Ask to make one call: return ``True`` if it is the half-open trial
+        call, ``False`` for an ordinary call.
+
+        Raises:
+            CircuitOpenError: the breaker is open (or its trial call is in
+                flight); nothing was sent.
+
+        .. versionadded:: 0.1.0
+        """
+        # Closed, in memory, no listeners: one attribute read, no lock.
+        if self._closed_fast:
+            return False
+        is_trial = (
+            self._admit_shared() if self._shared is not None else self._admit_local()
+        )
+        if self._listeners:
+            for listener in self._listeners:
+                self._safely(listener.before_call, self, None)
+        return is_trial
+
+    def record(self, *, success: bool, is_trial: bool, duration: float = 0.0) -> None:
+        """
+        Record the outcome of one attempt let through by `before_call`.
+
+        Args:
+            success: ``False`` for a connection error, a timeout or a status
+                in ``failure_status``.
+            is_trial: what `before_call` returned for this attempt.
+            duration: how long the attempt took, in seconds; longer than
+                ``slow_call_duration`` (if set) counts as a failure.
+
+        .. versionadded:: 0.1.0
+        """
+        slow = self._slow_limit is not None and duration > self._slow_limit
+        failed = slow or not success
+        if self._shared is not None:
+            self._record_shared(failed, slow, is_trial)
+        else:
+            with self._lock:
+                changes = self._record_locked(failed, slow, is_trial, authoritative=True)
+            if changes:
+                self._notify(changes)
+        if self._listeners:
+            self._notify_outcome(failed, slow, duration)
+
+    def release_trial(self) -> None:
+        """
+        Give up the trial slot of a trial call that ended without an outcome
+        (e.g. interrupted by ``KeyboardInterrupt``): the next call may try.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            self._trial = False
+            token, self._trial_token = self._trial_token, None
+        if token is not None and self._shared is not None:
+            if self._redis_usable():
+                try:
+                    self._shared.release(token)
+                    self._invalidate()
+                    return
+                except _redis_error() as exc:
+                    self._redis_failed(exc)
+            with self._lock:
+                self._orphan_tokens.append(token)
+
+    # -- operators and tests -----------------------------------------------------
 
     @property
     def state(self) -> BreakerState:
-        if self._state is BreakerState.OPEN and not self._forced:
-            if self._clock.monotonic() >= self._opened_at + self.policy.reset_timeout:
-                return BreakerState.HALF_OPEN
-        return self._state
+        """
+        ``closed``, ``open`` or ``half-open``. An open breaker whose
+        ``reset_timeout`` has passed reads ``half-open``: the next call is
+        the trial.
+
+        .. versionadded:: 0.1.0
+        """
+        snap = self._current_snapshot() if self._shared is not None else None
+        if snap is not None:
+            if snap.forced:
+                return _OPEN
+            if snap.state is _OPEN and snap.open_left(self.policy.reset_timeout * 1000.0) <= 0:
+                return _HALF_OPEN
+            return snap.state
+        state = self._state
+        if (
+            state is _OPEN
+            and not self._forced
+            and self._clock.monotonic() >= self._opened_at + self.policy.reset_timeout
+        ):
+            return _HALF_OPEN
+        return state
 
     @property
     def retry_at(self) -> float | None:
-        if self._state is BreakerState.CLOSED or self._forced:
-            return None
-        return self._opened_at + self.policy.reset_timeout
+        """
+        When a trial call becomes possible, on the session's clock; ``None``
+        when closed or forced open.
 
-    def before_call(self) -> bool:
-        if self._state is BreakerState.CLOSED:
-            return False
+        .. versionadded:: 0.1.0
+        """
+        snap = self._current_snapshot() if self._shared is not None else None
+        if snap is not None:
+            if snap.forced or snap.state is _CLOSED:
+                return None
+            left = snap.open_left(self.policy.reset_timeout * 1000.0)
+            return self._clock.monotonic() + max(left, 0.0)
         with self._lock:
-            if self.state is BreakerState.HALF_OPEN and not self._trial:
-                self._trial = True
-                return True
-            self._rejected += 1
-        raise CircuitOpenError(self.name, self.retry_at)
-
-    def record(self, *, success: bool, is_trial: bool, duration: float = 0.0) -> None:
-        with self._lock:
-            if is_trial:
-                self._trial = False
-            if success:
-                self._successes += 1
-                self._consecutive = 0
-                if self._state is not BreakerState.CLOSED and not self._forced:
-                    self._transition(BreakerState.CLOSED)
-            else:
-                self._failures += 1
-                self._consecutive += 1
-                if is_trial or self._consecutive >= self.policy.failure_threshold:
-                    if self._state is not BreakerState.OPEN or is_trial:
-                        self._opened_at = self._clock.monotonic()
-                        self._transition(BreakerState.OPEN)
-
-    def release_trial(self) -> None:
-        with self._lock:
-            self._trial = False
+            return self._retry_at_locked()
 
     def open(self) -> None:
+        """
+        Force the breaker open: every call fails fast, with no trial calls,
+        until `close`. With Redis storage, for every process.
+
+        .. versionadded:: 0.1.0
+        """
         with self._lock:
             self._forced = True
-            self._transition(BreakerState.OPEN)
+            self._trial = False
+            self._opened_at = self._clock.monotonic()
+            changes = self._set_state_locked(_OPEN)
+        self._push_force(True)
+        self._notify(changes)
 
     def close(self) -> None:
+        """
+        Close the breaker (also ending a forced open) and forget past
+        failures. With Redis storage, for every process.
+
+        .. versionadded:: 0.1.0
+        """
         with self._lock:
             self._forced = False
-            self._consecutive = 0
-            self._transition(BreakerState.CLOSED)
+            changes = self._close_locked()
+        self._push_force(False)
+        self._notify(changes)
 
     def stats(self) -> BreakerStats:
-        return BreakerStats(self.name, self.state, self._consecutive, self._failures,
-                            self._successes, self._rejected, self.retry_at)
+        """
+        A consistent snapshot of the breaker.
 
-    def _transition(self, new: BreakerState) -> None:
-        old = self._state
-        self._state = new
-        if old is not new and self._on_state_change is not None:
-            self._on_state_change(self, old, new)
+        .. versionadded:: 0.1.0
+        """
+        state = self.state
+        retry_at = self.retry_at
+        with self._lock:
+            window = self._window
+            if window is not None:
+                window.advance(self._clock.monotonic())
+            return BreakerStats(
+                name=self.name,
+                state=state,
+                consecutive_failures=self._consecutive,
+                failures=self._failures,
+                successes=self._successes,
+                rejected=self._rejected,
+                retry_at=retry_at,
+                slow_calls=self._slow_calls,
+                window_calls=window.calls if window is not None else 0,
+                window_failures=window.failures if window is not None else 0,
+                shared=None if self._shared is None else not self._down,
+            )
+
+    @property
+    def listeners(self) -> tuple[pybreaker.CircuitBreakerListener, ...]:
+        """
+        The registered pybreaker listeners.
+
+        .. versionadded:: 0.1.0
+        """
+        return self._listeners
+
+    def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        """
+        Register a ``pybreaker.CircuitBreakerListener``.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+            self._closed_fast = self._fast_path_ok()
+
+    def remove_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        """
+        Unregister a listener added with `add_listener`.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            rest = list(self._listeners)
+            rest.remove(listener)
+            self._listeners = tuple(rest)
+            self._closed_fast = self._fast_path_ok()
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self.state.value}>"
+
+    # -- the in-process state machine (call with self._lock held) ---------------
+
+    def _fast_path_ok(self) -> bool:
+        return self._shared is None and self._state is _CLOSED and not self._listeners
+
+    def _set_state_locked(self, new: BreakerState) -> _Changes:
+        old = self._state
+        self._state = new
+        self._closed_fast = self._fast_path_ok()
+        return [(old, new)] if old is not new else []
+
+    def _open_locked(self, now: float) -> _Changes:
+        self._opened_at = now
+        self._trial = False
+        return self._set_state_locked(_OPEN)
+
+    def _close_locked(self) -> _Changes:
+        self._consecutive = 0
+        self._trial = False
+        self._trial_token = None
+        if self._window is not None:
+            self._window.clear()
+        return self._set_state_locked(_CLOSED)
+
+    def _retry_at_locked(self) -> float | None:
+        if self._state is _CLOSED or self._forced:
+            return None
+        return self._opened_at + self.policy.reset_timeout
+
+    def _count_locked(self, failed: bool, slow: bool) -> None:
+        if failed:
+            self._failures += 1
+            self._consecutive += 1
+        else:
+            self._successes += 1
+            self._consecutive = 0
+        if slow:
+            self._slow_calls += 1
+
+    def _record_locked(
+        self, failed: bool, slow: bool, is_trial: bool, *, authoritative: bool
+    ) -> _Changes:
+        """Count one outcome; when *authoritative*, also move the state."""
+        self._count_locked(failed, slow)
+        if is_trial:
+            was_trial, self._trial = self._trial, False
+            # Forced open, or closed meanwhile: the trial no longer decides.
+            if not authoritative or not was_trial or self._forced or self._state is not _HALF_OPEN:
+                return []
+            return self._open_locked(self._clock.monotonic()) if failed else self._close_locked()
+        if self._state is not _CLOSED:
+            # A call let through before the breaker opened, ending late: only
+            # the trial decides what happens to an open breaker.
+            return []
+        window = self._window
+        if window is not None:
+            now = self._clock.monotonic()
+            window.add(now, failed)
+            trip = (
+                failed
+                and window.calls >= self.policy.min_calls
+                and window.failures / window.calls >= self.policy.failure_rate
+            )
+        else:
+            trip = failed and self._consecutive >= self.policy.failure_threshold
+            now = self._clock.monotonic() if trip else 0.0
+        if trip and authoritative:
+            if self._shared is not None:
+                self._pending = "trip"  # opened while Redis was away: tell it
+            return self._open_locked(now)
+        return []
+
+    def _admit_local(self) -> bool:
+        """before_call() on the in-process state: memory mode, or Redis away."""
+        with self._lock:
+            state = self._state
+            if state is _CLOSED:
+                return False
+            if not self._forced:
+                now = self._clock.monotonic()
+                if state is _OPEN:
+                    allowed = now >= self._opened_at + self.policy.reset_timeout
+                else:  # half-open: the trial slot is free, or its holder vanished
+                    allowed = not self._trial or now >= self._trial_deadline
+                if allowed:
+                    self._trial = True
+                    self._trial_deadline = now + self._lease
+                    changes = self._set_state_locked(_HALF_OPEN)
+                    admitted = True
+                else:
+                    admitted = False
+            else:
+                admitted = False
+            if not admitted:
+                self._rejected += 1
+                retry_at = self._retry_at_locked()
+        if admitted:
+            self._notify(changes)
+            return True
+        raise CircuitOpenError(self.name, retry_at)
+
+    # -- shared state ------------------------------------------------------------
+
+    def _redis_usable(self) -> bool:
+        return not self._down and time.monotonic() >= self._down_until
+
+    def _invalidate(self) -> None:
+        """After we wrote to Redis: the cached snapshot, and reads already in
+        flight, are stale."""
+        self._snap = None
+        self._epoch += 1
+
+    def _current_snapshot(self) -> _Shared | None:
+        """The shared state, cached for _SHARED_CACHE_TTL; ``None`` when
+        Redis is unreachable (then the in-process state applies)."""
+        snap = self._snap
+        now = time.monotonic()
+        if snap is not None and now - snap.read_at < _SHARED_CACHE_TTL:
+            return snap
+        if now < self._down_until:
+            return None
+        # One thread reads; the others make do with the previous snapshot
+        # rather than all queueing on Redis at once.
+        if not self._refresh_lock.acquire(blocking=False):
+            return snap
+        try:
+            return self._refresh()
+        finally:
+            self._refresh_lock.release()
+
+    def _refresh(self) -> _Shared | None:
+        storage = self._shared
+        assert storage is not None
+        epoch = self._epoch
+        try:
+            snap = storage.snapshot()
+            if self._down:
+                snap = self._resync(storage, snap)
+                epoch = self._epoch
+        except _redis_error() as exc:
+            self._redis_failed(exc)
+            return None
+        if epoch != self._epoch:
+            return None  # we wrote meanwhile; the next call reads again
+        self._snap = snap
+        self._adopt(snap)
+        return snap
+
+    def _adopt(self, snap: _Shared) -> None:
+        """Make the in-process state mirror the shared one."""
+        new = _OPEN if snap.forced else snap.state
+        with self._lock:
+            self._forced = snap.forced
+            if new is not _CLOSED:
+                age = (snap.now_ms - snap.opened_at_ms) / 1000.0
+                self._opened_at = self._clock.monotonic() - age
+            if new is _CLOSED and self._state is not _CLOSED:
+                changes = self._close_locked()
+            else:
+                changes = self._set_state_locked(new)
+        # Each process reports a change when it notices it, as pybreaker
+        # does for state changed by another process.
+        self._notify(changes)
+
+    def _admit_shared(self) -> bool:
+        storage = self._shared
+        assert storage is not None
+        snap = self._current_snapshot()
+        if snap is None:
+            return self._admit_local()
+        if snap.forced:
+            self._reject(None)
+        if snap.state is _CLOSED:
+            return False
+        reset = self.policy.reset_timeout
+        if snap.state is _OPEN:
+            left = snap.open_left(reset * 1000.0)
+            if left > 0:
+                self._reject(self._clock.monotonic() + left)
+        elif snap.trial_ttl_ms > 0:
+            self._reject(self._clock.monotonic())  # another caller holds the trial
+        token = f"{os.getpid()}:{uuid.uuid4().hex}"
+        try:
+            status, left = storage.claim(reset, self._lease, token)
+        except _redis_error() as exc:
+            self._redis_failed(exc)
+            return self._admit_local()
+        self._invalidate()
+        if status == "claimed":
+            with self._lock:
+                self._trial = True
+                self._trial_token = token
+                self._trial_deadline = self._clock.monotonic() + self._lease
+                changes = self._set_state_locked(_HALF_OPEN)
+            self._notify(changes)
+            return True
+        if status == "closed":
+            return False
+        self._reject(None if status == "forced" else self._clock.monotonic() + max(left, 0.0))
+
+    def _reject(self, retry_at: float | None) -> Any:
+        with self._lock:
+            self._rejected += 1
+        raise CircuitOpenError(self.name, retry_at)
+
+    def _record_shared(self, failed: bool, slow: bool, is_trial: bool) -> None:
+        storage = self._shared
+        assert storage is not None
+        usable = self._redis_usable()
+        with self._lock:
+            token = self._trial_token if is_trial else None
+            if is_trial:
+                self._trial_token = None
+            changes = self._record_locked(failed, slow, is_trial, authoritative=not usable)
+            closed = self._state is _CLOSED
+            window = self._window
+            rate_trip = (
+                usable
+                and failed
+                and closed
+                and not is_trial
+                and window is not None
+                and window.calls >= self.policy.min_calls
+                and window.failures / window.calls >= self.policy.failure_rate
+            )
+        if not usable:
+            if token is not None:
+                with self._lock:
+                    self._orphan_tokens.append(token)
+            self._notify(changes)
+            return
+        try:
+            changes = self._write_outcome(storage, failed, is_trial, token, closed, rate_trip)
+        except _redis_error() as exc:
+            self._redis_failed(exc)
+            # Redis went away mid-call: decide in-process, as if it had been
+            # away all along (the outcome is already counted).
+            with self._lock:
+                if token is not None:
+                    self._orphan_tokens.append(token)
+                changes = self._decide_locked(failed, is_trial, token is not None)
+        self._notify(changes)
+
+    def _write_outcome(
+        self,
+        storage: _RedisStorage,
+        failed: bool,
+        is_trial: bool,
+        token: str | None,
+        closed: bool,
+        rate_trip: bool,
+    ) -> _Changes:
+        if is_trial:
+            if token is None:
+                return []  # closed or forced meanwhile: the trial no longer decides
+            outcome = storage.end_trial(token, success=not failed)
+            self._invalidate()
+            with self._lock:
+                if outcome == "closed":
+                    return self._close_locked()
+                if outcome == "open":
+                    return self._open_locked(self._clock.monotonic())
+            return []
+        if not closed:
+            return []
+        if not failed:
+            snap = self._snap
+            if self._incremented or (
+                snap is not None and snap.failures > 0 and self._reset_snap is not snap
+            ):
+                # Only when there is something to reset: a success on a
+                # healthy endpoint costs no Redis write.
+                self._incremented = False
+                self._reset_snap = snap
+                storage.reset_failures()
+            return []
+        if self._window is not None:
+            tripped = rate_trip and storage.trip()
+        else:
+            self._incremented = True
+            tripped = storage.record_failure(self.policy.failure_threshold)
+        if not tripped:
+            return []
+        self._invalidate()
+        with self._lock:
+            return self._open_locked(self._clock.monotonic())
+
+    def _decide_locked(self, failed: bool, is_trial: bool, had_token: bool) -> _Changes:
+        """The state move _record_locked(authoritative=True) would have made
+        for an outcome that is already counted."""
+        if is_trial:
+            if not had_token or self._forced or self._state is not _HALF_OPEN:
+                return []
+            return self._open_locked(self._clock.monotonic()) if failed else self._close_locked()
+        if not failed or self._state is not _CLOSED:
+            return []
+        window = self._window
+        if window is not None:
+            trip = (
+                window.calls >= self.policy.min_calls
+                and window.failures / window.calls >= self.policy.failure_rate
+            )
+        else:
+            trip = self._consecutive >= self.policy.failure_threshold
+        if not trip:
+            return []
+        self._pending = "trip"
+        return self._open_locked(self._clock.monotonic())
+
+    def _push_force(self, open_: bool) -> None:
+        storage = self._shared
+        if storage is None:
+            return
+        if self._redis_usable():
+            try:
+                storage.force(open_)
+                self._invalidate()
+                return
+            except _redis_error() as exc:
+                self._redis_failed(exc)
+        with self._lock:
+            self._pending = "force_open" if open_ else "force_close"
+
+    def _redis_failed(self, exc: Exception) -> None:
+        storage = self._shared
+        assert storage is not None
+        self._snap = None
+        self._down_until = time.monotonic() + _REDIS_RETRY_INTERVAL
+        storage.drop_idle_connections()
+        with self._lock:
+            first, self._down = not self._down, True
+        if first:
+            logger.warning(
+                "circuit breaker %r: Redis at %s is unreachable (%s: %s); "
+                "using in-process state until it answers again",
+                self.name,
+                storage.url,
+                type(exc).__name__,
+                exc,
+                extra={"endpoint": self.name, "redis": storage.url},
+            )
+
+    def _resync(self, storage: _RedisStorage, snap: _Shared) -> _Shared:
+        """Redis answers again: push what happened here meanwhile, then
+        return the state to adopt. An open breaker wins over a closed one."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            orphans, self._orphan_tokens = self._orphan_tokens, []
+            still_open = self._state is not _CLOSED
+        wrote = False
+        for token in orphans:
+            storage.release(token)
+            wrote = True
+        if pending == "force_open" and not snap.forced:
+            storage.force(True)
+            wrote = True
+        elif pending == "force_close" and (snap.forced or snap.state is not _CLOSED):
+            storage.force(False)
+            wrote = True
+        elif pending == "trip" and still_open and snap.state is _CLOSED:
+            storage.trip()
+            wrote = True
+        if wrote:
+            self._invalidate()
+            snap = storage.snapshot()
+        self._down = False
+        logger.info(
+            "circuit breaker %r: Redis at %s answers again; shared state resynced",
+            self.name,
+            storage.url,
+            extra={"endpoint": self.name, "redis": storage.url},
+        )
+        return snap
+
+    # -- notifications -----------------------------------------------------------
+
+    def _notify(self, changes: _Changes) -> None:
+        # Called without the lock, so a callback may use the breaker.
+        for old, new in changes:
+            if self._on_state_change is not None:
+                self._safely(self._on_state_change, self, old, new)
+            for listener in self._listeners:
+                self._safely(
+                    listener.state_change, self, _LISTENER_STATES[old], _LISTENER_STATES[new]
+                )
+
+    def _notify_outcome(self, failed: bool, slow: bool, duration: float) -> None:
+        for listener in self._listeners:
+            if not failed:
+                self._safely(listener.success, self)
+            else:
+                why = f"slow call ({duration:.3f}s)" if slow else "attempt failed"
+                self._safely(listener.failure, self, _FailedAttempt(why))
+
+    def _safely(self, fn: Callable[..., Any], *args: Any) -> None:
+        # The state has already changed: a failing observer must not break
+        # the call that happened to trigger it.
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("circuit breaker %r: a state listener failed", self.name)

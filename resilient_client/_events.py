@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "AttemptFinished",
+    "BreakerRejected",
     "BreakerStateChanged",
     "BudgetExhausted",
     "BulkheadRejected",
@@ -111,6 +112,14 @@ class BreakerStateChanged(Event):
 
 
 @dataclass(frozen=True)
+class BreakerRejected(Event):
+    """A call was refused without touching the network because the breaker is open."""
+
+    method: str
+    url: str
+
+
+@dataclass(frozen=True)
 class FallbackServed(Event):
     """A fallback (``static``, ``stale`` or ``callable``) answered instead of the peer; ``error`` is what it replaced."""
 
@@ -158,6 +167,7 @@ _KINDS: dict[type, str] = {
     GaveUp: "gave_up",
     BudgetExhausted: "budget_exhausted",
     BreakerStateChanged: "breaker_state_changed",
+    BreakerRejected: "breaker_rejected",
     FallbackServed: "fallback_served",
     BulkheadRejected: "bulkhead_rejected",
     DeadlinePassed: "deadline_passed",
@@ -185,6 +195,7 @@ _LEVELS: dict[type, int] = {
     GaveUp: logging.WARNING,
     BudgetExhausted: logging.WARNING,
     BreakerStateChanged: logging.WARNING,
+    BreakerRejected: logging.INFO,
     FallbackServed: logging.WARNING,
     BulkheadRejected: logging.WARNING,
     DeadlinePassed: logging.WARNING,

@@ -32,6 +32,7 @@ from ._config import Config, ConfigSource
 from ._deadline import Deadline, DeadlineAdapter, arm, disarm
 from ._events import (
     AttemptFinished,
+    BreakerRejected,
     BreakerStateChanged,
     BudgetExhausted,
     BulkheadRejected,
@@ -49,7 +50,7 @@ from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
 from ._redact import redact_exception, redact_url, secret_values
 from ._retry import Call, build_retrying
 from ._routing import Resolution, Router
-from .exceptions import BulkheadFull, DeadlineExceeded, ResilienceError
+from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
 
 __all__ = ["ResilientSession"]
 
@@ -323,6 +324,8 @@ class ResilientSession(requests.Session):
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
             raise
+        except CircuitOpenError:
+            raise  # said by the breaker_rejected event
         except Exception as exc:
             self._gave_up(call, failure_kind(exc) or type(exc).__name__)
             raise
@@ -338,13 +341,8 @@ class ResilientSession(requests.Session):
 
     def _attempt(self, call: Call) -> requests.Response:
         """One try: breaker, timeouts capped by the deadline, then requests' own send."""
-        call.attempt += 1
         route: _Route = call.route
         request = call.request
-        header = route.policy.retry.attempt_header if route.policy.retry else None
-        if header:
-            request = request.copy()
-            request.headers[header] = str(call.attempt)
         deadline = call.deadline
         connect, read = call.timeouts
         if deadline is not None:
@@ -353,9 +351,21 @@ class ResilientSession(requests.Session):
                 raise DeadlineExceeded(route.name, deadline.total, request=request)
             connect, read = min(connect, left), min(read, left)
         breaker = route.state.breaker
-        is_trial = breaker.before_call() if breaker is not None else False
+        is_trial = False
+        if breaker is not None:
+            try:
+                is_trial = breaker.before_call()
+            except CircuitOpenError:
+                self._emit(BreakerRejected(route.name, request.method or "", self._url(request)))
+                raise
+        # Only a call the breaker let through is a try.
+        call.attempt += 1
         if call.attempt == 1 and call.budget is not None:
             call.budget.record_request()
+        header = route.policy.retry.attempt_header if route.policy.retry else None
+        if header:
+            request = request.copy()
+            request.headers[header] = str(call.attempt)
 
         kwargs = call.kwargs
         kwargs["timeout"] = (connect, read)

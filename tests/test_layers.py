@@ -1,0 +1,300 @@
+"""
+Bulkheads, fallbacks and the public surface of ResilientSession, against a
+real peer on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socketserver
+import threading
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+import requests
+
+import resilient_client
+from resilient_client import (
+    BulkheadFull,
+    CallableFallback,
+    CircuitOpenError,
+    Policy,
+    ResilientSession,
+)
+
+
+class _Peer(http.server.BaseHTTPRequestHandler):
+    """Answers by path: /ok, /fail (503), /slow (waits for the gate), /stream."""
+
+    protocol_version = "HTTP/1.1"
+    gate: ClassVar[threading.Event] = threading.Event()
+    hits: ClassVar[list[str]] = []
+    status_for_ok: ClassVar[int] = 200
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        if self.path.startswith("/fail"):
+            self._send(503)
+        elif self.path.startswith("/slow"):
+            self.gate.wait(5)
+            self._send(200, b'{"slow": true}')
+        elif self.path.startswith("/toggle"):
+            self._send(self.status_for_ok, b'{"n": %d}' % len(self.hits))
+        else:
+            self._send(200, b'{"ok": true}')
+
+    do_POST = do_GET
+    do_HEAD = do_GET
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@pytest.fixture
+def peer() -> Iterator[str]:
+    _Peer.gate = threading.Event()
+    _Peer.hits = []
+    _Peer.status_for_ok = 200
+    srv = _Server(("127.0.0.1", 0), _Peer)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        _Peer.gate.set()
+        srv.shutdown()
+        srv.server_close()
+
+
+def _config(base: str, **sections: Any) -> dict[str, Any]:
+    return {"endpoints": [{"name": "peer", "match": base + "/", "retry": None, **sections}]}
+
+
+class TestPublicSurface:
+    def test_all_lists_exactly_the_public_names(self) -> None:
+        """Everything public in the package is in __all__, and nothing else."""
+        public = {n for n in vars(resilient_client) if not n.startswith(("_", "@"))}
+        public -= {"annotations", "exceptions", "testing"}  # modules and the __future__ import
+        assert public == set(resilient_client.__all__) - {"__version__"}
+
+    def test_exceptions_fit_the_requests_hierarchy(self) -> None:
+        """Each library error is caught by the requests except-blocks users already have."""
+        assert issubclass(resilient_client.ResilienceError, requests.RequestException)
+        assert issubclass(CircuitOpenError, requests.ConnectionError)
+        assert issubclass(resilient_client.DeadlineExceeded, requests.Timeout)
+        assert issubclass(BulkheadFull, resilient_client.ResilienceError)
+        assert issubclass(resilient_client.ConfigError, ValueError)
+
+    def test_is_a_requests_session(self, peer: str) -> None:
+        """ResilientSession is a requests.Session and works as a context manager."""
+        with ResilientSession() as s:
+            assert isinstance(s, requests.Session)
+            r = s.get(peer + "/ok")
+        assert r.json() == {"ok": True}
+        assert r.attempts == 1 and r.is_fallback is False
+
+    def test_policy_for_and_resolve_explain_the_match(self, peer: str) -> None:
+        """policy_for names the endpoint; resolve says which rule matched and why."""
+        s = ResilientSession(_config(peer))
+        assert s.policy_for("GET", peer + "/items?id=3").name == "peer"
+        assert "endpoints[0]" in str(s.resolve("GET", peer + "/x"))
+        other = "http://127.0.0.2:9/x"
+        assert s.policy_for("GET", other).name == "default"
+        assert "http://127.0.0.2:9" in str(s.resolve("GET", other))
+
+
+class TestBulkhead:
+    def test_call_beyond_max_concurrent_is_refused_at_once(self, peer: str) -> None:
+        """With max_concurrent calls in flight, one more raises BulkheadFull without reaching the peer."""
+        s = ResilientSession(_config(peer, bulkhead={"max_concurrent": 2}))
+        results: list[object] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(s.get(peer + "/slow").status_code))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        bulkhead = s._route_for("GET", peer + "/slow").state.bulkhead
+        assert bulkhead is not None
+        for _ in range(500):  # bounded wait until both calls hold a slot
+            if bulkhead.in_flight == 2:
+                break
+            threading.Event().wait(0.005)
+        hits_before = len(_Peer.hits)
+        with pytest.raises(BulkheadFull) as info:
+            s.get(peer + "/slow")
+        assert info.value.endpoint == "peer" and info.value.max_concurrent == 2
+        assert len(_Peer.hits) == hits_before
+        _Peer.gate.set()
+        for t in threads:
+            t.join(5)
+        assert results == [200, 200]
+        assert bulkhead.in_flight == 0
+
+    def test_slot_is_released_on_exceptions(self, peer: str) -> None:
+        """A call that raises gives its slot back."""
+        s = ResilientSession({"endpoints": [{"name": "dead", "match": "http://127.0.0.1:1/",
+                                             "retry": None, "bulkhead": {"max_concurrent": 1}}]})
+        for _ in range(3):
+            with pytest.raises(requests.ConnectionError):
+                s.get("http://127.0.0.1:1/x")
+        assert s._route_for("GET", "http://127.0.0.1:1/x").state.bulkhead.in_flight == 0  # type: ignore[union-attr]
+
+    def test_streamed_response_holds_its_slot_until_closed(self, peer: str) -> None:
+        """A stream=True response keeps its slot until it is consumed or closed."""
+        s = ResilientSession(_config(peer, bulkhead={"max_concurrent": 1}))
+        r = s.get(peer + "/ok", stream=True)
+        with pytest.raises(BulkheadFull):
+            s.get(peer + "/ok")
+        r.close()
+        assert s.get(peer + "/ok").status_code == 200
+
+    def test_streamed_response_releases_when_consumed(self, peer: str) -> None:
+        """Reading a streamed body to the end frees the slot."""
+        s = ResilientSession(_config(peer, bulkhead={"max_concurrent": 1}))
+        r = s.get(peer + "/ok", stream=True)
+        assert r.content == b'{"ok": true}'
+        assert s.get(peer + "/ok").status_code == 200
+
+    def test_full_bulkhead_serves_the_fallback(self, peer: str) -> None:
+        """A refused call gets the fallback, with attempts == 0."""
+        s = ResilientSession(_config(peer, bulkhead={"max_concurrent": 1},
+                                     fallback={"status": 200, "json": {"fallback": True}}))
+        held = s.get(peer + "/ok", stream=True)
+        r = s.get(peer + "/ok")
+        assert r.is_fallback and r.attempts == 0 and r.json() == {"fallback": True}
+        held.close()
+
+
+class TestFallback:
+    def test_static_json_fallback_on_failure_status(self, peer: str) -> None:
+        """A final status in failure_status is replaced by the static fallback."""
+        s = ResilientSession(_config(peer, fallback={"status": 200, "json": {"items": []},
+                                                     "headers": {"X-Fallback": "1"}}))
+        r = s.get(peer + "/fail")
+        assert r.status_code == 200 and r.json() == {"items": []}
+        assert r.headers["X-Fallback"] == "1" and r.headers["Content-Type"] == "application/json"
+        assert r.is_fallback is True and r.attempts == 1
+
+    def test_static_text_fallback_on_connection_error(self) -> None:
+        """A connection error is replaced by the text fallback."""
+        s = ResilientSession({"endpoints": [{"match": "http://127.0.0.1:1/", "retry": None,
+                                             "fallback": {"status": 503, "text": "later"}}]})
+        r = s.get("http://127.0.0.1:1/x")
+        assert (r.status_code, r.text, r.is_fallback) == (503, "later", True)
+
+    def test_stale_serves_the_last_good_get_with_its_age(self, peer: str) -> None:
+        """stale answers with the last 2xx GET for the same URL, and says how old it is."""
+        s = ResilientSession(_config(peer, fallback="stale"))
+        good = s.get(peer + "/toggle")
+        _Peer.status_for_ok = 503
+        r = s.get(peer + "/toggle")
+        assert r.is_fallback and r.content == good.content
+        assert r.status_code == 200 and "Age" in r.headers
+        assert r.stale_age >= 0
+
+    def test_stale_without_a_good_response_returns_the_failure(self, peer: str) -> None:
+        """With nothing cached, the caller gets the real failing response."""
+        s = ResilientSession(_config(peer, fallback="stale"))
+        r = s.get(peer + "/fail")
+        assert r.status_code == 503 and r.is_fallback is False
+
+    def test_stale_memory_is_bounded(self, peer: str) -> None:
+        """The stale cache keeps at most max_entries URLs."""
+        s = ResilientSession(_config(peer, fallback={"stale": {"max_entries": 3}}))
+        for i in range(10):
+            s.get(f"{peer}/ok?i={i}")
+        stale = s._route_for("GET", peer + "/ok").state.stale
+        assert stale is not None and len(stale) == 3
+
+    def test_callable_fallback_gets_request_and_error(self, peer: str) -> None:
+        """A Python fallback receives the request and the failing response or error."""
+        seen: list[object] = []
+
+        def fallback(request: requests.PreparedRequest, failure: object) -> requests.Response:
+            seen.append((request.url, failure))
+            r = requests.Response()
+            r.status_code = 299
+            r._content = b"computed"
+            return r
+
+        base = Policy(name="peer", retry=None, fallback=CallableFallback(fallback))
+        cfg = resilient_client.Config(endpoints=(resilient_client.Endpoint(match=peer + "/", policy=base),))
+        s = ResilientSession(cfg)
+        r = s.get(peer + "/fail")
+        assert r.status_code == 299 and r.is_fallback
+        assert isinstance(seen[0][1], requests.Response) and seen[0][1].status_code == 503  # type: ignore[index]
+
+    def test_raising_fallback_surfaces_its_error_with_the_original_as_cause(self) -> None:
+        """A fallback that raises surfaces its own error, caused by the original failure."""
+
+        def broken(request: requests.PreparedRequest, failure: object) -> requests.Response:
+            raise RuntimeError("fallback broke")
+
+        policy = Policy(name="dead", retry=None, fallback=CallableFallback(broken))
+        cfg = resilient_client.Config(endpoints=(resilient_client.Endpoint(match="http://127.0.0.1:1/", policy=policy),))
+        with pytest.raises(RuntimeError, match="fallback broke") as info:
+            ResilientSession(cfg).get("http://127.0.0.1:1/")
+        assert isinstance(info.value.__cause__, requests.ConnectionError)
+
+    def test_open_breaker_serves_fallback_without_touching_the_network(self, peer: str) -> None:
+        """With the breaker forced open, the fallback answers and the peer sees nothing."""
+        s = ResilientSession(_config(peer, fallback={"status": 200, "text": "cached"}))
+        s.circuit("peer").open()
+        r = s.get(peer + "/ok")
+        assert r.text == "cached" and r.attempts == 0 and r.is_fallback
+        assert _Peer.hits == []
+
+    def test_fallback_event_records_the_replaced_error(self, peer: str) -> None:
+        """The fallback_served event carries what the fallback replaced."""
+        events: list[resilient_client.Event] = []
+        s = ResilientSession(_config(peer, fallback={"status": 200, "text": "x"}), listeners=[events.append])
+        s.get(peer + "/fail")
+        served = [e for e in events if isinstance(e, resilient_client.FallbackServed)]
+        assert len(served) == 1 and served[0].error == "status 503" and served[0].fallback == "static"
+
+
+class TestCircuit:
+    def test_circuit_by_name_and_by_url_is_the_same_breaker(self, peer: str) -> None:
+        """session.circuit accepts an endpoint name or a URL."""
+        s = ResilientSession(_config(peer))
+        assert s.circuit("peer") is s.circuit(peer + "/anything")
+        assert s.circuit("peer").state == "closed"
+
+    def test_open_breaker_fails_fast(self, peer: str) -> None:
+        """A forced-open breaker raises CircuitOpenError naming the endpoint, without a request."""
+        s = ResilientSession(_config(peer))
+        s.circuit("peer").open()
+        with pytest.raises(CircuitOpenError) as info:
+            s.get(peer + "/ok")
+        assert info.value.endpoint == "peer" and _Peer.hits == []
+        s.circuit("peer").close()
+        assert s.get(peer + "/ok").status_code == 200
+
+    def test_unknown_endpoint_is_a_key_error(self) -> None:
+        """Asking for a breaker that does not exist names the known endpoints."""
+        with pytest.raises(KeyError, match="nope"):
+            ResilientSession().circuit("nope")
+
+    def test_failures_open_the_breaker(self, peer: str) -> None:
+        """failure_threshold failing attempts open the breaker; then calls fail fast."""
+        s = ResilientSession(_config(peer, breaker={"failure_threshold": 2, "reset_timeout": 60}))
+        for _ in range(2):
+            assert s.get(peer + "/fail").status_code == 503
+        assert s.circuit("peer").state == "open"
+        with pytest.raises(CircuitOpenError):
+            s.get(peer + "/fail")
+        assert len(_Peer.hits) == 2
