@@ -23,11 +23,12 @@ machinery:
   line or in a listener means what it means in pybreaker.
 * **Storage.** Shared state lives in `_RedisStorage`, a subclass of
   ``pybreaker.CircuitRedisStorage`` (hence a ``CircuitBreakerStorage``). It
-  keeps pybreaker's key layout (``<namespace>:breaker:state``,
-  ``...:fail_counter``) and its accessors, so ``pybreaker.CircuitBreaker(
-  state_storage=...)`` can read and drive the very same breaker. It overrides
-  ``opened_at`` to keep sub-second precision (pybreaker stores whole seconds)
-  and adds Lua scripts for the steps that must be atomic across processes.
+  keeps pybreaker's key names (``state``, ``fail_counter``, under
+  ``resilient_client:{<name>}:breaker:``) and its accessors, so
+  ``pybreaker.CircuitBreaker(state_storage=...)`` can read and drive the very
+  same breaker. It overrides ``opened_at`` to keep sub-second precision
+  (pybreaker stores whole seconds), does no I/O in its constructor, and adds
+  Lua scripts for the steps that must be atomic across processes.
 * **Listeners.** ``pybreaker.CircuitBreakerListener`` instances can be
   registered; they get ``state_change``, ``before_call``, ``success`` and
   ``failure`` as they would from pybreaker.
@@ -57,6 +58,7 @@ on with its in-process state, logs that once, tries Redis again at most every
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -67,7 +69,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import pybreaker
@@ -85,7 +87,9 @@ logger = logging.getLogger("resilient_client")
 
 #: How long a snapshot of the shared state read from Redis is trusted. Within
 #: it, calls cost no Redis round trip; another process's trip is seen at most
-#: this late.
+#: this late. This and the Redis intervals below are real time
+#: (`time.monotonic`), not the injected clock: they pace talk with a real
+#: server, and a fake clock that never moves must not freeze the cache.
 _SHARED_CACHE_TTL = 0.02
 #: Socket timeouts for Redis (connect, and each operation). A breaker's job is
 #: to fail fast: a slow Redis must not add more than this to a call.
@@ -189,25 +193,25 @@ class _Window:
     and memory is ``2 * buckets`` ints whatever the traffic.
     """
 
-    __slots__ = ("_calls", "_fails", "_head", "_n", "_width", "calls", "failures")
+    __slots__ = ("_calls", "_edge", "_fails", "_head", "_n", "_slot", "_width", "calls", "failures")
 
     def __init__(self, span: float) -> None:
         self._n = min(_MAX_BUCKETS, max(_MIN_BUCKETS, math.ceil(span)))
         self._width = span / self._n
-        self._calls = [0] * self._n
-        self._fails = [0] * self._n
-        self._head: int | None = None
-        self.calls = 0
-        self.failures = 0
+        self.clear()
 
     def clear(self) -> None:
         self._calls = [0] * self._n
         self._fails = [0] * self._n
-        self._head = None
+        self._head: int | None = None  # absolute number of the newest bucket
+        self._slot = 0  # its index in the lists
+        self._edge = -math.inf  # when it ends: before then, no sliding to do
         self.calls = self.failures = 0
 
     def advance(self, now: float) -> int:
         """Slide the window to *now*; return the slot of the current bucket."""
+        if now < self._edge:
+            return self._slot
         idx = math.floor(now / self._width)
         head = self._head
         if head is None or idx - head >= self._n:
@@ -221,7 +225,9 @@ class _Window:
         else:
             idx = head  # a monotonic clock never goes back; stay put if it does
         self._head = idx
-        return idx % self._n
+        self._slot = idx % self._n
+        self._edge = (idx + 1) * self._width
+        return self._slot
 
     def add(self, now: float, failed: bool) -> None:
         slot = self.advance(now)
@@ -350,10 +356,23 @@ class _Shared(NamedTuple):
         return (self.opened_at_ms + reset_ms - self.now_ms - age_ms) / 1000.0
 
 
+def _number(raw: bytes | None) -> float:
+    """A number stored in Redis; a missing or mangled value reads as 0, never
+    as an exception out of before_call()."""
+    try:
+        return float(raw) if raw else 0.0
+    except ValueError:
+        return 0.0
+
+
 def _redact(url: str) -> str:
     """*url* without credentials or query (where unix:// puts a password)."""
     parts = urlsplit(url)
+    if not parts.netloc:
+        return f"{parts.scheme}://{parts.path}"  # unix:///path/to.sock
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
@@ -440,9 +459,9 @@ class _RedisStorage(pybreaker.CircuitRedisStorage):
         return _Shared(
             state=_STATE_BY_BYTES.get(state or b"", _CLOSED),
             forced=bool(forced),
-            opened_at_ms=float(opened or 0.0),
-            now_ms=int(secs) * 1000.0 + int(usecs) / 1000.0,
-            failures=int(fails or 0),
+            opened_at_ms=_number(opened),
+            now_ms=_number(secs) * 1000.0 + _number(usecs) / 1000.0,
+            failures=int(_number(fails)),
             trial_ttl_ms=int(ttl),
             read_at=time.monotonic(),
         )
@@ -479,10 +498,9 @@ class _RedisStorage(pybreaker.CircuitRedisStorage):
 
     def drop_idle_connections(self) -> None:
         """After a failure: idle pooled connections are likely dead too."""
-        try:
+        # Best effort: cleanup must never mask the outage itself.
+        with contextlib.suppress(Exception):
             self._client.connection_pool.disconnect(inuse_connections=False)
-        except Exception:  # best effort: never let cleanup mask the outage
-            pass
 
 
 def _redis_error() -> type[Exception]:
@@ -636,11 +654,19 @@ class CircuitBreaker:
         """
         slow = self._slow_limit is not None and duration > self._slow_limit
         failed = slow or not success
+        if not failed and self._closed_fast and self._window is None and not is_trial:
+            # A success on a closed breaker in memory: nothing can change
+            # state, so only count it. (If it opened meanwhile, resetting the
+            # count is harmless: only the trial decides an open breaker.)
+            with self._lock:
+                self._successes += 1
+                self._consecutive = 0
+            return
         if self._shared is not None:
             self._record_shared(failed, slow, is_trial)
         else:
             with self._lock:
-                changes = self._record_locked(failed, slow, is_trial, authoritative=True)
+                changes, _ = self._record_locked(failed, slow, is_trial, authoritative=True)
             if changes:
                 self._notify(changes)
         if self._listeners:
@@ -741,7 +767,7 @@ class CircuitBreaker:
 
     def stats(self) -> BreakerStats:
         """
-        A consistent snapshot of the breaker.
+        The breaker's state and this process's counts.
 
         .. versionadded:: 0.1.0
         """
@@ -840,19 +866,24 @@ class CircuitBreaker:
 
     def _record_locked(
         self, failed: bool, slow: bool, is_trial: bool, *, authoritative: bool
-    ) -> _Changes:
-        """Count one outcome; when *authoritative*, also move the state."""
+    ) -> tuple[_Changes, bool]:
+        """
+        Count one outcome. Return the state changes made (only when
+        *authoritative*: memory mode, or Redis away) and whether this outcome
+        meets the local criterion for opening the breaker.
+        """
         self._count_locked(failed, slow)
         if is_trial:
             was_trial, self._trial = self._trial, False
             # Forced open, or closed meanwhile: the trial no longer decides.
             if not authoritative or not was_trial or self._forced or self._state is not _HALF_OPEN:
-                return []
-            return self._open_locked(self._clock.monotonic()) if failed else self._close_locked()
+                return [], False
+            now = self._clock.monotonic()
+            return (self._open_locked(now) if failed else self._close_locked()), False
         if self._state is not _CLOSED:
             # A call let through before the breaker opened, ending late: only
             # the trial decides what happens to an open breaker.
-            return []
+            return [], False
         window = self._window
         if window is not None:
             now = self._clock.monotonic()
@@ -868,37 +899,34 @@ class CircuitBreaker:
         if trip and authoritative:
             if self._shared is not None:
                 self._pending = "trip"  # opened while Redis was away: tell it
-            return self._open_locked(now)
-        return []
+            return self._open_locked(now), True
+        return [], trip
 
     def _admit_local(self) -> bool:
         """before_call() on the in-process state: memory mode, or Redis away."""
+        changes: _Changes = []
         with self._lock:
             state = self._state
             if state is _CLOSED:
                 return False
+            admitted = False
             if not self._forced:
                 now = self._clock.monotonic()
                 if state is _OPEN:
-                    allowed = now >= self._opened_at + self.policy.reset_timeout
+                    admitted = now >= self._opened_at + self.policy.reset_timeout
                 else:  # half-open: the trial slot is free, or its holder vanished
-                    allowed = not self._trial or now >= self._trial_deadline
-                if allowed:
+                    admitted = not self._trial or now >= self._trial_deadline
+                if admitted:
                     self._trial = True
                     self._trial_deadline = now + self._lease
                     changes = self._set_state_locked(_HALF_OPEN)
-                    admitted = True
-                else:
-                    admitted = False
-            else:
-                admitted = False
             if not admitted:
                 self._rejected += 1
                 retry_at = self._retry_at_locked()
-        if admitted:
-            self._notify(changes)
-            return True
-        raise CircuitOpenError(self.name, retry_at)
+        if not admitted:
+            raise CircuitOpenError(self.name, retry_at)
+        self._notify(changes)
+        return True
 
     # -- shared state ------------------------------------------------------------
 
@@ -912,26 +940,44 @@ class CircuitBreaker:
         self._epoch += 1
 
     def _current_snapshot(self) -> _Shared | None:
-        """The shared state, cached for _SHARED_CACHE_TTL; ``None`` when
-        Redis is unreachable (then the in-process state applies)."""
+        """
+        The shared state, cached for _SHARED_CACHE_TTL; ``None`` only when
+        Redis is unreachable (then the in-process state applies).
+        """
         snap = self._snap
         now = time.monotonic()
         if snap is not None and now - snap.read_at < _SHARED_CACHE_TTL:
             return snap
-        if now < self._down_until:
+        if self._down and now < self._down_until:
             return None
-        # One thread reads; the others make do with the previous snapshot
-        # rather than all queueing on Redis at once.
-        if not self._refresh_lock.acquire(blocking=False):
-            return snap
+        if snap is not None or self._down:
+            # One thread reads (or probes a Redis that was away); the others
+            # make do with a snapshot a few ms older, or the in-process state,
+            # rather than all queueing on Redis at once.
+            if not self._refresh_lock.acquire(blocking=False):
+                return snap
+        else:
+            # No snapshot at all (first call, or we just wrote): wait for the
+            # read in progress, bounded by Redis's socket timeouts.
+            self._refresh_lock.acquire()
+            snap = self._snap
+            if snap is not None and time.monotonic() - snap.read_at < _SHARED_CACHE_TTL:
+                self._refresh_lock.release()
+                return snap
         try:
-            return self._refresh()
+            snap, adopt = self._read_shared()
         finally:
             self._refresh_lock.release()
+        if adopt and snap is not None:
+            self._adopt(snap)  # outside the refresh lock: it runs callbacks
+        return snap
 
-    def _refresh(self) -> _Shared | None:
+    def _read_shared(self) -> tuple[_Shared | None, bool]:
+        """Read Redis (and resync after an outage): ``(snapshot, adopt it)``."""
         storage = self._shared
         assert storage is not None
+        if self._down and time.monotonic() < self._down_until:
+            return None, False  # another thread found Redis away meanwhile
         epoch = self._epoch
         try:
             snap = storage.snapshot()
@@ -940,12 +986,13 @@ class CircuitBreaker:
                 epoch = self._epoch
         except _redis_error() as exc:
             self._redis_failed(exc)
-            return None
+            return None, False
         if epoch != self._epoch:
-            return None  # we wrote meanwhile; the next call reads again
+            # We wrote while reading: usable for this decision (the scripts
+            # re-check), not worth caching or mirroring.
+            return snap, False
         self._snap = snap
-        self._adopt(snap)
-        return snap
+        return snap, True
 
     def _adopt(self, snap: _Shared) -> None:
         """Make the in-process state mirror the shared one."""
@@ -999,7 +1046,7 @@ class CircuitBreaker:
             return False
         self._reject(None if status == "forced" else self._clock.monotonic() + max(left, 0.0))
 
-    def _reject(self, retry_at: float | None) -> Any:
+    def _reject(self, retry_at: float | None) -> NoReturn:
         with self._lock:
             self._rejected += 1
         raise CircuitOpenError(self.name, retry_at)
@@ -1012,34 +1059,23 @@ class CircuitBreaker:
             token = self._trial_token if is_trial else None
             if is_trial:
                 self._trial_token = None
-            changes = self._record_locked(failed, slow, is_trial, authoritative=not usable)
+            # With Redis up, Redis decides; we only count (and learn whether
+            # the rate-mode window, which is ours, says "open").
+            changes, trip = self._record_locked(failed, slow, is_trial, authoritative=not usable)
             closed = self._state is _CLOSED
-            window = self._window
-            rate_trip = (
-                usable
-                and failed
-                and closed
-                and not is_trial
-                and window is not None
-                and window.calls >= self.policy.min_calls
-                and window.failures / window.calls >= self.policy.failure_rate
-            )
-        if not usable:
-            if token is not None:
+        if usable:
+            try:
+                changes = self._write_outcome(storage, failed, is_trial, token, closed, trip)
+                token = None
+            except _redis_error() as exc:
+                self._redis_failed(exc)
+                # Redis went away mid-call: decide here, as if it had been
+                # away all along (the outcome is counted already).
                 with self._lock:
-                    self._orphan_tokens.append(token)
-            self._notify(changes)
-            return
-        try:
-            changes = self._write_outcome(storage, failed, is_trial, token, closed, rate_trip)
-        except _redis_error() as exc:
-            self._redis_failed(exc)
-            # Redis went away mid-call: decide in-process, as if it had been
-            # away all along (the outcome is already counted).
+                    changes = self._decide_locked(failed, is_trial, token is not None, trip)
+        if token is not None:
             with self._lock:
-                if token is not None:
-                    self._orphan_tokens.append(token)
-                changes = self._decide_locked(failed, is_trial, token is not None)
+                self._orphan_tokens.append(token)  # release the claim when Redis is back
         self._notify(changes)
 
     def _write_outcome(
@@ -1049,8 +1085,9 @@ class CircuitBreaker:
         is_trial: bool,
         token: str | None,
         closed: bool,
-        rate_trip: bool,
+        trip: bool,
     ) -> _Changes:
+        """Tell Redis about one outcome; mirror what it decided."""
         if is_trial:
             if token is None:
                 return []  # closed or forced meanwhile: the trial no longer decides
@@ -1076,8 +1113,9 @@ class CircuitBreaker:
                 storage.reset_failures()
             return []
         if self._window is not None:
-            tripped = rate_trip and storage.trip()
+            tripped = trip and storage.trip()
         else:
+            # Consecutive mode counts in Redis: failures in any process add up.
             self._incremented = True
             tripped = storage.record_failure(self.policy.failure_threshold)
         if not tripped:
@@ -1086,24 +1124,14 @@ class CircuitBreaker:
         with self._lock:
             return self._open_locked(self._clock.monotonic())
 
-    def _decide_locked(self, failed: bool, is_trial: bool, had_token: bool) -> _Changes:
-        """The state move _record_locked(authoritative=True) would have made
-        for an outcome that is already counted."""
+    def _decide_locked(self, failed: bool, is_trial: bool, had_token: bool, trip: bool) -> _Changes:
+        """The state change an in-process breaker would make for an outcome
+        that is counted already."""
         if is_trial:
             if not had_token or self._forced or self._state is not _HALF_OPEN:
                 return []
             return self._open_locked(self._clock.monotonic()) if failed else self._close_locked()
-        if not failed or self._state is not _CLOSED:
-            return []
-        window = self._window
-        if window is not None:
-            trip = (
-                window.calls >= self.policy.min_calls
-                and window.failures / window.calls >= self.policy.failure_rate
-            )
-        else:
-            trip = self._consecutive >= self.policy.failure_threshold
-        if not trip:
+        if not trip or self._state is not _CLOSED:
             return []
         self._pending = "trip"
         return self._open_locked(self._clock.monotonic())
