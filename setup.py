@@ -21,10 +21,17 @@ EXTRAS["test"] = [
     *EXTRAS["redis"],
     *EXTRAS["prometheus"],
     *EXTRAS["otel"],
+    # TOML config files on Python 3.10 (3.11+ has tomllib).
+    *EXTRAS["toml"],
 ]
+# STYLE.md names the test extra `tests`; both spellings work.
+EXTRAS["tests"] = EXTRAS["test"]
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
 EXTRAS["docs"] = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
-EXTRAS["all"] = sorted({d for k, v in EXTRAS.items() if k not in ("lint", "docs") for d in v})
+# Every optional runtime feature, without the developer tools.
+EXTRAS["all"] = sorted(
+    {d for k, v in EXTRAS.items() if k not in ("test", "tests", "lint", "docs") for d in v}
+)
 
 setup(
     name="resilient_client",

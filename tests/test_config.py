@@ -1,0 +1,1629 @@
+"""
+Tests for reading configuration (`_config`) and the policy values (`_policy`).
+
+The contract: every key is optional, unknown keys and bad values are a
+`ConfigError` naming the key path, the built-in defaults are safe, and an
+endpoint's sections are merged over ``defaults`` key by key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from requests import Response
+
+from resilient_client._config import Config, Endpoint, Secrets, load_config
+from resilient_client._policy import (
+    BackoffPolicy,
+    BreakerPolicy,
+    BudgetPolicy,
+    BulkheadPolicy,
+    CallableFallback,
+    Jitter,
+    Policy,
+    RetryPolicy,
+    StaleFallback,
+    StaticFallback,
+    Timeouts,
+)
+from resilient_client.exceptions import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+ALWAYS_SECRET = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def defaults(**sections: Any) -> dict[str, Any]:
+    """A config whose ``defaults`` holds *sections*."""
+    return {"defaults": sections}
+
+
+def ep(**keys: Any) -> dict[str, Any]:
+    """One endpoint entry, with a valid ``match`` unless *keys* gives one."""
+    return {"match": "https://svc.internal/", **keys}
+
+
+def endpoints(*entries: Any) -> dict[str, Any]:
+    """A config whose ``endpoints`` are *entries*."""
+    return {"endpoints": list(entries)}
+
+
+def third(**keys: Any) -> dict[str, Any]:
+    """A config whose bad entry is ``endpoints[2]``, after two valid ones."""
+    return endpoints(ep(match="https://a.internal/"), ep(match="https://b.internal/"), ep(**keys))
+
+
+def load_error(source: Any) -> ConfigError:
+    """Load *source*, expecting a `ConfigError`, and return it."""
+    with pytest.raises(ConfigError) as info:
+        load_config(source)
+    return info.value
+
+
+def bad(
+    id: str, config: Any, path: str, problem: str, *, xfail: str | None = None
+) -> Any:
+    """One row of the bad-input table; *xfail* marks a known bug."""
+    marks = [pytest.mark.xfail(reason=xfail, strict=True)] if xfail else []
+    return pytest.param(config, path, problem, id=id, marks=marks)
+
+
+# -- the built-in defaults ----------------------------------------------------
+
+#: Every default of the contract, as (attribute path on Config, value).
+CONTRACT_DEFAULTS = [
+    ("defaults.timeout.connect", 1.0),
+    ("defaults.timeout.read", 5.0),
+    ("defaults.timeout.total", 10.0),
+    ("defaults.retry.attempts", 3),
+    ("defaults.retry.backoff.initial", 0.1),
+    ("defaults.retry.backoff.multiplier", 2.0),
+    ("defaults.retry.backoff.max", 5.0),
+    ("defaults.retry.backoff.jitter", "full"),
+    ("defaults.retry.on_status", {429, 502, 503, 504}),
+    ("defaults.retry.on", {"connect_error", "connect_timeout", "read_timeout", "read_error"}),
+    ("defaults.retry.methods", {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"}),
+    ("defaults.retry.idempotency_header", None),
+    ("defaults.retry.respect_retry_after", True),
+    ("defaults.retry.max_retry_after", 30.0),
+    ("defaults.budget.ratio", 0.2),
+    ("defaults.budget.min_per_second", 10),
+    ("defaults.failure_status", {500, 502, 503, 504}),
+    ("defaults.breaker.failure_threshold", 5),
+    ("defaults.breaker.reset_timeout", 30.0),
+    ("defaults.breaker.storage", "memory"),
+    ("defaults.bulkhead.max_concurrent", 50),
+    ("defaults.fallback", None),
+    ("secrets.headers", ALWAYS_SECRET),
+    ("secrets.query", set()),
+    ("endpoints", ()),
+]
+
+
+def attr(obj: object, dotted: str) -> Any:
+    """Follow a dotted attribute path from *obj*."""
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+class TestDefaults:
+    @pytest.mark.parametrize(
+        ("dotted", "expected"), CONTRACT_DEFAULTS, ids=[d for d, _ in CONTRACT_DEFAULTS]
+    )
+    def test_contract_default(self, dotted: str, expected: object) -> None:
+        """
+        With no config, every setting has the value the contract documents.
+        """
+        assert attr(load_config(None), dotted) == expected
+
+    @pytest.mark.parametrize(
+        "source",
+        [None, {}, {"defaults": None}, {"defaults": {}}, {"endpoints": []}, {"secrets": {}}],
+        ids=["none", "empty", "defaults-null", "defaults-empty", "no-endpoints", "secrets-empty"],
+    )
+    def test_empty_sources_are_the_defaults(self, source: Any) -> None:
+        """
+        None, an empty mapping and empty sections all give the built-in defaults.
+        """
+        assert load_config(source) == Config()
+
+    def test_default_timeouts_are_finite(self) -> None:
+        """
+        The built-in defaults are safe: connect, read and total are finite.
+        """
+        t = Config().defaults.timeout
+        assert t.total is not None
+        assert all(0 < v < math.inf for v in (t.connect, t.read, t.total))
+
+    def test_config_load_is_load_config(self) -> None:
+        """
+        `Config.load` reads a mapping the same way as `load_config`.
+        """
+        raw = defaults(retry={"attempts": 2})
+        assert Config.load(raw) == load_config(raw)
+
+    def test_a_config_is_returned_as_is(self) -> None:
+        """
+        An already-validated `Config` is passed through unchanged.
+        """
+        cfg = load_config(defaults(retry=None))
+        assert load_config(cfg) is cfg
+        assert Config.load(cfg) is cfg
+
+    @pytest.mark.parametrize("source", [42, 1.5, b"{}", [], [{"defaults": {}}]], ids=repr)
+    def test_other_source_types_are_a_config_error(self, source: Any) -> None:
+        """
+        A source that is neither a mapping, a path nor a Config is a ConfigError.
+        """
+        err = load_error(source)
+        assert err.path == ""
+        assert "must be a mapping, a file path or a Config" in str(err)
+
+
+# -- bad values ---------------------------------------------------------------
+
+INF, NAN = math.inf, math.nan
+#: A known bug, in _config._yaml_loads.
+YAML_ON = (
+    "PyYAML (YAML 1.1) reads the unquoted key `on:` as the boolean True, so the contract's "
+    "`retry: {on: [...]}` in a YAML file fails with `defaults.retry.True: unknown key`"
+)
+FALSY_OR = (
+    "_config reads `defaults`, `endpoints`, `fallback.headers` and `fallback.stale` with "
+    "`x or {}` / `x or []`, so a falsy value of the wrong type ([] {} 0 '' false) passes"
+)
+MATCH_AS_NAME = (
+    "_endpoint takes `match` as the default name before validating it, so a bad match "
+    "with no name (5, null, '') is reported at .name"
+)
+
+BAD_INPUTS = [
+    # The example from the contract, to the letter (checked in full below).
+    bad("contract-example", endpoints(ep(match="https://a.internal/"), ep(retry={"attempts": 0})),
+        "endpoints[1].retry.attempts", "must be an integer >= 1, got 0"),
+    # Wrong types: a string for a number, a list for a mapping, a mapping for a list.
+    bad("str-for-connect", defaults(timeout={"connect": "1"}), "defaults.timeout.connect",
+        "must be a number, got '1'"),
+    bad("str-with-unit", defaults(timeout={"read": "5s"}), "defaults.timeout.read",
+        "must be a number, got '5s'"),
+    bad("str-for-attempts", defaults(retry={"attempts": "3"}), "defaults.retry.attempts",
+        "must be an integer >= 1, got '3'"),
+    bad("list-for-number", defaults(timeout={"total": [10]}), "defaults.timeout.total",
+        "must be a number, got [10]"),
+    bad("float-for-integer", defaults(retry={"attempts": 2.5}), "defaults.retry.attempts",
+        "must be an integer >= 1, got 2.5"),
+    bad("list-for-timeout", defaults(timeout=[1, 5]), "defaults.timeout",
+        "must be a mapping of keys"),
+    bad("list-for-retry", defaults(retry=[3]), "defaults.retry", "must be a mapping of keys"),
+    bad("str-for-backoff", defaults(retry={"backoff": "exponential"}), "defaults.retry.backoff",
+        "must be a mapping of keys"),
+    bad("null-backoff", defaults(retry={"backoff": None}), "defaults.retry.backoff",
+        "must be a mapping of keys"),
+    bad("list-for-breaker", defaults(breaker=[5]), "defaults.breaker", "must be a mapping of keys"),
+    bad("true-for-bulkhead", defaults(bulkhead=True), "defaults.bulkhead",
+        "must be a mapping of keys"),
+    bad("list-for-secrets", {"secrets": ["X-Api-Key"]}, "secrets", "must be a mapping of keys"),
+    bad("str-for-endpoint", endpoints("https://a.internal/"), "endpoints[0]",
+        "must be a mapping of keys"),
+    bad("endpoint-list-in-endpoints", endpoints([ep()]), "endpoints[0]",
+        "must be a mapping of keys"),
+    bad("mapping-for-endpoints", {"endpoints": {"inventory": ep()}}, "endpoints",
+        "must be a list"),
+    bad("mapping-for-on-status", defaults(retry={"on_status": {"503": True}}),
+        "defaults.retry.on_status", "must be a list"),
+    bad("str-for-methods", defaults(retry={"methods": "GET"}), "defaults.retry.methods",
+        "must be a list, got 'GET'"),
+    bad("str-for-retry-on", defaults(retry={"on": "connect_error"}), "defaults.retry.on",
+        "must be a list, got 'connect_error'"),
+    bad("int-for-failure-status", defaults(failure_status=500), "defaults.failure_status",
+        "must be a list, got 500"),
+    bad("null-failure-status", defaults(failure_status=None), "defaults.failure_status",
+        "must be a list, got None"),
+    bad("mapping-for-secret-headers", {"secrets": {"headers": {"X-Api-Key": True}}},
+        "secrets.headers", "must be a list"),
+    bad("str-for-secret-query", {"secrets": {"query": "token"}}, "secrets.query",
+        "must be a list, got 'token'"),
+    bad("str-for-respect-retry-after", defaults(retry={"respect_retry_after": "yes"}),
+        "defaults.retry.respect_retry_after", "must be true or false, got 'yes'"),
+    bad("int-for-critical", defaults(critical=1), "defaults.critical",
+        "must be true or false, got 1"),
+    # Wrong-typed sections that are falsy are silently read as empty.
+    bad("empty-list-for-defaults", {"defaults": []}, "defaults", "must be a mapping",
+        xfail=FALSY_OR),
+    bad("false-for-defaults", {"defaults": False}, "defaults", "must be a mapping",
+        xfail=FALSY_OR),
+    bad("empty-mapping-for-endpoints", {"endpoints": {}}, "endpoints", "must be a list",
+        xfail=FALSY_OR),
+    bad("zero-for-endpoints", {"endpoints": 0}, "endpoints", "must be a list", xfail=FALSY_OR),
+    bad("empty-list-for-fallback-headers", defaults(fallback={"text": "x", "headers": []}),
+        "defaults.fallback.headers", "must be a mapping", xfail=FALSY_OR),
+    bad("zero-for-stale", defaults(fallback={"stale": 0}), "defaults.fallback.stale",
+        "must be a mapping", xfail=FALSY_OR),
+    # Negatives and zero.
+    bad("negative-connect", defaults(timeout={"connect": -1}), "defaults.timeout.connect",
+        "must be a number > 0, got -1.0"),
+    bad("zero-read", defaults(timeout={"read": 0}), "defaults.timeout.read",
+        "must be a number > 0, got 0.0"),
+    bad("zero-total", defaults(timeout={"total": 0}), "defaults.timeout.total",
+        "must be a number > 0, got 0.0"),
+    bad("negative-attempts", defaults(retry={"attempts": -2}), "defaults.retry.attempts",
+        "must be an integer >= 1, got -2"),
+    bad("negative-initial", defaults(retry={"backoff": {"initial": -0.1}}),
+        "defaults.retry.backoff.initial", "must be a number >= 0, got -0.1"),
+    bad("multiplier-below-one", defaults(retry={"backoff": {"multiplier": 0.5}}),
+        "defaults.retry.backoff.multiplier", "must be a number >= 1, got 0.5"),
+    bad("max-below-initial", defaults(retry={"backoff": {"initial": 2, "max": 1}}),
+        "defaults.retry.backoff.max", "must be >= initial (2), got 1.0"),
+    bad("negative-max-retry-after", defaults(retry={"max_retry_after": -1}),
+        "defaults.retry.max_retry_after", "must be a number >= 0, got -1.0"),
+    bad("negative-ratio", defaults(budget={"ratio": -0.5}), "defaults.budget.ratio",
+        "must be a number >= 0, got -0.5"),
+    bad("negative-min-per-second", defaults(budget={"min_per_second": -1}),
+        "defaults.budget.min_per_second", "must be a number >= 0, got -1.0"),
+    bad("zero-failure-threshold", defaults(breaker={"failure_threshold": 0}),
+        "defaults.breaker.failure_threshold", "must be an integer >= 1, got 0"),
+    bad("zero-reset-timeout", defaults(breaker={"reset_timeout": 0}),
+        "defaults.breaker.reset_timeout", "must be a number > 0, got 0.0"),
+    bad("zero-max-concurrent", defaults(bulkhead={"max_concurrent": 0}),
+        "defaults.bulkhead.max_concurrent", "must be an integer >= 1, got 0"),
+    bad("negative-max-concurrent", endpoints(ep(bulkhead={"max_concurrent": -3})),
+        "endpoints[0].bulkhead.max_concurrent", "must be an integer >= 1, got -3"),
+    bad("zero-max-entries", defaults(fallback={"stale": {"max_entries": 0}}),
+        "defaults.fallback.stale.max_entries", "must be an integer >= 1, got 0"),
+    # Infinity and NaN.
+    bad("inf-connect", defaults(timeout={"connect": INF}), "defaults.timeout.connect",
+        "must be a finite number, got inf"),
+    bad("inf-read", endpoints(ep(timeout={"read": INF})), "endpoints[0].timeout.read",
+        "must be a finite number, got inf"),
+    bad("inf-total", defaults(timeout={"total": INF}), "defaults.timeout.total",
+        "must be a finite number, got inf"),
+    bad("minus-inf-connect", defaults(timeout={"connect": -INF}), "defaults.timeout.connect",
+        "must be a finite number, got -inf"),
+    bad("inf-max-retry-after", defaults(retry={"max_retry_after": INF}),
+        "defaults.retry.max_retry_after", "must be a finite number, got inf"),
+    bad("inf-attempts", defaults(retry={"attempts": INF}), "defaults.retry.attempts",
+        "must be an integer >= 1, got inf"),
+    bad("nan-read", defaults(timeout={"read": NAN}), "defaults.timeout.read",
+        "must be a finite number, got nan"),
+    bad("nan-multiplier", defaults(retry={"backoff": {"multiplier": NAN}}),
+        "defaults.retry.backoff.multiplier", "must be a finite number, got nan"),
+    bad("nan-attempts", defaults(retry={"attempts": NAN}), "defaults.retry.attempts",
+        "must be an integer >= 1, got nan"),
+    bad("nan-reset-timeout", defaults(breaker={"reset_timeout": NAN}),
+        "defaults.breaker.reset_timeout", "must be a finite number, got nan"),
+    bad("huge-int-connect", defaults(timeout={"connect": 10**400}), "defaults.timeout.connect",
+        "must be a finite number",
+        xfail="_policy._number calls float() on an int too large for a float: OverflowError"),
+    # Booleans where numbers are expected (bool is an int in Python).
+    bad("true-connect", defaults(timeout={"connect": True}), "defaults.timeout.connect",
+        "must be a number, got True"),
+    bad("true-total", defaults(timeout={"total": True}), "defaults.timeout.total",
+        "must be a number, got True"),
+    bad("true-attempts", defaults(retry={"attempts": True}), "defaults.retry.attempts",
+        "must be an integer >= 1, got True"),
+    bad("false-max-concurrent", defaults(bulkhead={"max_concurrent": False}),
+        "defaults.bulkhead.max_concurrent", "must be an integer >= 1, got False"),
+    bad("true-in-on-status", defaults(retry={"on_status": [503, True]}),
+        "defaults.retry.on_status[1]", "must be an HTTP status 100-599, got True"),
+    bad("true-in-failure-status", defaults(failure_status=[True]), "defaults.failure_status[0]",
+        "must be an HTTP status 500-599, got True"),
+    bad("true-fallback-status", defaults(fallback={"status": True, "text": "x"}),
+        "defaults.fallback.status", "must be an HTTP status 100-599, got True"),
+    # Timeouts cannot be switched off.
+    bad("timeout-null", defaults(timeout=None), "defaults.timeout",
+        "cannot be switched off: connect and read timeouts are mandatory"),
+    bad("endpoint-timeout-null", endpoints(ep(timeout=None)), "endpoints[0].timeout",
+        "cannot be switched off"),
+    bad("timeout-false", defaults(timeout=False), "defaults.timeout", "got False"),
+    bad("connect-null", defaults(timeout={"connect": None}), "defaults.timeout.connect",
+        "must be a number, got None"),
+    bad("read-null", endpoints(ep(timeout={"read": None})), "endpoints[0].timeout.read",
+        "must be a number, got None"),
+    bad("read-false", defaults(timeout={"read": False}), "defaults.timeout.read",
+        "must be a number, got False"),
+    # Unknown keys, at every level.
+    bad("unknown-top", {"retries": 3}, "retries",
+        "unknown key; expected one of defaults, secrets, endpoints"),
+    bad("unknown-top-typo", {"endpoint": []}, "endpoint", "unknown key"),
+    bad("unknown-in-defaults", defaults(retries={}), "defaults.retries", "unknown key"),
+    bad("endpoint-key-in-defaults", defaults(match="https://a.internal/"), "defaults.match",
+        "unknown key"),
+    bad("unknown-in-timeout", defaults(timeout={"conect": 1}), "defaults.timeout.conect",
+        "unknown key; expected one of connect, read, total"),
+    bad("unknown-in-retry", defaults(retry={"attempt": 3}), "defaults.retry.attempt",
+        "unknown key"),
+    bad("unknown-in-budget", defaults(budget={"percent": 20}), "defaults.budget.percent",
+        "unknown key"),
+    bad("unknown-in-breaker", defaults(breaker={"threshold": 5}), "defaults.breaker.threshold",
+        "unknown key"),
+    bad("unknown-in-bulkhead", defaults(bulkhead={"max": 5}), "defaults.bulkhead.max",
+        "unknown key"),
+    bad("unknown-in-endpoint", endpoints(ep(timeouts={"read": 1})), "endpoints[0].timeouts",
+        "unknown key"),
+    bad("unknown-in-third-endpoint", third(retrys=None), "endpoints[2].retrys", "unknown key"),
+    bad("unknown-in-endpoint-section", endpoints(ep(retry={"tries": 2})),
+        "endpoints[0].retry.tries", "unknown key"),
+    bad("unknown-in-backoff", defaults(retry={"backoff": {"base": 0.1}}),
+        "defaults.retry.backoff.base",
+        "unknown key; expected one of initial, multiplier, max, jitter"),
+    bad("unknown-in-endpoint-backoff", endpoints(ep(retry={"backoff": {"cap": 1}})),
+        "endpoints[0].retry.backoff.cap", "unknown key"),
+    bad("unknown-in-fallback", defaults(fallback={"status": 200, "body": "x"}),
+        "defaults.fallback.body", "unknown key; expected one of status, json, text, headers"),
+    bad("unknown-in-stale", defaults(fallback={"stale": {"size": 10}}),
+        "defaults.fallback.stale.size", "unknown key; expected one of max_entries"),
+    bad("status-beside-stale", defaults(fallback={"stale": None, "status": 200}),
+        "defaults.fallback.status", "unknown key; expected one of stale"),
+    bad("unknown-in-secrets", {"secrets": {"cookies": ["sid"]}}, "secrets.cookies",
+        "unknown key; expected one of headers, query"),
+    # Endpoint matching: globs, schemes, methods, a required match.
+    bad("bracket-glob", endpoints(ep(match="https://[ab].internal/")), "endpoints[0].match",
+        "bad glob: only * and ? are supported"),
+    bad("open-bracket-glob", third(match="https://a.internal/items/["), "endpoints[2].match",
+        "bad glob"),
+    bad("ftp-scheme", endpoints(ep(match="ftp://files.internal/")), "endpoints[0].match",
+        "must start with http:// or https://, got 'ftp://files.internal/'"),
+    bad("no-scheme", endpoints(ep(match="inventory.internal/")), "endpoints[0].match",
+        "must start with http:// or https://"),
+    bad("scheme-only", endpoints(ep(match="https://")), "endpoints[0].match",
+        "must start with http:// or https://"),
+    bad("empty-match", endpoints(ep(match="")), "endpoints[0].match",
+        "must be a URL prefix or glob", xfail=MATCH_AS_NAME),
+    bad("space-in-match", endpoints(ep(match="https://in ventory.internal/")),
+        "endpoints[0].match", "must not contain spaces"),
+    bad("missing-match", endpoints({"name": "inventory"}), "endpoints[0].match", "is required"),
+    bad("missing-match-third", endpoints(ep(), ep(), {"name": "x"}), "endpoints[2].match",
+        "is required"),
+    bad("int-match", endpoints(ep(match=5)), "endpoints[0].match", "got 5",
+        xfail=MATCH_AS_NAME),
+    bad("null-match", endpoints(ep(match=None)), "endpoints[0].match", "got None",
+        xfail=MATCH_AS_NAME),
+    bad("bad-endpoint-method", endpoints(ep(methods=["GET", "FETCH"])),
+        "endpoints[0].methods[1]", "must be an HTTP method"),
+    bad("str-endpoint-methods", endpoints(ep(methods="GET")), "endpoints[0].methods",
+        "must be a list, got 'GET'"),
+    bad("int-endpoint-method", endpoints(ep(methods=[1])), "endpoints[0].methods[0]",
+        "must be an HTTP method"),
+    bad("bad-retry-method", defaults(retry={"methods": ["GET", "get it"]}),
+        "defaults.retry.methods[1]", "must be an HTTP method"),
+    bad("empty-name", endpoints(ep(name="")), "endpoints[0].name",
+        "must be a non-empty string, got ''"),
+    bad("int-name", endpoints(ep(name=7)), "endpoints[0].name", "must be a non-empty string"),
+    # Statuses.
+    bad("4xx-in-failure-status", defaults(failure_status=[500, 404]),
+        "defaults.failure_status[1]", "must be an HTTP status 500-599, got 404"),
+    bad("2xx-in-failure-status", endpoints(ep(failure_status=[200])),
+        "endpoints[0].failure_status[0]", "must be an HTTP status 500-599, got 200"),
+    bad("600-in-on-status", defaults(retry={"on_status": [600]}), "defaults.retry.on_status[0]",
+        "must be an HTTP status 100-599, got 600"),
+    bad("str-in-on-status", defaults(retry={"on_status": ["503"]}),
+        "defaults.retry.on_status[0]", "got '503'"),
+    bad("bad-retry-on", defaults(retry={"on": ["connect_error", "timeout"]}),
+        "defaults.retry.on[1]",
+        "must be one of connect_error, connect_timeout, read_error, read_timeout"),
+    # Jitter, breaker storage and mode.
+    bad("bad-jitter", defaults(retry={"backoff": {"jitter": "random"}}),
+        "defaults.retry.backoff.jitter",
+        "must be one of none | full | equal | decorrelated, got 'random'"),
+    bad("bool-jitter", defaults(retry={"backoff": {"jitter": True}}),
+        "defaults.retry.backoff.jitter", "got True"),
+    bad("http-storage", defaults(breaker={"storage": "http://redis.internal:6379"}),
+        "defaults.breaker.storage", "must be 'memory' or a redis:// URL"),
+    bad("bare-redis-storage", endpoints(ep(breaker={"storage": "redis"})),
+        "endpoints[0].breaker.storage", "must be 'memory' or a redis:// URL, got 'redis'"),
+    bad("int-storage", defaults(breaker={"storage": 1}), "defaults.breaker.storage", "got 1"),
+    bad("bad-breaker-mode", defaults(breaker={"mode": "sometimes"}), "defaults.breaker.mode",
+        "must be consecutive | rate"),
+    bad("failure-rate-above-one", defaults(breaker={"failure_rate": 1.5}),
+        "defaults.breaker.failure_rate", "between 0 and 1"),
+    # Fallbacks.
+    bad("json-and-text", defaults(fallback={"json": {}, "text": "x"}), "defaults.fallback",
+        "give json or text, not both"),
+    bad("unknown-fallback-word", defaults(fallback="cache"), "defaults.fallback",
+        "must be 'stale', null or a mapping"),
+    bad("int-fallback", endpoints(ep(fallback=5)), "endpoints[0].fallback", "got 5"),
+    bad("fallback-status-99", defaults(fallback={"status": 99, "text": "x"}),
+        "defaults.fallback.status", "must be an HTTP status 100-599, got 99"),
+    bad("fallback-text-not-str", defaults(fallback={"text": 5}), "defaults.fallback.text",
+        "must be a string, got 5"),
+    bad("fallback-json-not-serialisable", defaults(fallback={"json": {1, 2}}),
+        "defaults.fallback.json", "must be JSON-serialisable"),
+    bad("fallback-headers-list", defaults(fallback={"text": "x", "headers": ["X-A"]}),
+        "defaults.fallback.headers", "must be a mapping"),
+    bad("fallback-bad-header-name", defaults(fallback={"text": "x", "headers": {"X A": "1"}}),
+        "defaults.fallback.headers.X A", "must be an HTTP header name, got 'X A'"),
+    bad("fallback-header-newline", defaults(fallback={"text": "x", "headers": {"X-A": "1\r\n2"}}),
+        "defaults.fallback.headers.X-A", "must be a single-line string"),
+    bad("fallback-header-int-value", defaults(fallback={"text": "x", "headers": {"X-A": 1}}),
+        "defaults.fallback.headers.X-A", "must be a single-line string, got 1"),
+    bad("stale-str", defaults(fallback={"stale": "yes"}), "defaults.fallback.stale",
+        "must be a mapping"),
+    # Header names.
+    bad("space-in-idempotency-header", defaults(retry={"idempotency_header": "Idempotency Key"}),
+        "defaults.retry.idempotency_header", "must be an HTTP header name, got 'Idempotency Key'"),
+    bad("empty-idempotency-header", endpoints(ep(retry={"idempotency_header": ""})),
+        "endpoints[0].retry.idempotency_header", "must be an HTTP header name, got ''"),
+    bad("colon-in-attempt-header", defaults(retry={"attempt_header": "X-Attempt:"}),
+        "defaults.retry.attempt_header", "must be an HTTP header name"),
+    bad("bad-secret-header", {"secrets": {"headers": ["X-Api-Key", "X Token"]}},
+        "secrets.headers[1]", "must be an HTTP header name, got 'X Token'"),
+    bad("int-secret-header", {"secrets": {"headers": [1]}}, "secrets.headers[0]",
+        "must be an HTTP header name, got 1"),
+    bad("empty-secret-query", {"secrets": {"query": ["token", ""]}}, "secrets.query[1]",
+        "must be a query parameter name, got ''"),
+    # Endpoints that share a name share state, so their shared sections must agree.
+    bad("shared-name-different-breaker",
+        endpoints(ep(name="inv", match="https://a.internal/", breaker={"failure_threshold": 2}),
+                  ep(name="inv", match="https://b.internal/")),
+        "endpoints[1].breaker", "endpoint name 'inv' is also used by endpoints[0]"),
+    bad("shared-name-different-bulkhead",
+        endpoints(ep(name="x", match="https://a.internal/"), ep(name="y"),
+                  ep(name="x", match="https://b.internal/", bulkhead={"max_concurrent": 1})),
+        "endpoints[2].bulkhead", "different bulkhead"),
+    bad("shared-name-different-budget",
+        endpoints(ep(name="x", match="https://a.internal/", budget=None),
+                  ep(name="x", match="https://b.internal/")),
+        "endpoints[1].budget", "different budget"),
+    bad("shared-default-name", endpoints(ep(), ep(breaker=None)), "endpoints[1].breaker",
+        "endpoint name 'https://svc.internal/' is also used by endpoints[0]"),
+]
+
+
+class TestBadInputs:
+    @pytest.mark.parametrize(("config", "path", "problem"), BAD_INPUTS)
+    def test_bad_input_names_the_key_path(self, config: Any, path: str, problem: str) -> None:
+        """
+        Each bad input raises ConfigError whose message starts with the exact key path.
+        """
+        err = load_error(config)
+        assert err.path == path
+        assert str(err).startswith(f"{path}: ")
+        assert problem in str(err)
+
+    def test_contract_example_message_is_exact(self) -> None:
+        """
+        The contract's example message is reproduced to the letter.
+        """
+        err = load_error(endpoints(ep(match="https://a.internal/"), ep(retry={"attempts": 0})))
+        assert str(err) == "endpoints[1].retry.attempts: must be an integer >= 1, got 0"
+        assert err.problem == "must be an integer >= 1, got 0"
+
+    def test_unknown_key_lists_the_valid_keys(self) -> None:
+        """
+        An unknown key's message lists the keys that are valid there.
+        """
+        err = load_error(defaults(retry={"attempt": 3}))
+        for key in ("attempts", "backoff", "on_status", "on", "methods", "idempotency_header"):
+            assert key in err.problem
+
+    def test_config_error_is_a_value_error(self) -> None:
+        """
+        ConfigError is a ValueError, so `except ValueError` catches bad config.
+        """
+        with pytest.raises(ValueError):
+            load_config(defaults(timeout={"connect": 0}))
+        assert issubclass(ConfigError, ValueError)
+
+    def test_config_error_has_path_and_problem(self) -> None:
+        """
+        ConfigError keeps the key path and the problem apart as attributes.
+        """
+        err = ConfigError("defaults.timeout.read", "must be a number > 0, got 0.0")
+        assert (err.path, err.problem) == ("defaults.timeout.read", "must be a number > 0, got 0.0")
+        assert str(err) == "defaults.timeout.read: must be a number > 0, got 0.0"
+        assert str(ConfigError("", "config file is empty")) == "config file is empty"
+
+    def test_the_first_error_in_document_order_is_reported(self) -> None:
+        """
+        With several mistakes, the one earliest in its mapping is the one named.
+        """
+        err = load_error(endpoints(ep(), ep(timeout={"read": 0}), ep(retry={"attempts": 0})))
+        assert err.path == "endpoints[1].timeout.read"
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="_policy.RetryPolicy tests `kind not in ALL_RETRY_ON` on an unhashable item",
+    )
+    def test_unhashable_retry_on_item_is_a_config_error(self) -> None:
+        """
+        A list or mapping inside retry.on is a ConfigError, not a TypeError.
+        """
+        err = load_error(defaults(retry={"on": [["connect_error"]]}))
+        assert err.path == "defaults.retry.on[0]"
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="_policy._number calls float() on an int too large for a float: OverflowError",
+    )
+    def test_huge_integer_is_a_config_error(self) -> None:
+        """
+        An integer too large for a float (as JSON or YAML can hold) is a ConfigError.
+        """
+        err = load_error(defaults(retry={"max_retry_after": 10**400}))
+        assert err.path == "defaults.retry.max_retry_after"
+
+
+# -- files ----------------------------------------------------------------------
+
+#: One realistic config, as a mapping; the files below say the same thing.
+MAPPING: dict[str, Any] = {
+    "defaults": {
+        "timeout": {"connect": 0.5, "read": 3, "total": 8},
+        "retry": {
+            "attempts": 4,
+            "backoff": {"initial": 0.05, "max": 2, "jitter": "equal"},
+            "on_status": [503, 429],
+            "idempotency_header": "Idempotency-Key",
+        },
+        "budget": {"ratio": 0.1},
+        "failure_status": [500, 503],
+        "breaker": {"failure_threshold": 3, "reset_timeout": 15},
+        "bulkhead": None,
+    },
+    "secrets": {"headers": ["X-Api-Key"], "query": ["token"]},
+    "endpoints": [
+        {
+            "name": "inventory",
+            "match": "https://inventory.internal/",
+            "methods": ["GET"],
+            "timeout": {"read": 2},
+            "fallback": "stale",
+        },
+        {
+            "name": "search",
+            "match": "https://*.search.internal/v?/*",
+            "retry": None,
+            "fallback": {
+                "status": 200,
+                "json": {"results": []},
+                "headers": {"X-Fallback": "static"},
+            },
+        },
+        {
+            "name": "payments",
+            "match": "https://payments.internal/",
+            "breaker": {"storage": "redis://redis.internal:6379/0"},
+            "bulkhead": {"max_concurrent": 10},
+        },
+    ],
+}
+
+YAML_TEXT = """\
+# The same config as MAPPING, in YAML.
+defaults:
+  timeout: {connect: 0.5, read: 3, total: 8}
+  retry:
+    attempts: 4
+    backoff: {initial: 0.05, max: 2, jitter: equal}
+    on_status: [503, 429]
+    idempotency_header: Idempotency-Key
+  budget:
+    ratio: 0.1
+  failure_status: [500, 503]
+  breaker:
+    failure_threshold: 3
+    reset_timeout: 15
+  bulkhead: null
+secrets:
+  headers: [X-Api-Key]
+  query: [token]
+endpoints:
+  - name: inventory
+    match: "https://inventory.internal/"
+    methods: [GET]
+    timeout: {read: 2}
+    fallback: stale
+  - name: search
+    match: "https://*.search.internal/v?/*"
+    retry: ~
+    fallback:
+      status: 200
+      json: {results: []}
+      headers: {X-Fallback: static}
+  - name: payments
+    match: "https://payments.internal/"
+    breaker: {storage: "redis://redis.internal:6379/0"}
+    bulkhead: {max_concurrent: 10}
+"""
+
+# TOML has no null: `false` switches a section off.
+TOML_TEXT = """\
+[defaults]
+failure_status = [500, 503]
+bulkhead = false
+
+[defaults.timeout]
+connect = 0.5
+read = 3
+total = 8
+
+[defaults.retry]
+attempts = 4
+on_status = [503, 429]
+idempotency_header = "Idempotency-Key"
+
+[defaults.retry.backoff]
+initial = 0.05
+max = 2
+jitter = "equal"
+
+[defaults.budget]
+ratio = 0.1
+
+[defaults.breaker]
+failure_threshold = 3
+reset_timeout = 15
+
+[secrets]
+headers = ["X-Api-Key"]
+query = ["token"]
+
+[[endpoints]]
+name = "inventory"
+match = "https://inventory.internal/"
+methods = ["GET"]
+timeout = { read = 2 }
+fallback = "stale"
+
+[[endpoints]]
+name = "search"
+match = "https://*.search.internal/v?/*"
+retry = false
+fallback = { status = 200, json = { results = [] }, headers = { X-Fallback = "static" } }
+
+[[endpoints]]
+name = "payments"
+match = "https://payments.internal/"
+breaker = { storage = "redis://redis.internal:6379/0" }
+bulkhead = { max_concurrent = 10 }
+"""
+
+JSON_TEXT = json.dumps(MAPPING, indent=2)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    """Write *text* to *name* under *tmp_path* and return the path."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class TestFiles:
+    @pytest.mark.parametrize(
+        ("name", "text"),
+        [
+            ("config.yaml", YAML_TEXT),
+            ("config.yml", YAML_TEXT),
+            ("CONFIG.YAML", YAML_TEXT),
+            ("config.toml", TOML_TEXT),
+            ("config.json", JSON_TEXT),
+        ],
+        ids=["yaml", "yml", "upper-case-suffix", "toml", "json"],
+    )
+    def test_file_loads_like_the_mapping(self, tmp_path: Path, name: str, text: str) -> None:
+        """
+        A YAML, TOML or JSON file loads to the same Config as the equivalent mapping.
+        """
+        assert load_config(write(tmp_path, name, text)) == load_config(MAPPING)
+
+    def test_the_realistic_config_is_what_it_says(self) -> None:
+        """
+        The shared realistic config reads as written (so the file tests compare something).
+        """
+        cfg = load_config(MAPPING)
+        inventory, search, payments = cfg.endpoints
+        assert cfg.defaults.bulkhead is None
+        assert cfg.defaults.retry is not None
+        assert cfg.defaults.retry.backoff.jitter is Jitter.EQUAL
+        assert inventory.policy.timeout == Timeouts(connect=0.5, read=2.0, total=8.0)
+        assert inventory.policy.fallback == StaleFallback()
+        assert search.policy.retry is None
+        assert isinstance(search.policy.fallback, StaticFallback)
+        assert json.loads(search.policy.fallback.body) == {"results": []}
+        assert payments.policy.breaker == BreakerPolicy(
+            failure_threshold=3, reset_timeout=15, storage="redis://redis.internal:6379/0"
+        )
+        assert "x-api-key" in cfg.secrets.headers
+
+    @pytest.mark.parametrize("as_str", [False, True], ids=["pathlib", "str"])
+    def test_path_may_be_str_or_pathlike(self, tmp_path: Path, as_str: bool) -> None:
+        """
+        A path is accepted as a `str` or an `os.PathLike`, through `Config.load` too.
+        """
+        path = write(tmp_path, "c.json", JSON_TEXT)
+        source = str(path) if as_str else path
+        assert Config.load(source) == load_config(MAPPING)
+
+    @pytest.mark.parametrize(
+        "section", ["retry", "budget", "breaker", "bulkhead", "fallback"], ids=str
+    )
+    def test_toml_false_switches_a_section_off(self, tmp_path: Path, section: str) -> None:
+        """
+        In TOML, `section = false` switches the section off, as null does.
+        """
+        text = (
+            f"[defaults]\n{section} = false\n\n"
+            f'[[endpoints]]\nmatch = "https://a.internal/"\n{section} = false\n'
+        )
+        cfg = load_config(write(tmp_path, "c.toml", text))
+        assert getattr(cfg.defaults, section) is None
+        assert getattr(cfg.endpoints[0].policy, section) is None
+        assert cfg == load_config({
+            "defaults": {section: None},
+            "endpoints": [{"match": "https://a.internal/", section: None}],
+        })
+
+    @pytest.mark.parametrize(
+        ("toml", "dotted"),
+        [
+            ("[defaults.timeout]\ntotal = false\n", "defaults.timeout.total"),
+            ("[defaults.retry]\nidempotency_header = false\n", "defaults.retry.idempotency_header"),
+        ],
+        ids=["total", "idempotency_header"],
+    )
+    def test_toml_false_switches_a_nullable_key_off(
+        self, tmp_path: Path, toml: str, dotted: str
+    ) -> None:
+        """
+        In TOML, `false` also means null for a single key that may be null.
+        """
+        assert attr(load_config(write(tmp_path, "c.toml", toml)), dotted) is None
+
+    def test_toml_false_cannot_switch_timeouts_off(self, tmp_path: Path) -> None:
+        """
+        `timeout = false` in TOML is a ConfigError: timeouts are mandatory.
+        """
+        err = load_error(write(tmp_path, "c.toml", "[defaults]\ntimeout = false\n"))
+        assert err.path == "defaults.timeout"
+
+    def test_toml_false_is_not_null_for_a_number(self, tmp_path: Path) -> None:
+        """
+        `false` only means null where null is allowed: `connect = false` is a ConfigError.
+        """
+        err = load_error(write(tmp_path, "c.toml", "[defaults.timeout]\nconnect = false\n"))
+        assert str(err) == "defaults.timeout.connect: must be a number, got False"
+
+    def test_bad_value_in_a_file_names_the_key_path(self, tmp_path: Path) -> None:
+        """
+        A bad value read from a file is reported with the same key path as from a mapping.
+        """
+        text = (
+            "endpoints:\n"
+            "  - match: https://a.internal/\n"
+            "  - match: https://b.internal/\n"
+            "    retry: {attempts: 0}\n"
+        )
+        err = load_error(write(tmp_path, "c.yaml", text))
+        assert str(err) == "endpoints[1].retry.attempts: must be an integer >= 1, got 0"
+
+    @pytest.mark.parametrize("name", ["c.yaml", "c.yml", "c.toml", "c.json"])
+    @pytest.mark.parametrize("text", ["", "  \n\n\t\n"], ids=["empty", "blank"])
+    def test_empty_file_is_a_config_error(self, tmp_path: Path, name: str, text: str) -> None:
+        """
+        An empty or blank file is a ConfigError that names the file.
+        """
+        path = write(tmp_path, name, text)
+        err = load_error(path)
+        assert "config file is empty" in str(err)
+        assert str(path) in str(err)
+
+    @pytest.mark.xfail(strict=True, reason=YAML_ON)
+    def test_yaml_on_key_is_the_key_on(self, tmp_path: Path) -> None:
+        """
+        In YAML, an unquoted `on:` under retry is the key "on", as the contract writes it.
+        """
+        text = "defaults:\n  retry:\n    on: [connect_error]\n"
+        retry = load_config(write(tmp_path, "c.yaml", text)).defaults.retry
+        assert retry is not None
+        assert retry.on == {"connect_error"}
+
+    @pytest.mark.parametrize(
+        ("name", "text"),
+        [
+            ("c.yaml", 'defaults:\n  retry:\n    "on": [connect_error]\n'),
+            ("c.toml", '[defaults.retry]\non = ["connect_error"]\n'),
+            ("c.json", '{"defaults": {"retry": {"on": ["connect_error"]}}}'),
+        ],
+        ids=["yaml-quoted", "toml", "json"],
+    )
+    def test_retry_on_in_files(self, tmp_path: Path, name: str, text: str) -> None:
+        """
+        retry.on is read from TOML, JSON and a quoted YAML key.
+        """
+        retry = load_config(write(tmp_path, name, text)).defaults.retry
+        assert retry is not None
+        assert retry.on == {"connect_error"}
+
+    def test_yaml_of_only_comments_is_a_config_error(self, tmp_path: Path) -> None:
+        """
+        A YAML file holding only comments (a null document) is a ConfigError.
+        """
+        load_error(write(tmp_path, "c.yaml", "# nothing configured yet\n"))
+
+    @pytest.mark.parametrize(
+        ("name", "text", "kind"),
+        [
+            ("c.yaml", "defaults: [unclosed\n", "invalid YAML"),
+            ("c.yaml", "defaults:\n  timeout: {connect: 1\n", "invalid YAML"),
+            ("c.yaml", "defaults:\n\ttimeout: {}\n", "invalid YAML"),
+            ("c.yaml", "x: !!python/object:os.system {}\n", "invalid YAML"),
+            ("c.toml", "[defaults\n", "invalid TOML"),
+            ("c.toml", "[defaults]\nretry = null\n", "invalid TOML"),
+            ("c.toml", "a = 1\na = 2\n", "invalid TOML"),
+            ("c.json", "{", "invalid JSON"),
+            ("c.json", "{'defaults': {}}", "invalid JSON"),
+            ("c.json", '{"defaults": {},}', "invalid JSON"),
+        ],
+        ids=[
+            "yaml-unclosed-list", "yaml-unclosed-mapping", "yaml-tab", "yaml-python-tag",
+            "toml-unclosed-table", "toml-null", "toml-duplicate-key",
+            "json-truncated", "json-single-quotes", "json-trailing-comma",
+        ],
+    )
+    def test_invalid_syntax_is_a_config_error(
+        self, tmp_path: Path, name: str, text: str, kind: str
+    ) -> None:
+        """
+        A file that its format cannot parse is a ConfigError naming the file and the format.
+        """
+        path = write(tmp_path, name, text)
+        err = load_error(path)
+        assert kind in str(err)
+        assert str(path) in str(err)
+
+    @pytest.mark.parametrize(
+        ("name", "text"),
+        [
+            ("c.yaml", "- defaults\n"),
+            ("c.json", "[]"),
+            ("c.yaml", "just a string\n"),
+            ("c.json", "3"),
+        ],
+        ids=["yaml-list", "json-list", "yaml-scalar", "json-number"],
+    )
+    def test_document_that_is_not_a_mapping_is_a_config_error(
+        self, tmp_path: Path, name: str, text: str
+    ) -> None:
+        """
+        A file whose document is not a mapping is a ConfigError.
+        """
+        err = load_error(write(tmp_path, name, text))
+        assert "must be" in str(err)
+
+    @pytest.mark.parametrize("name", ["c.ini", "c.cfg", "c.txt", "config", "c.yaml.bak"])
+    def test_unknown_suffix_is_a_config_error(self, tmp_path: Path, name: str) -> None:
+        """
+        A file whose suffix is not .yaml, .yml, .toml or .json is a ConfigError.
+        """
+        err = load_error(write(tmp_path, name, "{}"))
+        assert "unknown config format" in str(err)
+        assert "use .yaml, .yml, .toml or .json" in str(err)
+
+    def test_missing_file_is_a_config_error(self, tmp_path: Path) -> None:
+        """
+        A path to no file is a ConfigError that names the path, not a FileNotFoundError.
+        """
+        path = tmp_path / "absent.yaml"
+        err = load_error(path)
+        assert "cannot read config file" in str(err)
+        assert str(path) in str(err)
+
+    def test_directory_is_a_config_error(self, tmp_path: Path) -> None:
+        """
+        A directory given as the config file is a ConfigError.
+        """
+        (tmp_path / "conf.json").mkdir()
+        assert "cannot read config file" in str(load_error(tmp_path / "conf.json"))
+
+    def test_non_utf8_file_is_a_config_error(self, tmp_path: Path) -> None:
+        """
+        A file that is not UTF-8 text is a ConfigError.
+        """
+        path = tmp_path / "c.yaml"
+        path.write_bytes(b"defaults:\n  name: \xff\xfe\n")
+        assert "not UTF-8" in str(load_error(path))
+
+    def test_json_nan_is_rejected_as_a_value(self, tmp_path: Path) -> None:
+        """
+        JSON's non-standard NaN and Infinity, which Python reads, are still rejected.
+        """
+        err = load_error(write(tmp_path, "c.json", '{"defaults": {"timeout": {"read": Infinity}}}'))
+        assert str(err) == "defaults.timeout.read: must be a finite number, got inf"
+
+
+# -- merging --------------------------------------------------------------------
+
+
+def only(config: dict[str, Any]) -> Policy:
+    """Load *config* and return the policy of its only endpoint."""
+    (endpoint,) = load_config(config).endpoints
+    return endpoint.policy
+
+
+class TestMerging:
+    def test_endpoint_section_merges_over_defaults_key_by_key(self) -> None:
+        """
+        An endpoint's timeout keys replace only those keys of the defaults' timeout.
+        """
+        config = defaults(timeout={"connect": 0.5, "total": 20})
+        policy = only(config | endpoints(ep(timeout={"read": 2})))
+        assert policy.timeout == Timeouts(connect=0.5, read=2.0, total=20.0)
+
+    def test_nested_backoff_merges_key_by_key(self) -> None:
+        """
+        retry.backoff is merged key by key too, under an endpoint's retry.
+        """
+        config = defaults(retry={"attempts": 5, "backoff": {"max": 10, "jitter": "none"}})
+        config |= endpoints(ep(retry={"backoff": {"initial": 0.5}}))
+        retry = only(config).retry
+        assert retry is not None
+        assert retry.attempts == 5
+        assert retry.backoff == BackoffPolicy(initial=0.5, max=10, jitter=Jitter.NONE)
+
+    @pytest.mark.parametrize(
+        ("section", "default_value", "endpoint_value", "dotted", "expected"),
+        [
+            ("retry", {"on_status": [502, 503]}, {"on_status": [429]}, "retry.on_status", {429}),
+            ("retry", {"methods": ["GET", "PUT"]}, {"methods": ["POST"]}, "retry.methods",
+             {"POST"}),
+            ("retry", {"on": ["connect_error"]}, {"on": ["read_timeout"]}, "retry.on",
+             {"read_timeout"}),
+            ("failure_status", [500, 502], [503], "failure_status", {503}),
+        ],
+        ids=["on_status", "methods", "on", "failure_status"],
+    )
+    def test_lists_are_replaced_whole(
+        self, section: str, default_value: Any, endpoint_value: Any, dotted: str, expected: set[Any]
+    ) -> None:
+        """
+        A list given by an endpoint replaces the defaults' list; it is not merged with it.
+        """
+        config = defaults(**{section: default_value})
+        policy = only(config | endpoints(ep(**{section: endpoint_value})))
+        assert attr(policy, dotted) == expected
+
+    def test_an_empty_list_replaces_too(self) -> None:
+        """
+        An endpoint's empty on_status means no status is retried there.
+        """
+        retry = only(endpoints(ep(retry={"on_status": []}))).retry
+        assert retry is not None
+        assert retry.on_status == frozenset()
+
+    def test_fallback_is_replaced_whole(self) -> None:
+        """
+        An endpoint's fallback replaces the defaults' one: its omitted keys are not inherited.
+        """
+        config = defaults(
+            fallback={"status": 503, "json": {"down": True}, "headers": {"X-Fallback": "1"}}
+        )
+        config |= endpoints(ep(fallback={"text": "maintenance"}))
+        fallback = only(config).fallback
+        assert fallback == StaticFallback.from_text(200, "maintenance")
+        assert isinstance(fallback, StaticFallback)
+        assert "X-Fallback" not in fallback.headers
+
+    def test_endpoint_without_a_section_inherits_the_defaults(self) -> None:
+        """
+        An endpoint that omits a section (fallback included) gets the defaults' one.
+        """
+        config = defaults(fallback="stale", bulkhead={"max_concurrent": 7}, retry={"attempts": 2})
+        policy = only(config | endpoints(ep(name="bare")))
+        defaults_policy = load_config(config).defaults
+        assert policy == defaults_policy.replace(name="bare")
+
+    @pytest.mark.parametrize(
+        ("section", "given", "expected"),
+        [
+            ("retry", {"attempts": 5}, RetryPolicy(attempts=5)),
+            ("retry", {"backoff": {"max": 1}}, RetryPolicy(backoff=BackoffPolicy(max=1))),
+            ("budget", {"ratio": 0.5}, BudgetPolicy(ratio=0.5)),
+            ("breaker", {"reset_timeout": 5}, BreakerPolicy(reset_timeout=5)),
+            ("bulkhead", {}, BulkheadPolicy()),
+        ],
+        ids=["retry", "retry-backoff", "budget", "breaker", "bulkhead-empty"],
+    )
+    def test_section_null_in_defaults_takes_builtin_defaults(
+        self, section: str, given: dict[str, Any], expected: object
+    ) -> None:
+        """
+        A section null in defaults but set in an endpoint takes built-in defaults for the rest.
+        """
+        config = defaults(**{section: None}) | endpoints(ep(**{section: given}))
+        cfg = load_config(config)
+        assert getattr(cfg.defaults, section) is None
+        assert getattr(cfg.endpoints[0].policy, section) == expected
+
+    def test_total_null_in_defaults_given_in_endpoint(self) -> None:
+        """
+        total null in defaults (no deadline) can be set again by an endpoint.
+        """
+        config = defaults(timeout={"total": None}) | endpoints(ep(timeout={"total": 3}))
+        cfg = load_config(config)
+        assert cfg.defaults.timeout.total is None
+        assert cfg.endpoints[0].policy.timeout == Timeouts(total=3.0)
+
+    @pytest.mark.parametrize("section", ["retry", "budget", "breaker", "bulkhead", "fallback"])
+    def test_null_in_endpoint_switches_the_section_off(self, section: str) -> None:
+        """
+        null for a section in an endpoint switches it off there, whatever defaults say.
+        """
+        given: dict[str, Any] = {"fallback": "stale"} if section == "fallback" else {section: {}}
+        cfg = load_config({"defaults": given, "endpoints": [ep(**{section: None})]})
+        assert getattr(cfg.defaults, section) is not None
+        assert getattr(cfg.endpoints[0].policy, section) is None
+
+    def test_endpoint_total_null_switches_the_deadline_off(self) -> None:
+        """
+        total: null in an endpoint drops the deadline, keeping connect and read.
+        """
+        timeout = only(endpoints(ep(timeout={"total": None}))).timeout
+        assert timeout == Timeouts(total=None)
+
+    def test_endpoints_do_not_leak_into_each_other(self) -> None:
+        """
+        An endpoint's settings apply to it alone, not to the endpoints after it.
+        """
+        cfg = load_config(
+            endpoints(ep(match="https://a.internal/", retry=None), ep(match="https://b.internal/"))
+        )
+        assert cfg.endpoints[0].policy.retry is None
+        assert cfg.endpoints[1].policy.retry == RetryPolicy()
+
+    def test_endpoints_keep_their_order(self) -> None:
+        """
+        Endpoints are kept in the order written, since the first match wins.
+        """
+        matches = [f"https://e{i}.internal/" for i in range(5)]
+        cfg = load_config(endpoints(*(ep(match=m) for m in reversed(matches))))
+        assert [e.match for e in cfg.endpoints] == list(reversed(matches))
+
+    def test_name_defaults_to_match(self) -> None:
+        """
+        An endpoint without a name is named by its match pattern.
+        """
+        (endpoint,) = load_config(endpoints(ep(match="https://*.internal/api/*"))).endpoints
+        assert endpoint.name == "https://*.internal/api/*"
+        assert endpoint.policy.name == endpoint.name
+
+    def test_defaults_policy_is_named_default(self) -> None:
+        """
+        The defaults' policy is named "default".
+        """
+        assert load_config({}).defaults.name == "default"
+
+    def test_shared_name_with_same_settings_is_allowed(self) -> None:
+        """
+        Endpoints may share a name when breaker, budget and bulkhead agree.
+        """
+        cfg = load_config(endpoints(
+            ep(name="inv", match="https://a.internal/", breaker={"failure_threshold": 2},
+               timeout={"read": 1}),
+            ep(name="inv", match="https://b.internal/", breaker={"failure_threshold": 2}),
+        ))
+        assert [e.name for e in cfg.endpoints] == ["inv", "inv"]
+
+    def test_methods_are_upper_cased(self) -> None:
+        """
+        Methods are matched case-insensitively and stored upper-case.
+        """
+        cfg = load_config(endpoints(ep(methods=["get", "Post"], retry={"methods": ["put"]})))
+        endpoint = cfg.endpoints[0]
+        assert endpoint.methods == frozenset({"GET", "POST"})
+        assert endpoint.policy.retry is not None
+        assert endpoint.policy.retry.methods == {"PUT"}
+
+    def test_endpoint_without_methods_applies_to_any_method(self) -> None:
+        """
+        An endpoint with no methods has methods None, meaning every method.
+        """
+        assert load_config(endpoints(ep())).endpoints[0].methods is None
+
+    @pytest.mark.parametrize(
+        ("match", "is_glob"),
+        [
+            ("https://inventory.internal/", False),
+            ("https://inventory.internal:8443/v1/items", False),
+            ("https://*.internal/api/*", True),
+            ("https://api.internal/v?/items", True),
+            ("*://inventory.internal/*", True),
+        ],
+        ids=["prefix", "prefix-with-port", "star", "question-mark", "star-scheme"],
+    )
+    def test_prefix_or_glob(self, match: str, is_glob: bool) -> None:
+        """
+        A match with * or ? is a glob; otherwise it is a URL prefix.
+        """
+        assert load_config(endpoints(ep(match=match))).endpoints[0].is_glob is is_glob
+
+    def test_secrets_add_to_the_always_secret_headers(self) -> None:
+        """
+        secrets.headers adds to the four always-secret headers; names are lower-cased.
+        """
+        raw = {"secrets": {"headers": ["X-Api-Key"], "query": ["Token", "api_key"]}}
+        secrets = load_config(raw).secrets
+        assert secrets.headers == ALWAYS_SECRET | {"x-api-key"}
+        assert secrets.query == {"token", "api_key"}
+
+    def test_secrets_can_not_remove_the_always_secret_headers(self) -> None:
+        """
+        An empty secrets.headers still keeps the four always-secret headers.
+        """
+        assert load_config({"secrets": {"headers": []}}).secrets.headers == ALWAYS_SECRET
+
+    @pytest.mark.parametrize(
+        ("fallback", "expected"),
+        [
+            ("stale", StaleFallback()),
+            ({"stale": None}, StaleFallback()),
+            ({"stale": {"max_entries": 10}}, StaleFallback(max_entries=10)),
+            ({"status": 503}, StaticFallback(status=503)),
+            ({"text": "ok"}, StaticFallback.from_text(200, "ok")),
+            ({"status": 200, "json": [1, 2]}, StaticFallback.from_json(200, [1, 2])),
+            (None, None),
+        ],
+        ids=[
+            "stale-word", "stale-null", "stale-max-entries", "status-only", "text", "json", "null",
+        ],
+    )
+    def test_fallback_forms(self, fallback: Any, expected: object) -> None:
+        """
+        Each documented fallback form builds the expected fallback value.
+        """
+        assert load_config(defaults(fallback=fallback)).defaults.fallback == expected
+
+    def test_json_fallback_body_and_headers(self) -> None:
+        """
+        A json fallback is served as application/json; given headers add to (or override) that.
+        """
+        fb = load_config(defaults(fallback={
+            "status": 200,
+            "json": {"items": [], "stale": True},
+            "headers": {"X-Fallback": "static", "Content-Type": "application/vnd.api+json"},
+        })).defaults.fallback
+        assert isinstance(fb, StaticFallback)
+        assert json.loads(fb.body) == {"items": [], "stale": True}
+        assert fb.headers == {"Content-Type": "application/vnd.api+json", "X-Fallback": "static"}
+
+    def test_text_fallback_is_utf8(self) -> None:
+        """
+        A text fallback's body is the text encoded as UTF-8, served as text/plain.
+        """
+        fb = load_config(defaults(fallback={"text": "indisponible – réessayez"})).defaults.fallback
+        assert isinstance(fb, StaticFallback)
+        assert fb.body == "indisponible – réessayez".encode()
+        assert fb.headers["Content-Type"] == "text/plain; charset=utf-8"
+
+    def test_integral_float_is_accepted_as_integer(self) -> None:
+        """
+        2.0 where an integer is expected is read as 2 (JSON and YAML writers may emit it).
+        """
+        retry = load_config(defaults(retry={"attempts": 2.0})).defaults.retry
+        assert retry is not None
+        assert retry.attempts == 2
+        assert isinstance(retry.attempts, int)
+
+
+# -- the policy values ------------------------------------------------------------
+
+FROZEN_VALUES = [
+    pytest.param(Timeouts(), "read", 1.0, id="Timeouts"),
+    pytest.param(BackoffPolicy(), "max", 1.0, id="BackoffPolicy"),
+    pytest.param(RetryPolicy(), "attempts", 10, id="RetryPolicy"),
+    pytest.param(BudgetPolicy(), "ratio", 1.0, id="BudgetPolicy"),
+    pytest.param(BreakerPolicy(), "failure_threshold", 1, id="BreakerPolicy"),
+    pytest.param(BulkheadPolicy(), "max_concurrent", 1, id="BulkheadPolicy"),
+    pytest.param(StaticFallback(), "status", 500, id="StaticFallback"),
+    pytest.param(StaleFallback(), "max_entries", 1, id="StaleFallback"),
+    pytest.param(CallableFallback(lambda req, err: Response()), "function", print,
+                 id="CallableFallback"),
+    pytest.param(Policy(), "retry", None, id="Policy"),
+    pytest.param(Endpoint(match="https://a.internal/"), "match", "https://b.internal/",
+                 id="Endpoint"),
+    pytest.param(Secrets(), "query", frozenset({"token"}), id="Secrets"),
+    pytest.param(Config(), "endpoints", (), id="Config"),
+]
+
+
+class TestPolicies:
+    @pytest.mark.parametrize(("value", "field", "new"), FROZEN_VALUES)
+    def test_values_are_frozen(self, value: object, field: str, new: object) -> None:
+        """
+        Assigning to a field of a policy value raises FrozenInstanceError.
+        """
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, new)
+
+    def test_policy_replace_returns_a_new_policy(self) -> None:
+        """
+        Policy.replace returns a changed copy and leaves the original as it was.
+        """
+        base = Policy()
+        changed = base.replace(retry=None, timeout=Timeouts(read=2.0))
+        assert changed.retry is None
+        assert changed.timeout.read == 2.0
+        assert base == Policy()
+
+    @pytest.mark.parametrize(
+        ("changes", "path"),
+        [
+            ({"failure_status": [404]}, "failure_status[0]"),
+            ({"timeout": None}, "timeout"),
+            ({"retry": {"attempts": 3}}, "retry"),
+            ({"fallback": "stale"}, "fallback"),
+            ({"name": ""}, "name"),
+            ({"critical": "yes"}, "critical"),
+        ],
+        ids=[
+            "4xx-failure-status", "no-timeout", "mapping-for-retry", "str-fallback", "empty-name",
+            "str-critical",
+        ],
+    )
+    def test_policy_replace_validates(self, changes: dict[str, Any], path: str) -> None:
+        """
+        Policy.replace validates the changed policy and raises ConfigError naming the field.
+        """
+        with pytest.raises(ConfigError) as info:
+            Policy().replace(**changes)
+        assert info.value.path == path
+
+    @pytest.mark.parametrize(
+        ("build", "path"),
+        [
+            (lambda: Timeouts(connect=0), "connect"),
+            (lambda: Timeouts(read=math.inf), "read"),
+            (lambda: dataclasses.replace(Timeouts(), total=-1), "total"),
+            (lambda: RetryPolicy(attempts=0), "attempts"),
+            (lambda: RetryPolicy(backoff={"initial": 1}), "backoff"),  # type: ignore[arg-type]
+            (lambda: BackoffPolicy(jitter="random"), "jitter"),  # type: ignore[arg-type]
+            (lambda: BreakerPolicy(storage="file:///tmp/x"), "storage"),
+            (lambda: BulkheadPolicy(max_concurrent=0), "max_concurrent"),
+            (lambda: StaticFallback(body="text"), "body"),  # type: ignore[arg-type]
+            (lambda: CallableFallback(function="no"), "fallback"),  # type: ignore[arg-type]
+            (lambda: Endpoint(match="ftp://a.internal/"), "match"),
+            (lambda: Secrets(headers=["bad header"]), "headers[0]"),  # type: ignore[arg-type]
+        ],
+        ids=[
+            "timeouts-zero", "timeouts-inf", "replace-timeouts", "retry-attempts",
+            "retry-backoff-dict", "backoff-jitter", "breaker-storage", "bulkhead", "static-body",
+            "callable", "endpoint", "secrets",
+        ],
+    )
+    def test_values_built_in_python_are_validated(self, build: Any, path: str) -> None:
+        """
+        A policy value built in Python is validated where it is written, naming the field.
+        """
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert info.value.path == path
+
+    def test_values_are_normalised(self) -> None:
+        """
+        Friendly inputs are normalised once: ints to floats, lists to frozensets, strings to enums.
+        """
+        assert isinstance(Timeouts(connect=1).connect, float)
+        retry = RetryPolicy(
+            methods=["get"], on_status=[503, 503], on=["read_error"]  # type: ignore[arg-type]
+        )
+        assert retry.methods == frozenset({"GET"})
+        assert retry.on_status == frozenset({503})
+        assert retry.on == frozenset({"read_error"})
+        backoff = BackoffPolicy(jitter="decorrelated")  # type: ignore[arg-type]
+        assert backoff.jitter is Jitter.DECORRELATED
+
+    def test_jitter_compares_equal_to_its_string(self) -> None:
+        """
+        Jitter members compare equal to, and print as, their config strings.
+        """
+        assert Jitter.FULL == "full"  # type: ignore[comparison-overlap]
+        assert str(Jitter.EQUAL) == "equal"
+        assert [j.value for j in Jitter] == ["none", "full", "equal", "decorrelated"]
+
+    def test_policies_compare_by_value(self) -> None:
+        """
+        Two configs loaded from the same input are equal, so tests can compare them.
+        """
+        assert load_config(MAPPING) == load_config(json.loads(JSON_TEXT))
+        assert load_config(defaults(retry={"attempts": 2})) != load_config({})
+
+    def test_config_from_python_matches_config_from_mapping(self) -> None:
+        """
+        A Config built in Python equals the one loaded from the equivalent mapping.
+        """
+        built = Config(
+            defaults=Policy(timeout=Timeouts(read=2.0), bulkhead=None),
+            endpoints=[  # type: ignore[arg-type]
+                Endpoint(
+                    match="https://inventory.internal/",
+                    methods=frozenset({"GET"}),
+                    policy=Policy(
+                        name="inventory",
+                        timeout=Timeouts(read=2.0),
+                        bulkhead=None,
+                        fallback=StaleFallback(),
+                    ),
+                )
+            ],
+        )
+        assert isinstance(built.endpoints, tuple)
+        assert built == load_config({
+            "defaults": {"timeout": {"read": 2}, "bulkhead": None},
+            "endpoints": [{
+                "name": "inventory",
+                "match": "https://inventory.internal/",
+                "methods": ["GET"],
+                "fallback": "stale",
+            }],
+        })
+
+
+# -- documented configs -------------------------------------------------------------
+
+FENCE = re.compile(r"^```(yaml|toml|json)\n(.*?)^```", re.S | re.M)
+DOC = ROOT / "docs" / "configuration.md"
+EXAMPLE = ROOT / "examples" / "config.yaml"
+
+
+def doc_blocks() -> list[Any]:
+    """Every YAML, TOML and JSON block of docs/configuration.md, as test params."""
+    if not DOC.exists():  # pragma: no cover - docs are part of the repository
+        return []
+    text = DOC.read_text(encoding="utf-8")
+    blocks = []
+    for m in FENCE.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        fmt, block = m.group(1), m.group(2)
+        marks = []
+        if fmt == "yaml" and re.search(r"^\s*on:", block, re.M):
+            marks.append(pytest.mark.xfail(strict=True, reason=YAML_ON))
+        blocks.append(pytest.param(fmt, block, id=f"{fmt}-line{line}", marks=marks))
+    return blocks
+
+
+class TestDocumentedConfigs:
+    @pytest.mark.parametrize(("fmt", "text"), doc_blocks())
+    def test_every_documented_block_loads(self, tmp_path: Path, fmt: str, text: str) -> None:
+        """
+        Every YAML, TOML and JSON example in docs/configuration.md is a valid config.
+        """
+        assert isinstance(load_config(write(tmp_path, f"block.{fmt}", text)), Config)
+
+    def test_docs_have_examples_in_every_format(self) -> None:
+        """
+        The configuration reference shows YAML, TOML and JSON examples.
+        """
+        assert {p.values[0] for p in doc_blocks()} == {"yaml", "toml", "json"}
+
+    @pytest.mark.xfail(strict=True, reason=YAML_ON)
+    def test_documented_defaults_are_the_real_defaults(self, tmp_path: Path) -> None:
+        """
+        The docs' spelled-out defaults block loads to exactly the built-in defaults.
+        """
+        text = DOC.read_text(encoding="utf-8")
+        m = re.search(r"<!-- defaults -->\s*```yaml\n(.*?)^```", text, re.S | re.M)
+        assert m, "docs/configuration.md lost its <!-- defaults --> block"
+        assert load_config(write(tmp_path, "defaults.yaml", m.group(1))) == Config()
+
+    def test_example_config_loads(self) -> None:
+        """
+        examples/config.yaml loads, with its inventory, payments and search endpoints.
+        """
+        cfg = load_config(EXAMPLE)
+        by_name = {e.name: e for e in cfg.endpoints}
+        assert {"inventory", "payments", "search"} <= set(by_name)
+        assert by_name["inventory"].policy.fallback == StaleFallback()
+        payments = by_name["payments"].policy
+        assert payments.retry is not None
+        assert payments.retry.idempotency_header == "Idempotency-Key"
+        assert "POST" not in payments.retry.methods
+        assert payments.breaker is not None
+        search = by_name["search"].policy
+        assert isinstance(search.fallback, StaticFallback)
+        assert search.timeout.read < cfg.defaults.timeout.read
+
+    def test_example_uses_no_real_hosts(self) -> None:
+        """
+        The example config only names .internal hosts.
+        """
+        for endpoint in load_config(EXAMPLE).endpoints:
+            host = endpoint.match.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+            assert host.endswith(".internal"), endpoint.match
+
+
+# -- property: any structure loads or raises ConfigError ---------------------------
+
+#: The real key names, so random documents reach deep into the parser.
+KEY_NAMES = [
+    "defaults", "secrets", "endpoints",
+    "timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback", "critical",
+    "name", "match", "methods",
+    "connect", "read", "total",
+    "attempts", "backoff", "on_status", "on", "idempotency_header", "respect_retry_after",
+    "max_retry_after", "attempt_header",
+    "initial", "multiplier", "max", "jitter",
+    "ratio", "min_per_second", "window",
+    "failure_threshold", "reset_timeout", "storage", "mode", "failure_rate", "min_calls",
+    "slow_call_duration", "max_concurrent",
+    "status", "json", "text", "headers", "stale", "max_entries", "query",
+]
+JUNK_KEYS = ["retries", "Timeout", "attempt", "x", "0", "", "défaut"]
+WORDS = [
+    "stale", "full", "none", "equal", "decorrelated", "memory", "redis://r.internal:6379/0",
+    "consecutive", "rate", "GET", "post", "connect_error", "read_timeout", "Idempotency-Key",
+    "https://a.internal/", "https://*.internal/api/*", "ftp://a.internal/", "https://[a].internal/",
+    "", "  ",
+]
+
+
+keys = st.sampled_from(KEY_NAMES) | st.sampled_from(JUNK_KEYS) | st.text(max_size=4)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.sampled_from([0, 1, 2, 3, 5, 50, 200, 404, 429, 500, 503, 600, -1, 0.5, 2.5, 10**400])
+    | st.integers()
+    | st.floats()
+    | st.sampled_from(WORDS)
+    | st.text(max_size=6)
+)
+trees = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=5),
+    max_leaves=30,
+)
+#: Any nesting of mappings, lists and scalars.
+documents = st.dictionaries(keys, trees, max_size=4)
+
+#: The fields of each section, so shaped documents reach every validator.
+SECTION_FIELDS = {
+    "timeout": ["connect", "read", "total"],
+    "retry": [
+        "attempts", "backoff", "on_status", "on", "methods", "idempotency_header",
+        "respect_retry_after", "max_retry_after", "attempt_header",
+    ],
+    "budget": ["ratio", "min_per_second", "window"],
+    "breaker": [
+        "failure_threshold", "reset_timeout", "storage", "mode", "failure_rate", "window",
+        "min_calls", "slow_call_duration",
+    ],
+    "bulkhead": ["max_concurrent"],
+    "fallback": ["status", "json", "text", "headers", "stale"],
+}
+BACKOFF_FIELDS = ["initial", "multiplier", "max", "jitter"]
+
+#: Values valid for some field, so that a document often gets past one field to the next.
+PLAUSIBLE = [
+    1, 2, 3, 0.5, 5.0, 10, 30.0, 200, None, True, "full", "equal", "memory", "consecutive",
+    "stale", "Idempotency-Key", "ok", [503], [502, 503], [500, 503], ["GET", "put"],
+    ["connect_error", "read_timeout"], ["X-Api-Key"],
+]
+
+
+def mostly(common: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Draw from *common* three times in four, else from *rare*."""
+    return st.integers(0, 3).flatmap(lambda i: rare if i == 0 else common)
+
+
+nested_lists = st.lists(
+    scalars | st.lists(scalars, max_size=2) | st.dictionaries(keys, scalars, max_size=2), max_size=4
+)
+values = mostly(st.sampled_from(PLAUSIBLE), scalars | nested_lists | trees)
+
+
+def fields_of(names: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Mappings with some of the real field *names*, holding random values."""
+    optional = {
+        name: mostly(fields_of(BACKOFF_FIELDS), values) if name == "backoff" else values
+        for name in names
+    }
+    return st.fixed_dictionaries({}, optional=optional)
+
+
+#: Sections made of real field names with random values inside.
+sections = st.fixed_dictionaries(
+    {},
+    optional={
+        **{name: mostly(fields_of(fields), values) for name, fields in SECTION_FIELDS.items()},
+        "failure_status": values,
+        "critical": values,
+    },
+)
+endpoint_entries = st.builds(
+    lambda rule, secs: {**rule, **secs},
+    st.fixed_dictionaries(
+        {"match": st.sampled_from(WORDS) | scalars},
+        optional={"name": st.sampled_from(["inventory", "search"]) | scalars, "methods": values},
+    ),
+    sections,
+)
+#: Documents shaped like real configs, with random values inside.
+shaped_documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "defaults": mostly(sections, values),
+        "endpoints": mostly(st.lists(mostly(endpoint_entries, values), max_size=3), values),
+        "secrets": mostly(fields_of(["headers", "query"]), values),
+    },
+)
+
+
+class TestProperties:
+    @pytest.mark.xfail(
+        strict=True,
+        reason=(
+            "crashes found in _policy: retry.on with an unhashable item raises TypeError; "
+            "an int too large for a float raises OverflowError (see TestBadInputs)"
+        ),
+    )
+    @settings(
+        max_examples=400,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(documents | shaped_documents)
+    @example({"defaults": {"retry": {"on": [["connect_error"]]}}})
+    @example({"defaults": {"timeout": {"connect": 10**400}}})
+    def test_any_structure_loads_or_raises_config_error(self, doc: dict[Any, Any]) -> None:
+        """
+        Any nested structure either loads or raises ConfigError starting with its key path.
+        """
+        check_loads_or_config_error(doc)
+
+    @settings(
+        max_examples=400,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(shaped_documents)
+    def test_shaped_documents_load_or_raise_config_error(self, doc: dict[str, Any]) -> None:
+        """
+        Documents shaped like real configs either load or raise ConfigError with a key path.
+        """
+        try:
+            check_loads_or_config_error(doc)
+        except (TypeError, OverflowError) as e:
+            # The two crashes tracked by the strict xfails above; anything else fails.
+            # TODO: drop this once _policy is fixed.
+            if not is_known_crash(e):
+                raise
+
+
+def is_known_crash(e: BaseException) -> bool:
+    """Whether *e* is one of the two known crashes in `_policy` (reported, xfailed above)."""
+    return (isinstance(e, TypeError) and str(e).startswith("unhashable type")) or (
+        isinstance(e, OverflowError) and "too large to convert to float" in str(e)
+    )
+
+
+def check_loads_or_config_error(doc: dict[Any, Any]) -> None:
+    """Assert that *doc* loads, or raises a ConfigError whose message starts with its path."""
+    try:
+        cfg = load_config(doc)
+    except ConfigError as e:
+        if e.path:
+            assert str(e).startswith(f"{e.path}: "), str(e)
+            # The path starts at one of the document's own top-level keys.
+            assert any(
+                e.path == str(k) or e.path.startswith((f"{k}.", f"{k}[")) for k in doc
+            ), (e.path, doc)
+        else:
+            assert str(e) == e.problem
+        assert e.problem
+    else:
+        assert isinstance(cfg, Config)
+        # Whatever loads is safe: connect and read are finite and positive.
+        for policy in (cfg.defaults, *(ep.policy for ep in cfg.endpoints)):
+            assert 0 < policy.timeout.connect < math.inf
+            assert 0 < policy.timeout.read < math.inf
