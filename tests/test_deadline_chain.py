@@ -46,7 +46,9 @@ class Service:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_Quiet)
         self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -139,7 +141,8 @@ class TestDeadlineChain:
     @pytest.mark.parametrize("chain", [True], indirect=True, ids=["propagation-on"])
     def test_b_gives_up_with_a(self, chain: Chain) -> None:
         """
-        With propagation on, B abandons the hung C within a small margin of A's deadline and is free again.
+        With propagation on, B abandons the hung C within a small margin of A's deadline and is free
+        again.
         """
         resp = chain.run()
         t = chain.times

@@ -18,7 +18,8 @@ from resilient_client._policy import BackoffPolicy, Jitter
 
 def cfg(**endpoint: Any) -> Config:
     """A config with one endpoint named ``app`` carrying *endpoint*'s sections."""
-    return load_config({"endpoints": [{"name": "app", "match": "http://app.internal/", **endpoint}]})
+    endpoints = [{"name": "app", "match": "http://app.internal/", **endpoint}]
+    return load_config({"endpoints": endpoints})
 
 
 def backend(body: str, *, defaults: str = "    mode http\n") -> str:
@@ -64,7 +65,8 @@ class TestParseHAProxy:
             "backend app\n  timeout server 5s\n"
         )
         assert problems == []
-        assert (b.name, b.mode, b.timeout_server, b.timeout_connect, b.retries) == ("app", "http", 5.0, 2.0, 1)
+        got = (b.name, b.mode, b.timeout_server, b.timeout_connect, b.retries)
+        assert got == ("app", "http", 5.0, 2.0, 1)
 
     def test_haproxy_defaults_when_unset(self) -> None:
         """
@@ -108,7 +110,8 @@ class TestParseHAProxy:
         ``listen`` sections are checked like backends; frontends and global are skipped.
         """
         backends, _ = parse_haproxy(
-            "global\n retries 9\nfrontend fe\n bind :80\n timeout client 5s\nlisten web\n bind :81\n"
+            "global\n retries 9\nfrontend fe\n bind :80\n timeout client 5s\n"
+            "listen web\n bind :81\n"
         )
         assert [(b.name, b.section, b.retries) for b in backends] == [("web", "listen", 3)]
 
@@ -118,7 +121,8 @@ class TestParseHAProxy:
         """
         (b,), problems = parse_haproxy(
             'backend app # the app\n  timeout server 2s # was 30s\n'
-            '  http-request set-timeout server "req.hdr_val(X-Request-Timeout-Ms)" if { req.hdr(x-a\\#b) -m found }\n'
+            '  http-request set-timeout server "req.hdr_val(X-Request-Timeout-Ms)"'
+            ' if { req.hdr(x-a\\#b) -m found }\n'
         )
         assert problems == []
         assert b.timeout_server == 2.0
@@ -143,17 +147,21 @@ class TestParseHAProxy:
         ``option redispatch`` / ``option abortonclose`` and their ``no option`` forms are read.
         """
         (a, b), _ = parse_haproxy(
-            "defaults\n option redispatch\n option abortonclose\nbackend a\nbackend b\n no option redispatch\n"
+            "defaults\n option redispatch\n option abortonclose\n"
+            "backend a\nbackend b\n no option redispatch\n"
         )
-        assert (a.redispatch, a.abortonclose, b.redispatch, b.abortonclose) == (True, True, False, True)
+        got = (a.redispatch, a.abortonclose, b.redispatch, b.abortonclose)
+        assert got == (True, True, False, True)
 
     def test_set_timeout_reads_only_the_expression(self) -> None:
         """
-        The headers named in ``set-timeout server``'s expression are recorded, not those in its condition.
+        The headers named in ``set-timeout server``'s expression are recorded, not those in its
+        condition.
         """
         (b,), _ = parse_haproxy(
             "backend app\n mode http\n"
-            " http-request set-timeout server req.hdr_val(x-deadline) if { req.hdr(x-other) -m found }\n"
+            " http-request set-timeout server req.hdr_val(x-deadline)"
+            " if { req.hdr(x-other) -m found }\n"
             " http-request set-timeout tunnel req.hdr_val(x-tunnel)\n"
         )
         assert b.deadline_headers == {"x-deadline"}
@@ -175,7 +183,8 @@ class TestAttemptsExceedTotal:
         attempts x (connect + read) + backoff beyond total is reported with the numbers.
         """
         c = cfg(timeout={"connect": 1, "read": 4, "total": 8},
-                retry={"attempts": 3, "backoff": {"initial": 0.5, "multiplier": 2, "jitter": "none"}})
+                retry={"attempts": 3,
+                       "backoff": {"initial": 0.5, "multiplier": 2, "jitter": "none"}})
         f = codes(check_haproxy(c, ""))["attempts-exceed-total"]
         assert f.severity == "warning"
         assert "3 attempts x 5 s" in f.message and "1.5 s of backoff = 16.5 s" in f.message
@@ -189,7 +198,9 @@ class TestAttemptsExceedTotal:
                 retry={"attempts": 3, "backoff": {"initial": 0.5, "jitter": "full"}})
         assert "attempts-exceed-total" not in codes(check_haproxy(c, ""))
 
-    @pytest.mark.parametrize("endpoint", [{"retry": None}, {"retry": {"attempts": 1}}, {"timeout": {"total": None}}])
+    @pytest.mark.parametrize(
+        "endpoint", [{"retry": None}, {"retry": {"attempts": 1}}, {"timeout": {"total": None}}]
+    )
     def test_quiet_without_retries_or_total(self, endpoint: dict[str, Any]) -> None:
         """
         With no retries or no total there is nothing to exceed.
@@ -200,8 +211,10 @@ class TestAttemptsExceedTotal:
         """
         The worst-case backoff is the sum of the capped exponential bases (decorrelated: x3 steps).
         """
-        assert max_backoff(BackoffPolicy(initial=1, multiplier=2, max=3, jitter=Jitter.FULL), 3) == 1 + 2 + 3
-        assert max_backoff(BackoffPolicy(initial=1, max=5, jitter=Jitter.DECORRELATED), 3) == 3 + 5 + 5
+        full = BackoffPolicy(initial=1, multiplier=2, max=3, jitter=Jitter.FULL)
+        decorrelated = BackoffPolicy(initial=1, max=5, jitter=Jitter.DECORRELATED)
+        assert max_backoff(full, 3) == 1 + 2 + 3
+        assert max_backoff(decorrelated, 3) == 3 + 5 + 5
         assert max_backoff(BackoffPolicy(), 0) == 0
 
 
@@ -213,7 +226,8 @@ class TestTimeouts:
         """
         A client that waits longer than ``timeout server`` and retries 504 is an error.
         """
-        f = codes(check_haproxy(cfg(timeout={"read": 30, "total": 30}), backend("    timeout server 10s\n")))
+        text = backend("    timeout server 10s\n")
+        f = codes(check_haproxy(cfg(timeout={"read": 30, "total": 30}), text))
         assert f["server-timeout-first"].severity == "error"
         assert "answers 504 after 10 s" in f["server-timeout-first"].message
         assert "runs up to 3 times" in f["server-timeout-first"].message
@@ -230,7 +244,8 @@ class TestTimeouts:
         """
         A long total is not reported when each attempt's read timeout is within ``timeout server``.
         """
-        f = codes(check_haproxy(cfg(timeout={"read": 5, "total": 30}), backend("    timeout server 10s\n")))
+        text = backend("    timeout server 10s\n")
+        f = codes(check_haproxy(cfg(timeout={"read": 5, "total": 30}), text))
         assert "server-timeout-first" not in f
 
     def test_no_server_timeout(self) -> None:
@@ -246,13 +261,15 @@ class TestTimeouts:
         """
         text = backend("    timeout server 30s\n    timeout queue 2s\n")
         retried = codes(check_haproxy(cfg(timeout={"read": 5}), text))["queue-timeout-first"]
-        quiet = codes(check_haproxy(cfg(timeout={"read": 5}, retry=None), text))["queue-timeout-first"]
+        unretried = codes(check_haproxy(cfg(timeout={"read": 5}, retry=None), text))
+        quiet = unretried["queue-timeout-first"]
         assert (retried.severity, quiet.severity) == ("warning", "info")
         assert "503" in retried.message and "queues it again, up to 3 times" in retried.message
 
     def test_orphaned_work_hint_and_its_cure(self) -> None:
         """
-        A server timeout longer than the client's wait suggests propagation, unless set-timeout uses it.
+        A server timeout longer than the client's wait suggests propagation, unless set-timeout uses
+        it.
         """
         c = cfg(timeout={"read": 2, "total": 4}, propagation={})
         plain = codes(check_haproxy(c, backend("    timeout server 60s\n")))
@@ -276,7 +293,8 @@ class TestTimeouts:
 class TestStackedRetries:
     def test_post_send_retries_multiply_requests(self) -> None:
         """
-        HAProxy retry-on after the request was sent, under client retries, is an error with the multiplier.
+        HAProxy retry-on after the request was sent, under client retries, is an error with the
+        multiplier.
         """
         text = backend("    timeout server 5s\n    retries 2\n    retry-on 503 response-timeout\n")
         f = codes(check_haproxy(cfg(timeout={"read": 4}), text))["stacked-retries"]
@@ -286,7 +304,8 @@ class TestStackedRetries:
 
     def test_connection_retries_are_a_warning(self) -> None:
         """
-        HAProxy's default connection retries stack too: 3 client attempts x 4 = 12 connection attempts.
+        HAProxy's default connection retries stack too: 3 client attempts x 4 = 12 connection
+        attempts.
         """
         text = backend("    timeout server 5s\n    timeout connect 100ms\n    option redispatch\n")
         f = codes(check_haproxy(cfg(timeout={"read": 4}), text))["stacked-retries"]
@@ -321,7 +340,10 @@ class TestDeadlineHeader:
         """
         set-timeout from a header while the client's propagation is off is a warning.
         """
-        text = backend("    timeout server 5s\n    http-request set-timeout server req.hdr_val(X-Request-Timeout-Ms)\n")
+        text = backend(
+            "    timeout server 5s\n"
+            "    http-request set-timeout server req.hdr_val(X-Request-Timeout-Ms)\n"
+        )
         f = codes(check_haproxy(cfg(timeout={"read": 4}), text))["deadline-header"]
         assert "propagation is off" in f.message
 
@@ -329,7 +351,9 @@ class TestDeadlineHeader:
         """
         A client sending another header than the one HAProxy reads is a warning.
         """
-        text = backend("    timeout server 5s\n    http-request set-timeout server req.hdr_val(X-Budget)\n")
+        text = backend(
+            "    timeout server 5s\n    http-request set-timeout server req.hdr_val(X-Budget)\n"
+        )
         c = cfg(timeout={"read": 4}, propagation={})
         f = codes(check_haproxy(c, text))["deadline-header"]
         assert "x-budget" in f.message and "X-Request-Timeout-Ms" in f.message

@@ -36,6 +36,8 @@ from resilient_client._propagation import parse_attempt, parse_timeout_ms
 from resilient_client.exceptions import ConfigError
 
 URL = "http://peer.internal/items"
+Peer = responses.RequestsMock
+PATH = "defaults.propagation"
 HEADER = "X-Request-Timeout-Ms"
 
 
@@ -90,7 +92,7 @@ class Recorder:
         return self.status, {}, b"ok"
 
 
-def serve(peer: responses.RequestsMock, recorder: Recorder) -> Recorder:
+def serve(peer: Peer, recorder: Recorder) -> Recorder:
     peer.add_callback("GET", URL, callback=recorder)
     return recorder
 
@@ -120,7 +122,8 @@ class TestPropagationPolicy:
             "defaults": {"propagation": {"deadline_header": "X-Deadline"}},
             "endpoints": [{"match": "http://a.internal/", "propagation": {"per_attempt": True}}],
         })
-        assert cfg.endpoints[0].policy.propagation == PropagationPolicy("X-Deadline", per_attempt=True)
+        expected = PropagationPolicy("X-Deadline", per_attempt=True)
+        assert cfg.endpoints[0].policy.propagation == expected
 
     def test_endpoint_can_turn_it_on_alone(self) -> None:
         """
@@ -144,11 +147,11 @@ class TestPropagationPolicy:
     @pytest.mark.parametrize(
         ("raw", "path", "problem"),
         [
-            ({"deadline_header": "bad header"}, "defaults.propagation.deadline_header", "HTTP header name"),
-            ({"deadline_header": ""}, "defaults.propagation.deadline_header", "HTTP header name"),
-            ({"per_attempt": "yes"}, "defaults.propagation.per_attempt", "true or false"),
-            ({"header": "X-T"}, "defaults.propagation.header", "unknown key"),
-            ("on", "defaults.propagation", "mapping"),
+            ({"deadline_header": "bad header"}, f"{PATH}.deadline_header", "HTTP header name"),
+            ({"deadline_header": ""}, f"{PATH}.deadline_header", "HTTP header name"),
+            ({"per_attempt": "yes"}, f"{PATH}.per_attempt", "true or false"),
+            ({"header": "X-T"}, f"{PATH}.header", "unknown key"),
+            ("on", PATH, "mapping"),
         ],
     )
     def test_bad_values_name_the_key_path(self, raw: object, path: str, problem: str) -> None:
@@ -165,7 +168,7 @@ class TestPropagationPolicy:
 
 
 class TestOutboundHeader:
-    def test_sends_the_remaining_milliseconds(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_sends_the_remaining_milliseconds(self, clock: FakeClock, peer: Peer) -> None:
         """
         With propagation on, the request carries the call's remaining time in whole milliseconds.
         """
@@ -173,7 +176,7 @@ class TestOutboundHeader:
         session(clock, timeout={"total": 2.5}, propagation={}).get(URL)
         assert rec.values == ["2500"]
 
-    def test_no_header_when_off(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_no_header_when_off(self, clock: FakeClock, peer: Peer) -> None:
         """
         With propagation off (the default), no deadline header is sent.
         """
@@ -181,7 +184,7 @@ class TestOutboundHeader:
         session(clock, timeout={"total": 2.5}).get(URL)
         assert rec.values == [None]
 
-    def test_no_header_without_a_deadline(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_no_header_without_a_deadline(self, clock: FakeClock, peer: Peer) -> None:
         """
         A call with no deadline (``total: null``, nothing inherited) sends no header.
         """
@@ -190,7 +193,7 @@ class TestOutboundHeader:
         assert rec.values == [None]
 
     def test_each_retry_sends_the_time_left_at_that_attempt(
-        self, clock: FakeClock, peer: responses.RequestsMock
+        self, clock: FakeClock, peer: Peer
     ) -> None:
         """
         Each attempt sends what is left then: the earlier attempts and backoff sleeps are deducted.
@@ -206,26 +209,28 @@ class TestOutboundHeader:
         # 2.0; 2.0 - 0.25 - 0.125; 1.625 - 0.25 - 0.25
         assert rec.values == ["2000", "1625", "1125"]
 
-    def test_per_attempt_caps_by_the_read_timeout(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_per_attempt_caps_by_the_read_timeout(self, clock: FakeClock, peer: Peer) -> None:
         """
         With ``per_attempt``, the value is also capped by the attempt's read timeout.
         """
         rec = serve(peer, Recorder(clock))
-        session(clock, timeout={"read": 0.75, "total": 2.0}, propagation={"per_attempt": True}).get(URL)
+        s = session(clock, timeout={"read": 0.75, "total": 2.0}, propagation={"per_attempt": True})
+        s.get(URL)
         assert rec.values == ["750"]
 
     def test_per_attempt_sends_the_read_timeout_without_a_deadline(
-        self, clock: FakeClock, peer: responses.RequestsMock
+        self, clock: FakeClock, peer: Peer
     ) -> None:
         """
         With ``per_attempt`` and no deadline, the attempt's read timeout is sent.
         """
         rec = serve(peer, Recorder(clock))
-        session(clock, timeout={"read": 0.75, "total": None}, propagation={"per_attempt": True}).get(URL)
+        s = session(clock, timeout={"read": 0.75, "total": None}, propagation={"per_attempt": True})
+        s.get(URL)
         assert rec.values == ["750"]
 
     def test_header_name_is_configurable_per_endpoint(
-        self, clock: FakeClock, peer: responses.RequestsMock
+        self, clock: FakeClock, peer: Peer
     ) -> None:
         """
         An endpoint can send the deadline under its own header name (e.g. Envoy's).
@@ -247,7 +252,7 @@ class TestOutboundHeader:
         s.get(URL)
         assert seen == ["1500"]
 
-    def test_callers_request_object_is_left_alone(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_callers_request_object_is_left_alone(self, clock: FakeClock, peer: Peer) -> None:
         """
         The header goes on a copy: the PreparedRequest the caller passed to send() is unchanged.
         """
@@ -258,7 +263,7 @@ class TestOutboundHeader:
         assert HEADER not in prepared.headers
         assert rec.values == ["2000"]
 
-    def test_rounds_down(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_rounds_down(self, clock: FakeClock, peer: Peer) -> None:
         """
         The value is rounded down, never promising the callee time the caller does not have.
         """
@@ -271,7 +276,7 @@ class TestOutboundHeader:
 
 
 class TestInheritedDeadline:
-    def test_inherited_deadline_shortens_the_call(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_inherited_deadline_shortens_the_call(self, clock: FakeClock, peer: Peer) -> None:
         """
         Inside ``deadline(s)``, a call with a longer own total gets only what is left of *s*.
         """
@@ -282,7 +287,7 @@ class TestInheritedDeadline:
             s.get(URL)
         assert rec.values == ["500"]
 
-    def test_own_total_wins_when_shorter(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_own_total_wins_when_shorter(self, clock: FakeClock, peer: Peer) -> None:
         """
         An inherited deadline never lengthens the call's own total.
         """
@@ -292,7 +297,7 @@ class TestInheritedDeadline:
             s.get(URL)
         assert rec.values == ["2000"]
 
-    def test_applies_to_calls_without_a_total(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_applies_to_calls_without_a_total(self, clock: FakeClock, peer: Peer) -> None:
         """
         A call with ``total: null`` still gets the inherited deadline.
         """
@@ -301,19 +306,20 @@ class TestInheritedDeadline:
             session(clock, timeout={"total": None}, propagation={}).get(URL)
         assert rec.values == ["500"]
 
-    def test_inherited_deadline_is_enforced(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_inherited_deadline_is_enforced(self, clock: FakeClock, peer: Peer) -> None:
         """
         The inherited deadline stops retries: none starts once it has passed.
         """
         rec = serve(peer, Recorder(clock, status=503, takes=0.4))
-        s = session(clock, timeout={"total": 10.0}, retry={"attempts": 5, "backoff": {"jitter": "none"}})
+        retry = {"attempts": 5, "backoff": {"jitter": "none"}}
+        s = session(clock, timeout={"total": 10.0}, retry=retry)
         with deadline(1.0, clock=clock):
             resp = s.get(URL)
         assert resp.attempts == len(rec.values) == 2  # type: ignore[attr-defined]
 
     @pytest.mark.parametrize("seconds", [0, -3, -math.inf])
     def test_spent_deadline_fails_without_touching_the_network(
-        self, clock: FakeClock, peer: responses.RequestsMock, seconds: float
+        self, clock: FakeClock, peer: Peer, seconds: float
     ) -> None:
         """
         A call whose inherited deadline is already spent raises DeadlineExceeded and sends nothing.
@@ -324,7 +330,7 @@ class TestInheritedDeadline:
             s.get(URL)
         assert rec.values == []
 
-    def test_deadline_spent_while_working(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_deadline_spent_while_working(self, clock: FakeClock, peer: Peer) -> None:
         """
         A deadline that passes before the call starts fails the call at once.
         """
@@ -337,7 +343,7 @@ class TestInheritedDeadline:
         assert rec.values == []
         assert isinstance(info.value, requests.Timeout)
 
-    def test_spent_deadline_does_not_touch_the_breaker(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_spent_deadline_does_not_touch_the_breaker(self, clock: FakeClock, peer: Peer) -> None:
         """
         Calls refused for a spent deadline are not failures of the peer: the breaker stays closed.
         """
@@ -382,7 +388,9 @@ class TestInheritedDeadline:
         with deadline(math.inf) as a, deadline(None) as b:
             assert a is None and b is None
 
-    @pytest.mark.parametrize(("value", "error"), [(math.nan, ValueError), ("1", TypeError), (True, TypeError)])
+    @pytest.mark.parametrize(
+        ("value", "error"), [(math.nan, ValueError), ("1", TypeError), (True, TypeError)]
+    )
     def test_bad_seconds_are_refused(self, value: Any, error: type[Exception]) -> None:
         """
         NaN, strings and booleans are not a number of seconds.
@@ -401,7 +409,7 @@ class TestInheritedDeadline:
             t.join(5)
         assert seen == [None]
 
-    def test_converts_between_clocks(self, peer: responses.RequestsMock) -> None:
+    def test_converts_between_clocks(self, peer: Peer) -> None:
         """
         A deadline set on one clock is carried over as time left to a session on another clock.
         """
@@ -413,7 +421,7 @@ class TestInheritedDeadline:
         assert rec.values == ["1500"]
 
     def test_deadline_exceeded_carries_the_inherited_budget(
-        self, clock: FakeClock, peer: responses.RequestsMock
+        self, clock: FakeClock, peer: Peer
     ) -> None:
         """
         DeadlineExceeded reports the (shorter) inherited budget as the call's total.
@@ -431,9 +439,10 @@ class TestInheritedDeadline:
 
 
 class TestRetriesOff:
-    def test_retries_off_inside_the_scope(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_retries_off_inside_the_scope(self, clock: FakeClock, peer: Peer) -> None:
         """
-        Inside ``deadline(..., retries=False)`` a retryable failure is tried once, and GaveUp says why.
+        Inside ``deadline(..., retries=False)`` a retryable failure is tried once, and GaveUp says
+        why.
         """
         rec = serve(peer, Recorder(clock, status=503))
         events: list[object] = []
@@ -444,7 +453,7 @@ class TestRetriesOff:
         assert (resp.status_code, resp.attempts, len(rec.values)) == (503, 1, 1)  # type: ignore[attr-defined]
         assert [e.reason for e in events if isinstance(e, GaveUp)] == ["caller_retrying"]
 
-    def test_retries_on_outside_the_scope(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_retries_on_outside_the_scope(self, clock: FakeClock, peer: Peer) -> None:
         """
         The same call outside the scope is retried as its policy says.
         """
@@ -454,7 +463,7 @@ class TestRetriesOff:
             pass
         assert s.get(URL).attempts == len(rec.values) == 3  # type: ignore[attr-defined]
 
-    def test_inner_block_cannot_turn_retries_back_on(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_inner_block_cannot_turn_retries_back_on(self, clock: FakeClock, peer: Peer) -> None:
         """
         ``retries=True`` in a nested block does not undo an outer ``retries=False``.
         """
@@ -484,23 +493,27 @@ class TestParseTimeout:
     )
     def test_valid_values(self, value: str, expected: float) -> None:
         """
-        Whole milliseconds in ASCII digits are read, lists give their smallest, big values are capped.
+        Whole milliseconds in ASCII digits are read, lists give their smallest, big values are
+        capped.
         """
         assert parse_timeout_ms(value, 300.0) == expected
 
     @pytest.mark.parametrize(
         "value",
-        ["", " ", "abc", "-5", "+5", "1.5", "1e3", "15m", "0x10", "١٢٣", "²", "1 000", ",", "5" * 300],
+        ["", " ", "abc", "-5", "+5", "1.5", "1e3", "15m", "0x10", "١٢٣", "²", "1 000", ",",
+         "5" * 300],
     )
     def test_malformed_values_are_ignored(self, value: str) -> None:
         """
-        Anything but plain ASCII digits (signs, units, decimals, other scripts, huge strings) is ignored.
+        Anything but plain ASCII digits (signs, units, decimals, other scripts, huge strings) is
+        ignored.
         """
         assert parse_timeout_ms(value, 300.0) is None
 
     @pytest.mark.parametrize(
         ("value", "expected"),
-        [("1", 1), ("2", 2), (" 3 ", 3), ("0", 0), ("x", None), ("-2", None), ("", None), ("9" * 20, None)],
+        [("1", 1), ("2", 2), (" 3 ", 3), ("0", 0), ("x", None), ("-2", None), ("", None),
+         ("9" * 20, None)],
     )
     def test_attempt_values(self, value: str, expected: int | None) -> None:
         """
@@ -521,6 +534,11 @@ def environ(**headers: str) -> dict[str, Any]:
 
 def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
     return lambda data: None
+
+
+def call(app: Any, **headers: str) -> Any:
+    """Call the WSGI *app* with a GET carrying *headers* (environ names, e.g. X_RETRY_ATTEMPT)."""
+    return app(environ(**headers), start_response)
 
 
 class Probe:
@@ -547,7 +565,7 @@ class TestDeadlineMiddleware:
         While the app runs, the current deadline is the header's time minus the margin.
         """
         app = Probe()
-        DeadlineMiddleware(app, margin=0.05, clock=clock)(environ(X_REQUEST_TIMEOUT_MS="1500"), start_response)
+        call(DeadlineMiddleware(app, margin=0.05, clock=clock), X_REQUEST_TIMEOUT_MS="1500")
         assert app.remaining == pytest.approx(1.45)
         assert current_deadline() is None
 
@@ -564,7 +582,7 @@ class TestDeadlineMiddleware:
             seen.append(d.remaining())
             return []
 
-        DeadlineMiddleware(app, margin=0.0, clock=clock)(environ(X_REQUEST_TIMEOUT_MS="2000"), start_response)
+        call(DeadlineMiddleware(app, margin=0.0, clock=clock), X_REQUEST_TIMEOUT_MS="2000")
         assert seen == [1.5]
 
     @pytest.mark.parametrize("value", ["soon", "-1", "1.5", "", "1e9"])
@@ -573,7 +591,7 @@ class TestDeadlineMiddleware:
         A malformed deadline header sets no deadline and does not crash.
         """
         app = Probe()
-        DeadlineMiddleware(app, clock=clock)(environ(X_REQUEST_TIMEOUT_MS=value), start_response)
+        call(DeadlineMiddleware(app, clock=clock), X_REQUEST_TIMEOUT_MS=value)
         assert app.remaining is None
 
     def test_no_header_no_deadline(self, clock: FakeClock) -> None:
@@ -581,7 +599,7 @@ class TestDeadlineMiddleware:
         A request without the header runs with no inherited deadline.
         """
         app = Probe()
-        DeadlineMiddleware(app, clock=clock)(environ(), start_response)
+        call(DeadlineMiddleware(app, clock=clock))
         assert (app.remaining, app.retries) == (None, True)
 
     def test_huge_header_is_capped(self, clock: FakeClock) -> None:
@@ -593,7 +611,7 @@ class TestDeadlineMiddleware:
         mw(environ(X_REQUEST_TIMEOUT_MS="9" * 30), start_response)
         assert app.remaining == 30.0
 
-    def test_hostile_header_never_lengthens_our_total(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_hostile_header_never_lengthens_our_total(self, clock: FakeClock, peer: Peer) -> None:
         """
         An inbound header longer than our own total leaves the onward call's total as it was.
         """
@@ -604,10 +622,10 @@ class TestDeadlineMiddleware:
             s.get(URL)
             return []
 
-        DeadlineMiddleware(app, clock=clock)(environ(X_REQUEST_TIMEOUT_MS="99999999"), start_response)
+        call(DeadlineMiddleware(app, clock=clock), X_REQUEST_TIMEOUT_MS="99999999")
         assert rec.values == ["2000"]
 
-    def test_onward_call_gets_the_inherited_time(self, clock: FakeClock, peer: responses.RequestsMock) -> None:
+    def test_onward_call_gets_the_inherited_time(self, clock: FakeClock, peer: Peer) -> None:
         """
         An onward call made while serving a request forwards the inherited time, less the margin.
         """
@@ -618,11 +636,11 @@ class TestDeadlineMiddleware:
             s.get(URL)
             return []
 
-        DeadlineMiddleware(app, margin=0.1, clock=clock)(environ(X_REQUEST_TIMEOUT_MS="800"), start_response)
+        call(DeadlineMiddleware(app, margin=0.1, clock=clock), X_REQUEST_TIMEOUT_MS="800")
         assert rec.values == ["700"]
 
     def test_spent_on_arrival_fails_onward_calls_at_once(
-        self, clock: FakeClock, peer: responses.RequestsMock
+        self, clock: FakeClock, peer: Peer
     ) -> None:
         """
         A request that arrives with 0 ms (or less than the margin) makes no onward call.
@@ -638,16 +656,20 @@ class TestDeadlineMiddleware:
                 errors.append(e)
             return []
 
-        DeadlineMiddleware(app, margin=0.05, clock=clock)(environ(X_REQUEST_TIMEOUT_MS="20"), start_response)
+        call(DeadlineMiddleware(app, margin=0.05, clock=clock), X_REQUEST_TIMEOUT_MS="20")
         assert len(errors) == 1 and rec.values == []
 
-    @pytest.mark.parametrize(("value", "retries"), [("1", True), ("2", False), ("7", False), ("x", True)])
-    def test_attempt_header_turns_retries_off_for_a_retry(self, clock: FakeClock, value: str, retries: bool) -> None:
+    @pytest.mark.parametrize(
+        ("value", "retries"), [("1", True), ("2", False), ("7", False), ("x", True)]
+    )
+    def test_attempt_header_turns_retries_off_for_a_retry(
+        self, clock: FakeClock, value: str, retries: bool
+    ) -> None:
         """
         A request whose attempt header says it is a retry (> 1) runs with onward retries off.
         """
         app = Probe()
-        DeadlineMiddleware(app, clock=clock)(environ(X_RETRY_ATTEMPT=value), start_response)
+        call(DeadlineMiddleware(app, clock=clock), X_RETRY_ATTEMPT=value)
         assert app.retries is retries
 
     def test_attempt_header_can_be_ignored(self, clock: FakeClock) -> None:
@@ -655,7 +677,7 @@ class TestDeadlineMiddleware:
         With ``attempt_header=None`` the attempt number is not read and retries stay on.
         """
         app = Probe()
-        DeadlineMiddleware(app, attempt_header=None, clock=clock)(environ(X_RETRY_ATTEMPT="3"), start_response)
+        call(DeadlineMiddleware(app, attempt_header=None, clock=clock), X_RETRY_ATTEMPT="3")
         assert app.retries is True
 
     def test_custom_header_names(self, clock: FakeClock) -> None:
@@ -663,7 +685,9 @@ class TestDeadlineMiddleware:
         Both header names are configurable.
         """
         app = Probe()
-        mw = DeadlineMiddleware(app, header="Grpc-Budget", attempt_header="X-Try", margin=0.0, clock=clock)
+        mw = DeadlineMiddleware(
+            app, header="Grpc-Budget", attempt_header="X-Try", margin=0.0, clock=clock
+        )
         mw(environ(GRPC_BUDGET="250", X_TRY="2"), start_response)
         assert app.remaining == pytest.approx(0.25)
         assert app.retries is False
@@ -677,7 +701,7 @@ class TestDeadlineMiddleware:
             raise RuntimeError("boom")
 
         with pytest.raises(RuntimeError):
-            DeadlineMiddleware(app, clock=clock)(environ(X_REQUEST_TIMEOUT_MS="500"), start_response)
+            call(DeadlineMiddleware(app, clock=clock), X_REQUEST_TIMEOUT_MS="500")
         assert current_deadline() is None
 
     def test_list_bodies_are_returned_as_they_are(self, clock: FakeClock) -> None:
@@ -685,7 +709,7 @@ class TestDeadlineMiddleware:
         A list body is handed back untouched (no wrapper on the common path).
         """
         body = [b"a", b"b"]
-        out = DeadlineMiddleware(Probe(body), clock=clock)(environ(X_REQUEST_TIMEOUT_MS="500"), start_response)
+        out = call(DeadlineMiddleware(Probe(body), clock=clock), X_REQUEST_TIMEOUT_MS="500")
         assert out is body
 
     def test_generator_bodies_run_in_scope(self, clock: FakeClock) -> None:
@@ -703,12 +727,12 @@ class TestDeadlineMiddleware:
             finally:
                 seen.append(("closed", current_deadline()))
 
-        out = DeadlineMiddleware(Probe(body()), clock=clock)(environ(X_REQUEST_TIMEOUT_MS="500"), start_response)
+        out = call(DeadlineMiddleware(Probe(body()), clock=clock), X_REQUEST_TIMEOUT_MS="500")
         it = iter(out)
         assert next(it) == b"a"
         assert current_deadline() is None
         assert next(it) == b"b"
-        out.close()  # type: ignore[attr-defined]
+        out.close()
         assert seen[0] is not None and seen[1] is seen[0] and seen[2] == ("closed", seen[0])
         assert current_deadline() is None
 
@@ -767,7 +791,11 @@ class TestASGIDeadlineMiddleware:
             seen.append((None if d is None else d.remaining(), retries_allowed()))
 
         mw = ASGIDeadlineMiddleware(app, margin=0.0, clock=clock)
-        headers = [(b"x-request-timeout-ms", b"900"), (b"x-request-timeout-ms", b"300"), (b"x-retry-attempt", b"2")]
+        headers = [
+            (b"x-request-timeout-ms", b"900"),
+            (b"x-request-timeout-ms", b"300"),
+            (b"x-retry-attempt", b"2"),
+        ]
         self.run(mw, {"type": "http", "headers": headers})
         ((remaining, retries),) = seen
         assert remaining == pytest.approx(0.3)
