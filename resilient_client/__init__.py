@@ -32,6 +32,7 @@ from ._events import (
     Listener,
     RetryScheduled,
 )
+from ._haproxy import Finding, check_haproxy
 from ._policy import (
     BackoffPolicy,
     BreakerMode,
@@ -41,10 +42,17 @@ from ._policy import (
     CallableFallback,
     Jitter,
     Policy,
+    PropagationPolicy,
     RetryPolicy,
     StaleFallback,
     StaticFallback,
     Timeouts,
+)
+from ._propagation import (
+    ASGIDeadlineMiddleware,
+    DeadlineMiddleware,
+    current_deadline,
+    deadline,
 )
 from ._retry import parse_retry_after
 from ._routing import Resolution
@@ -60,6 +68,7 @@ from .exceptions import (
 
 __all__ = [
     "SYSTEM_CLOCK",
+    "ASGIDeadlineMiddleware",
     "AttemptFinished",
     "BackoffPolicy",
     "BreakerMode",
@@ -83,17 +92,20 @@ __all__ = [
     "ConfigError",
     "Deadline",
     "DeadlineExceeded",
+    "DeadlineMiddleware",
     "DeadlinePassed",
     "Endpoint",
     "Event",
     "FallbackServed",
+    "Finding",
     "GaveUp",
     "Jitter",
     "Listener",
     "Policy",
-    "Resolution",
+    "PropagationPolicy",
     "ResilienceError",
     "ResilientSession",
+    "Resolution",
     "RetryPolicy",
     "RetryScheduled",
     "Secrets",
@@ -101,5 +113,8 @@ __all__ = [
     "StaticFallback",
     "Timeouts",
     "__version__",
+    "check_haproxy",
+    "current_deadline",
+    "deadline",
     "parse_retry_after",
 ]

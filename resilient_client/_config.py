@@ -26,6 +26,7 @@ from ._policy import (
     BulkheadPolicy,
     Fallback,
     Policy,
+    PropagationPolicy,
     RetryPolicy,
     StaleFallback,
     StaticFallback,
@@ -210,10 +211,11 @@ def _yaml_loads(text: str) -> Any:
 # -- mappings ---------------------------------------------------------------
 
 _TOP_KEYS = ("defaults", "secrets", "endpoints")
-_SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback", "critical")
+_SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
+                 "critical", "propagation")
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
-_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "total",
+_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "total",
                        "idempotency_header", "attempt_header", "slow_call_duration"})
 
 _S = TypeVar("_S")
@@ -296,7 +298,8 @@ def _policy(path: str, base: Policy, raw: Mapping[str, Any], *, name: str) -> Po
         elif key == "retry":
             changes[key] = _retry(where, base.retry, value)
         else:
-            kind = {"budget": BudgetPolicy, "breaker": BreakerPolicy, "bulkhead": BulkheadPolicy}[key]
+            kind = {"budget": BudgetPolicy, "breaker": BreakerPolicy, "bulkhead": BulkheadPolicy,
+                    "propagation": PropagationPolicy}[key]
             changes[key] = _section(where, kind, getattr(base, key), value)
     return _build(path, Policy, changes, base=base)
 

@@ -84,7 +84,11 @@ class RetryScheduled(Event):
 
 @dataclass(frozen=True)
 class GaveUp(Event):
-    """Retries stopped with a failure: ``reason`` is attempts, budget, deadline, retry_after_refused or not_retryable."""
+    """
+    Retries stopped with a failure: ``reason`` is attempts, budget, deadline,
+    retry_after_refused, not_retryable, no_retry, or caller_retrying (the
+    request being served is itself a retry, so this call made one attempt).
+    """
 
     method: str
     url: str

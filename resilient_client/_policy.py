@@ -33,6 +33,7 @@ __all__ = [
     "Fallback",
     "Jitter",
     "Policy",
+    "PropagationPolicy",
     "RetryPolicy",
     "StaleFallback",
     "StaticFallback",
@@ -334,6 +335,38 @@ class BulkheadPolicy:
         _set(self, "max_concurrent", _integer("max_concurrent", self.max_concurrent, minimum=1))
 
 
+#: The header that carries the caller's remaining time, in milliseconds.
+DEFAULT_DEADLINE_HEADER = "X-Request-Timeout-Ms"
+
+
+@dataclass(frozen=True)
+class PropagationPolicy:
+    """
+    Deadline propagation: each attempt carries the call's remaining time, in
+    whole milliseconds (rounded down), in ``deadline_header``, so that the
+    callee (with `DeadlineMiddleware`) gives up when the caller does. No
+    header is sent for a call without a deadline.
+
+    With ``per_attempt``, the value is also capped by the attempt's read
+    timeout, as Envoy's per-try timeout is: a callee that only answers when
+    done then stops when this attempt is abandoned, not only when the whole
+    call is. Leave it off for callees that stream a long body.
+
+    Off (``None``) unless configured; ``propagation: {}`` turns it on with
+    these defaults.
+
+    .. versionadded:: 0.1.0
+    """
+
+    deadline_header: str = DEFAULT_DEADLINE_HEADER
+    per_attempt: bool = False
+
+    def __post_init__(self) -> None:
+        _header_name("deadline_header", self.deadline_header)
+        if not isinstance(self.per_attempt, bool):
+            raise ConfigError("per_attempt", f"must be true or false, got {self.per_attempt!r}")
+
+
 @dataclass(frozen=True)
 class StaticFallback:
     """
@@ -437,6 +470,8 @@ class Policy:
     breaker: BreakerPolicy | None = field(default_factory=BreakerPolicy)
     bulkhead: BulkheadPolicy | None = field(default_factory=BulkheadPolicy)
     fallback: Fallback | None = None
+    #: Send the remaining time to the callee; None (the default) = do not.
+    propagation: PropagationPolicy | None = None
     #: Whether an open breaker to this endpoint makes the health view unhealthy.
     critical: bool = True
 
@@ -471,4 +506,5 @@ _SECTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "breaker": BreakerPolicy,
     "bulkhead": BulkheadPolicy,
     "fallback": (StaticFallback, StaleFallback, CallableFallback),
+    "propagation": PropagationPolicy,
 }

@@ -29,7 +29,7 @@ from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import Deadline, DeadlineAdapter, arm, disarm
+from ._deadline import DeadlineAdapter, arm, disarm
 from ._events import (
     AttemptFinished,
     BreakerRejected,
@@ -47,6 +47,7 @@ from ._events import (
 from ._fallback import StaleCache, make_response
 from ._outcome import RetryPredicate, failure_kind, is_peer_failure, is_replayable
 from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
+from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import redact_exception, redact_url, secret_values
 from ._retry import Call, build_retrying
 from ._routing import Resolution, Router
@@ -266,8 +267,8 @@ class ResilientSession(requests.Session):
     ) -> requests.Response:
         policy = route.policy
         stream = bool(kwargs.get("stream", self.stream))
-        total = policy.timeout.total
-        deadline = Deadline(self.clock, total) if total is not None else None
+        # Our own total, or the deadline inherited from our caller if sooner.
+        deadline = call_deadline(self.clock, policy.timeout.total)
         call = Call(
             request,
             kwargs,
@@ -315,11 +316,12 @@ class ResilientSession(requests.Session):
 
     def _send_with_retries(self, call: Call) -> requests.Response:
         route: _Route = call.route
+        retrying = route.retrying
+        if retrying is not None and not retries_allowed():
+            # This request is itself our caller's retry: retry at one layer only.
+            retrying, call.stop_reason = None, "caller_retrying"
         try:
-            if route.retrying is None:
-                resp = self._attempt(call)
-            else:
-                resp = route.retrying(self._attempt, call)
+            resp = self._attempt(call) if retrying is None else retrying(self._attempt, call)
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -350,6 +352,12 @@ class ResilientSession(requests.Session):
             if left <= 0:
                 raise DeadlineExceeded(route.name, deadline.total, request=request)
             connect, read = min(connect, left), min(read, left)
+        prop = route.policy.propagation
+        if prop is not None and (deadline is not None or prop.per_attempt):
+            # Tell the callee how long we will wait: what is left now, at each attempt.
+            if request is call.request:
+                request = request.copy()
+            request.headers[prop.deadline_header] = header_value(read if prop.per_attempt else left)
         breaker = route.state.breaker
         is_trial = False
         if breaker is not None:
