@@ -205,7 +205,22 @@ def _yaml_loads(text: str) -> Any:
         import yaml
     except ImportError:
         raise ConfigError("", "reading YAML needs PyYAML: pip install 'resilient_client[yaml]'") from None
-    return yaml.safe_load(text)
+
+    # PyYAML follows YAML 1.1, where `on`, `off`, `yes` and `no` are booleans:
+    # `retry: {on: [...]}` would arrive as the key True. Read booleans the
+    # YAML 1.2 way (true/false only) so every key of the contract means itself.
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    _Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _Loader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 # -- mappings ---------------------------------------------------------------
@@ -235,6 +250,12 @@ def _check_keys(path: str, raw: Mapping[str, Any], allowed: Sequence[str]) -> No
             raise ConfigError(where, f"unknown key; expected one of {', '.join(allowed)}")
 
 
+def _given(raw: Mapping[str, Any], key: str, default: object) -> Any:
+    """raw[key], or *default* when absent or null (not when merely falsy: [] is not a mapping)."""
+    value = raw.get(key)
+    return default if value is None else value
+
+
 def _null(key: str, value: object) -> object:
     return None if value is False and key in _NULLABLE else value
 
@@ -242,9 +263,9 @@ def _null(key: str, value: object) -> object:
 def _parse(raw: object) -> Config:
     raw = _mapping("", raw)
     _check_keys("", raw, _TOP_KEYS)
-    defaults = _policy("defaults", Policy(), _mapping("defaults", raw.get("defaults") or {}), name="default")
+    defaults = _policy("defaults", Policy(), _mapping("defaults", _given(raw, "defaults", {})), name="default")
     secrets = _secrets("secrets", raw.get("secrets"))
-    endpoints_raw = raw.get("endpoints") or []
+    endpoints_raw = _given(raw, "endpoints", [])
     endpoints = tuple(
         _endpoint(f"endpoints[{i}]", defaults, item)
         for i, item in enumerate(_sequence("endpoints", endpoints_raw))
@@ -268,7 +289,10 @@ def _endpoint(path: str, defaults: Policy, raw: object) -> Endpoint:
     _check_keys(path, raw, _ENDPOINT_KEYS)
     if "match" not in raw:
         raise ConfigError(f"{path}.match", "is required")
-    name = raw.get("name", raw["match"])
+    match = raw["match"]
+    if not isinstance(match, str) or not match:
+        raise ConfigError(f"{path}.match", f"must be a URL prefix or glob, got {match!r}")
+    name = raw.get("name", match)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}.name", f"must be a non-empty string, got {name!r}")
     sections = {k: v for k, v in raw.items() if k in _SECTION_KEYS}
@@ -324,14 +348,14 @@ def _fallback(path: str, raw: object) -> Fallback | None:
     raw = _mapping(path, raw)
     if "stale" in raw:
         _check_keys(path, raw, ("stale",))
-        stale = _mapping(f"{path}.stale", raw["stale"] or {})
+        stale = _mapping(f"{path}.stale", _given(raw, "stale", {}))
         _check_keys(f"{path}.stale", stale, ("max_entries",))
         return _build(f"{path}.stale", StaleFallback, dict(stale))
     _check_keys(path, raw, ("status", "json", "text", "headers"))
     if "json" in raw and "text" in raw:
         raise ConfigError(path, "give json or text, not both")
     status = raw.get("status", 200)
-    headers = raw.get("headers") or {}
+    headers = _given(raw, "headers", {})
     try:
         StaticFallback(status=status, headers=_mapping("headers", headers))
         if "json" in raw:

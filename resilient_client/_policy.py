@@ -58,7 +58,10 @@ def _number(path: str, value: object, *, minimum: float = 0.0, allow_zero: bool 
     """Return *value* as a finite float > *minimum* (or >= when allow_zero)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(path, f"must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ConfigError(path, f"must be a finite number, got {value!r}") from None
     if math.isnan(value) or math.isinf(value):
         raise ConfigError(path, f"must be a finite number, got {value!r}")
     if value < minimum or (value == minimum and not allow_zero):
@@ -224,7 +227,7 @@ class RetryPolicy:
         _set(self, "on_status", _statuses("on_status", self.on_status))
         on = _sequence("on", self.on)
         for i, kind in enumerate(on):
-            if kind not in ALL_RETRY_ON:
+            if not isinstance(kind, str) or kind not in ALL_RETRY_ON:
                 raise ConfigError(
                     f"on[{i}]", f"must be one of {', '.join(sorted(ALL_RETRY_ON))}, got {kind!r}"
                 )

@@ -20,21 +20,24 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from requests import Response
 
-from resilient_client._config import Config, Endpoint, Secrets, load_config
-from resilient_client._policy import (
+from resilient_client import (
     BackoffPolicy,
     BreakerPolicy,
     BudgetPolicy,
     BulkheadPolicy,
     CallableFallback,
+    Config,
+    ConfigError,
+    Endpoint,
     Jitter,
     Policy,
     RetryPolicy,
+    Secrets,
     StaleFallback,
     StaticFallback,
     Timeouts,
 )
-from resilient_client.exceptions import ConfigError
+from resilient_client._config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_SECRET = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
@@ -71,10 +74,10 @@ def load_error(source: Any) -> ConfigError:
 
 
 def bad(
-    id: str, config: Any, path: str, problem: str, *, xfail: str | None = None
+    id: str, config: Any, path: str, problem: str
 ) -> Any:
-    """One row of the bad-input table; *xfail* marks a known bug."""
-    marks = [pytest.mark.xfail(reason=xfail, strict=True)] if xfail else []
+    """One row of the bad-input table."""
+    marks: list[Any] = []
     return pytest.param(config, path, problem, id=id, marks=marks)
 
 
@@ -174,20 +177,6 @@ class TestDefaults:
 # -- bad values ---------------------------------------------------------------
 
 INF, NAN = math.inf, math.nan
-#: A known bug, in _config._yaml_loads.
-YAML_ON = (
-    "PyYAML (YAML 1.1) reads the unquoted key `on:` as the boolean True, so the contract's "
-    "`retry: {on: [...]}` in a YAML file fails with `defaults.retry.True: unknown key`"
-)
-FALSY_OR = (
-    "_config reads `defaults`, `endpoints`, `fallback.headers` and `fallback.stale` with "
-    "`x or {}` / `x or []`, so a falsy value of the wrong type ([] {} 0 '' false) passes"
-)
-MATCH_AS_NAME = (
-    "_endpoint takes `match` as the default name before validating it, so a bad match "
-    "with no name (5, null, '') is reported at .name"
-)
-
 BAD_INPUTS = [
     # The example from the contract, to the letter (checked in full below).
     bad("contract-example", endpoints(ep(match="https://a.internal/"), ep(retry={"attempts": 0})),
@@ -239,17 +228,14 @@ BAD_INPUTS = [
     bad("int-for-critical", defaults(critical=1), "defaults.critical",
         "must be true or false, got 1"),
     # Wrong-typed sections that are falsy are silently read as empty.
-    bad("empty-list-for-defaults", {"defaults": []}, "defaults", "must be a mapping",
-        xfail=FALSY_OR),
-    bad("false-for-defaults", {"defaults": False}, "defaults", "must be a mapping",
-        xfail=FALSY_OR),
-    bad("empty-mapping-for-endpoints", {"endpoints": {}}, "endpoints", "must be a list",
-        xfail=FALSY_OR),
-    bad("zero-for-endpoints", {"endpoints": 0}, "endpoints", "must be a list", xfail=FALSY_OR),
+    bad("empty-list-for-defaults", {"defaults": []}, "defaults", "must be a mapping"),
+    bad("false-for-defaults", {"defaults": False}, "defaults", "must be a mapping"),
+    bad("empty-mapping-for-endpoints", {"endpoints": {}}, "endpoints", "must be a list"),
+    bad("zero-for-endpoints", {"endpoints": 0}, "endpoints", "must be a list"),
     bad("empty-list-for-fallback-headers", defaults(fallback={"text": "x", "headers": []}),
-        "defaults.fallback.headers", "must be a mapping", xfail=FALSY_OR),
+        "defaults.fallback.headers", "must be a mapping"),
     bad("zero-for-stale", defaults(fallback={"stale": 0}), "defaults.fallback.stale",
-        "must be a mapping", xfail=FALSY_OR),
+        "must be a mapping"),
     # Negatives and zero.
     bad("negative-connect", defaults(timeout={"connect": -1}), "defaults.timeout.connect",
         "must be a number > 0, got -1.0"),
@@ -303,8 +289,7 @@ BAD_INPUTS = [
     bad("nan-reset-timeout", defaults(breaker={"reset_timeout": NAN}),
         "defaults.breaker.reset_timeout", "must be a finite number, got nan"),
     bad("huge-int-connect", defaults(timeout={"connect": 10**400}), "defaults.timeout.connect",
-        "must be a finite number",
-        xfail="_policy._number calls float() on an int too large for a float: OverflowError"),
+        "must be a finite number"),
     # Booleans where numbers are expected (bool is an int in Python).
     bad("true-connect", defaults(timeout={"connect": True}), "defaults.timeout.connect",
         "must be a number, got True"),
@@ -379,16 +364,14 @@ BAD_INPUTS = [
     bad("scheme-only", endpoints(ep(match="https://")), "endpoints[0].match",
         "must start with http:// or https://"),
     bad("empty-match", endpoints(ep(match="")), "endpoints[0].match",
-        "must be a URL prefix or glob", xfail=MATCH_AS_NAME),
+        "must be a URL prefix or glob"),
     bad("space-in-match", endpoints(ep(match="https://in ventory.internal/")),
         "endpoints[0].match", "must not contain spaces"),
     bad("missing-match", endpoints({"name": "inventory"}), "endpoints[0].match", "is required"),
     bad("missing-match-third", endpoints(ep(), ep(), {"name": "x"}), "endpoints[2].match",
         "is required"),
-    bad("int-match", endpoints(ep(match=5)), "endpoints[0].match", "got 5",
-        xfail=MATCH_AS_NAME),
-    bad("null-match", endpoints(ep(match=None)), "endpoints[0].match", "got None",
-        xfail=MATCH_AS_NAME),
+    bad("int-match", endpoints(ep(match=5)), "endpoints[0].match", "got 5"),
+    bad("null-match", endpoints(ep(match=None)), "endpoints[0].match", "got None"),
     bad("bad-endpoint-method", endpoints(ep(methods=["GET", "FETCH"])),
         "endpoints[0].methods[1]", "must be an HTTP method"),
     bad("str-endpoint-methods", endpoints(ep(methods="GET")), "endpoints[0].methods",
@@ -531,10 +514,6 @@ class TestBadInputs:
         err = load_error(endpoints(ep(), ep(timeout={"read": 0}), ep(retry={"attempts": 0})))
         assert err.path == "endpoints[1].timeout.read"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="_policy.RetryPolicy tests `kind not in ALL_RETRY_ON` on an unhashable item",
-    )
     def test_unhashable_retry_on_item_is_a_config_error(self) -> None:
         """
         A list or mapping inside retry.on is a ConfigError, not a TypeError.
@@ -542,10 +521,6 @@ class TestBadInputs:
         err = load_error(defaults(retry={"on": [["connect_error"]]}))
         assert err.path == "defaults.retry.on[0]"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="_policy._number calls float() on an int too large for a float: OverflowError",
-    )
     def test_huge_integer_is_a_config_error(self) -> None:
         """
         An integer too large for a float (as JSON or YAML can hold) is a ConfigError.
@@ -818,7 +793,6 @@ class TestFiles:
         assert "config file is empty" in str(err)
         assert str(path) in str(err)
 
-    @pytest.mark.xfail(strict=True, reason=YAML_ON)
     def test_yaml_on_key_is_the_key_on(self, tmp_path: Path) -> None:
         """
         In YAML, an unquoted `on:` under retry is the key "on", as the contract writes it.
@@ -1384,10 +1358,7 @@ def doc_blocks() -> list[Any]:
     for m in FENCE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
         fmt, block = m.group(1), m.group(2)
-        marks = []
-        if fmt == "yaml" and re.search(r"^\s*on:", block, re.M):
-            marks.append(pytest.mark.xfail(strict=True, reason=YAML_ON))
-        blocks.append(pytest.param(fmt, block, id=f"{fmt}-line{line}", marks=marks))
+        blocks.append(pytest.param(fmt, block, id=f"{fmt}-line{line}"))
     return blocks
 
 
@@ -1405,7 +1376,6 @@ class TestDocumentedConfigs:
         """
         assert {p.values[0] for p in doc_blocks()} == {"yaml", "toml", "json"}
 
-    @pytest.mark.xfail(strict=True, reason=YAML_ON)
     def test_documented_defaults_are_the_real_defaults(self, tmp_path: Path) -> None:
         """
         The docs' spelled-out defaults block loads to exactly the built-in defaults.
@@ -1558,13 +1528,6 @@ shaped_documents = st.fixed_dictionaries(
 
 
 class TestProperties:
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "crashes found in _policy: retry.on with an unhashable item raises TypeError; "
-            "an int too large for a float raises OverflowError (see TestBadInputs)"
-        ),
-    )
     @settings(
         max_examples=400,
         deadline=None,
@@ -1591,20 +1554,7 @@ class TestProperties:
         """
         Documents shaped like real configs either load or raise ConfigError with a key path.
         """
-        try:
-            check_loads_or_config_error(doc)
-        except (TypeError, OverflowError) as e:
-            # The two crashes tracked by the strict xfails above; anything else fails.
-            # TODO: drop this once _policy is fixed.
-            if not is_known_crash(e):
-                raise
-
-
-def is_known_crash(e: BaseException) -> bool:
-    """Whether *e* is one of the two known crashes in `_policy` (reported, xfailed above)."""
-    return (isinstance(e, TypeError) and str(e).startswith("unhashable type")) or (
-        isinstance(e, OverflowError) and "too large to convert to float" in str(e)
-    )
+        check_loads_or_config_error(doc)
 
 
 def check_loads_or_config_error(doc: dict[Any, Any]) -> None:
