@@ -58,7 +58,10 @@ class Secrets:
     query: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        names = {_header_name(f"headers[{i}]", h).lower() for i, h in enumerate(_sequence("headers", self.headers))}
+        names = {
+            _header_name(f"headers[{i}]", h).lower()
+            for i, h in enumerate(_sequence("headers", self.headers))
+        }
         object.__setattr__(self, "headers", frozenset(names | ALWAYS_SECRET_HEADERS))
         query = set()
         for i, q in enumerate(_sequence("query", self.query)):
@@ -133,7 +136,7 @@ class Config:
         _check_shared_state(self.endpoints)
 
     @classmethod
-    def load(cls, source: ConfigSource) -> Config:  # noqa: F821 - alias defined below
+    def load(cls, source: ConfigSource) -> Config:
         """
         Return the config from *source*: ``None`` (the defaults), a mapping,
         a path to a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file, or a
@@ -196,7 +199,9 @@ def _toml_loads(text: str) -> Any:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ConfigError("", "reading TOML on Python 3.10 needs tomli: pip install 'resilient_client[toml]'") from None
+            raise ConfigError(
+                "", "reading TOML on Python 3.10 needs tomli: pip install 'resilient_client[toml]'"
+            ) from None
     return tomllib.loads(text)
 
 
@@ -220,7 +225,7 @@ def _yaml_loads(text: str) -> Any:
     _Loader.add_implicit_resolver(
         bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
     )
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
 
 
 # -- mappings ---------------------------------------------------------------
@@ -263,7 +268,8 @@ def _null(key: str, value: object) -> object:
 def _parse(raw: object) -> Config:
     raw = _mapping("", raw)
     _check_keys("", raw, _TOP_KEYS)
-    defaults = _policy("defaults", Policy(), _mapping("defaults", _given(raw, "defaults", {})), name="default")
+    defaults_raw = _mapping("defaults", _given(raw, "defaults", {}))
+    defaults = _policy("defaults", Policy(), defaults_raw, name="default")
     secrets = _secrets("secrets", raw.get("secrets"))
     endpoints_raw = _given(raw, "endpoints", [])
     endpoints = tuple(
@@ -307,9 +313,7 @@ def _policy(path: str, base: Policy, raw: Mapping[str, Any], *, name: str) -> Po
     for key, value in raw.items():
         value = _null(key, value)
         where = f"{path}.{key}"
-        if key == "failure_status":
-            changes[key] = value
-        elif key == "critical":
+        if key == "failure_status" or key == "critical":
             changes[key] = value
         elif key == "fallback":
             changes[key] = _fallback(where, value)
@@ -344,7 +348,9 @@ def _fallback(path: str, raw: object) -> Fallback | None:
     if raw == "stale":
         return StaleFallback()
     if isinstance(raw, str):
-        raise ConfigError(path, f"must be 'stale', null or a mapping with status and json or text, got {raw!r}")
+        raise ConfigError(
+            path, f"must be 'stale', null or a mapping with status and json or text, got {raw!r}"
+        )
     raw = _mapping(path, raw)
     if "stale" in raw:
         _check_keys(path, raw, ("stale",))

@@ -125,7 +125,10 @@ class BreakerRejected(Event):
 
 @dataclass(frozen=True)
 class FallbackServed(Event):
-    """A fallback (``static``, ``stale`` or ``callable``) answered instead of the peer; ``error`` is what it replaced."""
+    """
+    A fallback (``static``, ``stale`` or ``callable``) answered instead of the
+    peer; ``error`` is what it replaced.
+    """
 
     method: str
     url: str
@@ -261,4 +264,6 @@ class EventBus:
                 # Never break the request; say so once per listener.
                 if id(listener) not in self._failed:
                     self._failed.add(id(listener))
-                    logger.exception("event listener %r raised; further errors from it are not logged", listener)
+                    logger.exception(
+                        "event listener %r raised; further errors from it are not logged", listener
+                    )

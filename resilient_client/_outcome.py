@@ -7,7 +7,6 @@ One place decides, so the retry layer, the breaker and the fallback agree.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 import requests
 from urllib3.exceptions import (
@@ -32,11 +31,11 @@ __all__ = [
 ]
 
 #: What one attempt produced.
-Outcome = Union[requests.Response, BaseException]
+Outcome = requests.Response | BaseException
 
 #: A user's override of the retry decision: ``(request, outcome)`` -> True
 #: (retry), False (do not), or None (let the built-in rules decide).
-RetryPredicate = Callable[[requests.PreparedRequest, Outcome], Union[bool, None]]
+RetryPredicate = Callable[[requests.PreparedRequest, Outcome], bool | None]
 
 #: Failure kinds that happen before any byte reached the peer: safe to retry
 #: whatever the method.
@@ -49,7 +48,7 @@ def failure_kind(exc: BaseException) -> str | None:
     failure that a retry could fix (TLS errors, bad URLs, redirects, our own
     errors).
     """
-    if isinstance(exc, ResilienceError) or isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, (ResilienceError, requests.exceptions.SSLError)):
         return None
     if isinstance(exc, requests.ConnectTimeout):
         return "connect_timeout"

@@ -16,7 +16,7 @@ import json as _json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConfigError
 
@@ -434,7 +434,9 @@ class StaleFallback:
 
 #: What a callable fallback receives: the request and the error or failing
 #: response; it returns the response to give the caller.
-FallbackFunction = Callable[["requests.PreparedRequest", "BaseException | requests.Response"], "requests.Response"]
+FallbackFunction = Callable[
+    ["requests.PreparedRequest", "BaseException | requests.Response"], "requests.Response"
+]
 
 
 @dataclass(frozen=True)
@@ -453,7 +455,7 @@ class CallableFallback:
             raise ConfigError("fallback", f"must be callable, got {self.function!r}")
 
 
-Fallback = Union[StaticFallback, StaleFallback, CallableFallback]
+Fallback = StaticFallback | StaleFallback | CallableFallback
 
 
 @dataclass(frozen=True)

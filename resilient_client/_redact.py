@@ -8,6 +8,7 @@ header or query parameter named in ``secrets`` are replaced by
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -54,7 +55,7 @@ def secret_values(url: str, headers: Mapping[str, str], secrets: Secrets) -> set
     values = {v for k, v in headers.items() if k.lower() in secrets.headers and v}
     for v in list(values):
         # "Bearer abc" may appear as just "abc" in a message.
-        scheme, _, token = v.partition(" ")
+        _, _, token = v.partition(" ")
         if token:
             values.add(token)
     try:
@@ -104,10 +105,8 @@ def redact_exception(exc: BaseException, values: set[str]) -> None:
         for attr in ("url",):
             val = getattr(e, attr, None)
             if isinstance(val, str) and any(v in val for v in values):
-                try:
+                with contextlib.suppress(AttributeError):  # a read-only attribute stays as is
                     setattr(e, attr, _scrub(val, values))
-                except AttributeError:
-                    pass
         for attr in ("reason", "__cause__", "__context__"):
             nxt = getattr(e, attr, None)
             if isinstance(nxt, BaseException):

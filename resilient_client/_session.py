@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import requests
@@ -236,7 +236,8 @@ class ResilientSession(requests.Session):
                 if ep.name == name:
                     state = self._states[name] = _EndpointState(name, ep.policy, self)
                     return state
-        raise KeyError(f"no endpoint named {name!r}; known: {sorted({e.name for e in self.config.endpoints})}")
+        known = sorted({e.name for e in self.config.endpoints})
+        raise KeyError(f"no endpoint named {name!r}; known: {known}")
 
     def _build_retrying(self, policy: Policy) -> tenacity.Retrying | None:
         if policy.retry is None or policy.retry.attempts <= 1:
@@ -302,7 +303,12 @@ class ResilientSession(requests.Session):
                 if fb is not None:
                     return fb
             stale = route.state.stale
-            if stale is not None and not stream and 200 <= resp.status_code < 300 and request.method in ("GET", "HEAD"):
+            if (
+                stale is not None
+                and not stream
+                and 200 <= resp.status_code < 300
+                and request.method in ("GET", "HEAD")
+            ):
                 stale.store(request.method, request.url or "", resp)
             if stream and slot_held:
                 self._hand_slot_to(resp, cast(Bulkhead, bulkhead))
@@ -540,7 +546,8 @@ class ResilientSession(requests.Session):
         raw.release_conn = release_conn  # type: ignore[method-assign]
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
-        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), breaker.stats().consecutive_failures))
+        failures = breaker.stats().consecutive_failures
+        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures))
 
     def _emit(self, event: Event) -> None:
         self._bus.emit(event)
@@ -587,7 +594,7 @@ def _discard(resp: requests.Response) -> None:
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) <= 65536:
                 resp.raw.drain_conn()
-    except Exception:  # noqa: S110 - a failing drain just means the connection is closed below
+    except Exception:
         pass
     finally:
         resp.close()

@@ -245,7 +245,8 @@ class TestFallback:
             raise RuntimeError("fallback broke")
 
         policy = Policy(name="dead", retry=None, fallback=CallableFallback(broken))
-        cfg = resilient_client.Config(endpoints=(resilient_client.Endpoint(match="http://127.0.0.1:1/", policy=policy),))
+        endpoint = resilient_client.Endpoint(match="http://127.0.0.1:1/", policy=policy)
+        cfg = resilient_client.Config(endpoints=(endpoint,))
         with pytest.raises(RuntimeError, match="fallback broke") as info:
             ResilientSession(cfg).get("http://127.0.0.1:1/")
         assert isinstance(info.value.__cause__, requests.ConnectionError)
