@@ -819,6 +819,27 @@ class TestFiles:
         assert retry is not None
         assert retry.on == {"connect_error"}
 
+    @pytest.mark.parametrize("word", ["yes", "no", "on", "off"])
+    def test_yaml_yes_no_on_off_are_not_booleans(self, tmp_path: Path, word: str) -> None:
+        """
+        YAML is read with YAML 1.2 booleans, so `yes`/`no`/`on`/`off` are strings, not true/false.
+        """
+        text = f"defaults:\n  retry:\n    respect_retry_after: {word}\n"
+        err = load_error(write(tmp_path, "c.yaml", text))
+        assert str(err) == (
+            f"defaults.retry.respect_retry_after: must be true or false, got {word!r}"
+        )
+
+    @pytest.mark.parametrize("word", ["true", "True", "TRUE", "false", "False", "FALSE"])
+    def test_yaml_true_false_are_booleans(self, tmp_path: Path, word: str) -> None:
+        """
+        YAML's true and false, in the three spellings YAML 1.2 allows, are booleans.
+        """
+        text = f"defaults:\n  retry:\n    respect_retry_after: {word}\n"
+        retry = load_config(write(tmp_path, "c.yaml", text)).defaults.retry
+        assert retry is not None
+        assert retry.respect_retry_after is (word.lower() == "true")
+
     def test_yaml_of_only_comments_is_a_config_error(self, tmp_path: Path) -> None:
         """
         A YAML file holding only comments (a null document) is a ConfigError.
