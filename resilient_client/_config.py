@@ -113,7 +113,10 @@ class Endpoint:
         if any(c.isspace() for c in m):
             raise ConfigError("match", f"must not contain spaces, got {m!r}")
         if self.methods is not None:
-            object.__setattr__(self, "methods", _methods("methods", self.methods))
+            methods = _methods("methods", self.methods)
+            if not methods:
+                raise ConfigError("methods", "must list at least one method (omit it to match every method)")
+            object.__setattr__(self, "methods", methods)
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,10 @@ def load_config(source: ConfigSource) -> Config:
     if isinstance(source, Mapping):
         return _parse(source)
     if isinstance(source, (str, os.PathLike)):
-        return _parse(_read_file(Path(source)))
+        data = _read_file(Path(source))
+        if not isinstance(data, Mapping):
+            raise ConfigError("", f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
+        return _parse(data)
     raise ConfigError("", f"config must be a mapping, a file path or a Config, got {type(source).__name__}")
 
 
@@ -318,7 +324,7 @@ def _policy(path: str, base: Policy, raw: Mapping[str, Any], *, name: str) -> Po
         elif key == "fallback":
             changes[key] = _fallback(where, value)
         elif key == "timeout":
-            if value is None:
+            if value is None or value is False:
                 raise ConfigError(where, "cannot be switched off: connect and read timeouts are mandatory")
             changes[key] = _section(where, Timeouts, base.timeout, value)
         elif value is None:

@@ -310,7 +310,7 @@ BAD_INPUTS = [
         "cannot be switched off: connect and read timeouts are mandatory"),
     bad("endpoint-timeout-null", endpoints(ep(timeout=None)), "endpoints[0].timeout",
         "cannot be switched off"),
-    bad("timeout-false", defaults(timeout=False), "defaults.timeout", "got False"),
+    bad("timeout-false", defaults(timeout=False), "defaults.timeout", "cannot be switched off"),
     bad("connect-null", defaults(timeout={"connect": None}), "defaults.timeout.connect",
         "must be a number, got None"),
     bad("read-null", endpoints(ep(timeout={"read": None})), "endpoints[0].timeout.read",
@@ -1598,3 +1598,24 @@ def check_loads_or_config_error(doc: dict[Any, Any]) -> None:
         for policy in (cfg.defaults, *(ep.policy for ep in cfg.endpoints)):
             assert 0 < policy.timeout.connect < math.inf
             assert 0 < policy.timeout.read < math.inf
+
+
+class TestEdgeCases:
+    def test_empty_methods_list_is_an_error(self) -> None:
+        """An endpoint with `methods: []` could never match, so it is refused."""
+        with pytest.raises(ConfigError, match=r"endpoints\[0\]\.methods: must list at least one method"):
+            load_config({"endpoints": [{"match": "http://a.internal/", "methods": []}]})
+
+    def test_toml_false_timeout_says_it_cannot_be_switched_off(self, tmp_path: Path) -> None:
+        """`timeout = false` in TOML is refused with the reason, not a type complaint."""
+        f = tmp_path / "c.toml"
+        f.write_text("[defaults]\ntimeout = false\n")
+        with pytest.raises(ConfigError, match=r"defaults\.timeout: cannot be switched off"):
+            load_config(f)
+
+    def test_a_file_that_is_not_a_mapping_names_the_file(self, tmp_path: Path) -> None:
+        """A YAML file holding a list (or only comments) is refused with its name."""
+        f = tmp_path / "c.yaml"
+        f.write_text("- a\n- b\n")
+        with pytest.raises(ConfigError, match=r"c\.yaml: the config must be a mapping of keys, got list"):
+            load_config(f)
