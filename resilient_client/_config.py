@@ -166,7 +166,8 @@ def load_config(source: ConfigSource) -> Config:
     if isinstance(source, (str, os.PathLike)):
         data = _read_file(Path(source))
         if not isinstance(data, Mapping):
-            raise ConfigError("", f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
+            kind = type(data).__name__
+            raise ConfigError("", f"{source}: the config must be a mapping of keys, got {kind}")
         return _parse(data)
     raise ConfigError("", f"config must be a mapping, a file path or a Config, got {type(source).__name__}")
 
