@@ -59,6 +59,14 @@ _ROUTE_CACHE_SIZE = 4096
 _SAFE_FALLBACK_ERRORS = (requests.ConnectionError, requests.Timeout, ResilienceError,
                          requests.exceptions.ChunkedEncodingError)
 
+#: Run last in every ``ResilientSession.__init__`` with the session and its
+#: ``clock`` and ``rng`` arguments as given (None when omitted). Empty in
+#: production: `resilient_client.testing` adds one while a fake peer registry
+#: is active, so that sessions an application builds during a test run on the
+#: fake clock and are recorded.
+_NewSessionHook = Callable[["ResilientSession", "Clock | None", "random.Random | None"], None]
+_NEW_SESSION_HOOKS: list[_NewSessionHook] = []
+
 
 
 class _EndpointState:
@@ -144,6 +152,8 @@ class ResilientSession(requests.Session):
         # stays 0 so that this session is the only retry layer.
         self.mount("https://", DeadlineAdapter())
         self.mount("http://", DeadlineAdapter())
+        for hook in tuple(_NEW_SESSION_HOOKS):
+            hook(self, clock, rng)
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
