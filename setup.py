@@ -12,6 +12,8 @@ EXTRAS = {
     "prometheus": ["prometheus-client>=0.17"],
     "otel": ["opentelemetry-api>=1.20"],
     "toml": ['tomli>=2; python_version < "3.11"'],
+    # resilient_client.testing: fake peers (responses) and the pytest fixtures.
+    "testing": ["responses>=0.23", "pytest>=7"],
 }
 EXTRAS["test"] = [
     "pytest>=7",

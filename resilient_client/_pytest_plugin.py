@@ -1,0 +1,105 @@
+"""
+The pytest side of `resilient_client.testing`: fixtures and one reporting
+hook. Imported by `resilient_client.testing` when pytest is available, so
+that pytest finds them in the module the ``pytest11`` entry point names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import pytest
+
+from .testing import FakeClock, FakePeers
+
+__all__ = [
+    "fake_clock_fixture",
+    "fake_http_fixture",
+    "fake_peers_fixture",
+    "no_backoff_fixture",
+    "pytest_runtest_makereport",
+]
+
+_CALL_FAILED = pytest.StashKey[bool]()
+_REGISTRY = pytest.StashKey[FakePeers]()
+
+
+@pytest.fixture(name="fake_clock")
+def fake_clock_fixture() -> FakeClock:
+    """
+    A `FakeClock` at 0.0: ``sleep()`` and ``advance()`` move it, nothing
+    waits. Sessions built during the test run on it when ``fake_peers`` is
+    also used.
+
+    .. versionadded:: 0.1.0
+    """
+    return FakeClock()
+
+
+@pytest.fixture(name="fake_peers")
+def fake_peers_fixture(
+    request: pytest.FixtureRequest, fake_clock: FakeClock
+) -> Iterator[FakePeers]:
+    """
+    A started, strict `FakePeers` registry on ``fake_clock``. At teardown,
+    a step never reached or a request no peer matched fails the test (unless
+    the test already failed); set ``fake_peers.strict = False`` to allow
+    them. A failing test's report gets the registry's timeline.
+
+    .. versionadded:: 0.1.0
+    """
+    peers = FakePeers(clock=fake_clock)
+    request.node.stash[_REGISTRY] = peers
+    peers.start()
+    try:
+        yield peers
+    finally:
+        peers.stop(verify=False)
+    if not request.node.stash.get(_CALL_FAILED, False) and peers.strict:
+        problems = peers.problems()
+        if problems:
+            pytest.fail(peers.report(problems), pytrace=False)
+
+
+@pytest.fixture(name="fake_http")
+def fake_http_fixture(fake_peers: FakePeers) -> FakePeers:
+    """
+    The same registry as ``fake_peers``, under the name the style guide uses.
+
+    .. versionadded:: 0.1.0
+    """
+    return fake_peers
+
+
+@pytest.fixture(name="no_backoff")
+def no_backoff_fixture(fake_clock: FakeClock) -> Iterator[FakeClock]:
+    """
+    Backoff and Retry-After sleeps no longer move ``fake_clock``: they are
+    still computed, decided on and recorded (``fake_clock.sleeps``,
+    ``RetryScheduled.delay``), but simulated time only passes in the peers
+    and through ``advance()``. Gives back the clock.
+
+    .. versionadded:: 0.1.0
+    """
+    previous = fake_clock.instant_sleep
+    fake_clock.instant_sleep = True
+    try:
+        yield fake_clock
+    finally:
+        fake_clock.instant_sleep = previous
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """Remember whether the test body failed; if so, add the fake peers' timeline to its report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.when != "call":
+        return
+    item.stash[_CALL_FAILED] = report.failed
+    peers = item.stash.get(_REGISTRY, None)
+    if report.failed and peers is not None:
+        report.sections.append(("resilient_client fake peers", peers.timeline()))
