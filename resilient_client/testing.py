@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
+from . import _deadline
 from ._breaker import CircuitBreaker
 from ._events import AttemptFinished, BreakerStateChanged, CallFinished, Event
 from ._redact import redact_url
@@ -1149,6 +1150,11 @@ class FakePeers:
         self.mock.stop(allow_assert=False)
         with contextlib.suppress(ValueError):  # already removed
             _NEW_SESSION_HOOKS.remove(self._hook)
+        # A deadline on our fake clock must not outlive the registry on this
+        # thread: later calls would read against a clock nobody moves.
+        arm = getattr(_deadline._local, "arm", None)
+        if arm is not None and arm.deadline is not None and arm.deadline.clock is self.clock:
+            _deadline.disarm(arm)
         self._unwire_all()
         if verify:
             self.verify()
@@ -1461,10 +1467,9 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - depends on the environment
     pass
 else:
-    from ._pytest_plugin import (  # noqa: F401 - pytest finds fixtures and hooks here
-        fake_clock_fixture as _fake_clock_fixture,
-        fake_http_fixture as _fake_http_fixture,
-        fake_peers_fixture as _fake_peers_fixture,
-        no_backoff_fixture as _no_backoff_fixture,
-        pytest_runtest_makereport,
-    )
+    # pytest finds the fixtures and the hook among this module's attributes.
+    from ._pytest_plugin import fake_clock_fixture as _fake_clock_fixture  # noqa: F401
+    from ._pytest_plugin import fake_http_fixture as _fake_http_fixture  # noqa: F401
+    from ._pytest_plugin import fake_peers_fixture as _fake_peers_fixture  # noqa: F401
+    from ._pytest_plugin import no_backoff_fixture as _no_backoff_fixture  # noqa: F401
+    from ._pytest_plugin import pytest_runtest_makereport  # noqa: F401
