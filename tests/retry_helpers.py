@@ -179,6 +179,7 @@ def session_with(
     """A session on a fake clock whose requests to PEER go to a scripted adapter."""
     clock = clock or FakeClock()
     session = resilient_client.ResilientSession(config, clock=clock, **kwargs)
+    session.trust_env = False  # no proxy look-ups in os.environ on every call: same behaviour, faster
     adapter = ScriptedAdapter(script, clock=clock, cost=cost)
     session.mount(PEER, adapter)
     return session, adapter, clock
