@@ -176,7 +176,8 @@ class RetrySafely(tenacity.retry_base):
         return None if self.predicate is None else self.predicate(call.request, outcome)
 
     def __repr__(self) -> str:
-        return f"RetrySafely(on_status={sorted(self.policy.on_status)}, on={sorted(self.policy.on)})"
+        p = self.policy
+        return f"RetrySafely(on_status={sorted(p.on_status)}, on={sorted(p.on)})"
 
 
 class Backoff(tenacity.wait.wait_base):

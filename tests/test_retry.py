@@ -7,11 +7,12 @@ session, so every layer above the transport runs for real and nothing sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import io
 import random
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -79,7 +80,7 @@ def sequence(b: Backoff, n: int = 7) -> list[float]:
 
 class TestBackoffSequences:
     # Seeded with random.Random(7), initial 0.1, multiplier 2, max 1.0.
-    EXPECTED = {
+    EXPECTED: ClassVar[dict[str, list[float]]] = {
         "none": [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0],
         "full": [0.032383, 0.03017, 0.260374, 0.057949, 0.535882, 0.365689, 0.057999],
         "equal": [0.066192, 0.115085, 0.330187, 0.428975, 0.767941, 0.682844, 0.528999],
@@ -164,10 +165,8 @@ class TestBackoffProperties:
         )
         session, adapter, clock = session_with([(503, headers)], config, cost=cost, rng=random.Random(seed))
         start = clock.now
-        try:
+        with contextlib.suppress(DeadlineExceeded):
             session.get(URL)
-        except DeadlineExceeded:
-            pass
         assert sum(clock.sleeps) <= total
         for began, length in clock.sleep_log:
             assert began + length < start + total
@@ -182,21 +181,21 @@ class TestDeadline:
         total = 0.3199161359027062
         config = retry_config({"attempts": 2, "backoff": {"initial": total, "max": 10.0, "jitter": "none"}},
                               timeout={"total": total})
-        session, adapter, clock = session_with([503, 200], config)
+        session, _adapter, clock = session_with([503, 200], config)
         resp = session.get(URL)
         assert (resp.status_code, resp.attempts, clock.sleeps) == (503, 1, [])
 
     def test_sleep_that_fits_is_slept(self):
         """A sleep ending before the deadline is slept and the retry goes ahead."""
         config = retry_config({"attempts": 2}, timeout={"total": 0.15})
-        session, adapter, clock = session_with([503, 200], config, cost=0.01)
+        session, _adapter, clock = session_with([503, 200], config, cost=0.01)
         assert session.get(URL).attempts == 2
         assert clock.sleeps == [0.1]
 
     def test_attempt_timeouts_are_capped_by_the_time_left(self):
         """The retry's connect and read timeouts shrink to what is left of the deadline."""
         config = retry_config({"attempts": 2}, timeout={"connect": 1.0, "read": 5.0, "total": 2.0})
-        session, adapter, clock = session_with([503, 200], config, cost=0.5)
+        session, adapter, _clock = session_with([503, 200], config, cost=0.5)
         session.get(URL)
         assert adapter.timeouts[0] == (1.0, 2.0)
         assert adapter.timeouts[1] == pytest.approx((1.0, 1.4))
@@ -246,14 +245,14 @@ class TestRetryAfterInSession:
 
     def test_seconds_are_slept(self):
         """A 503 with Retry-After: 2 is retried after sleeping exactly 2 seconds, not the backoff."""
-        session, adapter, clock = session_with([(503, {"Retry-After": "2"}), 200], self.config())
+        session, _adapter, clock = session_with([(503, {"Retry-After": "2"}), 200], self.config())
         resp = session.get(URL)
         assert (resp.status_code, resp.attempts, clock.sleeps) == (200, 2, [2.0])
 
     def test_http_date_is_slept(self):
         """An HTTP-date Retry-After is slept until that date (HTTP-dates have whole seconds)."""
         when = http_date(time.time() + 4)
-        session, adapter, clock = session_with([(429, {"Retry-After": when}), 200], self.config())
+        session, _adapter, clock = session_with([(429, {"Retry-After": when}), 200], self.config())
         assert session.get(URL).status_code == 200
         assert len(clock.sleeps) == 1 and 2.5 < clock.sleeps[0] <= 4.0
 
@@ -270,20 +269,20 @@ class TestRetryAfterInSession:
 
     def test_value_at_max_is_slept(self):
         """A Retry-After equal to max_retry_after is still honoured."""
-        session, adapter, clock = session_with([(503, {"Retry-After": "30"}), 200], self.config())
+        session, _adapter, clock = session_with([(503, {"Retry-After": "30"}), 200], self.config())
         assert session.get(URL).status_code == 200
         assert clock.sleeps == [30.0]
 
     def test_value_past_the_deadline_stops_now(self):
         """A Retry-After longer than the time left returns the response now instead of sleeping into the deadline."""
         config = retry_config({"attempts": 3}, timeout={"total": 10.0})
-        session, adapter, clock = session_with([(503, {"Retry-After": "20"}), 200], config)
+        session, _adapter, clock = session_with([(503, {"Retry-After": "20"}), 200], config)
         resp = session.get(URL)
         assert (resp.status_code, resp.attempts, clock.sleeps) == (503, 1, [])
 
     def test_ignored_when_not_respected(self):
         """With respect_retry_after off, the backoff applies and the header is ignored."""
-        session, adapter, clock = session_with([(503, {"Retry-After": "soon"}), 200],
+        session, _adapter, clock = session_with([(503, {"Retry-After": "soon"}), 200],
                                                self.config(respect_retry_after=False))
         assert session.get(URL).status_code == 200
         assert clock.sleeps == [0.1]
@@ -318,7 +317,7 @@ class TestIdempotencyTable:
         """A failure is retried before the send for any method, after it only for idempotent or keyed requests with a replayable body."""
         failure = 503 if phase == "status_503" else FAILURES[phase]()
         config = retry_config({"idempotency_header": "Idempotency-Key"})
-        session, adapter, clock = session_with([failure, 200], config)
+        session, adapter, _clock = session_with([failure, 200], config)
         headers = {"Idempotency-Key": "k-1"} if keyed else {}
         data = make_body(body, tmp_path)
         try:
@@ -347,7 +346,7 @@ class TestIdempotencyTable:
 
     def test_custom_methods_replace_the_default_list(self):
         """A retry.methods list including POST makes a POST 503 retryable."""
-        session, adapter, _ = session_with([503, 200], retry_config({"methods": ["POST"]}))
+        session, _adapter, _ = session_with([503, 200], retry_config({"methods": ["POST"]}))
         assert session.post(URL, data=b"x").attempts == 2
 
     def test_failure_kind_not_in_on_is_not_retried(self):
@@ -359,7 +358,7 @@ class TestIdempotencyTable:
 
     def test_status_not_in_on_status_is_not_retried(self):
         """A 500 is returned at once when on_status does not list it."""
-        session, adapter, _ = session_with([500, 200], retry_config())
+        session, _adapter, _ = session_with([500, 200], retry_config())
         assert session.get(URL).attempts == 1
 
 
@@ -373,7 +372,7 @@ class TestNeverRetried:
     @pytest.mark.parametrize("status", [408, 429])
     def test_408_and_429_are_retried(self, status):
         """408 and 429 can be fixed by trying again, so a GET is retried after them."""
-        session, adapter, _ = session_with([status, 200], retry_config({"on_status": [408, 429]}))
+        session, _adapter, _ = session_with([status, 200], retry_config({"on_status": [408, 429]}))
         assert session.get(URL).attempts == 2
 
     def test_tls_certificate_error(self):
@@ -470,7 +469,7 @@ class TestLastOutcome:
         errors = [connect_error(), connect_error(), connect_error()]
         for e in errors:
             e.__cause__ = root
-        session, adapter, _ = session_with(errors, retry_config())
+        session, _adapter, _ = session_with(errors, retry_config())
         with pytest.raises(requests.ConnectionError) as info:
             session.get(URL)
         assert info.value is errors[2]
@@ -536,7 +535,7 @@ class TestAttemptHeader:
 
     def test_callers_request_is_not_modified(self):
         """The header goes on a copy: the caller's prepared request is left as it was."""
-        session, adapter, _ = session_with([503, 200], retry_config({"attempt_header": "X-Attempt"}))
+        session, _adapter, _ = session_with([503, 200], retry_config({"attempt_header": "X-Attempt"}))
         prepared = session.prepare_request(requests.Request("GET", URL))
         session.send(prepared)
         assert "X-Attempt" not in prepared.headers
@@ -551,24 +550,24 @@ class TestRetryIf:
             seen.append((request.method, getattr(outcome, "status_code", outcome)))
             return True if getattr(outcome, "status_code", 0) == 503 else None
 
-        session, adapter, _ = session_with([503, 200], retry_config(), retry_if=predicate)
+        session, _adapter, _ = session_with([503, 200], retry_config(), retry_if=predicate)
         assert session.post(URL, data=b"x").attempts == 2
         assert seen == [("POST", 503), ("POST", 200)]
 
     def test_can_refuse_what_the_rules_would_retry(self):
         """A retry_if returning False stops a GET 503 from being retried."""
-        session, adapter, _ = session_with([503, 200], retry_config(), retry_if=lambda r, o: False)
+        session, _adapter, _ = session_with([503, 200], retry_config(), retry_if=lambda r, o: False)
         assert session.get(URL).attempts == 1
 
     def test_none_defers_to_the_rules(self):
         """A retry_if returning None leaves the built-in decision."""
-        session, adapter, _ = session_with([503, 503, 200], retry_config(), retry_if=lambda r, o: None)
+        session, _adapter, _ = session_with([503, 503, 200], retry_config(), retry_if=lambda r, o: None)
         assert session.get(URL).attempts == 3
 
     def test_sees_exceptions(self):
         """retry_if receives the attempt's exception, and may retry a read timeout on POST."""
         err = read_timeout()
-        session, adapter, _ = session_with(
+        session, _adapter, _ = session_with(
             [err, 200], retry_config(),
             retry_if=lambda r, o: isinstance(o, requests.ReadTimeout) or None,
         )
@@ -583,7 +582,7 @@ class TestRetryIf:
 
     def test_retries_stay_bounded_by_attempts(self):
         """A retry_if that always says yes still stops at retry.attempts."""
-        session, adapter, _ = session_with([200], retry_config({"attempts": 4}), retry_if=lambda r, o: True)
+        session, _adapter, _ = session_with([200], retry_config({"attempts": 4}), retry_if=lambda r, o: True)
         assert session.get(URL).attempts == 4
 
 
@@ -600,26 +599,26 @@ def budget_config(reserve: int, **retry: Any) -> dict[str, Any]:
 class TestBudgetCharge:
     def test_only_retries_that_happen_are_charged(self):
         """A call whose attempts run out is charged for its 2 retries, not 3: the budget is asked last."""
-        session, adapter, _ = session_with([503], budget_config(3))
+        session, _adapter, _ = session_with([503], budget_config(3))
         assert session.get(URL).attempts == 3
         assert session.get(URL).attempts == 2  # one retry was left
         assert session.get(URL).attempts == 1
 
     def test_refused_retry_after_is_not_charged(self):
         """A refused Retry-After stops before the budget is asked."""
-        session, adapter, _ = session_with([(503, {"Retry-After": "soon"}), 503, 200], budget_config(1))
+        session, _adapter, _ = session_with([(503, {"Retry-After": "soon"}), 503, 200], budget_config(1))
         assert session.get(URL).attempts == 1
         assert session.get(URL).attempts == 2  # the one retry is still there
 
     def test_deadline_stop_is_not_charged(self):
         """A stop because the sleep would pass the deadline is not charged."""
-        session, adapter, _ = session_with([(503, {"Retry-After": "59"}), 503, 200], budget_config(1))
+        session, _adapter, _ = session_with([(503, {"Retry-After": "59"}), 503, 200], budget_config(1))
         assert session.get(URL).attempts == 1
         assert session.get(URL).attempts == 2
 
     def test_not_retryable_is_not_charged(self):
         """An outcome that is not retryable costs nothing."""
-        session, adapter, _ = session_with([404, 404, 503, 200], budget_config(1))
+        session, _adapter, _ = session_with([404, 404, 503, 200], budget_config(1))
         session.get(URL)
         session.get(URL)
         assert session.get(URL).attempts == 2
@@ -627,7 +626,7 @@ class TestBudgetCharge:
     def test_spent_budget_returns_the_last_outcome(self):
         """With the budget spent, the call returns its response and says why."""
         events: list[Any] = []
-        session, adapter, _ = session_with([503], budget_config(0), listeners=[events.append])
+        session, _adapter, _ = session_with([503], budget_config(0), listeners=[events.append])
         resp = session.get(URL)
         assert (resp.status_code, resp.attempts) == (503, 1)
         assert [e.reason for e in events if isinstance(e, GaveUp)] == ["budget"]
