@@ -19,7 +19,7 @@ and its ratio to ``requests.Session``: wall time, and the calling thread's
 CPU time, which leaves out the peer and is steadier on a busy machine.
 Run by hand::
 
-    python benchmarks/retry_overhead.py [--rounds 60] [--calls 100]
+    python benchmarks/retry_overhead.py [--rounds 150] [--calls 60]
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def batch(get: Callable[[str], requests.Response], url: str, calls: int) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds (default 60)")
-    parser.add_argument("--calls", type=int, default=100,
-                        help="calls per client per round (default 100)")
+    parser.add_argument("--rounds", type=int, default=150, help="interleaved rounds (default 150)")
+    parser.add_argument("--calls", type=int, default=60,
+                        help="calls per client per round (default 60)")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 500 or not 1 <= args.calls <= 10_000:
         parser.error("keep it bounded: 1-500 rounds of 1-10,000 calls")

@@ -148,13 +148,13 @@ class TestConnectionReuse:
         assert peer.connections <= 2
 
     def test_streamed_retries_are_drained_and_reused(self, peers):
-        """With stream=True the discarded bodies are drained, so their connections are reused too."""
+        """With stream=True the 1,000 discarded bodies are drained, so their connections are reused too."""
         peer = serve(peers, always(503, b"y" * 4096))
         with make_session({"attempts": 5, "backoff": NO_WAIT}) as session:
-            for _ in range(100):
+            for _ in range(250):
                 resp = session.get(peer.url + "/", stream=True)
                 assert len(resp.content) == 4096  # the caller reads the last one
-        assert peer.requests == 500
+        assert peer.requests == 1250
         assert peer.connections <= 2
 
     def test_concurrent_retries_stay_within_the_pool(self, peers):
