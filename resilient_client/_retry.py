@@ -122,8 +122,6 @@ def parse_retry_after(value: str, *, now: Callable[[], float] = time.time) -> fl
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None:
-        return None
     if when.tzinfo is None:
         # asctime dates (which RFC 9110 says recipients must accept) carry no
         # zone, and HTTP-dates are always UTC.

@@ -61,7 +61,9 @@ class FakeClock:
 
 def connect_error(url: str = PEER) -> requests.ConnectionError:
     """What requests raises for a refused connection (nothing was sent)."""
-    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")  # type: ignore[arg-type]
+    reason = NewConnectionError(
+        None, "Failed to establish a new connection: [Errno 111] Connection refused"
+    )  # type: ignore[arg-type]
     return requests.ConnectionError(MaxRetryError(None, url, reason))  # type: ignore[arg-type]
 
 
@@ -79,7 +81,9 @@ def read_timeout(url: str = PEER) -> requests.ReadTimeout:
 
 def read_error(url: str = PEER) -> requests.ConnectionError:
     """What requests raises when the peer resets the connection mid-response."""
-    reason = ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
+    reason = ProtocolError(
+        "Connection aborted.", ConnectionResetError(104, "Connection reset by peer")
+    )
     return requests.ConnectionError(reason)
 
 
@@ -106,7 +110,9 @@ class ScriptedAdapter(BaseAdapter):
     as a real transport would have.
     """
 
-    def __init__(self, script: Iterable[Step], *, clock: FakeClock | None = None, cost: float = 0.0) -> None:
+    def __init__(
+        self, script: Iterable[Step], *, clock: FakeClock | None = None, cost: float = 0.0
+    ) -> None:
         super().__init__()
         self.script = list(script)
         self.clock = clock
@@ -117,8 +123,15 @@ class ScriptedAdapter(BaseAdapter):
         self.responses: list[requests.Response] = []
         self._lock = threading.Lock()
 
-    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
-             verify: Any = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> requests.Response:
         with self._lock:
             step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
             self.requests.append(request)
@@ -152,7 +165,9 @@ def _is_before_send(exc: BaseException) -> bool:
     reason = exc.args[0] if exc.args else None
     if isinstance(reason, MaxRetryError):
         reason = reason.reason
-    return isinstance(reason, (NewConnectionError, ConnectTimeoutError)) and not isinstance(reason, ReadTimeoutError)
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError)) and not isinstance(
+        reason, ReadTimeoutError
+    )
 
 
 def _consume(body: Any) -> bytes | None:
@@ -179,17 +194,23 @@ def session_with(
     """A session on a fake clock whose requests to PEER go to a scripted adapter."""
     clock = clock or FakeClock()
     session = resilient_client.ResilientSession(config, clock=clock, **kwargs)
-    session.trust_env = False  # no proxy look-ups in os.environ on every call: same behaviour, faster
+    session.trust_env = (
+        False  # no proxy look-ups in os.environ on every call: same behaviour, faster
+    )
     adapter = ScriptedAdapter(script, clock=clock, cost=cost)
     session.mount(PEER, adapter)
     return session, adapter, clock
 
 
 def retry_config(retry: Mapping[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
-    """Defaults with the breaker off (it would open under scripted failures) and *retry* merged in."""
+    """
+    Defaults with the breaker off (it would open under scripted failures) and *retry* merged in.
+    """
     defaults: dict[str, Any] = {"breaker": None, "budget": None}
-    defaults["retry"] = {"backoff": {"initial": 0.1, "multiplier": 2.0, "max": 5.0, "jitter": "none"},
-                         **(retry or {})}
+    defaults["retry"] = {
+        "backoff": {"initial": 0.1, "multiplier": 2.0, "max": 5.0, "jitter": "none"},
+        **(retry or {}),
+    }
     defaults.update(sections)
     return {"defaults": defaults}
 
@@ -231,8 +252,9 @@ class LoopbackPeer:
         self.server = _Server(("127.0.0.1", port), _Conn)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                         daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def _serve_one(self, rfile: Any, wfile: Any) -> bool:

@@ -18,9 +18,13 @@ from resilient_client._budget import RetryBudget
 URL = PEER + "/items/1"
 
 
-def budget(ratio: float = 0.2, min_per_second: float = 0.0, window: float = 10.0) -> tuple[RetryBudget, FakeClock]:
+def budget(
+    ratio: float = 0.2, min_per_second: float = 0.0, window: float = 10.0
+) -> tuple[RetryBudget, FakeClock]:
     clock = FakeClock()
-    return RetryBudget(BudgetPolicy(ratio=ratio, min_per_second=min_per_second, window=window), clock), clock
+    return RetryBudget(
+        BudgetPolicy(ratio=ratio, min_per_second=min_per_second, window=window), clock
+    ), clock
 
 
 def spend_all(b: RetryBudget, limit: int = 100_000) -> int:
@@ -129,7 +133,9 @@ class TestRetryBudget:
         assert retries <= 0.2 * 16_000 + 10
 
 
-def simulate_outage(policy: BudgetPolicy, per_second: float, seconds: float, attempts: int = 3) -> float:
+def simulate_outage(
+    policy: BudgetPolicy, per_second: float, seconds: float, attempts: int = 3
+) -> float:
     """Calls at a steady rate against a peer that fails everything; returns peer calls per call."""
     clock = FakeClock()
     b = RetryBudget(policy, clock)
@@ -151,7 +157,10 @@ class TestAmplificationBound:
 
     @pytest.mark.parametrize("per_second", [200, 500, 2000])
     def test_steady_outage_stays_near_one_plus_ratio(self, per_second):
-        """At R calls/s for a minute, the peer sees at most 1 + ratio + min_per_second / R times the calls (plus the initial reserve)."""
+        """
+        At R calls/s for a minute, the peer sees at most 1 + ratio + min_per_second / R times the
+        calls (plus the initial reserve).
+        """
         amplification = simulate_outage(BudgetPolicy(), per_second, 60.0)
         bound = 1 + 0.2 + 10.0 / per_second
         start_burst = 10.0 * 10 / (per_second * 60)  # the reserve is there from the first second
@@ -172,8 +181,11 @@ class TestAmplification:
     """A scripted full outage through a session: every attempt answers 503, 3 attempts per call."""
 
     def session(self, budget_cfg: object) -> tuple[Any, Any, FakeClock]:
-        config = retry_config({"attempts": 3, "backoff": {"initial": 0.0, "max": 0.0, "jitter": "none"}},
-                              budget=budget_cfg, timeout={"total": None})
+        config = retry_config(
+            {"attempts": 3, "backoff": {"initial": 0.0, "max": 0.0, "jitter": "none"}},
+            budget=budget_cfg,
+            timeout={"total": None},
+        )
         session, adapter, clock = session_with([503], config)
         return session, adapter, clock
 
@@ -185,17 +197,27 @@ class TestAmplification:
         assert len(adapter.requests) == 600
 
     def test_budget_bounds_a_steady_outage(self):
-        """At 200 calls/s for 10 s, the peer sees at most (1 + ratio) x calls + min_per_second x window."""
-        session, adapter, clock = self.session({"ratio": 0.2, "min_per_second": 1.0, "window": 10.0})
+        """
+        At 200 calls/s for 10 s, the peer sees at most (1 + ratio) x calls + min_per_second x
+        window.
+        """
+        session, adapter, clock = self.session(
+            {"ratio": 0.2, "min_per_second": 1.0, "window": 10.0}
+        )
         for _ in range(2000):
             session.get(URL)
             clock.advance(1 / 200)
         retries = len(adapter.requests) - 2000
-        assert 0.2 * 2000 <= retries <= 0.2 * 2000 + 10 + 10  # ratio, reserve, one more second of reserve
+        assert (
+            0.2 * 2000 <= retries <= 0.2 * 2000 + 10 + 10
+        )  # ratio, reserve, one more second of reserve
         assert len(adapter.requests) / 2000 <= 1.21
 
     def test_concurrent_callers_share_one_budget(self):
-        """Eight threads in an outage get at most ratio x calls + reserve retries between them, and no more."""
+        """
+        Eight threads in an outage get at most ratio x calls + reserve retries between them, and no
+        more.
+        """
         session, adapter, _ = self.session({"ratio": 0.2, "min_per_second": 1.0, "window": 10.0})
 
         def caller() -> None:

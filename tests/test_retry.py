@@ -66,7 +66,9 @@ class _TrackedBody(io.BytesIO):
 
 
 def backoff(jitter: str, seed: int = 7, **kw: float) -> Backoff:
-    policy = BackoffPolicy(**{"initial": 0.1, "multiplier": 2.0, "max": 1.0, **kw}, jitter=Jitter(jitter))
+    policy = BackoffPolicy(
+        **{"initial": 0.1, "multiplier": 2.0, "max": 1.0, **kw}, jitter=Jitter(jitter)
+    )
     return Backoff(policy, rng=random.Random(seed))
 
 
@@ -94,7 +96,9 @@ class TestBackoffSequences:
 
     @pytest.mark.parametrize("jitter", list(EXPECTED))
     def test_sequence_follows_brookers_formulae(self, jitter):
-        """Each sleep is what the formula of "Exponential Backoff and Jitter" gives for the same draws."""
+        """
+        Each sleep is what the formula of "Exponential Backoff and Jitter" gives for the same draws.
+        """
         rng, prev, want = random.Random(7), 0.1, []
         for n in range(1, 8):
             base = min(1.0, 0.1 * 2 ** (n - 1))
@@ -112,8 +116,13 @@ class TestBackoffSequences:
     @pytest.mark.parametrize("jitter", list(EXPECTED))
     def test_session_sleeps_the_seeded_sequence(self, jitter):
         """A session given rng= sleeps exactly the seeded sequence between its attempts."""
-        config = retry_config({"attempts": 5, "backoff": {"initial": 0.1, "multiplier": 2.0, "max": 1.0,
-                                                           "jitter": jitter}}, timeout={"total": None})
+        config = retry_config(
+            {
+                "attempts": 5,
+                "backoff": {"initial": 0.1, "multiplier": 2.0, "max": 1.0, "jitter": jitter},
+            },
+            timeout={"total": None},
+        )
         session, adapter, clock = session_with([503], config, rng=random.Random(7))
         assert session.get(URL).status_code == 503
         assert clock.sleeps == pytest.approx(self.EXPECTED[jitter][:4], abs=1e-6)
@@ -142,7 +151,10 @@ class TestBackoffProperties:
     @settings(max_examples=300, deadline=None, database=None)
     @given(policies, st.integers(1, 200), st.floats(0, 100), st.integers(0, 2**32))
     def test_every_sleep_is_within_zero_and_max(self, policy, n, previous, seed):
-        """Every computed sleep lies in [0, max], whatever the policy, attempt number or previous sleep."""
+        """
+        Every computed sleep lies in [0, max], whatever the policy, attempt number or previous
+        sleep.
+        """
         s = Backoff(policy, rng=random.Random(seed)).sleep_for(n, min(previous, policy.max))
         assert 0.0 <= s <= policy.max
 
@@ -156,14 +168,21 @@ class TestBackoffProperties:
         retry_after=st.none() | st.integers(0, 40),
         seed=st.integers(0, 2**32),
     )
-    def test_no_sleep_runs_past_the_deadline(self, total, cost, attempts, jitter, initial, retry_after, seed):
-        """However backoff, Retry-After and attempt times add up, no sleep ends past the total deadline."""
+    def test_no_sleep_runs_past_the_deadline(
+        self, total, cost, attempts, jitter, initial, retry_after, seed
+    ):
+        """
+        However backoff, Retry-After and attempt times add up, no sleep ends past the total
+        deadline.
+        """
         headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
         config = retry_config(
             {"attempts": attempts, "backoff": {"initial": initial, "max": 10.0, "jitter": jitter}},
             timeout={"total": total},
         )
-        session, adapter, clock = session_with([(503, headers)], config, cost=cost, rng=random.Random(seed))
+        session, adapter, clock = session_with(
+            [(503, headers)], config, cost=cost, rng=random.Random(seed)
+        )
         start = clock.now
         with contextlib.suppress(DeadlineExceeded):
             session.get(URL)
@@ -175,12 +194,17 @@ class TestBackoffProperties:
 
 class TestDeadline:
     def test_sleep_ending_on_the_deadline_is_not_slept(self):
-        """A sleep that would end exactly on the deadline (to the last float bit) returns the last outcome now."""
+        """
+        A sleep that would end exactly on the deadline (to the last float bit) returns the last
+        outcome now.
+        """
         # Regression: `sleep >= remaining()` rounded 1000.3199... - 1000 up, so
         # this sleep ran to the deadline and the call raised DeadlineExceeded.
         total = 0.3199161359027062
-        config = retry_config({"attempts": 2, "backoff": {"initial": total, "max": 10.0, "jitter": "none"}},
-                              timeout={"total": total})
+        config = retry_config(
+            {"attempts": 2, "backoff": {"initial": total, "max": 10.0, "jitter": "none"}},
+            timeout={"total": total},
+        )
         session, _adapter, clock = session_with([503, 200], config)
         resp = session.get(URL)
         assert (resp.status_code, resp.attempts, clock.sleeps) == (503, 1, [])
@@ -231,7 +255,9 @@ class TestParseRetryAfter:
         ids=lambda v: repr(v)[:32],
     )
     def test_table(self, value, expected):
-        """Each Retry-After form parses to the seconds it asks for, or None when it must be refused."""
+        """
+        Each Retry-After form parses to the seconds it asks for, or None when it must be refused.
+        """
         got = parse_retry_after(value, now=lambda: NOW)
         if expected is None:
             assert got is None
@@ -244,7 +270,9 @@ class TestRetryAfterInSession:
         return retry_config({"attempts": 3, **retry}, timeout={"total": 60.0})
 
     def test_seconds_are_slept(self):
-        """A 503 with Retry-After: 2 is retried after sleeping exactly 2 seconds, not the backoff."""
+        """
+        A 503 with Retry-After: 2 is retried after sleeping exactly 2 seconds, not the backoff.
+        """
         session, _adapter, clock = session_with([(503, {"Retry-After": "2"}), 200], self.config())
         resp = session.get(URL)
         assert (resp.status_code, resp.attempts, clock.sleeps) == (200, 2, [2.0])
@@ -256,15 +284,27 @@ class TestRetryAfterInSession:
         assert session.get(URL).status_code == 200
         assert len(clock.sleeps) == 1 and 2.5 < clock.sleeps[0] <= 4.0
 
-    @pytest.mark.parametrize("value", ["31", "99999999999999999999", "-1", "soon", "", "1.5", "\u00b2"],
-                             ids=["over-max", "huge", "negative", "garbage", "empty", "fraction", "latin-1"])
+    @pytest.mark.parametrize(
+        "value",
+        ["31", "99999999999999999999", "-1", "soon", "", "1.5", "\u00b2"],
+        ids=["over-max", "huge", "negative", "garbage", "empty", "fraction", "latin-1"],
+    )
     def test_refused_value_returns_that_response_at_once(self, value):
-        """A Retry-After over max_retry_after, negative or unparseable is not slept: that response comes back at once."""
+        """
+        A Retry-After over max_retry_after, negative or unparseable is not slept: that response
+        comes back at once.
+        """
         events: list[Any] = []
-        session, adapter, clock = session_with([(503, {"Retry-After": value}), 200], self.config(),
-                                               listeners=[events.append])
+        session, adapter, clock = session_with(
+            [(503, {"Retry-After": value}), 200], self.config(), listeners=[events.append]
+        )
         resp = session.get(URL)
-        assert (resp.status_code, resp.attempts, clock.sleeps, len(adapter.requests)) == (503, 1, [], 1)
+        assert (resp.status_code, resp.attempts, clock.sleeps, len(adapter.requests)) == (
+            503,
+            1,
+            [],
+            1,
+        )
         assert [e.reason for e in events if isinstance(e, GaveUp)] == ["retry_after_refused"]
 
     def test_value_at_max_is_slept(self):
@@ -274,7 +314,10 @@ class TestRetryAfterInSession:
         assert clock.sleeps == [30.0]
 
     def test_value_past_the_deadline_stops_now(self):
-        """A Retry-After longer than the time left returns the response now instead of sleeping into the deadline."""
+        """
+        A Retry-After longer than the time left returns the response now instead of sleeping into
+        the deadline.
+        """
         config = retry_config({"attempts": 3}, timeout={"total": 10.0})
         session, _adapter, clock = session_with([(503, {"Retry-After": "20"}), 200], config)
         resp = session.get(URL)
@@ -282,8 +325,9 @@ class TestRetryAfterInSession:
 
     def test_ignored_when_not_respected(self):
         """With respect_retry_after off, the backoff applies and the header is ignored."""
-        session, _adapter, clock = session_with([(503, {"Retry-After": "soon"}), 200],
-                                               self.config(respect_retry_after=False))
+        session, _adapter, clock = session_with(
+            [(503, {"Retry-After": "soon"}), 200], self.config(respect_retry_after=False)
+        )
         assert session.get(URL).status_code == 200
         assert clock.sleeps == [0.1]
 
@@ -302,7 +346,7 @@ def make_body(kind: str, tmp_path: Any) -> Any:
     if kind == "bytes":
         return PAYLOAD
     if kind == "generator":
-        return (PAYLOAD[i:i + 4] for i in range(0, len(PAYLOAD), 4))
+        return (PAYLOAD[i : i + 4] for i in range(0, len(PAYLOAD), 4))
     path = tmp_path / "body.bin"
     path.write_bytes(PAYLOAD)
     return path.open("rb")
@@ -314,7 +358,10 @@ class TestIdempotencyTable:
     @pytest.mark.parametrize("phase", PHASES)
     @pytest.mark.parametrize("method", METHODS)
     def test_table(self, method, phase, keyed, body, tmp_path):
-        """A failure is retried before the send for any method, after it only for idempotent or keyed requests with a replayable body."""
+        """
+        A failure is retried before the send for any method, after it only for idempotent or keyed
+        requests with a replayable body.
+        """
         failure = 503 if phase == "status_503" else FAILURES[phase]()
         config = retry_config({"idempotency_header": "Idempotency-Key"})
         session, adapter, _clock = session_with([failure, 200], config)
@@ -351,7 +398,9 @@ class TestIdempotencyTable:
 
     def test_failure_kind_not_in_on_is_not_retried(self):
         """A read timeout is not retried when retry.on leaves read_timeout out."""
-        session, adapter, _ = session_with([read_timeout(), 200], retry_config({"on": ["connect_error"]}))
+        session, adapter, _ = session_with(
+            [read_timeout(), 200], retry_config({"on": ["connect_error"]})
+        )
         with pytest.raises(requests.ReadTimeout):
             session.get(URL)
         assert len(adapter.requests) == 1
@@ -377,7 +426,9 @@ class TestNeverRetried:
 
     def test_tls_certificate_error(self):
         """A certificate error is a ConnectionError, yet it is raised after one attempt."""
-        err = requests.exceptions.SSLError(MaxRetryError(None, URL, Exception("CERTIFICATE_VERIFY_FAILED")))  # type: ignore[arg-type]
+        err = requests.exceptions.SSLError(
+            MaxRetryError(None, URL, Exception("CERTIFICATE_VERIFY_FAILED"))
+        )  # type: ignore[arg-type]
         session, adapter, _ = session_with([err, 200], retry_config())
         with pytest.raises(requests.exceptions.SSLError):
             session.get(URL)
@@ -385,7 +436,9 @@ class TestNeverRetried:
 
     def test_invalid_url_from_the_transport(self):
         """An InvalidURL raised by the transport is not retried."""
-        session, adapter, _ = session_with([requests.exceptions.InvalidURL("bad port"), 200], retry_config())
+        session, adapter, _ = session_with(
+            [requests.exceptions.InvalidURL("bad port"), 200], retry_config()
+        )
         with pytest.raises(requests.exceptions.InvalidURL):
             session.get(URL)
         assert len(adapter.requests) == 1
@@ -398,7 +451,9 @@ class TestNeverRetried:
         assert adapter.requests == []
 
     def test_too_many_redirects(self):
-        """A redirect loop raises TooManyRedirects after one attempt's hops, never a second round."""
+        """
+        A redirect loop raises TooManyRedirects after one attempt's hops, never a second round.
+        """
         session, adapter, _ = session_with([(302, {"Location": URL})], retry_config())
         session.max_redirects = 3
         with pytest.raises(requests.TooManyRedirects):
@@ -408,16 +463,25 @@ class TestNeverRetried:
     def test_deadline_exceeded_even_when_retry_if_says_yes(self):
         """DeadlineExceeded ends the call at once, even with a retry_if that retries everything."""
         config = retry_config({"attempts": 5}, timeout={"total": 1.0})
-        session, adapter, clock = session_with([read_timeout()], config, cost=1.5, retry_if=lambda r, o: True)
+        session, adapter, clock = session_with(
+            [read_timeout()], config, cost=1.5, retry_if=lambda r, o: True
+        )
         with pytest.raises(DeadlineExceeded) as info:
             session.get(URL)
         assert isinstance(info.value.__cause__, requests.ReadTimeout)
         assert (len(adapter.requests), clock.sleeps) == (1, [])
 
     def test_circuit_open_even_when_retry_if_says_yes(self):
-        """CircuitOpenError stops the remaining retries at once, even with a retry_if that retries everything."""
-        config = retry_config({"attempts": 5}, breaker={"failure_threshold": 2, "reset_timeout": 60})
-        session, adapter, clock = session_with([connect_error()], config, retry_if=lambda r, o: True)
+        """
+        CircuitOpenError stops the remaining retries at once, even with a retry_if that retries
+        everything.
+        """
+        config = retry_config(
+            {"attempts": 5}, breaker={"failure_threshold": 2, "reset_timeout": 60}
+        )
+        session, adapter, clock = session_with(
+            [connect_error()], config, retry_if=lambda r, o: True
+        )
         with pytest.raises(CircuitOpenError):
             session.get(URL)
         # Two attempts open the breaker; the third is refused and not retried.
@@ -425,8 +489,9 @@ class TestNeverRetried:
 
     def test_keyboard_interrupt_even_when_retry_if_says_yes(self):
         """An interrupt is never retried, whatever retry_if says."""
-        session, adapter, clock = session_with([KeyboardInterrupt(), 200], retry_config(),
-                                               retry_if=lambda r, o: True)
+        session, adapter, clock = session_with(
+            [KeyboardInterrupt(), 200], retry_config(), retry_if=lambda r, o: True
+        )
         with pytest.raises(KeyboardInterrupt):
             session.get(URL)
         assert (len(adapter.requests), clock.sleeps) == (1, [])
@@ -436,7 +501,9 @@ class TestOnStatusValidation:
     @pytest.mark.parametrize("code", [400, 401, 403, 404, 409, 422, 425, 499])
     def test_other_4xx_is_a_config_error(self, code):
         """A 4xx other than 408/429 in on_status is a ConfigError naming the entry and the value."""
-        with pytest.raises(ConfigError, match=rf"^on_status\[1\]: must not be a 4xx .* got {code}$"):
+        with pytest.raises(
+            ConfigError, match=rf"^on_status\[1\]: must not be a 4xx .* got {code}$"
+        ):
             RetryPolicy(on_status=[503, code])  # type: ignore[arg-type]
 
     def test_key_path_from_config(self):
@@ -456,15 +523,21 @@ class TestOnStatusValidation:
 
 class TestLastOutcome:
     def test_last_response_with_attempts(self):
-        """When retries run out the caller gets the last attempt's own response, with attempts set."""
-        session, adapter, _ = session_with([(503, {"X-N": "1"}), (503, {"X-N": "2"}), (503, {"X-N": "3"})],
-                                           retry_config())
+        """
+        When retries run out the caller gets the last attempt's own response, with attempts set.
+        """
+        session, adapter, _ = session_with(
+            [(503, {"X-N": "1"}), (503, {"X-N": "2"}), (503, {"X-N": "3"})], retry_config()
+        )
         resp = session.get(URL)
         assert (resp.headers["X-N"], resp.attempts, resp.is_fallback) == ("3", 3, False)
         assert resp is adapter.responses[-1]
 
     def test_last_exception_is_the_attempts_own(self):
-        """When retries run out the caller gets the last attempt's exception object, its cause chain intact."""
+        """
+        When retries run out the caller gets the last attempt's exception object, its cause chain
+        intact.
+        """
         root = ConnectionRefusedError(111, "refused")
         errors = [connect_error(), connect_error(), connect_error()]
         for e in errors:
@@ -483,18 +556,25 @@ class TestLastOutcome:
 
     def test_retry_null_sends_once(self):
         """retry: null makes exactly one attempt, even on a retryable status."""
-        session, adapter, _ = session_with([503, 200], {"defaults": {"retry": None, "breaker": None}})
+        session, adapter, _ = session_with(
+            [503, 200], {"defaults": {"retry": None, "breaker": None}}
+        )
         assert (session.get(URL).attempts, len(adapter.requests)) == (1, 1)
 
     def test_events_say_why_it_stopped(self):
-        """GaveUp names the reason (attempts) and the outcome; each retry is announced with its delay."""
+        """
+        GaveUp names the reason (attempts) and the outcome; each retry is announced with its delay.
+        """
         events: list[Any] = []
         session, _, _ = session_with([503], retry_config(), listeners=[events.append])
         session.get(URL)
-        scheduled = [(e.attempt, e.delay, e.reason) for e in events if isinstance(e, RetryScheduled)]
+        scheduled = [
+            (e.attempt, e.delay, e.reason) for e in events if isinstance(e, RetryScheduled)
+        ]
         assert scheduled == [(1, 0.1, "status 503"), (2, 0.2, "status 503")]
         assert [(e.reason, e.outcome, e.attempts) for e in events if isinstance(e, GaveUp)] == [
-            ("attempts", "status 503", 3)]
+            ("attempts", "status 503", 3)
+        ]
 
 
 class TestDiscard:
@@ -522,7 +602,9 @@ class TestDiscard:
 class TestAttemptHeader:
     def test_numbers_each_attempt(self):
         """The configured header carries 1, 2, 3 on the successive attempts."""
-        session, adapter, _ = session_with([503, 503, 200], retry_config({"attempt_header": "X-Attempt"}))
+        session, adapter, _ = session_with(
+            [503, 503, 200], retry_config({"attempt_header": "X-Attempt"})
+        )
         session.get(URL)
         assert [r.headers["X-Attempt"] for r in adapter.requests] == ["1", "2", "3"]
 
@@ -535,7 +617,9 @@ class TestAttemptHeader:
 
     def test_callers_request_is_not_modified(self):
         """The header goes on a copy: the caller's prepared request is left as it was."""
-        session, _adapter, _ = session_with([503, 200], retry_config({"attempt_header": "X-Attempt"}))
+        session, _adapter, _ = session_with(
+            [503, 200], retry_config({"attempt_header": "X-Attempt"})
+        )
         prepared = session.prepare_request(requests.Request("GET", URL))
         session.send(prepared)
         assert "X-Attempt" not in prepared.headers
@@ -561,28 +645,35 @@ class TestRetryIf:
 
     def test_none_defers_to_the_rules(self):
         """A retry_if returning None leaves the built-in decision."""
-        session, _adapter, _ = session_with([503, 503, 200], retry_config(), retry_if=lambda r, o: None)
+        session, _adapter, _ = session_with(
+            [503, 503, 200], retry_config(), retry_if=lambda r, o: None
+        )
         assert session.get(URL).attempts == 3
 
     def test_sees_exceptions(self):
         """retry_if receives the attempt's exception, and may retry a read timeout on POST."""
         err = read_timeout()
         session, _adapter, _ = session_with(
-            [err, 200], retry_config(),
+            [err, 200],
+            retry_config(),
             retry_if=lambda r, o: isinstance(o, requests.ReadTimeout) or None,
         )
         assert session.post(URL, data=b"x").attempts == 2
 
     def test_never_resends_an_unreplayable_body(self):
         """Even a retry_if that says yes cannot make a generator body be sent twice."""
-        session, adapter, _ = session_with([read_error(), 200], retry_config(), retry_if=lambda r, o: True)
+        session, adapter, _ = session_with(
+            [read_error(), 200], retry_config(), retry_if=lambda r, o: True
+        )
         with pytest.raises(requests.ConnectionError):
             session.put(URL, data=(c for c in [b"a", b"b"]))
         assert len(adapter.requests) == 1
 
     def test_retries_stay_bounded_by_attempts(self):
         """A retry_if that always says yes still stops at retry.attempts."""
-        session, _adapter, _ = session_with([200], retry_config({"attempts": 4}), retry_if=lambda r, o: True)
+        session, _adapter, _ = session_with(
+            [200], retry_config({"attempts": 4}), retry_if=lambda r, o: True
+        )
         assert session.get(URL).attempts == 4
 
 
@@ -591,14 +682,18 @@ class TestRetryIf:
 
 def budget_config(reserve: int, **retry: Any) -> dict[str, Any]:
     """A budget of exactly *reserve* retries (no ratio) over a long window."""
-    return retry_config({"attempts": 3, **retry}, budget={"ratio": 0.0, "min_per_second": reserve / 100,
-                                                          "window": 100.0},
-                        timeout={"total": 60.0})
+    return retry_config(
+        {"attempts": 3, **retry},
+        budget={"ratio": 0.0, "min_per_second": reserve / 100, "window": 100.0},
+        timeout={"total": 60.0},
+    )
 
 
 class TestBudgetCharge:
     def test_only_retries_that_happen_are_charged(self):
-        """A call whose attempts run out is charged for its 2 retries, not 3: the budget is asked last."""
+        """
+        A call whose attempts run out is charged for its 2 retries, not 3: the budget is asked last.
+        """
         session, _adapter, _ = session_with([503], budget_config(3))
         assert session.get(URL).attempts == 3
         assert session.get(URL).attempts == 2  # one retry was left
@@ -606,13 +701,17 @@ class TestBudgetCharge:
 
     def test_refused_retry_after_is_not_charged(self):
         """A refused Retry-After stops before the budget is asked."""
-        session, _adapter, _ = session_with([(503, {"Retry-After": "soon"}), 503, 200], budget_config(1))
+        session, _adapter, _ = session_with(
+            [(503, {"Retry-After": "soon"}), 503, 200], budget_config(1)
+        )
         assert session.get(URL).attempts == 1
         assert session.get(URL).attempts == 2  # the one retry is still there
 
     def test_deadline_stop_is_not_charged(self):
         """A stop because the sleep would pass the deadline is not charged."""
-        session, _adapter, _ = session_with([(503, {"Retry-After": "59"}), 503, 200], budget_config(1))
+        session, _adapter, _ = session_with(
+            [(503, {"Retry-After": "59"}), 503, 200], budget_config(1)
+        )
         assert session.get(URL).attempts == 1
         assert session.get(URL).attempts == 2
 

@@ -21,7 +21,9 @@ from resilient_client import GaveUp, RetryScheduled
 NO_WAIT = {"initial": 0.0, "max": 0.0, "jitter": "none"}
 
 
-def make_session(retry: dict[str, Any] | None = None, **sections: Any) -> resilient_client.ResilientSession:
+def make_session(
+    retry: dict[str, Any] | None = None, **sections: Any
+) -> resilient_client.ResilientSession:
     """A session on the real clock with the breaker off and tiny backoff."""
     defaults: dict[str, Any] = {
         "breaker": None,
@@ -56,7 +58,9 @@ def always(status: int, body: bytes = b"unavailable") -> Any:
 
 class TestStatusThenSuccess:
     def test_503_then_200(self, peers):
-        """A 503 followed by a 200 gives the caller the 200, after two attempts on one connection."""
+        """
+        A 503 followed by a 200 gives the caller the 200, after two attempts on one connection.
+        """
         answers = iter([503])
 
         def handler(method, path, headers, body):
@@ -78,7 +82,10 @@ class TestStatusThenSuccess:
 
 class TestRefusedPort:
     def test_post_is_retried_after_a_refused_connection(self, peers):
-        """A refused connection sent nothing, so a POST is retried; its body arrives whole on the retry."""
+        """
+        A refused connection sent nothing, so a POST is retried; its body arrives whole on the
+        retry.
+        """
         port = free_port()
         bodies: list[bytes] = []
 
@@ -104,7 +111,9 @@ class TestRefusedPort:
             session.subscribe(events.append)
             with pytest.raises(requests.ConnectionError):
                 session.post(f"http://127.0.0.1:{free_port()}/orders", data=b"x")
-        assert [(e.attempts, e.reason) for e in events if isinstance(e, GaveUp)] == [(3, "attempts")]
+        assert [(e.attempts, e.reason) for e in events if isinstance(e, GaveUp)] == [
+            (3, "attempts")
+        ]
 
 
 class TestReadTimeout:
@@ -123,23 +132,32 @@ class TestReadTimeout:
 
     def test_get_is_retried(self, hanging):
         """The same read timeout on GET is retried up to the attempts."""
-        with make_session(timeout={"connect": 1.0, "read": 0.1, "total": 10.0}) as session, \
-                pytest.raises(requests.ReadTimeout):
+        with (
+            make_session(timeout={"connect": 1.0, "read": 0.1, "total": 10.0}) as session,
+            pytest.raises(requests.ReadTimeout),
+        ):
             session.get(hanging.url + "/items")
         assert hanging.requests == 3
 
     def test_post_with_idempotency_key_is_retried(self, hanging):
         """A POST carrying the idempotency header is retried after a read timeout."""
-        with make_session({"idempotency_header": "Idempotency-Key"},
-                          timeout={"connect": 1.0, "read": 0.1, "total": 10.0}) as session, \
-                pytest.raises(requests.ReadTimeout):
+        with (
+            make_session(
+                {"idempotency_header": "Idempotency-Key"},
+                timeout={"connect": 1.0, "read": 0.1, "total": 10.0},
+            ) as session,
+            pytest.raises(requests.ReadTimeout),
+        ):
             session.post(hanging.url + "/orders", data=b"x", headers={"Idempotency-Key": "k1"})
         assert hanging.requests == 3
 
 
 class TestConnectionReuse:
     def test_1000_retried_failures_reuse_one_connection(self, peers):
-        """1,000 retried 503s go over a handful of keep-alive connections: each discarded response is released."""
+        """
+        1,000 retried 503s go over a handful of keep-alive connections: each discarded response is
+        released.
+        """
         peer = serve(peers, always(503, b"x" * 512))
         with make_session({"attempts": 5, "backoff": NO_WAIT}) as session:
             for _ in range(250):
@@ -148,7 +166,10 @@ class TestConnectionReuse:
         assert peer.connections <= 2
 
     def test_streamed_retries_are_drained_and_reused(self, peers):
-        """With stream=True the 1,000 discarded bodies are drained, so their connections are reused too."""
+        """
+        With stream=True the 1,000 discarded bodies are drained, so their connections are reused
+        too.
+        """
         peer = serve(peers, always(503, b"y" * 4096))
         with make_session({"attempts": 5, "backoff": NO_WAIT}) as session:
             for _ in range(250):
@@ -178,12 +199,17 @@ class TestConnectionReuse:
 
 class TestBudgetUnderOutage:
     def test_amplification_stays_near_one_plus_ratio(self, peers):
-        """Eight threads in a full outage: the peer sees at most (1 + ratio) x calls + the reserve, not 3 x."""
+        """
+        Eight threads in a full outage: the peer sees at most (1 + ratio) x calls + the reserve, not
+        3 x.
+        """
         peer = serve(peers, always(503))
         # ratio 0.2, and a reserve of min_per_second x window = 1 x 10 = 10 retries:
         # peer calls <= 1.2 x calls + 10, i.e. <= 1.225 x for 400 calls.
-        session = make_session({"attempts": 3, "backoff": NO_WAIT},
-                               budget={"ratio": 0.2, "min_per_second": 1.0, "window": 10.0})
+        session = make_session(
+            {"attempts": 3, "backoff": NO_WAIT},
+            budget={"ratio": 0.2, "min_per_second": 1.0, "window": 10.0},
+        )
         calls_per_thread, threads_n = 50, 8
         calls = calls_per_thread * threads_n
 
