@@ -47,6 +47,9 @@ _HEADER_TOKEN = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 
+#: The only 4xx statuses a retry can fix: 408 Request Timeout, 429 Too Many Requests.
+_RETRYABLE_4XX = frozenset({408, 429})
+
 #: The failure kinds that ``retry.on`` accepts.
 ALL_RETRY_ON = frozenset({"connect_error", "connect_timeout", "read_timeout", "read_error"})
 
@@ -224,7 +227,15 @@ class RetryPolicy:
         _set(self, "attempts", _integer("attempts", self.attempts, minimum=1))
         if not isinstance(self.backoff, BackoffPolicy):
             raise ConfigError("backoff", f"must be a BackoffPolicy, got {self.backoff!r}")
-        _set(self, "on_status", _statuses("on_status", self.on_status))
+        given = _sequence("on_status", self.on_status)
+        _set(self, "on_status", _statuses("on_status", given))
+        for i, code in enumerate(given):
+            if 400 <= code < 500 and code not in _RETRYABLE_4XX:
+                raise ConfigError(
+                    f"on_status[{i}]",
+                    "must not be a 4xx status other than 408 or 429 (the request itself is "
+                    f"refused, and sending it again gets the same answer), got {code!r}",
+                )
         on = _sequence("on", self.on)
         for i, kind in enumerate(on):
             if not isinstance(kind, str) or kind not in ALL_RETRY_ON:

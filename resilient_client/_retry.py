@@ -9,7 +9,9 @@ attempt function, which tenacity keeps in ``retry_state.args[0]``.
 Order of decisions after a failed attempt (tenacity computes the wait first,
 then asks the stop strategies, in this order):
 
-1. ``retry``: is this outcome retryable at all (`RetrySafely`)?
+1. ``retry``: is this outcome retryable at all (`RetrySafely`)? Our own
+   errors (`CircuitOpenError`, `DeadlineExceeded`, `BulkheadFull`) and
+   interrupts never are, whatever a ``retry_if`` predicate says.
 2. ``wait``: backoff with jitter, or the peer's Retry-After (`Backoff`).
 3. ``stop``: attempts used up, Retry-After refused, the sleep would pass the
    deadline, the budget is spent (last, so it is only charged for a retry
@@ -18,6 +20,7 @@ then asks the stop strategies, in this order):
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import random
@@ -31,6 +34,7 @@ from tenacity import RetryCallState
 
 from ._outcome import BEFORE_SEND, RetryPredicate, failure_kind
 from ._policy import BackoffPolicy, Jitter, RetryPolicy
+from .exceptions import ResilienceError
 
 if TYPE_CHECKING:
     from ._budget import RetryBudget
@@ -100,12 +104,15 @@ def _call(rs: RetryCallState) -> Call:
 def parse_retry_after(value: str, *, now: Callable[[], float] = time.time) -> float | None:
     """
     Return the seconds a ``Retry-After`` value asks for, or None when it is
-    unparseable or negative. A date in the past means 0.
+    unparseable or negative. Accepts delay-seconds (a non-negative integer)
+    and the three HTTP-date forms; a date in the past means 0.
 
     .. versionadded:: 0.1.0
     """
     value = value.strip()
-    if not value:
+    if not value or not value.isascii():
+        # Headers are decoded as latin-1: "\u00b2" passes str.isdigit() but
+        # is no number, and no valid value has a non-ASCII character.
         return None
     if value.isdigit():
         return float(value)
@@ -115,8 +122,10 @@ def parse_retry_after(value: str, *, now: Callable[[], float] = time.time) -> fl
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None or when.tzinfo is None:
-        return None
+    if when.tzinfo is None:
+        # asctime dates (which RFC 9110 says recipients must accept) carry no
+        # zone, and HTTP-dates are always UTC.
+        when = when.replace(tzinfo=datetime.timezone.utc)
     try:
         return max(0.0, when.timestamp() - now())
     except (OverflowError, OSError, ValueError):
@@ -143,6 +152,10 @@ class RetrySafely(tenacity.retry_base):
         assert outcome is not None
         exc = outcome.exception()
         if exc is not None:
+            if not isinstance(exc, Exception) or isinstance(exc, ResilienceError):
+                # Our own refusals (open breaker, deadline, full bulkhead) and
+                # interrupts end the call, whatever a retry_if predicate says.
+                return False
             kind = failure_kind(exc)
             before_send = kind in BEFORE_SEND
             verdict = self._user(call, exc)
@@ -161,7 +174,8 @@ class RetrySafely(tenacity.retry_base):
         return None if self.predicate is None else self.predicate(call.request, outcome)
 
     def __repr__(self) -> str:
-        return f"RetrySafely(on_status={sorted(self.policy.on_status)}, on={sorted(self.policy.on)})"
+        p = self.policy
+        return f"RetrySafely(on_status={sorted(p.on_status)}, on={sorted(p.on)})"
 
 
 class Backoff(tenacity.wait.wait_base):
@@ -245,7 +259,11 @@ class StopBeforeDeadline(tenacity.stop.stop_base):
 
     def __call__(self, rs: RetryCallState) -> bool:
         call = _call(rs)
-        if call.deadline is not None and rs.upcoming_sleep >= call.deadline.remaining():
+        deadline = call.deadline
+        # Where the sleep would end, compared as `Deadline.expired` will
+        # compare it: ``sleep >= remaining()`` rounds differently and can let
+        # a sleep end exactly on the deadline, which then fails the next try.
+        if deadline is not None and deadline.clock.monotonic() + rs.upcoming_sleep >= deadline.at:
             call.stop_reason = "deadline"
             return True
         return False
