@@ -33,7 +33,7 @@ from urllib3.poolmanager import PoolManager
 
 from ._clock import Clock
 
-__all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm"]
+__all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm", "release"]
 
 
 class Deadline:
@@ -80,11 +80,19 @@ def arm(deadline: Deadline) -> _Arm:
     return a
 
 
+def release(a: _Arm) -> None:
+    """
+    Stop handing *a* to responses built on this thread. Responses already
+    built keep reading against it until `disarm`.
+    """
+    if getattr(_local, "arm", None) is a:
+        _local.arm = None
+
+
 def disarm(a: _Arm) -> None:
     """Stop *a*: later reads (a streamed body read by the caller) use the read timeout only."""
     a.deadline = None
-    if getattr(_local, "arm", None) is a:
-        _local.arm = None
+    release(a)
 
 
 class _DeadlineReader(io.RawIOBase):

@@ -269,6 +269,19 @@ class StopBeforeDeadline(tenacity.stop.stop_base):
         return False
 
 
+class StopWhenBreakerOpen(tenacity.stop.stop_base):
+    """Stop rather than sleep a backoff whose next attempt the open breaker would refuse."""
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        call = _call(rs)
+        state = getattr(call.route, "state", None)
+        breaker = getattr(state, "breaker", None)
+        if breaker is not None and breaker.state == "open":
+            call.stop_reason = "breaker_open"
+            return True
+        return False
+
+
 class StopWhenBudgetSpent(tenacity.stop.stop_base):
     """Stop when the endpoint's retry budget has no retry left (charges one otherwise)."""
 
@@ -318,6 +331,7 @@ def build_retrying(
             _StopAfterAttempts(policy.attempts)
             | StopOnRefusedRetryAfter()
             | StopBeforeDeadline()
+            | StopWhenBreakerOpen()
             | StopWhenBudgetSpent()
         ),
         before_sleep=before_sleep,

@@ -29,7 +29,7 @@ from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import DeadlineAdapter, arm, disarm
+from ._deadline import DeadlineAdapter, arm, disarm, release
 from ._events import (
     AttemptFinished,
     BreakerRejected,
@@ -400,6 +400,8 @@ class ResilientSession(requests.Session):
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
+            if a is not None:
+                disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
             if breaker is not None:
                 if isinstance(exc, Exception) and is_peer_failure(exc):
@@ -415,8 +417,13 @@ class ResilientSession(requests.Session):
             raise
         finally:
             self._local.in_attempt = False
-            if a is not None and not call.stream:
-                disarm(a)
+            if a is not None:
+                # Responses built from now on on this thread must not pick
+                # this arm up; a streamed body keeps reading against it until
+                # the call hands the response over.
+                release(a)
+                if not call.stream:
+                    disarm(a)
         duration = self.clock.monotonic() - started
         failed = resp.status_code in route.policy.failure_status
         if breaker is not None:

@@ -473,7 +473,7 @@ class TestNeverRetried:
 
     def test_circuit_open_even_when_retry_if_says_yes(self):
         """
-        CircuitOpenError stops the remaining retries at once, even with a retry_if that retries
+        An open breaker stops the remaining retries at once, even with a retry_if that retries
         everything.
         """
         config = retry_config(
@@ -482,10 +482,12 @@ class TestNeverRetried:
         session, adapter, clock = session_with(
             [connect_error()], config, retry_if=lambda r, o: True
         )
-        with pytest.raises(CircuitOpenError):
+        with pytest.raises(requests.ConnectionError) as info:
             session.get(URL)
-        # Two attempts open the breaker; the third is refused and not retried.
-        assert (len(adapter.requests), len(clock.sleeps)) == (2, 2)
+        # Two attempts open the breaker; the call stops there, with the last
+        # attempt's own error, and sleeps no backoff toward a refused third.
+        assert not isinstance(info.value, CircuitOpenError)
+        assert (len(adapter.requests), len(clock.sleeps)) == (2, 1)
 
     def test_keyboard_interrupt_even_when_retry_if_says_yes(self):
         """An interrupt is never retried, whatever retry_if says."""
@@ -751,3 +753,30 @@ class TestOneRetryLayer:
 def test_scripted_adapter_is_a_transport():
     """The helper transport is an adapter (so the layers above it are the real ones)."""
     assert isinstance(ScriptedAdapter([200]), requests.adapters.BaseAdapter)
+
+
+class TestBreakerStopsRetries:
+    def test_no_backoff_is_slept_once_the_breaker_opened(self) -> None:
+        """When an attempt opens the breaker, the call stops at once instead of sleeping toward a refusal."""
+        import responses
+
+        from resilient_client import ResilientSession
+
+        sleeps: list[float] = []
+
+        class Clock:
+            t = 0.0
+
+            def monotonic(self) -> float:
+                return self.t
+
+            def sleep(self, s: float) -> None:
+                sleeps.append(s)
+                self.t += s
+
+        config = {"defaults": {"breaker": {"failure_threshold": 1}, "retry": {"attempts": 3}}}
+        with responses.RequestsMock() as mock:
+            mock.add(responses.GET, "http://peer.internal/x", status=503)
+            resp = ResilientSession(config, clock=Clock()).get("http://peer.internal/x")
+        assert resp.status_code == 503 and resp.attempts == 1
+        assert sleeps == []

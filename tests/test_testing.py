@@ -789,11 +789,6 @@ class TestWithoutPytest:
 
 
 class TestSessionBugsFoundWithTheToolkit:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="_session._attempt leaves a stream=True attempt's deadline armed on the thread "
-        "when the attempt raises; a later call with no deadline is then cut by it",
-    )
     def test_a_failed_streamed_call_does_not_leave_its_deadline_armed(self, peers):
         """A call with no deadline is not cut by the deadline of an earlier failed stream=True call."""
         peers.url("https://a.internal/").refuse()
