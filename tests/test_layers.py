@@ -299,3 +299,54 @@ class TestCircuit:
         with pytest.raises(CircuitOpenError):
             s.get(peer + "/fail")
         assert len(_Peer.hits) == 2
+
+
+class _SlowPeer(http.server.BaseHTTPRequestHandler):
+    """Answers every request after 400 ms, many at once."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        threading.Event().wait(0.4)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+class TestConcurrencyThroughOneBreaker:
+    @pytest.mark.parametrize("storage", ["memory", "redis"])
+    def test_calls_through_one_breaker_run_concurrently(self, storage: str, request: Any) -> None:
+        """8 threads calling a 400 ms peer through one breaker finish in well under 2 x 400 ms."""
+        breaker: dict[str, Any] = {"failure_threshold": 5}
+        if storage == "redis":
+            breaker["storage"] = request.getfixturevalue("redis_url")
+        srv = _Server(("127.0.0.1", 0), _SlowPeer)
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        try:
+            s = ResilientSession({"endpoints": [{"name": "slow", "match": base + "/", "breaker": breaker}]})
+            s.get(base + "/warm")  # connect to Redis and the peer once
+            statuses: list[int] = []
+            threads = [
+                threading.Thread(target=lambda: statuses.append(s.get(base + "/x").status_code))
+                for _ in range(8)
+            ]
+            import time
+
+            started = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(5)
+            elapsed = time.monotonic() - started
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        assert statuses == [200] * 8
+        # Serialised, as pybreaker's call() would, this takes 8 x 0.4 = 3.2 s.
+        assert elapsed < 0.8, f"8 concurrent calls took {elapsed:.3f}s"
