@@ -30,9 +30,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _loopback_peer import Peer  # noqa: E402
+import contextlib
 
-import resilient_client  # noqa: E402
+from _loopback_peer import Peer
+
+import resilient_client
 
 
 def _free_port() -> int:
@@ -101,10 +103,8 @@ def rejection(redis_url: str, n: int) -> dict[str, float]:
         s.circuit("dead").open()
 
         def call(s: resilient_client.ResilientSession = s) -> None:
-            try:
+            with contextlib.suppress(resilient_client.CircuitOpenError):
                 s.get("http://127.0.0.1:9/x")
-            except resilient_client.CircuitOpenError:
-                pass
 
         for _ in range(200):
             call()
