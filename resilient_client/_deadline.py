@@ -62,20 +62,29 @@ class Deadline:
 
 
 class _Arm:
-    """What one attempt's responses read against; ``deadline`` None = disarmed."""
+    """
+    What one attempt's responses read against; ``deadline`` None = disarmed.
+    ``read_timeout`` is the attempt's read timeout before the deadline capped
+    it: what a disarmed (streamed) body read gets.
+    """
 
-    __slots__ = ("deadline",)
+    __slots__ = ("deadline", "read_timeout")
 
-    def __init__(self, deadline: Deadline | None) -> None:
+    def __init__(self, deadline: Deadline | None, read_timeout: float | None = None) -> None:
         self.deadline = deadline
+        self.read_timeout = read_timeout
 
 
 _local = threading.local()
 
 
-def arm(deadline: Deadline) -> _Arm:
-    """Make responses built on this thread, until `disarm`, read against *deadline*."""
-    a = _Arm(deadline)
+def arm(deadline: Deadline, read_timeout: float | None = None) -> _Arm:
+    """
+    Make responses built on this thread, until `disarm`, read against
+    *deadline*; once disarmed, their reads get *read_timeout* (None: the
+    socket's timeout when the response was built).
+    """
+    a = _Arm(deadline, read_timeout)
     _local.arm = a
     return a
 
@@ -117,9 +126,12 @@ class _DeadlineReader(io.RawIOBase):
                 raise TimeoutError("total deadline passed while reading the response")
             rt = self._read_timeout
             self._sock.settimeout(left if rt is None or left < rt else rt)
-        elif self._read_timeout is not None:
-            # Disarmed (a streamed body read by the caller): back to the read timeout.
-            self._sock.settimeout(self._read_timeout)
+        else:
+            # Disarmed (a streamed body read by the caller): back to the read
+            # timeout, uncapped by the deadline that no longer applies.
+            rt = self._arm.read_timeout or self._read_timeout
+            if rt is not None:
+                self._sock.settimeout(rt)
         return self._raw.readinto(b)
 
     def close(self) -> None:

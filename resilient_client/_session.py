@@ -422,7 +422,7 @@ class ResilientSession(requests.Session):
         kwargs = call.kwargs
         kwargs["timeout"] = (connect, read)
         started = self.clock.monotonic()
-        a = arm(deadline) if deadline is not None else None
+        a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
         self._local.in_attempt = True
         try:
