@@ -170,7 +170,7 @@ class ResilientSession(requests.Session):
         # requests pickles its own attributes (adapters included); we add what
         # rebuilds ours. Endpoint state (breakers, budgets, bulkheads, the stale
         # cache) starts afresh, as requests' connection pools do.
-        state: dict[str, Any] = super().__getstate__()
+        state = cast(dict[str, Any], super().__getstate__())
         listeners = self._bus.listeners[1:]  # the first is the built-in log listener
         state["_resilient"] = (self.config, self.clock, listeners, self._retry_if, self._rng)
         return state
@@ -178,7 +178,8 @@ class ResilientSession(requests.Session):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         config, clock, listeners, retry_if, rng = state.pop("_resilient")
-        super().__setstate__(state)
+        for attr, value in state.items():  # what requests.Session.__setstate__ does
+            setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
 
     @classmethod

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import requests
 import responses
+from peers import Blackhole, Peer, answer, drip_body, drip_headers, hang, refused_port
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout as Urllib3Timeout
 
-from peers import Blackhole, Peer, answer, drip_body, drip_headers, hang, refused_port
 from resilient_client import DeadlineExceeded, ResilienceError, ResilientSession
 
 #: How late DeadlineExceeded may come, in seconds. The contract wants "well

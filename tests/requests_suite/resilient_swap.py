@@ -38,9 +38,9 @@ import requests.sessions
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # our tests/ dir, for peers.Blackhole
 
-from peers import Blackhole  # noqa: E402
+from peers import Blackhole
 
-import resilient_client  # noqa: E402
+import resilient_client
 
 CONFIGS: dict[str, Any] = {
     "keep": {
