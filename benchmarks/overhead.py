@@ -30,22 +30,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package first
 
-import requests  # noqa: E402
+import requests
 
-import resilient_client  # noqa: E402
+import resilient_client
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:  # the stdlib's name
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -76,7 +76,7 @@ def measure(url: str, rounds: int, calls: int, config: Any) -> dict[str, Any]:
         "requests_us": med_plain * 1e6,
         "resilient_us": med_ours * 1e6,
         "ratio": med_ours / med_plain,
-        "round_ratio": statistics.median(o / p for o, p in zip(t_ours, t_plain)),
+        "round_ratio": statistics.median(o / p for o, p in zip(t_ours, t_plain, strict=True)),
         "overhead_us": (med_ours - med_plain) * 1e6,
     }
 

@@ -170,7 +170,7 @@ class ResilientSession(requests.Session):
         # requests pickles its own attributes (adapters included); we add what
         # rebuilds ours. Endpoint state (breakers, budgets, bulkheads, the stale
         # cache) starts afresh, as requests' connection pools do.
-        state = cast(dict[str, Any], super().__getstate__())
+        state = {attr: getattr(self, attr, None) for attr in self.__attrs__}  # as requests does
         listeners = self._bus.listeners[1:]  # the first is the built-in log listener
         state["_resilient"] = (self.config, self.clock, listeners, self._retry_if, self._rng)
         return state
@@ -178,7 +178,7 @@ class ResilientSession(requests.Session):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         config, clock, listeners, retry_if, rng = state.pop("_resilient")
-        for attr, value in state.items():  # what requests.Session.__setstate__ does
+        for attr, value in state.items():  # as requests.Session.__setstate__ does
             setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
 

@@ -157,7 +157,9 @@ class TestCookies:
 class TestRedirects:
     @pytest.mark.parametrize(("status", "method"), [(301, "GET"), (302, "GET"), (303, "GET"),
                                                     (307, "POST"), (308, "POST")])
-    def test_post_redirect_method_changes(self, s: ResilientSession, peer: Peer, status: int, method: str) -> None:
+    def test_post_redirect_method_changes(
+        self, s: ResilientSession, peer: Peer, status: int, method: str
+    ) -> None:
         """POST becomes GET (body dropped) on 301/302/303 and stays POST with its body on 307/308."""
         resp = s.post(peer.url(f"/r{status}"), data=b"payload")
         got = seen(resp)
@@ -250,7 +252,8 @@ class TestHooks:
         with responses.RequestsMock() as rsps:
             rsps.get("http://svc.test/x", status=503)
             rsps.get("http://svc.test/x", status=200)
-            resp = s.get("http://svc.test/x", hooks={"response": lambda r, *a, **k: seen_statuses.append(r.status_code)})
+            hook = lambda r, *a, **k: seen_statuses.append(r.status_code)  # noqa: E731
+            resp = s.get("http://svc.test/x", hooks={"response": hook})
         assert seen_statuses == [503, 200] and resp.attempts == 2  # type: ignore[attr-defined]
 
 
@@ -272,7 +275,9 @@ class RecordingHTTPAdapter(HTTPAdapter):
 
 
 class TestUserAdapters:
-    def test_a_mounted_adapter_subclass_is_used_with_policy_timeouts(self, s: ResilientSession, peer: Peer) -> None:
+    def test_a_mounted_adapter_subclass_is_used_with_policy_timeouts(
+        self, s: ResilientSession, peer: Peer
+    ) -> None:
         """A user's adapter mounted on a prefix serves those URLs, with finite timeouts capped by total."""
         adapter = RecordingHTTPAdapter()
         s.mount(peer.url("/echo"), adapter)
@@ -367,7 +372,8 @@ class TestExceptions:
         """The exceptions are the same objects in resilient_client and resilient_client.exceptions."""
         from resilient_client import exceptions
 
-        for name in ("ResilienceError", "CircuitOpenError", "DeadlineExceeded", "BulkheadFull", "ConfigError"):
+        names = ("ResilienceError", "CircuitOpenError", "DeadlineExceeded", "BulkheadFull", "ConfigError")
+        for name in names:
             assert getattr(exceptions, name) is getattr(resilient_client, name)
 
     def test_refused_connection_is_requests_connection_error(self) -> None:
@@ -388,7 +394,7 @@ class TestExceptions:
         assert isinstance(caught, CircuitOpenError) and peer.hits() == before
 
     def test_full_bulkhead_is_caught_as_request_exception(self, peer: Peer) -> None:
-        """With max_concurrent 1, an open streamed response holds the slot and the next call gets BulkheadFull."""
+        """With max_concurrent 1, an unread streamed response holds the slot: the next call is refused."""
         with ResilientSession({"defaults": {"bulkhead": {"max_concurrent": 1}}}) as session:
             held = session.get(peer.url("/big"), stream=True)
             with pytest.raises(requests.RequestException) as info:
@@ -445,7 +451,7 @@ class TestConfigSources:
         """A bad key raises ConfigError naming its path, a missing file names the file."""
         with pytest.raises(ConfigError, match=r"defaults\.timeout\.read"):
             ResilientSession({"defaults": {"timeout": {"read": 0}}})
-        with pytest.raises(ConfigError, match="nope.yaml"):
+        with pytest.raises(ConfigError, match=r"nope\.yaml"):
             ResilientSession(tmp_path / "nope.yaml")
 
 

@@ -78,7 +78,9 @@ class RecordingAdapter(HTTPAdapter):
         return resp
 
 
-def session_with(config: dict[str, Any] | None = None, **kwargs: Any) -> tuple[ResilientSession, RecordingAdapter]:
+def session_with(
+    config: dict[str, Any] | None = None, **kwargs: Any
+) -> tuple[ResilientSession, RecordingAdapter]:
     """A session (fake clock) whose http:// requests go to a RecordingAdapter."""
     clock = kwargs.pop("clock", None) or FakeClock()
     adapter = kwargs.pop("adapter", None) or RecordingAdapter(clock=clock)
@@ -87,7 +89,9 @@ def session_with(config: dict[str, Any] | None = None, **kwargs: Any) -> tuple[R
     return s, adapter
 
 
-def timeouts(total: float | None = 10.0, connect: float = 1.0, read: float = 5.0, **defaults: Any) -> dict[str, Any]:
+def timeouts(
+    total: float | None = 10.0, connect: float = 1.0, read: float = 5.0, **defaults: Any
+) -> dict[str, Any]:
     return {"defaults": {"timeout": {"connect": connect, "read": read, "total": total}, **defaults}}
 
 
@@ -121,7 +125,8 @@ class TestEveryRequestHasFiniteTimeouts:
 
     def test_endpoint_timeouts_apply_to_matching_urls_only(self) -> None:
         """An endpoint's timeout section applies to its URLs; others keep the defaults."""
-        config = {"endpoints": [{"name": "slow", "match": "http://slow.test/", "timeout": {"connect": 0.5, "read": 2}}]}
+        slow = {"name": "slow", "match": "http://slow.test/", "timeout": {"connect": 0.5, "read": 2}}
+        config = {"endpoints": [slow]}
         s, adapter = session_with(config)
         s.get("http://slow.test/x")
         s.get("http://fast.test/x")
@@ -208,8 +213,10 @@ class TestPerCallTimeout:
             s.get("http://svc.test/x", timeout=value)
         assert adapter.timeouts == []
 
-    @pytest.mark.parametrize(("value", "words"), [((1, 2, 3), "(connect, read)"), ("foo", "int, float or None"),
-                                                  (True, "int, float or None")])
+    @pytest.mark.parametrize(
+        ("value", "words"),
+        [((1, 2, 3), "(connect, read)"), ("foo", "int, float or None"), (True, "int, float or None")],
+    )
     def test_malformed_values_raise_like_requests(self, value: Any, words: str) -> None:
         """A wrong-length tuple or a non-number raises ValueError in requests' own words."""
         s, adapter = session_with()
@@ -219,7 +226,9 @@ class TestPerCallTimeout:
         assert adapter.timeouts == []
 
 
-def real_session(total: float | None, *, retry: Any = None, connect: float = 1.0, read: float = 5.0) -> ResilientSession:
+def real_session(
+    total: float | None, *, retry: Any = None, connect: float = 1.0, read: float = 5.0
+) -> ResilientSession:
     """A session on the real clock for loopback peers (no retry unless given)."""
     return ResilientSession(timeouts(total=total, connect=connect, read=read, retry=retry, breaker=None))
 

@@ -38,9 +38,9 @@ import requests.sessions
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # our tests/ dir, for peers.Blackhole
 
-from peers import Blackhole
+from peers import Blackhole  # noqa: E402
 
-import resilient_client
+import resilient_client  # noqa: E402
 
 CONFIGS: dict[str, Any] = {
     "keep": {
@@ -55,7 +55,6 @@ CONFIGS: dict[str, Any] = {
     "defaults": None,
 }
 
-_ORIGINAL = (requests.Session, requests.sessions.Session, requests.session, requests.sessions.session)
 _counts = {"sessions": 0, "sends": 0}
 _blackhole: Blackhole | None = None
 
@@ -93,7 +92,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config._resilient_swap = name  # type: ignore[attr-defined]
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     assert _blackhole is not None
     for item in items:
         module = getattr(item, "module", None)
