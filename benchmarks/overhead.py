@@ -2,9 +2,9 @@
 Per-call overhead of `ResilientSession.get` against `requests.Session.get`.
 
 Both sessions call the same loopback keep-alive server (stdlib
-ThreadingHTTPServer speaking HTTP/1.1, a 2-byte body), in interleaved
-rounds so that drift (CPU frequency, other load) hits both alike; the
-order within a round alternates. Reported: the median per-call time of each
+ThreadingHTTPServer speaking HTTP/1.1, a 2-byte body, in a child process),
+in interleaved rounds so that drift (CPU frequency, other load) hits both
+alike; the order within a round alternates. Reported: the median per-call time of each
 over the rounds, their ratio, and the median of the per-round ratios.
 
     python benchmarks/overhead.py                 # 15 rounds x 300 calls each
@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import multiprocessing
 import pstats
 import statistics
 import sys
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,12 +31,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package first
 
 import requests
+from requests.adapters import HTTPAdapter
 
 import resilient_client
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    # Headers and body leave in one write, with Nagle off: otherwise every
+    # call waits ~40 ms for a delayed ACK and the benchmark measures TCP.
+    wbufsize = 65536
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # the stdlib's name
         self.send_response(200)
@@ -49,6 +54,37 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _serve(port_out: Any) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    port_out.send(server.server_address[1])
+    server.serve_forever()
+
+
+def start_server() -> tuple[multiprocessing.Process, str]:
+    """The keep-alive server in a child process (stopped by terminate()); returns it and a URL."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_serve, args=(send,), daemon=True)
+    proc.start()
+    if not receive.poll(30):
+        proc.terminate()
+        raise RuntimeError("the benchmark server did not start within 30 s")
+    return proc, f"http://127.0.0.1:{receive.recv()}/item"
+
+
+class _StubAdapter(HTTPAdapter):
+    """Answers at once without a network: isolates the per-call cost of the session layers."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        resp = requests.Response()
+        resp.status_code = 200
+        resp._content = b"ok"
+        resp.url = request.url or ""
+        resp.request = request
+        return resp
+
+
 def _time_calls(session: requests.Session, url: str, calls: int) -> float:
     """Seconds per call, over *calls* sequential GETs."""
     get = session.get
@@ -58,9 +94,12 @@ def _time_calls(session: requests.Session, url: str, calls: int) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def measure(url: str, rounds: int, calls: int, config: Any) -> dict[str, Any]:
+def measure(url: str, rounds: int, calls: int, config: Any, *, stub: bool = False) -> dict[str, Any]:
     plain = requests.Session()
     ours = resilient_client.ResilientSession(config)
+    if stub:
+        for s in (plain, ours):
+            s.mount("http://", _StubAdapter())
     for s in (plain, ours):  # warm up: connection open, routes cached
         _time_calls(s, url, 50)
     t_plain: list[float] = []
@@ -105,31 +144,30 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.rounds <= 1000 and 1 <= args.calls <= 100_000):
         parser.error("rounds must be in 1..1000 and calls in 1..100000")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/item"
+    # The server runs in its own process: in this one it would share the GIL
+    # with the client and add noise to what is measured.
+    server, url = start_server()
     try:
         if args.profile:
             print(profile(url, args.calls * args.rounds, None))
             return 0
         print(f"python {sys.version.split()[0]}, requests {requests.__version__}, "
               f"{args.rounds} interleaved rounds x {args.calls} keep-alive GETs per session")
-        for label, config in (
-            ("built-in defaults", None),
-            ("retry/breaker/budget/bulkhead off, no total",
-             {"defaults": {"retry": None, "breaker": None, "budget": None, "bulkhead": None,
-                           "timeout": {"total": None}}}),
+        off = {"defaults": {"retry": None, "breaker": None, "budget": None, "bulkhead": None,
+                            "timeout": {"total": None}}}
+        for label, config, stub in (
+            ("built-in defaults", None, False),
+            ("retry/breaker/budget/bulkhead off, no total", off, False),
+            ("built-in defaults, no network (stub adapter)", None, True),
         ):
-            m = measure(url, args.rounds, args.calls, config)
-            print(f"{label:<45} requests.Session.get {m['requests_us']:7.1f} us/call   "
+            m = measure(url, args.rounds, args.calls, config, stub=stub)
+            print(f"{label:<46} requests.Session.get {m['requests_us']:7.1f} us/call   "
                   f"ResilientSession.get {m['resilient_us']:7.1f} us/call   "
                   f"ratio {m['ratio']:.3f} (per-round median {m['round_ratio']:.3f}), "
                   f"+{m['overhead_us']:.1f} us/call")
     finally:
-        server.shutdown()
-        server.server_close()
+        server.terminate()
+        server.join(timeout=5)
     return 0
 
 
