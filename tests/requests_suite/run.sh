@@ -5,6 +5,7 @@
 #
 #   bash tests/requests_suite/run.sh            # behaviour-keeping config (CI)
 #   bash tests/requests_suite/run.sh defaults   # the built-in defaults (informational)
+#   bash tests/requests_suite/run.sh none       # plain requests, no swap (reference)
 #
 # It downloads the requests source distribution matching the installed
 # version (or uses $REQUESTS_SDIST, a .tar.gz path), extracts it to a temp
