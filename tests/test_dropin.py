@@ -411,6 +411,11 @@ class TestExceptions:
         with pytest.raises(exc):
             s.get(url)
 
+    def test_sending_an_unprepared_request_raises_value_error(self, s: ResilientSession) -> None:
+        """send() of a Request that was not prepared raises requests' own ValueError."""
+        with pytest.raises(ValueError, match="You can only send PreparedRequests"):
+            s.send(requests.Request("GET", "http://svc.test/"))  # type: ignore[arg-type]
+
     def test_raise_for_status_is_unchanged(self, s: ResilientSession, peer: Peer) -> None:
         """raise_for_status raises requests' HTTPError for a 4xx."""
         with pytest.raises(requests.HTTPError):

@@ -145,7 +145,7 @@ class TestEveryRequestHasFiniteTimeouts:
         retry = {"attempts": 3, "backoff": {"initial": 0.1, "jitter": "none"}}
         s, _ = session_with(timeouts(total=2.0, read=5.0, retry=retry), clock=clock, adapter=adapter)
         resp = s.get("http://svc.test/x")
-        assert resp.status_code == 200 and resp.attempts == 2
+        assert resp.status_code == 200 and resp.attempts == 2  # type: ignore[attr-defined]
         assert adapter.timeouts[0] == (1.0, 2.0)
         assert adapter.timeouts[1] == pytest.approx((0.7, 0.7))
 
@@ -360,7 +360,7 @@ class TestBackoffAndTheDeadline:
         resp = s.get("http://svc.test/x")
         # 1st try at t=0, sleep 1.0, 2nd try at t=1.0; the next sleep (2.0) would end past 2.5.
         assert clock.sleeps == [1.0]
-        assert resp.status_code == 503 and resp.attempts == 2
+        assert resp.status_code == 503 and resp.attempts == 2  # type: ignore[attr-defined]
 
     def test_retry_after_past_total_is_not_slept(self) -> None:
         """A Retry-After longer than what is left of total returns the response at once."""
@@ -368,7 +368,7 @@ class TestBackoffAndTheDeadline:
         adapter = RecordingAdapter(statuses=(503,), headers={"Retry-After": "5"}, clock=clock)
         s, _ = session_with(timeouts(total=2.0), clock=clock, adapter=adapter)
         resp = s.get("http://svc.test/x")
-        assert clock.sleeps == [] and resp.attempts == 1 and resp.status_code == 503
+        assert clock.sleeps == [] and resp.attempts == 1 and resp.status_code == 503  # type: ignore[attr-defined]
 
     def test_without_total_backoff_runs_all_attempts(self) -> None:
         """With total null the same policy sleeps between every attempt."""
@@ -376,7 +376,7 @@ class TestBackoffAndTheDeadline:
         adapter = RecordingAdapter(statuses=(503,), clock=clock)
         retry = {"attempts": 3, "backoff": {"initial": 1.0, "multiplier": 2.0, "jitter": "none"}}
         s, _ = session_with(timeouts(total=None, retry=retry), clock=clock, adapter=adapter)
-        assert s.get("http://svc.test/x").attempts == 3
+        assert s.get("http://svc.test/x").attempts == 3  # type: ignore[attr-defined]
         assert clock.sleeps == [1.0, 2.0]
 
 
@@ -421,3 +421,29 @@ class TestStreaming:
             resp.close()
         assert not isinstance(info.value, DeadlineExceeded)
         assert "Read timed out" in str(info.value)
+
+
+class TestDeadlineReader:
+    def test_connection_close_body_is_read_in_full(self) -> None:
+        """A `Connection: close` body is read in full under a deadline (the socket outlives the close)."""
+        body = b"y" * 70_000  # several reads
+        with Peer() as peer:
+            peer.on("/close", answer(200, body, keep_alive=False))
+            s = real_session(2.0)
+            resp = s.get(peer.url("/close"))
+            streamed = s.get(peer.url("/close"), stream=True)
+            assert resp.content == body and streamed.content == body
+            assert peer.connections == 2
+
+    def test_socks_proxies_get_socks_pools_with_the_deadline_reader(self) -> None:
+        """Through a SOCKS proxy our adapter keeps SOCKS connections and still enforces the deadline."""
+        pytest.importorskip("socks")
+        from urllib3.contrib.socks import SOCKSConnection, SOCKSHTTPConnectionPool
+
+        from resilient_client._deadline import DeadlineAdapter, _DeadlineHTTPResponse
+
+        manager = DeadlineAdapter().proxy_manager_for("socks5://127.0.0.1:1080")
+        pool = manager.pool_classes_by_scheme["http"]
+        assert issubclass(pool, SOCKSHTTPConnectionPool)
+        assert issubclass(pool.ConnectionCls, SOCKSConnection)
+        assert pool.ConnectionCls.response_class is _DeadlineHTTPResponse
