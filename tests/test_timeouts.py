@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 import responses
-from peers import Blackhole, Peer, answer, drip_body, drip_headers, hang, refused_port
+from peers import Blackhole, Peer, answer, drip_body, drip_headers, hang, redirect, refused_port
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout as Urllib3Timeout
 
@@ -122,6 +122,14 @@ class TestEveryRequestHasFiniteTimeouts:
         s.request("GET", "http://svc.test/a")
         s.send(s.prepare_request(requests.Request("GET", "http://svc.test/b")))
         assert adapter.timeouts == [(1.0, 5.0), (1.0, 5.0)]
+
+    def test_redirect_hops_leave_with_finite_timeouts(self) -> None:
+        """Each redirect hop reaches the adapter with the attempt's finite timeouts."""
+        adapter = RecordingAdapter(statuses=(302, 302, 200), headers={"Location": "/next"})
+        s, _ = session_with(adapter=adapter)
+        resp = s.get("http://svc.test/x")
+        assert [r.status_code for r in resp.history] == [302, 302]
+        assert adapter.timeouts == [(1.0, 5.0)] * 3
 
     def test_endpoint_timeouts_apply_to_matching_urls_only(self) -> None:
         """An endpoint's timeout section applies to its URLs; others keep the defaults."""
@@ -287,6 +295,17 @@ class TestDeadlineAgainstRealPeers:
             late = lateness(started, 0.5, "drip headers")
         assert -0.01 <= late < LATE
         assert isinstance(info.value.__cause__, requests.Timeout)
+
+    def test_total_covers_redirect_hops(self) -> None:
+        """A redirect to a hanging path is stopped by total: the hops are inside the call's deadline."""
+        with Peer() as peer:
+            peer.on("/go", redirect("/hang"))
+            peer.on("/hang", hang())
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                real_session(0.3).get(peer.url("/go"))
+            assert lateness(started, 0.3, "redirect to hang") < LATE
+            assert peer.hits("/go") == peer.hits("/hang") == 1
 
     def test_connect_timeout_is_capped_by_total(self) -> None:
         """A connect that would wait 5 s is cut at total, with the connect timeout as the cause."""
