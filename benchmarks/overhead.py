@@ -4,8 +4,10 @@ Per-call overhead of `ResilientSession.get` against `requests.Session.get`.
 Both sessions call the same loopback keep-alive server (stdlib
 ThreadingHTTPServer speaking HTTP/1.1, a 2-byte body, in a child process),
 in interleaved rounds so that drift (CPU frequency, other load) hits both
-alike; the order within a round alternates. Reported: the median per-call time of each
-over the rounds, their ratio, and the median of the per-round ratios.
+alike; the order within a round alternates. Reported: the median per-call wall time of
+each over the rounds, their ratio, the median of the per-round ratios, and
+the same ratio of the client process's CPU time (less sensitive to other
+load on the machine).
 
     python benchmarks/overhead.py                 # 15 rounds x 300 calls each
     python benchmarks/overhead.py --rounds 31 --calls 500
@@ -85,13 +87,17 @@ class _StubAdapter(HTTPAdapter):
         return resp
 
 
-def _time_calls(session: requests.Session, url: str, calls: int) -> float:
-    """Seconds per call, over *calls* sequential GETs."""
+def _time_calls(session: requests.Session, url: str, calls: int, cpu: list[float] | None = None) -> float:
+    """Wall seconds per call over *calls* sequential GETs; appends CPU seconds per call to *cpu*."""
     get = session.get
+    cpu_started = time.process_time()  # this process only: the server is another one
     started = time.perf_counter()
     for _ in range(calls):
         get(url).content  # noqa: B018 - the body is part of the call
-    return (time.perf_counter() - started) / calls
+    wall = (time.perf_counter() - started) / calls
+    if cpu is not None:
+        cpu.append((time.process_time() - cpu_started) / calls)
+    return wall
 
 
 def measure(url: str, rounds: int, calls: int, config: Any, *, stub: bool = False) -> dict[str, Any]:
@@ -104,19 +110,24 @@ def measure(url: str, rounds: int, calls: int, config: Any, *, stub: bool = Fals
         _time_calls(s, url, 50)
     t_plain: list[float] = []
     t_ours: list[float] = []
+    c_plain: list[float] = []
+    c_ours: list[float] = []
     for r in range(rounds):
-        pair = [(plain, t_plain), (ours, t_ours)]
-        for session, out in pair if r % 2 == 0 else reversed(pair):
-            out.append(_time_calls(session, url, calls))
+        pair = [(plain, t_plain, c_plain), (ours, t_ours, c_ours)]
+        for session, out, cpu in pair if r % 2 == 0 else reversed(pair):
+            out.append(_time_calls(session, url, calls, cpu))
     plain.close()
     ours.close()
     med_plain, med_ours = statistics.median(t_plain), statistics.median(t_ours)
+    cpu_plain, cpu_ours = statistics.median(c_plain), statistics.median(c_ours)
     return {
         "requests_us": med_plain * 1e6,
         "resilient_us": med_ours * 1e6,
         "ratio": med_ours / med_plain,
         "round_ratio": statistics.median(o / p for o, p in zip(t_ours, t_plain, strict=True)),
         "overhead_us": (med_ours - med_plain) * 1e6,
+        "cpu_ratio": cpu_ours / cpu_plain,
+        "cpu_overhead_us": (cpu_ours - cpu_plain) * 1e6,
     }
 
 
@@ -161,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             ("built-in defaults, no network (stub adapter)", None, True),
         ):
             m = measure(url, args.rounds, args.calls, config, stub=stub)
-            print(f"{label:<46} requests.Session.get {m['requests_us']:7.1f} us/call   "
-                  f"ResilientSession.get {m['resilient_us']:7.1f} us/call   "
+            print(f"{label}\n    wall: requests.Session.get {m['requests_us']:7.1f} us/call, "
+                  f"ResilientSession.get {m['resilient_us']:7.1f} us/call, "
                   f"ratio {m['ratio']:.3f} (per-round median {m['round_ratio']:.3f}), "
-                  f"+{m['overhead_us']:.1f} us/call")
+                  f"{m['overhead_us']:+.1f} us/call\n"
+                  f"    client CPU: ratio {m['cpu_ratio']:.3f}, {m['cpu_overhead_us']:+.1f} us/call")
     finally:
         server.terminate()
         server.join(timeout=5)
