@@ -26,13 +26,16 @@ EXTRAS["test"] = [
     # TOML config files on Python 3.10 (3.11+ has tomllib).
     *EXTRAS["toml"],
 ]
+# What tests/requests_suite/run.sh needs to run requests' own test suite
+# (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
+EXTRAS["requests-suite"] = ["pytest-httpbin>=2.1", "httpbin>=0.10", "trustme", "pytest-mock", "PySocks"]
 # STYLE.md names the test extra `tests`; both spellings work.
 EXTRAS["tests"] = EXTRAS["test"]
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
 EXTRAS["docs"] = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
 # Every optional runtime feature, without the developer tools.
 EXTRAS["all"] = sorted(
-    {d for k, v in EXTRAS.items() if k not in ("test", "tests", "lint", "docs") for d in v}
+    {d for k, v in EXTRAS.items() if k not in ("test", "tests", "lint", "docs", "requests-suite") for d in v}
 )
 
 setup(

@@ -35,6 +35,9 @@ class _SystemClock:
     def __repr__(self) -> str:
         return "SYSTEM_CLOCK"
 
+    def __reduce__(self) -> str:
+        return "SYSTEM_CLOCK"  # unpickles as the module's singleton
+
 
 #: The clock used when none is given.
 SYSTEM_CLOCK: Clock = _SystemClock()

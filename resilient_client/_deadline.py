@@ -62,20 +62,29 @@ class Deadline:
 
 
 class _Arm:
-    """What one attempt's responses read against; ``deadline`` None = disarmed."""
+    """
+    What one attempt's responses read against; ``deadline`` None = disarmed.
+    ``read_timeout`` is the attempt's read timeout before the deadline capped
+    it: what a disarmed (streamed) body read gets.
+    """
 
-    __slots__ = ("deadline",)
+    __slots__ = ("deadline", "read_timeout")
 
-    def __init__(self, deadline: Deadline | None) -> None:
+    def __init__(self, deadline: Deadline | None, read_timeout: float | None = None) -> None:
         self.deadline = deadline
+        self.read_timeout = read_timeout
 
 
 _local = threading.local()
 
 
-def arm(deadline: Deadline) -> _Arm:
-    """Make responses built on this thread, until `disarm`, read against *deadline*."""
-    a = _Arm(deadline)
+def arm(deadline: Deadline, read_timeout: float | None = None) -> _Arm:
+    """
+    Make responses built on this thread, until `disarm`, read against
+    *deadline*; once disarmed, their reads get *read_timeout* (None: the
+    socket's timeout when the response was built).
+    """
+    a = _Arm(deadline, read_timeout)
     _local.arm = a
     return a
 
@@ -98,9 +107,10 @@ def disarm(a: _Arm) -> None:
 class _DeadlineReader(io.RawIOBase):
     """A socket reader that refuses to wait past the armed deadline."""
 
-    def __init__(self, sock: socket.socket, a: _Arm) -> None:
+    def __init__(self, sock: socket.socket, raw: io.RawIOBase, a: _Arm) -> None:
         super().__init__()
         self._sock = sock
+        self._raw = raw
         self._arm = a
         # urllib3 set the read timeout on the socket just before building the response.
         self._read_timeout = sock.gettimeout()
@@ -108,7 +118,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: Any) -> int:
+    def readinto(self, b: Any) -> int | None:
         d = self._arm.deadline
         if d is not None:
             left = d.remaining()
@@ -116,14 +126,19 @@ class _DeadlineReader(io.RawIOBase):
                 raise TimeoutError("total deadline passed while reading the response")
             rt = self._read_timeout
             self._sock.settimeout(left if rt is None or left < rt else rt)
-        elif self._read_timeout is not None:
-            # Disarmed (a streamed body read by the caller): back to the read timeout.
-            self._sock.settimeout(self._read_timeout)
-        return self._sock.recv_into(b)
+        else:
+            # Disarmed (a streamed body read by the caller): back to the read
+            # timeout, uncapped by the deadline that no longer applies.
+            rt = self._arm.read_timeout or self._read_timeout
+            if rt is not None:
+                self._sock.settimeout(rt)
+        return self._raw.readinto(b)
 
     def close(self) -> None:
-        # The connection owns the socket; closing the response's reader must not close it.
-        self._sock = None  # type: ignore[assignment]
+        # Closing the socket's own reader drops the reference it holds: the
+        # socket itself closes only when the connection has closed it too.
+        if not self.closed:
+            self._raw.close()
         super().close()
 
 
@@ -137,7 +152,12 @@ class _DeadlineSocket:
         self._arm = a
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._arm))
+        # The socket's own unbuffered reader counts as a reference to the
+        # socket, as http.client expects: when a response says
+        # "Connection: close", the connection closes its socket at once and
+        # the body is still read through this reference.
+        raw = self._sock.makefile("rb", buffering=0)
+        return io.BufferedReader(_DeadlineReader(self._sock, raw, self._arm))
 
 
 class _DeadlineHTTPResponse(http.client.HTTPResponse):
@@ -166,6 +186,28 @@ class HTTPSConnectionPool(_pools.HTTPSConnectionPool):
 
 
 _POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+_socks_pools: dict[str, type] = {}
+
+
+def _socks_pool_classes() -> dict[str, type]:
+    """The SOCKS pools with our response class; built on first use (PySocks is optional)."""
+    if not _socks_pools:
+        from urllib3.contrib import socks
+
+        class _SOCKSConnection(socks.SOCKSConnection):
+            response_class = _DeadlineHTTPResponse
+
+        class _SOCKSHTTPSConnection(socks.SOCKSHTTPSConnection):
+            response_class = _DeadlineHTTPResponse
+
+        class SOCKSHTTPConnectionPool(socks.SOCKSHTTPConnectionPool):
+            ConnectionCls = _SOCKSConnection
+
+        class SOCKSHTTPSConnectionPool(socks.SOCKSHTTPSConnectionPool):
+            ConnectionCls = _SOCKSHTTPSConnection
+
+        _socks_pools.update(http=SOCKSHTTPConnectionPool, https=SOCKSHTTPSConnectionPool)
+    return _socks_pools
 
 
 class DeadlineAdapter(HTTPAdapter):
@@ -183,5 +225,8 @@ class DeadlineAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
         manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _POOL_CLASSES
+        # A SOCKS manager needs SOCKS connections (they take _socks_options):
+        # swapping in plain pools would break it.
+        socks = proxy.lower().startswith("socks")
+        manager.pool_classes_by_scheme = _socks_pool_classes() if socks else _POOL_CLASSES
         return manager

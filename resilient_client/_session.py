@@ -137,9 +137,26 @@ class ResilientSession(requests.Session):
         rng: random.Random | None = None,
     ) -> None:
         super().__init__()
-        self.config: Config = Config.load(config)
-        self.clock: Clock = clock or SYSTEM_CLOCK
-        self._bus = EventBus(list(listeners))
+        self._setup(Config.load(config), clock or SYSTEM_CLOCK, list(listeners), retry_if, rng)
+        # Our adapters enforce the deadline on every socket read; max_retries
+        # stays 0 so that this session is the only retry layer.
+        self.mount("https://", DeadlineAdapter())
+        self.mount("http://", DeadlineAdapter())
+        for hook in tuple(_NEW_SESSION_HOOKS):
+            hook(self, clock, rng)
+
+    def _setup(
+        self,
+        config: Config,
+        clock: Clock,
+        listeners: list[Callable[[Event], None]],
+        retry_if: RetryPredicate | None,
+        rng: random.Random | None,
+    ) -> None:
+        """Build what is not requests': shared by __init__ and unpickling."""
+        self.config: Config = config
+        self.clock: Clock = clock
+        self._bus = EventBus(listeners)
         self._retry_if = retry_if
         self._rng = rng
         self._router = Router(self.config.endpoints, self.config.defaults)
@@ -148,12 +165,22 @@ class ResilientSession(requests.Session):
         self._retryings: dict[int, tenacity.Retrying | None] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        # Our adapters enforce the deadline on every socket read; max_retries
-        # stays 0 so that this session is the only retry layer.
-        self.mount("https://", DeadlineAdapter())
-        self.mount("http://", DeadlineAdapter())
-        for hook in tuple(_NEW_SESSION_HOOKS):
-            hook(self, clock, rng)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # requests pickles its own attributes (adapters included); we add what
+        # rebuilds ours. Endpoint state (breakers, budgets, bulkheads, the stale
+        # cache) starts afresh, as requests' connection pools do.
+        state = {attr: getattr(self, attr, None) for attr in self.__attrs__}  # as requests does
+        listeners = self._bus.listeners[1:]  # the first is the built-in log listener
+        state["_resilient"] = (self.config, self.clock, listeners, self._retry_if, self._rng)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        config, clock, listeners, retry_if, rng = state.pop("_resilient")
+        for attr, value in state.items():  # as requests.Session.__setstate__ does
+            setattr(self, attr, value)
+        self._setup(config, clock, list(listeners), retry_if, rng)
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
@@ -266,6 +293,8 @@ class ResilientSession(requests.Session):
         """
         Send *request* through its endpoint's policy (requests' signature).
         """
+        if not isinstance(request, requests.PreparedRequest):
+            raise ValueError("You can only send PreparedRequests.")  # requests' own check and words
         if getattr(self._local, "in_attempt", False):
             # A redirect hop inside an attempt: it already runs under that
             # attempt's timeouts and deadline.
@@ -394,7 +423,7 @@ class ResilientSession(requests.Session):
         kwargs = call.kwargs
         kwargs["timeout"] = (connect, read)
         started = self.clock.monotonic()
-        a = arm(deadline) if deadline is not None else None
+        a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
         self._local.in_attempt = True
         try:
@@ -598,7 +627,8 @@ def _finite(name: str, value: object, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} timeout must be a number, got {value!r}")
+        # urllib3's own wording, which callers may match on.
+        raise ValueError(f"Timeout value {name} was {value!r}, but it must be an int, float or None.")
     if math.isnan(value) or math.isinf(value) or value <= 0:
         raise ValueError(f"{name} timeout must be a finite number > 0, got {value!r}")
     return float(value)
