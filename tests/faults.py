@@ -52,6 +52,7 @@ __all__ = [
     "FAULTS",
     "RETRY_AFTER_FORMS",
     "Fault",
+    "Switch",
     "FaultPeer",
     "client_sockets",
     "delay",
@@ -301,6 +302,19 @@ def flap(*behaviours: Behaviour, every: int = 1, period: float | None = None) ->
     requests each, or *period* seconds each.
     """
     return _Flap(behaviours or (server_error(503), answer(200, b"ok")), every, period)
+
+
+class Switch:
+    """A behaviour that plays whichever behaviour it was last switched `to` (thread-safe)."""
+
+    def __init__(self, initial: Behaviour) -> None:
+        self._current = initial
+
+    def to(self, behaviour: Behaviour) -> None:
+        self._current = behaviour  # one reference swap: atomic for readers
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        return self._current.serve(conn, request)
 
 
 # -- the table of fault kinds ------------------------------------------------------------
