@@ -52,8 +52,8 @@ __all__ = [
     "FAULTS",
     "RETRY_AFTER_FORMS",
     "Fault",
-    "Switch",
     "FaultPeer",
+    "Switch",
     "client_sockets",
     "delay",
     "flap",
@@ -367,6 +367,7 @@ def _faults() -> list[Fault]:
     from resilient_client import DeadlineExceeded
 
     conn_err = requests.ConnectionError
+    broken = requests.exceptions.ChunkedEncodingError  # the body was cut off
     faults = [
         Fault("refuse", None, conn_err, "before_send"),
         Fault("hang", hang_until_gone, requests.ReadTimeout, "after_send"),
@@ -375,9 +376,9 @@ def _faults() -> list[Fault]:
         Fault("drip-body", lambda: drip_body(b"x" * 400, 0.02), DeadlineExceeded, "final"),
         Fault("reset-before-answer", lambda: reset(), conn_err, "after_send"),
         Fault("reset-mid-headers", reset_mid_headers, conn_err, "after_send"),
-        Fault("reset-mid-body", lambda: reset(mid_response=True), requests.exceptions.ChunkedEncodingError, "after_send"),
+        Fault("reset-mid-body", lambda: reset(mid_response=True), broken, "after_send"),
         Fault("close-early", lambda: close_early(after_headers=False), conn_err, "after_send"),
-        Fault("truncated-body", truncated, requests.exceptions.ChunkedEncodingError, "after_send"),
+        Fault("truncated-body", truncated, broken, "after_send"),
         Fault("garbage", garbage, conn_err, "after_send"),
         Fault("oversized-headers", oversized_headers, conn_err, "after_send"),
         Fault("500", lambda: server_error(500), 500, "final"),

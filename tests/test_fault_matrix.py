@@ -289,7 +289,7 @@ class TestFaultMatrix:
     @pytest.mark.parametrize("row_id", IDS)
     def test_row(self, matrix: dict[str, Row], row_id: str) -> None:
         """
-        A row ends with the contract's outcome, peer hits and attempts, in time, without leaks or leaked secrets.
+        A row ends with the contract's outcome, hits and attempts, in time, leaking no connection or secret.
         """
         row = matrix[row_id]
         assert row.crash is None, row.crash
@@ -333,7 +333,7 @@ class TestFaultMatrix:
 
     def test_the_rows_exercise_every_outcome(self) -> None:
         """
-        The derived expectations include each typed exception, a retried success, a fallback and an open breaker.
+        The expectations include each typed exception, a retried success, a fallback and an open breaker.
         """
         outcomes = {expect(f, m, c).outcome for f, m, c in ROWS}
         for kind in (CircuitOpenError, DeadlineExceeded, requests.ReadTimeout,

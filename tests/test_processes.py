@@ -99,7 +99,7 @@ def window(calls: list[tuple[float, str, float]], lo: float, hi: float) -> list[
 class TestProcessesShareABreakerThroughRedis:
     def test_service_keeps_answering_while_redis_dies_and_returns(self, redis_server: RedisServer) -> None:
         """
-        Three processes keep answering while Redis is killed and restarted, and forced opens reach all of them.
+        Three processes keep answering while Redis dies and returns; forced opens reach all of them.
         """
         redis_url = redis_server.url
         switch = Switch(answer(200, b"ok"))
