@@ -22,9 +22,9 @@ Every row asserts the outcome (a typed exception or the fallback), the
 requests that reached the peer, that the call ended within the deadline plus
 `SLACK`, that no connection stayed open on the peer and the client created
 no more connections than it made attempts, that a write without a key
-reached the peer at most once, and that the secrets (Authorization and the
-``token`` query parameter) appear in no log record, event, exception message
-or repr.
+reached the peer at most once, and that the secrets (Authorization, Cookie,
+the configured secret header ``X-Api-Key`` and the secret query parameter
+``token``) appear in no log record, event, exception message or repr.
 
 The rows run concurrently (`WORKERS` at a time) in a module fixture, each in
 a thread named after it, so that the matrix takes seconds; each test then
@@ -55,7 +55,9 @@ SLACK = 0.3
 WORKERS = 12
 AUTH_SECRET = "s3cr3t-bearer-9f2c71"
 QUERY_SECRET = "qs-secret-41d07e"
-SECRETS = (AUTH_SECRET, QUERY_SECRET)
+COOKIE_SECRET = "sid-secret-c00k1e"
+HEADER_SECRET = "api-key-secret-77aa"
+SECRETS = (AUTH_SECRET, QUERY_SECRET, COOKIE_SECRET, HEADER_SECRET)
 FALLBACK_TEXT = "served-by-fallback"
 ON_STATUS = frozenset({429, 502, 503, 504})
 FAILURE_STATUS = frozenset({500, 502, 503, 504})
@@ -83,7 +85,7 @@ def config(column: str) -> dict[str, Any]:
         defaults["breaker"] = {"failure_threshold": THRESHOLD, "reset_timeout": 30.0}
     if column == "fallback":
         defaults["fallback"] = {"status": 200, "text": FALLBACK_TEXT}
-    return {"defaults": defaults, "secrets": {"query": ["token"]}}
+    return {"defaults": defaults, "secrets": {"query": ["token"], "headers": ["X-Api-Key"]}}
 
 
 # -- what the contract says a row must produce ---------------------------------------
@@ -161,7 +163,11 @@ def _body() -> Iterator[bytes]:
 
 
 def call(session: ResilientSession, url: str, method: str) -> requests.Response:
-    headers = {"Authorization": f"Bearer {AUTH_SECRET}"}
+    headers = {
+        "Authorization": f"Bearer {AUTH_SECRET}",
+        "Cookie": f"sid={COOKIE_SECRET}",
+        "X-Api-Key": HEADER_SECRET,
+    }
     params = {"token": QUERY_SECRET, "page": "1"}
     if method == "GET":
         return session.get(url, params=params, headers=headers)
