@@ -11,7 +11,9 @@ Rows are ``<fault>-<method>-<column>``:
   with a generator body (chunked, so it cannot be replayed);
 * column: ``plain`` (no breaker, no fallback), ``breaker``
   (``failure_threshold: 2``), ``fallback`` (the same breaker and a static
-  fallback).
+  fallback). When a call leaves the breaker open, the row makes a second
+  call, which must be refused (`CircuitOpenError`, or the fallback with
+  ``attempts == 0``) without reaching the peer.
 
 The expected outcome of a row is not written by hand: `expect` derives it
 from the contract's rules (what is retried, when the breaker opens, when the
@@ -48,11 +50,13 @@ from faults import FAULTS, Fault, FaultPeer, refused_url
 from resilient_client import CircuitOpenError, DeadlineExceeded, Event, ResilientSession
 
 #: The matrix's deadline: small, so that drips and hangs end fast.
-TOTAL = 0.5
+TOTAL = 1.0
 #: How late past the deadline a call may end (scheduling on a busy 2-core box).
 SLACK = 0.3
-#: Rows run at once.
-WORKERS = 12
+#: Rows run at once. The read timeout leaves room for a peer thread that a
+#: busy 2-core box schedules late: a row must not time out where it should reset.
+WORKERS = 8
+READ = 0.2
 AUTH_SECRET = "s3cr3t-bearer-9f2c71"
 QUERY_SECRET = "qs-secret-41d07e"
 COOKIE_SECRET = "sid-secret-c00k1e"
@@ -71,7 +75,7 @@ COLUMNS = ("plain", "breaker", "fallback")
 def config(column: str) -> dict[str, Any]:
     """The session config of a column: small timeouts, tiny backoff, no budget."""
     defaults: dict[str, Any] = {
-        "timeout": {"connect": 0.2, "read": 0.1, "total": TOTAL},
+        "timeout": {"connect": 0.2, "read": READ, "total": TOTAL},
         "retry": {
             "attempts": ATTEMPTS,
             "backoff": {"initial": 0.001, "max": 0.004, "jitter": "none"},
@@ -93,11 +97,16 @@ def config(column: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Expected:
-    """``outcome`` is an exception class, an HTTP status, or ``"fallback"``."""
+    """
+    ``outcome`` is an exception class, an HTTP status, or ``"fallback"``;
+    ``opened`` says whether the call left the breaker open, so that the
+    next call is refused without touching the network.
+    """
 
     outcome: type[BaseException] | int | str
     hits: int
     attempts: int
+    opened: bool = False
 
 
 def _replays(method: str) -> bool:
@@ -112,27 +121,24 @@ def expect(fault: Fault, method: str, column: str) -> Expected:
     attempts = consecutive = 0
     outcome: type[BaseException] | int = fault.attempt
     for i in range(ATTEMPTS):
-        if breaker and consecutive >= THRESHOLD:
-            outcome = CircuitOpenError  # an open breaker also stops the remaining retries
-            break
         outcome = sequence[i % len(sequence)]
         attempts += 1
         failed = not isinstance(outcome, int) or outcome in FAILURE_STATUS
         consecutive = consecutive + 1 if failed else 0
         if isinstance(outcome, int):
-            retry = (
-                outcome in ON_STATUS and _replays(method) and fault.retry_after_ok
-            )
+            retry = outcome in ON_STATUS and _replays(method) and fault.retry_after_ok
         elif outcome is DeadlineExceeded:
             retry = False
         else:
             retry = fault.phase == "before_send" or _replays(method)
-        if not retry:
-            break
+        if not retry or (breaker and consecutive >= THRESHOLD):
+            break  # an open breaker stops the retries: the last attempt's outcome is the call's
+    opened = breaker and consecutive >= THRESHOLD
     failed = not isinstance(outcome, int) or outcome in FAILURE_STATUS
+    hits = attempts if fault.make else 0
     if column == "fallback" and failed:
-        return Expected("fallback", attempts if fault.make else 0, attempts)
-    return Expected(outcome, attempts if fault.make else 0, attempts)
+        return Expected("fallback", hits, attempts, opened)
+    return Expected(outcome, hits, attempts, opened)
 
 
 # -- running a row ------------------------------------------------------------------------
@@ -145,6 +151,9 @@ class Row:
     column: str
     id: str
     result: requests.Response | BaseException | None = None
+    #: A second call, made only when the first left the breaker open.
+    second: requests.Response | BaseException | None = None
+    hits_after_second: int = 0
     elapsed: float = 0.0
     hits: int = 0
     bodies: int = 0
@@ -212,6 +221,12 @@ def run_row(row: Row) -> None:
                 row.result = exc
             row.elapsed = time.monotonic() - started
             row.hits = peer.hits("/r")
+            if expect(row.fault, row.method, row.column).opened:
+                try:
+                    row.second = call(session, url, row.method)
+                except Exception as exc:
+                    row.second = exc
+                row.hits_after_second = peer.hits("/r")
             row.bodies = peer.bodies("/r")
             row.open_after = peer.wait_open_at_most(1, timeout=1.0)
             row.max_open = peer.max_open
@@ -220,10 +235,11 @@ def run_row(row: Row) -> None:
             row.client_connections = sum(
                 getattr(pools[key], "num_connections", 0) for key in pools.keys()  # noqa: SIM118
             )
-            if isinstance(row.result, BaseException):
-                row.texts += _exception_texts(row.result)
-            else:
-                row.texts += [repr(row.result), str(row.result.headers)]
+            for result in (row.result, row.second):
+                if isinstance(result, BaseException):
+                    row.texts += _exception_texts(result)
+                elif result is not None:
+                    row.texts += [repr(result), str(result.headers)]
             row.texts += [repr(e) for e in row.events]
             row.texts.append(repr(session))
         finally:
@@ -313,6 +329,16 @@ class TestFaultMatrix:
         else:
             assert type(got) is want.outcome, repr(got)
         assert row.hits == want.hits
+        # A call that left the breaker open: the next one is refused without a request.
+        if want.opened:
+            if row.column == "fallback":
+                assert isinstance(row.second, requests.Response), row.second
+                assert (row.second.is_fallback, row.second.attempts) == (True, 0)
+            else:
+                assert type(row.second) is CircuitOpenError, repr(row.second)
+            assert row.hits_after_second == row.hits
+        else:
+            assert row.second is None
 
         # Bounded: never past the deadline, plus scheduling slack.
         assert row.elapsed <= TOTAL + SLACK, row.elapsed
@@ -342,7 +368,8 @@ class TestFaultMatrix:
         The expectations include each typed exception, a retried success, a fallback and an open breaker.
         """
         outcomes = {expect(f, m, c).outcome for f, m, c in ROWS}
-        for kind in (CircuitOpenError, DeadlineExceeded, requests.ReadTimeout,
+        assert any(expect(f, m, c).opened for f, m, c in ROWS)
+        for kind in (DeadlineExceeded, requests.ReadTimeout,
                      requests.exceptions.ChunkedEncodingError, requests.ConnectionError,
                      "fallback", 200, 429, 500, 503):
             assert kind in outcomes
