@@ -216,6 +216,33 @@ def report(name: str, r: Run, calls: int, memory: int | None = None) -> None:
     )
 
 
+def memory_delta(calls: int) -> int:
+    """
+    Bytes the client holds after a second run of THREADS x *calls* beyond what
+    it held after the first (after a warm-up run that fills routes, pools,
+    breaker and caches). The peer runs in another process, so that what is
+    traced is the client's alone.
+    """
+    with peer_process("test_stress:flapping_peer") as port:
+        url = f"http://127.0.0.1:{port}/s"
+        session = stress_session([_Tally()])
+        run(session, url, calls)
+        tracemalloc.start()
+        try:
+            sizes = []
+            for _ in range(2):
+                r = run(session, url, calls)
+                assert not r.unexpected, r.unexpected[:3]
+                gc.collect()
+                sizes.append(tracemalloc.get_traced_memory()[0])
+        finally:
+            tracemalloc.stop()
+            session.close()
+    delta = sizes[1] - sizes[0]
+    report("memory", r, calls, delta)
+    return delta
+
+
 class TestStress:
     def test_short_run_under_flapping_peer(self, peer: FaultPeer) -> None:
         """
@@ -228,30 +255,12 @@ class TestStress:
         report("short", r, calls)
         check_run(session, peer, tally, r, calls)
 
-    def test_memory_is_flat_across_equal_runs(self, peer: FaultPeer) -> None:
+    def test_memory_is_flat_across_equal_runs(self) -> None:
         """
         A second bounded run allocates no more than the first left behind (tracemalloc).
         """
-        calls = 10
-        # The peer runs in another process, so that what is traced is the client's alone.
-        with peer_process("test_stress:flapping_peer") as port:
-            url = f"http://127.0.0.1:{port}/s"
-            session = stress_session([_Tally()])
-            run(session, url, calls)  # warm-up: routes, pools, breaker, caches
-            tracemalloc.start()
-            try:
-                sizes = []
-                for _ in range(2):
-                    r = run(session, url, calls)
-                    assert not r.unexpected, r.unexpected[:3]
-                    gc.collect()
-                    sizes.append(tracemalloc.get_traced_memory()[0])
-            finally:
-                tracemalloc.stop()
-                session.close()
-        delta = sizes[1] - sizes[0]
-        report("memory", r, calls, delta)
-        assert delta < 64 * 1024, sizes
+        delta = memory_delta(calls=10)
+        assert delta < 64 * 1024
 
     @pytest.mark.stress
     def test_long_run_under_flapping_peer(self, peer: FaultPeer) -> None:
@@ -264,3 +273,10 @@ class TestStress:
         r = run(session, peer.url("/s"), calls, cap=300.0)
         report("long", r, calls)
         check_run(session, peer, tally, r, calls)
+
+    @pytest.mark.stress
+    def test_long_memory_is_flat_across_equal_runs(self) -> None:
+        """
+        The long version: two runs of 32 threads x 150 calls leave memory flat (tracemalloc).
+        """
+        assert memory_delta(calls=150) < 64 * 1024
