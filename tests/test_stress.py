@@ -233,6 +233,9 @@ def memory_delta(calls: int) -> int:
             for _ in range(2):
                 r = run(session, url, calls)
                 assert not r.unexpected, r.unexpected[:3]
+                # Idle pooled connections (up to the pool size, each with its
+                # buffers) vary from run to run; what must stay flat is the rest.
+                session.get_adapter(url).poolmanager.clear()
                 gc.collect()
                 sizes.append(tracemalloc.get_traced_memory()[0])
         finally:
@@ -260,7 +263,7 @@ class TestStress:
         A second bounded run allocates no more than the first left behind (tracemalloc).
         """
         delta = memory_delta(calls=10)
-        assert delta < 64 * 1024
+        assert delta < 32 * 1024
 
     @pytest.mark.stress
     def test_long_run_under_flapping_peer(self, peer: FaultPeer) -> None:
@@ -279,4 +282,4 @@ class TestStress:
         """
         The long version: two runs of 32 threads x 150 calls leave memory flat (tracemalloc).
         """
-        assert memory_delta(calls=150) < 64 * 1024
+        assert memory_delta(calls=150) < 32 * 1024
