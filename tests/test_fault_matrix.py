@@ -35,6 +35,7 @@ checks its own row.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -45,7 +46,8 @@ from typing import Any
 
 import pytest
 import requests
-from faults import FAULTS, Fault, FaultPeer, refused_url
+from faults import FAULTS, Fault, FaultPeer, Switch, client_sockets, flap, hang_until_gone, refused_url
+from peers import answer
 
 from resilient_client import CircuitOpenError, DeadlineExceeded, Event, ResilientSession
 
@@ -373,3 +375,54 @@ class TestFaultMatrix:
                      requests.exceptions.ChunkedEncodingError, requests.ConnectionError,
                      "fallback", 200, 429, 500, 503):
             assert kind in outcomes
+
+
+class TestFaultPeer:
+    def test_refusing_closes_the_port_and_accepting_reopens_it(self) -> None:
+        """
+        While refusing, connects to the peer's port are refused; afterwards it serves again.
+        """
+        with FaultPeer() as peer:
+            peer.on("/x", answer(200, b"ok"))
+            with requests.Session() as s:
+                with peer.refusing(), pytest.raises(requests.ConnectionError):
+                    s.get(peer.url("/x"), timeout=1)
+                assert s.get(peer.url("/x"), timeout=1).text == "ok"
+            assert peer.hits("/x") == 1
+
+    def test_open_connections_fall_back_when_the_client_leaves_a_hang(self) -> None:
+        """
+        hang_until_gone() frees its connection as soon as the client gives up.
+        """
+        with FaultPeer() as peer, requests.Session() as s:
+            peer.on("/h", hang_until_gone())
+            with pytest.raises(requests.ReadTimeout):
+                s.get(peer.url("/h"), timeout=(1, 0.05))
+            assert peer.wait_open_at_most(0) == 0
+            assert peer.max_open == 1
+
+    def test_flap_by_count_and_switch(self) -> None:
+        """
+        flap() alternates per request; a Switch plays what it was last switched to.
+        """
+        switch = Switch(answer(201))
+        with FaultPeer() as peer, requests.Session() as s:
+            peer.on("/f", flap(answer(503), answer(200), every=2))
+            peer.on("/s", switch)
+            assert [s.get(peer.url("/f")).status_code for _ in range(5)] == [503, 503, 200, 200, 503]
+            assert s.get(peer.url("/s")).status_code == 201
+            switch.to(answer(202))
+            assert s.get(peer.url("/s")).status_code == 202
+
+    def test_client_sockets_counts_what_the_client_holds(self) -> None:
+        """
+        client_sockets() sees a pooled keep-alive connection, and none once it is closed.
+        """
+        with FaultPeer() as peer:
+            peer.on("/k", answer(200))
+            s = requests.Session()
+            s.get(peer.url("/k")).close()
+            assert client_sockets(peer.port) == 1
+            s.close()
+            gc.collect()
+            assert client_sockets(peer.port) == 0
