@@ -29,6 +29,7 @@ the connection open for the next request); a plain callable
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -36,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
@@ -173,7 +174,7 @@ class Behaviour(Protocol):
         ...
 
 
-Handler = Union[Behaviour, Callable[[Request], Behaviour]]
+Handler = Behaviour | Callable[[Request], Behaviour]
 
 
 def _head(status: int, headers: Mapping[str, str] | Iterable[tuple[str, str]], reason: str = "") -> bytes:
@@ -213,7 +214,9 @@ class _Answer:
         return keep
 
 
-def _header_items(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+def _header_items(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+) -> tuple[tuple[str, str], ...]:
     if headers is None:
         return ()
     return tuple(headers.items() if isinstance(headers, Mapping) else headers)
@@ -231,7 +234,9 @@ def answer(
     return _Answer(status, data, _header_items(headers), keep_alive)
 
 
-def server_error(status: int = 503, body: bytes | str = b"", headers: Mapping[str, str] | None = None) -> Behaviour:
+def server_error(
+    status: int = 503, body: bytes | str = b"", headers: Mapping[str, str] | None = None
+) -> Behaviour:
     """Answer with a 5xx status (503 by default)."""
     if not 500 <= status <= 599:
         raise ValueError(f"server_error wants a 5xx status, got {status}")
@@ -424,10 +429,8 @@ class Peer:
         with self._lock:
             socks = list(self._open)
         for s in socks:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for t in list(self._threads):
             t.join(timeout=2.0)
         if self._listener is not None:
@@ -504,10 +507,8 @@ class Peer:
         finally:
             with self._lock:
                 self._open.discard(conn.sock)
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.close()
-            except OSError:
-                pass
 
 
 def refused_port(host: str = HOST) -> int:
@@ -534,10 +535,8 @@ class Blackhole:
         for _ in range(3):  # backlog 0 still admits a connection or two: fill it
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 s.connect((host, self.port))
-            except BlockingIOError:
-                pass
             self._fillers.append(s)
 
     def url(self, path: str = "/") -> str:
