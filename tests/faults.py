@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import importlib
 import multiprocessing
 import select
@@ -98,6 +99,13 @@ class FaultPeer(Peer):
         """Requests (to *path*) that carried a non-empty body."""
         with self._lock:
             return sum(1 for r in self.requests if r.body and (path is None or r.path == path))
+
+    def start(self) -> FaultPeer:
+        super().start()
+        return self
+
+    def __enter__(self) -> FaultPeer:
+        return self.start()
 
     def wait_open_at_most(self, n: int, timeout: float = 1.0) -> int:
         """Wait (bounded) until at most *n* connections are open; return how many are."""
@@ -387,11 +395,14 @@ def _faults() -> list[Fault]:
     ]
     for status in (429, 503):
         for form, (value, ok) in RETRY_AFTER_FORMS.items():
-            faults.append(
-                Fault(f"{status}-retry-after-{form}", lambda s=status, v=value: retry_after(s, v()),
-                      status, "status", retry_after_ok=ok)
-            )
+            make = functools.partial(_retry_after_now, status, value)
+            faults.append(Fault(f"{status}-retry-after-{form}", make, status, "status", retry_after_ok=ok))
     return faults
+
+
+def _retry_after_now(status: int, value: Callable[[], str]) -> Behaviour:
+    """Answer *status* with the Retry-After *value* computes now (dates are relative to now)."""
+    return retry_after(status, value())
 
 
 #: Every fault kind the matrix covers.

@@ -193,7 +193,8 @@ def call(session: ResilientSession, url: str, method: str) -> requests.Response:
 def _exception_texts(exc: BaseException) -> list[str]:
     """str and repr of *exc* and of everything chained to it or held in its args."""
     out: list[str] = []
-    stack, seen = [exc], set()
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
     while stack and len(seen) < 64:
         e = stack.pop()
         if id(e) in seen:
