@@ -20,6 +20,7 @@ The short version runs by default (a few seconds); the long one is marked
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import threading
 import time
 import tracemalloc
@@ -216,34 +217,49 @@ def report(name: str, r: Run, calls: int, memory: int | None = None) -> None:
     )
 
 
+def _measure(url: str, calls: int, out: Any) -> None:
+    """In a fresh process: warm up, then trace two equal runs; report the growth of the second."""
+    session = stress_session([_Tally()])
+    run(session, url, calls)  # warm-up: routes, pools, breaker, caches
+    tracemalloc.start()
+    sizes = []
+    for _ in range(2):
+        r = run(session, url, calls)
+        if r.unexpected:
+            out.put(("unexpected", [repr(e) for e in r.unexpected[:3]]))
+            return
+        # Idle pooled connections (up to the pool size, each with its
+        # buffers) vary from run to run; what must stay flat is the rest.
+        session.get_adapter(url).poolmanager.clear()
+        gc.collect()
+        sizes.append(tracemalloc.get_traced_memory()[0])
+    tracemalloc.stop()
+    session.close()
+    report("memory", r, calls, sizes[1] - sizes[0])
+    out.put(("delta", sizes[1] - sizes[0]))
+
+
 def memory_delta(calls: int) -> int:
     """
     Bytes the client holds after a second run of THREADS x *calls* beyond what
     it held after the first (after a warm-up run that fills routes, pools,
-    breaker and caches). The peer runs in another process, so that what is
-    traced is the client's alone.
+    breaker and caches). The client runs in a fresh process and the peer in
+    another, so that what is traced is the client's alone, whatever else the
+    test session has running.
     """
+    ctx = multiprocessing.get_context("spawn")
     with peer_process("test_stress:flapping_peer") as port:
-        url = f"http://127.0.0.1:{port}/s"
-        session = stress_session([_Tally()])
-        run(session, url, calls)
-        tracemalloc.start()
+        out = ctx.Queue()
+        proc = ctx.Process(target=_measure, args=(f"http://127.0.0.1:{port}/s", calls, out), daemon=True)
+        proc.start()
         try:
-            sizes = []
-            for _ in range(2):
-                r = run(session, url, calls)
-                assert not r.unexpected, r.unexpected[:3]
-                # Idle pooled connections (up to the pool size, each with its
-                # buffers) vary from run to run; what must stay flat is the rest.
-                session.get_adapter(url).poolmanager.clear()
-                gc.collect()
-                sizes.append(tracemalloc.get_traced_memory()[0])
+            kind, value = out.get(timeout=120)
         finally:
-            tracemalloc.stop()
-            session.close()
-    delta = sizes[1] - sizes[0]
-    report("memory", r, calls, delta)
-    return delta
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    assert kind == "delta", value
+    return int(value)
 
 
 class TestStress:
