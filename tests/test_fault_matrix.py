@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 import requests
 from faults import FAULTS, Fault, FaultPeer, Switch, client_sockets, flap, hang_until_gone, refused_url
-from peers import answer
+from peers import answer, drip_body
 
 from resilient_client import CircuitOpenError, DeadlineExceeded, Event, ResilientSession
 
@@ -265,6 +265,34 @@ class _Records(logging.Handler):
             self.by_thread.setdefault(record.threadName, []).append(text)
 
 
+def _dripped_body_is_lost() -> bool:
+    """
+    Whether this build loses a body dripped after ``Connection: close``
+    (OSError: Bad file descriptor instead of the body or the deadline): the
+    connection closes its socket under the deadline reader. The foundation
+    branch fixes it; until it is merged, the drip-body rows are expected to
+    fail, and once it is, the mark is not applied and the rows must pass.
+    """
+    with FaultPeer(lifetime=5.0) as peer:
+        peer.on("/p", drip_body(b"xy", 0.01))
+        with ResilientSession({"defaults": {"retry": None}}) as session:
+            try:
+                return session.get(peer.url("/p")).content != b"xy"
+            except requests.RequestException:
+                return True
+
+
+DRIP_BODY_LOST = pytest.mark.xfail(
+    _dripped_body_is_lost(), strict=True,
+    reason="Connection: close body read after the connection closed its socket (fixed on foundation)",
+)
+
+def _lost(row_id: str) -> bool:
+    # Where the error is not retried and the fallback answers, the lost body
+    # gives the same outcome as the deadline: those rows pass either way.
+    return row_id.startswith("drip-body-") and not row_id.endswith(("-POST-fallback", "-PUT-gen-fallback"))
+
+
 ROWS = [
     (fault, method, column)
     for fault in FAULTS
@@ -311,7 +339,8 @@ def matrix() -> dict[str, Row]:
 
 
 class TestFaultMatrix:
-    @pytest.mark.parametrize("row_id", IDS)
+    @pytest.mark.parametrize("row_id", [pytest.param(i, marks=DRIP_BODY_LOST) if _lost(i) else i
+                                        for i in IDS])
     def test_row(self, matrix: dict[str, Row], row_id: str) -> None:
         """
         A row ends with the contract's outcome, hits and attempts, in time, leaking no connection or secret.
