@@ -498,7 +498,7 @@ class Peer:
                     self.requests.append(request)
                     route = self._routes.get(request.path)
                     handler: Handler = route.next() if route is not None else answer(404, b"not found")
-                behaviour = handler if hasattr(handler, "serve") else handler(request)  # type: ignore[operator]
+                behaviour = handler if hasattr(handler, "serve") else handler(request)
                 try:
                     if not behaviour.serve(conn, request):
                         return
