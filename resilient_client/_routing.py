@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from requests.exceptions import InvalidURL
+from urllib3.exceptions import LocationValueError
 from urllib3.util import parse_url
 
 from ._config import Endpoint
@@ -27,8 +29,18 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def normalise_url(url: str) -> tuple[str, str]:
-    """Return (``scheme://host[:port]/path`` for matching, ``scheme://host:port`` origin)."""
-    u = parse_url(url)
+    """
+    Return (``scheme://host[:port]/path`` for matching, ``scheme://host:port`` origin).
+
+    Raises:
+        requests.exceptions.InvalidURL: *url* cannot be parsed, as requests
+            itself raises for such a URL (not urllib3's LocationParseError).
+    """
+    try:
+        u = parse_url(url)
+    except LocationValueError:
+        # Not chained, and without the URL: it may carry secrets in its query.
+        raise InvalidURL("the URL cannot be parsed (expected scheme://host[:port]/path)") from None
     scheme = (u.scheme or "http").lower()
     host = (u.host or "").lower()
     port = u.port or _DEFAULT_PORTS.get(scheme)

@@ -129,8 +129,8 @@ class TestBulkhead:
             t.start()
         bulkhead = s._route_for("GET", peer + "/slow").state.bulkhead
         assert bulkhead is not None
-        for _ in range(500):  # bounded wait until both calls hold a slot
-            if bulkhead.in_flight == 2:
+        for _ in range(500):  # bounded wait until both calls hold a slot and reached the peer
+            if bulkhead.in_flight == 2 and len(_Peer.hits) == 2:
                 break
             threading.Event().wait(0.005)
         hits_before = len(_Peer.hits)

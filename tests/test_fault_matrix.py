@@ -1,0 +1,458 @@
+"""
+The fault matrix: every fault kind x every kind of request x every protection.
+
+Rows are ``<fault>-<method>-<column>``:
+
+* fault: each entry of `faults.FAULTS` (refuse, hang, drips, resets, closes,
+  truncated body, garbage, oversized headers, 5xx, 429/503 with Retry-After
+  in every form, flap), on a real socket on 127.0.0.1;
+* method: ``GET``; ``POST`` without an idempotency key; ``POST-key`` with
+  ``Idempotency-Key`` (configured as ``retry.idempotency_header``); ``PUT-gen``
+  with a generator body (chunked, so it cannot be replayed);
+* column: ``plain`` (no breaker, no fallback), ``breaker``
+  (``failure_threshold: 2``), ``fallback`` (the same breaker and a static
+  fallback). When a call leaves the breaker open, the row makes a second
+  call, which must be refused (`CircuitOpenError`, or the fallback with
+  ``attempts == 0``) without reaching the peer.
+
+The expected outcome of a row is not written by hand: `expect` derives it
+from the contract's rules (what is retried, when the breaker opens, when the
+fallback answers) and the fault's one-attempt outcome, so a row fails when
+the library departs from the contract, not when a table drifts.
+
+Every row asserts the outcome (a typed exception or the fallback), the
+requests that reached the peer, that the call ended within the deadline plus
+`SLACK`, that no connection stayed open on the peer and the client created
+no more connections than it made attempts, that a write without a key
+reached the peer at most once, and that the secrets (Authorization, Cookie,
+the configured secret header ``X-Api-Key`` and the secret query parameter
+``token``) appear in no log record, event, exception message or repr.
+
+The rows run concurrently (`WORKERS` at a time) in a module fixture, each in
+a thread named after it, so that the matrix takes seconds; each test then
+checks its own row.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+from faults import FAULTS, Fault, FaultPeer, Switch, client_sockets, flap, hang_until_gone, refused_url
+from peers import answer, drip_body
+
+from resilient_client import CircuitOpenError, DeadlineExceeded, Event, ResilientSession
+
+#: The matrix's deadline: small, so that drips and hangs end fast.
+TOTAL = 1.0
+#: How late past the deadline a call may end (scheduling on a busy 2-core box).
+SLACK = 0.3
+#: Rows run at once. The read timeout leaves room for a peer thread that a
+#: busy 2-core box schedules late: a row must not time out where it should reset.
+WORKERS = 8
+READ = 0.2
+AUTH_SECRET = "s3cr3t-bearer-9f2c71"
+QUERY_SECRET = "qs-secret-41d07e"
+COOKIE_SECRET = "sid-secret-c00k1e"
+HEADER_SECRET = "api-key-secret-77aa"
+SECRETS = (AUTH_SECRET, QUERY_SECRET, COOKIE_SECRET, HEADER_SECRET)
+FALLBACK_TEXT = "served-by-fallback"
+ON_STATUS = frozenset({429, 502, 503, 504})
+FAILURE_STATUS = frozenset({500, 502, 503, 504})
+ATTEMPTS = 3
+THRESHOLD = 2
+
+METHODS = ("GET", "POST", "POST-key", "PUT-gen")
+COLUMNS = ("plain", "breaker", "fallback")
+
+
+def config(column: str) -> dict[str, Any]:
+    """The session config of a column: small timeouts, tiny backoff, no budget."""
+    defaults: dict[str, Any] = {
+        "timeout": {"connect": 0.2, "read": READ, "total": TOTAL},
+        "retry": {
+            "attempts": ATTEMPTS,
+            "backoff": {"initial": 0.001, "max": 0.004, "jitter": "none"},
+            "idempotency_header": "Idempotency-Key",
+        },
+        "budget": None,
+        "breaker": None,
+        "fallback": None,
+    }
+    if column in ("breaker", "fallback"):
+        defaults["breaker"] = {"failure_threshold": THRESHOLD, "reset_timeout": 30.0}
+    if column == "fallback":
+        defaults["fallback"] = {"status": 200, "text": FALLBACK_TEXT}
+    return {"defaults": defaults, "secrets": {"query": ["token"], "headers": ["X-Api-Key"]}}
+
+
+# -- what the contract says a row must produce ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """
+    ``outcome`` is an exception class, an HTTP status, or ``"fallback"``;
+    ``opened`` says whether the call left the breaker open, so that the
+    next call is refused without touching the network.
+    """
+
+    outcome: type[BaseException] | int | str
+    hits: int
+    attempts: int
+    opened: bool = False
+
+
+def _replays(method: str) -> bool:
+    """Whether a failure after sending may be retried for this request."""
+    return method in ("GET", "POST-key")  # PUT-gen is idempotent, but its body is gone
+
+
+def expect(fault: Fault, method: str, column: str) -> Expected:
+    """Derive a row's outcome from the fault's one-attempt outcome and the contract's rules."""
+    breaker = column in ("breaker", "fallback")
+    sequence = [fault.attempt, *fault.then]
+    attempts = consecutive = 0
+    outcome: type[BaseException] | int = fault.attempt
+    for i in range(ATTEMPTS):
+        outcome = sequence[i % len(sequence)]
+        attempts += 1
+        failed = not isinstance(outcome, int) or outcome in FAILURE_STATUS
+        consecutive = consecutive + 1 if failed else 0
+        if isinstance(outcome, int):
+            retry = outcome in ON_STATUS and _replays(method) and fault.retry_after_ok
+        elif outcome is DeadlineExceeded:
+            retry = False
+        else:
+            retry = fault.phase == "before_send" or _replays(method)
+        if not retry or (breaker and consecutive >= THRESHOLD):
+            break  # an open breaker stops the retries: the last attempt's outcome is the call's
+    opened = breaker and consecutive >= THRESHOLD
+    failed = not isinstance(outcome, int) or outcome in FAILURE_STATUS
+    hits = attempts if fault.make else 0
+    if column == "fallback" and failed:
+        return Expected("fallback", hits, attempts, opened)
+    return Expected(outcome, hits, attempts, opened)
+
+
+# -- running a row ------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    fault: Fault
+    method: str
+    column: str
+    id: str
+    result: requests.Response | BaseException | None = None
+    #: A second call, made only when the first left the breaker open.
+    second: requests.Response | BaseException | None = None
+    hits_after_second: int = 0
+    elapsed: float = 0.0
+    hits: int = 0
+    bodies: int = 0
+    open_after: int = 0
+    max_open: int = 0
+    client_connections: int = 0
+    events: list[Event] = field(default_factory=list, repr=False)
+    #: Everything the library wrote (logs, events, errors, reprs), to scan for secrets.
+    texts: list[str] = field(default_factory=list, repr=False)
+    crash: str | None = None
+
+
+def _body() -> Iterator[bytes]:
+    yield b"chunk-1;"
+    yield b"chunk-2"
+
+
+def call(session: ResilientSession, url: str, method: str) -> requests.Response:
+    headers = {
+        "Authorization": f"Bearer {AUTH_SECRET}",
+        "Cookie": f"sid={COOKIE_SECRET}",
+        "X-Api-Key": HEADER_SECRET,
+    }
+    params = {"token": QUERY_SECRET, "page": "1"}
+    if method == "GET":
+        return session.get(url, params=params, headers=headers)
+    if method == "POST":
+        return session.post(url, params=params, headers=headers, data=b"payment=1")
+    if method == "POST-key":
+        headers["Idempotency-Key"] = "key-1"
+        return session.post(url, params=params, headers=headers, data=b"payment=1")
+    return session.put(url, params=params, headers=headers, data=_body())
+
+
+def _exception_texts(exc: BaseException) -> list[str]:
+    """str and repr of *exc* and of everything chained to it or held in its args."""
+    out: list[str] = []
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while stack and len(seen) < 64:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        out += [str(e), repr(e)]
+        out += traceback.format_exception_only(type(e), e)
+        for nxt in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    return out
+
+
+def run_row(row: Row) -> None:
+    with FaultPeer(lifetime=20.0) as peer:
+        if row.fault.make is None:
+            url = refused_url("/r")
+        else:
+            peer.on("/r", row.fault.make())
+            url = peer.url("/r")
+        session = ResilientSession(config(row.column), listeners=[row.events.append])
+        try:
+            started = time.monotonic()
+            try:
+                row.result = call(session, url, row.method)
+            except Exception as exc:
+                row.result = exc
+            row.elapsed = time.monotonic() - started
+            row.hits = peer.hits("/r")
+            if expect(row.fault, row.method, row.column).opened:
+                try:
+                    row.second = call(session, url, row.method)
+                except Exception as exc:
+                    row.second = exc
+                row.hits_after_second = peer.hits("/r")
+            row.bodies = peer.bodies("/r")
+            row.open_after = peer.wait_open_at_most(1, timeout=1.0)
+            row.max_open = peer.max_open
+            pools = session.get_adapter(url).poolmanager.pools
+            # urllib3's pool container refuses plain iteration, hence .keys().
+            row.client_connections = sum(
+                getattr(pools[key], "num_connections", 0) for key in pools.keys()  # noqa: SIM118
+            )
+            for result in (row.result, row.second):
+                if isinstance(result, BaseException):
+                    row.texts += _exception_texts(result)
+                elif result is not None:
+                    row.texts += [repr(result), str(result.headers)]
+            row.texts += [repr(e) for e in row.events]
+            row.texts.append(repr(session))
+        finally:
+            session.close()
+
+
+class _Records(logging.Handler):
+    """Every record of the ``resilient_client`` logger, by thread name."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.by_thread: dict[str, list[str]] = {}
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage() + repr(record.__dict__)
+        if record.exc_info:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        with self._lock2:
+            self.by_thread.setdefault(record.threadName, []).append(text)
+
+
+def _dripped_body_is_lost() -> bool:
+    """
+    Whether this build loses a body dripped after ``Connection: close``
+    (OSError: Bad file descriptor instead of the body or the deadline): the
+    connection closes its socket under the deadline reader. The foundation
+    branch fixes it; until it is merged, the drip-body rows are expected to
+    fail, and once it is, the mark is not applied and the rows must pass.
+    """
+    with FaultPeer(lifetime=5.0) as peer:
+        peer.on("/p", drip_body(b"xy", 0.01))
+        with ResilientSession({"defaults": {"retry": None}}) as session:
+            try:
+                return session.get(peer.url("/p")).content != b"xy"
+            except requests.RequestException:
+                return True
+
+
+DRIP_BODY_LOST = pytest.mark.xfail(
+    _dripped_body_is_lost(), strict=True,
+    reason="Connection: close body read after the connection closed its socket (fixed on foundation)",
+)
+
+def _lost(row_id: str) -> bool:
+    # Where the error is not retried and the fallback answers, the lost body
+    # gives the same outcome as the deadline: those rows pass either way.
+    return row_id.startswith("drip-body-") and not row_id.endswith(("-POST-fallback", "-PUT-gen-fallback"))
+
+
+ROWS = [
+    (fault, method, column)
+    for fault in FAULTS
+    for method in METHODS
+    for column in COLUMNS
+]
+IDS = [f"{f.name}-{m}-{c}" for f, m, c in ROWS]
+
+
+@pytest.fixture(scope="module")
+def matrix() -> dict[str, Row]:
+    """Run every row, WORKERS at a time, each in a thread named after its id."""
+    rows = {rid: Row(f, m, c, rid) for rid, (f, m, c) in zip(IDS, ROWS, strict=True)}
+    logger = logging.getLogger("resilient_client")
+    records = _Records()
+    old_level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)  # the per-attempt events are logged too
+    slots = threading.Semaphore(WORKERS)
+
+    def work(row: Row) -> None:
+        try:
+            run_row(row)
+        except BaseException:
+            row.crash = traceback.format_exc()
+        finally:
+            slots.release()
+
+    threads = []
+    try:
+        for row in rows.values():
+            slots.acquire()
+            t = threading.Thread(target=work, args=(row,), name=row.id, daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(timeout=30.0)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(old_level)
+    for row in rows.values():
+        row.texts += records.by_thread.get(row.id, [])
+    return rows
+
+
+class TestFaultMatrix:
+    @pytest.mark.parametrize("row_id", [pytest.param(i, marks=DRIP_BODY_LOST) if _lost(i) else i
+                                        for i in IDS])
+    def test_row(self, matrix: dict[str, Row], row_id: str) -> None:
+        """
+        A row ends with the contract's outcome, hits and attempts, in time, leaking no connection or secret.
+        """
+        row = matrix[row_id]
+        assert row.crash is None, row.crash
+        want = expect(row.fault, row.method, row.column)
+        got = row.result
+
+        if want.outcome == "fallback":
+            assert isinstance(got, requests.Response), got
+            assert got.is_fallback and got.text == FALLBACK_TEXT
+            assert got.attempts == want.attempts
+        elif isinstance(want.outcome, int):
+            assert isinstance(got, requests.Response), got
+            assert (got.status_code, got.is_fallback) == (want.outcome, False)
+            assert got.attempts == want.attempts
+        else:
+            assert type(got) is want.outcome, repr(got)
+        assert row.hits == want.hits
+        # A call that left the breaker open: the next one is refused without a request.
+        if want.opened:
+            if row.column == "fallback":
+                assert isinstance(row.second, requests.Response), row.second
+                assert (row.second.is_fallback, row.second.attempts) == (True, 0)
+            else:
+                assert type(row.second) is CircuitOpenError, repr(row.second)
+            assert row.hits_after_second == row.hits
+        else:
+            assert row.second is None
+
+        # Bounded: never past the deadline, plus scheduling slack.
+        assert row.elapsed <= TOTAL + SLACK, row.elapsed
+        # No leak: the peer sees at most one (idle keep-alive) connection left,
+        # never more than two at once, and the client opened one per attempt at most.
+        assert row.open_after <= 1
+        assert row.max_open <= 2
+        assert row.client_connections <= max(1, want.attempts)
+        # A write without a key reaches the peer at most once, whatever happens.
+        if row.method == "POST":
+            assert row.hits <= 1
+        # Every write that reached the peer carried its whole body, retries included.
+        if row.method != "GET":
+            assert row.bodies == row.hits
+        # Secrets never leave: logs, events, the exception, reprs.
+        leaked = [t for t in row.texts if any(s in t for s in SECRETS)]
+        assert not leaked, leaked[:3]
+
+    def test_matrix_covers_every_fault_method_and_column(self) -> None:
+        """
+        The matrix is the full product of fault kinds, methods and columns.
+        """
+        assert len(IDS) == len(set(IDS)) == len(FAULTS) * len(METHODS) * len(COLUMNS)
+
+    def test_the_rows_exercise_every_outcome(self) -> None:
+        """
+        The expectations include each typed exception, a retried success, a fallback and an open breaker.
+        """
+        outcomes = {expect(f, m, c).outcome for f, m, c in ROWS}
+        assert any(expect(f, m, c).opened for f, m, c in ROWS)
+        for kind in (DeadlineExceeded, requests.ReadTimeout,
+                     requests.exceptions.ChunkedEncodingError, requests.ConnectionError,
+                     "fallback", 200, 429, 500, 503):
+            assert kind in outcomes
+
+
+class TestFaultPeer:
+    def test_refusing_closes_the_port_and_accepting_reopens_it(self) -> None:
+        """
+        While refusing, connects to the peer's port are refused; afterwards it serves again.
+        """
+        with FaultPeer() as peer:
+            peer.on("/x", answer(200, b"ok"))
+            with requests.Session() as s:
+                with peer.refusing(), pytest.raises(requests.ConnectionError):
+                    s.get(peer.url("/x"), timeout=1)
+                assert s.get(peer.url("/x"), timeout=1).text == "ok"
+            assert peer.hits("/x") == 1
+
+    def test_open_connections_fall_back_when_the_client_leaves_a_hang(self) -> None:
+        """
+        hang_until_gone() frees its connection as soon as the client gives up.
+        """
+        with FaultPeer() as peer, requests.Session() as s:
+            peer.on("/h", hang_until_gone())
+            with pytest.raises(requests.ReadTimeout):
+                s.get(peer.url("/h"), timeout=(1, 0.05))
+            assert peer.wait_open_at_most(0) == 0
+            assert peer.max_open == 1
+
+    def test_flap_by_count_and_switch(self) -> None:
+        """
+        flap() alternates per request; a Switch plays what it was last switched to.
+        """
+        switch = Switch(answer(201))
+        with FaultPeer() as peer, requests.Session() as s:
+            peer.on("/f", flap(answer(503), answer(200), every=2))
+            peer.on("/s", switch)
+            assert [s.get(peer.url("/f")).status_code for _ in range(5)] == [503, 503, 200, 200, 503]
+            assert s.get(peer.url("/s")).status_code == 201
+            switch.to(answer(202))
+            assert s.get(peer.url("/s")).status_code == 202
+
+    def test_client_sockets_counts_what_the_client_holds(self) -> None:
+        """
+        client_sockets() sees a pooled keep-alive connection, and none once it is closed.
+        """
+        with FaultPeer() as peer:
+            peer.on("/k", answer(200))
+            s = requests.Session()
+            s.get(peer.url("/k")).close()
+            assert client_sockets(peer.port) == 1
+            s.close()
+            gc.collect()
+            assert client_sockets(peer.port) == 0
