@@ -17,6 +17,7 @@ Two places are not ours but carry a request's URL, so they are covered too:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -142,10 +143,8 @@ def redact_exception(exc: BaseException, values: set[str]) -> None:
         # urllib3 keeps the URL (path and query) as an attribute.
         val = getattr(e, "url", None)
         if isinstance(val, str) and any(v in val for v in values):
-            try:
+            with contextlib.suppress(AttributeError):  # a read-only url: nothing we can do
                 e.url = _scrub(val, values)  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
         for attr in ("reason", "__cause__", "__context__"):
             nxt = getattr(e, attr, None)
             if isinstance(nxt, BaseException):
