@@ -47,6 +47,7 @@ class Peer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = 65536  # one segment per answer: no delayed-ACK stalls
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -129,6 +129,17 @@ class TestEmittedEvents:
         assert isinstance(events[0], BreakerRejected) and events[0].retry_at == pytest.approx(clock.now + 30)
         assert (events[1].outcome, events[1].attempts) == ("circuit_open", 0)
 
+    def test_a_breaker_opening_between_attempts_is_the_reason_retries_stopped(self, mocked):
+        """When the breaker opens after attempt 1, the retry is refused and gave_up says circuit_open."""
+        mocked.add(responses.GET, URL, body=refused())
+        session, events, _ = make({"defaults": {"retry": NO_JITTER, "breaker": {"failure_threshold": 1}}})
+        with pytest.raises(rc.CircuitOpenError):
+            session.get(URL)
+        assert kinds(events) == ["attempt_finished", "breaker_state_changed", "retry_scheduled",
+                                 "breaker_rejected", "gave_up", "call_finished"]
+        assert (events[4].reason, events[4].outcome, events[4].attempts) == ("circuit_open", "circuit_open", 1)
+        assert events[-1].attempts == 1
+
     def test_fallback_after_failure_is_reported_with_what_it_replaced(self, mocked):
         """A static fallback emits fallback_served naming the error, and the call event says fallback."""
         mocked.add(responses.GET, URL, body=refused())

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -226,3 +229,71 @@ class TestHealthApp:
         mocked.add(responses.GET, "http://inventory.test/x", status=503)
         session.get("http://inventory.test/x")
         assert session.health()["inventory"].failures == 1
+
+
+HAPROXY_CHECKS = {
+    "GET /health": ("    option httpchk\n"
+                    "    http-check send meth GET uri /health ver HTTP/1.1 hdr Host localhost\n"
+                    "    http-check expect status 200\n"),
+    "bare option httpchk": "    option httpchk\n",  # OPTIONS / HTTP/1.0
+}
+
+
+def haproxy_server_status(sock_path: str) -> str | None:
+    """The check status of server app/app1, from HAProxy's stats socket."""
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(2)
+        c.connect(sock_path)
+        c.sendall(b"show stat\n")
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith("app,app1,"):
+            return line.split(",")[17]  # the "status" column
+    return None
+
+
+@pytest.mark.parametrize("check", list(HAPROXY_CHECKS))
+def test_a_real_haproxy_takes_the_service_out_and_back(tmp_path, serve, session, check):
+    """HAProxy's health check marks the server DOWN while a critical breaker is open, UP after."""
+    haproxy = shutil.which("haproxy") or shutil.which("/usr/sbin/haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    port = serve(rc.health_app(session)).rsplit(":", 1)[1]
+    sock = str(tmp_path / "admin.sock")
+    (tmp_path / "h.cfg").write_text(
+        f"global\n    stats socket {sock} mode 600 level admin\n\n"
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\n"
+        f"backend app\n{HAPROXY_CHECKS[check]}"
+        "    default-server inter 50ms fall 1 rise 1\n"
+        f"    server app1 127.0.0.1:{port} check\n"
+    )
+    proc = subprocess.Popen([haproxy, "-f", str(tmp_path / "h.cfg"), "-db"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_for(status: str) -> None:
+        deadline = time.monotonic() + 5
+        seen = None
+        while time.monotonic() < deadline:
+            try:
+                seen = haproxy_server_status(sock)
+            except OSError:
+                seen = None  # the socket is not there yet
+            if seen is not None and seen.startswith(status):
+                return
+            time.sleep(0.02)
+        pytest.fail(f"HAProxy did not see {status} within 5 s (last: {seen})")
+
+    try:
+        wait_for("UP")
+        session.circuit("inventory").open()
+        wait_for("DOWN")
+        session.circuit("inventory").close()
+        wait_for("UP")
+        session.circuit("search").open()  # not critical: stays in rotation
+        time.sleep(0.2)
+        wait_for("UP")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)

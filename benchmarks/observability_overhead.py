@@ -1,0 +1,255 @@
+"""
+Per-call cost of events, logging and metrics on the happy path.
+
+One GET after another on a loopback keep-alive server (a small server in
+another process, so it does not share our GIL), through sessions that
+differ only in what listens to their events:
+
+    requests.Session    plain requests, for reference
+    bare                ResilientSession, nothing listening (the default:
+                        the logging listener is there, logs at WARNING)
+    log-info            the 'resilient_client' logger at INFO, to a handler
+    log-debug           ... at DEBUG: every attempt and call is a log line
+    prometheus          prometheus_listener() on its own registry
+    otel                otel_listener() on an SDK MeterProvider
+    health              session.health() asked once: its error-rate tracker
+    all                 log-debug + prometheus + otel + health
+
+Rounds are interleaved (each round times a batch of calls through every
+session, in a rotating order) and the medians are compared, as ratios to
+`bare` measured in the same run.
+
+"Without the extras installed": a second process, in which importing
+prometheus_client and opentelemetry fails, times `bare` against
+requests.Session the same way; its ratio is compared with this process's.
+
+    python benchmarks/observability_overhead.py [--rounds 15] [--calls 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # this checkout's package
+
+# The peer: a keep-alive HTTP/1.1 server answering every request with 200.
+SERVER = textwrap.dedent(
+    """
+    import socket, socketserver, sys
+    RESPONSE = (b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
+                b"Content-Length: 11\\r\\n\\r\\n{\\"ok\\": true}")
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            sock = self.request
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buf = b""
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\\r\\n\\r\\n" in buf:
+                    _, buf = buf.split(b"\\r\\n\\r\\n", 1)
+                    sock.sendall(RESPONSE)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    with Server(("127.0.0.1", 0), Handler) as server:
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
+    """
+)
+
+BLOCK_EXTRAS = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class _NoExtras(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("prometheus_client", "opentelemetry"):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+            return None
+
+    sys.meta_path.insert(0, _NoExtras())
+    """
+)
+
+
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}/items/42"
+
+
+class Config:
+    """One configuration: its logger level (set before each batch) and its get."""
+
+    def __init__(self, get: Callable[[str], object], level: int = logging.WARNING) -> None:
+        self.get = get
+        self.level = level
+
+
+def build(names: list[str]) -> dict[str, Config]:
+    """A `Config` per configuration name."""
+    import requests
+
+    import resilient_client as rc
+
+    configs: dict[str, Config] = {}
+    for name in names:
+        if name == "requests.Session":
+            configs[name] = Config(requests.Session().get)
+        elif name == "bare":
+            configs[name] = Config(rc.ResilientSession().get)
+        elif name == "log-info":
+            configs[name] = Config(rc.ResilientSession().get, logging.INFO)
+        elif name == "log-debug":
+            configs[name] = Config(rc.ResilientSession().get, logging.DEBUG)
+        elif name == "prometheus":
+            from prometheus_client import CollectorRegistry
+
+            s = rc.ResilientSession(listeners=[rc.prometheus_listener(CollectorRegistry())])
+            configs[name] = Config(s.get)
+        elif name == "otel":
+            s = rc.ResilientSession(listeners=[rc.otel_listener(_otel_provider())])
+            configs[name] = Config(s.get)
+        elif name == "health":
+            s = rc.ResilientSession()
+            s.health()
+            configs[name] = Config(s.get)
+        elif name == "all":
+            from prometheus_client import CollectorRegistry
+
+            s = rc.ResilientSession(listeners=[rc.prometheus_listener(CollectorRegistry()),
+                                               rc.otel_listener(_otel_provider())])
+            s.health()
+            configs[name] = Config(s.get, logging.DEBUG)
+        else:
+            raise SystemExit(f"unknown configuration {name!r}")
+    return configs
+
+
+def _otel_provider() -> object:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    return MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def measure(configs: dict[str, Config], url: str, rounds: int, calls: int
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """
+    Median microseconds per call of each configuration, rounds interleaved:
+    wall time, and the calling thread's CPU time (what the client itself
+    spends; steadier when other work shares the machine).
+    """
+    # Records go to a real handler (formatting included) writing to memory.
+    log = logging.getLogger("resilient_client")
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    names = list(configs)
+    for c in configs.values():  # warm up: connections, caches, first-event paths
+        log.setLevel(c.level)
+        for _ in range(50):
+            c.get(url)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+        for name in order:
+            c = configs[name]
+            log.setLevel(c.level)  # process-wide, so per batch, outside the timing
+            sink.seek(0)
+            sink.truncate()
+            get = c.get
+            t0, c0 = time.perf_counter(), time.thread_time()
+            for _ in range(calls):
+                get(url)
+            c1, t1 = time.thread_time(), time.perf_counter()
+            wall[name].append((t1 - t0) / calls * 1e6)
+            cpu[name].append((c1 - c0) / calls * 1e6)
+    log.setLevel(logging.NOTSET)
+    return ({n: statistics.median(v) for n, v in wall.items()},
+            {n: statistics.median(v) for n, v in cpu.items()})
+
+
+def child(url: str, rounds: int, calls: int) -> None:
+    """Run in a process without the extras: print bare and requests.Session medians."""
+    exec(BLOCK_EXTRAS, {})
+    configs = build(["requests.Session", "bare"])
+    import resilient_client as rc
+
+    try:
+        rc.prometheus_listener()
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("the extras were not blocked")
+    loaded = [m for m in sys.modules if m.split(".")[0] in ("prometheus_client", "opentelemetry")]
+    assert not loaded, loaded
+    wall, cpu = measure(configs, url, rounds, calls)
+    print(wall["requests.Session"], wall["bare"], cpu["requests.Session"], cpu["bare"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=300, help="calls per batch")
+    parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.rounds, args.calls)
+        return
+    proc, url = start_server()
+    try:
+        names = ["requests.Session", "bare", "log-info", "log-debug", "prometheus", "otel",
+                 "health", "all"]
+        wall, cpu = measure(build(names), url, args.rounds, args.calls)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", url, "--rounds", str(args.rounds),
+             "--calls", str(args.calls)],
+            capture_output=True, text=True, check=True,
+        )
+        c_req, c_bare, c_req_cpu, c_bare_cpu = map(float, out.stdout.split())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    bare, bare_cpu = wall["bare"], cpu["bare"]
+    print(f"Happy-path GET on a loopback keep-alive server (another process); medians of "
+          f"{args.rounds} interleaved rounds of {args.calls} calls; Python "
+          f"{sys.version.split()[0]}, {os.cpu_count()} CPUs.\n")
+    print("| configuration | wall µs/call | ratio to bare | client CPU µs/call | CPU ratio | added CPU µs |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in wall:
+        print(f"| {name} | {wall[name]:.1f} | {wall[name] / bare:.3f} | {cpu[name]:.1f} | "
+              f"{cpu[name] / bare_cpu:.3f} | {cpu[name] - bare_cpu:+.1f} |")
+    print()
+    print("Extras installed or not: bare against requests.Session, each process on its own.\n")
+    print("| process | bare / requests.Session (wall) | (client CPU) |")
+    print("| --- | ---: | ---: |")
+    print(f"| extras installed, unused | {bare / wall['requests.Session']:.3f} | "
+          f"{bare_cpu / cpu['requests.Session']:.3f} |")
+    print(f"| extras not importable | {c_bare / c_req:.3f} | {c_bare_cpu / c_req_cpu:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
