@@ -32,7 +32,6 @@ import argparse
 import io
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys

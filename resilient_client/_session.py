@@ -630,7 +630,7 @@ class ResilientSession(requests.Session):
         failure: BaseException | requests.Response | None,
         started: float,
     ) -> None:
-        """CallFinished: *resp* is what the caller got, *failure* what a fallback replaced or what was raised."""
+        """CallFinished: *resp* is what the caller got; *failure* what was raised or a fallback replaced."""
         route: _Route = call.route
         if isinstance(failure, BaseException):
             outcome = outcome_of(failure)

@@ -95,17 +95,21 @@ class TestCheck:
         assert rows["retry.attempts"] == ["3", "3", "off", "*"]
         assert rows["critical"] == ["yes", "yes", "no", "*"]
         assert "redis://:REDACTED@127.0.0.1:6390/0" in text and "hunter2pw" not in text
-        assert "Secrets: headers authorization, cookie, proxy-authorization, set-cookie, x-api-key; query token" in text
+        assert ("Secrets: headers authorization, cookie, proxy-authorization, set-cookie, x-api-key; "
+                "query token") in text
 
     @pytest.mark.parametrize(("name", "text"), [
-        ("c.toml", '[defaults.retry]\nattempts = 5\n\n[[endpoints]]\nname = "a"\nmatch = "http://a.test/"\nretry = false\n'),
-        ("c.json", '{"defaults": {"retry": {"attempts": 5}}, "endpoints": [{"name": "a", "match": "http://a.test/", "retry": null}]}'),
+        ("c.toml", '[defaults.retry]\nattempts = 5\n\n[[endpoints]]\nname = "a"\n'
+                   'match = "http://a.test/"\nretry = false\n'),
+        ("c.json", '{"defaults": {"retry": {"attempts": 5}}, '
+                   '"endpoints": [{"name": "a", "match": "http://a.test/", "retry": null}]}'),
     ])
     def test_toml_and_json_are_read_too(self, tmp_path, name, text):
         """The same check works on TOML (false = off) and JSON files."""
         out = call("check", write(tmp_path, name, text))
         assert out.returncode == 0, out.stderr
-        assert any(line.split()[:4] == ["retry.attempts", "5", "off", "*"] for line in out.stdout.splitlines())
+        rows = [line.split()[:4] for line in out.stdout.splitlines()]
+        assert ["retry.attempts", "5", "off", "*"] in rows
 
     @pytest.mark.parametrize(("text", "message"), [
         ("endpoints:\n  - match: 'http://a.test/'\n    retry: {attempts: 0}\n",
@@ -162,7 +166,8 @@ class TestGet:
         assert lines[2] == "  timeouts: connect 0.5s, read 2s, total 5s; retry: 3 attempts"
         events = [line.split("s  ", 1)[1] for line in lines if line.startswith("  +")]
         assert events[0].startswith("attempt 1: status 503 in ")
-        assert events[1].startswith("backoff: retry in ") and events[1].endswith("after status 503 (attempt 1)")
+        assert events[1].startswith("backoff: retry in ")
+        assert events[1].endswith("after status 503 (attempt 1)")
         assert events[2].startswith("attempt 2: ok 200 in ")
         assert events[3].startswith("call finished: ok 200, 2 attempt(s), ")
         stamps = [float(line.split("s  ")[0].strip(" +")) for line in lines if line.startswith("  +")]

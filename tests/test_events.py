@@ -35,7 +35,8 @@ def refused() -> requests.ConnectionError:
     return requests.ConnectionError(NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
 
 
-def make(config: dict[str, Any] | None = None, **kwargs: Any) -> tuple[rc.ResilientSession, list[Any], FakeClock]:
+def make(config: dict[str, Any] | None = None,
+         **kwargs: Any) -> tuple[rc.ResilientSession, list[Any], FakeClock]:
     clock = FakeClock()
     events: list[Any] = []
     session = rc.ResilientSession(config, clock=clock, listeners=[events.append], **kwargs)
@@ -110,8 +111,8 @@ class TestEmittedEvents:
     def test_breaker_opens_then_rejects_without_an_attempt(self, mocked):
         """The breaker's move is an event, and a refused call has no attempt and gives nothing up."""
         mocked.add(responses.GET, URL, body=refused())
-        session, events, clock = make({"defaults": {"retry": None,
-                                                    "breaker": {"failure_threshold": 2, "reset_timeout": 30}}})
+        breaker = {"failure_threshold": 2, "reset_timeout": 30}
+        session, events, clock = make({"defaults": {"retry": None, "breaker": breaker}})
         with pytest.raises(requests.ConnectionError):
             session.get(URL)
         events.clear()
@@ -137,7 +138,8 @@ class TestEmittedEvents:
             session.get(URL)
         assert kinds(events) == ["attempt_finished", "breaker_state_changed", "retry_scheduled",
                                  "breaker_rejected", "gave_up", "call_finished"]
-        assert (events[4].reason, events[4].outcome, events[4].attempts) == ("circuit_open", "circuit_open", 1)
+        gave_up = events[4]
+        assert (gave_up.reason, gave_up.outcome, gave_up.attempts) == ("circuit_open", "circuit_open", 1)
         assert events[-1].attempts == 1
 
     def test_fallback_after_failure_is_reported_with_what_it_replaced(self, mocked):
@@ -167,7 +169,8 @@ class TestEmittedEvents:
         session.circuit(URL).open()
         resp = session.get(URL)
         assert resp.is_fallback and resp.attempts == 0
-        assert kinds(events) == ["breaker_state_changed", "breaker_rejected", "fallback_served", "call_finished"]
+        assert kinds(events) == ["breaker_state_changed", "breaker_rejected", "fallback_served",
+                                 "call_finished"]
         assert (events[-1].outcome, events[-1].attempts, events[-1].fallback) == ("circuit_open", 0, True)
 
     def test_bulkhead_rejection_is_an_event_and_a_call_outcome(self, mocked):
@@ -268,7 +271,8 @@ class TestConfigListeners:
     @pytest.mark.parametrize(
         ("spec", "problem"),
         [
-            ("no_such_module_xyz:listener", "cannot import 'no_such_module_xyz:listener': ModuleNotFoundError"),
+            ("no_such_module_xyz:listener",
+             "cannot import 'no_such_module_xyz:listener': ModuleNotFoundError"),
             ("obs_support:no_such_name", "cannot import 'obs_support:no_such_name': AttributeError"),
             ("obs_support:NOT_CALLABLE", "'obs_support:NOT_CALLABLE' is not callable, got 42"),
         ],

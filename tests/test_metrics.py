@@ -32,16 +32,21 @@ def refused() -> requests.ConnectionError:
     return requests.ConnectionError(NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
 
 
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    """One sample of the scrape, as a Prometheus query would read it."""
+    return registry.get_sample_value(f"resilient_client_{name}", labels)
+
+
 @pytest.fixture
 def mocked():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as r:
         yield r
 
 
-def run_scenario(mocked: responses.RequestsMock, listener: Any, config: dict[str, Any] = CONFIG) -> rc.ResilientSession:
+def run_scenario(mocked: responses.RequestsMock, listener: Any) -> rc.ResilientSession:
     """503 then 200 (one retry); then three refused (breaker opens); then one rejected call."""
     clock = FakeClock()
-    session = rc.ResilientSession(config, clock=clock, listeners=[listener])
+    session = rc.ResilientSession(CONFIG, clock=clock, listeners=[listener])
     mocked.add(responses.GET, URL, status=503)
     mocked.add(responses.GET, URL, status=200)
     assert session.get(URL).status_code == 200
@@ -76,11 +81,12 @@ class TestPrometheus:
         assert value("breaker_state", endpoint=EP, state="open") == 1
         assert value("breaker_state", endpoint=EP, state="closed") == 0
         assert value("breaker_transitions_total", endpoint=EP, state="open") == 1
-        assert value("attempt_duration_seconds_count", endpoint=EP, method="GET", outcome="connect_error") == 3
+        get = {"endpoint": EP, "method": "GET"}
+        assert value("attempt_duration_seconds_count", **get, outcome="connect_error") == 3
         # Durations are on the session's clock: the 0.1 s backoff is in the call's latency.
-        assert value("request_duration_seconds_sum", endpoint=EP, method="GET", outcome="ok") == pytest.approx(0.1)
-        assert value("request_duration_seconds_bucket", endpoint=EP, method="GET", outcome="ok", le="0.05") == 0
-        assert value("request_duration_seconds_bucket", endpoint=EP, method="GET", outcome="ok", le="0.25") == 1
+        assert value("request_duration_seconds_sum", **get, outcome="ok") == pytest.approx(0.1)
+        assert value("request_duration_seconds_bucket", **get, outcome="ok", le="0.05") == 0
+        assert value("request_duration_seconds_bucket", **get, outcome="ok", le="0.25") == 1
 
     def test_fallbacks_and_bulkhead_rejections_are_counted(self, mocked):
         """A fallback is counted by kind and a full bulkhead as a rejection."""
@@ -100,10 +106,9 @@ class TestPrometheus:
         session.subscribe(nested)
         session.get(URL)
         ep = "http://api.test:8080"
-        assert registry.get_sample_value("resilient_client_fallbacks_total", {"endpoint": ep, "fallback": "static"}) == 2
-        assert registry.get_sample_value("resilient_client_rejections_total", {"endpoint": ep, "by": "bulkhead"}) == 1
-        assert registry.get_sample_value(
-            "resilient_client_requests_total", {"endpoint": ep, "method": "GET", "outcome": "bulkhead_full"}) == 1
+        assert sample(registry, "fallbacks_total", endpoint=ep, fallback="static") == 2
+        assert sample(registry, "rejections_total", endpoint=ep, by="bulkhead") == 1
+        assert sample(registry, "requests_total", endpoint=ep, method="GET", outcome="bulkhead_full") == 1
 
     def test_the_scrape_has_exactly_the_documented_metrics(self, mocked):
         """What a Prometheus server scrapes parses, with the documented names, types and labels."""
@@ -146,10 +151,10 @@ class TestPrometheus:
         session = rc.ResilientSession(CONFIG, listeners=[rc.prometheus_listener(registry)])
         breaker = session.circuit(EP)
         breaker.open()
-        assert registry.get_sample_value("resilient_client_breaker_state", {"endpoint": EP, "state": "open"}) == 1
+        assert sample(registry, "breaker_state", endpoint=EP, state="open") == 1
         breaker.close()
-        assert registry.get_sample_value("resilient_client_breaker_state", {"endpoint": EP, "state": "open"}) == 0
-        assert registry.get_sample_value("resilient_client_breaker_state", {"endpoint": EP, "state": "closed"}) == 1
+        assert sample(registry, "breaker_state", endpoint=EP, state="open") == 0
+        assert sample(registry, "breaker_state", endpoint=EP, state="closed") == 1
 
     def test_without_prometheus_client_the_factory_says_what_to_install(self, monkeypatch):
         """A missing extra is an ImportError naming the pip extra."""
@@ -187,7 +192,8 @@ class TestOpenTelemetry:
         base = {"http.request.method": "GET", "server.address": "api.test", "server.port": 8080,
                 "network.protocol.version": "1.1", "resilient_client.endpoint": EP}
         ok = by_attrs[tuple(sorted({**base, "http.response.status_code": 200}.items()))]
-        failed = by_attrs[tuple(sorted({**base, "http.response.status_code": 503, "error.type": "503"}.items()))]
+        status_503 = {**base, "http.response.status_code": 503, "error.type": "503"}
+        failed = by_attrs[tuple(sorted(status_503.items()))]
         refused_ = by_attrs[tuple(sorted({**base, "error.type": "connect_error"}.items()))]
         assert (ok.count, failed.count, refused_.count) == (1, 1, 3)
         assert len(by_attrs) == 3
@@ -207,9 +213,11 @@ class TestOpenTelemetry:
         assert total("resilient_client.retries", **{"resilient_client.reason": "connect_error"}) == 2
         assert total("resilient_client.rejections", **{"resilient_client.rejected_by": "breaker"}) == 1
         assert total("resilient_client.gave_up", **{"resilient_client.reason": "attempts"}) == 1
-        calls = {p.attributes["resilient_client.outcome"]: p.count for p in points["resilient_client.call.duration"]}
+        calls = {p.attributes["resilient_client.outcome"]: p.count
+                 for p in points["resilient_client.call.duration"]}
         assert calls == {"ok": 1, "connect_error": 1, "circuit_open": 1}
-        states = {p.attributes["resilient_client.breaker.state"]: p.value for p in points["resilient_client.breaker.state"]}
+        states = {p.attributes["resilient_client.breaker.state"]: p.value
+                  for p in points["resilient_client.breaker.state"]}
         assert states == {"closed": 0, "open": 1, "half-open": 0}
 
     def test_works_against_any_meter_implementing_the_api(self, mocked):
@@ -260,9 +268,11 @@ class TestLazyExtras:
             "import resilient_client as rc\n"
             "s = rc.ResilientSession({'defaults': {'retry': None}})\n"
             "s.health()\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prometheus_client', 'opentelemetry')))\n"
+            "extras = ('prometheus_client', 'opentelemetry')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in extras))\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[]"
 

@@ -18,7 +18,9 @@ Needs matplotlib and prometheus-client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
+import itertools
 import os
 import sys
 import threading
@@ -27,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-import resilient_client as rc  # noqa: E402
+import resilient_client as rc
 
 #: (start second, what the peer does)
 PHASES = [(0.0, "healthy"), (6.0, "503"), (12.0, "hang"), (17.0, "healthy")]
@@ -115,10 +117,8 @@ def run() -> dict[str, Any]:
 
     def worker() -> None:
         while not done.is_set():
-            try:
+            with contextlib.suppress(Exception):  # every outcome is in the metrics
                 session.get(base + "/items")
-            except Exception:  # noqa: S112 - every outcome is in the metrics
-                pass
             time.sleep(PAUSE)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(WORKERS)]
@@ -162,7 +162,7 @@ def series(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
     def rate(key: str) -> list[float]:
         out = []
-        for a, b in zip(samples, samples[1:]):
+        for a, b in itertools.pairwise(samples):
             out.append((b["values"].get(key, 0.0) - a["values"].get(key, 0.0)) / (b["t"] - a["t"]))
         return out
 
@@ -170,15 +170,17 @@ def series(samples: list[dict[str, Any]]) -> dict[str, Any]:
     req = "resilient_client_requests_total|"
     calls = {o: rate(f"{req}outcome={o}") for o in OUTCOMES_SHOWN}
     attempts = [sum(x) for x in zip(*(rate(f"resilient_client_attempts_total|outcome={o}")
-                                      for o in ("ok", "status", "read_timeout", "connect_error")))]
+                                      for o in ("ok", "status", "read_timeout", "connect_error")),
+                                    strict=True)]
     retries = [sum(x) for x in zip(*(rate(f"resilient_client_retries_total|reason={r}")
-                                     for r in ("status 503", "read_timeout")))]
+                                     for r in ("status 503", "read_timeout")), strict=True)]
     rejected = rate("resilient_client_rejections_total|by=breaker")
     fallbacks = rate("resilient_client_fallbacks_total|fallback=static")
     p50, p99 = [], []
-    for a, b in zip(samples, samples[1:]):
-        delta = [(le, vb - va) for (le, vb), (_, va) in zip(b["buckets"], a["buckets"])] \
-            if len(a["buckets"]) == len(b["buckets"]) else b["buckets"]
+    for a, b in itertools.pairwise(samples):
+        same = len(a["buckets"]) == len(b["buckets"])
+        delta = ([(le, vb - va) for (le, vb), (_, va) in zip(b["buckets"], a["buckets"], strict=True)]
+                 if same else b["buckets"])
         p50.append(histogram_quantile(0.50, delta))
         p99.append(histogram_quantile(0.99, delta))
     return {"t": t, "calls": calls, "attempts": attempts, "retries": retries, "rejected": rejected,
@@ -198,7 +200,7 @@ def draw(s: dict[str, Any], out: str) -> None:
     shade = {"503": ("#f6c4c4", "peer answers 503"), "hang": ("#f9dfa8", "peer hangs")}
     ends = [p[0] for p in PHASES[1:]] + [DURATION]
     for ax in axes:
-        for (start, what), end in zip(PHASES, ends):
+        for (start, what), end in zip(PHASES, ends, strict=True):
             if what in shade:
                 ax.axvspan(start, end, color=shade[what][0], zorder=0)
         ax.grid(alpha=0.3)
@@ -230,7 +232,7 @@ def draw(s: dict[str, Any], out: str) -> None:
 
     ax = axes[3]
     state_color = {"closed": "#2e7d32", "open": "#c62828", "half-open": "#f9a825"}
-    for i, (x, state, ok) in enumerate(zip(t, s["breaker"], s["healthy"])):
+    for i, (x, state, ok) in enumerate(zip(t, s["breaker"], s["healthy"], strict=True)):
         w = (t[i + 1] - x) if i + 1 < len(t) else 0.5
         ax.barh(1, w, left=x, height=0.8, color=state_color.get(state, "#9e9e9e"))
         ax.barh(0, w, left=x, height=0.8, color="#2e7d32" if ok else "#c62828")
