@@ -17,7 +17,10 @@ differ only in what listens to their events:
 
 Rounds are interleaved (each round times a batch of calls through every
 session, in a rotating order) and the medians are compared, as ratios to
-`bare` measured in the same run.
+`bare` measured in the same run: wall time, and the calling thread's CPU
+time, which other load on the machine disturbs less. Then the same event
+work is timed alone, without the network, for a figure free of the
+loopback's noise.
 
 "Without the extras installed": a second process, in which importing
 prometheus_client and opentelemetry fails, times `bare` against
@@ -190,6 +193,58 @@ def measure(configs: dict[str, Config], url: str, rounds: int, calls: int
             {n: statistics.median(v) for n, v in cpu.items()})
 
 
+def isolated(rounds: int) -> dict[str, float]:
+    """
+    Microseconds of event work per happy-path call, without the network:
+    what `_attempt` and `send` add when someone listens (redact the URL,
+    build AttemptFinished and CallFinished, hand both to every listener).
+    """
+    import timeit
+
+    from prometheus_client import CollectorRegistry
+
+    import resilient_client as rc
+    from resilient_client._events import EventBus
+    from resilient_client._health import HealthTracker
+    from resilient_client._redact import redact_url
+
+    secrets = rc.Secrets(query=["token"])
+    url = "http://127.0.0.1:8080/items/42?page=2"
+    log = logging.getLogger("resilient_client")
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    setups: dict[str, tuple[list[Callable[[rc.Event], None]], int]] = {
+        "log-debug": ([], logging.DEBUG),
+        "prometheus": ([rc.prometheus_listener(CollectorRegistry())], logging.WARNING),
+        "otel": ([rc.otel_listener(_otel_provider())], logging.WARNING),
+        "health": ([HealthTracker(rc.SYSTEM_CLOCK)], logging.WARNING),
+        "all": ([rc.prometheus_listener(CollectorRegistry()), rc.otel_listener(_otel_provider()),
+                 HealthTracker(rc.SYSTEM_CLOCK)], logging.DEBUG),
+    }
+    out: dict[str, float] = {}
+    for name, (listeners, level) in setups.items():
+        bus = EventBus(listeners)
+        log.setLevel(level)
+
+        def one_call(bus: EventBus = bus) -> None:
+            if bus.wants_hot():
+                shown = redact_url(url, secrets)
+                bus.emit(rc.AttemptFinished("inventory", "GET", shown, 1, "ok", 200, 0.0004))
+            if bus.wants_hot():
+                bus.emit(rc.CallFinished("inventory", "GET", redact_url(url, secrets), 1, "ok", 200,
+                                         0.0005, False))
+
+        runs = timeit.repeat(one_call, number=2000, repeat=max(rounds, 5))
+        out[name] = statistics.median(runs) / 2000 * 1e6
+        handler.stream.seek(0)
+        handler.stream.truncate()
+    log.setLevel(logging.NOTSET)
+    log.removeHandler(handler)
+    return out
+
+
 def child(url: str, rounds: int, calls: int) -> None:
     """Run in a process without the extras: print bare and requests.Session medians."""
     exec(BLOCK_EXTRAS, {})
@@ -232,6 +287,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=10)
 
+    alone = isolated(args.rounds)
     bare, bare_cpu = wall["bare"], cpu["bare"]
     print(f"Happy-path GET on a loopback keep-alive server (another process); medians of "
           f"{args.rounds} interleaved rounds of {args.calls} calls; Python "
@@ -241,6 +297,13 @@ def main() -> None:
     for name in wall:
         print(f"| {name} | {wall[name]:.1f} | {wall[name] / bare:.3f} | {cpu[name]:.1f} | "
               f"{cpu[name] / bare_cpu:.3f} | {cpu[name] - bare_cpu:+.1f} |")
+    print()
+    print("The same event work alone, no network (median µs per call; ratio to a bare call's "
+          "wall time above):\n")
+    print("| configuration | µs per call | share of a bare call |")
+    print("| --- | ---: | ---: |")
+    for name, us in alone.items():
+        print(f"| {name} | {us:.1f} | {us / bare:.1%} |")
     print()
     print("Extras installed or not: bare against requests.Session, each process on its own.\n")
     print("| process | bare / requests.Session (wall) | (client CPU) |")
