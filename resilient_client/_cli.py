@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import requests
 
-from ._config import Config
+from ._config import Config, Secrets
 from ._events import (
     AttemptFinished,
     BreakerRejected,
@@ -233,8 +233,6 @@ def _fallback_text(fb: object, secrets_headers: frozenset[str]) -> str:
     if isinstance(fb, StaleFallback):
         return f"stale (last 2xx GET/HEAD, {fb.max_entries} URLs)"
     if isinstance(fb, StaticFallback):
-        from ._config import Secrets
-
         headers = redact_headers(fb.headers, Secrets(headers=secrets_headers))
         kind = headers.get("Content-Type", "no body" if not fb.body else "body")
         return f"static {fb.status} ({kind}, {len(fb.body)} bytes)"
