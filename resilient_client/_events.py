@@ -149,7 +149,8 @@ class GaveUp(Event):
     ``retry_after_refused``, ``circuit_open`` (the breaker opened between
     attempts), ``not_retryable``, ``no_retry``, or ``caller_retrying`` (the
     request being served is itself a retry, so this call made one attempt);
-    ``outcome`` is the last attempt's.
+    ``outcome`` is the last attempt's: ``status 503`` for a failing
+    status, else one of `OUTCOMES`.
 
     .. versionadded:: 0.1.0
     """

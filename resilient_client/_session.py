@@ -396,7 +396,7 @@ class ResilientSession(requests.Session):
         if resp.status_code in route.policy.failure_status or resp.status_code in (
             route.policy.retry.on_status if route.policy.retry else ()
         ):
-            self._gave_up(call, "status")
+            self._gave_up(call, f"status {resp.status_code}")
         if call.stream and call.arm is not None:
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
         resp.attempts = call.attempt  # type: ignore[attr-defined]

@@ -84,7 +84,7 @@ class TestEmittedEvents:
         session, events, _ = make({"defaults": {"retry": NO_JITTER}})
         assert session.get(URL).status_code == 503
         gave_up = [e for e in events if isinstance(e, GaveUp)]
-        assert [(g.reason, g.outcome, g.attempts) for g in gave_up] == [("attempts", "status", 3)]
+        assert [(g.reason, g.outcome, g.attempts) for g in gave_up] == [("attempts", "status 503", 3)]
         assert (events[-1].outcome, events[-1].status) == ("status", 503)
 
     def test_a_connect_error_is_retried_with_its_kind_as_reason(self, mocked):
