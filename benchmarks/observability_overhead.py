@@ -26,7 +26,11 @@ loopback's noise.
 prometheus_client and opentelemetry fails, times `bare` against
 requests.Session the same way; its ratio is compared with this process's.
 
-    python benchmarks/observability_overhead.py [--rounds 15] [--calls 300]
+    python benchmarks/observability_overhead.py [--rounds 15] [--calls 300] [--instructions]
+
+With ``--instructions``, each configuration is also run under valgrind's
+callgrind and its instructions per call counted: a figure that other load
+on the machine cannot move.
 """
 
 from __future__ import annotations
@@ -263,14 +267,60 @@ def child(url: str, rounds: int, calls: int) -> None:
     print(wall["requests.Session"], wall["bare"], cpu["requests.Session"], cpu["bare"])
 
 
+def count_calls(url: str, name: str, calls: int) -> None:
+    """Warm up one configuration, then make *calls* calls: run under callgrind by `instructions`."""
+    c = build([name])[name]
+    log = logging.getLogger("resilient_client")
+    log.addHandler(logging.StreamHandler(io.StringIO()))
+    log.propagate = False
+    log.setLevel(c.level)
+    for _ in range(20):
+        c.get(url)
+    for _ in range(calls):
+        c.get(url)
+
+
+def instructions(url: str, names: list[str], calls: int) -> dict[str, float]:
+    """
+    Instructions per call of each configuration, counted by valgrind's
+    callgrind (the same count whatever else the machine does): the
+    difference between a run of *calls* calls and a run of none, divided.
+    """
+    import re
+    import tempfile
+
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            totals = []
+            for n in (0, calls):
+                cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
+                       sys.executable, __file__, "--count", url, "--config", name, "--calls", str(n)]
+                # A fixed hash seed: the same dict layouts, so the same counts run to run.
+                env = dict(os.environ, PYTHONHASHSEED="0")
+                err = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stderr
+                m = re.search(r"Collected : (\d+)", err)
+                assert m, err[-500:]
+                totals.append(int(m.group(1)))
+            out[name] = (totals[1] - totals[0]) / calls
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=300, help="calls per batch")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per call under valgrind (slow)")
     parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--count", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.rounds, args.calls)
+        return
+    if args.count:
+        count_calls(args.count, args.config, args.calls)
         return
     proc, url = start_server()
     try:
@@ -283,6 +333,7 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         )
         c_req, c_bare, c_req_cpu, c_bare_cpu = map(float, out.stdout.split())
+        counted = instructions(url, names, 300) if args.instructions else {}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -304,6 +355,13 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for name, us in alone.items():
         print(f"| {name} | {us:.1f} | {us / bare:.1%} |")
+    if counted:
+        print()
+        print("Instructions per call under callgrind (300 calls; deterministic):\n")
+        print("| configuration | instructions per call | ratio to bare |")
+        print("| --- | ---: | ---: |")
+        for name, n in counted.items():
+            print(f"| {name} | {n:,.0f} | {n / counted['bare']:.3f} |")
     print()
     print("Extras installed or not: bare against requests.Session, each process on its own.\n")
     print("| process | bare / requests.Session (wall) | (client CPU) |")
