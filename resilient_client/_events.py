@@ -146,8 +146,8 @@ class GaveUp(Event):
     """
     A call failed after ``attempts`` tries and no more will be made:
     ``reason`` is ``attempts``, ``budget``, ``deadline``,
-    ``retry_after_refused``, ``circuit_open`` (the breaker opened between
-    attempts), ``not_retryable``, ``no_retry``, or ``caller_retrying`` (the
+    ``retry_after_refused``, ``breaker_open`` (the breaker opened after an
+    attempt), ``not_retryable``, ``no_retry``, or ``caller_retrying`` (the
     request being served is itself a retry, so this call made one attempt);
     ``outcome`` is the last attempt's: ``status 503`` for a failing
     status, else one of `OUTCOMES`.

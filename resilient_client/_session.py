@@ -508,8 +508,8 @@ class ResilientSession(requests.Session):
     def _gave_up(self, call: Call, outcome: str) -> None:
         route: _Route = call.route
         reason = call.stop_reason or (
-            # The breaker opened between two attempts: it, not the error, ended the retries.
-            "circuit_open" if outcome == "circuit_open"
+            # Another call opened the breaker during our backoff: it ended the retries.
+            "breaker_open" if outcome == "circuit_open"
             else "not_retryable" if route.retrying is not None else "no_retry"
         )
         method, url = call.request.method or "", self._url(call.request)

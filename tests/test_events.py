@@ -130,17 +130,29 @@ class TestEmittedEvents:
         assert isinstance(events[0], BreakerRejected) and events[0].retry_at == pytest.approx(clock.now + 30)
         assert (events[1].outcome, events[1].attempts) == ("circuit_open", 0)
 
-    def test_a_breaker_opening_between_attempts_is_the_reason_retries_stopped(self, mocked):
-        """When the breaker opens after attempt 1, the retry is refused and gave_up says circuit_open."""
+    def test_a_breaker_opened_by_the_attempt_stops_the_retries(self, mocked):
+        """When an attempt opens the breaker, no backoff is slept and gave_up says breaker_open."""
         mocked.add(responses.GET, URL, body=refused())
-        session, events, _ = make({"defaults": {"retry": NO_JITTER, "breaker": {"failure_threshold": 1}}})
+        session, events, clock = make({"defaults": {"retry": NO_JITTER, "breaker": {"failure_threshold": 1}}})
+        with pytest.raises(requests.ConnectionError):
+            session.get(URL)
+        assert kinds(events) == ["attempt_finished", "breaker_state_changed", "gave_up", "call_finished"]
+        gave_up = events[2]
+        assert (gave_up.reason, gave_up.outcome, gave_up.attempts) == ("breaker_open", "connect_error", 1)
+        assert clock.slept == []
+
+    def test_a_breaker_opened_during_the_backoff_is_why_retries_stopped(self, mocked):
+        """A breaker opened elsewhere while a call slept refuses its retry, and gave_up says so."""
+        mocked.add(responses.GET, URL, status=503)
+        session, events, _ = make({"defaults": {"retry": NO_JITTER}})
+        session.subscribe(lambda e: session.circuit(URL).open() if isinstance(e, RetryScheduled) else None)
         with pytest.raises(rc.CircuitOpenError):
             session.get(URL)
-        assert kinds(events) == ["attempt_finished", "breaker_state_changed", "retry_scheduled",
+        assert kinds(events) == ["attempt_finished", "retry_scheduled", "breaker_state_changed",
                                  "breaker_rejected", "gave_up", "call_finished"]
         gave_up = events[4]
-        assert (gave_up.reason, gave_up.outcome, gave_up.attempts) == ("circuit_open", "circuit_open", 1)
-        assert events[-1].attempts == 1
+        assert (gave_up.reason, gave_up.outcome, gave_up.attempts) == ("breaker_open", "circuit_open", 1)
+        assert (events[-1].outcome, events[-1].attempts) == ("circuit_open", 1)
 
     def test_fallback_after_failure_is_reported_with_what_it_replaced(self, mocked):
         """A static fallback emits fallback_served naming the error, and the call event says fallback."""
