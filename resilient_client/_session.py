@@ -59,10 +59,10 @@ from ._redact import (
 )
 from ._retry import Call, build_retrying
 from ._routing import Resolution, Router
+from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
 
 if TYPE_CHECKING:
     from ._health import Health, HealthTracker
-from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
 
 __all__ = ["ResilientSession"]
 
