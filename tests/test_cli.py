@@ -23,7 +23,6 @@ import requests
 from obs_support import Peer, closed_port
 
 import resilient_client as rc
-from resilient_client import _breaker
 from resilient_client._cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -269,10 +268,6 @@ class TestStatus:
         assert out.returncode == 2 and "cannot read the health view" in out.stderr
 
 
-def _breaker_is_stub() -> bool:
-    return "Interface stub" in (_breaker.__doc__ or "")
-
-
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A throwaway redis-server on a free loopback port."""
@@ -300,8 +295,6 @@ def redis_url() -> Iterator[str]:
         proc.wait(timeout=5)
 
 
-@pytest.mark.xfail(_breaker_is_stub(), strict=True,
-                   reason="needs the Redis-backed breaker of issue 4; _breaker.py is still the stub")
 def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
     """A breaker opened in this process with redis storage shows as open in a new `status` process."""
     port = closed_port()
