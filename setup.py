@@ -23,6 +23,8 @@ EXTRAS["test"] = [
     *EXTRAS["redis"],
     *EXTRAS["prometheus"],
     *EXTRAS["otel"],
+    # An in-memory meter provider for the OpenTelemetry listener's tests.
+    "opentelemetry-sdk>=1.20",
     # TOML config files on Python 3.10 (3.11+ has tomllib).
     *EXTRAS["toml"],
 ]

@@ -19,6 +19,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, Endpoint, Secrets
 from ._deadline import Deadline
 from ._events import (
+    OUTCOMES,
     AttemptFinished,
     BreakerRejected,
     BreakerStateChanged,
@@ -31,8 +32,11 @@ from ._events import (
     GaveUp,
     Listener,
     RetryScheduled,
+    log_event,
 )
 from ._haproxy import Finding, check_haproxy
+from ._health import EndpointHealth, Health, health_app
+from ._metrics import otel_listener, prometheus_listener
 from ._policy import (
     BackoffPolicy,
     BreakerMode,
@@ -67,6 +71,7 @@ from .exceptions import (
 )
 
 __all__ = [
+    "OUTCOMES",
     "SYSTEM_CLOCK",
     "ASGIDeadlineMiddleware",
     "AttemptFinished",
@@ -95,10 +100,12 @@ __all__ = [
     "DeadlineMiddleware",
     "DeadlinePassed",
     "Endpoint",
+    "EndpointHealth",
     "Event",
     "FallbackServed",
     "Finding",
     "GaveUp",
+    "Health",
     "Jitter",
     "Listener",
     "Policy",
@@ -116,5 +123,9 @@ __all__ = [
     "check_haproxy",
     "current_deadline",
     "deadline",
+    "health_app",
+    "log_event",
+    "otel_listener",
     "parse_retry_after",
+    "prometheus_listener",
 ]

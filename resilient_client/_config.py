@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -22,6 +22,7 @@ from typing import Any, TypeVar, Union
 from urllib3.exceptions import LocationValueError
 from urllib3.util import parse_url
 
+from ._events import check_listener_path
 from ._policy import (
     BackoffPolicy,
     BreakerPolicy,
@@ -133,7 +134,11 @@ class Endpoint:
 class Config:
     """
     A validated configuration: ``defaults`` for every request, ``endpoints``
-    in order (first match wins) and session-wide ``secrets``.
+    in order (first match wins), session-wide ``secrets``, and
+    ``listeners``: event listeners as dotted paths
+    (``"package.module:listener"`` or ``"package.module.listener"``), or
+    callables when built in Python. Paths are imported when a session is
+    built from the config.
 
     Build it with `Config.load` from a mapping or a file, or in Python.
 
@@ -143,10 +148,15 @@ class Config:
     defaults: Policy = field(default_factory=Policy)
     endpoints: tuple[Endpoint, ...] = ()
     secrets: Secrets = field(default_factory=Secrets)
+    listeners: tuple[str | Callable[..., Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
         _check_shared_state(self.endpoints)
+        listeners = tuple(_sequence("listeners", self.listeners))
+        for i, spec in enumerate(listeners):
+            check_listener_path(f"listeners[{i}]", spec)
+        object.__setattr__(self, "listeners", listeners)
 
     @classmethod
     def load(cls, source: ConfigSource) -> Config:
@@ -247,7 +257,7 @@ def _yaml_loads(text: str) -> Any:
 
 # -- mappings ---------------------------------------------------------------
 
-_TOP_KEYS = ("defaults", "secrets", "endpoints")
+_TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
                  "critical", "propagation")
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
@@ -293,8 +303,9 @@ def _parse(raw: object) -> Config:
         _endpoint(f"endpoints[{i}]", defaults, item)
         for i, item in enumerate(_sequence("endpoints", endpoints_raw))
     )
+    listeners = raw.get("listeners") or ()
     try:
-        return Config(defaults=defaults, endpoints=endpoints, secrets=secrets)
+        return Config(defaults=defaults, endpoints=endpoints, secrets=secrets, listeners=listeners)
     except ConfigError as e:
         raise ConfigError(e.path, e.problem) from None
 

@@ -2,20 +2,32 @@
 Events: frozen records of what the resilience layers did, handed to small
 listeners (any callable taking one event).
 
-URLs in events are already redacted. A listener that raises never breaks
-the request: the error is logged once per listener and the listener keeps
-being called.
+Every URL in an event is already redacted, and no event carries a header.
+A listener that raises never breaks the request: the error is logged once
+per listener and the listener keeps being called.
+
+Listeners run synchronously on the calling thread, in the order they were
+added (the logging listener first): keep them fast, and hand slow work
+(shipping to a remote collector) to a queue.
 """
 
 from __future__ import annotations
 
 import logging
+import pkgutil
+import re
 import threading
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+import requests
+
+from ._outcome import failure_kind
+from .exceptions import BulkheadFull, CircuitOpenError, ConfigError, DeadlineExceeded
+
 __all__ = [
+    "OUTCOMES",
     "AttemptFinished",
     "BreakerRejected",
     "BreakerStateChanged",
@@ -29,17 +41,52 @@ __all__ = [
     "GaveUp",
     "Listener",
     "RetryScheduled",
+    "format_event",
+    "load_listeners",
+    "log_event",
+    "outcome_of",
 ]
 
 logger = logging.getLogger("resilient_client")
 # A library configures no output of its own: the application decides.
 logger.addHandler(logging.NullHandler())
 
+#: Every value ``outcome`` takes in `AttemptFinished` and `CallFinished`; a
+#: closed set, so it is safe as a metric label. ``ok`` is a response whose
+#: status is not in ``failure_status`` (a 404 is ``ok``: the peer answered);
+#: ``status`` is a response whose status is.
+OUTCOMES = (
+    "ok",
+    "status",
+    "connect_error",
+    "connect_timeout",
+    "read_timeout",
+    "read_error",
+    "deadline",
+    "circuit_open",
+    "bulkhead_full",
+    "error",
+)
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The `OUTCOMES` value for a call or attempt that raised *exc*."""
+    if isinstance(exc, DeadlineExceeded):
+        return "deadline"
+    if isinstance(exc, CircuitOpenError):
+        return "circuit_open"
+    if isinstance(exc, BulkheadFull):
+        return "bulkhead_full"
+    if isinstance(exc, requests.RequestException):
+        return failure_kind(exc) or "error"
+    return "error"
+
 
 @dataclass(frozen=True)
 class Event:
     """
-    Base of every event: the endpoint name it concerns.
+    Base of every event: the endpoint name it concerns (or the origin
+    ``scheme://host:port`` for a URL that no endpoint matched).
 
     .. versionadded:: 0.1.0
     """
@@ -53,14 +100,20 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         """The fields, plus ``event`` = `kind`, for structured logs."""
-        d = asdict(self)
+        d = {name: getattr(self, name) for name in _field_names(type(self))}
         d["event"] = self.kind
         return d
 
 
 @dataclass(frozen=True)
 class AttemptFinished(Event):
-    """One attempt ended: ``outcome`` is ``ok``, ``status`` (a failure status) or an error kind."""
+    """
+    One attempt (one request on the wire) ended after ``duration`` seconds.
+    ``outcome`` is one of `OUTCOMES`; ``status`` is the response's status, or
+    None when it raised; ``error`` is the exception's type name.
+
+    .. versionadded:: 0.1.0
+    """
 
     method: str
     url: str
@@ -73,7 +126,13 @@ class AttemptFinished(Event):
 
 @dataclass(frozen=True)
 class RetryScheduled(Event):
-    """A retry will follow after ``delay`` seconds, because of ``reason``."""
+    """
+    A retry will follow after ``delay`` seconds, because of ``reason`` (a
+    failure kind such as ``read_timeout``, or ``status 503``); ``attempt`` is
+    the attempt that failed.
+
+    .. versionadded:: 0.1.0
+    """
 
     method: str
     url: str
@@ -85,9 +144,15 @@ class RetryScheduled(Event):
 @dataclass(frozen=True)
 class GaveUp(Event):
     """
-    Retries stopped with a failure: ``reason`` is attempts, budget, deadline,
-    retry_after_refused, not_retryable, no_retry, or caller_retrying (the
-    request being served is itself a retry, so this call made one attempt).
+    A call failed after ``attempts`` tries and no more will be made:
+    ``reason`` is ``attempts``, ``budget``, ``deadline``,
+    ``retry_after_refused``, ``breaker_open`` (the breaker opened after an
+    attempt), ``not_retryable``, ``no_retry``, or ``caller_retrying`` (the
+    request being served is itself a retry, so this call made one attempt);
+    ``outcome`` is the last attempt's: ``status 503`` for a failing
+    status, else one of `OUTCOMES`.
+
+    .. versionadded:: 0.1.0
     """
 
     method: str
@@ -99,7 +164,11 @@ class GaveUp(Event):
 
 @dataclass(frozen=True)
 class BudgetExhausted(Event):
-    """A retry was refused because the endpoint's retry budget is spent."""
+    """
+    A retry was refused because the endpoint's retry budget is spent.
+
+    .. versionadded:: 0.1.0
+    """
 
     method: str
     url: str
@@ -108,7 +177,12 @@ class BudgetExhausted(Event):
 
 @dataclass(frozen=True)
 class BreakerStateChanged(Event):
-    """The endpoint's breaker moved from ``old`` to ``new``."""
+    """
+    The endpoint's breaker moved from ``old`` to ``new`` (``closed``,
+    ``open`` or ``half-open``) after ``failures`` consecutive failures.
+
+    .. versionadded:: 0.1.0
+    """
 
     old: str
     new: str
@@ -117,17 +191,26 @@ class BreakerStateChanged(Event):
 
 @dataclass(frozen=True)
 class BreakerRejected(Event):
-    """A call was refused without touching the network because the breaker is open."""
+    """
+    A call was refused without touching the network because the endpoint's
+    breaker is open; ``retry_at`` is when a trial call becomes possible (on
+    the session's clock), None when it was forced open.
+
+    .. versionadded:: 0.1.0
+    """
 
     method: str
     url: str
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True)
 class FallbackServed(Event):
     """
-    A fallback (``static``, ``stale`` or ``callable``) answered instead of the
-    peer; ``error`` is what it replaced.
+    A fallback (``static``, ``stale`` or ``callable``) answered instead of
+    the peer; ``error`` is what it replaced (redacted).
+
+    .. versionadded:: 0.1.0
     """
 
     method: str
@@ -138,7 +221,11 @@ class FallbackServed(Event):
 
 @dataclass(frozen=True)
 class BulkheadRejected(Event):
-    """A call was refused because ``max_concurrent`` calls were in flight."""
+    """
+    A call was refused because ``max_concurrent`` calls were in flight.
+
+    .. versionadded:: 0.1.0
+    """
 
     method: str
     url: str
@@ -147,7 +234,11 @@ class BulkheadRejected(Event):
 
 @dataclass(frozen=True)
 class DeadlinePassed(Event):
-    """The call's ``total`` deadline passed."""
+    """
+    The call's ``total`` deadline passed during its ``attempts``-th attempt.
+
+    .. versionadded:: 0.1.0
+    """
 
     method: str
     url: str
@@ -157,7 +248,14 @@ class DeadlinePassed(Event):
 
 @dataclass(frozen=True)
 class CallFinished(Event):
-    """A call returned or raised, after all its attempts."""
+    """
+    A call returned or raised, after all its attempts: ``outcome`` (one of
+    `OUTCOMES`) is what the peer or the protections did, ``status`` the
+    status the caller got (a fallback's, when ``fallback`` is true) and
+    ``duration`` the whole call, backoff sleeps included.
+
+    .. versionadded:: 0.1.0
+    """
 
     method: str
     url: str
@@ -181,8 +279,14 @@ _KINDS: dict[type, str] = {
     CallFinished: "call_finished",
 }
 
-# Per-call events happen on every request: built only when someone listens.
-HOT_EVENTS = (AttemptFinished, CallFinished)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = _FIELDS[kind] = tuple(f.name for f in fields(kind))
+    return names
 
 
 class Listener(Protocol):
@@ -195,50 +299,106 @@ class Listener(Protocol):
     def __call__(self, event: Event) -> None: ...
 
 
+# Per-call events (every call makes them) are DEBUG; what an operator should
+# see without asking is a level above. Under a full outage each call still
+# makes a line at INFO (rejected, fallback served): turn the logger to
+# WARNING to keep only what changed (breaker moves) and what gave up.
 _LEVELS: dict[type, int] = {
     AttemptFinished: logging.DEBUG,
     CallFinished: logging.DEBUG,
     RetryScheduled: logging.INFO,
+    BreakerRejected: logging.INFO,
+    FallbackServed: logging.INFO,
     GaveUp: logging.WARNING,
     BudgetExhausted: logging.WARNING,
     BreakerStateChanged: logging.WARNING,
-    BreakerRejected: logging.INFO,
-    FallbackServed: logging.WARNING,
     BulkheadRejected: logging.WARNING,
     DeadlinePassed: logging.WARNING,
 }
+
+
+def format_event(event: Event) -> str:
+    """``kind endpoint=... k=v ...``: the event as one log line."""
+    parts = [event.kind, f"endpoint={event.endpoint}"]
+    for name in _field_names(type(event)):
+        if name != "endpoint":
+            value = getattr(event, name)
+            parts.append(f"{name}={value:.6f}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)
 
 
 def log_event(event: Event) -> None:
     """
     The default listener: one line on the ``resilient_client`` logger, with
     the event's fields in ``extra`` (prefixed ``rc_`` to stay clear of
-    `logging.LogRecord` attributes).
+    `logging.LogRecord` attributes): ``rc_event``, ``rc_endpoint``,
+    ``rc_method``, ``rc_url``, ``rc_attempt``, ``rc_outcome``, ``rc_delay``...
+
+    .. versionadded:: 0.1.0
     """
     level = _LEVELS.get(type(event), logging.INFO)
     if logger.isEnabledFor(level):
-        fields = event.as_dict()
-        text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("event", "endpoint"))
         logger.log(
             level,
-            "%s endpoint=%s %s",
-            event.kind,
-            event.endpoint,
-            text,
-            extra={f"rc_{k}": v for k, v in fields.items()},
+            "%s",
+            format_event(event),
+            extra={f"rc_{k}": v for k, v in event.as_dict().items()},
         )
 
 
-class EventBus:
-    """The listeners of one session."""
+# "pkg.module:attr.sub" or "pkg.module.attr", as pkgutil.resolve_name takes.
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?$")
 
-    def __init__(self, listeners: list[Callable[[Event], None]] | None = None) -> None:
-        self._listeners: tuple[Callable[[Event], None], ...] = (log_event, *(listeners or ()))
-        self._failed: set[int] = set()
+
+def check_listener_path(path: str, value: object) -> None:
+    """Raise `ConfigError` at *path* unless *value* is a callable or a dotted path."""
+    if callable(value):
+        return
+    if not isinstance(value, str) or not _DOTTED.match(value):
+        raise ConfigError(
+            path, f"must be a dotted path such as 'package.module:listener', got {value!r}"
+        )
+
+
+def load_listeners(specs: Iterable[object]) -> list[Callable[[Event], None]]:
+    """
+    Import each dotted path in *specs* (callables pass through).
+
+    Raises:
+        ConfigError: naming ``listeners[i]`` when a path cannot be imported
+            or does not name a callable.
+    """
+    out: list[Callable[[Event], None]] = []
+    for i, spec in enumerate(specs):
+        if callable(spec):
+            out.append(spec)
+            continue
+        where = f"listeners[{i}]"
+        check_listener_path(where, spec)
+        try:
+            obj = pkgutil.resolve_name(str(spec))
+        except Exception as e:  # ImportError, AttributeError, or whatever the module raised
+            raise ConfigError(where, f"cannot import {spec!r}: {type(e).__name__}: {e}") from None
+        if not callable(obj):
+            raise ConfigError(where, f"{spec!r} is not callable, got {obj!r}")
+        out.append(obj)
+    return out
+
+
+class EventBus:
+    """The listeners of one session (the logging listener first)."""
+
+    __slots__ = ("_failed", "_listeners", "_lock")
+
+    def __init__(self, listeners: Iterable[Callable[[Event], None]] = ()) -> None:
+        self._listeners: tuple[Callable[[Event], None], ...] = (log_event, *listeners)
+        # id -> listener: holding the listener keeps its id from being reused.
+        self._failed: dict[int, Callable[[Event], None]] = {}
         self._lock = threading.Lock()
 
     @property
     def listeners(self) -> tuple[Callable[[Event], None], ...]:
+        """The listeners, in calling order."""
         return self._listeners
 
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -257,13 +417,18 @@ class EventBus:
         return len(self._listeners) > 1 or logger.isEnabledFor(logging.DEBUG)
 
     def emit(self, event: Event) -> None:
+        """Hand *event* to every listener; one that raises is logged once and skipped."""
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:
                 # Never break the request; say so once per listener.
-                if id(listener) not in self._failed:
-                    self._failed.add(id(listener))
+                with self._lock:
+                    first = id(listener) not in self._failed
+                    self._failed[id(listener)] = listener
+                if first:
                     logger.exception(
-                        "event listener %r raised; further errors from it are not logged", listener
+                        "event listener %r raised on %s; further errors from it are not logged",
+                        listener,
+                        event.kind,
                     )

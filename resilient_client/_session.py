@@ -17,7 +17,7 @@ import math
 import random
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import requests
 import tenacity
@@ -43,15 +43,26 @@ from ._events import (
     FallbackServed,
     GaveUp,
     RetryScheduled,
+    load_listeners,
+    outcome_of,
 )
 from ._fallback import StaleCache, make_response
 from ._outcome import RetryPredicate, failure_kind, is_peer_failure, is_replayable
 from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
-from ._redact import redact_exception, redact_url, secret_values
+from ._redact import (
+    attempt_secrets,
+    install_log_filter,
+    redact_exception,
+    redact_url,
+    secret_values,
+)
 from ._retry import Call, build_retrying
 from ._routing import Resolution, Router
 from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
+
+if TYPE_CHECKING:
+    from ._health import Health, HealthTracker
 
 __all__ = ["ResilientSession"]
 
@@ -118,7 +129,8 @@ class ResilientSession(requests.Session):
             None for the built-in (safe) defaults.
         clock: where time comes from (monotonic reading and sleep); tests
             pass a fake one.
-        listeners: callables receiving every `Event`.
+        listeners: callables receiving every `Event` (after those named
+            in the config's ``listeners``).
         retry_if: ``(request, response_or_exception) -> bool | None``
             overriding the built-in retry decision (None = use the built-in
             rules). A body that cannot be replayed is still never resent.
@@ -156,7 +168,14 @@ class ResilientSession(requests.Session):
         """Build what is not requests': shared by __init__ and unpickling."""
         self.config: Config = config
         self.clock: Clock = clock
-        self._bus = EventBus(listeners)
+        # Config listeners are imported now, so a bad path fails here.
+        self._config_listeners = load_listeners(self.config.listeners)
+        self._bus = EventBus([*self._config_listeners, *listeners])
+        # urllib3 logs each request line, query included, at DEBUG.
+        self._log_secrets = self.config.secrets if self.config.secrets.query else None
+        if self._log_secrets is not None:
+            install_log_filter()
+        self._health: HealthTracker | None = None
         self._retry_if = retry_if
         self._rng = rng
         self._router = Router(self.config.endpoints, self.config.defaults)
@@ -171,7 +190,8 @@ class ResilientSession(requests.Session):
         # rebuilds ours. Endpoint state (breakers, budgets, bulkheads, the stale
         # cache) starts afresh, as requests' connection pools do.
         state = {attr: getattr(self, attr, None) for attr in self.__attrs__}  # as requests does
-        listeners = self._bus.listeners[1:]  # the first is the built-in log listener
+        # The first is the built-in log listener; config listeners are re-imported.
+        listeners = [x for x in self._bus.listeners[1:] if x not in self._config_listeners]
         state["_resilient"] = (self.config, self.clock, listeners, self._retry_if, self._rng)
         return state
 
@@ -234,6 +254,19 @@ class ResilientSession(requests.Session):
         .. versionadded:: 0.1.0
         """
         return self._bus.subscribe(listener)
+
+    def health(self) -> Health:
+        """
+        Every endpoint's breaker state, bulkhead usage and recent error rate,
+        and whether this service should be taken out of rotation. The error
+        rate is counted from the first call of ``health()`` (or of
+        `health_app`) on.
+
+        .. versionadded:: 0.1.0
+        """
+        from ._health import collect
+
+        return collect(self)
 
     # -- routing -----------------------------------------------------------
 
@@ -322,39 +355,53 @@ class ResilientSession(requests.Session):
         call.stream = stream
         hot = self._bus.wants_hot()
         started = self.clock.monotonic() if hot else 0.0
+        try:
+            resp, failure = self._send_in_bulkhead(call)
+        except Exception as exc:
+            # Whatever leaves the session carries no secret of the request.
+            redact_exception(exc, self._secret_values(call))
+            if hot:
+                self._emit_call(call, None, exc, started)
+            raise
+        if hot:
+            self._emit_call(call, resp, failure, started)
+        return resp
 
+    def _send_in_bulkhead(
+        self, call: Call
+    ) -> tuple[requests.Response, BaseException | requests.Response | None]:
+        """The call in a bulkhead slot, or the fallback: (response, what a fallback replaced)."""
+        route: _Route = call.route
+        request = call.request
         bulkhead = route.state.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
             err = BulkheadFull(route.name, bulkhead.max_concurrent, request=request)
             self._emit(BulkheadRejected(route.name, request.method or "", self._url(request),
                                         bulkhead.max_concurrent))
-            return self._fallback_or_raise(call, err)
+            return self._fallback_or_raise(call, err), err
         slot_held = bulkhead is not None
         try:
             try:
                 resp = self._send_with_retries(call)
             except _SAFE_FALLBACK_ERRORS as exc:
-                if hot:
-                    self._emit_call(call, None, exc, started)
-                return self._fallback_or_raise(call, exc)
+                return self._fallback_or_raise(call, exc), exc
+            policy = route.policy
             if policy.fallback is not None and resp.status_code in policy.failure_status:
                 fb = self._fallback_or_none(call, resp)
                 if fb is not None:
-                    return fb
+                    return fb, resp
             stale = route.state.stale
             if (
                 stale is not None
-                and not stream
+                and not call.stream
                 and 200 <= resp.status_code < 300
                 and request.method in ("GET", "HEAD")
             ):
                 stale.store(request.method, request.url or "", resp)
-            if stream and slot_held:
+            if call.stream and slot_held:
                 self._hand_slot_to(resp, cast(Bulkhead, bulkhead))
                 slot_held = False
-            if hot:
-                self._emit_call(call, resp, None, started)
-            return resp
+            return resp, None
         finally:
             if slot_held:
                 cast(Bulkhead, bulkhead).release()
@@ -371,10 +418,11 @@ class ResilientSession(requests.Session):
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
             raise
-        except CircuitOpenError:
-            raise  # said by the breaker_rejected event
         except Exception as exc:
-            self._gave_up(call, failure_kind(exc) or type(exc).__name__)
+            # A call refused before its first try gave nothing up (breaker_rejected says it);
+            # one whose retries the breaker cut short did.
+            if call.attempt:
+                self._gave_up(call, outcome_of(exc))
             raise
         if resp.status_code in route.policy.failure_status or resp.status_code in (
             route.policy.retry.on_status if route.policy.retry else ()
@@ -408,8 +456,9 @@ class ResilientSession(requests.Session):
         if breaker is not None:
             try:
                 is_trial = breaker.before_call()
-            except CircuitOpenError:
-                self._emit(BreakerRejected(route.name, request.method or "", self._url(request)))
+            except CircuitOpenError as exc:
+                self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
+                                           exc.retry_at))
                 raise
         # Only a call the breaker let through is a try.
         call.attempt += 1
@@ -426,26 +475,31 @@ class ResilientSession(requests.Session):
         a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
         self._local.in_attempt = True
+        if self._log_secrets is not None:
+            attempt_secrets(self._log_secrets)
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
             if a is not None:
                 disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
+            # The attempt's event first, then what the breaker made of it.
+            if self._bus.wants_hot():
+                self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
+                                           call.attempt, outcome_of(exc), None,
+                                           duration, type(exc).__name__))
             if breaker is not None:
                 if isinstance(exc, Exception) and is_peer_failure(exc):
                     breaker.record(success=False, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
-            if self._bus.wants_hot():
-                self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
-                                           call.attempt, failure_kind(exc) or "error", None,
-                                           duration, type(exc).__name__))
             if deadline is not None and isinstance(exc, requests.RequestException) and deadline.expired():
                 raise DeadlineExceeded(route.name, deadline.total, request=request) from exc
             raise
         finally:
             self._local.in_attempt = False
+            if self._log_secrets is not None:
+                attempt_secrets(None)
             if a is not None:
                 # Responses built from now on on this thread must not pick
                 # this arm up; a streamed body keeps reading against it until
@@ -455,12 +509,12 @@ class ResilientSession(requests.Session):
                     disarm(a)
         duration = self.clock.monotonic() - started
         failed = resp.status_code in route.policy.failure_status
-        if breaker is not None:
-            breaker.record(success=not failed, is_trial=is_trial, duration=duration)
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, "status" if failed else "ok",
                                        resp.status_code, duration))
+        if breaker is not None:
+            breaker.record(success=not failed, is_trial=is_trial, duration=duration)
         return resp
 
     # -- retry hooks ---------------------------------------------------------
@@ -484,7 +538,11 @@ class ResilientSession(requests.Session):
 
     def _gave_up(self, call: Call, outcome: str) -> None:
         route: _Route = call.route
-        reason = call.stop_reason or ("not_retryable" if route.retrying is not None else "no_retry")
+        reason = call.stop_reason or (
+            # Another call opened the breaker during our backoff: it ended the retries.
+            "breaker_open" if outcome == "circuit_open"
+            else "not_retryable" if route.retrying is not None else "no_retry"
+        )
         method, url = call.request.method or "", self._url(call.request)
         if reason == "budget":
             self._emit(BudgetExhausted(route.name, method, url, call.attempt))
@@ -495,8 +553,6 @@ class ResilientSession(requests.Session):
     def _fallback_or_raise(self, call: Call, exc: BaseException) -> requests.Response:
         resp = self._fallback_or_none(call, exc)
         if resp is None:
-            values = secret_values(call.request.url or "", call.request.headers, self.config.secrets)
-            redact_exception(exc, values)
             raise exc
         return resp
 
@@ -599,24 +655,36 @@ class ResilientSession(requests.Session):
         self._bus.emit(event)
 
     def _emit_call(
-        self, call: Call, resp: requests.Response | None, exc: BaseException | None, started: float
+        self,
+        call: Call,
+        resp: requests.Response | None,
+        failure: BaseException | requests.Response | None,
+        started: float,
     ) -> None:
+        """CallFinished: *resp* is what the caller got; *failure* what was raised or a fallback replaced."""
         route: _Route = call.route
-        outcome = "ok" if resp is not None and resp.status_code not in route.policy.failure_status else (
-            "status" if resp is not None else (failure_kind(exc) if exc else None) or type(exc).__name__
-        )
+        if isinstance(failure, BaseException):
+            outcome = outcome_of(failure)
+        elif failure is not None:
+            outcome = "status"
+        else:
+            assert resp is not None
+            outcome = "status" if resp.status_code in route.policy.failure_status else "ok"
         self._emit(CallFinished(route.name, call.request.method or "", self._url(call.request),
                                 call.attempt, outcome, resp.status_code if resp is not None else None,
-                                self.clock.monotonic() - started, False))
+                                self.clock.monotonic() - started,
+                                resp is not None and getattr(resp, "is_fallback", False)))
 
     def _url(self, request: requests.PreparedRequest) -> str:
         return redact_url(request.url or "", self.config.secrets)
 
+    def _secret_values(self, call: Call) -> set[str]:
+        return secret_values(call.request.url or "", call.request.headers, self.config.secrets)
+
     def _describe(self, call: Call, failure: BaseException | requests.Response) -> str:
         if isinstance(failure, requests.Response):
             return f"status {failure.status_code}"
-        values = secret_values(call.request.url or "", call.request.headers, self.config.secrets)
-        redact_exception(failure, values)
+        redact_exception(failure, self._secret_values(call))
         return f"{type(failure).__name__}: {failure}"
 
     def __repr__(self) -> str:

@@ -1,0 +1,433 @@
+"""
+The ``resilient-client`` command (also ``python -m resilient_client``).
+
+    resilient-client check CONFIG                 validate; print every policy
+    resilient-client get URL [--config FILE]      one call, each event printed live
+    resilient-client status [--config FILE]       breakers, bulkheads, health
+    resilient-client demo [...]                   the cascade demo
+
+Exit codes: 0 fine; 1 the call failed (``get``) or the service is unhealthy
+(``status``); 2 bad usage or a bad config (the `ConfigError` is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import importlib
+import json
+import shutil
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import requests
+
+from ._config import Config, Secrets
+from ._events import (
+    AttemptFinished,
+    BreakerRejected,
+    BreakerStateChanged,
+    BudgetExhausted,
+    BulkheadRejected,
+    CallFinished,
+    DeadlinePassed,
+    Event,
+    FallbackServed,
+    GaveUp,
+    RetryScheduled,
+    format_event,
+    load_listeners,
+)
+from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
+from ._redact import redact_headers, redact_url
+from ._version import __version__
+from .exceptions import ConfigError
+
+__all__ = ["main"]
+
+PROG = "resilient-client"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the command line with *argv* (default: ``sys.argv[1:]``); return the
+    exit code.
+
+    .. versionadded:: 0.1.0
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["demo"]:
+        # Everything after "demo" is the demo's own: argparse must not read it.
+        return _demo(args_list[1:])
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    command: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return command(args)
+    except ConfigError as e:
+        print(f"{PROG}: invalid config: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+_CONFIG_HELP = "config file (default: built-in defaults)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Check a resilient_client config, exercise its policy, "
+        "or look at breaker states.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "check", help="validate a config file and print the policy of every endpoint")
+    p.add_argument("config", metavar="CONFIG", help="a .yaml, .yml, .toml or .json file")
+    p.add_argument("--width", type=int, default=None, help="table width (default: the terminal's)")
+    p.set_defaults(run=_check)
+
+    p = sub.add_parser(
+        "get", help="make one call, printing each event (attempt, backoff, breaker, fallback) live")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
+    p.add_argument("-X", "--method", default="GET", help="HTTP method (default GET)")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="request header; repeatable")
+    p.add_argument("-d", "--data", help="request body")
+    p.add_argument("--timeout", type=float, help="per-call connect and read timeout, seconds")
+    p.add_argument("-n", "--count", type=int, default=1, help="make the call N times (default 1)")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between calls (default 0)")
+    p.add_argument("--body", action="store_true", help="print the response body")
+    p.set_defaults(run=_get)
+
+    p = sub.add_parser(
+        "status", help="breaker states (shared ones read from Redis) and bulkhead usage")
+    p.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
+    p.add_argument("--from", dest="source", metavar="URL",
+                   help="read a running service's health view (health_app) instead")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_status)
+
+    sub.add_parser("demo", help="run the cascade demo (its own options follow)", add_help=False)
+    return parser
+
+
+# -- check -------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = Config.load(args.config)
+    load_listeners(config.listeners)  # a path that cannot be imported is a config error too
+    out = sys.stdout
+    print(f"{args.config}: valid", file=out)
+    print(file=out)
+    if config.endpoints:
+        print("Endpoints, first match wins:", file=out)
+        rows = [["#", "name", "match", "methods"]]
+        for i, ep in enumerate(config.endpoints):
+            methods = ", ".join(sorted(ep.methods)) if ep.methods else "any"
+            rows.append([str(i), ep.name, ep.match, methods])
+        _table(rows, out)
+    else:
+        print("Endpoints: none", file=out)
+    print("Unmatched URLs get the defaults, with breaker, budget and bulkhead per origin.",
+          file=out)
+    print(file=out)
+
+    secrets = config.secrets
+    names = ["defaults", *dict.fromkeys(ep.name for ep in config.endpoints)]
+    policies = [config.defaults]
+    seen: set[str] = set()
+    for ep in config.endpoints:
+        if ep.name not in seen:
+            seen.add(ep.name)
+            policies.append(ep.policy)
+    flat = [_flatten(p, secrets_headers=secrets.headers) for p in policies]
+    keys = list(_flatten(_FULL_POLICY, secrets_headers=secrets.headers))
+    width = args.width or shutil.get_terminal_size((100, 24)).columns
+    # Split wide configs into several tables that fit, the key column repeated.
+    key_width = max(len(k) for k in keys) + 2
+    groups: list[list[int]] = [[]]
+    used = key_width
+    for i in range(len(names)):
+        col = max(len(names[i]), *(min(_CELL, len(flat[i].get(k, "")) + 2) for k in keys)) + 2
+        if groups[-1] and used + col > width:
+            groups.append([])
+            used = key_width
+        groups[-1].append(i)
+        used += col
+    print("Resolved policies (* differs from defaults):", file=out)
+    for g in groups:
+        rows = [["", *(names[i] for i in g)]]
+        for k in keys:
+            row = [k]
+            for i in g:
+                v = flat[i].get(k, "-")
+                row.append(v + (" *" if i and v != flat[0].get(k, "-") else ""))
+            rows.append(row)
+        _table(rows, out)
+        print(file=out)
+    print(f"Secrets: headers {', '.join(sorted(secrets.headers))}; "
+          f"query {', '.join(sorted(secrets.query)) or '(none)'}", file=out)
+    listeners = ", ".join(map(_spec_name, config.listeners)) or "(none besides logging)"
+    print(f"Listeners: {listeners}", file=out)
+    return 0
+
+
+def _spec_name(spec: object) -> str:
+    return spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec))
+
+
+# Every section present: its flattened keys are the rows of the table.
+_FULL_POLICY = Policy(fallback=StaleFallback())
+
+
+def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, str]:
+    """Every setting of *policy* as ``section.key`` -> text; a section that is off, ``off``."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: object, template: object) -> None:
+        if isinstance(template, (StaticFallback, StaleFallback, CallableFallback)):
+            out[prefix] = "none" if value is None else _fallback_text(value, secrets_headers)
+        elif dataclasses.is_dataclass(template) and not isinstance(template, type):
+            for f in dataclasses.fields(template):
+                walk(f"{prefix}.{f.name}", None if value is None else getattr(value, f.name),
+                     getattr(template, f.name))
+        else:
+            off = value is None and template is not None
+            out[prefix] = "off" if off else _value_text(prefix, value)
+
+    for f in dataclasses.fields(policy):
+        if f.name != "name":
+            walk(f.name, getattr(policy, f.name), getattr(_FULL_POLICY, f.name))
+    return out
+
+
+def _value_text(key: str, value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (frozenset, set, tuple, list)):
+        return ", ".join(str(v) for v in sorted(value, key=str)) or "(none)"
+    if isinstance(value, str) and key.endswith("storage"):
+        return redact_url(value)
+    return str(value)
+
+
+def _fallback_text(fb: object, secrets_headers: frozenset[str]) -> str:
+    if isinstance(fb, StaleFallback):
+        return f"stale (last 2xx GET/HEAD, {fb.max_entries} URLs)"
+    if isinstance(fb, StaticFallback):
+        headers = redact_headers(fb.headers, Secrets(headers=secrets_headers))
+        kind = headers.get("Content-Type", "no body" if not fb.body else "body")
+        return f"static {fb.status} ({kind}, {len(fb.body)} bytes)"
+    assert isinstance(fb, CallableFallback)
+    return f"callable {getattr(fb.function, '__qualname__', repr(fb.function))}"
+
+
+#: Cells longer than this wrap onto more lines (lists break after a comma).
+_CELL = 30
+
+
+def _wrap(cell: str) -> list[str]:
+    if len(cell) <= _CELL:
+        return [cell]
+    return textwrap.wrap(cell, _CELL, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    wrapped = [[_wrap(c) for c in row] for row in rows]
+    widths = [max(len(line) for r in wrapped for line in r[i]) for i in range(len(rows[0]))]
+    for n, row in enumerate(wrapped):
+        for k in range(max(len(c) for c in row)):
+            line = "  ".join(
+                (c[k] if k < len(c) else "").ljust(w) for c, w in zip(row, widths, strict=True))
+            print("  " + line.rstrip(), file=out)
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths), file=out)
+
+
+# -- get ---------------------------------------------------------------------
+
+
+class _LivePrinter:
+    """A listener printing each event as it happens, timed from the call's start."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.started = time.monotonic()
+
+    def __call__(self, event: Event) -> None:
+        t = time.monotonic() - self.started
+        print(f"  +{t:7.3f}s  {describe(event)}", file=self.out, flush=True)
+
+
+def describe(event: Event) -> str:
+    """One line for a person: what happened, with its timing."""
+    if isinstance(event, AttemptFinished):
+        what = f"{event.outcome} {event.status}" if event.status is not None else (
+            f"{event.outcome} ({event.error})")
+        return f"attempt {event.attempt}: {what} in {event.duration:.3f}s"
+    if isinstance(event, RetryScheduled):
+        return (f"backoff: retry in {event.delay:.3f}s after {event.reason} "
+                f"(attempt {event.attempt})")
+    if isinstance(event, GaveUp):
+        return (f"gave up after {event.attempts} attempt(s): {event.reason}, "
+                f"last outcome {event.outcome}")
+    if isinstance(event, BudgetExhausted):
+        return f"retry budget of {event.endpoint!r} spent: no retry after attempt {event.attempt}"
+    if isinstance(event, BreakerStateChanged):
+        return (f"breaker {event.endpoint!r}: {event.old} -> {event.new} "
+                f"({event.failures} consecutive failures)")
+    if isinstance(event, BreakerRejected):
+        return f"breaker {event.endpoint!r} is open: call refused without touching the network"
+    if isinstance(event, FallbackServed):
+        return f"fallback ({event.fallback}) served instead of: {event.error}"
+    if isinstance(event, BulkheadRejected):
+        return f"bulkhead {event.endpoint!r} full ({event.max_concurrent} in flight): call refused"
+    if isinstance(event, DeadlinePassed):
+        return f"deadline of {event.total:g}s passed during attempt {event.attempts}"
+    if isinstance(event, CallFinished):
+        fb = ", fallback" if event.fallback else ""
+        status = f" {event.status}" if event.status is not None else ""
+        return (f"call finished: {event.outcome}{status}{fb}, {event.attempts} attempt(s), "
+                f"{event.duration:.3f}s")
+    return format_event(event)
+
+
+def _get(args: argparse.Namespace) -> int:
+    from ._session import ResilientSession
+
+    if args.count < 1:
+        print(f"{PROG}: --count must be >= 1", file=sys.stderr)
+        return 2
+    headers: dict[str, str] = {}
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            print(f"{PROG}: bad header {name.strip()!r}: expected 'Name: value'", file=sys.stderr)
+            return 2
+        headers[name.strip()] = value.strip()
+    out = sys.stdout
+    printer = _LivePrinter(out)
+    session = ResilientSession(args.config, listeners=[printer])
+    secrets = session.config.secrets
+    shown = redact_url(args.url, secrets)
+    method = args.method.upper()
+    try:
+        resolution = session.resolve(method, args.url)
+    except Exception as e:  # a URL requests itself would refuse
+        print(f"{PROG}: bad URL {shown!r}: {e}", file=sys.stderr)
+        return 2
+    t = resolution.policy.timeout
+    retry = resolution.policy.retry
+    print(f"{method} {shown}", file=out)
+    print(f"  policy: {resolution}", file=out)
+    print(f"  timeouts: connect {t.connect:g}s, read {t.read:g}s, total "
+          f"{'none' if t.total is None else f'{t.total:g}s'}; "
+          f"retry: {'off' if retry is None else f'{retry.attempts} attempts'}", file=out)
+    failed = 0
+    with session:
+        for n in range(args.count):
+            if n:
+                time.sleep(max(0.0, args.interval))
+                print(file=out)
+            printer.started = time.monotonic()
+            try:
+                resp = session.request(method, args.url, headers=headers, data=args.data,
+                                       timeout=args.timeout)
+            except requests.RequestException as e:
+                # Already redacted by the session.
+                print(f"=> error: {type(e).__name__}: {e}", file=out)
+                failed += 1
+                continue
+            tag = " (fallback)" if getattr(resp, "is_fallback", False) else ""
+            print(f"=> {resp.status_code} {resp.reason}{tag}, {getattr(resp, 'attempts', '?')} "
+                  f"attempt(s), {time.monotonic() - printer.started:.3f}s", file=out)
+            if args.body:
+                print(resp.text, file=out)
+            if resp.status_code >= 400:
+                failed += 1
+    if args.count > 1:
+        print(f"\n{args.count} calls, {args.count - failed} ok, {failed} failed", file=out)
+    return 1 if failed else 0
+
+
+# -- status ------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.source:
+        try:
+            r = requests.get(args.source, timeout=(2.0, 5.0))
+            data = r.json()
+        except (requests.RequestException, ValueError) as e:
+            print(f"{PROG}: cannot read the health view at {args.source}: {e}", file=sys.stderr)
+            return 2
+        origin = f"service at {args.source}"
+    else:
+        from ._session import ResilientSession
+
+        session = ResilientSession(args.config)
+        data = session.health().as_dict()
+        origin = "a new session from " + (args.config or "the built-in defaults")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0 if data.get("healthy") else 1
+    rows = [["endpoint", "critical", "breaker", "failures", "retry in", "storage", "bulkhead",
+             "errors"]]
+    memory_only = False
+    for ep in data.get("endpoints", []):
+        b = ep.get("breaker") or {}
+        bh = ep.get("bulkhead") or {}
+        rec = ep.get("recent") or {}
+        storage = b.get("storage") or "-"
+        memory_only = memory_only or storage == "memory"
+        rate = rec.get("error_rate")
+        rows.append([
+            str(ep.get("name")),
+            "yes" if ep.get("critical") else "no",
+            b.get("state") or "none",
+            str(b.get("consecutive_failures", "-")) if b else "-",
+            f"{b['retry_in']:.1f}s" if b.get("retry_in") is not None else "-",
+            storage,
+            f"{bh.get('in_flight')}/{bh.get('max_concurrent')}" if bh else "unlimited",
+            "-" if rate is None else f"{rate:.0%} of {rec.get('attempts')}",
+        ])
+    print(f"Health of {origin}:")
+    _table(rows, sys.stdout)
+    print(f"\nstatus: {data.get('status')} ({'healthy' if data.get('healthy') else 'UNHEALTHY'})")
+    if memory_only and not args.source:
+        print("note: 'memory' breakers live inside each process, so a new one starts closed; "
+              "read a running service with --from http://HOST:PORT/health")
+    return 0 if data.get("healthy") else 1
+
+
+# -- demo --------------------------------------------------------------------
+
+
+def _demo(argv: list[str]) -> int:
+    try:
+        module: Any = importlib.import_module("resilient_client._demo")
+    except ModuleNotFoundError as e:
+        if e.name != "resilient_client._demo":
+            raise  # the demo exists but needs something missing: show that
+        print(f"{PROG} demo: the demo is not part of this installation "
+              "(resilient_client/_demo.py is missing)", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)

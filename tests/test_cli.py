@@ -1,0 +1,331 @@
+"""The command line, run as a subprocess: ``python -m resilient_client ...``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+import requests
+from obs_support import Peer, closed_port
+
+import resilient_client as rc
+from resilient_client._cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+SECRET_KEY = "KEY-cli-5678"
+SECRET_TOKEN = "QTOK-cli-1234"
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m resilient_client ARGS`` with this checkout's package first on the path."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "resilient_client", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def call(*args: str) -> subprocess.CompletedProcess[str]:
+    """`main(ARGS)` in this process, output captured as `run` would: for the many variations that
+    need no new interpreter (each one costs half a second)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's --version and usage errors
+            code = int(e.code or 0)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def write(tmp_path: pathlib.Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+YAML = """
+defaults:
+  timeout: {connect: 0.5, read: 2.0, total: 5.0}
+  retry: {attempts: 3, backoff: {initial: 0.001, max: 0.002}}
+secrets:
+  headers: [X-Api-Key]
+  query: [token]
+endpoints:
+  - name: inventory
+    match: "http://127.0.0.1:9/"
+    timeout: {read: 1.0}
+    fallback: stale
+  - name: search
+    match: "https://search.internal/api/*"
+    methods: [GET, HEAD]
+    retry: null
+    critical: false
+    breaker: {storage: "redis://:hunter2pw@127.0.0.1:6390/0"}
+"""
+
+
+class TestCheck:
+    def test_a_valid_file_prints_endpoints_and_resolved_policies(self, tmp_path):
+        """check prints the rules, a table of every resolved policy next to the defaults, and exits 0."""
+        out = run("check", write(tmp_path, "c.yaml", YAML))
+        assert out.returncode == 0, out.stderr
+        text = out.stdout
+        assert "c.yaml: valid" in text
+        assert "0  inventory  http://127.0.0.1:9/" in text
+        assert "1  search     https://search.internal/api/*  GET, HEAD" in text
+        rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()
+                if line.startswith("  timeout.read") or line.startswith("  retry.attempts")
+                or line.startswith("  critical")}
+        assert rows["timeout.read"] == ["2", "1", "*", "2"]
+        assert rows["retry.attempts"] == ["3", "3", "off", "*"]
+        assert rows["critical"] == ["yes", "yes", "no", "*"]
+        assert "redis://:REDACTED@127.0.0.1:6390/0" in text and "hunter2pw" not in text
+        assert ("Secrets: headers authorization, cookie, proxy-authorization, set-cookie, x-api-key; "
+                "query token") in text
+
+    @pytest.mark.parametrize(("name", "text"), [
+        ("c.toml", '[defaults.retry]\nattempts = 5\n\n[[endpoints]]\nname = "a"\n'
+                   'match = "http://a.test/"\nretry = false\n'),
+        ("c.json", '{"defaults": {"retry": {"attempts": 5}}, '
+                   '"endpoints": [{"name": "a", "match": "http://a.test/", "retry": null}]}'),
+    ])
+    def test_toml_and_json_are_read_too(self, tmp_path, name, text):
+        """The same check works on TOML (false = off) and JSON files."""
+        out = call("check", write(tmp_path, name, text))
+        assert out.returncode == 0, out.stderr
+        rows = [line.split()[:4] for line in out.stdout.splitlines()]
+        assert ["retry.attempts", "5", "off", "*"] in rows
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ("endpoints:\n  - match: 'http://a.test/'\n    retry: {attempts: 0}\n",
+         "endpoints[0].retry.attempts: must be an integer >= 1, got 0"),
+        ("defaults: {timeut: {}}\n", "defaults.timeut: unknown key"),
+        ("defaults: [\n", "invalid YAML"),
+        ("", "config file is empty"),
+        ("listeners: ['no_such_module_xyz:listener']\n",
+         "listeners[0]: cannot import 'no_such_module_xyz:listener': ModuleNotFoundError"),
+    ])
+    def test_a_bad_file_prints_the_config_error_and_exits_2(self, tmp_path, text, message):
+        """A bad config prints its ConfigError (key path and value) on stderr and exits 2."""
+        out = call("check", write(tmp_path, "bad.yaml", text))
+        assert out.returncode == 2
+        assert message in out.stderr and out.stderr.startswith("resilient-client: invalid config: ")
+        assert out.stdout == ""
+
+    def test_the_installed_command_exits_2_on_a_bad_file(self, tmp_path):
+        """As a real process too, a bad file is exit status 2 with the error on stderr."""
+        out = run("check", write(tmp_path, "bad.json", '{"defaults": {"retry": {"attempts": 0}}}'))
+        assert out.returncode == 2
+        assert out.stderr == ("resilient-client: invalid config: defaults.retry.attempts: "
+                              "must be an integer >= 1, got 0\n")
+
+    def test_a_missing_file_exits_2(self, tmp_path):
+        """A path that does not exist is reported, not a traceback."""
+        out = call("check", str(tmp_path / "nope.yaml"))
+        assert out.returncode == 2 and "cannot read config file" in out.stderr
+        assert "Traceback" not in out.stderr
+
+    def test_no_command_prints_help_and_exits_2(self):
+        """Running with no command shows the commands."""
+        out = call()
+        assert out.returncode == 2 and "check" in out.stderr and "status" in out.stderr
+
+    def test_version(self):
+        """--version prints the package version."""
+        out = run("--version")
+        assert out.returncode == 0 and out.stdout.strip() == f"resilient-client {rc.__version__}"
+
+
+class TestGet:
+    def test_prints_each_event_live_with_timings(self, tmp_path):
+        """get shows the policy, each attempt, the backoff and the call's end, timed from its start."""
+        cfg = write(tmp_path, "c.yaml", YAML)
+        with Peer([503, 200]) as peer:
+            out = run("get", f"{peer.url}/items?token={SECRET_TOKEN}", "--config", cfg,
+                      "-H", f"X-Api-Key: {SECRET_KEY}")
+            assert peer.requests[0][2]["X-Api-Key"] == SECRET_KEY
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == f"GET {peer.url}/items?token=REDACTED"
+        assert lines[1] == f"  policy: no endpoint matched: defaults apply, state kept per origin {peer.url}"
+        assert lines[2] == "  timeouts: connect 0.5s, read 2s, total 5s; retry: 3 attempts"
+        events = [line.split("s  ", 1)[1] for line in lines if line.startswith("  +")]
+        assert events[0].startswith("attempt 1: status 503 in ")
+        assert events[1].startswith("backoff: retry in ")
+        assert events[1].endswith("after status 503 (attempt 1)")
+        assert events[2].startswith("attempt 2: ok 200 in ")
+        assert events[3].startswith("call finished: ok 200, 2 attempt(s), ")
+        stamps = [float(line.split("s  ")[0].strip(" +")) for line in lines if line.startswith("  +")]
+        assert stamps == sorted(stamps)
+        assert lines[-1].startswith("=> 200 OK, 2 attempt(s), ")
+        assert SECRET_TOKEN not in out.stdout + out.stderr and SECRET_KEY not in out.stdout + out.stderr
+
+    def test_a_failed_call_shows_the_redacted_error_and_exits_1(self, tmp_path):
+        """A refused call prints the attempts, the give-up and the error without secrets, exit 1."""
+        cfg = write(tmp_path, "c.yaml", YAML.replace("attempts: 3", "attempts: 2"))
+        out = call("get", f"http://127.0.0.1:{closed_port()}/x?token={SECRET_TOKEN}", "-c", cfg)
+        assert out.returncode == 1
+        assert "attempt 1: connect_error (ConnectionError)" in out.stdout
+        assert "gave up after 2 attempt(s): attempts, last outcome connect_error" in out.stdout
+        assert "=> error: ConnectionError: " in out.stdout and "token=REDACTED" in out.stdout
+        assert SECRET_TOKEN not in out.stdout + out.stderr
+
+    def test_repeated_calls_show_the_breaker_opening_and_the_fallback(self, tmp_path):
+        """With -n, the breaker's opening, the refusals and a static fallback appear as they happen."""
+        port = closed_port()
+        cfg = write(tmp_path, "c.json", json.dumps({
+            "defaults": {"retry": None},
+            "endpoints": [{"name": "down", "match": f"http://127.0.0.1:{port}/",
+                           "breaker": {"failure_threshold": 2, "reset_timeout": 60},
+                           "fallback": {"status": 200, "json": {"items": []}}}],
+        }))
+        out = call("get", f"http://127.0.0.1:{port}/x", "-c", cfg, "-n", "3", "--body")
+        assert out.returncode == 0, out.stdout + out.stderr
+        text = out.stdout
+        assert text.count("fallback (static) served instead of: ConnectionError") == 2
+        assert "breaker 'down': closed -> open (2 consecutive failures)" in text
+        assert "breaker 'down' is open: call refused without touching the network" in text
+        assert "call finished: circuit_open 200, fallback, 0 attempt(s)" in text
+        assert text.count("=> 200 OK (fallback)") == 3 and '{"items": []}' in text
+        assert text.rstrip().endswith("3 calls, 3 ok, 0 failed")
+
+    def test_bad_headers_are_usage_errors(self):
+        """A header without a colon is refused with exit 2."""
+        out = call("get", "http://127.0.0.1:9/", "-H", "nocolon")
+        assert out.returncode == 2 and "expected 'Name: value'" in out.stderr
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[rc.ResilientSession, str]]:
+    """A session of this process with its health app on a loopback wsgiref server."""
+    session = rc.ResilientSession({"endpoints": [{"name": "inventory", "match": "http://inv.test/"},
+                                                 {"name": "search", "match": "http://search.test/",
+                                                  "critical": False}]})
+    server = make_server("127.0.0.1", 0, rc.health_app(session), handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    yield session, f"http://127.0.0.1:{server.server_port}/health"
+    server.shutdown()
+    server.server_close()
+
+
+class TestStatus:
+    def test_a_config_in_memory_shows_every_endpoint_closed(self, tmp_path):
+        """status builds a session from the config and prints each breaker and bulkhead, exit 0."""
+        out = call("status", "--config", write(tmp_path, "c.yaml", YAML))
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[1].split() == ["endpoint", "critical", "breaker", "failures", "retry", "in",
+                                    "storage", "bulkhead", "errors"]
+        assert lines[3].split() == ["inventory", "yes", "closed", "0", "-", "memory", "0/50", "-"]
+        assert lines[4].split()[:3] == ["search", "no", "closed"]
+        assert "status: ok (healthy)" in out.stdout
+        assert "'memory' breakers live inside each process" in out.stdout
+        assert "hunter2pw" not in out.stdout
+
+    def test_from_reads_a_running_service(self, health_server):
+        """--from reads a live health view: an open critical breaker shows, and exit is 1."""
+        session, url = health_server
+        session.circuit("inventory").open()
+        session.circuit("search").open()
+        out = run("status", "--from", url)
+        assert out.returncode == 1, out.stderr
+        rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[3:5]}
+        assert rows["inventory"][:3] == ["inventory", "yes", "open"]
+        assert rows["search"][:3] == ["search", "no", "open"]
+        assert "status: unhealthy (UNHEALTHY)" in out.stdout
+
+    def test_json_output(self, health_server):
+        """--json prints the health view as served, exit 0 when healthy."""
+        session, url = health_server
+        session.circuit("search").open()  # not critical: degraded only
+        out = call("status", "--from", url, "--json")
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        assert (data["healthy"], data["status"]) == (True, "degraded")
+
+    def test_an_unreachable_service_exits_2(self):
+        """A --from URL that refuses the connection is reported, exit 2."""
+        out = call("status", "--from", f"http://127.0.0.1:{closed_port()}/health")
+        assert out.returncode == 2 and "cannot read the health view" in out.stderr
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
+    """A breaker opened in this process with redis storage shows as open in a new `status` process."""
+    port = closed_port()
+    config = {"defaults": {"retry": None},
+              "endpoints": [{"name": "shared", "match": f"http://127.0.0.1:{port}/",
+                             "breaker": {"failure_threshold": 1, "storage": redis_url}}]}
+    session = rc.ResilientSession(config)
+    with pytest.raises(requests.ConnectionError):
+        session.get(f"http://127.0.0.1:{port}/x")
+    assert session.circuit("shared").state == "open"
+    out = run("status", "--config", write(tmp_path, "c.json", json.dumps(config)))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout.splitlines()[3].split()[:3] == ["shared", "yes", "open"]
+
+
+class TestDemo:
+    def test_a_missing_demo_is_a_clear_message_and_exit_2(self):
+        """Without resilient_client/_demo.py, `demo` says so and exits 2."""
+        code = ("import sys; sys.modules['resilient_client._demo'] = None\n"
+                "from resilient_client._cli import main; raise SystemExit(main(['demo']))")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env=env, cwd=ROOT)
+        assert out.returncode == 2
+        assert "the demo is not part of this installation" in out.stderr and "Traceback" not in out.stderr
+
+    def test_the_demo_gets_every_argument_after_its_name(self, monkeypatch):
+        """Options after `demo` are the demo's own, passed to _demo.main untouched."""
+        seen: list[list[str]] = []
+        fake = types.ModuleType("resilient_client._demo")
+        fake.main = lambda argv: seen.append(argv) or 7  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "resilient_client._demo", fake)
+        assert main(["demo", "--plot", "out.png", "-v"]) == 7
+        assert seen == [["--plot", "out.png", "-v"]]
