@@ -14,6 +14,8 @@ EXTRAS = {
     "toml": ['tomli>=2; python_version < "3.11"'],
     # resilient_client.testing: fake peers (responses) and the pytest fixtures.
     "testing": ["responses>=0.23", "pytest>=7"],
+    # resilient-client demo --plot
+    "plot": ["matplotlib>=3.5"],
 }
 EXTRAS["test"] = [
     "pytest>=7",
