@@ -370,7 +370,8 @@ class ResilientSession(requests.Session):
             # This request is itself our caller's retry: retry at one layer only.
             retrying, call.stop_reason = None, "caller_retrying"
         try:
-            resp = self._attempt(call) if retrying is None else retrying(self._attempt, call)
+            resp = (self._attempt(call) if retrying is None
+                    else self._attempt_then_retrying(call, retrying))
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -389,6 +390,30 @@ class ResilientSession(requests.Session):
         resp.attempts = call.attempt  # type: ignore[attr-defined]
         resp.is_fallback = False  # type: ignore[attr-defined]
         return resp
+
+    def _attempt_then_retrying(self, call: Call, retrying: tenacity.Retrying) -> requests.Response:
+        """
+        The first attempt, then tenacity only if that attempt's outcome may be retried.
+
+        Entering tenacity costs more than the rest of our layers together, and
+        most calls succeed at once. tenacity stays the only retry engine: when
+        the first outcome might be retried, tenacity gets it replayed as its
+        own first attempt, so every decision (retry, wait, stop, hooks, the
+        final outcome) is tenacity's, exactly as if it had run the attempt.
+        The shortcut is taken only where `RetrySafely` would say "no retry"
+        for certain: a response whose status is not in ``on_status``, with no
+        user ``retry_if`` to overrule it.
+        """
+        first: requests.Response | BaseException
+        try:
+            first = self._attempt(call)
+        except BaseException as exc:  # tenacity catches everything too
+            first = exc
+        else:
+            retry = call.route.policy.retry
+            if self._retry_if is None and (retry is None or first.status_code not in retry.on_status):
+                return first
+        return retrying(_ReplayFirst(first, self._attempt), call)
 
     def _attempt(self, call: Call) -> requests.Response:
         """One try: breaker, timeouts capped by the deadline, then requests' own send."""
@@ -625,6 +650,27 @@ class ResilientSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<ResilientSession endpoints={[e.name for e in self.config.endpoints]}>"
+
+
+class _ReplayFirst:
+    """An attempt function whose first call replays an outcome already had."""
+
+    __slots__ = ("_attempt", "_first")
+
+    def __init__(
+        self, first: requests.Response | BaseException, attempt: Callable[[Call], requests.Response]
+    ) -> None:
+        self._first: requests.Response | BaseException | None = first
+        self._attempt = attempt
+
+    def __call__(self, call: Call) -> requests.Response:
+        first = self._first
+        if first is None:
+            return self._attempt(call)
+        self._first = None
+        if isinstance(first, BaseException):
+            raise first
+        return first
 
 
 def _finite(name: str, value: object, default: float) -> float:
