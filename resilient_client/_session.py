@@ -401,16 +401,21 @@ class ResilientSession(requests.Session):
         own first attempt, so every decision (retry, wait, stop, hooks, the
         final outcome) is tenacity's, exactly as if it had run the attempt.
         The shortcut is taken only where `RetrySafely` would say "no retry"
-        for certain: a response whose status is not in ``on_status``, with no
-        user ``retry_if`` to overrule it.
+        for certain, with no user ``retry_if`` to overrule it: a response
+        whose status is not in ``on_status``, or an error whose kind is not
+        in ``on`` (tenacity, with ``reraise``, would raise it as it is).
         """
+        retry = call.route.policy.retry
         first: requests.Response | BaseException
         try:
             first = self._attempt(call)
         except BaseException as exc:  # tenacity catches everything too
+            if self._retry_if is None and retry is not None:
+                kind = failure_kind(exc)
+                if kind is None or kind not in retry.on:
+                    raise  # never retried (an open breaker, a bad URL): what tenacity would raise
             first = exc
         else:
-            retry = call.route.policy.retry
             if self._retry_if is None and (retry is None or first.status_code not in retry.on_status):
                 return first
         return retrying(_ReplayFirst(first, self._attempt), call)

@@ -84,6 +84,18 @@ class TestFirstAttemptShortcut:
         assert len(responses.calls) == 3
 
     @responses.activate
+    def test_open_breaker_is_raised_without_tenacity(self):
+        """An open breaker's CircuitOpenError (never retried) is raised at once, without entering tenacity."""
+        responses.get(URL, json={"ok": True})
+        s = resilient_client.ResilientSession({"defaults": {"retry": {"attempts": 3}}}, clock=_Clock())
+        spy = _retrying_spy(s)
+        s.circuit(URL).open()
+        with pytest.raises(resilient_client.CircuitOpenError):
+            s.get(URL)
+        assert spy.call_count == 0
+        assert len(responses.calls) == 0
+
+    @responses.activate
     def test_first_exception_is_replayed_into_tenacity(self):
         """A connection error at the first attempt is retried by tenacity; the second try succeeds."""
         responses.get(URL, body=requests.ConnectionError("refused"))
