@@ -47,7 +47,7 @@ from ._events import (
 )
 from ._fallback import StaleCache, make_response
 from ._outcome import RetryPredicate, failure_kind, is_peer_failure, is_replayable
-from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
+from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import redact_exception, redact_url, secret_values
 from ._retry import Call, build_retrying
@@ -400,23 +400,21 @@ class ResilientSession(requests.Session):
         the first outcome might be retried, tenacity gets it replayed as its
         own first attempt, so every decision (retry, wait, stop, hooks, the
         final outcome) is tenacity's, exactly as if it had run the attempt.
-        The shortcut is taken only where `RetrySafely` would say "no retry"
-        for certain, with no user ``retry_if`` to overrule it: a response
-        whose status is not in ``on_status``, or an error whose kind is not
-        in ``on`` (tenacity, with ``reraise``, would raise it as it is).
+        The shortcut is taken only where `RetrySafely` says "no retry" for
+        certain (`_certainly_final`); tenacity would then return that
+        response, or raise that error as it is (``reraise=True``).
         """
-        retry = call.route.policy.retry
+        retry = cast(RetryPolicy, call.route.policy.retry)  # a Retrying exists only with one
+        user = self._retry_if is not None
         first: requests.Response | BaseException
         try:
             first = self._attempt(call)
         except BaseException as exc:  # tenacity catches everything too
-            if self._retry_if is None and retry is not None:
-                kind = failure_kind(exc)
-                if kind is None or kind not in retry.on:
-                    raise  # never retried (an open breaker, a bad URL): what tenacity would raise
+            if _certainly_final(exc, retry, user):
+                raise  # what tenacity (reraise=True) would raise
             first = exc
         else:
-            if self._retry_if is None and (retry is None or first.status_code not in retry.on_status):
+            if _certainly_final(first, retry, user):
                 return first
         return retrying(_ReplayFirst(first, self._attempt), call)
 
@@ -655,6 +653,24 @@ class ResilientSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<ResilientSession endpoints={[e.name for e in self.config.endpoints]}>"
+
+
+def _certainly_final(
+    outcome: requests.Response | BaseException, retry: RetryPolicy, user_predicate: bool
+) -> bool:
+    """
+    Whether `RetrySafely` would refuse to retry *outcome* whatever else holds,
+    so that tenacity need not be entered. It must never say True where
+    `RetrySafely` could say "retry": tests check the two against each other.
+    """
+    if isinstance(outcome, BaseException):
+        if not isinstance(outcome, Exception) or isinstance(outcome, ResilienceError):
+            return True  # interrupts and our own refusals, whatever retry_if says
+        if user_predicate:
+            return False
+        kind = failure_kind(outcome)
+        return kind is None or kind not in retry.on
+    return not user_predicate and outcome.status_code not in retry.on_status
 
 
 class _ReplayFirst:

@@ -55,13 +55,14 @@ class TestSummary:
     def test_job_left_in_the_queue_is_answered_by_the_load_balancer(self):
         """A job nobody took within the queue timeout counts as a 503 from the queue, not as unanswered."""
         job = _demo._Job(arrived=1.0)
-        assert _demo._outcome_at(job, cutoff=1.0 + _demo.QUEUE_TIMEOUT + 0.1) == ("queue", _demo.QUEUE_TIMEOUT)
+        late = 1.0 + _demo.QUEUE_TIMEOUT + 0.1
+        assert _demo._outcome_at(job, cutoff=late) == ("queue", _demo.QUEUE_TIMEOUT)
         assert _demo._outcome_at(job, cutoff=1.5) == (None, None)
 
 
 class TestQuickDemo:
     def test_resilient_client_contains_the_cascade(self, tmp_path):
-        """The quick demo's table shows resilient_client serving fallbacks, with few calls to the hung peer."""
+        """The quick demo's table shows resilient_client serving fallbacks, few calls to the hung peer."""
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(
             [sys.executable, "-m", "resilient_client._demo", "--quick"],

@@ -30,7 +30,8 @@ URLS = [
 def clean_env(monkeypatch):
     """No proxy or CA-bundle variable from the machine leaks into a test."""
     for name in list(os.environ):
-        if name.lower().endswith("_proxy") or name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "REQUEST_METHOD"):
+        if name.lower().endswith("_proxy") or name in (
+                "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "REQUEST_METHOD"):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -56,7 +57,7 @@ class TestSameAsRequests:
         {"CURL_CA_BUNDLE": "/etc/curl.pem", "no_proxy": "*"},
     ])
     def test_matches_requests(self, clean_env, url, env):
-        """For each environment and URL, the merged settings equal requests' own, twice in a row (cache hit)."""
+        """For each environment and URL, the settings equal requests' own, twice in a row (cache hit)."""
         for k, v in env.items():
             clean_env.setenv(k, v)
         ours = resilient_client.ResilientSession()

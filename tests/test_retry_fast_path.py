@@ -137,3 +137,50 @@ class TestFirstAttemptShortcut:
                 pytest.raises(KeyboardInterrupt):
             _session().get(URL)
         assert send.call_count == 1
+
+
+def _response(status):
+    r = requests.Response()
+    r.status_code = status
+    return r
+
+
+OUTCOMES = [
+    *(_response(s) for s in (200, 201, 204, 301, 400, 404, 408, 429, 500, 502, 503, 504)),
+    requests.ConnectionError("refused"),
+    requests.ConnectTimeout("connect timeout"),
+    requests.ReadTimeout("read timeout"),
+    requests.exceptions.ChunkedEncodingError("broken"),
+    requests.exceptions.SSLError("tls"),
+    requests.exceptions.InvalidURL("bad url"),
+    resilient_client.CircuitOpenError("peer", None),
+    resilient_client.DeadlineExceeded("peer", 1.0),
+    ValueError("a bug"),
+    KeyboardInterrupt(),
+]
+
+
+class TestShortcutAgreesWithRetrySafely:
+    @pytest.mark.parametrize("outcome", OUTCOMES, ids=repr)
+    @pytest.mark.parametrize("predicate", [None, lambda r, o: True, lambda r, o: False, lambda r, o: None],
+                             ids=["no retry_if", "retry_if True", "retry_if False", "retry_if None"])
+    @pytest.mark.parametrize("retry", [
+        resilient_client.RetryPolicy(),
+        resilient_client.RetryPolicy(on_status=frozenset({500}), on=frozenset({"connect_error"})),
+    ], ids=["default policy", "narrow policy"])
+    def test_shortcut_never_skips_a_retry(self, outcome, predicate, retry):
+        """Whenever the shortcut skips tenacity, RetrySafely (tenacity's retry strategy) would not retry."""
+        import tenacity
+
+        from resilient_client._retry import Call, RetrySafely
+        from resilient_client._session import _certainly_final
+
+        request = requests.Request("GET", URL).prepare()
+        call = Call(request, {}, None, None, idempotent=True, replayable=True)
+        rs = tenacity.RetryCallState(retry_object=None, fn=None, args=(call,), kwargs={})
+        if isinstance(outcome, BaseException):
+            rs.set_exception((type(outcome), outcome, None))
+        else:
+            rs.set_result(outcome)
+        if _certainly_final(outcome, retry, predicate is not None):
+            assert RetrySafely(retry, predicate)(rs) is False
