@@ -30,4 +30,5 @@ class TestBenchmarksSmoke:
         rows = json.loads(out.read_text())["rows"]
         clients = {r["name"].split(":")[0] for r in rows if r["bench"].startswith("happy path")}
         assert clients == {"urllib3 (floor)", "requests.Session", "requests + urllib3 Retry",
-                           "tenacity + pybreaker", "stamina", "resilient_client"}
+                           "tenacity + pybreaker", "stamina", "resilient_client",
+                           "resilient_client, env cache off", "resilient_client, both shortcuts off"}
