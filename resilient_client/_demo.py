@@ -304,7 +304,7 @@ def demo_policy(url: str, *, reset_timeout: float) -> dict[str, Any]:
                 "retry": {"attempts": 2, "backoff": {"initial": 0.05, "max": 0.2}},
                 "budget": {"ratio": 0.2, "min_per_second": 2},
                 "breaker": {"failure_threshold": 3, "reset_timeout": reset_timeout},
-                "bulkhead": {"max_concurrent": 4},
+                "bulkhead": {"max_concurrent": 6},  # of 8 workers: two stay free
                 "fallback": {"status": 200, "json": {"recommendations": [], "degraded": True}},
             }
         ]
