@@ -16,6 +16,8 @@ EXTRAS = {
     "testing": ["responses>=0.23", "pytest>=7"],
     # resilient-client demo --plot
     "plot": ["matplotlib>=3.5"],
+    # benchmarks/: stamina is one of the clients compared (tenacity and pybreaker are deps).
+    "bench": ["stamina>=24"],
 }
 EXTRAS["test"] = [
     "pytest>=7",
@@ -27,6 +29,8 @@ EXTRAS["test"] = [
     *EXTRAS["otel"],
     # TOML config files on Python 3.10 (3.11+ has tomllib).
     *EXTRAS["toml"],
+    # The benchmarks' smoke test.
+    *EXTRAS["bench"],
 ]
 # STYLE.md names the test extra `tests`; both spellings work.
 EXTRAS["tests"] = EXTRAS["test"]
@@ -34,7 +38,7 @@ EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
 EXTRAS["docs"] = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
 # Every optional runtime feature, without the developer tools.
 EXTRAS["all"] = sorted(
-    {d for k, v in EXTRAS.items() if k not in ("test", "tests", "lint", "docs") for d in v}
+    {d for k, v in EXTRAS.items() if k not in ("test", "tests", "lint", "docs", "bench") for d in v}
 )
 
 setup(
