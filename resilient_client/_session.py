@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -287,7 +288,7 @@ class ResilientSession(requests.Session):
         if verify is True or verify is None:
             verify = ca_bundle or verify
         return {
-            "proxies": _merge_setting(proxies, self.proxies),
+            "proxies": _merge_proxies(proxies, self.proxies),
             "stream": _merge_setting(stream, self.stream),
             "verify": _merge_setting(verify, self.verify),
             "cert": _merge_setting(cert, self.cert),
@@ -653,6 +654,22 @@ class ResilientSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<ResilientSession endpoints={[e.name for e in self.config.endpoints]}>"
+
+
+def _merge_proxies(request_setting: Any, session_setting: Any) -> Any:
+    """
+    requests' ``merge_setting`` for the proxies. For two plain dicts (always,
+    unless the user set ``session.proxies`` to something else) its result is
+    built directly: requests' generic path spends ~13 µs per call in
+    ``isinstance`` checks against a runtime Protocol to find that out.
+    """
+    if type(request_setting) is not dict or type(session_setting) is not dict:
+        return _merge_setting(request_setting, session_setting)
+    merged = OrderedDict(session_setting)
+    merged.update(request_setting)
+    for key in [k for k, v in merged.items() if v is None]:
+        del merged[key]
+    return merged
 
 
 def _certainly_final(

@@ -75,6 +75,7 @@ class TestSiteBuilds:
     def test_mkdocs_build_strict(self, tmp_path):
         """`mkdocs build --strict` passes: no broken link, no missing page, no unresolved reference."""
         env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-        proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+        cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -166,3 +166,28 @@ class TestProperty:
             for _ in range(2):
                 a, b = both(url, ours=ours)
                 assert a == b
+
+
+class TestProxiesMerge:
+    @pytest.mark.parametrize("call_proxies", [
+        {}, {"http": "http://c:1"}, {"http": None}, {"https": "http://c:2", "x": None}])
+    @pytest.mark.parametrize("session_proxies", [{}, {"http": "http://s:1"}, {"https": "http://s:2", "http": "http://s:3"}])
+    def test_same_as_requests_merge_setting(self, call_proxies, session_proxies):
+        """The direct merge of two dicts gives requests' merge_setting result, type and order included."""
+        from requests.sessions import merge_setting
+
+        from resilient_client._session import _merge_proxies
+
+        ours = _merge_proxies(dict(call_proxies), dict(session_proxies))
+        theirs = merge_setting(dict(call_proxies), dict(session_proxies))
+        assert type(ours) is type(theirs)
+        assert list(ours.items()) == list(theirs.items())
+
+    def test_other_types_go_to_requests(self):
+        """Anything but two plain dicts is merged by requests' own code."""
+        from requests.structures import CaseInsensitiveDict
+
+        from resilient_client._session import _merge_proxies
+
+        assert _merge_proxies({"http": "x"}, None) == {"http": "x"}
+        assert _merge_proxies(CaseInsensitiveDict({"http": "x"}), {}) == {"http": "x"}
