@@ -14,6 +14,10 @@ EXTRAS = {
     "toml": ['tomli>=2; python_version < "3.11"'],
     # resilient_client.testing: fake peers (responses) and the pytest fixtures.
     "testing": ["responses>=0.23", "pytest>=7"],
+    # resilient-client demo --plot
+    "plot": ["matplotlib>=3.5"],
+    # benchmarks/: stamina is one of the clients compared (tenacity and pybreaker are deps).
+    "bench": ["stamina>=24"],
 }
 EXTRAS["test"] = [
     "pytest>=7",
@@ -27,6 +31,8 @@ EXTRAS["test"] = [
     "opentelemetry-sdk>=1.20",
     # TOML config files on Python 3.10 (3.11+ has tomllib).
     *EXTRAS["toml"],
+    # The benchmarks' smoke test.
+    *EXTRAS["bench"],
 ]
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
@@ -37,7 +43,12 @@ EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
 EXTRAS["docs"] = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
 # Every optional runtime feature, without the developer tools.
 EXTRAS["all"] = sorted(
-    {d for k, v in EXTRAS.items() if k not in ("test", "tests", "lint", "docs", "requests-suite") for d in v}
+    {
+        d
+        for k, v in EXTRAS.items()
+        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite")
+        for d in v
+    }
 )
 
 setup(
