@@ -7,12 +7,9 @@ import io
 import json
 import os
 import pathlib
-import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -266,33 +263,6 @@ class TestStatus:
         """A --from URL that refuses the connection is reported, exit 2."""
         out = call("status", "--from", f"http://127.0.0.1:{closed_port()}/health")
         assert out.returncode == 2 and "cannot read the health view" in out.stderr
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):

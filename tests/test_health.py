@@ -260,7 +260,7 @@ def test_a_real_haproxy_takes_the_service_out_and_back(tmp_path, serve, session,
     """HAProxy's health check marks the server DOWN while a critical breaker is open, UP after."""
     haproxy = shutil.which("haproxy") or shutil.which("/usr/sbin/haproxy")
     if haproxy is None:
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+        pytest.fail("haproxy is not installed (apt-get install haproxy); .ci/run installs it")
     port = serve(rc.health_app(session)).rsplit(":", 1)[1]
     sock = str(tmp_path / "admin.sock")
     (tmp_path / "h.cfg").write_text(
