@@ -681,3 +681,24 @@ class BreakerMachine(RuleBasedStateMachine):
 
 BreakerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 test_breaker_state_machine = BreakerMachine.TestCase
+
+
+class TestPybreakerVocabulary:
+    def test_state_names_are_pybreakers(self) -> None:
+        """BreakerState's values are pybreaker's own state names."""
+        import pybreaker
+
+        from resilient_client import BreakerState
+
+        assert BreakerState.CLOSED == pybreaker.STATE_CLOSED
+        assert BreakerState.OPEN == pybreaker.STATE_OPEN
+        assert BreakerState.HALF_OPEN == pybreaker.STATE_HALF_OPEN
+
+    def test_importing_the_package_does_not_import_pybreaker_or_redis(self) -> None:
+        """pybreaker (and the redis-py it pulls in) load only for a breaker stored in Redis."""
+        import subprocess
+        import sys
+
+        code = "import sys, resilient_client; print('pybreaker' in sys.modules, 'redis' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.stdout.split() == ["False", "False"], out.stderr
