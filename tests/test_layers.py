@@ -350,3 +350,43 @@ class TestConcurrencyThroughOneBreaker:
         assert statuses == [200] * 8
         # Serialised, as pybreaker's call() would, this takes 8 x 0.4 = 3.2 s.
         assert elapsed < 0.8, f"8 concurrent calls took {elapsed:.3f}s"
+
+
+class TestEarlyRefusal:
+    def test_open_breaker_refuses_before_preparing(self, peer: str, monkeypatch: Any) -> None:
+        """With the breaker open and no fallback, session.get raises before any request preparation."""
+        s = ResilientSession(_config(peer))
+        s.circuit("peer").open()
+        prepared: list[object] = []
+        original = requests.Session.prepare_request
+        monkeypatch.setattr(requests.Session, "prepare_request",
+                            lambda self, req: prepared.append(req) or original(self, req))
+        events: list[resilient_client.Event] = []
+        s.subscribe(events.append)
+        with pytest.raises(CircuitOpenError):
+            s.get(peer + "/ok", params={"q": "1"})
+        assert prepared == [] and _Peer.hits == []
+        assert [type(e).__name__ for e in events] == ["BreakerRejected", "CallFinished"]
+        assert s.circuit("peer").stats().rejected == 1
+
+    def test_the_half_open_trial_still_goes_through(self, peer: str) -> None:
+        """After reset_timeout the early check lets the trial reach the peer, which closes the breaker."""
+
+        class Clock:
+            t = 0.0
+
+            def monotonic(self) -> float:
+                return self.t
+
+            def sleep(self, seconds: float) -> None:
+                self.t += seconds
+
+        clock = Clock()
+        breaker = {"failure_threshold": 1, "reset_timeout": 30}
+        s = ResilientSession(_config(peer, breaker=breaker), clock=clock)
+        assert s.get(peer + "/fail").status_code == 503
+        with pytest.raises(CircuitOpenError):
+            s.get(peer + "/ok")
+        clock.t += 31
+        assert s.get(peer + "/ok").status_code == 200
+        assert s.circuit("peer").state == "closed"
