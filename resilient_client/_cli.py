@@ -22,6 +22,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import requests
@@ -42,6 +43,7 @@ from ._events import (
     format_event,
     load_listeners,
 )
+from ._haproxy import check_haproxy
 from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
 from ._redact import redact_headers, redact_url
 from ._version import __version__
@@ -94,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a config file and print the policy of every endpoint")
     p.add_argument("config", metavar="CONFIG", help="a .yaml, .yml, .toml or .json file")
     p.add_argument("--width", type=int, default=None, help="table width (default: the terminal's)")
+    p.add_argument("--haproxy", metavar="HAPROXY_CFG",
+                   help="also check the client policy against this haproxy.cfg "
+                        "(timeouts, stacked retries); exit 1 on an error finding")
     p.set_defaults(run=_check)
 
     p = sub.add_parser(
@@ -181,7 +186,28 @@ def _check(args: argparse.Namespace) -> int:
           f"query {', '.join(sorted(secrets.query)) or '(none)'}", file=out)
     listeners = ", ".join(map(_spec_name, config.listeners)) or "(none besides logging)"
     print(f"Listeners: {listeners}", file=out)
-    return 0
+    return _coherence(config, args.haproxy, out)
+
+
+def _coherence(config: Config, haproxy_path: str | None, out: TextIO) -> int:
+    """Print what contradicts itself in the policy (and with HAProxy); 1 on an error."""
+    haproxy_text = ""
+    if haproxy_path is not None:
+        try:
+            haproxy_text = Path(haproxy_path).read_text(encoding="utf-8")
+        except OSError as e:
+            print(f"{haproxy_path}: cannot read: {e.strerror or e}", file=sys.stderr)
+            return 2
+    findings = check_haproxy(config, haproxy_text)
+    print(file=out)
+    what = f"with {haproxy_path}" if haproxy_path else "(client policy alone; --haproxy adds the proxy)"
+    if not findings:
+        print(f"Coherence {what}: nothing contradicts itself", file=out)
+        return 0
+    print(f"Coherence {what}:", file=out)
+    for f in findings:
+        print(f"  {f}", file=out)
+    return 1 if any(f.severity == "error" for f in findings) else 0
 
 
 def _spec_name(spec: object) -> str:

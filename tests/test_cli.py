@@ -147,6 +147,40 @@ class TestCheck:
         assert out.returncode == 0 and out.stdout.strip() == f"resilient-client {rc.__version__}"
 
 
+class TestCheckWithHAProxy:
+    HAPROXY = (
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout server 30s\n"
+        "    timeout queue 30s\n    retries 3\n    retry-on all-retryable-errors\n"
+        "backend inventory\n    server a 127.0.0.1:9000\n"
+    )
+    CONFIG = (
+        "defaults:\n  timeout: {connect: 0.5, read: 2.0, total: 8.0}\n"
+        "endpoints:\n  - name: inventory\n    match: \"https://inventory.internal/\"\n"
+    )
+
+    def test_stacked_retries_are_an_error_with_the_multiplier(self, tmp_path):
+        """HAProxy retries under client retries are reported with the multiplier, and exit 1."""
+        out = call("check", write(tmp_path, "c.yaml", self.CONFIG),
+                   "--haproxy", write(tmp_path, "haproxy.cfg", self.HAPROXY))
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "[stacked-retries]" in out.stdout and "multiplier 12" in out.stdout
+        assert "haproxy backend 'inventory'" in out.stdout
+
+    def test_one_retry_layer_passes(self, tmp_path):
+        """With HAProxy's retries off, the same pair has no error and exits 0."""
+        haproxy = self.HAPROXY.replace("    retries 3\n    retry-on all-retryable-errors\n",
+                                       "    retries 0\n")
+        out = call("check", write(tmp_path, "c.yaml", self.CONFIG),
+                   "--haproxy", write(tmp_path, "haproxy.cfg", haproxy))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "[stacked-retries]" not in out.stdout
+
+    def test_unreadable_haproxy_file_exits_2(self, tmp_path):
+        """A missing haproxy.cfg is reported, exit 2."""
+        out = call("check", write(tmp_path, "c.yaml", self.CONFIG), "--haproxy", str(tmp_path / "no.cfg"))
+        assert out.returncode == 2 and "cannot read" in out.stderr
+
+
 class TestGet:
     def test_prints_each_event_live_with_timings(self, tmp_path):
         """get shows the policy, each attempt, the backoff and the call's end, timed from its start."""
