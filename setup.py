@@ -18,6 +18,9 @@ EXTRAS = {
     "plot": ["matplotlib>=3.5"],
     # benchmarks/: stamina is one of the clients compared (tenacity and pybreaker are deps).
     "bench": ["stamina>=24"],
+    # resilient-client demo --fleet: gunicorn workers (haproxy and redis-server are
+    # system packages), breaker state in Redis.
+    "fleet": ["gunicorn>=21", "redis>=4.5"],
 }
 EXTRAS["test"] = [
     "pytest>=7",
@@ -46,7 +49,7 @@ EXTRAS["all"] = sorted(
     {
         d
         for k, v in EXTRAS.items()
-        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite")
+        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet")
         for d in v
     }
 )

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import requests
 
@@ -358,7 +358,12 @@ def _outcome_at(job: _Job, cutoff: float) -> tuple[str | None, float | None]:
     return job.outcome, job.finished - job.arrived
 
 
-def summarise(up: _Upstream, down: _Downstream, schedule: Schedule, cutoff: float) -> Result:
+class _Jobs(Protocol):
+    label: str
+    jobs: list[_Job]
+
+
+def summarise(up: _Jobs, down: _Downstream, schedule: Schedule, cutoff: float) -> Result:
     counts = {"ok": 0, "fallback": 0, "error": 0, "queue": 0, "unanswered": 0}
     latencies: list[float] = []
     nb = math.ceil(schedule.total / BUCKET)
@@ -582,9 +587,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="a ~15 s run (CI, tests) instead of ~35 s")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw latency and success rate over time (needs matplotlib)")
-    parser.add_argument("--rate", type=float, default=40.0,
-                        help="upstream requests per second (default 40)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="upstream requests per second (default 40; 20 with --fleet)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="a ~1 min run (~20 s with --quick) with real gunicorn workers "
+                        "behind HAProxy, breaker state shared through Redis (needs the "
+                        "fleet extra, haproxy and redis-server)")
     args = parser.parse_args(argv)
+    if args.rate is None:
+        args.rate = 20.0 if args.fleet else 40.0
     if args.rate <= 0 or args.rate > 500:
         parser.error("--rate must be in (0, 500]")
     if args.plot:
@@ -592,8 +603,12 @@ def main(argv: list[str] | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("--plot needs matplotlib: pip install 'resilient_client[plot]'")
-    schedule = QUICK_SCHEDULE if args.quick else DEFAULT_SCHEDULE
     out = sys.stdout
+    if args.fleet:
+        if args.plot:
+            parser.error("--plot is not available with --fleet")
+        return _fleet_main(quick=args.quick, rate=args.rate, out=out)
+    schedule = QUICK_SCHEDULE if args.quick else DEFAULT_SCHEDULE
     results = run(schedule, rate=args.rate, reset_timeout=1.0, out=out)
     print(file=out)
     print(render_table(results), file=out)
@@ -602,6 +617,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(results, schedule, args.plot)
         print(f"plot written to {args.plot}", file=out)
+    return 0
+
+
+def _fleet_main(*, quick: bool, rate: float, out: TextIO) -> int:
+    from . import _demo_fleet
+
+    missing = _demo_fleet.missing_tools()
+    if missing:
+        print("demo --fleet needs, and could not find:", file=sys.stderr)
+        for what in missing:
+            print(f"  - {what}", file=sys.stderr)
+        return 2
+    schedule = _demo_fleet.QUICK_FLEET_SCHEDULE if quick else _demo_fleet.FLEET_SCHEDULE
+    result = _demo_fleet.run_fleet(schedule, rate=rate, reset_timeout=1.0, out=out)
+    print(file=out)
+    print(_demo_fleet.render_fleet_table(result), file=out)
+    print(file=out)
+    print(_demo_fleet.fleet_verdict(result), file=out)
     return 0
 
 
