@@ -36,6 +36,8 @@ EXTRAS["test"] = [
     *EXTRAS["toml"],
     # The benchmarks' smoke test.
     *EXTRAS["bench"],
+    # The demo --fleet test (gunicorn workers).
+    *EXTRAS["fleet"],
 ]
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
