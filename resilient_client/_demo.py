@@ -414,8 +414,9 @@ def _ms(v: float | None) -> str:
     return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
 
 
-def render_table(results: Sequence[Result]) -> str:
-    """The side-by-side table printed at the end of the demo."""
+def render_table(results: Sequence[Result],
+                 extra: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
+    """The side-by-side table printed at the end of the demo (*extra*: more rows, one cell per result)."""
     rows: list[tuple[str, Callable[[Result], str]]] = [
         ("requests arrived", lambda r: str(r.arrived)),
         ("throughput (answers/s)", lambda r: f"{r.throughput:.1f}"),
@@ -435,6 +436,7 @@ def render_table(results: Sequence[Result]) -> str:
     ]
     head = ["", *(r.label for r in results)]
     body = [[name, *(fn(r) for r in results)] for name, fn in rows]
+    body += [[name, *cells] for name, cells in extra]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(cells: Sequence[str]) -> str:

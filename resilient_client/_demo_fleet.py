@@ -182,11 +182,21 @@ class _Load:
 
 @dataclass
 class FleetResult:
-    """The fleet's `Result` and what is specific to a fleet."""
+    """Each fleet's `Result` (plain requests first) and what the shared breaker did."""
 
-    result: Result
+    results: list[Result]
     before_open: int | None  # calls that reached the failing downstream before it opened
     opened_after: float | None  # seconds from the start of the outage to the breaker opening
+
+
+@dataclass
+class _Variant:
+    """One fleet: its client, label, downstream and HAProxy URL."""
+
+    client: str
+    label: str
+    down: _TimedDownstream
+    url: str = ""
 
 
 def _send(session: Callable[[], requests.Session], url: str, job: _Job, t0: float) -> None:
@@ -234,137 +244,160 @@ def _thread_sessions() -> Iterator[_Sessions]:
 
 
 def run_fleet(schedule: Schedule, *, rate: float, reset_timeout: float, out: TextIO) -> FleetResult:
-    """Start the fleet, run *schedule* against it, stop everything; return the result."""
+    """Start both fleets, run *schedule* against them, stop everything; return the results."""
     haproxy = _haproxy_path()
     redis_server = shutil.which("redis-server")
     assert haproxy is not None and redis_server is not None  # checked by the caller
     with tempfile.TemporaryDirectory(prefix="rc-fleet-") as tmp:
         workdir = Path(tmp)
         fleet = _Fleet(workdir)
-        down: _TimedDownstream | None = None
+        variants: list[_Variant] = []
         try:
-            rport, gport, hport = _free_port(), _free_port(), _free_port()
+            rport = _free_port()
             redis_url = f"redis://{HOST}:{rport}/0"
             fleet.spawn("redis", [redis_server, "--port", str(rport), "--bind", HOST,
                                   "--save", "", "--appendonly", "no"])
-            # The downstream listens before the workers start; its clock starts later.
-            down = _TimedDownstream(schedule, time.monotonic() + 3600)
-            threading.Thread(target=down.serve_forever, kwargs={"poll_interval": 0.05},
-                             daemon=True).start()
-            env = dict(os.environ)
-            # The workers import this very package, wherever it is.
-            pkg_root = str(Path(__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-            env.update(RC_DEMO_DOWNSTREAM=down.url, RC_DEMO_REDIS=redis_url,
-                       RC_DEMO_RESET_TIMEOUT=str(reset_timeout))
-            fleet.spawn("gunicorn", [
-                sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{gport}",
-                "--workers", str(FLEET_WORKERS), "--worker-class", "sync",
-                "--timeout", "30", "--graceful-timeout", "1", "--log-level", "warning",
-                "resilient_client._demo_fleet_app:app"], env=env)
-            cfg = workdir / "haproxy.cfg"
-            cfg.write_text(_HAPROXY_CFG.format(host=HOST, port=hport, gport=gport,
-                                               workers=FLEET_WORKERS, queue=f"{QUEUE_TIMEOUT:g}"))
-            fleet.spawn("haproxy", [haproxy, "-db", "-f", str(cfg)])
             fleet.wait_until("redis", rport, b"PING\r\n", b"+PONG")
-            http_probe = b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n"
-            fleet.wait_until("gunicorn", gport, http_probe, b"HTTP/")
-            fleet.wait_until("haproxy", hport, http_probe, b"HTTP/")
-            print(f"fleet: haproxy {HOST}:{hport} -> gunicorn {FLEET_WORKERS} sync workers "
-                  f"{HOST}:{gport}, breaker state in redis {HOST}:{rport}", file=out)
-            return _drive(schedule, down, f"http://{HOST}:{hport}/", rate, redis_url, out)
+            for client, label in (("plain", f"requests timeout={_demo.PLAIN_TIMEOUT[0]:g},"
+                                            f"{_demo.PLAIN_TIMEOUT[1]:g}"),
+                                  ("resilient", "resilient_client")):
+                # Each fleet has its own downstream; its clock starts with the load.
+                down = _TimedDownstream(schedule, time.monotonic() + 3600)
+                threading.Thread(target=down.serve_forever, kwargs={"poll_interval": 0.05},
+                                 daemon=True).start()
+                variant = _Variant(client, label, down)
+                variants.append(variant)
+                variant.url = _start_variant(fleet, workdir, haproxy, variant, redis_url,
+                                             reset_timeout)
+                print(f"{label}: haproxy {variant.url} -> gunicorn, {FLEET_WORKERS} sync workers",
+                      file=out)
+            print(f"breaker state of the resilient_client fleet in redis {HOST}:{rport}", file=out)
+            return _drive(schedule, variants, rate, redis_url, out)
         finally:
             fleet.stop()
-            if down is not None:
-                down.release.set()
-                down.shutdown()
-                down.server_close()
+            for v in variants:
+                v.down.release.set()
+                v.down.shutdown()
+                v.down.server_close()
 
 
-def _drive(schedule: Schedule, down: _TimedDownstream, url: str, rate: float,
+def _start_variant(fleet: _Fleet, workdir: Path, haproxy: str, variant: _Variant,
+                   redis_url: str, reset_timeout: float) -> str:
+    gport, hport = _free_port(), _free_port()
+    env = dict(os.environ)
+    # The workers import this very package, wherever it is.
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    env.update(RC_DEMO_DOWNSTREAM=variant.down.url, RC_DEMO_REDIS=redis_url,
+               RC_DEMO_RESET_TIMEOUT=str(reset_timeout), RC_DEMO_CLIENT=variant.client)
+    name = variant.client
+    fleet.spawn(f"gunicorn-{name}", [
+        sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{gport}",
+        "--workers", str(FLEET_WORKERS), "--worker-class", "sync",
+        "--timeout", "30", "--graceful-timeout", "1", "--log-level", "warning",
+        "resilient_client._demo_fleet_app:app"], env=env)
+    cfg = workdir / f"haproxy-{name}.cfg"
+    cfg.write_text(_HAPROXY_CFG.format(host=HOST, port=hport, gport=gport,
+                                       workers=FLEET_WORKERS, queue=f"{QUEUE_TIMEOUT:g}"))
+    fleet.spawn(f"haproxy-{name}", [haproxy, "-db", "-f", str(cfg)])
+    http_probe = b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n"
+    fleet.wait_until(f"gunicorn-{name}", gport, http_probe, b"HTTP/")
+    fleet.wait_until(f"haproxy-{name}", hport, http_probe, b"HTTP/")
+    return f"http://{HOST}:{hport}/"
+
+
+def _drive(schedule: Schedule, variants: Sequence[_Variant], rate: float,
            redis_url: str, out: TextIO) -> FleetResult:
     import redis
 
     # Warm up: every worker builds its session (and connects to Redis) before t0.
     with requests.Session() as s:
-        for _ in range(FLEET_WORKERS * 2):
-            s.get(url, timeout=CLIENT_TIMEOUT)
-    with down.lock:
-        down.calls = dict.fromkeys(down.calls, 0)
-        down.stamps.clear()
+        for v in variants:
+            for _ in range(FLEET_WORKERS * 2):
+                s.get(v.url, timeout=CLIENT_TIMEOUT)
+    for v in variants:
+        with v.down.lock:
+            v.down.calls = dict.fromkeys(v.down.calls, 0)
+            v.down.stamps.clear()
     client = redis.Redis.from_url(redis_url, socket_timeout=1.0)
     client.delete(OPENED_KEY)
     t0 = time.monotonic() + 0.2
     wall0 = time.time() + 0.2
-    down.t0 = t0
-    load = _Load("resilient_client fleet", [])
-    print(f"{rate:g} requests/s through HAProxy; downstream schedule: "
+    loads = [_Load(v.label, []) for v in variants]
+    for v in variants:
+        v.down.t0 = t0
+    print(f"{rate:g} requests/s through each HAProxy; downstream schedule: "
           + ", ".join(f"{p.name} {p.start:g}-{p.end:g}s" for p in schedule.phases), file=out)
+    print("per second:  ok = answered by downstream, fb = fallback, err = failed call, "
+          "503q = HAProxy's queue timeout", file=out)
+    print("                  | " + " | ".join(f"{v.label:<31}" for v in variants), file=out)
     n = int(rate * schedule.total)
     # Enough senders that HAProxy, not the load generator, does the queueing.
-    with _thread_sessions() as local, ThreadPoolExecutor(max_workers=64) as pool:
+    with _thread_sessions() as local, ThreadPoolExecutor(max_workers=64 * len(variants)) as pool:
         next_tick = 1.0
         for i in range(n):
             at = t0 + i / rate
             delay = at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            job = _Job(at - t0)
-            job.started = job.arrived
-            load.jobs.append(job)
-            pool.submit(_send, local.get, url, job, t0)
+            for v, load in zip(variants, loads, strict=True):
+                job = _Job(at - t0)
+                job.started = job.arrived
+                load.jobs.append(job)
+                pool.submit(_send, local.get, v.url, job, t0)
             t = time.monotonic() - t0
             if t >= next_tick:
-                print(_progress(t, schedule.at(t), load.jobs), file=out, flush=True)
+                print(f"{t:5.1f}s {schedule.at(t):<9} | "
+                      + " | ".join(_progress(t, load.jobs) for load in loads),
+                      file=out, flush=True)
                 next_tick = math.floor(t) + 1.0
         # Bounded: every send times out after CLIENT_TIMEOUT; the grace covers the tail.
         end = t0 + schedule.total + _demo.GRACE
         time.sleep(max(0.0, end - time.monotonic()))
         cutoff = time.monotonic() - t0
-        down.release.set()  # hung downstream calls return; pending sends finish
+        for v in variants:
+            v.down.release.set()  # hung downstream calls return; pending sends finish
     raw = client.get(OPENED_KEY)
     client.close()
     opened_at = float(raw) if raw else None
-    result = _demo.summarise(load, down, schedule, cutoff)
+    results = [_demo.summarise(load, v.down, schedule, cutoff)
+               for v, load in zip(variants, loads, strict=True)]
     outage_start = wall0 + schedule.phase("hang").start
     before_open: int | None = None
     opened_after: float | None = None
-    with down.lock:
-        failing = [ts for ts, phase in down.stamps if phase in _demo.OUTAGE]
+    resilient = variants[-1].down
+    with resilient.lock:
+        failing = [ts for ts, phase in resilient.stamps if phase in _demo.OUTAGE]
     if opened_at is not None:
         before_open = sum(1 for ts in failing if ts < opened_at)
         opened_after = opened_at - outage_start
-    return FleetResult(result, before_open, opened_after)
+    return FleetResult(results, before_open, opened_after)
 
 
-def _progress(t: float, phase: str, jobs: Sequence[_Job]) -> str:
+def _progress(t: float, jobs: Sequence[_Job]) -> str:
     done = [j for j in jobs if j.finished is not None and t - 1.0 <= j.finished < t]
     counts = {k: sum(1 for j in done if j.outcome == k) for k in ("ok", "fallback", "error", "queue")}
-    return (f"{t:5.1f}s {phase:<9} | ok {counts['ok']:3d} fb {counts['fallback']:3d} "
-            f"err {counts['error']:3d} 503(queue) {counts['queue']:3d}")
+    return (f"ok {counts['ok']:3d} fb {counts['fallback']:3d} "
+            f"err {counts['error']:3d} 503q {counts['queue']:3d}")
 
 
 def render_fleet_table(fr: FleetResult) -> str:
-    """The threaded demo's table for the fleet, plus the shared breaker's rows."""
-    table = _demo.render_table([fr.result])
-    width = max(len(line) for line in table.splitlines())
+    """The threaded demo's table for the fleets, plus the shared breaker's rows."""
+    pad = ["-"] * (len(fr.results) - 1)
     extra = [
         ("calls before the shared breaker opened",
-         "never opened" if fr.before_open is None else str(fr.before_open)),
+         [*pad, "never opened" if fr.before_open is None else str(fr.before_open)]),
         ("  breaker opened after outage start",
-         "-" if fr.opened_after is None else f"{fr.opened_after:.2f} s"),
-        ("  failure_threshold (whole fleet)", str(FAILURE_THRESHOLD)),
-        ("  gunicorn workers", str(FLEET_WORKERS)),
+         [*pad, "-" if fr.opened_after is None else f"{fr.opened_after:.2f} s"]),
+        ("  failure_threshold (whole fleet)", [*pad, str(FAILURE_THRESHOLD)]),
+        ("gunicorn workers", [str(FLEET_WORKERS)] * len(fr.results)),
     ]
-    name_w = max(len(n) for n, _ in extra)
-    lines = [f"{n.ljust(name_w)}  {v.rjust(max(1, width - name_w - 2))}" for n, v in extra]
-    return "\n".join([table, *lines])
+    return _demo.render_table(fr.results, extra)
 
 
 def fleet_verdict(fr: FleetResult) -> str:
     """One paragraph saying what the fleet table shows."""
-    r = fr.result
+    r = fr.results[-1]
     failing = sum(r.calls.get(p, 0) for p in _demo.OUTAGE)
     if fr.before_open is None:
         opened = "the shared breaker never opened"
@@ -372,6 +405,7 @@ def fleet_verdict(fr: FleetResult) -> str:
         opened = (f"{fr.before_open} calls reached the failing downstream before the shared "
                   f"breaker opened (failure_threshold {FAILURE_THRESHOLD} for the whole fleet "
                   f"of {FLEET_WORKERS} workers)")
-    return (f"The fleet answered {r.throughput:.1f} requests/s with "
-            f"{r.errors + r.queue_rejected + r.unanswered} errors and {r.fallback} fallbacks; "
+    others = ", ".join(f"{o.label}: {o.throughput:.1f}" for o in fr.results[:-1])
+    return (f"The resilient_client fleet answered {r.throughput:.1f} requests/s ({others}) with "
+            f"{r.errors + r.queue_rejected + r.unanswered} errors and {r.fallback} fallbacks;\n"
             f"{opened}, and {failing} in the whole outage.")

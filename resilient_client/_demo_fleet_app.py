@@ -3,7 +3,9 @@ The upstream service of ``resilient-client demo --fleet``: a WSGI app that
 gunicorn workers import (``resilient_client._demo_fleet_app:app``).
 
 Each request makes one call to the downstream named by the environment
-(``RC_DEMO_DOWNSTREAM``) through one `ResilientSession` per worker process,
+(``RC_DEMO_DOWNSTREAM``): with ``RC_DEMO_CLIENT=plain``, through a plain
+``requests.Session`` with ``timeout=(1, 3)``; otherwise through one
+`ResilientSession` per worker process,
 whose breaker keeps its state in Redis (``RC_DEMO_REDIS``), so every worker
 of the fleet sees the same circuit. The answer is always 200 with the
 outcome in the ``X-Demo-Outcome`` header (``ok``, ``fallback`` or
@@ -25,6 +27,7 @@ from typing import Any
 __all__ = ["app"]
 
 OPENED_KEY = "rc-demo:opened_at"
+PLAIN_TIMEOUT = (1.0, 3.0)
 
 _lock = threading.Lock()
 _session: Any = None
@@ -58,7 +61,12 @@ def _get_session() -> Any:
     global _session
     with _lock:
         if _session is None:
-            _session = _make_session()
+            if os.environ.get("RC_DEMO_CLIENT", "resilient") == "plain":
+                import requests
+
+                _session = requests.Session()
+            else:
+                _session = _make_session()
         return _session
 
 
@@ -66,7 +74,9 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     """Serve one upstream request by calling the downstream once."""
     session = _get_session()
     try:
-        resp = session.get(os.environ["RC_DEMO_DOWNSTREAM"])
+        # The plain fleet: requests with the threaded demo's timeout, nothing else.
+        timeout = None if hasattr(session, "subscribe") else PLAIN_TIMEOUT
+        resp = session.get(os.environ["RC_DEMO_DOWNSTREAM"], timeout=timeout)
         if getattr(resp, "is_fallback", False):
             outcome = "fallback"
         else:

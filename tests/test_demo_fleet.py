@@ -14,8 +14,8 @@ from resilient_client import _demo, _demo_fleet
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _rows(output: str) -> dict[str, str]:
-    """The fleet table's rows: name -> the single client's cell."""
+def _rows(output: str, column: int = -1) -> dict[str, str]:
+    """The fleet table's rows: name -> the cell of one client (resilient_client, the last, by default)."""
     lines = output.splitlines()
     sep = next(i for i, line in enumerate(lines) if line and set(line) == {"-"})
     rows: dict[str, str] = {}
@@ -23,7 +23,7 @@ def _rows(output: str) -> dict[str, str]:
         if not line.strip():
             break
         cells = [c.strip() for c in line.split("  ") if c.strip()]
-        rows[cells[0]] = cells[-1]
+        rows[cells[0]] = cells[column]
     return rows
 
 
@@ -69,6 +69,10 @@ class TestQuickFleet:
         assert int(rc["fallbacks served"]) > arrived // 4
         assert int(rc["errors"]) <= arrived // 50
         assert rc["time to recover"] != "never"
+        # ...where the plain requests fleet behind the same HAProxy set-up turned it into errors.
+        plain = _rows(proc.stdout, column=1)
+        assert int(plain["errors"]) > arrived // 4
+        assert float(rc["throughput (answers/s)"]) > 1.5 * float(plain["throughput (answers/s)"])
         # Every process the demo started is gone.
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False)
         assert "resilient_client._demo_fleet_app" not in ps.stdout
