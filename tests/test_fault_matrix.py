@@ -57,7 +57,7 @@ TOTAL = 1.0
 SLACK = 0.3
 #: Rows run at once. The read timeout leaves room for a peer thread that a
 #: busy 2-core box schedules late: a row must not time out where it should reset.
-WORKERS = 8
+WORKERS = 4
 READ = 0.2
 AUTH_SECRET = "s3cr3t-bearer-9f2c71"
 QUERY_SECRET = "qs-secret-41d07e"
