@@ -1,5 +1,5 @@
 """
-Helpers for the observability tests: a fake clock and a scripted HTTP peer
+Helpers for the observability tests: a scripted HTTP peer
 on loopback.
 """
 
@@ -10,24 +10,6 @@ import http.server
 import socket
 import threading
 from collections.abc import Iterator
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told; ``sleep`` advances it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Peer:

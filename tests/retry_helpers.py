@@ -25,6 +25,7 @@ from urllib3.exceptions import (
 )
 
 import resilient_client
+from resilient_client.testing import FakeClock as PublicFakeClock
 
 PEER = "http://peer.test"
 
@@ -32,28 +33,16 @@ PEER = "http://peer.test"
 # -- time -------------------------------------------------------------------
 
 
-class FakeClock:
-    """A clock whose sleep advances time instead of waiting; records every sleep."""
+class FakeClock(PublicFakeClock):
+    """The public fake clock, also logging (start, length) of every sleep for deadline checks."""
 
     def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        #: (time the sleep started, its length), for deadline checks.
+        super().__init__(start)
         self.sleep_log: list[tuple[float, float]] = []
-        self._lock = threading.Lock()
-
-    def monotonic(self) -> float:
-        return self.now
 
     def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(float(seconds))
-            self.sleep_log.append((self.now, float(seconds)))
-            self.now += float(seconds)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
+        self.sleep_log.append((self.monotonic(), float(seconds)))
+        super().sleep(float(seconds))
 
 
 # -- failures as requests raises them ----------------------------------------

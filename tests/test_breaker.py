@@ -25,27 +25,12 @@ from resilient_client._breaker import (
 from resilient_client._clock import SYSTEM_CLOCK
 from resilient_client._policy import BreakerMode, BreakerPolicy
 from resilient_client.exceptions import CircuitOpenError
-
-
-class FakeClock:
-    """Time that moves only when told to; ``sleep`` moves it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from resilient_client.testing import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 def make(clock: FakeClock, changes: list[Any] | None = None, **policy: Any) -> CircuitBreaker:
@@ -54,7 +39,7 @@ def make(clock: FakeClock, changes: list[Any] | None = None, **policy: Any) -> C
 
     def on_change(breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         if changes is not None:
-            changes.append((str(old), str(new), clock.now))
+            changes.append((str(old), str(new), clock.monotonic()))
 
     return CircuitBreaker("inventory", BreakerPolicy(**policy), clock=clock, on_state_change=on_change)
 
@@ -150,7 +135,7 @@ class TestConsecutiveMode:
         clock.advance(2)
         breaker.record(success=False, is_trial=True)
         assert breaker.state == "open"
-        assert breaker.retry_at == pytest.approx(clock.now + 30)
+        assert breaker.retry_at == pytest.approx(clock.monotonic() + 30)
         clock.advance(29)
         assert refused(breaker)
         clock.advance(1)
@@ -594,7 +579,7 @@ class BreakerMachine(RuleBasedStateMachine):
         slow=st.none() | st.floats(0.01, 2.0),
     )
     def build(self, threshold: int, reset: float, rate: bool, slow: float | None) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(1000.0)
         self.reset = reset
         self.opened_at: float | None = None  # when it last opened, per the callback
         self.forced = False
@@ -606,7 +591,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
         def on_change(breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
             if new is BreakerState.OPEN:
-                self.opened_at = self.clock.now
+                self.opened_at = self.clock.monotonic()
             elif new is BreakerState.CLOSED:
                 self.opened_at = None
 
@@ -614,7 +599,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def _start(self) -> bool | None:
         """before_call(), checked against the model; None when refused."""
-        now = self.clock.now
+        now = self.clock.monotonic()
         blocked = self.forced or (self.opened_at is not None and now < self.opened_at + self.reset)
         try:
             is_trial = self.breaker.before_call()
@@ -630,7 +615,7 @@ class BreakerMachine(RuleBasedStateMachine):
     def start_call(self) -> None:
         is_trial = self._start()
         if is_trial is not None:
-            self.in_flight.append((is_trial, self.clock.now))
+            self.in_flight.append((is_trial, self.clock.monotonic()))
 
     @rule(success=st.booleans())
     def quick_call(self, success: bool) -> None:
@@ -675,7 +660,7 @@ class BreakerMachine(RuleBasedStateMachine):
             assert state == "open"
         elif self.opened_at is None:
             assert state in ("closed", "half-open")
-        elif self.clock.now < self.opened_at + self.reset:
+        elif self.clock.monotonic() < self.opened_at + self.reset:
             assert state == "open"
 
 

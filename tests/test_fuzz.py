@@ -48,6 +48,7 @@ from resilient_client._policy import (
     Timeouts,
 )
 from resilient_client._retry import Call, build_retrying
+from resilient_client.testing import FakeClock
 
 FUZZ = settings(
     max_examples=150,
@@ -55,21 +56,6 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-
-
-class FakeClock:
-    """Monotonic time that only moves when slept on; records the sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def assert_config_error_names_a_path(e: ConfigError) -> None:
@@ -387,13 +373,13 @@ class TestClassifier:
         """
         RetrySafely, Backoff and the stop strategies accept any response; the wait is finite and bounded.
         """
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         retrying = build_retrying(policy, sleep=clock.sleep, before_sleep=lambda rs: None,
                                   wall_clock=lambda: 1_700_000_000.0)
         key = {"Idempotency-Key": "k"} if keyed else {}
         request = requests.Request(method, "http://peer.test/x", headers=key)
         prepared = request.prepare()
-        deadline = None if left is None else Deadline(clock, max(left, 0.001), at=clock.now + left)
+        deadline = None if left is None else Deadline(clock, max(left, 0.001), at=clock.monotonic() + left)
         call = Call(prepared, {}, deadline, None, idempotent=method != "POST" or keyed, replayable=True)
         rs = tenacity.RetryCallState(retrying, None, (call,), {})
         rs.attempt_number = attempt
@@ -450,7 +436,7 @@ class TestWholeCalls:
             defaults["fallback"] = {"status": 200, "text": "fb"}
         if column == "stale":
             defaults["fallback"] = "stale"
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
             for status, headers in script:
                 safe = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "connection")}

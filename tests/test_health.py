@@ -15,10 +15,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 import requests
 import responses
-from obs_support import FakeClock, Peer, closed_port
+from obs_support import Peer, closed_port
 from urllib3.exceptions import NewConnectionError
 
 import resilient_client as rc
+from resilient_client.testing import FakeClock
 
 CONFIG: dict[str, Any] = {
     "defaults": {"retry": None, "breaker": {"failure_threshold": 2, "reset_timeout": 30}},
@@ -41,7 +42,7 @@ def mocked():
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from resilient_client import (
     Policy,
     ResilientSession,
 )
+from resilient_client.testing import FakeClock
 
 
 class _Peer(http.server.BaseHTTPRequestHandler):
@@ -371,22 +372,12 @@ class TestEarlyRefusal:
 
     def test_the_half_open_trial_still_goes_through(self, peer: str) -> None:
         """After reset_timeout the early check lets the trial reach the peer, which closes the breaker."""
-
-        class Clock:
-            t = 0.0
-
-            def monotonic(self) -> float:
-                return self.t
-
-            def sleep(self, seconds: float) -> None:
-                self.t += seconds
-
-        clock = Clock()
+        clock = FakeClock()
         breaker = {"failure_threshold": 1, "reset_timeout": 30}
         s = ResilientSession(_config(peer, breaker=breaker), clock=clock)
         assert s.get(peer + "/fail").status_code == 503
         with pytest.raises(CircuitOpenError):
             s.get(peer + "/ok")
-        clock.t += 31
+        clock.advance(31)
         assert s.get(peer + "/ok").status_code == 200
         assert s.circuit("peer").state == "closed"

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import requests
 import responses
-from obs_support import FakeClock
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3.exceptions import NewConnectionError
 
 import resilient_client as rc
 from resilient_client._metrics import PROMETHEUS_METRICS
+from resilient_client.testing import FakeClock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 URL = "http://api.test:8080/items"
@@ -45,7 +45,7 @@ def mocked():
 
 def run_scenario(mocked: responses.RequestsMock, listener: Any) -> rc.ResilientSession:
     """503 then 200 (one retry); then three refused (breaker opens); then one rejected call."""
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     session = rc.ResilientSession(CONFIG, clock=clock, listeners=[listener])
     mocked.add(responses.GET, URL, status=503)
     mocked.add(responses.GET, URL, status=200)

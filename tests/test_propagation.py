@@ -34,6 +34,7 @@ from resilient_client import (
 from resilient_client._config import load_config
 from resilient_client._propagation import parse_attempt, parse_timeout_ms
 from resilient_client.exceptions import ConfigError
+from resilient_client.testing import FakeClock
 
 URL = "http://peer.internal/items"
 Peer = responses.RequestsMock
@@ -41,25 +42,9 @@ PATH = "defaults.propagation"
 HEADER = "X-Request-Timeout-Ms"
 
 
-class FakeClock:
-    """Monotonic time that only moves when told to (sleep advances it)."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(100.0)
 
 
 @pytest.fixture

@@ -183,7 +183,7 @@ class TestBackoffProperties:
         session, adapter, clock = session_with(
             [(503, headers)], config, cost=cost, rng=random.Random(seed)
         )
-        start = clock.now
+        start = clock.monotonic()
         with contextlib.suppress(DeadlineExceeded):
             session.get(URL)
         assert sum(clock.sleeps) <= total
@@ -761,22 +761,12 @@ class TestBreakerStopsRetries:
         import responses
 
         from resilient_client import ResilientSession
+        from resilient_client.testing import FakeClock
 
-        sleeps: list[float] = []
-
-        class Clock:
-            t = 0.0
-
-            def monotonic(self) -> float:
-                return self.t
-
-            def sleep(self, s: float) -> None:
-                sleeps.append(s)
-                self.t += s
-
+        clock = FakeClock()
         config = {"defaults": {"breaker": {"failure_threshold": 1}, "retry": {"attempts": 3}}}
         with responses.RequestsMock() as mock:
             mock.add(responses.GET, "http://peer.internal/x", status=503)
-            resp = ResilientSession(config, clock=Clock()).get("http://peer.internal/x")
+            resp = ResilientSession(config, clock=clock).get("http://peer.internal/x")
         assert resp.status_code == 503 and resp.attempts == 1
-        assert sleeps == []
+        assert clock.sleeps == []

@@ -9,27 +9,15 @@ import requests
 import responses
 
 import resilient_client
+from resilient_client.testing import FakeClock
 
 URL = "http://peer.test/items"
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def _session(**kw):
     config = {"defaults": {"retry": {"attempts": 3, "backoff": {"initial": 0.1, "jitter": "none"}},
                            "breaker": None}}
-    return resilient_client.ResilientSession(config, clock=_Clock(), **kw)
+    return resilient_client.ResilientSession(config, clock=FakeClock(1000.0), **kw)
 
 
 def _retrying_spy(session):
@@ -72,7 +60,7 @@ class TestFirstAttemptShortcut:
         assert (resp.status_code, resp.attempts) == (200, 3)
         assert spy.call_count == 1
         assert len(responses.calls) == 3
-        assert s.clock.slept == [0.1, 0.2]
+        assert s.clock.sleeps == [0.1, 0.2]
 
     @responses.activate
     def test_exhausted_retries_return_the_last_response(self):
@@ -87,7 +75,8 @@ class TestFirstAttemptShortcut:
     def test_open_breaker_is_raised_without_tenacity(self):
         """An open breaker's CircuitOpenError (never retried) is raised at once, without entering tenacity."""
         responses.get(URL, json={"ok": True})
-        s = resilient_client.ResilientSession({"defaults": {"retry": {"attempts": 3}}}, clock=_Clock())
+        config = {"defaults": {"retry": {"attempts": 3}}}
+        s = resilient_client.ResilientSession(config, clock=FakeClock(1000.0))
         spy = _retrying_spy(s)
         s.circuit(URL).open()
         with pytest.raises(resilient_client.CircuitOpenError):

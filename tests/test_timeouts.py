@@ -21,29 +21,12 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout as Urllib3Timeout
 
 from resilient_client import DeadlineExceeded, ResilienceError, ResilientSession
+from resilient_client.testing import FakeClock
 
 #: How late DeadlineExceeded may come, in seconds. The contract wants "well
 #: under a second" and the design gives about one read (~0 ms here); the
 #: bound is generous so that a loaded CI machine does not fail the suite.
 LATE = 0.5
-
-
-class FakeClock:
-    """monotonic() and sleep() that only move when told (sleep records and advances)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingAdapter(HTTPAdapter):
@@ -82,7 +65,7 @@ def session_with(
     config: dict[str, Any] | None = None, **kwargs: Any
 ) -> tuple[ResilientSession, RecordingAdapter]:
     """A session (fake clock) whose http:// requests go to a RecordingAdapter."""
-    clock = kwargs.pop("clock", None) or FakeClock()
+    clock = kwargs.pop("clock", None) or FakeClock(1000.0)
     adapter = kwargs.pop("adapter", None) or RecordingAdapter(clock=clock)
     s = ResilientSession(config, clock=clock, **kwargs)
     s.mount("http://", adapter)
@@ -148,7 +131,7 @@ class TestEveryRequestHasFiniteTimeouts:
 
     def test_later_attempts_get_only_the_time_left(self) -> None:
         """A retried attempt's timeouts are capped by what is left of the deadline."""
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         adapter = RecordingAdapter(statuses=(503, 200), clock=clock, elapse=1.2)
         retry = {"attempts": 3, "backoff": {"initial": 0.1, "jitter": "none"}}
         s, _ = session_with(timeouts(total=2.0, read=5.0, retry=retry), clock=clock, adapter=adapter)
@@ -372,7 +355,7 @@ class TestDeadlineAgainstRealPeers:
 class TestBackoffAndTheDeadline:
     def test_backoff_sleep_that_would_pass_total_is_not_slept(self) -> None:
         """Retries sleep while the sleep fits in total, then the last response is returned at once."""
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         adapter = RecordingAdapter(statuses=(503,), clock=clock)
         retry = {"attempts": 5, "backoff": {"initial": 1.0, "multiplier": 2.0, "jitter": "none"}}
         s, _ = session_with(timeouts(total=2.5, retry=retry), clock=clock, adapter=adapter)
@@ -383,7 +366,7 @@ class TestBackoffAndTheDeadline:
 
     def test_retry_after_past_total_is_not_slept(self) -> None:
         """A Retry-After longer than what is left of total returns the response at once."""
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         adapter = RecordingAdapter(statuses=(503,), headers={"Retry-After": "5"}, clock=clock)
         s, _ = session_with(timeouts(total=2.0), clock=clock, adapter=adapter)
         resp = s.get("http://svc.test/x")
@@ -391,7 +374,7 @@ class TestBackoffAndTheDeadline:
 
     def test_without_total_backoff_runs_all_attempts(self) -> None:
         """With total null the same policy sleeps between every attempt."""
-        clock = FakeClock()
+        clock = FakeClock(1000.0)
         adapter = RecordingAdapter(statuses=(503,), clock=clock)
         retry = {"attempts": 3, "backoff": {"initial": 1.0, "multiplier": 2.0, "jitter": "none"}}
         s, _ = session_with(timeouts(total=None, retry=retry), clock=clock, adapter=adapter)
