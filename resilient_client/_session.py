@@ -325,7 +325,7 @@ class ResilientSession(requests.Session):
             rng=self._rng,
         )
 
-    # -- requests' environment lookups, reused ------------------------------
+    # -- refusing early: before requests prepares the call --------------------
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -352,6 +352,8 @@ class ResilientSession(requests.Session):
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
         return super().request(method, url, *args, **kwargs)
+
+    # -- requests' environment lookups, reused ------------------------------
 
     def merge_environment_settings(
         self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
@@ -554,7 +556,8 @@ class ResilientSession(requests.Session):
             call.budget.record_request()
         header = route.policy.retry.attempt_header if route.policy.retry else None
         if header:
-            request = request.copy()
+            if request is call.request:  # propagation may have copied it already
+                request = request.copy()
             request.headers[header] = str(call.attempt)
 
         kwargs = call.kwargs
