@@ -68,11 +68,16 @@ class _Arm:
     it: what a disarmed (streamed) body read gets.
     """
 
-    __slots__ = ("deadline", "read_timeout")
+    __slots__ = ("deadline", "prev", "read_timeout")
 
     def __init__(self, deadline: Deadline | None, read_timeout: float | None = None) -> None:
         self.deadline = deadline
         self.read_timeout = read_timeout
+        #: The arm this one hides on its thread: a call made from inside an
+        #: attempt (a response hook, a listener) arms its own attempts and
+        #: must hand the outer attempt's arm back when it is done, or the
+        #: outer call's later redirect hops would read with no deadline.
+        self.prev: _Arm | None = None
 
 
 _local = threading.local()
@@ -85,6 +90,7 @@ def arm(deadline: Deadline, read_timeout: float | None = None) -> _Arm:
     socket's timeout when the response was built).
     """
     a = _Arm(deadline, read_timeout)
+    a.prev = getattr(_local, "arm", None)
     _local.arm = a
     return a
 
@@ -95,7 +101,7 @@ def release(a: _Arm) -> None:
     built keep reading against it until `disarm`.
     """
     if getattr(_local, "arm", None) is a:
-        _local.arm = None
+        _local.arm, a.prev = a.prev, None
 
 
 def disarm(a: _Arm) -> None:

@@ -224,9 +224,9 @@ def _endpoint_states(session: ResilientSession) -> Iterable[tuple[_EndpointState
         if ep.name not in seen:
             seen.add(ep.name)
             yield session._state_named(ep.name), ep.policy
-    with session._lock:
-        others = [s for name, s in session._states.items() if name not in seen]
-    for state in others:
+    for state in session._all_states():
+        if state.name in seen:
+            continue
         yield state, state.policy
 
 

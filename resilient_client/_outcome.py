@@ -19,6 +19,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from ._verdict import BEFORE_SEND
 from .exceptions import ResilienceError
 
 __all__ = [
@@ -37,9 +38,6 @@ Outcome = requests.Response | BaseException
 #: (retry), False (do not), or None (let the built-in rules decide).
 RetryPredicate = Callable[[requests.PreparedRequest, Outcome], bool | None]
 
-#: Failure kinds that happen before any byte reached the peer: safe to retry
-#: whatever the method.
-BEFORE_SEND = frozenset({"connect_error", "connect_timeout"})
 
 
 def failure_kind(exc: BaseException) -> str | None:

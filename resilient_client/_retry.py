@@ -32,15 +32,16 @@ import requests
 import tenacity
 from tenacity import RetryCallState
 
-from ._outcome import BEFORE_SEND, RetryPredicate, failure_kind
+from ._outcome import RetryPredicate, failure_kind
 from ._policy import BackoffPolicy, Jitter, RetryPolicy
+from ._verdict import retry_verdict
 from .exceptions import ResilienceError
 
 if TYPE_CHECKING:
     from ._budget import RetryBudget
     from ._deadline import Deadline
 
-__all__ = ["Backoff", "Call", "build_retrying", "parse_retry_after"]
+__all__ = ["Backoff", "Call", "build_retrying", "decide", "parse_retry_after"]
 
 
 class Call:
@@ -51,9 +52,11 @@ class Call:
         "attempt",
         "budget",
         "deadline",
+        "first_verdict",
         "idempotent",
         "kwargs",
         "prev_sleep",
+        "reached_peer",
         "replayable",
         "request",
         "retry_after",
@@ -80,6 +83,12 @@ class Call:
         self.replayable = replayable
         self.attempt = 0
         self.prev_sleep = 0.0
+        #: An earlier redirect hop of the current attempt got the peer's
+        #: answer: the request reached it (see `resilient_client._verdict`).
+        self.reached_peer = False
+        #: `decide`'s answer for the first attempt, when the session's
+        #: shortcut asked before entering tenacity.
+        self.first_verdict: bool | None = None
         #: Seconds asked by the last response's Retry-After; None when absent,
         #: math.inf when refused (unparseable, negative, over the maximum).
         self.retry_after: float | None = None
@@ -135,11 +144,40 @@ def parse_retry_after(value: str, *, now: Callable[[], float] = time.time) -> fl
 # -- strategies -------------------------------------------------------------
 
 
+def decide(
+    call: Call, outcome: requests.Response | BaseException, policy: RetryPolicy,
+    predicate: RetryPredicate | None,
+) -> bool:
+    """
+    Whether *outcome*, the result of one attempt of *call*, may be retried:
+    the requests front's side of `retry_verdict` (it classifies the outcome
+    and asks the user's predicate, then lets the verdict decide).
+    """
+    if isinstance(outcome, BaseException):
+        if not isinstance(outcome, Exception) or isinstance(outcome, ResilienceError):
+            # Our own refusals (open breaker, deadline, full bulkhead) and
+            # interrupts end the call, whatever a retry_if predicate says.
+            return False
+        kind, status = failure_kind(outcome), None
+    else:
+        kind, status = None, outcome.status_code
+    return retry_verdict(
+        policy,
+        kind=kind,
+        status=status,
+        idempotent=call.idempotent,
+        replayable=call.replayable,
+        reached_peer=call.reached_peer,
+        user=None if predicate is None else predicate(call.request, outcome),
+    )
+
+
 class RetrySafely(tenacity.retry_base):
     """
-    Retry an outcome only where it is safe: a failure before any byte reached
-    the peer for any method; after that only for idempotent methods (or a
-    request carrying the idempotency key) with a replayable body.
+    tenacity's retry strategy: the verdict of `decide` (a failure before any
+    byte reached the peer for any method; after that only for idempotent
+    methods, or a request carrying the idempotency key, with a replayable
+    body).
     """
 
     def __init__(self, policy: RetryPolicy, predicate: RetryPredicate | None) -> None:
@@ -148,30 +186,14 @@ class RetrySafely(tenacity.retry_base):
 
     def __call__(self, rs: RetryCallState) -> bool:
         call = _call(rs)
+        if rs.attempt_number == 1 and call.first_verdict is not None:
+            # The shortcut already asked `decide` about this very outcome
+            # (and the user's predicate with it): ask nobody twice.
+            return call.first_verdict
         outcome = rs.outcome
         assert outcome is not None
         exc = outcome.exception()
-        if exc is not None:
-            if not isinstance(exc, Exception) or isinstance(exc, ResilienceError):
-                # Our own refusals (open breaker, deadline, full bulkhead) and
-                # interrupts end the call, whatever a retry_if predicate says.
-                return False
-            kind = failure_kind(exc)
-            before_send = kind in BEFORE_SEND
-            verdict = self._user(call, exc)
-            if verdict is not None:
-                return verdict and (before_send or call.replayable)
-            if kind is None or kind not in self.policy.on:
-                return False
-            return before_send or (call.idempotent and call.replayable)
-        resp: requests.Response = outcome.result()
-        verdict = self._user(call, resp)
-        if verdict is not None:
-            return verdict and call.replayable
-        return resp.status_code in self.policy.on_status and call.idempotent and call.replayable
-
-    def _user(self, call: Call, outcome: requests.Response | BaseException) -> bool | None:
-        return None if self.predicate is None else self.predicate(call.request, outcome)
+        return decide(call, exc if exc is not None else outcome.result(), self.policy, self.predicate)
 
     def __repr__(self) -> str:
         p = self.policy

@@ -6,22 +6,36 @@ through the endpoint's policy, one concern per layer::
     _send_with_fallback       deadline, bulkhead slot, fallback on failure
     _send_with_retries        tenacity, inside the retry budget
     _attempt                  breaker, timeouts capped by the deadline, the adapter
+    resolve_redirects         each hop of an attempt back through send, as
+    _send_hop                 the same attempt under the time left then
 
 Retries run outside the breaker, so an open breaker also stops the
 remaining retries (`CircuitOpenError` is never retried).
+
+Why redirect hops are handed over explicitly: requests follows a redirect by
+calling ``send`` again from inside the attempt's own ``send``. Telling a hop
+from a new call by "an attempt is running on this thread" also catches calls
+made from a response hook or an event listener, which then ran with no
+policy at all. `resolve_redirects` (requests' own generator, wrapped) marks
+exactly the next ``send`` it makes as a hop of the running attempt; any other
+``send``, nested or not, is a call with its own policy.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import requests
 import tenacity
+from requests.auth import HTTPBasicAuth
+from requests.hooks import default_hooks
 from tenacity import RetryCallState
 from urllib3.util import Timeout as Urllib3Timeout
 
@@ -59,7 +73,7 @@ from ._redact import (
     redact_url,
     secret_values,
 )
-from ._retry import Call, build_retrying
+from ._retry import Call, build_retrying, decide
 from ._routing import Resolution, Router
 from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
 
@@ -69,8 +83,18 @@ if TYPE_CHECKING:
 __all__ = ["ResilientSession"]
 
 _ROUTE_CACHE_SIZE = 4096
+#: Unmatched URLs keep breaker, budget and bulkhead per origin. A service
+#: that calls ever new origins (a crawler, a webhook sender) must not grow
+#: without bound: past this many origins, the least recently routed one with
+#: no call in flight is forgotten (name an endpoint to keep its state).
+MAX_ORIGIN_STATES = 256
+# The attribute `prepare_request` leaves on a request whose auth keeps state
+# per call (digest): (auth, the hooks requests merged), to apply it afresh on
+# every retry as a new call would.
+_REAUTH = "_resilient_reauth"
 # requests' own, untyped in its stubs.
 _merge_setting = cast(Callable[[Any, Any], Any], requests.sessions.merge_setting)
+_merge_hooks = cast(Callable[[Any, Any], Any], requests.sessions.merge_hooks)
 _SAFE_FALLBACK_ERRORS = (requests.ConnectionError, requests.Timeout, ResilienceError,
                          requests.exceptions.ChunkedEncodingError)
 
@@ -87,7 +111,7 @@ _NEW_SESSION_HOOKS: list[_NewSessionHook] = []
 class _EndpointState:
     """What is shared by every request to one endpoint name (or origin)."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "stale")
+    __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "route_keys", "stale")
 
     def __init__(self, name: str, policy: Policy, session: ResilientSession) -> None:
         self.name = name
@@ -101,6 +125,14 @@ class _EndpointState:
         self.budget = RetryBudget(policy.budget, clock) if policy.budget is not None else None
         self.bulkhead = Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None
         self.stale: StaleCache | None = None
+        #: The route-cache keys that lead here, dropped with this state.
+        self.route_keys: list[tuple[str, str]] = []
+
+    def idle(self) -> bool:
+        """Nothing would be lost by forgetting it: no call in flight, breaker closed."""
+        if self.bulkhead is not None and self.bulkhead.in_flight:
+            return False
+        return self.breaker is None or self.breaker.state is BreakerState.CLOSED
 
 
 class _Route:
@@ -185,6 +217,8 @@ class ResilientSession(requests.Session):
         self._router = Router(self.config.endpoints, self.config.defaults)
         self._routes: dict[tuple[str, str], _Route] = {}
         self._states: dict[str, _EndpointState] = {}
+        # Unmatched origins, least recently routed first (bounded: MAX_ORIGIN_STATES).
+        self._origins: OrderedDict[str, _EndpointState] = OrderedDict()
         self._retryings: dict[int, tenacity.Retrying | None] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -283,7 +317,10 @@ class ResilientSession(requests.Session):
             route = self._new_route(method, url)
             if len(self._routes) >= _ROUTE_CACHE_SIZE:
                 self._routes.clear()  # bounded: URLs with ids in the path must not grow it forever
+                for st in self._all_states():
+                    st.route_keys.clear()
             self._routes[key] = route
+            route.state.route_keys.append(key)
         return route
 
     def _new_route(self, method: str, url: str) -> _Route:
@@ -291,8 +328,11 @@ class ResilientSession(requests.Session):
         policy = res.policy if res.endpoint is not None else res.policy.replace(name=res.key)
         res = Resolution(policy, res.endpoint, res.index, res.key)
         with self._lock:
-            state = self._states.get(res.key)
-            if state is None:
+            if res.endpoint is None:
+                state = self._origin_state(res.key, policy)
+            elif res.key in self._states:
+                state = self._states[res.key]
+            else:
                 state = self._states[res.key] = _EndpointState(res.key, policy, self)
             if isinstance(policy.fallback, StaleFallback) and state.stale is None:
                 state.stale = StaleCache(policy.fallback, self.clock)
@@ -301,6 +341,35 @@ class ResilientSession(requests.Session):
                 self._retryings[slot] = self._build_retrying(policy)
             retrying = self._retryings[slot]
         return _Route(res, state, retrying)
+
+    def _origin_state(self, origin: str, policy: Policy) -> _EndpointState:
+        """An unmatched origin's state, kept for at most MAX_ORIGIN_STATES origins (lock held)."""
+        origins = self._origins
+        state = origins.get(origin)
+        if state is not None:
+            origins.move_to_end(origin)
+            return state
+        if len(origins) >= MAX_ORIGIN_STATES:
+            # The oldest idle one among the first few; the oldest if all are busy.
+            oldest = itertools.islice(origins.items(), 16)
+            victim = next((k for k, st in oldest if st.idle()), next(iter(origins)))
+            for key in origins.pop(victim).route_keys:
+                self._routes.pop(key, None)
+        state = origins[origin] = _EndpointState(origin, policy, self)
+        return state
+
+    def _all_states(self) -> list[_EndpointState]:
+        """Every endpoint state this session keeps now: named endpoints, then origins."""
+        with self._lock:
+            return [*self._states.values(), *self._origins.values()]
+
+    def _forget_state(self) -> None:
+        """Drop every cached route and endpoint state (the testing kit's reset)."""
+        with self._lock:
+            self._routes.clear()
+            self._states.clear()
+            self._origins.clear()
+            self._retryings.clear()
 
     def _state_named(self, name: str) -> _EndpointState:
         with self._lock:
@@ -382,6 +451,47 @@ class ResilientSession(requests.Session):
             "cert": _merge_setting(cert, self.cert),
         }
 
+    # -- what requests does per call, made safe to repeat per attempt --------
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        """
+        requests' own, and where the call's auth keeps state per call (digest
+        auth counts its 401s and remembers the nonce), a note of it, so that
+        every retry applies it afresh as a new call would. Stateless auth
+        (basic, netrc) is already in the headers a retry resends.
+        """
+        prepared = super().prepare_request(request)
+        auth = request.auth if request.auth is not None else self.auth
+        if auth is not None and not isinstance(auth, (tuple, HTTPBasicAuth)):
+            hooks = _merge_hooks(request.hooks, self.hooks)  # as requests merges them
+            setattr(prepared, _REAUTH, (auth, hooks))
+        return prepared
+
+    def resolve_redirects(
+        self, resp: requests.Response, req: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> Generator[Any, None, None]:
+        """
+        requests' own, with each hop it sends handed to `_send_hop` as part
+        of the attempt running on this thread (see the module docstring).
+        """
+        call: Call | None = getattr(self._local, "attempt", None)
+        hops = super().resolve_redirects(resp, req, *args, **kwargs)
+        if call is None:
+            # Called by the user outside our attempts: each hop is a call.
+            yield from hops
+            return
+        while True:
+            # Only the next send this generator makes is the hop: a hook or a
+            # listener running meanwhile makes calls of its own.
+            self._local.hop = call
+            try:
+                item = next(hops)
+            except StopIteration:
+                return
+            finally:
+                self._local.hop = None
+            yield item
+
     # -- the layers ---------------------------------------------------------
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
@@ -390,12 +500,35 @@ class ResilientSession(requests.Session):
         """
         if not isinstance(request, requests.PreparedRequest):
             raise ValueError("You can only send PreparedRequests.")  # requests' own check and words
-        if getattr(self._local, "in_attempt", False):
-            # A redirect hop inside an attempt: it already runs under that
-            # attempt's timeouts and deadline.
-            return super().send(request, **kwargs)
+        hop: Call | None = getattr(self._local, "hop", None)
+        if hop is not None:
+            self._local.hop = None
+            return self._send_hop(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
         return self._send_with_fallback(request, kwargs, route)
+
+    def _send_hop(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any], call: Call
+    ) -> requests.Response:
+        """
+        A redirect hop of *call*'s running attempt: under the time left now,
+        not the timeouts capped when the attempt began.
+        """
+        # The hop before this one was answered: the request reached the peer,
+        # so a failure from here on is no longer "before send".
+        call.reached_peer = True
+        connect, read = call.timeouts
+        deadline = call.deadline
+        if deadline is not None:
+            left = deadline.remaining()
+            if left <= 0:
+                raise DeadlineExceeded(call.route.name, deadline.total, request=request)
+            connect, read = min(connect, left), min(read, left)
+            prop = call.route.policy.propagation
+            if prop is not None:  # the hop is a copy requests made: ours to change
+                request.headers[prop.deadline_header] = header_value(read if prop.per_attempt else left)
+        kwargs["timeout"] = (connect, read)
+        return super().send(request, **kwargs)
 
     def _send_with_fallback(
         self, request: requests.PreparedRequest, kwargs: dict[str, Any], route: _Route
@@ -506,22 +639,22 @@ class ResilientSession(requests.Session):
         the first outcome might be retried, tenacity gets it replayed as its
         own first attempt, so every decision (retry, wait, stop, hooks, the
         final outcome) is tenacity's, exactly as if it had run the attempt.
-        The shortcut is taken only where `RetrySafely` says "no retry" for
-        certain (`_certainly_final`); tenacity would then return that
-        response, or raise that error as it is (``reraise=True``).
+        The shortcut asks the one retry verdict (`decide`), exactly as
+        tenacity's `RetrySafely` would, and keeps the answer for it: on "no",
+        tenacity would return that response, or raise that error as it is
+        (``reraise=True``).
         """
         retry = cast(RetryPolicy, call.route.policy.retry)  # a Retrying exists only with one
-        user = self._retry_if is not None
         first: requests.Response | BaseException
         try:
             first = self._attempt(call)
         except BaseException as exc:  # tenacity catches everything too
-            if _certainly_final(exc, retry, user):
-                raise  # what tenacity (reraise=True) would raise
             first = exc
-        else:
-            if _certainly_final(first, retry, user):
-                return first
+        call.first_verdict = decide(call, first, retry, self._retry_if)
+        if not call.first_verdict:
+            if isinstance(first, BaseException):
+                raise first  # what tenacity (reraise=True) would raise
+            return first
         return retrying(_ReplayFirst(first, self._attempt), call)
 
     def _attempt(self, call: Call) -> requests.Response:
@@ -535,6 +668,9 @@ class ResilientSession(requests.Session):
             if left <= 0:
                 raise DeadlineExceeded(route.name, deadline.total, request=request)
             connect, read = min(connect, left), min(read, left)
+        call.reached_peer = False
+        if call.attempt and hasattr(request, _REAUTH):
+            request = _reauthenticated(request)
         prop = route.policy.propagation
         if prop is not None and (deadline is not None or prop.per_attempt):
             # Tell the callee how long we will wait: what is left now, at each attempt.
@@ -560,12 +696,26 @@ class ResilientSession(requests.Session):
                 request = request.copy()
             request.headers[header] = str(call.attempt)
 
+        guard = None
+        if breaker is not None and request.hooks.get("response"):
+            # The breaker sees the attempt's status before any user hook can
+            # raise (a raise_for_status hook must not hide 5xx from it).
+            guard = _HookGuard(request.hooks["response"], breaker, is_trial,
+                               route.policy.failure_status, self.clock)
+            if request is call.request:
+                request = request.copy()
+            request.hooks = {**request.hooks, "response": [guard]}
+
         kwargs = call.kwargs
         kwargs["timeout"] = (connect, read)
         started = self.clock.monotonic()
+        if guard is not None:
+            guard.started = started
         a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
-        self._local.in_attempt = True
+        local = self._local
+        outer = getattr(local, "attempt", None)  # a call made from inside another's attempt
+        local.attempt = call
         if self._log_secrets is not None:
             attempt_secrets(self._log_secrets)
         try:
@@ -579,16 +729,17 @@ class ResilientSession(requests.Session):
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                            call.attempt, outcome_of(exc), None,
                                            duration, type(exc).__name__))
-            if breaker is not None:
+            if breaker is not None and (guard is None or not guard.recorded):
                 if isinstance(exc, Exception) and is_peer_failure(exc):
                     breaker.record(success=False, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
-            if deadline is not None and isinstance(exc, requests.RequestException) and deadline.expired():
+            if (deadline is not None and isinstance(exc, requests.RequestException)
+                    and not isinstance(exc, DeadlineExceeded) and deadline.expired()):
                 raise DeadlineExceeded(route.name, deadline.total, request=request) from exc
             raise
         finally:
-            self._local.in_attempt = False
+            local.attempt = outer
             if self._log_secrets is not None:
                 attempt_secrets(None)
             if a is not None:
@@ -737,6 +888,9 @@ class ResilientSession(requests.Session):
                 release()
 
         raw.release_conn = release_conn  # type: ignore[method-assign]
+        # A response dropped unread and unclosed (`if r.status_code != 200:
+        # return`) calls neither: its slot comes back when it is collected.
+        weakref.finalize(resp, release)
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
@@ -798,24 +952,6 @@ def _merge_proxies(request_setting: Any, session_setting: Any) -> Any:
     return merged
 
 
-def _certainly_final(
-    outcome: requests.Response | BaseException, retry: RetryPolicy, user_predicate: bool
-) -> bool:
-    """
-    Whether `RetrySafely` would refuse to retry *outcome* whatever else holds,
-    so that tenacity need not be entered. It must never say True where
-    `RetrySafely` could say "retry": tests check the two against each other.
-    """
-    if isinstance(outcome, BaseException):
-        if not isinstance(outcome, Exception) or isinstance(outcome, ResilienceError):
-            return True  # interrupts and our own refusals, whatever retry_if says
-        if user_predicate:
-            return False
-        kind = failure_kind(outcome)
-        return kind is None or kind not in retry.on
-    return not user_predicate and outcome.status_code not in retry.on_status
-
-
 class _ReplayFirst:
     """An attempt function whose first call replays an outcome already had."""
 
@@ -860,3 +996,52 @@ def _discard(resp: requests.Response) -> None:
     finally:
         resp.close()
 
+
+def _reauthenticated(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """
+    A copy of *request* with its stateful auth applied afresh, as requests
+    prepares a new call: auth first (its hooks first), then the call's hooks.
+    """
+    auth, hooks = getattr(request, _REAUTH)
+    fresh = request.copy()
+    fresh.hooks = default_hooks()
+    fresh.prepare_auth(auth)
+    fresh.prepare_hooks(hooks)
+    return fresh
+
+
+class _HookGuard:
+    """
+    The attempt's response hooks, run in order as requests runs them, that
+    record the status they were looking at in the breaker before letting a
+    hook's exception through.
+    """
+
+    __slots__ = ("breaker", "clock", "failure_status", "hooks", "is_trial", "recorded", "started")
+
+    def __init__(
+        self, hooks: list[Callable[..., Any]], breaker: CircuitBreaker, is_trial: bool,
+        failure_status: frozenset[int], clock: Clock,
+    ) -> None:
+        self.hooks = list(hooks)
+        self.breaker = breaker
+        self.is_trial = is_trial
+        self.failure_status = failure_status
+        self.clock = clock
+        self.started = 0.0
+        self.recorded = False
+
+    def __call__(self, resp: requests.Response, **kwargs: Any) -> requests.Response:
+        for hook in self.hooks:
+            try:
+                out = hook(resp, **kwargs)
+            except BaseException:
+                if not self.recorded:
+                    self.recorded = True
+                    self.breaker.record(success=resp.status_code not in self.failure_status,
+                                        is_trial=self.is_trial,
+                                        duration=self.clock.monotonic() - self.started)
+                raise
+            if out is not None:
+                resp = out
+        return resp

@@ -1438,10 +1438,7 @@ def _url_and_path(url: str) -> str:
 
 def _reset_endpoint_state(session: ResilientSession) -> None:
     """Forget a session's routes and endpoint state (breakers, budgets, bulkheads, stale caches)."""
-    with session._lock:
-        session._routes.clear()
-        session._states.clear()
-        session._retryings.clear()
+    session._forget_state()
 
 
 def fake_peers(

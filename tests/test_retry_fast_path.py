@@ -149,7 +149,7 @@ OUTCOMES = [
 ]
 
 
-class TestShortcutAgreesWithRetrySafely:
+class TestOneVerdict:
     @pytest.mark.parametrize("outcome", OUTCOMES, ids=repr)
     @pytest.mark.parametrize("predicate", [None, lambda r, o: True, lambda r, o: False, lambda r, o: None],
                              ids=["no retry_if", "retry_if True", "retry_if False", "retry_if None"])
@@ -157,12 +157,11 @@ class TestShortcutAgreesWithRetrySafely:
         resilient_client.RetryPolicy(),
         resilient_client.RetryPolicy(on_status=frozenset({500}), on=frozenset({"connect_error"})),
     ], ids=["default policy", "narrow policy"])
-    def test_shortcut_never_skips_a_retry(self, outcome, predicate, retry):
-        """Whenever the shortcut skips tenacity, RetrySafely (tenacity's retry strategy) would not retry."""
+    def test_tenacity_strategy_gives_the_shortcuts_verdict(self, outcome, predicate, retry):
+        """RetrySafely (tenacity's strategy) answers exactly what `decide`, the shortcut's verdict, answers."""
         import tenacity
 
-        from resilient_client._retry import Call, RetrySafely
-        from resilient_client._session import _certainly_final
+        from resilient_client._retry import Call, RetrySafely, decide
 
         request = requests.Request("GET", URL).prepare()
         call = Call(request, {}, None, None, idempotent=True, replayable=True)
@@ -171,5 +170,18 @@ class TestShortcutAgreesWithRetrySafely:
             rs.set_exception((type(outcome), outcome, None))
         else:
             rs.set_result(outcome)
-        if _certainly_final(outcome, retry, predicate is not None):
-            assert RetrySafely(retry, predicate)(rs) is False
+        assert RetrySafely(retry, predicate)(rs) is decide(call, outcome, retry, predicate)
+
+    def test_retry_if_is_asked_once_per_attempt(self, fake_peers, no_backoff):
+        """The shortcut's verdict is reused by tenacity: a retry_if predicate is asked once per attempt."""
+        asked = []
+
+        def retry_if(request, outcome):
+            asked.append(outcome.status_code)
+            return None
+
+        session = resilient_client.ResilientSession(listeners=(), retry_if=retry_if)
+        fake_peers.attach(session)
+        fake_peers.url(URL).statuses([503, 503, 200])
+        assert session.get(URL).status_code == 200
+        assert asked == [503, 503, 200]

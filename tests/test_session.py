@@ -1,0 +1,290 @@
+"""
+The session's layers against real sockets on 127.0.0.1: redirect hops,
+calls made from inside another call, auth that keeps state per call, response
+hooks and the breaker, streamed responses and their bulkhead slots, and the
+bound on per-origin state.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+from peers import Blackhole, Conn, Peer, Request, answer, hang, redirect, refused_port, reset
+from requests.auth import HTTPDigestAuth
+
+import resilient_client
+from resilient_client import AttemptFinished
+
+FAST_RETRY = {"attempts": 3, "backoff": {"initial": 0.001, "max": 0.002, "jitter": "none"}}
+
+
+def make_session(**defaults: Any) -> resilient_client.ResilientSession:
+    config: dict[str, Any] = {"breaker": None, "budget": None, "retry": FAST_RETRY}
+    config.update(defaults)
+    session = resilient_client.ResilientSession({"defaults": config})
+    session.trust_env = False  # loopback only: no proxy from the environment
+    return session
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    with Peer(lifetime=20.0) as p:
+        yield p
+
+
+@dataclass(frozen=True)
+class _Late:
+    """Answer with *then* after *delay* seconds."""
+
+    delay: float
+    then: Any
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        if conn.peer.wait(self.delay):
+            return False
+        return bool(self.then.serve(conn, request))
+
+
+class TestRedirectHops:
+    def test_a_write_redirected_to_a_refusing_target_is_sent_once(self, peer: Peer) -> None:
+        """A POST the peer answered with 303 is not resent when the redirect target refuses: it reached the peer."""
+        peer.on("/orders", redirect(f"http://127.0.0.1:{refused_port()}/done", status=303))
+        session = make_session()
+        with pytest.raises(requests.ConnectionError):
+            session.post(peer.url("/orders"), json={"item": 1})
+        assert peer.hits("/orders") == 1
+
+    def test_an_idempotent_call_redirected_to_a_refusing_target_is_retried(self, peer: Peer) -> None:
+        """A GET whose redirect target refuses is retried as usual: repeating it is safe."""
+        peer.on("/items", redirect(f"http://127.0.0.1:{refused_port()}/moved"))
+        session = make_session()
+        with pytest.raises(requests.ConnectionError):
+            session.get(peer.url("/items"))
+        assert peer.hits("/items") == 3
+
+    def test_a_write_refused_before_its_first_hop_is_retried(self, peer: Peer) -> None:
+        """A failure before the first byte of the first hop still makes a POST safe to resend."""
+        session = make_session()
+        events: list[AttemptFinished] = []
+        session.subscribe(lambda e: events.append(e) if isinstance(e, AttemptFinished) else None)
+        with pytest.raises(requests.ConnectionError):
+            session.post(f"http://127.0.0.1:{refused_port()}/orders", json={})
+        assert len(events) == 3
+
+    def test_each_hop_gets_only_the_time_left_when_it_starts(self, peer: Peer) -> None:
+        """A hop after a slow first hop is cut off at `total`, not `total` plus the first hop's time."""
+        hole = Blackhole()
+        try:
+            peer.on("/slow", _Late(0.6, redirect(hole.url("/next"))))
+            session = make_session(timeout={"connect": 5.0, "read": 5.0, "total": 1.0}, retry=None)
+            started = time.monotonic()
+            with pytest.raises(resilient_client.DeadlineExceeded):
+                session.get(peer.url("/slow"))
+            assert time.monotonic() - started < 1.3
+        finally:
+            hole.close()
+
+    def test_a_chain_of_fast_hops_stops_at_the_deadline(self, peer: Peer) -> None:
+        """Every hop is quick but the chain is long: the call ends at `total`."""
+        peer.on("/a", _Late(0.15, redirect("/b")))
+        peer.on("/b", _Late(0.15, redirect("/a")))
+        session = make_session(timeout={"total": 0.5}, retry=None)
+        session.max_redirects = 50
+        started = time.monotonic()
+        with pytest.raises(resilient_client.DeadlineExceeded):
+            session.get(peer.url("/a"))
+        assert time.monotonic() - started < 0.8
+
+
+class TestNestedCalls:
+    def test_a_call_made_from_a_response_hook_has_its_own_policy(self, peer: Peer) -> None:
+        """A token refresh from a response hook is bounded by the read timeout, as any call is."""
+        peer.on("/api", answer(401, b"expired"))
+        peer.on("/token", hang())
+        session = make_session(timeout={"connect": 0.5, "read": 0.3, "total": None}, retry=None)
+        nested: list[BaseException] = []
+
+        def refresh(resp: requests.Response, **kwargs: Any) -> None:
+            if resp.status_code == 401 and resp.request.path_url == "/api":
+                try:
+                    session.get(peer.url("/token"))
+                except requests.RequestException as exc:
+                    nested.append(exc)
+
+        session.hooks["response"].append(refresh)
+        started = time.monotonic()
+        assert session.get(peer.url("/api")).status_code == 401
+        assert time.monotonic() - started < 2.0
+        assert [type(e) for e in nested] == [requests.ReadTimeout]
+
+    def test_a_call_made_from_a_listener_has_its_own_policy(self, peer: Peer) -> None:
+        """A listener that calls out (an alert) when an attempt fails gets the policy's timeouts too."""
+        peer.on("/api", reset())
+        peer.on("/alert", hang())
+        session = make_session(timeout={"connect": 0.5, "read": 0.3, "total": None}, retry=None)
+        nested: list[BaseException] = []
+
+        def alert(event: Any) -> None:
+            if isinstance(event, AttemptFinished) and "/api" in event.url:
+                try:
+                    session.get(peer.url("/alert"))
+                except requests.RequestException as exc:
+                    nested.append(exc)
+
+        session.subscribe(alert)
+        started = time.monotonic()
+        with pytest.raises(requests.ConnectionError):
+            session.get(peer.url("/api"))
+        assert time.monotonic() - started < 2.0
+        assert [type(e) for e in nested] == [requests.ReadTimeout]
+
+    def test_a_nested_call_leaves_the_outer_calls_hops_under_its_deadline(self, peer: Peer) -> None:
+        """After a hook's own call, the outer call's redirect hops are still cut off at its `total`."""
+        peer.on("/start", redirect("/drip"))
+        peer.on("/side", answer(200, b"ok"))
+        peer.on("/drip", _Late(0.0, _Drip(b"x" * 40, 0.05)))
+        session = make_session(timeout={"connect": 1.0, "read": 1.0, "total": 0.6}, retry=None)
+
+        def side_call(resp: requests.Response, **kwargs: Any) -> None:
+            if resp.request.path_url == "/start":
+                session.get(peer.url("/side"))
+
+        session.hooks["response"].append(side_call)
+        started = time.monotonic()
+        with pytest.raises(resilient_client.DeadlineExceeded):
+            session.get(peer.url("/start"))
+        assert time.monotonic() - started < 0.9
+
+
+@dataclass(frozen=True)
+class _Drip:
+    body: bytes
+    interval: float
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        conn.send(f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n".encode())
+        conn.drip(self.body, self.interval)
+        return False
+
+
+class _DigestPeer:
+    """Asks for digest auth, then answers the first authenticated request 503 and the rest 200."""
+
+    def __init__(self) -> None:
+        self.authenticated = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Any:
+        if "authorization" not in request.headers:
+            nonce = hashlib.sha256(b"n").hexdigest()
+            return answer(401, b"auth please", {"WWW-Authenticate": f'Digest realm="r", nonce="{nonce}", qop="auth"'})
+        with self.lock:
+            self.authenticated += 1
+            first = self.authenticated == 1
+        return answer(503, b"busy") if first else answer(200, b"secret data")
+
+
+class TestStatefulAuth:
+    def test_digest_auth_is_applied_afresh_on_a_retry(self, peer: Peer) -> None:
+        """A retry after a 503 on the authenticated leg authenticates again, as a new call would."""
+        peer.on("/x", _DigestPeer())
+        session = make_session()
+        resp = session.get(peer.url("/x"), auth=HTTPDigestAuth("u", "p"))
+        assert (resp.status_code, resp.text, resp.attempts) == (200, "secret data", 2)
+        assert "authorization" in peer.last("/x").headers
+
+    def test_the_users_hooks_still_run_after_the_auth_hooks_on_a_retry(self, peer: Peer) -> None:
+        """The re-applied auth keeps requests' order: the auth's hooks first, then the call's."""
+        peer.on("/x", _DigestPeer())
+        session = make_session()
+        seen: list[int] = []
+        resp = session.get(peer.url("/x"), auth=HTTPDigestAuth("u", "p"),
+                           hooks={"response": lambda r, **kw: seen.append(r.status_code)})
+        assert resp.status_code == 200
+        assert seen == [503, 200]  # the auth hook had already answered the 401s
+
+
+class TestHooksAndTheBreaker:
+    def test_a_raising_hook_does_not_hide_failures_from_the_breaker(self, peer: Peer) -> None:
+        """A raise_for_status hook raises HTTPError, yet the breaker counts the 503 and opens."""
+        peer.on("/x", answer(503))
+        session = make_session(breaker={"failure_threshold": 3}, retry=None)
+        session.hooks["response"].append(lambda r, **kw: r.raise_for_status())
+        for _ in range(3):
+            with pytest.raises(requests.HTTPError):
+                session.get(peer.url("/x"))
+        with pytest.raises(resilient_client.CircuitOpenError):
+            session.get(peer.url("/x"))
+        assert peer.hits("/x") == 3
+
+    def test_a_raising_hook_on_a_good_answer_counts_as_a_success(self, peer: Peer) -> None:
+        """A hook that raises on a 200 does not count against the peer."""
+        peer.on("/x", answer(503), answer(503), answer(200), answer(503))
+        session = make_session(breaker={"failure_threshold": 3}, retry=None)
+
+        def picky(r: requests.Response, **kwargs: Any) -> None:
+            if r.status_code == 200:
+                raise ValueError("unexpected body")
+
+        session.hooks["response"].append(picky)
+        for _ in range(2):
+            session.get(peer.url("/x"))
+        with pytest.raises(ValueError):
+            session.get(peer.url("/x"))
+        session.get(peer.url("/x"))
+        assert session.circuit(peer.url("/x")).state == "closed"
+
+
+class TestStreamedSlots:
+    def test_a_dropped_unread_stream_gives_its_slot_back(self, peer: Peer) -> None:
+        """`if r.status_code != 200: return` with stream=True does not wedge the bulkhead."""
+        peer.on("/x", answer(200, b"x" * 100_000))
+        session = make_session(bulkhead={"max_concurrent": 2})
+
+        def peek() -> int:
+            return session.get(peer.url("/x"), stream=True).status_code
+
+        for _ in range(4):
+            assert peek() == 200
+            gc.collect()
+        assert session.get(peer.url("/x")).status_code == 200
+
+    def test_a_stream_kept_alive_still_holds_its_slot(self, peer: Peer) -> None:
+        """The slot is the response's while the caller keeps it unread."""
+        peer.on("/x", answer(200, b"x" * 100_000))
+        session = make_session(bulkhead={"max_concurrent": 1}, fallback=None)
+        kept = session.get(peer.url("/x"), stream=True)
+        with pytest.raises(resilient_client.BulkheadFull):
+            session.get(peer.url("/x"))
+        kept.close()
+        assert session.get(peer.url("/x")).status_code == 200
+
+
+class TestOriginState:
+    def test_state_for_unmatched_origins_is_bounded(self) -> None:
+        """Ever new origins do not grow the session's endpoint state without bound."""
+        session = make_session()
+        limit = resilient_client._session.MAX_ORIGIN_STATES
+        for i in range(limit + 300):
+            session.policy_for("GET", f"http://h{i}.test/")  # resolution alone keeps no state
+            session._route_for("GET", f"http://h{i}.test/x")
+        assert len(session._all_states()) == limit
+
+    def test_an_origin_with_a_call_in_flight_is_not_forgotten(self, peer: Peer) -> None:
+        """Eviction skips an origin whose bulkhead has a call in flight."""
+        peer.on("/x", answer(200, b"x" * 100_000))
+        session = make_session(bulkhead={"max_concurrent": 1})
+        held = session.get(peer.url("/x"), stream=True)
+        for i in range(resilient_client._session.MAX_ORIGIN_STATES + 5):
+            session._route_for("GET", f"http://h{i}.test/x")
+        with pytest.raises(resilient_client.BulkheadFull):
+            session.get(peer.url("/x"))
+        held.close()
