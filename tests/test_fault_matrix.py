@@ -30,7 +30,8 @@ the configured secret header ``X-Api-Key`` and the secret query parameter
 
 The rows run concurrently (`WORKERS` at a time) in a module fixture, each in
 a thread named after it, so that the matrix takes seconds; each test then
-checks its own row.
+checks its own row. The fixture runs only the rows whose tests were
+selected, so ``-k`` picks rows without paying for the whole matrix.
 """
 
 from __future__ import annotations
@@ -302,10 +303,26 @@ ROWS = [
 IDS = [f"{f.name}-{m}-{c}" for f, m, c in ROWS]
 
 
+def _selected_rows(request: pytest.FixtureRequest) -> set[str]:
+    """
+    The row ids of this module's collected tests: ``-k redirect`` runs the
+    redirect rows, not the whole matrix. Every row when none is selected.
+    """
+    wanted = set()
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if getattr(item, "module", None) is request.module and callspec is not None:
+            row_id = callspec.params.get("row_id")
+            if isinstance(row_id, str):
+                wanted.add(row_id)
+    return wanted or set(IDS)
+
+
 @pytest.fixture(scope="module")
-def matrix() -> dict[str, Row]:
-    """Run every row, WORKERS at a time, each in a thread named after its id."""
-    rows = {rid: Row(f, m, c, rid) for rid, (f, m, c) in zip(IDS, ROWS, strict=True)}
+def matrix(request: pytest.FixtureRequest) -> dict[str, Row]:
+    """Run every selected row, WORKERS at a time, each in a thread named after its id."""
+    wanted = _selected_rows(request)
+    rows = {rid: Row(f, m, c, rid) for rid, (f, m, c) in zip(IDS, ROWS, strict=True) if rid in wanted}
     logger = logging.getLogger("resilient_client")
     records = _Records()
     old_level = logger.level
