@@ -13,8 +13,12 @@ module adds what a reliability suite needs besides, without repeating it:
 * the faults `peers` lacks: a reset in the middle of the headers, a
   truncated body, garbage instead of HTTP, an oversized header block,
   ``Retry-After`` in every form, and `flap`;
+* redirects whose target fails: `redirect_to` a Location worked out at
+  serve time (a port that refuses, or `blackholed`, a port whose connects
+  time out, owned by the peer), and `redirect_chain`, hop after hop;
 * `FAULTS`, the table of every fault kind with what one attempt against it
-  produces, which the matrix turns into expected outcomes.
+  produces, which the matrix turns into expected outcomes, and
+  `REDIRECT_FAULTS`, the same for a first hop that redirects to a failure.
 
 Bounded like `peers`: every wait is on the peer's stop event or a client
 socket with a timeout, and a peer stops itself after ``lifetime`` seconds.
@@ -37,6 +41,7 @@ from typing import Any
 
 from peers import (
     Behaviour,
+    Blackhole,
     Conn,
     Peer,
     Request,
@@ -44,6 +49,7 @@ from peers import (
     close_early,
     drip_body,
     drip_headers,
+    redirect,
     refused_port,
     reset,
     server_error,
@@ -51,10 +57,13 @@ from peers import (
 
 __all__ = [
     "FAULTS",
+    "REDIRECT_FAULTS",
+    "REDIRECT_TARGET",
     "RETRY_AFTER_FORMS",
     "Fault",
     "FaultPeer",
     "Switch",
+    "blackholed",
     "client_sockets",
     "delay",
     "flap",
@@ -62,6 +71,8 @@ __all__ = [
     "hang_until_gone",
     "oversized_headers",
     "peer_process",
+    "redirect_chain",
+    "redirect_to",
     "reset_mid_headers",
     "retry_after",
     "truncated",
@@ -75,8 +86,9 @@ _POLL = 0.02  # how often a waiting behaviour looks at its client socket
 
 class FaultPeer(Peer):
     """
-    A `peers.Peer` that also counts open connections and bodies, and can
-    refuse connections for a while.
+    A `peers.Peer` that also counts open connections and bodies, can
+    refuse connections for a while, and owns a `Blackhole` for redirects to
+    point at (`blackhole`).
 
     ``open_connections`` is how many accepted connections are being served
     now (server side), ``max_open`` the most at any one time.
@@ -86,6 +98,7 @@ class FaultPeer(Peer):
         super().__post_init__()
         self.max_open = 0
         self._parked: socket.socket | None = None
+        self._blackhole: Blackhole | None = None
 
     # -- counts ------------------------------------------------------------------
 
@@ -120,6 +133,13 @@ class FaultPeer(Peer):
         with self._lock:
             self.max_open = max(self.max_open, len(self._open))
         super()._serve(conn)
+
+    def blackhole(self) -> Blackhole:
+        """A port whose connects time out, made on first use and closed when the peer stops."""
+        with self._lock:
+            if self._blackhole is None:
+                self._blackhole = Blackhole(self.host)
+            return self._blackhole
 
     # -- refusing -------------------------------------------------------------------
 
@@ -171,8 +191,11 @@ class FaultPeer(Peer):
         super().stop()
         with self._lock:
             parked, self._parked = self._parked, None
+            hole, self._blackhole = self._blackhole, None
         if parked is not None:
             parked.close()
+        if hole is not None:
+            hole.close()
 
 
 # -- behaviours that notice the client leaving ---------------------------------------
@@ -325,6 +348,73 @@ class Switch:
         return self._current.serve(conn, request)
 
 
+# -- redirects -------------------------------------------------------------------------
+
+#: The path on the same peer where a redirect fault's Location points; the
+#: matrix plays the fault's ``target`` there.
+REDIRECT_TARGET = "/target"
+
+#: A Location, or how to work it out from the serving peer when the request comes.
+Location = str | Callable[[Peer], str]
+
+
+@dataclass(frozen=True)
+class _RedirectTo:
+    location: Location
+    status: int
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        where = self.location if isinstance(self.location, str) else self.location(conn.peer)
+        return redirect(where, self.status).serve(conn, request)
+
+
+def redirect_to(location: Location, status: int = 302) -> Behaviour:
+    """
+    Answer *status* with a Location: *location* itself, or what it returns
+    for the serving peer (see `blackholed`).
+    """
+    return _RedirectTo(location, status)
+
+
+def blackholed(path: str = "/") -> Callable[[Peer], str]:
+    """A Location for `redirect_to`: *path* on the serving `FaultPeer`'s blackhole (connects time out)."""
+
+    def where(peer: Peer) -> str:
+        if not isinstance(peer, FaultPeer):
+            raise TypeError(f"a blackhole needs a FaultPeer, got {type(peer).__name__}")
+        return peer.blackhole().url(path)
+
+    return where
+
+
+@dataclass(frozen=True)
+class _Chain:
+    hops: int
+    each: float
+    path: str
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        try:
+            n = int(request.query.get("hop", ["0"])[0])
+        except ValueError:
+            n = 0
+        if n >= self.hops:
+            return answer(200, b"ok").serve(conn, request)
+        return delay(self.each, redirect(f"{self.path}?hop={n + 1}")).serve(conn, request)
+
+
+def redirect_chain(hops: int, each: float, path: str = REDIRECT_TARGET) -> Behaviour:
+    """
+    One link of a chain of *hops* redirects, each answered after *each*
+    seconds (less if the client leaves), then a 200 ``ok``. Play it at the
+    first path and at *path*: it redirects to ``path?hop=N`` (N counts from
+    1), and the request with ``hop=hops`` gets the 200.
+    """
+    if not 1 <= hops <= 30:  # requests follows 30 redirects at most
+        raise ValueError(f"a chain has 1 to 30 hops, got {hops}")
+    return _Chain(hops, each, path)
+
+
 # -- the table of fault kinds ------------------------------------------------------------
 
 
@@ -358,6 +448,14 @@ class Fault:
     only), ``status`` (a status in ``retry.on_status``: the same), ``final``
     (not retried: a success, a status not retried, or the deadline).
     ``retry_after_ok`` is False when a Retry-After forbids sleeping.
+
+    A redirect fault's first hop reaches the peer and answers a redirect;
+    ``attempt`` is what the hop it leads to produces, and ``phase`` is never
+    ``before_send``: the first hop was sent (and acted on), so the redirect
+    target failing before its own first byte does not make the call safe to
+    resend. ``target`` is what the peer plays at `REDIRECT_TARGET`, and
+    ``timeout`` the (connect, read) the row needs instead of the matrix's
+    (a slow hop must meet the deadline, not the read timeout).
     """
 
     name: str
@@ -367,6 +465,10 @@ class Fault:
     retry_after_ok: bool = True
     #: The statuses the next attempts get (a flap), if not the same.
     then: tuple[int, ...] = ()
+    #: What the peer plays at `REDIRECT_TARGET`, for a redirect that points there.
+    target: Callable[[], Behaviour] | None = None
+    #: (connect, read) instead of the matrix's, or None.
+    timeout: tuple[float, float] | None = None
 
 
 def _faults() -> list[Fault]:
@@ -407,6 +509,40 @@ def _retry_after_now(status: int, value: Callable[[], str]) -> Behaviour:
 
 #: Every fault kind the matrix covers.
 FAULTS: tuple[Fault, ...] = tuple(_faults())
+
+#: How long a slow first hop takes to answer its redirect: most of the
+#: matrix's 1 s deadline, so that what the next hop may take is what is left.
+SLOW_HOP = 0.7
+
+
+def _redirect_faults() -> list[Fault]:
+    import requests
+
+    from resilient_client import DeadlineExceeded
+
+    conn_err = requests.ConnectionError
+    # Timeouts longer than what the slow hops leave of the deadline: only the deadline can end them.
+    slow = (1.0, 1.0)
+    return [
+        Fault("redirect-303-refuse", lambda: redirect(refused_url("/receipt"), 303), conn_err, "after_send"),
+        Fault("redirect-307-refuse", lambda: redirect(refused_url("/receipt"), 307), conn_err, "after_send"),
+        Fault("redirect-303-hang", lambda: redirect(REDIRECT_TARGET, 303), requests.ReadTimeout,
+              "after_send", target=hang_until_gone),
+        Fault("redirect-303-503", lambda: redirect(REDIRECT_TARGET, 303), 503, "status",
+              target=lambda: server_error(503)),
+        Fault("redirect-slow-hop-blackhole", lambda: delay(SLOW_HOP, redirect_to(blackholed("/next"))),
+              DeadlineExceeded, "final", timeout=slow),
+        Fault("redirect-slow-hop-hang", lambda: delay(SLOW_HOP, redirect(REDIRECT_TARGET)),
+              DeadlineExceeded, "final", target=hang_until_gone, timeout=slow),
+        # Each hop well inside the read timeout; eight of them are not inside the deadline.
+        Fault("redirect-chain", lambda: redirect_chain(8, 0.15), DeadlineExceeded, "final",
+              target=lambda: redirect_chain(8, 0.15), timeout=slow),
+    ]
+
+
+#: Redirect faults: a first hop that answers (at once or slowly) with a
+#: redirect to a target that fails. The matrix picks a few rows of them.
+REDIRECT_FAULTS: tuple[Fault, ...] = tuple(_redirect_faults())
 
 
 def refused_url(path: str = "/") -> str:

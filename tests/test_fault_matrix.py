@@ -15,6 +15,17 @@ Rows are ``<fault>-<method>-<column>``:
   call, which must be refused (`CircuitOpenError`, or the fallback with
   ``attempts == 0``) without reaching the peer.
 
+Besides the full product, a few hand-picked rows of `faults.REDIRECT_FAULTS`
+(`REDIRECT_ROWS`, not a product: each redirect row costs real time): a write
+answered ``303``/``307`` towards a target that refuses, hangs or answers 503
+reaches the peer once, because its first hop was sent and acted on (only a
+failure before the first byte of the *first* hop makes a write safe to
+resend), while a GET or a keyed POST so redirected is retried; a first hop
+that answers after most of the deadline, or a chain of quick hops, ends with
+`DeadlineExceeded` within the deadline plus `SLACK`, whatever the next hop
+does (a port whose connects time out, a hang). Some with ``stream=True``
+(methods ``GET-stream``, ``POST-stream``).
+
 The expected outcome of a row is not written by hand: `expect` derives it
 from the contract's rules (what is retried, when the breaker opens, when the
 fallback answers) and the fault's one-attempt outcome, so a row fails when
@@ -23,14 +34,16 @@ the library departs from the contract, not when a table drifts.
 Every row asserts the outcome (a typed exception or the fallback), the
 requests that reached the peer, that the call ended within the deadline plus
 `SLACK`, that no connection stayed open on the peer and the client created
-no more connections than it made attempts, that a write without a key
-reached the peer at most once, and that the secrets (Authorization, Cookie,
-the configured secret header ``X-Api-Key`` and the secret query parameter
-``token``) appear in no log record, event, exception message or repr.
+no more connections to an origin than it made attempts, that a write
+without a key reached the peer (and a redirect target) at most once, and
+that the secrets (Authorization, Cookie, the configured secret header
+``X-Api-Key`` and the secret query parameter ``token``) appear in no log
+record, event, exception message or repr.
 
 The rows run concurrently (`WORKERS` at a time) in a module fixture, each in
 a thread named after it, so that the matrix takes seconds; each test then
-checks its own row.
+checks its own row. The fixture runs only the rows whose tests were
+selected, so ``-k`` picks rows without paying for the whole matrix.
 """
 
 from __future__ import annotations
@@ -46,7 +59,21 @@ from typing import Any
 
 import pytest
 import requests
-from faults import FAULTS, Fault, FaultPeer, Switch, client_sockets, flap, hang_until_gone, refused_url
+from faults import (
+    FAULTS,
+    REDIRECT_FAULTS,
+    REDIRECT_TARGET,
+    Fault,
+    FaultPeer,
+    Switch,
+    blackholed,
+    client_sockets,
+    flap,
+    hang_until_gone,
+    redirect_chain,
+    redirect_to,
+    refused_url,
+)
 from peers import answer, drip_body
 
 from resilient_client import CircuitOpenError, DeadlineExceeded, Event, ResilientSession
@@ -74,10 +101,14 @@ METHODS = ("GET", "POST", "POST-key", "PUT-gen")
 COLUMNS = ("plain", "breaker", "fallback")
 
 
-def config(column: str) -> dict[str, Any]:
-    """The session config of a column: small timeouts, tiny backoff, no budget."""
+def config(column: str, timeout: tuple[float, float] | None = None) -> dict[str, Any]:
+    """
+    The session config of a column: small timeouts (or the fault's own
+    *timeout*, connect and read), tiny backoff, no budget.
+    """
+    connect, read = timeout if timeout is not None else (0.2, READ)
     defaults: dict[str, Any] = {
-        "timeout": {"connect": 0.2, "read": READ, "total": TOTAL},
+        "timeout": {"connect": connect, "read": read, "total": TOTAL},
         "retry": {
             "attempts": ATTEMPTS,
             "backoff": {"initial": 0.001, "max": 0.004, "jitter": "none"},
@@ -113,7 +144,8 @@ class Expected:
 
 def _replays(method: str) -> bool:
     """Whether a failure after sending may be retried for this request."""
-    return method in ("GET", "POST-key")  # PUT-gen is idempotent, but its body is gone
+    # PUT-gen is idempotent, but its body is gone; streaming changes nothing here.
+    return method in ("GET", "GET-stream", "POST-key")
 
 
 def expect(fault: Fault, method: str, column: str) -> Expected:
@@ -158,6 +190,8 @@ class Row:
     hits_after_second: int = 0
     elapsed: float = 0.0
     hits: int = 0
+    #: Requests to `REDIRECT_TARGET`, where a redirect fault may point.
+    target_hits: int = 0
     bodies: int = 0
     open_after: int = 0
     max_open: int = 0
@@ -174,6 +208,9 @@ def _body() -> Iterator[bytes]:
 
 
 def call(session: ResilientSession, url: str, method: str) -> requests.Response:
+    """Make the row's call: *method* is a column of `METHODS`, or ``GET-stream``/``POST-stream``."""
+    stream = method.endswith("-stream")
+    method = method.removesuffix("-stream")
     headers = {
         "Authorization": f"Bearer {AUTH_SECRET}",
         "Cookie": f"sid={COOKIE_SECRET}",
@@ -181,9 +218,9 @@ def call(session: ResilientSession, url: str, method: str) -> requests.Response:
     }
     params = {"token": QUERY_SECRET, "page": "1"}
     if method == "GET":
-        return session.get(url, params=params, headers=headers)
+        return session.get(url, params=params, headers=headers, stream=stream)
     if method == "POST":
-        return session.post(url, params=params, headers=headers, data=b"payment=1")
+        return session.post(url, params=params, headers=headers, data=b"payment=1", stream=stream)
     if method == "POST-key":
         headers["Idempotency-Key"] = "key-1"
         return session.post(url, params=params, headers=headers, data=b"payment=1")
@@ -215,7 +252,9 @@ def run_row(row: Row) -> None:
         else:
             peer.on("/r", row.fault.make())
             url = peer.url("/r")
-        session = ResilientSession(config(row.column), listeners=[row.events.append])
+        if row.fault.target is not None:
+            peer.on(REDIRECT_TARGET, row.fault.target())
+        session = ResilientSession(config(row.column, row.fault.timeout), listeners=[row.events.append])
         try:
             started = time.monotonic()
             try:
@@ -224,6 +263,7 @@ def run_row(row: Row) -> None:
                 row.result = exc
             row.elapsed = time.monotonic() - started
             row.hits = peer.hits("/r")
+            row.target_hits = peer.hits(REDIRECT_TARGET)
             if expect(row.fault, row.method, row.column).opened:
                 try:
                     row.second = call(session, url, row.method)
@@ -231,12 +271,17 @@ def run_row(row: Row) -> None:
                     row.second = exc
                 row.hits_after_second = peer.hits("/r")
             row.bodies = peer.bodies("/r")
+            for result in (row.result, row.second):
+                if isinstance(result, requests.Response):
+                    result.close()  # a streamed body nobody reads goes back, as a caller's would
             row.open_after = peer.wait_open_at_most(1, timeout=1.0)
             row.max_open = peer.max_open
             pools = session.get_adapter(url).poolmanager.pools
-            # urllib3's pool container refuses plain iteration, hence .keys().
-            row.client_connections = sum(
-                getattr(pools[key], "num_connections", 0) for key in pools.keys()  # noqa: SIM118
+            # Per origin: a redirect may lead to another one. urllib3's pool
+            # container refuses plain iteration, hence .keys().
+            row.client_connections = max(
+                (getattr(pools[key], "num_connections", 0) for key in pools.keys()),  # noqa: SIM118
+                default=0,
             )
             for result in (row.result, row.second):
                 if isinstance(result, BaseException):
@@ -293,19 +338,58 @@ def _lost(row_id: str) -> bool:
     return row_id.startswith("drip-body-") and not row_id.endswith(("-POST-fallback", "-PUT-gen-fallback"))
 
 
+def _redirect(name: str) -> Fault:
+    return next(f for f in REDIRECT_FAULTS if f.name == name)
+
+
+#: A few redirect rows, not a product (see the module docstring).
+REDIRECT_ROWS = [
+    # A write redirected to a failing target: sent once, whatever the target does.
+    (_redirect("redirect-303-refuse"), "POST", "plain"),
+    (_redirect("redirect-303-refuse"), "POST", "fallback"),
+    (_redirect("redirect-303-refuse"), "POST-stream", "plain"),
+    (_redirect("redirect-307-refuse"), "POST", "plain"),
+    (_redirect("redirect-303-hang"), "POST", "plain"),
+    (_redirect("redirect-303-503"), "POST", "plain"),
+    # The contrast: a read, or a write with its key, may be sent again.
+    (_redirect("redirect-303-refuse"), "GET", "plain"),
+    (_redirect("redirect-303-refuse"), "POST-key", "plain"),
+    # Slow hops: the deadline covers every hop, connect included.
+    (_redirect("redirect-slow-hop-blackhole"), "GET", "plain"),
+    (_redirect("redirect-slow-hop-blackhole"), "GET-stream", "plain"),
+    (_redirect("redirect-slow-hop-hang"), "GET", "plain"),
+    (_redirect("redirect-chain"), "GET", "plain"),
+]
+
 ROWS = [
     (fault, method, column)
     for fault in FAULTS
     for method in METHODS
     for column in COLUMNS
-]
+] + REDIRECT_ROWS
 IDS = [f"{f.name}-{m}-{c}" for f, m, c in ROWS]
 
 
+def _selected_rows(request: pytest.FixtureRequest) -> set[str]:
+    """
+    The row ids of this module's collected tests: ``-k redirect`` runs the
+    redirect rows, not the whole matrix. Every row when none is selected.
+    """
+    wanted = set()
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if getattr(item, "module", None) is request.module and callspec is not None:
+            row_id = callspec.params.get("row_id")
+            if isinstance(row_id, str):
+                wanted.add(row_id)
+    return wanted or set(IDS)
+
+
 @pytest.fixture(scope="module")
-def matrix() -> dict[str, Row]:
-    """Run every row, WORKERS at a time, each in a thread named after its id."""
-    rows = {rid: Row(f, m, c, rid) for rid, (f, m, c) in zip(IDS, ROWS, strict=True)}
+def matrix(request: pytest.FixtureRequest) -> dict[str, Row]:
+    """Run every selected row, WORKERS at a time, each in a thread named after its id."""
+    wanted = _selected_rows(request)
+    rows = {rid: Row(f, m, c, rid) for rid, (f, m, c) in zip(IDS, ROWS, strict=True) if rid in wanted}
     logger = logging.getLogger("resilient_client")
     records = _Records()
     old_level = logger.level
@@ -323,7 +407,9 @@ def matrix() -> dict[str, Row]:
 
     threads = []
     try:
-        for row in rows.values():
+        # The slow redirect rows (their own, longer timeouts) first: they
+        # overlap the rest of the matrix instead of trailing it.
+        for row in sorted(rows.values(), key=lambda r: r.fault.timeout is None):
             slots.acquire()
             t = threading.Thread(target=work, args=(row,), name=row.id, daemon=True)
             t.start()
@@ -375,15 +461,18 @@ class TestFaultMatrix:
         # Bounded: never past the deadline, plus scheduling slack.
         assert row.elapsed <= TOTAL + SLACK, row.elapsed
         # No leak: the peer sees at most one (idle keep-alive) connection left,
-        # never more than two at once, and the client opened one per attempt at most.
+        # never more than two at once, and the client opened one per attempt at most
+        # to each origin (a redirect may lead to another).
         assert row.open_after <= 1
         assert row.max_open <= 2
         assert row.client_connections <= max(1, want.attempts)
-        # A write without a key reaches the peer at most once, whatever happens.
-        if row.method == "POST":
+        # A write without a key reaches the peer at most once, whatever happens,
+        # and so does the redirect target it was answered with.
+        if row.method in ("POST", "POST-stream"):
             assert row.hits <= 1
+            assert row.target_hits <= 1
         # Every write that reached the peer carried its whole body, retries included.
-        if row.method != "GET":
+        if not row.method.startswith("GET"):
             assert row.bodies == row.hits
         # Secrets never leave: logs, events, the exception, reprs.
         leaked = [t for t in row.texts if any(s in t for s in SECRETS)]
@@ -391,9 +480,25 @@ class TestFaultMatrix:
 
     def test_matrix_covers_every_fault_method_and_column(self) -> None:
         """
-        The matrix is the full product of fault kinds, methods and columns.
+        The matrix is the full product of fault kinds, methods and columns, plus the redirect rows.
         """
-        assert len(IDS) == len(set(IDS)) == len(FAULTS) * len(METHODS) * len(COLUMNS)
+        assert len(IDS) == len(set(IDS)) == len(FAULTS) * len(METHODS) * len(COLUMNS) + len(REDIRECT_ROWS)
+        assert all(f in REDIRECT_FAULTS for f, _, _ in REDIRECT_ROWS)
+        assert {f.name for f, _, _ in REDIRECT_ROWS} == {f.name for f in REDIRECT_FAULTS}
+
+    def test_a_redirected_write_is_expected_once_and_a_redirected_read_again(self) -> None:
+        """
+        A redirected write whose first hop was sent is expected once; a redirected GET or keyed POST, again.
+        """
+        refuse = _redirect("redirect-303-refuse")
+        assert expect(refuse, "POST", "plain") == Expected(requests.ConnectionError, 1, 1)
+        assert expect(refuse, "POST-stream", "plain") == Expected(requests.ConnectionError, 1, 1)
+        assert expect(refuse, "POST", "fallback") == Expected("fallback", 1, 1)
+        assert expect(refuse, "GET", "plain") == Expected(requests.ConnectionError, ATTEMPTS, ATTEMPTS)
+        assert expect(refuse, "POST-key", "plain") == Expected(requests.ConnectionError, ATTEMPTS, ATTEMPTS)
+        assert expect(_redirect("redirect-303-503"), "POST", "plain") == Expected(503, 1, 1)
+        for name in ("redirect-slow-hop-blackhole", "redirect-slow-hop-hang", "redirect-chain"):
+            assert expect(_redirect(name), "GET", "plain") == Expected(DeadlineExceeded, 1, 1)
 
     def test_the_rows_exercise_every_outcome(self) -> None:
         """
@@ -443,6 +548,22 @@ class TestFaultPeer:
             assert s.get(peer.url("/s")).status_code == 201
             switch.to(answer(202))
             assert s.get(peer.url("/s")).status_code == 202
+
+    def test_redirect_to_a_blackhole_and_a_redirect_chain(self) -> None:
+        """
+        redirect_to works its Location out from the peer (its own blackhole); a chain counts its hops.
+        """
+        with FaultPeer() as peer, requests.Session() as s:
+            peer.on("/hole", redirect_to(blackholed("/x")))
+            peer.on("/c", redirect_chain(3, 0.0))
+            peer.on(REDIRECT_TARGET, redirect_chain(3, 0.0))
+            with pytest.raises(requests.ConnectTimeout):
+                s.get(peer.url("/hole"), timeout=(0.05, 1))
+            assert peer.blackhole() is peer.blackhole()
+            resp = s.get(peer.url("/c"), timeout=1)
+            assert (resp.text, len(resp.history)) == ("ok", 3)
+            assert (peer.hits("/c"), peer.hits(REDIRECT_TARGET)) == (1, 3)
+        assert peer._blackhole is None  # stop() closed it
 
     def test_client_sockets_counts_what_the_client_holds(self) -> None:
         """
