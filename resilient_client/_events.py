@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-import requests
-
-from ._outcome import failure_kind
-from .exceptions import BulkheadFull, CircuitOpenError, ConfigError, DeadlineExceeded
+from ._outcome import classify_error
+from ._verdict import OUTCOMES
+from .exceptions import ConfigError
 
 __all__ = [
     "OUTCOMES",
@@ -51,35 +50,15 @@ logger = logging.getLogger("resilient_client")
 # A library configures no output of its own: the application decides.
 logger.addHandler(logging.NullHandler())
 
-#: Every value ``outcome`` takes in `AttemptFinished` and `CallFinished`; a
-#: closed set, so it is safe as a metric label. ``ok`` is a response whose
-#: status is not in ``failure_status`` (a 404 is ``ok``: the peer answered);
-#: ``status`` is a response whose status is.
-OUTCOMES = (
-    "ok",
-    "status",
-    "connect_error",
-    "connect_timeout",
-    "read_timeout",
-    "read_error",
-    "deadline",
-    "circuit_open",
-    "bulkhead_full",
-    "error",
-)
+# OUTCOMES (from the core's outcome table) is every value ``outcome`` takes
+# in `AttemptFinished` and `CallFinished`: a closed set, safe as a metric
+# label. ``ok`` is a response whose status is not in ``failure_status`` (a
+# 404 is ``ok``: the peer answered); ``status`` is a response whose status is.
 
 
 def outcome_of(exc: BaseException) -> str:
     """The `OUTCOMES` value for a call or attempt that raised *exc*."""
-    if isinstance(exc, DeadlineExceeded):
-        return "deadline"
-    if isinstance(exc, CircuitOpenError):
-        return "circuit_open"
-    if isinstance(exc, BulkheadFull):
-        return "bulkhead_full"
-    if isinstance(exc, requests.RequestException):
-        return failure_kind(exc) or "error"
-    return "error"
+    return classify_error(exc).kind
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """
-What an attempt's outcome means: a failure of the peer or not, retryable or not.
-
-One place decides, so the retry layer, the breaker and the fallback agree.
+The requests front's attempt classifier: what requests and urllib3 raised,
+turned into the core's `AttemptOutcome` (see `resilient_client._verdict` for
+the table). One place maps exceptions, so the retry layer, the breaker, the
+fallback and the events agree.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from ._verdict import BEFORE_SEND
-from .exceptions import ResilienceError
+from ._verdict import BEFORE_SEND, AttemptOutcome, of_status
+from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
 
 __all__ = [
     "BEFORE_SEND",
     "Outcome",
     "RetryPredicate",
+    "classify_error",
     "failure_kind",
     "is_peer_failure",
     "is_replayable",
+    "of_status",
 ]
 
 #: What one attempt produced.
@@ -38,6 +41,9 @@ Outcome = requests.Response | BaseException
 #: (retry), False (do not), or None (let the built-in rules decide).
 RetryPredicate = Callable[[requests.PreparedRequest, Outcome], bool | None]
 
+# What counts against the peer even when no retry could fix it (TLS errors).
+_PEER_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+_TIMEOUT_KINDS = frozenset({"connect_timeout", "read_timeout", "read_error"})
 
 
 def failure_kind(exc: BaseException) -> str | None:
@@ -72,13 +78,39 @@ def failure_kind(exc: BaseException) -> str | None:
     return None
 
 
+def classify_error(
+    exc: BaseException, *, reached_peer: bool = False, deadline_passed: bool = False
+) -> AttemptOutcome:
+    """
+    The outcome of an attempt (or a call) that raised *exc*.
+
+    Args:
+        reached_peer: an earlier redirect hop of the attempt was answered.
+        deadline_passed: the call's deadline had passed when *exc* was
+            raised; a timeout then was the deadline's doing (each timeout is
+            capped by the time left), not the peer's.
+    """
+    if isinstance(exc, ResilienceError):
+        if isinstance(exc, DeadlineExceeded):
+            return AttemptOutcome("deadline", None, reached_peer, False)
+        if isinstance(exc, CircuitOpenError):
+            return AttemptOutcome("circuit_open", None, False, False)
+        if isinstance(exc, BulkheadFull):
+            return AttemptOutcome("bulkhead_full", None, False, False)
+        return AttemptOutcome("error", None, False, False)
+    kind = failure_kind(exc)
+    if kind is None:
+        # Not retryable (TLS, invalid URL, a hook that raised...), and it may
+        # have been sent. A TLS failure is still the peer's (a bad certificate).
+        return AttemptOutcome("error", None, True, isinstance(exc, _PEER_ERRORS))
+    if deadline_passed and kind in _TIMEOUT_KINDS:
+        return AttemptOutcome("deadline", None, reached_peer or kind not in BEFORE_SEND, False)
+    return AttemptOutcome(kind, None, reached_peer or kind not in BEFORE_SEND, True)
+
+
 def is_peer_failure(exc: BaseException) -> bool:
     """Whether *exc* counts against the peer (breaker, fallback): transport errors and timeouts."""
-    if isinstance(exc, ResilienceError):
-        return False
-    return isinstance(
-        exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-    )
+    return classify_error(exc).failure
 
 
 def is_replayable(request: requests.PreparedRequest) -> bool:

@@ -32,10 +32,9 @@ import requests
 import tenacity
 from tenacity import RetryCallState
 
-from ._outcome import RetryPredicate, failure_kind
+from ._outcome import RetryPredicate, classify_error
 from ._policy import BackoffPolicy, Jitter, RetryPolicy
-from ._verdict import retry_verdict
-from .exceptions import ResilienceError
+from ._verdict import AttemptOutcome, of_status, retry_verdict
 
 if TYPE_CHECKING:
     from ._budget import RetryBudget
@@ -55,6 +54,7 @@ class Call:
         "first_verdict",
         "idempotent",
         "kwargs",
+        "outcome",
         "prev_sleep",
         "reached_peer",
         "replayable",
@@ -86,6 +86,8 @@ class Call:
         #: An earlier redirect hop of the current attempt got the peer's
         #: answer: the request reached it (see `resilient_client._verdict`).
         self.reached_peer = False
+        #: What the latest attempt came to, classified once by the session.
+        self.outcome: AttemptOutcome | None = None
         #: `decide`'s answer for the first attempt, when the session's
         #: shortcut asked before entering tenacity.
         self.first_verdict: bool | None = None
@@ -153,21 +155,21 @@ def decide(
     the requests front's side of `retry_verdict` (it classifies the outcome
     and asks the user's predicate, then lets the verdict decide).
     """
-    if isinstance(outcome, BaseException):
-        if not isinstance(outcome, Exception) or isinstance(outcome, ResilienceError):
-            # Our own refusals (open breaker, deadline, full bulkhead) and
-            # interrupts end the call, whatever a retry_if predicate says.
-            return False
-        kind, status = failure_kind(outcome), None
-    else:
-        kind, status = None, outcome.status_code
+    classified = call.outcome
+    if classified is None:
+        # Asked about an outcome no attempt classified (a strategy used on
+        # its own): classify it here the same way.
+        classified = (of_status(outcome.status_code, frozenset()) if isinstance(outcome, requests.Response)
+                      else classify_error(outcome, reached_peer=call.reached_peer))
+    if classified.refused or not isinstance(outcome, (Exception, requests.Response)):
+        # Our own refusals (open breaker, deadline, full bulkhead) and
+        # interrupts end the call, whatever a retry_if predicate says.
+        return False
     return retry_verdict(
         policy,
-        kind=kind,
-        status=status,
+        classified,
         idempotent=call.idempotent,
         replayable=call.replayable,
-        reached_peer=call.reached_peer,
         user=None if predicate is None else predicate(call.request, outcome),
     )
 

@@ -44,7 +44,7 @@ from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import DeadlineAdapter, arm, disarm, release
+from ._deadline import Deadline, DeadlineAdapter, arm, disarm, release
 from ._environ import EnvironCache
 from ._events import (
     AttemptFinished,
@@ -60,10 +60,9 @@ from ._events import (
     GaveUp,
     RetryScheduled,
     load_listeners,
-    outcome_of,
 )
 from ._fallback import StaleCache, make_response
-from ._outcome import RetryPredicate, failure_kind, is_peer_failure, is_replayable
+from ._outcome import RetryPredicate, classify_error, is_replayable
 from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
@@ -75,7 +74,8 @@ from ._redact import (
 )
 from ._retry import Call, build_retrying, decide
 from ._routing import Resolution, Router
-from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
+from ._verdict import AttemptOutcome, of_status
+from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded
 
 if TYPE_CHECKING:
     from ._health import Health, HealthTracker
@@ -95,8 +95,9 @@ _REAUTH = "_resilient_reauth"
 # requests' own, untyped in its stubs.
 _merge_setting = cast(Callable[[Any, Any], Any], requests.sessions.merge_setting)
 _merge_hooks = cast(Callable[[Any, Any], Any], requests.sessions.merge_hooks)
-_SAFE_FALLBACK_ERRORS = (requests.ConnectionError, requests.Timeout, ResilienceError,
-                         requests.exceptions.ChunkedEncodingError)
+# The outcomes of refusals made before an attempt: constants, not classified anew.
+_DEADLINE = AttemptOutcome("deadline", None, False, False)
+_CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 
 #: Run last in every ``ResilientSession.__init__`` with the session and its
 #: ``clock`` and ``rng`` arguments as given (None when omitted). Empty in
@@ -415,7 +416,7 @@ class ResilientSession(requests.Session):
                     self._emit(BreakerRejected(route.name, method.upper(), shown, exc.retry_at))
                     if self._bus.wants_hot():
                         self._emit(CallFinished(route.name, method.upper(), shown, 0,
-                                                outcome_of(exc), None, 0.0, False))
+                                                "circuit_open", None, 0.0, False))
                     raise
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
@@ -578,10 +579,12 @@ class ResilientSession(requests.Session):
         try:
             try:
                 resp = self._send_with_retries(call)
-            except _SAFE_FALLBACK_ERRORS as exc:
+            except Exception as exc:
+                if not classify_error(exc).wants_fallback:
+                    raise
                 return self._fallback_or_raise(call, exc), exc
             policy = route.policy
-            if policy.fallback is not None and resp.status_code in policy.failure_status:
+            if policy.fallback is not None and cast(AttemptOutcome, call.outcome).failure:
                 fb = self._fallback_or_none(call, resp)
                 if fb is not None:
                     return fb, resp
@@ -618,9 +621,9 @@ class ResilientSession(requests.Session):
             # A call refused before its first try gave nothing up (breaker_rejected says it);
             # one whose retries the breaker cut short did.
             if call.attempt:
-                self._gave_up(call, outcome_of(exc))
+                self._gave_up(call, classify_error(exc).kind)
             raise
-        if resp.status_code in route.policy.failure_status or resp.status_code in (
+        if cast(AttemptOutcome, call.outcome).failure or resp.status_code in (
             route.policy.retry.on_status if route.policy.retry else ()
         ):
             self._gave_up(call, f"status {resp.status_code}")
@@ -666,6 +669,7 @@ class ResilientSession(requests.Session):
         if deadline is not None:
             left = deadline.remaining()
             if left <= 0:
+                call.outcome = _DEADLINE
                 raise DeadlineExceeded(route.name, deadline.total, request=request)
             connect, read = min(connect, left), min(read, left)
         call.reached_peer = False
@@ -683,6 +687,7 @@ class ResilientSession(requests.Session):
             try:
                 is_trial = breaker.before_call()
             except CircuitOpenError as exc:
+                call.outcome = _CIRCUIT_OPEN
                 self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
                                            exc.retry_at))
                 raise
@@ -724,19 +729,21 @@ class ResilientSession(requests.Session):
             if a is not None:
                 disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
+            outcome = call.outcome = classify_error(
+                exc, reached_peer=call.reached_peer,
+                deadline_passed=deadline is not None and deadline.expired())
             # The attempt's event first, then what the breaker made of it.
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
-                                           call.attempt, outcome_of(exc), None,
+                                           call.attempt, outcome.kind, None,
                                            duration, type(exc).__name__))
             if breaker is not None and (guard is None or not guard.recorded):
-                if isinstance(exc, Exception) and is_peer_failure(exc):
+                if outcome.failure:
                     breaker.record(success=False, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
-            if (deadline is not None and isinstance(exc, requests.RequestException)
-                    and not isinstance(exc, DeadlineExceeded) and deadline.expired()):
-                raise DeadlineExceeded(route.name, deadline.total, request=request) from exc
+            if outcome.kind == "deadline" and not isinstance(exc, DeadlineExceeded):
+                raise DeadlineExceeded(route.name, cast(Deadline, deadline).total, request=request) from exc
             raise
         finally:
             local.attempt = outer
@@ -750,13 +757,12 @@ class ResilientSession(requests.Session):
                 if not call.stream:
                     disarm(a)
         duration = self.clock.monotonic() - started
-        failed = resp.status_code in route.policy.failure_status
+        outcome = call.outcome = of_status(resp.status_code, route.policy.failure_status)
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
-                                       call.attempt, "status" if failed else "ok",
-                                       resp.status_code, duration))
+                                       call.attempt, outcome.kind, resp.status_code, duration))
         if breaker is not None:
-            breaker.record(success=not failed, is_trial=is_trial, duration=duration)
+            breaker.record(success=not outcome.failure, is_trial=is_trial, duration=duration)
         return resp
 
     # -- retry hooks ---------------------------------------------------------
@@ -768,8 +774,8 @@ class ResilientSession(requests.Session):
         assert outcome is not None
         if outcome.failed:
             exc = outcome.exception()
-            reason = failure_kind(exc) if exc is not None else None
-            reason = reason or type(exc).__name__
+            kind = call.outcome.kind if call.outcome is not None else "error"
+            reason = type(exc).__name__ if kind == "error" else kind
         else:
             resp: requests.Response = outcome.result()
             reason = f"status {resp.status_code}"
@@ -909,12 +915,12 @@ class ResilientSession(requests.Session):
         """CallFinished: *resp* is what the caller got; *failure* what was raised or a fallback replaced."""
         route: _Route = call.route
         if isinstance(failure, BaseException):
-            outcome = outcome_of(failure)
+            outcome = classify_error(failure).kind
         elif failure is not None:
             outcome = "status"
         else:
             assert resp is not None
-            outcome = "status" if resp.status_code in route.policy.failure_status else "ok"
+            outcome = of_status(resp.status_code, route.policy.failure_status).kind
         self._emit(CallFinished(route.name, call.request.method or "", self._url(call.request),
                                 call.attempt, outcome, resp.status_code if resp is not None else None,
                                 self.clock.monotonic() - started,
@@ -1038,7 +1044,7 @@ class _HookGuard:
             except BaseException:
                 if not self.recorded:
                     self.recorded = True
-                    self.breaker.record(success=resp.status_code not in self.failure_status,
+                    self.breaker.record(success=not of_status(resp.status_code, self.failure_status).failure,
                                         is_trial=self.is_trial,
                                         duration=self.clock.monotonic() - self.started)
                 raise

@@ -1,69 +1,146 @@
 """
-The retry verdict: may this attempt's outcome be tried again?
+What one attempt came to, and whether it may be tried again.
 
-One pure function answers it, for every front and every path: tenacity's
-retry strategy (`resilient_client._retry.RetrySafely`) asks it after each
-attempt, and the session's first-attempt shortcut asks it before deciding
-whether tenacity need be entered at all. Neither re-decides, so the two
-cannot drift apart (urllib3's ``Retry.is_retry`` is the model).
+Each attempt is classified once, by the front that made it (the requests
+front: `resilient_client._outcome.classify_error` and `of_status`), into a
+frozen `AttemptOutcome`. Everything downstream reads that value and nothing
+re-derives it: the retry verdict, the breaker, the fallback, events, metrics.
+This module knows nothing of HTTP clients.
 
-It knows nothing of HTTP clients: the front classifies what an attempt
-produced into a *kind* (``connect_error``, ``read_timeout``, ...; see
-`BEFORE_SEND`) or a status, and says what it knows of the request.
+The table (also in docs/retries.md):
 
-Why ``reached_peer`` exists beside the kind: a failure *kind* says where one
+=================  ============  ==========  ===========================================
+kind               reached peer  failure     what produced it
+=================  ============  ==========  ===========================================
+ok                 yes           no          a response whose status is not in failure_status
+status             yes           yes         a response whose status is in failure_status
+connect_error      no [1]_       yes         refused, DNS, unreachable, proxy refused
+connect_timeout    no [1]_       yes         the connection was not made in time
+read_timeout       yes           yes         no byte within the read timeout
+read_error         yes           yes         the connection broke after the request was sent
+deadline           maybe         no [2]_     the call's deadline cut the attempt short
+circuit_open       no            no          our breaker refused the call
+bulkhead_full      no            no          our bulkhead refused the call
+error              maybe         no          anything else (TLS, invalid URL, a hook raised)
+=================  ============  ==========  ===========================================
+
+.. [1] unless an earlier redirect hop of the same attempt was answered: then
+   the peer has the request, and the outcome reached it.
+.. [2] an attempt cut short by the call's deadline (its own ``total`` or one
+   inherited from the caller) before its own connect/read timeout passed is
+   not the peer's failure: one tight caller must not open the breaker for
+   everyone.
+
+Why ``reached_peer`` is not derived from the kind: a kind says where one
 connection failed, not whether the call already acted. A POST answered with
 ``303`` whose redirect target refuses the connection fails with a
 ``connect_error``, yet its first hop reached the peer and did the work:
-resending it would duplicate a write. Only a failure before the first byte
-of the first hop makes a request safe to resend whatever its method.
+resending it would duplicate a write.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ._policy import RetryPolicy
 
-__all__ = ["BEFORE_SEND", "retry_verdict"]
+__all__ = [
+    "BEFORE_SEND",
+    "OUTCOMES",
+    "REFUSALS",
+    "AttemptOutcome",
+    "of_status",
+    "retry_verdict",
+]
 
 #: Failure kinds that happen before any byte reached the peer: safe to retry
-#: whatever the method, unless an earlier hop of the same attempt already did.
+#: whatever the method, unless an earlier hop of the same attempt was answered.
 BEFORE_SEND = frozenset({"connect_error", "connect_timeout"})
+
+#: Kinds that are the library's own refusals: never retried, never the peer's
+#: failure, and answered by the fallback when there is one.
+REFUSALS = frozenset({"deadline", "circuit_open", "bulkhead_full"})
+
+#: Every kind, a closed set (safe as a metric label).
+OUTCOMES = (
+    "ok",
+    "status",
+    "connect_error",
+    "connect_timeout",
+    "read_timeout",
+    "read_error",
+    "deadline",
+    "circuit_open",
+    "bulkhead_full",
+    "error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """
+    One attempt's outcome, classified once.
+
+    Attributes:
+        kind: one of `OUTCOMES`.
+        status: the response's status, or None when the attempt raised.
+        reached_peer: the peer may have acted on the request.
+        failure: it counts against the peer (breaker, fallback, health).
+    """
+
+    kind: str
+    status: int | None
+    reached_peer: bool
+    failure: bool
+
+    @property
+    def refused(self) -> bool:
+        """The library itself ended the call (deadline, open breaker, full bulkhead)."""
+        return self.kind in REFUSALS
+
+    @property
+    def wants_fallback(self) -> bool:
+        """A fallback applies: the peer failed, or we refused the call."""
+        return self.failure or self.kind in REFUSALS
+
+
+def of_status(status: int, failure_status: frozenset[int]) -> AttemptOutcome:
+    """The outcome of an attempt that got a response with *status*."""
+    failed = status in failure_status
+    return AttemptOutcome("status" if failed else "ok", status, True, failed)
 
 
 def retry_verdict(
     policy: RetryPolicy,
+    outcome: AttemptOutcome,
     *,
-    kind: str | None,
-    status: int | None,
     idempotent: bool,
     replayable: bool,
-    reached_peer: bool,
     user: bool | None = None,
 ) -> bool:
     """
-    Whether an attempt's outcome may be retried (attempts, budget, deadline
+    Whether an attempt's *outcome* may be retried (attempts, budget, deadline
     and the breaker are the stop strategies' business, not this one's).
 
     Args:
         policy: the endpoint's retry policy.
-        kind: for a raised error, its failure kind, or None when it is no
-            transport failure a retry could fix; ignored for a response.
-        status: the response's status, or None when the attempt raised.
+        outcome: what the attempt came to.
         idempotent: the method is in ``retry.methods`` or the request
             carries the idempotency header.
         replayable: the body can be sent again.
-        reached_peer: an earlier hop of this attempt (a redirect) got an
-            answer from the peer.
         user: a ``retry_if`` predicate's answer (None: no opinion). It can
-            never resend a body that cannot be replayed.
+            never resend a body that cannot be replayed, nor retry the
+            library's own refusals.
     """
-    if status is not None:
+    if outcome.refused:
+        return False
+    if outcome.status is not None:
         if user is not None:
             return user and replayable
-        return status in policy.on_status and idempotent and replayable
-    before_send = kind in BEFORE_SEND and not reached_peer
+        return outcome.status in policy.on_status and idempotent and replayable
+    before_send = not outcome.reached_peer
     if user is not None:
         return user and (before_send or replayable)
-    if kind is None or kind not in policy.on:
+    if outcome.kind not in policy.on:
         return False
     return before_send or (idempotent and replayable)

@@ -55,7 +55,7 @@ class _Late:
 
 class TestRedirectHops:
     def test_a_write_redirected_to_a_refusing_target_is_sent_once(self, peer: Peer) -> None:
-        """A POST the peer answered with 303 is not resent when the redirect target refuses: it reached the peer."""
+        """A POST answered with 303 is not resent when the redirect target refuses: it reached the peer."""
         peer.on("/orders", redirect(f"http://127.0.0.1:{refused_port()}/done", status=303))
         session = make_session()
         with pytest.raises(requests.ConnectionError):
@@ -185,7 +185,8 @@ class _DigestPeer:
     def __call__(self, request: Request) -> Any:
         if "authorization" not in request.headers:
             nonce = hashlib.sha256(b"n").hexdigest()
-            return answer(401, b"auth please", {"WWW-Authenticate": f'Digest realm="r", nonce="{nonce}", qop="auth"'})
+            challenge = f'Digest realm="r", nonce="{nonce}", qop="auth"'
+            return answer(401, b"auth please", {"WWW-Authenticate": challenge})
         with self.lock:
             self.authenticated += 1
             first = self.authenticated == 1
@@ -288,3 +289,23 @@ class TestOriginState:
         with pytest.raises(resilient_client.BulkheadFull):
             session.get(peer.url("/x"))
         held.close()
+
+
+class TestDeadlineIsNotThePeersFailure:
+    def test_an_attempt_cut_short_by_the_calls_deadline_is_not_counted(self, peer: Peer) -> None:
+        """A hang cut off by a tight `total` before the read timeout leaves the breaker closed."""
+        peer.on("/x", hang())
+        session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 0.2},
+                               breaker={"failure_threshold": 1}, retry=None)
+        with pytest.raises(resilient_client.DeadlineExceeded):
+            session.get(peer.url("/x"))
+        assert session.circuit(peer.url("/x")).state == "closed"
+
+    def test_an_attempt_that_ran_out_its_own_read_timeout_counts(self, peer: Peer) -> None:
+        """The same hang, ended by the read timeout well before `total`, opens the breaker."""
+        peer.on("/x", hang())
+        session = make_session(timeout={"connect": 1.0, "read": 0.2, "total": 5.0},
+                               breaker={"failure_threshold": 1}, retry=None)
+        with pytest.raises(requests.ReadTimeout):
+            session.get(peer.url("/x"))
+        assert session.circuit(peer.url("/x")).state == "open"
