@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigError
+from ._errors import ConfigError
 
 if TYPE_CHECKING:
     import requests

@@ -159,13 +159,17 @@ def deadline(
 # -- what the session asks ---------------------------------------------------
 
 
-def call_deadline(clock: Clock, total: float | None) -> Deadline | None:
+def call_deadline(clock: Clock, total: float | None, enclosing: Deadline | None = None) -> Deadline | None:
     """
     The deadline of a call starting now on *clock*: its own *total*, or the
-    inherited deadline when that comes sooner.
+    inherited deadline when that comes sooner. *enclosing* is the deadline of
+    a call this one is made from (a response hook, a listener): its time is
+    the enclosing call's time, so it inherits that deadline too.
     """
     s = _scope.get()
     inherited = None if s is None else s.deadline
+    if enclosing is not None and (inherited is None or enclosing.remaining() < inherited.remaining()):
+        inherited = enclosing
     if inherited is None:
         return None if total is None else Deadline(clock, total)
     now = clock.monotonic()
