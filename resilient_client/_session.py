@@ -63,7 +63,7 @@ from ._events import (
 )
 from ._fallback import StaleCache, make_response
 from ._outcome import RetryPredicate, classify_error, is_replayable
-from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
+from ._policy import MAX_DURATION, CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
@@ -842,15 +842,27 @@ class ResilientSession(requests.Session):
     # -- small helpers -------------------------------------------------------
 
     def _timeouts(self, route: _Route, value: object) -> tuple[float, float]:
-        """Per-call ``timeout=`` replaces connect/read; None parts mean the policy's."""
+        """
+        Per-call ``timeout=``, in every form requests accepts (a number, a
+        ``(connect, read)`` tuple, a urllib3 ``Timeout``), replaces
+        connect/read; None parts mean the policy's. A ``Timeout``'s ``total``
+        caps both.
+        """
         if value is None:
             return route.timeouts
         connect, read = route.timeouts
         if isinstance(value, Urllib3Timeout):
-            c: object = value.connect_timeout
-            r: object = value.read_timeout
-            c = None if not isinstance(c, (int, float)) else c
-            r = None if not isinstance(r, (int, float)) else r
+            # Its fields as given: connect_timeout/read_timeout combine them
+            # with a timer only urllib3 starts, and raise TimeoutStateError
+            # before then. Its DEFAULT sentinel (not a number) is the policy's.
+            c: object = value._connect
+            r: object = value._read
+            c = c if isinstance(c, (int, float)) else None
+            r = r if isinstance(r, (int, float)) else None
+            total = value.total
+            if isinstance(total, (int, float)):
+                cap = _finite("total", total, 0.0)
+                return (min(_finite("connect", c, connect), cap), min(_finite("read", r, read), cap))
         elif isinstance(value, tuple):
             if len(value) != 2:
                 raise ValueError(f"timeout must be a number or a (connect, read) tuple, got {value!r}")
@@ -985,9 +997,16 @@ def _finite(name: str, value: object, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         # urllib3's own wording, which callers may match on.
         raise ValueError(f"Timeout value {name} was {value!r}, but it must be an int, float or None.")
-    if math.isnan(value) or math.isinf(value) or value <= 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
         raise ValueError(f"{name} timeout must be a finite number > 0, got {value!r}")
-    return float(value)
+    if seconds > MAX_DURATION:
+        # The config's bound: the socket layer overflows on such values.
+        raise ValueError(f"{name} timeout must be at most {MAX_DURATION:g} s (a day), got {value!r}")
+    return seconds
 
 
 def _discard(resp: requests.Response) -> None:

@@ -205,6 +205,41 @@ class TestPerCallTimeout:
         assert adapter.timeouts == []
 
     @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            (Urllib3Timeout(total=0.5), (0.5, 0.5)),
+            (Urllib3Timeout(total=3), (1.0, 3.0)),
+            (Urllib3Timeout(connect=2, read=4, total=3), (2.0, 3.0)),
+            (Urllib3Timeout(connect=0.2, total=3), (0.2, 3.0)),
+            (Urllib3Timeout(read=0.3, total=None), (1.0, 0.3)),
+            (Urllib3Timeout(), (1.0, 5.0)),
+        ],
+        ids=["total", "total-over-policy-connect", "all-three", "connect-and-total", "read-only",
+             "defaults"],
+    )
+    def test_urllib3_timeout_total_caps_connect_and_read(
+        self, value: Any, expected: tuple[float, float]
+    ) -> None:
+        """A urllib3 Timeout in any combination is read without starting its timer; total caps both."""
+        s, adapter = session_with(timeouts(total=None))
+        s.get("http://svc.test/x", timeout=value)
+        assert adapter.timeouts == [expected]
+
+    @pytest.mark.parametrize(
+        "value",
+        [86400.5, 10**400, (1, 1e10), (1e10, None), Urllib3Timeout(read=1e10),
+         Urllib3Timeout(total=1e10)],
+        ids=["86400.5", "10**400", "(1, 1e10)", "(1e10, None)", "Timeout(read=1e10)",
+             "Timeout(total=1e10)"],
+    )
+    def test_a_timeout_over_a_day_raises_value_error(self, value: Any) -> None:
+        """A per-call value over a day (which sockets cannot take) is a ValueError, never an OverflowError."""
+        s, adapter = session_with()
+        with pytest.raises(ValueError, match=r"at most 86400 s|finite number > 0"):
+            s.get("http://svc.test/x", timeout=value)
+        assert adapter.timeouts == []
+
+    @pytest.mark.parametrize(
         ("value", "words"),
         [((1, 2, 3), "(connect, read)"), ("foo", "int, float or None"), (True, "int, float or None")],
     )
