@@ -826,11 +826,28 @@ class ResilientSession(requests.Session):
             assert isinstance(fb, CallableFallback)
             kind = "callable"
             try:
-                resp = fb.function(request, failure)
+                made: object = fb.function(request, failure)  # typed, but user code
             except Exception as fb_exc:
                 if isinstance(failure, BaseException):
                     raise fb_exc from failure
                 raise
+            if not isinstance(made, requests.Response):
+                # The fallback's mistake, said as such: not an AttributeError
+                # from setting resp.attempts below.
+                if isinstance(failure, requests.Response):
+                    _discard(failure)
+                fn = fb.function
+                module = getattr(fn, "__module__", None)
+                name = getattr(fn, "__qualname__", None)
+                shown = f"{module}.{name}" if module and name else repr(fn)
+                err = TypeError(
+                    f"the fallback of endpoint {route.name!r} ({shown}) returned "
+                    f"{type(made).__name__}, expected a requests.Response"
+                )
+                if isinstance(failure, BaseException):
+                    raise err from failure
+                raise err
+            resp = made
         if isinstance(failure, requests.Response) and failure is not resp:
             _discard(failure)
         resp.attempts = call.attempt  # type: ignore[attr-defined]
