@@ -67,6 +67,7 @@ from ._policy import MAX_DURATION, CallableFallback, Policy, RetryPolicy, StaleF
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
+    call_secret_values,
     install_log_filter,
     redact_exception,
     redact_url,
@@ -421,7 +422,17 @@ class ResilientSession(requests.Session):
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
-        return super().request(method, url, *args, **kwargs)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        except Exception as exc:
+            # Preparing the request (InvalidHeader quotes the header value,
+            # MissingSchema the URL) runs before send() and its redaction.
+            # Only a failed call pays for this; send()'s errors are scrubbed
+            # again with what only the arguments tell (cookies, auth, params).
+            # (The refusal above raises nothing that names the URL.)
+            redact_exception(exc, call_secret_values(self.config.secrets, self, url, args, kwargs),
+                             self.config.secrets)
+            raise
 
     # -- requests' environment lookups, reused ------------------------------
 
@@ -554,8 +565,9 @@ class ResilientSession(requests.Session):
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
-            # Whatever leaves the session carries no secret of the request.
-            redact_exception(exc, self._secret_values(call))
+            # Whatever leaves the session carries no secret, of this request or of
+            # a redirect hop's (a secret first seen in a Location header).
+            redact_exception(exc, self._secret_values(call), self.config.secrets)
             if hot:
                 self._emit_call(call, None, exc, started)
             raise
@@ -964,7 +976,7 @@ class ResilientSession(requests.Session):
     def _describe(self, call: Call, failure: BaseException | requests.Response) -> str:
         if isinstance(failure, requests.Response):
             return f"status {failure.status_code}"
-        redact_exception(failure, self._secret_values(call))
+        redact_exception(failure, self._secret_values(call), self.config.secrets)
         return f"{type(failure).__name__}: {failure}"
 
     def __repr__(self) -> str:
