@@ -886,10 +886,10 @@ class ResilientSession(requests.Session):
             # before then. Its DEFAULT sentinel (not a number) is the policy's.
             c: object = value._connect
             r: object = value._read
-            c = c if isinstance(c, (int, float)) else None
-            r = r if isinstance(r, (int, float)) else None
-            total = value.total
-            if isinstance(total, (int, float)):
+            c = None if c is Urllib3Timeout.DEFAULT_TIMEOUT else c
+            r = None if r is Urllib3Timeout.DEFAULT_TIMEOUT else r
+            total: object = value.total
+            if total is not None and total is not Urllib3Timeout.DEFAULT_TIMEOUT:
                 cap = _finite("total", total, 0.0)
                 return (min(_finite("connect", c, connect), cap), min(_finite("read", r, read), cap))
         elif isinstance(value, tuple):
@@ -1023,13 +1023,19 @@ class _ReplayFirst:
 def _finite(name: str, value: object, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        # urllib3's own wording, which callers may match on.
-        raise ValueError(f"Timeout value {name} was {value!r}, but it must be an int, float or None.")
+    # What urllib3 (so requests) accepts: anything float() takes but a bool
+    # or a string (Decimal, Fraction and numpy numbers included).
     try:
-        seconds = float(value)
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        seconds = float(cast(Any, value))
     except OverflowError:  # an int beyond any float
         seconds = math.inf
+    except (TypeError, ValueError):
+        # urllib3's own wording, which callers may match on.
+        raise ValueError(
+            f"Timeout value {name} was {value!r}, but it must be an int, float or None."
+        ) from None
     if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
         raise ValueError(f"{name} timeout must be a finite number > 0, got {value!r}")
     if seconds > MAX_DURATION:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -174,6 +176,8 @@ class TestPerCallTimeout:
             ((2, None), (2.0, 5.0)),
             ((None, 4), (1.0, 4.0)),
             ((None, None), (1.0, 5.0)),
+            (Decimal("2.5"), (2.5, 2.5)),
+            ((Fraction(1, 4), None), (0.25, 5.0)),
             (Urllib3Timeout(connect=2, read=None), (2.0, 5.0)),
             (Urllib3Timeout(connect=None, read=3), (1.0, 3.0)),
         ],
@@ -213,9 +217,10 @@ class TestPerCallTimeout:
             (Urllib3Timeout(connect=0.2, total=3), (0.2, 3.0)),
             (Urllib3Timeout(read=0.3, total=None), (1.0, 0.3)),
             (Urllib3Timeout(), (1.0, 5.0)),
+            (Urllib3Timeout(connect=Decimal("0.25"), total=Fraction(1, 2)), (0.25, 0.5)),
         ],
         ids=["total", "total-over-policy-connect", "all-three", "connect-and-total", "read-only",
-             "defaults"],
+             "defaults", "decimal-and-fraction"],
     )
     def test_urllib3_timeout_total_caps_connect_and_read(
         self, value: Any, expected: tuple[float, float]
