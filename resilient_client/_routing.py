@@ -61,15 +61,45 @@ def normalise_url(url: str) -> tuple[str, str]:
     return f"{scheme}://{host}{shown}{u.path or '/'}", f"{scheme}://{host}:{port}"
 
 
-def glob_variants(pattern: str) -> list[str]:
+# Stand-ins for the glob characters while urllib3 normalises a glob's host
+# and path: lower-case letters, which it leaves as they are in both.
+_GLOB_STAND_INS = (("*", "zqglobstarqz"), ("?", "zqglobmarkqz"))
+
+
+def _normalise_glob_host_path(host: str, path: str) -> tuple[str, str]:
+    """
+    *host* and *path* of a glob as `normalise_url` has parse_url normalise
+    a URL's (IDNA host, percent-encoded path), the glob characters kept.
+    """
+    given_host, given_path = host, path
+    for char, stand_in in _GLOB_STAND_INS:
+        host, path = host.replace(char, stand_in), path.replace(char, stand_in)
+    try:
+        u = parse_url(f"http://{host}{path}")
+    except LocationValueError:
+        return given_host, given_path
+    host, path = u.host or "", u.path or ""
+    for char, stand_in in _GLOB_STAND_INS:
+        host, path = host.replace(stand_in, char), path.replace(stand_in, char)
+    if any(label.startswith("xn--") and ("*" in label or "?" in label) for label in host.split(".")):
+        # A glob inside a non-ASCII label: punycode has no wildcard form.
+        host = given_host
+    if sum(map((host + path).count, "*?")) != sum(map((given_host + given_path).count, "*?")):
+        return given_host, given_path  # a stand-in did not come back: keep the glob as written
+    return host, path
+
+
+def glob_variants(pattern: str, *, encode: bool = True) -> list[str]:
     """
     *pattern* (``scheme://host[:port]/path`` with ``*`` and ``?``) normalised
     as `normalise_url` normalises URLs: the strings a normalised URL may be
     matched against, any of which will do.
 
-    Scheme and host are lower-cased. A port that is, or may be (``:*``), the
-    default port of a scheme the pattern may have gets a variant without it,
-    for that scheme, since a normalised URL never shows its default port.
+    Scheme and host are lower-cased; with *encode*, the host is IDNA-encoded
+    and the path percent-encoded as parse_url does for URLs. A port that is,
+    or may be (``:*``), the default port of a scheme the pattern may have
+    gets a variant without it, for that scheme, since a normalised URL never
+    shows its default port.
     """
     scheme, _, rest = pattern.partition("://")
     hostport, slash, path = rest.partition("/")
@@ -81,13 +111,16 @@ def glob_variants(pattern: str) -> list[str]:
         host, port = head, tail
         if port.isdigit():
             port = str(int(port))  # ":080" is port 80, as parse_url reads it
-    variants = [f"{scheme}://{host}{':' + port if port is not None else ''}{slash}{path}"]
+    path = slash + path
+    if encode:
+        host, path = _normalise_glob_host_path(host, path)
+    variants = [f"{scheme}://{host}{':' + port if port is not None else ''}{path}"]
     if port is not None:
         for default_scheme, default_port in _DEFAULT_PORTS.items():
             if fnmatch.fnmatchcase(default_scheme, scheme) and fnmatch.fnmatchcase(
                 str(default_port), port
             ):
-                variants.append(f"{default_scheme}://{host}{slash}{path}")
+                variants.append(f"{default_scheme}://{host}{path}")
     return variants
 
 

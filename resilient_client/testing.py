@@ -523,7 +523,7 @@ class _Target:
                 self._regex = re.compile(
                     "|".join(
                         ".*".join(re.escape(p) for p in variant.split("*"))
-                        for variant in glob_variants(target)
+                        for variant in glob_variants(target, encode=False)
                     ),
                     re.DOTALL,
                 )

@@ -54,6 +54,24 @@ class TestDefaultPorts:
         assert session(match).policy_for("GET", url).name == "default"
 
 
+class TestGlobsAreNormalisedAsUrls:
+    @pytest.mark.parametrize(
+        ("match", "url"),
+        [
+            ("https://bücher.example/*", "https://BÜCHER.example/x"),
+            ("https://bücher.example/*", "https://xn--bcher-kva.example/x"),  # as requests sends it
+            ("https://api.internal/v1/ü/*", "https://api.internal/v1/ü/x"),
+            ("https://api.internal/v1/%c3%bc/*", "https://api.internal/v1/%C3%BC/x"),
+            ("https://api.internal/a/../v1/*", "https://api.internal/v1/x"),
+        ],
+    )
+    def test_a_glob_matches_the_url_requests_sends(self, match: str, url: str) -> None:
+        """A glob's host is IDNA-encoded and its path percent-encoded, as every URL is before matching."""
+        assert session(match).policy_for("GET", url).name == "ep"
+        prepared = requests.Request("GET", url).prepare().url
+        assert prepared is not None and session(match).policy_for("GET", prepared).name == "ep"
+
+
 class TestWhitespace:
     @pytest.mark.parametrize("space", [" ", "  ", "\t", "\n ", "\r\n"])
     def test_a_url_with_leading_whitespace_routes_as_requests_sends_it(self, space: str) -> None:
