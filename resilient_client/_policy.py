@@ -90,9 +90,8 @@ def _duration(path: str, value: object, *, allow_zero: bool = False) -> float:
     """Return *value* as seconds: a finite float > 0 (or >= 0) and at most `MAX_DURATION`."""
     seconds = _number(path, value, allow_zero=allow_zero)
     if seconds > MAX_DURATION:
-        raise ConfigError(
-            path, f"must be a number of seconds <= {MAX_DURATION:g} (a day), got {_shown(seconds)}"
-        )
+        shown = str(value) if isinstance(value, int) else _shown(seconds)
+        raise ConfigError(path, f"must be a number of seconds <= {MAX_DURATION:g} (a day), got {shown}")
     return seconds
 
 
