@@ -135,10 +135,14 @@ def secret_values(url: str, headers: Mapping[Any, Any], secrets: Secrets) -> set
         values.add(unquote(password))
     for name, value in parse_qsl(parts.query, keep_blank_values=False):
         if name.lower() in secrets.query and value:
-            values.add(value)
-            values.add(quote(value, safe=""))
-            values.add(quote(value, safe="").replace("%20", "+"))
+            values |= _encoded(value)
     return _worth_scrubbing(values)
+
+
+def _encoded(value: str) -> set[str]:
+    """A query value as given and as it goes out percent-encoded (``%20`` or ``+``)."""
+    quoted = quote(value, safe="")
+    return {value, quoted, quoted.replace("%20", "+")}
 
 
 def _worth_scrubbing(values: Iterable[str]) -> set[str]:
@@ -200,8 +204,7 @@ def _param_values(params: object, secrets: Secrets) -> set[str]:
             if _text(name).lower() in secrets.query:
                 many = value if isinstance(value, (list, tuple)) else [value]
                 found += [_text(v) for v in many if v is not None]
-    return {f for v in found for f in (v, quote(v, safe=""), quote(v, safe="").replace("%20", "+"))
-            if len(f) >= 3} | _worth_scrubbing(found)
+    return _worth_scrubbing(f for v in found for f in _encoded(v))
 
 
 @functools.lru_cache(maxsize=64)
