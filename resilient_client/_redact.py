@@ -102,6 +102,11 @@ def _forms(value: str) -> set[str]:
     return forms
 
 
+# The value of each cookie in a Set-Cookie header, several joined by ", "
+# (an Expires date's comma is followed by a day number, not a name=).
+_SET_COOKIE_VALUE = re.compile(r"(?:^|,)\s*[^=;,\s]+=([^;,]*)")
+
+
 def secret_values(url: str, headers: Mapping[Any, Any], secrets: Secrets) -> set[str]:
     """
     The secret strings a request carries: secret header values (and the
@@ -111,15 +116,21 @@ def secret_values(url: str, headers: Mapping[Any, Any], secrets: Secrets) -> set
     """
     values: set[str] = set()
     for k, v in headers.items():
-        if v and _text(k).lower() in secrets.headers:
-            values.add(_text(v))
-    for v in list(values):
+        name = _text(k).lower()
+        if not v or name not in secrets.headers:
+            continue
+        v = _text(v)
+        values.add(v)
         # "Bearer abc" may appear as just "abc" in a message.
         _, _, token = v.partition(" ")
         if token:
             values.add(token)
-        # "a=1; session=abc": each cookie on its own.
-        if "=" in v:
+        if name == "set-cookie":
+            # "s=abc; Path=/api, t=def; Max-Age=60": each cookie's value, not
+            # its attributes (scrubbing "/api" or "60" would shred messages).
+            values.update(_SET_COOKIE_VALUE.findall(v))
+        elif "=" in v:
+            # "a=1; session=abc": each cookie on its own.
             for pair in v.split(";"):
                 _, eq, cookie = pair.strip().partition("=")
                 if eq and cookie:

@@ -363,6 +363,14 @@ class TestRedactionUnits:
         assert call_secret_values(secrets, s, "http://h.test/", ("token=str-token",), {}) >= {
             "str-token"}
 
+    def test_set_cookie_values_are_secret_but_not_their_attributes(self):
+        """Each cookie of a Set-Cookie is a secret; its Path, Domain or Max-Age are not (too common)."""
+        header = (f"sess={SET_COOKIE}; Path=/api; Domain=api.internal, other={COOKIE}; "
+                  "Expires=Wed, 21 Oct 2015 07:28:00 GMT; Max-Age=3600")
+        values = secret_values("", {"Set-Cookie": header}, rc.Secrets())
+        assert {SET_COOKIE, COOKIE} <= values
+        assert not {"/api", "api.internal", "3600"} & values
+
     def test_secret_values_include_forms_a_message_may_show(self):
         """A header value is also found stripped and repr-escaped, and bytes values are read."""
         values = secret_values("", {b"Authorization": b"Bearer ab\x00cd\n"}, rc.Secrets())
