@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._deadline import Deadline
-from ._policy import DEFAULT_DEADLINE_HEADER, _header_name, _number
+from ._policy import DEFAULT_DEADLINE_HEADER, _duration, _header_name
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -236,8 +236,8 @@ class _Inbound:
         clock: Clock | None,
     ) -> None:
         self.header = _header_name("header", header)
-        self.margin = _number("margin", margin, allow_zero=True)
-        self.max_seconds = _number("max_seconds", max_seconds)
+        self.margin = _duration("margin", margin, allow_zero=True)
+        self.max_seconds = _duration("max_seconds", max_seconds)
         self.attempt_header = (
             None if attempt_header is None else _header_name("attempt_header", attempt_header)
         )

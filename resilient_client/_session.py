@@ -63,10 +63,11 @@ from ._events import (
 )
 from ._fallback import StaleCache, make_response
 from ._outcome import RetryPredicate, classify_error, is_replayable
-from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
+from ._policy import MAX_DURATION, CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
+    call_secret_values,
     install_log_filter,
     redact_exception,
     redact_url,
@@ -441,7 +442,17 @@ class ResilientSession(requests.Session):
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
-        return super().request(method, url, *args, **kwargs)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        except Exception as exc:
+            # Preparing the request (InvalidHeader quotes the header value,
+            # MissingSchema the URL) runs before send() and its redaction.
+            # Only a failed call pays for this; send()'s errors are scrubbed
+            # again with what only the arguments tell (cookies, auth, params).
+            # (The refusal above raises nothing that names the URL.)
+            redact_exception(exc, call_secret_values(self.config.secrets, self, url, args, kwargs),
+                             self.config.secrets)
+            raise
 
     # -- requests' environment lookups, reused ------------------------------
 
@@ -613,8 +624,9 @@ class ResilientSession(requests.Session):
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
-            # Whatever leaves the session carries no secret of the request.
-            redact_exception(exc, self._secret_values(call))
+            # Whatever leaves the session carries no secret, of this request or of
+            # a redirect hop's (a secret first seen in a Location header).
+            redact_exception(exc, self._secret_values(call), self.config.secrets)
             if hot:
                 self._emit_call(call, None, exc, started)
             raise
@@ -901,11 +913,28 @@ class ResilientSession(requests.Session):
             assert isinstance(fb, CallableFallback)
             kind = "callable"
             try:
-                resp = fb.function(request, failure)
+                made: object = fb.function(request, failure)  # typed, but user code
             except Exception as fb_exc:
                 if isinstance(failure, BaseException):
                     raise fb_exc from failure
                 raise
+            if not isinstance(made, requests.Response):
+                # The fallback's mistake, said as such: not an AttributeError
+                # from setting resp.attempts below.
+                if isinstance(failure, requests.Response):
+                    _discard(failure)
+                fn = fb.function
+                module = getattr(fn, "__module__", None)
+                name = getattr(fn, "__qualname__", None)
+                shown = f"{module}.{name}" if module and name else repr(fn)
+                err = TypeError(
+                    f"the fallback of endpoint {route.name!r} ({shown}) returned "
+                    f"{type(made).__name__}, expected a requests.Response"
+                )
+                if isinstance(failure, BaseException):
+                    raise err from failure
+                raise err
+            resp = made
         if isinstance(failure, requests.Response) and failure is not resp:
             if call.stream:
                 failure.close()  # its body is no longer under the deadline: never drain it
@@ -920,15 +949,27 @@ class ResilientSession(requests.Session):
     # -- small helpers -------------------------------------------------------
 
     def _timeouts(self, route: _Route, value: object) -> tuple[float, float]:
-        """Per-call ``timeout=`` replaces connect/read; None parts mean the policy's."""
+        """
+        Per-call ``timeout=``, in every form requests accepts (a number, a
+        ``(connect, read)`` tuple, a urllib3 ``Timeout``), replaces
+        connect/read; None parts mean the policy's. A ``Timeout``'s ``total``
+        caps both.
+        """
         if value is None:
             return route.timeouts
         connect, read = route.timeouts
         if isinstance(value, Urllib3Timeout):
-            c: object = value.connect_timeout
-            r: object = value.read_timeout
-            c = None if not isinstance(c, (int, float)) else c
-            r = None if not isinstance(r, (int, float)) else r
+            # Its fields as given: connect_timeout/read_timeout combine them
+            # with a timer only urllib3 starts, and raise TimeoutStateError
+            # before then. Its DEFAULT sentinel (not a number) is the policy's.
+            c: object = value._connect
+            r: object = value._read
+            c = None if c is Urllib3Timeout.DEFAULT_TIMEOUT else c
+            r = None if r is Urllib3Timeout.DEFAULT_TIMEOUT else r
+            total: object = value.total
+            if total is not None and total is not Urllib3Timeout.DEFAULT_TIMEOUT:
+                cap = _finite("total", total, 0.0)
+                return (min(_finite("connect", c, connect), cap), min(_finite("read", r, read), cap))
         elif isinstance(value, tuple):
             if len(value) != 2:
                 raise ValueError(f"timeout must be a number or a (connect, read) tuple, got {value!r}")
@@ -1018,7 +1059,7 @@ class ResilientSession(requests.Session):
     def _describe(self, call: Call, failure: BaseException | requests.Response) -> str:
         if isinstance(failure, requests.Response):
             return f"status {failure.status_code}"
-        redact_exception(failure, self._secret_values(call))
+        redact_exception(failure, self._secret_values(call), self.config.secrets)
         return f"{type(failure).__name__}: {failure}"
 
     def __repr__(self) -> str:
@@ -1065,12 +1106,25 @@ class _ReplayFirst:
 def _finite(name: str, value: object, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # What urllib3 (so requests) accepts: anything float() takes but a bool
+    # or a string (Decimal, Fraction and numpy numbers included).
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        seconds = float(cast(Any, value))
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf
+    except (TypeError, ValueError):
         # urllib3's own wording, which callers may match on.
-        raise ValueError(f"Timeout value {name} was {value!r}, but it must be an int, float or None.")
-    if math.isnan(value) or math.isinf(value) or value <= 0:
+        raise ValueError(
+            f"Timeout value {name} was {value!r}, but it must be an int, float or None."
+        ) from None
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
         raise ValueError(f"{name} timeout must be a finite number > 0, got {value!r}")
-    return float(value)
+    if seconds > MAX_DURATION:
+        # The config's bound: the socket layer overflows on such values.
+        raise ValueError(f"{name} timeout must be at most {MAX_DURATION:g} s (a day), got {value!r}")
+    return seconds
 
 
 def _discard(resp: requests.Response) -> None:

@@ -252,6 +252,41 @@ class TestFallback:
             ResilientSession(cfg).get("http://127.0.0.1:1/")
         assert isinstance(info.value.__cause__, requests.ConnectionError)
 
+    @pytest.mark.parametrize("returned", [None, {"items": []}, "cached"], ids=["None", "dict", "str"])
+    def test_fallback_returning_a_non_response_is_a_type_error_naming_it(self, returned: object) -> None:
+        """
+        A callable fallback that returns no Response raises a TypeError naming the fallback, what it
+        returned and what is expected, caused by the original failure.
+        """
+
+        def not_a_response(request: requests.PreparedRequest, failure: object) -> Any:
+            return returned
+
+        policy = Policy(name="dead", retry=None, fallback=CallableFallback(not_a_response))
+        endpoint = resilient_client.Endpoint(match="http://127.0.0.1:1/", policy=policy)
+        with pytest.raises(TypeError) as info:
+            ResilientSession(resilient_client.Config(endpoints=(endpoint,))).get("http://127.0.0.1:1/")
+        message = str(info.value)
+        assert "not_a_response" in message and "'dead'" in message
+        assert type(returned).__name__ in message and "expected a requests.Response" in message
+        assert isinstance(info.value.__cause__, requests.ConnectionError)
+
+    def test_fallback_returning_a_non_response_for_a_failure_status_closes_that_response(
+        self, peer: str
+    ) -> None:
+        """For a failing response (no exception to chain), the TypeError still names the fallback."""
+        failures: list[requests.Response] = []
+
+        def not_a_response(request: requests.PreparedRequest, failure: Any) -> Any:
+            failures.append(failure)
+            return None
+
+        base = Policy(name="peer", retry=None, fallback=CallableFallback(not_a_response))
+        cfg = resilient_client.Config(endpoints=(resilient_client.Endpoint(match=peer + "/", policy=base),))
+        with pytest.raises(TypeError, match=r"\(.*not_a_response\) returned NoneType"):
+            ResilientSession(cfg).get(peer + "/fail")
+        assert failures[0].status_code == 503 and failures[0].raw.closed
+
     def test_open_breaker_serves_fallback_without_touching_the_network(self, peer: str) -> None:
         """With the breaker forced open, the fallback answers and the peer sees nothing."""
         s = ResilientSession(_config(peer, fallback={"status": 200, "text": "cached"}))

@@ -411,6 +411,11 @@ class TestScriptingRules:
         assert requests.get(URL, timeout=1).status_code == 204
         assert requests.get(URL + "?fresh=1", timeout=1).status_code == 204
 
+    def test_wildcard_url_naming_the_default_port_matches_urls_without_it(self, peers):
+        """A wildcard URL that spells out the default port matches the URL requests sends."""
+        peers.url("https://inventory.internal:443/items/*").respond(204)
+        assert requests.get(URL, timeout=1).status_code == 204
+
     def test_regex_url(self, peers):
         """A compiled regex matches as in responses."""
         peers.url(re.compile(r"https://inventory\.internal/items/\d+")).respond(204)
