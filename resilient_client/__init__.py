@@ -34,7 +34,6 @@ from ._events import (
     RetryScheduled,
     log_event,
 )
-from ._haproxy import Finding, check_haproxy
 from ._health import EndpointHealth, Health, health_app
 from ._metrics import otel_listener, prometheus_listener
 from ._policy import (
@@ -69,6 +68,7 @@ from .exceptions import (
     DeadlineExceeded,
     ResilienceError,
 )
+from .tools._haproxy import Finding, check_haproxy
 
 __all__ = [
     "OUTCOMES",

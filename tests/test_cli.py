@@ -20,7 +20,7 @@ import requests
 from obs_support import Peer, closed_port
 
 import resilient_client as rc
-from resilient_client._cli import main
+from resilient_client.tools._cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -317,8 +317,8 @@ def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
 class TestDemo:
     def test_a_missing_demo_is_a_clear_message_and_exit_2(self):
         """Without resilient_client/_demo.py, `demo` says so and exits 2."""
-        code = ("import sys; sys.modules['resilient_client._demo'] = None\n"
-                "from resilient_client._cli import main; raise SystemExit(main(['demo']))")
+        code = ("import sys; sys.modules['resilient_client.tools._demo'] = None\n"
+                "from resilient_client.tools._cli import main; raise SystemExit(main(['demo']))")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                              env=env, cwd=ROOT)
@@ -328,8 +328,8 @@ class TestDemo:
     def test_the_demo_gets_every_argument_after_its_name(self, monkeypatch):
         """Options after `demo` are the demo's own, passed to _demo.main untouched."""
         seen: list[list[str]] = []
-        fake = types.ModuleType("resilient_client._demo")
+        fake = types.ModuleType("resilient_client.tools._demo")
         fake.main = lambda argv: seen.append(argv) or 7  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "resilient_client._demo", fake)
+        monkeypatch.setitem(sys.modules, "resilient_client.tools._demo", fake)
         assert main(["demo", "--plot", "out.png", "-v"]) == 7
         assert seen == [["--plot", "out.png", "-v"]]

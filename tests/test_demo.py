@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient_client import _demo
+from resilient_client.tools import _demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ class TestQuickDemo:
         """The quick demo's table shows resilient_client serving fallbacks, few calls to the hung peer."""
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(
-            [sys.executable, "-m", "resilient_client._demo", "--quick"],
+            [sys.executable, "-m", "resilient_client.tools._demo", "--quick"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90, check=False,
         )
         assert proc.returncode == 0, proc.stderr

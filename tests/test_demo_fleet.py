@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient_client import _demo, _demo_fleet
+from resilient_client.tools import _demo, _demo_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,4 +75,4 @@ class TestQuickFleet:
         assert float(rc["throughput (answers/s)"]) > 1.5 * float(plain["throughput (answers/s)"])
         # Every process the demo started is gone.
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False)
-        assert "resilient_client._demo_fleet_app" not in ps.stdout
+        assert "resilient_client.tools._demo_fleet_app" not in ps.stdout

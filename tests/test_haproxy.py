@@ -1,5 +1,5 @@
 """
-Tests for the HAProxy checker (`_haproxy`): reading the parts of haproxy.cfg
+Tests for the HAProxy checker (`tools/_haproxy.py`): reading the parts of haproxy.cfg
 it needs, and reporting client and proxy settings that contradict each
 other, with small haproxy.cfg strings.
 """
@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from resilient_client import Config, Finding, check_haproxy
+from resilient_client import Config
 from resilient_client._config import load_config
-from resilient_client._haproxy import max_backoff, parse_haproxy, parse_time
 from resilient_client._policy import BackoffPolicy, Jitter
+from resilient_client.tools import Finding, check_haproxy
+from resilient_client.tools._haproxy import max_backoff, parse_haproxy, parse_time
 
 
 def cfg(**endpoint: Any) -> Config:

@@ -1,5 +1,5 @@
 """
-The cascade demo: ``resilient-client demo`` (or ``python -m resilient_client._demo``).
+The cascade demo: ``resilient-client demo`` (or ``python -m resilient_client.tools._demo``).
 
 Everything runs on 127.0.0.1 in this process. Three identical set-ups run
 side by side, on the same outage schedule, each with its own downstream:
@@ -40,7 +40,7 @@ from typing import Any, Protocol, TextIO
 
 import requests
 
-from ._session import ResilientSession
+from .._session import ResilientSession
 
 __all__ = ["main"]
 

@@ -34,8 +34,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ._config import Config
-from ._policy import BackoffPolicy, Jitter, Policy
+from .._config import Config
+from .._policy import BackoffPolicy, Jitter, Policy
 
 __all__ = ["Finding", "HAProxyBackend", "check_haproxy", "parse_haproxy", "parse_time"]
 

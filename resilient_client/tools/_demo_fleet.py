@@ -6,7 +6,7 @@ bounded waits):
 
 * ``redis-server`` on a free port, without persistence;
 * ``gunicorn`` with a few sync workers serving the upstream app
-  (`resilient_client._demo_fleet_app`): one `ResilientSession` per worker,
+  (`resilient_client.tools._demo_fleet_app`): one `ResilientSession` per worker,
   its breaker state in that Redis, a static fallback;
 * ``haproxy`` in front of gunicorn (``maxconn`` = workers, ``timeout queue``
   2 s), the way sync workers are usually deployed.
@@ -295,7 +295,7 @@ def _start_variant(fleet: _Fleet, workdir: Path, haproxy: str, variant: _Variant
         sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{gport}",
         "--workers", str(FLEET_WORKERS), "--worker-class", "sync",
         "--timeout", "30", "--graceful-timeout", "1", "--log-level", "warning",
-        "resilient_client._demo_fleet_app:app"], env=env)
+        "resilient_client.tools._demo_fleet_app:app"], env=env)
     cfg = workdir / f"haproxy-{name}.cfg"
     cfg.write_text(_HAPROXY_CFG.format(host=HOST, port=hport, gport=gport,
                                        workers=FLEET_WORKERS, queue=f"{QUEUE_TIMEOUT:g}"))
