@@ -316,7 +316,7 @@ def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
 
 class TestDemo:
     def test_a_missing_demo_is_a_clear_message_and_exit_2(self):
-        """Without resilient_client/_demo.py, `demo` says so and exits 2."""
+        """Without resilient_client/tools/_demo.py, `demo` says so and exits 2."""
         code = ("import sys; sys.modules['resilient_client.tools._demo'] = None\n"
                 "from resilient_client.tools._cli import main; raise SystemExit(main(['demo']))")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -326,10 +326,10 @@ class TestDemo:
         assert "the demo is not part of this installation" in out.stderr and "Traceback" not in out.stderr
 
     def test_the_demo_gets_every_argument_after_its_name(self, monkeypatch):
-        """Options after `demo` are the demo's own, passed to _demo.main untouched."""
+        """Options after `demo` are the demo's own, passed to _demo_command.main untouched."""
         seen: list[list[str]] = []
-        fake = types.ModuleType("resilient_client.tools._demo")
+        fake = types.ModuleType("resilient_client.tools._demo_command")
         fake.main = lambda argv: seen.append(argv) or 7  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "resilient_client.tools._demo", fake)
+        monkeypatch.setitem(sys.modules, "resilient_client.tools._demo_command", fake)
         assert main(["demo", "--plot", "out.png", "-v"]) == 7
         assert seen == [["--plot", "out.png", "-v"]]

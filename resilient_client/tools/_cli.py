@@ -447,11 +447,16 @@ def _status(args: argparse.Namespace) -> int:
 # -- demo --------------------------------------------------------------------
 
 
+#: The demo's modules: a distribution may leave them out (the command says so).
+_DEMO_MODULES = ("resilient_client.tools._demo_command", "resilient_client.tools._demo",
+                 "resilient_client.tools._demo_fleet")
+
+
 def _demo(argv: list[str]) -> int:
     try:
-        module: Any = importlib.import_module("resilient_client.tools._demo")
+        module: Any = importlib.import_module(_DEMO_MODULES[0])
     except ModuleNotFoundError as e:
-        if e.name != "resilient_client.tools._demo":
+        if e.name not in _DEMO_MODULES:
             raise  # the demo exists but needs something missing: show that
         print(f"{PROG} demo: the demo is not part of this installation "
               "(resilient_client/tools/_demo.py is missing)", file=sys.stderr)
