@@ -8,6 +8,10 @@ The ``resilient-client`` command (also ``python -m resilient_client``).
 
 Exit codes: 0 fine; 1 the call failed (``get``) or the service is unhealthy
 (``status``); 2 bad usage or a bad config (the `ConfigError` is printed).
+
+Why it is long: one parser and one short runner per command (check, get,
+status, demo), and the table and event printers they share. A module per
+command would split those printers from their only callers.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ rate over time (needs the ``plot`` extra: matplotlib).
 
 Connections accepted while the downstream hangs are never answered, as with
 a deadlocked peer: only the end of the demo releases them.
+
+Why it is long: it is a whole program, read top to bottom by people
+who want to see how the demo works: the downstream server, the upstream's
+queue and workers, the load, the per-phase summary, the table and the plot.
 """
 
 from __future__ import annotations

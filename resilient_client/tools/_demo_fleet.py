@@ -17,6 +17,10 @@ requests through HAProxy at a fixed rate. The table is the threaded demo's,
 plus how many calls reached the failing downstream before the *shared*
 breaker opened: about ``failure_threshold`` for the whole fleet (plus the
 calls already in flight in the other workers), not per worker.
+
+Why it is long: it starts, watches and always stops three kinds of
+real processes (redis-server, gunicorn, haproxy) besides running the load;
+the start-up and clean-up code is what makes it safe to run anywhere.
 """
 
 from __future__ import annotations

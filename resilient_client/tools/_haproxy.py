@@ -25,6 +25,11 @@ included) is checked against every backend no endpoint claimed.
 
 The parser reads the subset of the format it needs; it never executes or
 validates the file (``haproxy -c -f`` does that).
+
+Why it is long: the reader of the haproxy.cfg subset and the checks
+that use it change together (each check reads fields the reader fills and
+quotes its line numbers); the findings table in docs/deadlines.md is the
+map of the checks.
 """
 
 from __future__ import annotations
