@@ -333,3 +333,26 @@ class TestDemo:
         monkeypatch.setitem(sys.modules, "resilient_client.tools._demo_command", fake)
         assert main(["demo", "--plot", "out.png", "-v"]) == 7
         assert seen == [["--plot", "out.png", "-v"]]
+
+
+class TestEntryPoints:
+    def test_the_console_script_in_setup_py_is_the_command(self):
+        """setup.py's `resilient-client` entry point names the command's main (read from setup.py:
+        an editable install's metadata may predate a move)."""
+        import ast
+        import importlib
+
+        tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+        scripts = [
+            node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and node.value.startswith("resilient-client=")
+        ]
+        assert len(scripts) == 1
+        module, _, attr = scripts[0].removeprefix("resilient-client=").partition(":")
+        assert getattr(importlib.import_module(module), attr) is main
+
+    def test_python_dash_m_runs_the_command(self):
+        """`python -m resilient_client --version` is the same command."""
+        out = run("--version")
+        assert out.returncode == 0 and out.stdout.strip() == f"resilient-client {rc.__version__}"
