@@ -126,6 +126,12 @@ class TestPublicSurface:
         """__all__ is exactly the service author's surface, with no duplicates."""
         assert sorted(resilient_client.__all__) == sorted(PUBLIC_NAMES)
         assert len(resilient_client.__all__) == len(set(resilient_client.__all__))
+        # Every public name is either loaded eagerly or known to the lazy loader, never both.
+        eager = {"__version__", "ResilienceError", "CircuitOpenError", "DeadlineExceeded",
+                 "BulkheadFull", "ConfigError"}
+        lazy = set(resilient_client._LAZY)
+        assert lazy | eager == PUBLIC_NAMES and not lazy & eager
+        assert not set(resilient_client._MOVED) & PUBLIC_NAMES
 
     def test_all_lists_exactly_the_public_names(self) -> None:
         """Once every name is loaded, everything public in the package is in __all__, and nothing else."""
