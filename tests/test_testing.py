@@ -30,6 +30,7 @@ from resilient_client import (
     RetryScheduled,
     _deadline,
 )
+from resilient_client._clock import SYSTEM_CLOCK
 from resilient_client._outcome import failure_kind
 from resilient_client.testing import (
     AppCall,
@@ -626,7 +627,7 @@ class TestSessionWiring:
             assert session.clock is peers.clock
             assert session.get(URL).json() == {"stock": 1}
             assert len(peers.app_calls) == 1
-        assert session.clock is rc.SYSTEM_CLOCK
+        assert session.clock is SYSTEM_CLOCK
         assert "send" not in vars(session)
 
     def test_sessions_are_unwired_when_the_registry_stops(self):
