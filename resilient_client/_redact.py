@@ -324,9 +324,16 @@ def redact_exception(
 _current = threading.local()
 
 
-def attempt_secrets(secrets: Secrets | None) -> None:
-    """Tell the log filter which query names are secret on this thread (None: none)."""
+def attempt_secrets(secrets: Secrets | None) -> Secrets | None:
+    """
+    Tell the log filter which query names are secret on this thread (None:
+    none); returns what it replaced, for the caller to put back. A call made
+    from inside an attempt (a hook, a listener) must hand the outer
+    attempt's secrets back, or the outer call's later hops log unfiltered.
+    """
+    previous: Secrets | None = getattr(_current, "secrets", None)
     _current.secrets = secrets
+    return previous
 
 
 class _QueryFilter(logging.Filter):

@@ -492,15 +492,24 @@ class ResilientSession(requests.Session):
         every retry applies it afresh as a new call would. Stateless auth
         (basic, netrc) is already in the headers a retry resends.
         """
-        auth = request.auth if request.auth is not None else self.auth
-        if auth is None or isinstance(auth, (tuple, HTTPBasicAuth)):
-            return super().prepare_request(request)
-        # requests applies the auth half-way through preparing; the wrapper
-        # keeps the request as it stood just before, for the retries.
-        keeper = _PreAuth(auth)
-        shallow = copy.copy(request)
-        shallow.auth = keeper
-        prepared = super().prepare_request(shallow)
+        try:
+            auth = request.auth if request.auth is not None else self.auth
+            if auth is None or isinstance(auth, (tuple, HTTPBasicAuth)):
+                return super().prepare_request(request)
+            # requests applies the auth half-way through preparing; the
+            # wrapper keeps the request as it stood just before, for retries.
+            keeper = _PreAuth(auth)
+            shallow = copy.copy(request)
+            shallow.auth = keeper
+            prepared = super().prepare_request(shallow)
+        except Exception as exc:
+            # Called directly (not through request()): InvalidHeader quotes
+            # the header value, MissingSchema the URL.
+            args = {"params": request.params, "headers": request.headers,
+                    "cookies": request.cookies, "auth": request.auth}
+            redact_exception(exc, call_secret_values(self.config.secrets, self, request.url, (), args),
+                             self.config.secrets)
+            raise
         setattr(prepared, _REAUTH, keeper)
         return prepared
 
@@ -800,8 +809,7 @@ class ResilientSession(requests.Session):
         local = self._local
         outer = getattr(local, "attempt", None)  # a call made from inside another's attempt
         local.attempt = call
-        if self._log_secrets is not None:
-            attempt_secrets(self._log_secrets)
+        outer_secrets = attempt_secrets(self._log_secrets) if self._log_secrets is not None else None
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
@@ -833,7 +841,7 @@ class ResilientSession(requests.Session):
         finally:
             local.attempt = outer
             if self._log_secrets is not None:
-                attempt_secrets(None)
+                attempt_secrets(outer_secrets)
             if a is not None:
                 # Responses built from now on on this thread must not pick
                 # this arm up; a streamed body keeps reading against it until

@@ -152,7 +152,8 @@ class TestPublicSurface:
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              timeout=60).stdout.splitlines()
-        assert out[0] == str(["resilient_client", "resilient_client._version",
+        # _errors holds ConfigError, which exceptions re-exports (the core raises it).
+        assert out[0] == str(["resilient_client", "resilient_client._errors", "resilient_client._version",
                               "resilient_client.exceptions"])
         assert out[1] == "[]"  # building a session never loads the tools
 

@@ -527,3 +527,32 @@ class TestSlotsAndEviction:
             {"name": "writes", "match": "http://api.test/", "methods": ["POST"]}]})
         assert session.circuit("http://api.test/x", "POST") is session.circuit("writes")
         assert session.circuit("http://api.test/x") is not session.circuit("writes")
+
+
+class TestSecretsAcrossNestedCalls:
+    def test_a_nested_call_leaves_urllib3s_log_lines_of_the_outer_call_redacted(
+        self, peer: Peer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After a hook's own call, the outer call's redirect hop is still logged with its secret redacted."""
+        peer.on("/start", redirect("/cb?token=HOPSECRET1"))
+        peer.on("/cb", answer(200, b"ok"))
+        peer.on("/side", answer(200, b"ok"))
+        session = resilient_client.ResilientSession({"secrets": {"query": ["token"]}})
+        session.trust_env = False
+
+        def side(r: requests.Response, **kwargs: Any) -> None:
+            if r.request.path_url == "/start":
+                session.get(peer.url("/side"))
+
+        session.hooks["response"].append(side)
+        with caplog.at_level("DEBUG", logger="urllib3"):
+            assert session.get(peer.url("/start")).status_code == 200
+        assert "/cb?token=" in caplog.text and "HOPSECRET1" not in caplog.text
+
+    def test_prepare_request_called_directly_redacts_its_errors(self) -> None:
+        """A secret header value requests refuses while preparing is not quoted in the error."""
+        session = resilient_client.ResilientSession()
+        bad = requests.Request("GET", "http://api.test/", headers={"Authorization": "Bearer S3CRETVAL\n"})
+        with pytest.raises(requests.exceptions.InvalidHeader) as caught:
+            session.prepare_request(bad)
+        assert "S3CRETVAL" not in str(caught.value)
