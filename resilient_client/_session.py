@@ -86,8 +86,9 @@ __all__ = ["ResilientSession"]
 _ROUTE_CACHE_SIZE = 4096
 #: Unmatched URLs keep breaker, budget and bulkhead per origin. A service
 #: that calls ever new origins (a crawler, a webhook sender) must not grow
-#: without bound: past this many origins, the least recently routed one with
-#: no call in flight is forgotten (name an endpoint to keep its state).
+#: without bound: past this many origins, the least recently used ones with
+#: no call in flight and a closed breaker are forgotten, a quarter at a time
+#: (name an endpoint to keep its state).
 MAX_ORIGIN_STATES = 256
 # The attribute `prepare_request` leaves on a request whose auth keeps state
 # per call (digest): a `_PreAuth` keeping the request as it was before the
@@ -135,14 +136,12 @@ class _EndpointState:
 
     def idle(self) -> bool:
         """
-        Nothing but a cache would be lost by forgetting it: no call in flight,
-        a closed breaker with no failure counted (a stale cache may go).
+        Safe to forget: no call in flight and a closed breaker. Counts and a
+        stale cache may go (recency keeps the origins being called).
         """
         if self.bulkhead is not None and self.bulkhead.in_flight:
             return False
-        breaker = self.breaker
-        return breaker is None or (breaker.state is BreakerState.CLOSED
-                                   and not breaker.stats().consecutive_failures)
+        return self.breaker is None or self.breaker.state is BreakerState.CLOSED
 
 
 class _Route:
@@ -362,11 +361,12 @@ class ResilientSession(requests.Session):
             origins.move_to_end(origin)
             return state
         if len(origins) >= MAX_ORIGIN_STATES:
-            # The least recently used idle origin. None idle (all busy, failing
-            # or forced open): keep them all, the bound gives way to protection.
-            idle = [(st.used, k) for k, st in origins.items() if st.idle()]
-            if idle:
-                for key in origins.pop(min(idle)[1]).route_keys:
+            # Forget the least recently used idle origins, down to 3/4 of the
+            # bound, so one scan serves many new origins. Those not idle (a call
+            # in flight, a breaker open) stay: the bound gives way to protection.
+            idle = sorted((st.used, k) for k, st in origins.items() if st.idle())
+            for _, k in idle[: len(origins) - MAX_ORIGIN_STATES * 3 // 4]:
+                for key in origins.pop(k).route_keys:
                     self._routes.pop(key, None)
         state = origins[origin] = _EndpointState(origin, policy, self)
         return state

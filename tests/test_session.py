@@ -277,7 +277,7 @@ class TestOriginState:
         for i in range(limit + 300):
             session.policy_for("GET", f"http://h{i}.test/")  # resolution alone keeps no state
             session._route_for("GET", f"http://h{i}.test/x")
-        assert len(session._all_states()) == limit
+        assert limit * 3 // 4 <= len(session._all_states()) <= limit
 
     def test_an_origin_with_a_call_in_flight_is_not_forgotten(self, peer: Peer) -> None:
         """Eviction skips an origin whose bulkhead has a call in flight."""
