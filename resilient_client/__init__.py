@@ -40,9 +40,8 @@ if _typing.TYPE_CHECKING:
     # What type checkers and the API docs see: every public name, statically.
     # At run time __getattr__ below imports these on first use.
     from ._breaker import BreakerState, BreakerStats, CircuitBreaker
-    from ._clock import Clock
+    from ._clock import Clock, Deadline
     from ._config import Config, Endpoint, Secrets
-    from ._deadline import Deadline
     from ._events import (
         OUTCOMES,
         AttemptFinished,
@@ -153,7 +152,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["BreakerState", "BreakerStats", "CircuitBreaker"], "_breaker"),
     "Clock": "_clock",
     **dict.fromkeys(["Config", "Endpoint", "Secrets"], "_config"),
-    "Deadline": "_deadline",
+    "Deadline": "_clock",
     **dict.fromkeys([
         "OUTCOMES", "AttemptFinished", "BreakerRejected", "BreakerStateChanged",
         "BudgetExhausted", "BulkheadRejected", "CallFinished", "DeadlinePassed", "Event",

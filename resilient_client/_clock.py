@@ -3,7 +3,8 @@ Time as a parameter: every duration in the library is measured on a `Clock`.
 
 The default clock is `time.monotonic` and `time.sleep`; tests inject a fake
 one (`resilient_client.testing.FakeClock`) whose ``sleep`` advances time
-instead of waiting.
+instead of waiting. A `Deadline` is a point on a clock; enforcing it on a
+socket is the front's business (`resilient_client._deadline` for requests).
 """
 
 from __future__ import annotations
@@ -41,3 +42,28 @@ class _SystemClock:
 
 #: The clock used when none is given.
 SYSTEM_CLOCK: Clock = _SystemClock()
+
+
+class Deadline:
+    """
+    A point on the session clock by which a call must be done.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("at", "clock", "total")
+
+    def __init__(self, clock: Clock, total: float, *, at: float | None = None) -> None:
+        self.clock = clock
+        self.total = total
+        self.at = clock.monotonic() + total if at is None else at
+
+    def remaining(self) -> float:
+        """Seconds left; negative once passed."""
+        return self.at - self.clock.monotonic()
+
+    def expired(self) -> bool:
+        return self.clock.monotonic() >= self.at
+
+    def __repr__(self) -> str:
+        return f"<Deadline total={self.total:g}s remaining={self.remaining():.3f}s>"

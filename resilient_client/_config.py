@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from urllib3.exceptions import LocationValueError
-from urllib3.util import parse_url
-
 from ._errors import ConfigError
 from ._events import check_listener_path
 from ._policy import (
@@ -116,13 +113,8 @@ class Endpoint:
             raise ConfigError("match", f"must start with http:// or https://, got {m!r}")
         if any(c.isspace() for c in m):
             raise ConfigError("match", f"must not contain spaces, got {m!r}")
-        if not self.is_glob:
-            # The router parses a prefix as a URL when the session is built:
-            # a port out of range or a bad host must fail here, as a ConfigError.
-            try:
-                parse_url(m)
-            except LocationValueError:
-                raise ConfigError("match", f"must be a valid URL prefix, got {m!r}") from None
+        # A prefix is parsed as a URL by the front's router when the session
+        # is built (a port out of range, a bad host: a ConfigError then).
         if self.methods is not None:
             methods = _methods("methods", self.methods)
             if not methods:

@@ -31,34 +31,9 @@ from urllib3 import connectionpool as _pools
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.poolmanager import PoolManager
 
-from ._clock import Clock
+from ._clock import Deadline
 
 __all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm", "release"]
-
-
-class Deadline:
-    """
-    A point on the session clock by which a call must be done.
-
-    .. versionadded:: 0.1.0
-    """
-
-    __slots__ = ("at", "clock", "total")
-
-    def __init__(self, clock: Clock, total: float, *, at: float | None = None) -> None:
-        self.clock = clock
-        self.total = total
-        self.at = clock.monotonic() + total if at is None else at
-
-    def remaining(self) -> float:
-        """Seconds left; negative once passed."""
-        return self.at - self.clock.monotonic()
-
-    def expired(self) -> bool:
-        return self.clock.monotonic() >= self.at
-
-    def __repr__(self) -> str:
-        return f"<Deadline total={self.total:g}s remaining={self.remaining():.3f}s>"
 
 
 class _Arm:

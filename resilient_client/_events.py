@@ -22,7 +22,6 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from ._errors import ConfigError
-from ._outcome import classify_error
 from ._verdict import OUTCOMES
 
 __all__ = [
@@ -43,7 +42,6 @@ __all__ = [
     "format_event",
     "load_listeners",
     "log_event",
-    "outcome_of",
 ]
 
 logger = logging.getLogger("resilient_client")
@@ -54,11 +52,6 @@ logger.addHandler(logging.NullHandler())
 # in `AttemptFinished` and `CallFinished`: a closed set, safe as a metric
 # label. ``ok`` is a response whose status is not in ``failure_status`` (a
 # 404 is ``ok``: the peer answered); ``status`` is a response whose status is.
-
-
-def outcome_of(exc: BaseException) -> str:
-    """The `OUTCOMES` value for a call or attempt that raised *exc*."""
-    return classify_error(exc).kind
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ __all__ = [
     "is_peer_failure",
     "is_replayable",
     "of_status",
+    "outcome_of",
 ]
 
 #: What one attempt produced.
@@ -106,6 +107,11 @@ def classify_error(
     if deadline_passed and kind in _TIMEOUT_KINDS:
         return AttemptOutcome("deadline", None, reached_peer or kind not in BEFORE_SEND, False)
     return AttemptOutcome(kind, None, reached_peer or kind not in BEFORE_SEND, True)
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The `OUTCOMES` value for a call or attempt that raised *exc*."""
+    return classify_error(exc).kind
 
 
 def is_peer_failure(exc: BaseException) -> bool:

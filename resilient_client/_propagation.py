@@ -29,8 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
-from ._clock import SYSTEM_CLOCK, Clock
-from ._deadline import Deadline
+from ._clock import SYSTEM_CLOCK, Clock, Deadline
 from ._policy import DEFAULT_DEADLINE_HEADER, _duration, _header_name
 
 if TYPE_CHECKING:

@@ -75,6 +75,7 @@ from ._redact import (
 )
 from ._retry import Call, build_retrying, decide
 from ._routing import Resolution, Router
+from ._urls import URLLIB3_FORM
 from ._verdict import AttemptOutcome, of_status
 from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded
 
@@ -223,7 +224,7 @@ class ResilientSession(requests.Session):
         self._health: HealthTracker | None = None
         self._retry_if = retry_if
         self._rng = rng
-        self._router = Router(self.config.endpoints, self.config.defaults)
+        self._router = Router(self.config.endpoints, self.config.defaults, URLLIB3_FORM)
         self._routes: dict[tuple[str, str], _Route] = {}
         self._states: dict[str, _EndpointState] = {}
         # Unmatched origins, least recently routed first (bounded: MAX_ORIGIN_STATES).

@@ -48,8 +48,8 @@ from . import _deadline
 from ._breaker import CircuitBreaker
 from ._events import AttemptFinished, BreakerStateChanged, CallFinished, Event
 from ._redact import redact_url
-from ._routing import glob_variants, normalise_url
 from ._session import _NEW_SESSION_HOOKS, ResilientSession
+from ._urls import glob_variants, normalise_url
 
 if TYPE_CHECKING:
     from requests.adapters import HTTPAdapter

@@ -248,7 +248,7 @@ class TestEmittedEvents:
 
     def test_every_outcome_is_in_the_closed_vocabulary(self, mocked):
         """outcome_of maps our errors and requests' errors onto OUTCOMES only."""
-        from resilient_client._events import outcome_of
+        from resilient_client._outcome import outcome_of
 
         errors = [rc.DeadlineExceeded("e", 1.0), rc.CircuitOpenError("e"), rc.BulkheadFull("e", 1),
                   requests.ConnectTimeout(), requests.ReadTimeout(), refused(), ValueError("x"),

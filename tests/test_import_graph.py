@@ -56,6 +56,18 @@ LONG_MODULES: dict[str, str] = {
 LONG_MODULE = 400
 LONG_REASON = "Why it is long:"
 
+#: The decision core (STYLE.md's layout): policies, config, routing, the
+#: attempt outcome and retry verdict, budget, bulkhead, clock and deadlines,
+#: deadline propagation, events. It knows no HTTP client: the requests front
+#: (and the httpx front next) builds on it. Importing a submodule still runs
+#: the package's __init__, which loads the public exceptions (requests' tree):
+#: this checks the core's own code and what it imports, not that side effect.
+CORE = frozenset({
+    "_clock", "_errors", "_policy", "_config", "_routing", "_verdict", "_budget", "_bulkhead",
+    "_events", "_propagation",
+})
+HTTP_CLIENTS = frozenset({"requests", "urllib3", "httpx"})
+
 #: Core modules allowed to import from resilient_client.tools, and why.
 TOOLS_IMPORTERS: dict[str, str] = {
     "__main__": "python -m resilient_client is the command",
@@ -258,6 +270,45 @@ class TestLayers:
             and not (e.source == TOOLS or e.source.startswith(TOOLS + "."))
         }
         assert importers == set(TOOLS_IMPORTERS)
+
+
+def _external_imports(module: str) -> dict[str, int]:
+    """The top-level names of packages outside ours that *module* imports (not type-only): line."""
+    path = MODULES[module]
+    found: dict[str, int] = {}
+    for node, _deferred, type_only in _imports(ast.parse(path.read_text(encoding="utf-8")).body):
+        if type_only or (isinstance(node, ast.ImportFrom) and node.level):
+            continue
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        for name in names:
+            found.setdefault(name.partition(".")[0], node.lineno)
+    return found
+
+
+class TestCore:
+    def test_the_core_imports_no_http_client(self) -> None:
+        """No core module, nor anything it imports (even inside a function), imports requests or urllib3."""
+        problems = []
+        for short in sorted(CORE):
+            seen, todo = set(), [f"{PACKAGE}.{short}"]
+            while todo:
+                module = todo.pop()
+                if module in seen:
+                    continue
+                seen.add(module)
+                if _short(module) not in CORE:
+                    problems.append(f"{short} reaches {_short(module)}, which is not core")
+                    continue
+                for name, line in _external_imports(module).items():
+                    if name in HTTP_CLIENTS:
+                        problems.append(f"{_short(module)}:{line} imports {name} (reached from {short})")
+                todo.extend(e.target for e in EDGES if e.source == module and not e.type_only)
+        assert not problems, "\n".join(sorted(set(problems)))
+
+    def test_the_check_finds_an_http_client_import(self) -> None:
+        """The check sees a front module's requests import (so it is not vacuous)."""
+        assert "requests" in _external_imports(f"{PACKAGE}._outcome")
+        assert "urllib3" in _external_imports(f"{PACKAGE}._urls")
 
 
 def _docstring(path: Path) -> str:

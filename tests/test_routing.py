@@ -12,7 +12,7 @@ import requests
 import responses
 
 from resilient_client import ResilientSession
-from resilient_client._routing import normalise_url
+from resilient_client._urls import normalise_url
 
 
 def session(match: str) -> ResilientSession:
