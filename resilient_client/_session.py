@@ -637,6 +637,7 @@ class ResilientSession(requests.Session):
             # Whatever leaves the session carries no secret, of this request or of
             # a redirect hop's (a secret first seen in a Location header).
             redact_exception(exc, self._secret_values(call), self.config.secrets)
+            _tell_attempts(exc, call.attempt)
             if hot:
                 self._emit_call(call, None, exc, started)
             raise
@@ -713,6 +714,7 @@ class ResilientSession(requests.Session):
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
         resp.attempts = call.attempt  # type: ignore[attr-defined]
         resp.is_fallback = False  # type: ignore[attr-defined]
+        resp.stale_age = None  # type: ignore[attr-defined]
         return resp
 
     def _attempt_then_retrying(self, call: Call, retrying: tenacity.Retrying) -> requests.Response:
@@ -951,6 +953,8 @@ class ResilientSession(requests.Session):
                 _discard(failure)
         resp.attempts = call.attempt  # type: ignore[attr-defined]
         resp.is_fallback = True  # type: ignore[attr-defined]
+        if kind != "stale":
+            resp.stale_age = None  # type: ignore[attr-defined]
         self._emit(FallbackServed(route.name, request.method or "", self._url(request), kind,
                                   self._describe(call, failure)))
         return resp
@@ -1134,6 +1138,25 @@ def _finite(name: str, value: object, default: float) -> float:
         # The config's bound: the socket layer overflows on such values.
         raise ValueError(f"{name} timeout must be at most {MAX_DURATION:g} s (a day), got {value!r}")
     return seconds
+
+
+def _tell_attempts(exc: BaseException, attempts: int) -> None:
+    """
+    Put the call's attempt count on the error it raises (``exc.attempts``)
+    and, after a retry, say it in a note (shown in tracebacks and by
+    ``logging.exception``): urllib3's "Max retries exceeded" counts none of
+    ours. An error that already carries a count (a nested call's, passing
+    through its caller) keeps it.
+    """
+    if getattr(exc, "attempts", None) is not None:
+        return
+    try:
+        exc.attempts = attempts  # type: ignore[attr-defined]
+    except AttributeError:  # an exception class with __slots__: nothing to attach to
+        return
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
+    if attempts > 1 and add_note is not None:
+        add_note(f"resilient_client: gave up after {attempts} attempts")
 
 
 def _discard(resp: requests.Response) -> None:

@@ -556,3 +556,30 @@ class TestSecretsAcrossNestedCalls:
         with pytest.raises(requests.exceptions.InvalidHeader) as caught:
             session.prepare_request(bad)
         assert "S3CRETVAL" not in str(caught.value)
+
+
+class TestWhatACallSays:
+    def test_an_error_after_retries_carries_the_attempt_count(self) -> None:
+        """`exc.attempts` and a note say how many tries were made; urllib3's message counts none of ours."""
+        session = make_session()
+        with pytest.raises(requests.ConnectionError) as caught:
+            session.get(f"http://127.0.0.1:{refused_port()}/x")
+        assert caught.value.attempts == 3
+        assert "gave up after 3 attempts" in "".join(getattr(caught.value, "__notes__", []))
+
+    def test_an_error_of_a_single_try_says_one(self) -> None:
+        """Without a retry, attempts is 1 and no note is added."""
+        session = make_session(retry=None)
+        with pytest.raises(requests.ConnectionError) as caught:
+            session.get(f"http://127.0.0.1:{refused_port()}/x")
+        assert caught.value.attempts == 1
+        assert not getattr(caught.value, "__notes__", [])
+
+    def test_every_response_has_stale_age(self, peer: Peer) -> None:
+        """stale_age is None on a live response and on a static fallback, as attempts and is_fallback exist."""
+        peer.on("/ok", answer(200, b"ok"))
+        peer.on("/down", answer(503))
+        session = make_session(retry=None, fallback={"status": 200, "text": "cached"})
+        live, fallback = session.get(peer.url("/ok")), session.get(peer.url("/down"))
+        assert (live.stale_age, live.is_fallback) == (None, False)
+        assert (fallback.stale_age, fallback.is_fallback) == (None, True)
