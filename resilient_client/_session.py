@@ -43,7 +43,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
-from ._config import Config, ConfigSource
+from ._config import Config, ConfigSource, call_policy
 from ._deadline import Deadline, DeadlineAdapter, arm, disarm, release
 from ._environ import EnvironCache
 from ._events import (
@@ -354,6 +354,13 @@ class ResilientSession(requests.Session):
             retrying = self._retryings[slot]
         return _Route(res, state, retrying)
 
+    def _route_changed(self, route: _Route, changes: Any) -> _Route:
+        """*route* with the call's ``policy=`` changes: same endpoint state, another policy."""
+        policy = call_policy(route.policy, changes)
+        res = route.resolution
+        return _Route(Resolution(policy, res.endpoint, res.index, res.key), route.state,
+                      self._build_retrying(policy))
+
     def _origin_state(self, origin: str, policy: Policy) -> _EndpointState:
         """An unmatched origin's state, kept for at most MAX_ORIGIN_STATES origins (lock held)."""
         origins = self._origins
@@ -414,9 +421,16 @@ class ResilientSession(requests.Session):
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         """
-        requests' ``request``, but a call to an endpoint whose breaker is open
-        (and that has no fallback) is refused before requests prepares it:
-        refusing costs microseconds, not a request's preparation.
+        requests' ``request``, plus ``policy=``: changes to the endpoint's
+        policy for this call only, in the config file's own form (``{"retry":
+        None}``, ``{"timeout": {"total": 2}}``); breaker, budget and bulkhead
+        are the endpoint's and cannot change per call.
+
+        A call to an endpoint whose breaker is open (and that has no fallback)
+        is refused before requests prepares it: refusing costs microseconds,
+        not a request's preparation.
+
+        .. versionadded:: 0.2.0 ``policy=``
         """
         hop = getattr(self._local, "hop", None)
         if hop is not None:
@@ -427,7 +441,22 @@ class ResilientSession(requests.Session):
                 return self.request(method, url, *args, **kwargs)
             finally:
                 self._local.hop = hop
-        if isinstance(method, str) and isinstance(url, str):
+        changes = kwargs.pop("policy", None)
+        if changes is not None:
+            # requests passes no extra argument from request() to send(): the
+            # call's changes wait on this thread for the send it makes.
+            self._local.call_policy = changes
+            try:
+                return self._request(method, url, args, kwargs)
+            finally:
+                self._local.call_policy = None
+        return self._request(method, url, args, kwargs)
+
+    def _request(self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any) -> requests.Response:
+        # (A call with its own policy= may have a fallback its endpoint lacks:
+        # it takes the normal path.)
+        changed = getattr(self._local, "call_policy", None) is not None
+        if isinstance(method, str) and isinstance(url, str) and not changed:
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
             if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
@@ -552,6 +581,11 @@ class ResilientSession(requests.Session):
             self._local.hop = None
             return self._send_hop(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
+        changes = kwargs.pop("policy", None)
+        if changes is None and getattr(self._local, "call_policy", None) is not None:
+            changes, self._local.call_policy = self._local.call_policy, None  # request()'s, taken once
+        if changes is not None:
+            route = self._route_changed(route, changes)
         # Recency for the origin bound: a plain counter, racy on purpose (an
         # approximate order is all eviction needs; a lock here is not worth it).
         self._calls += 1

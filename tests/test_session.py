@@ -576,10 +576,52 @@ class TestWhatACallSays:
         assert not getattr(caught.value, "__notes__", [])
 
     def test_every_response_has_stale_age(self, peer: Peer) -> None:
-        """stale_age is None on a live response and on a static fallback, as attempts and is_fallback exist."""
+        """stale_age is None on a live response and on a static fallback (as every response has attempts)."""
         peer.on("/ok", answer(200, b"ok"))
         peer.on("/down", answer(503))
         session = make_session(retry=None, fallback={"status": 200, "text": "cached"})
         live, fallback = session.get(peer.url("/ok")), session.get(peer.url("/down"))
         assert (live.stale_age, live.is_fallback) == (None, False)
         assert (fallback.stale_age, fallback.is_fallback) == (None, True)
+
+
+class TestPolicyForOneCall:
+    def test_policy_none_switches_retries_off_for_one_call(self, peer: Peer) -> None:
+        """`policy={"retry": None}` makes one try; the next call retries again."""
+        peer.on("/x", answer(503))
+        session = make_session()
+        assert session.get(peer.url("/x"), policy={"retry": None}).attempts == 1
+        assert session.get(peer.url("/x")).attempts == 3
+        assert peer.hits("/x") == 4
+
+    def test_a_calls_total_replaces_the_endpoints(self, peer: Peer) -> None:
+        """`policy={"timeout": {"total": 0.3}}` cuts this call off at 0.3 s."""
+        peer.on("/x", hang())
+        session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 10.0}, retry=None)
+        started = time.monotonic()
+        with pytest.raises(resilient_client.DeadlineExceeded):
+            session.get(peer.url("/x"), policy={"timeout": {"total": 0.3}})
+        assert time.monotonic() - started < 0.6
+
+    def test_send_takes_policy_too(self, peer: Peer) -> None:
+        """`session.send(prepared, policy=...)` is accepted, not passed on to the adapter."""
+        peer.on("/x", answer(503))
+        session = make_session()
+        prepared = session.prepare_request(requests.Request("GET", peer.url("/x")))
+        assert session.send(prepared, policy={"retry": None}).attempts == 1
+
+    def test_shared_state_cannot_change_for_one_call(self, peer: Peer) -> None:
+        """The breaker is the endpoint's: asking to change it for one call is a ConfigError naming it."""
+        session = make_session()
+        with pytest.raises(resilient_client.ConfigError, match=r"^policy\.breaker: cannot be changed"):
+            session.get(peer.url("/x"), policy={"breaker": None})
+
+    def test_a_fallback_for_one_call_answers_an_open_breaker(self, peer: Peer) -> None:
+        """With the breaker open, a call given its own fallback gets it instead of CircuitOpenError."""
+        peer.on("/x", answer(200, b"ok"))
+        session = make_session(breaker={"failure_threshold": 1})
+        session.circuit(peer.url("/x")).open()
+        resp = session.get(peer.url("/x"), policy={"fallback": {"status": 200, "text": "later"}})
+        assert (resp.is_fallback, resp.text) == (True, "later")
+        with pytest.raises(resilient_client.CircuitOpenError):
+            session.get(peer.url("/x"))
