@@ -886,9 +886,9 @@ class Peer:
         with self._lock:
             listener, parked, hole = self._listener, self._parked, self._blackhole
             self._parked = self._blackhole = None
-        for s in (listener, parked):
-            if s is not None:
-                s.close()
+        for sock in (listener, parked):
+            if sock is not None:
+                sock.close()
         if hole is not None:
             hole.close()
 
@@ -1060,9 +1060,9 @@ class Peer:
                         self._bodies[request.path] += 1
                     route = self._routes.get(request.path) or self._routes.get("*")
                     handler: Handler = route.next() if route is not None else _NOT_FOUND
-                behaviour = handler if hasattr(handler, "serve") else handler(request)  # type: ignore[operator]
+                behaviour = handler if hasattr(handler, "serve") else handler(request)
                 try:
-                    if not behaviour.serve(conn, request):  # type: ignore[union-attr]
+                    if not behaviour.serve(conn, request):
                         return
                 except OSError:
                     return
