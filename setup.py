@@ -77,7 +77,7 @@ setup(
     ],
     extras_require=EXTRAS,
     entry_points={
-        "console_scripts": ["resilient-client=resilient_client._cli:main"],
+        "console_scripts": ["resilient-client=resilient_client.tools._cli:main"],
         "pytest11": ["resilient_client=resilient_client.testing"],
     },
     classifiers=[

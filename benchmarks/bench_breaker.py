@@ -35,6 +35,7 @@ import requests
 
 import resilient_client
 from resilient_client import BreakerPolicy, CircuitBreaker, CircuitOpenError
+from resilient_client._clock import SYSTEM_CLOCK
 
 PEER_DELAY = 0.020
 
@@ -48,7 +49,7 @@ def _per_call(fn: Callable[[], object], n: int, catch: type[BaseException]) -> f
 
 
 def rejection(*, rounds: int, n: int, redis_url: str | None = None) -> list[_util.Row]:
-    ours = CircuitBreaker("bench", BreakerPolicy(), clock=resilient_client.SYSTEM_CLOCK)
+    ours = CircuitBreaker("bench", BreakerPolicy(), clock=SYSTEM_CLOCK)
     ours.open()
     theirs = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
     theirs.open()

@@ -173,6 +173,7 @@ def isolated(rounds: int) -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
     import resilient_client as rc
+    from resilient_client._clock import SYSTEM_CLOCK
     from resilient_client._events import EventBus
     from resilient_client._health import HealthTracker
     from resilient_client._redact import redact_url
@@ -188,9 +189,9 @@ def isolated(rounds: int) -> dict[str, float]:
         "log-debug": ([], logging.DEBUG),
         "prometheus": ([rc.prometheus_listener(CollectorRegistry())], logging.WARNING),
         "otel": ([rc.otel_listener(_otel_provider())], logging.WARNING),
-        "health": ([HealthTracker(rc.SYSTEM_CLOCK)], logging.WARNING),
+        "health": ([HealthTracker(SYSTEM_CLOCK)], logging.WARNING),
         "all": ([rc.prometheus_listener(CollectorRegistry()), rc.otel_listener(_otel_provider()),
-                 HealthTracker(rc.SYSTEM_CLOCK)], logging.DEBUG),
+                 HealthTracker(SYSTEM_CLOCK)], logging.DEBUG),
     }
     out: dict[str, float] = {}
     for name, (listeners, level) in setups.items():

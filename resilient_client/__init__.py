@@ -8,60 +8,26 @@ calls from taking their callers down.
     resp = session.get("https://inventory.internal/items/42")
 
 Everything public is importable from here; modules starting with an
-underscore are private.
+underscore are private. The HAProxy check lives in `resilient_client.tools`
+and the test kit in `resilient_client.testing`.
+
+Importing the package loads only the exceptions (and so requests, which
+every user of a requests drop-in loads anyway). Every other name is loaded
+from its module on first use (PEP 562), so a service pays for the session's
+modules when it builds a session, and never for the metrics, health,
+propagation or tooling modules it does not use.
 """
 
 from __future__ import annotations
 
-from ._breaker import BreakerState, BreakerStats, CircuitBreaker
-from ._bulkhead import Bulkhead
-from ._clock import SYSTEM_CLOCK, Clock
-from ._config import Config, Endpoint, Secrets
-from ._deadline import Deadline
-from ._events import (
-    OUTCOMES,
-    AttemptFinished,
-    BreakerRejected,
-    BreakerStateChanged,
-    BudgetExhausted,
-    BulkheadRejected,
-    CallFinished,
-    DeadlinePassed,
-    Event,
-    FallbackServed,
-    GaveUp,
-    Listener,
-    RetryScheduled,
-    log_event,
-)
-from ._haproxy import Finding, check_haproxy
-from ._health import EndpointHealth, Health, health_app
-from ._metrics import otel_listener, prometheus_listener
-from ._policy import (
-    BackoffPolicy,
-    BreakerMode,
-    BreakerPolicy,
-    BudgetPolicy,
-    BulkheadPolicy,
-    CallableFallback,
-    Jitter,
-    Policy,
-    PropagationPolicy,
-    RetryPolicy,
-    StaleFallback,
-    StaticFallback,
-    Timeouts,
-)
-from ._propagation import (
-    ASGIDeadlineMiddleware,
-    DeadlineMiddleware,
-    current_deadline,
-    deadline,
-)
-from ._retry import parse_retry_after
-from ._routing import Resolution
-from ._session import ResilientSession
+import importlib as _importlib
+import typing as _typing
+import warnings as _warnings
+
 from ._version import __version__
+
+# Eager: small, and `except resilient_client.CircuitOpenError:` must work in
+# code that never touched anything else.
 from .exceptions import (
     BulkheadFull,
     CircuitOpenError,
@@ -70,9 +36,66 @@ from .exceptions import (
     ResilienceError,
 )
 
+if _typing.TYPE_CHECKING:
+    # What type checkers and the API docs see: every public name, statically.
+    # At run time __getattr__ below imports these on first use.
+    from ._breaker import BreakerState, BreakerStats, CircuitBreaker
+    from ._clock import Clock
+    from ._config import Config, Endpoint, Secrets
+    from ._deadline import Deadline
+    from ._events import (
+        OUTCOMES,
+        AttemptFinished,
+        BreakerRejected,
+        BreakerStateChanged,
+        BudgetExhausted,
+        BulkheadRejected,
+        CallFinished,
+        DeadlinePassed,
+        Event,
+        FallbackServed,
+        GaveUp,
+        Listener,
+        RetryScheduled,
+    )
+    from ._health import EndpointHealth, Health, health_app
+    from ._metrics import otel_listener, prometheus_listener
+    from ._policy import (
+        BackoffPolicy,
+        BreakerMode,
+        BreakerPolicy,
+        BudgetPolicy,
+        BulkheadPolicy,
+        CallableFallback,
+        Jitter,
+        Policy,
+        PropagationPolicy,
+        RetryPolicy,
+        StaleFallback,
+        StaticFallback,
+        Timeouts,
+    )
+    from ._propagation import (
+        ASGIDeadlineMiddleware,
+        DeadlineMiddleware,
+        current_deadline,
+        deadline,
+    )
+    from ._routing import Resolution
+    from ._session import ResilientSession
+
+if _typing.TYPE_CHECKING:
+    # Deprecated here (see _MOVED): still typed for one release, so code that
+    # imports them keeps type-checking while the DeprecationWarning says where to go.
+    from ._bulkhead import Bulkhead as Bulkhead
+    from ._clock import SYSTEM_CLOCK as SYSTEM_CLOCK
+    from ._events import log_event as log_event
+    from ._retry import parse_retry_after as parse_retry_after
+    from .tools import Finding as Finding
+    from .tools import check_haproxy as check_haproxy
+
 __all__ = [
     "OUTCOMES",
-    "SYSTEM_CLOCK",
     "ASGIDeadlineMiddleware",
     "AttemptFinished",
     "BackoffPolicy",
@@ -84,7 +107,6 @@ __all__ = [
     "BreakerStats",
     "BudgetExhausted",
     "BudgetPolicy",
-    "Bulkhead",
     "BulkheadFull",
     "BulkheadPolicy",
     "BulkheadRejected",
@@ -103,7 +125,6 @@ __all__ = [
     "EndpointHealth",
     "Event",
     "FallbackServed",
-    "Finding",
     "GaveUp",
     "Health",
     "Jitter",
@@ -120,12 +141,84 @@ __all__ = [
     "StaticFallback",
     "Timeouts",
     "__version__",
-    "check_haproxy",
     "current_deadline",
     "deadline",
     "health_app",
-    "log_event",
     "otel_listener",
-    "parse_retry_after",
     "prometheus_listener",
 ]
+
+#: Where each lazily loaded public name lives (a module of this package).
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(["BreakerState", "BreakerStats", "CircuitBreaker"], "_breaker"),
+    "Clock": "_clock",
+    **dict.fromkeys(["Config", "Endpoint", "Secrets"], "_config"),
+    "Deadline": "_deadline",
+    **dict.fromkeys([
+        "OUTCOMES", "AttemptFinished", "BreakerRejected", "BreakerStateChanged",
+        "BudgetExhausted", "BulkheadRejected", "CallFinished", "DeadlinePassed", "Event",
+        "FallbackServed", "GaveUp", "Listener", "RetryScheduled",
+    ], "_events"),
+    **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
+    **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
+    **dict.fromkeys([
+        "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
+        "CallableFallback", "Jitter", "Policy", "PropagationPolicy", "RetryPolicy",
+        "StaleFallback", "StaticFallback", "Timeouts",
+    ], "_policy"),
+    **dict.fromkeys(
+        ["ASGIDeadlineMiddleware", "DeadlineMiddleware", "current_deadline", "deadline"],
+        "_propagation"),
+    "Resolution": "_routing",
+    "ResilientSession": "_session",
+}
+
+#: Names taken out of __all__ in 0.1.0 that still resolve here, with a
+#: DeprecationWarning, until the next release: name -> (module, what to do).
+_MOVED: dict[str, tuple[str, str]] = {
+    "check_haproxy": ("tools", "import it from resilient_client.tools"),
+    "Finding": ("tools", "import it from resilient_client.tools"),
+    "Bulkhead": ("_bulkhead", "it is the session's internal slot counter (private "
+                 "resilient_client._bulkhead); read bulkhead usage from session.health()"),
+    "SYSTEM_CLOCK": ("_clock", "it is the default of every clock= argument: leave clock= out "
+                     "(private resilient_client._clock)"),
+    "log_event": ("_events", "it is the listener every session already has first (private "
+                  "resilient_client._events)"),
+    "parse_retry_after": ("_retry", "the session honours Retry-After itself (private "
+                          "resilient_client._retry)"),
+}
+
+
+def _lazy_attribute(name: str) -> object:
+    """Import *name*'s module on first use (PEP 562); warn for a moved name."""
+    module = _LAZY.get(name)
+    if module is not None:
+        value: object = getattr(_importlib.import_module(f".{module}", __name__), name)
+        # Cache it: the next access is a plain attribute, __getattr__ is not called again.
+        globals()[name] = value
+        return value
+    moved = _MOVED.get(name)
+    if moved is not None:
+        module, advice = moved
+        _warnings.warn(
+            f"resilient_client.{name} is deprecated and leaves the package root in the next "
+            f"release: {advice}.",
+            DeprecationWarning,
+            stacklevel=3,  # the user's line, past this function and __getattr__
+        )
+        # Not cached, so every import of the old spelling warns.
+        return getattr(_importlib.import_module(f".{module}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _dir() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not _typing.TYPE_CHECKING:
+    # Bound only at run time: were mypy to see a module __getattr__, it would
+    # accept any attribute of the package, typos included.
+    def __getattr__(name: str) -> object:
+        return _lazy_attribute(name)
+
+    __dir__ = _dir

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, Union
 from urllib3.exceptions import LocationValueError
 from urllib3.util import parse_url
 
+from ._errors import ConfigError
 from ._events import check_listener_path
 from ._policy import (
     BackoffPolicy,
@@ -39,7 +40,6 @@ from ._policy import (
     _methods,
     _sequence,
 )
-from .exceptions import ConfigError
 
 __all__ = ["Config", "ConfigSource", "Endpoint", "Secrets", "load_config"]
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+from ._errors import ConfigError
 from ._outcome import classify_error
 from ._verdict import OUTCOMES
-from .exceptions import ConfigError
 
 __all__ = [
     "OUTCOMES",

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigError
+from ._errors import ConfigError
 
 if TYPE_CHECKING:
     import requests
 
 __all__ = [
     "ALL_RETRY_ON",
+    "MAX_DURATION",
     "BackoffPolicy",
     "BreakerPolicy",
     "BudgetPolicy",
@@ -53,6 +54,12 @@ _RETRYABLE_4XX = frozenset({408, 429})
 #: The failure kinds that ``retry.on`` accepts.
 ALL_RETRY_ON = frozenset({"connect_error", "connect_timeout", "read_timeout", "read_error"})
 
+#: The longest duration, in seconds, accepted anywhere (a day). Sockets and
+#: the OS refuse timeouts that overflow their C types (about 1e9 s here), and
+#: that would only surface as a bare OverflowError on every call; nothing a
+#: client waits for sensibly lasts longer than a day anyway.
+MAX_DURATION = 86400.0
+
 
 # -- small validators shared by every section -------------------------------
 
@@ -71,6 +78,21 @@ def _number(path: str, value: object, *, minimum: float = 0.0, allow_zero: bool 
         op = ">=" if allow_zero else ">"
         raise ConfigError(path, f"must be a number {op} {minimum:g}, got {value!r}")
     return value
+
+
+def _shown(value: float) -> str:
+    """*value* short (``1e+10``) when that reads back exactly, else in full."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def _duration(path: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return *value* as seconds: a finite float > 0 (or >= 0) and at most `MAX_DURATION`."""
+    seconds = _number(path, value, allow_zero=allow_zero)
+    if seconds > MAX_DURATION:
+        shown = str(value) if isinstance(value, int) else _shown(seconds)
+        raise ConfigError(path, f"must be a number of seconds <= {MAX_DURATION:g} (a day), got {shown}")
+    return seconds
 
 
 def _integer(path: str, value: object, *, minimum: int) -> int:
@@ -152,10 +174,10 @@ class Timeouts:
     total: float | None = 10.0
 
     def __post_init__(self) -> None:
-        _set(self, "connect", _number("connect", self.connect))
-        _set(self, "read", _number("read", self.read))
+        _set(self, "connect", _duration("connect", self.connect))
+        _set(self, "read", _duration("read", self.read))
         if self.total is not None:
-            _set(self, "total", _number("total", self.total))
+            _set(self, "total", _duration("total", self.total))
 
 
 class Jitter(str, enum.Enum):
@@ -190,9 +212,9 @@ class BackoffPolicy:
     jitter: Jitter = Jitter.FULL
 
     def __post_init__(self) -> None:
-        _set(self, "initial", _number("initial", self.initial, allow_zero=True))
+        _set(self, "initial", _duration("initial", self.initial, allow_zero=True))
         _set(self, "multiplier", _number("multiplier", self.multiplier, minimum=1.0, allow_zero=True))
-        _set(self, "max", _number("max", self.max, allow_zero=True))
+        _set(self, "max", _duration("max", self.max, allow_zero=True))
         if self.max < self.initial:
             raise ConfigError("max", f"must be >= initial ({self.initial:g}), got {self.max!r}")
         try:
@@ -252,7 +274,7 @@ class RetryPolicy:
             raise ConfigError(
                 "respect_retry_after", f"must be true or false, got {self.respect_retry_after!r}"
             )
-        _set(self, "max_retry_after", _number("max_retry_after", self.max_retry_after, allow_zero=True))
+        _set(self, "max_retry_after", _duration("max_retry_after", self.max_retry_after, allow_zero=True))
 
 
 @dataclass(frozen=True)
@@ -272,7 +294,7 @@ class BudgetPolicy:
     def __post_init__(self) -> None:
         _set(self, "ratio", _number("ratio", self.ratio, allow_zero=True))
         _set(self, "min_per_second", _number("min_per_second", self.min_per_second, allow_zero=True))
-        _set(self, "window", _number("window", self.window))
+        _set(self, "window", _duration("window", self.window))
 
 
 class BreakerMode(str, enum.Enum):
@@ -315,7 +337,7 @@ class BreakerPolicy:
 
     def __post_init__(self) -> None:
         _set(self, "failure_threshold", _integer("failure_threshold", self.failure_threshold, minimum=1))
-        _set(self, "reset_timeout", _number("reset_timeout", self.reset_timeout))
+        _set(self, "reset_timeout", _duration("reset_timeout", self.reset_timeout))
         if not isinstance(self.storage, str) or not (
             self.storage == "memory"
             or self.storage.startswith(("redis://", "rediss://", "unix://"))
@@ -328,10 +350,10 @@ class BreakerPolicy:
         except ValueError:
             raise ConfigError("mode", f"must be consecutive | rate, got {self.mode!r}") from None
         _set(self, "failure_rate", _ratio("failure_rate", self.failure_rate, allow_zero=False))
-        _set(self, "window", _number("window", self.window))
+        _set(self, "window", _duration("window", self.window))
         _set(self, "min_calls", _integer("min_calls", self.min_calls, minimum=1))
         if self.slow_call_duration is not None:
-            _set(self, "slow_call_duration", _number("slow_call_duration", self.slow_call_duration))
+            _set(self, "slow_call_duration", _duration("slow_call_duration", self.slow_call_duration))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._deadline import Deadline
-from ._policy import DEFAULT_DEADLINE_HEADER, _header_name, _number
+from ._policy import DEFAULT_DEADLINE_HEADER, _duration, _header_name
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -159,13 +159,17 @@ def deadline(
 # -- what the session asks ---------------------------------------------------
 
 
-def call_deadline(clock: Clock, total: float | None) -> Deadline | None:
+def call_deadline(clock: Clock, total: float | None, enclosing: Deadline | None = None) -> Deadline | None:
     """
     The deadline of a call starting now on *clock*: its own *total*, or the
-    inherited deadline when that comes sooner.
+    inherited deadline when that comes sooner. *enclosing* is the deadline of
+    a call this one is made from (a response hook, a listener): its time is
+    the enclosing call's time, so it inherits that deadline too.
     """
     s = _scope.get()
     inherited = None if s is None else s.deadline
+    if enclosing is not None and (inherited is None or enclosing.remaining() < inherited.remaining()):
+        inherited = enclosing
     if inherited is None:
         return None if total is None else Deadline(clock, total)
     now = clock.monotonic()
@@ -232,8 +236,8 @@ class _Inbound:
         clock: Clock | None,
     ) -> None:
         self.header = _header_name("header", header)
-        self.margin = _number("margin", margin, allow_zero=True)
-        self.max_seconds = _number("max_seconds", max_seconds)
+        self.margin = _duration("margin", margin, allow_zero=True)
+        self.max_seconds = _duration("max_seconds", max_seconds)
         self.attempt_header = (
             None if attempt_header is None else _header_name("attempt_header", attempt_header)
         )

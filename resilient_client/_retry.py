@@ -51,9 +51,11 @@ class Call:
         "attempt",
         "budget",
         "deadline",
+        "error",
         "first_verdict",
         "idempotent",
         "kwargs",
+        "left_endpoint",
         "outcome",
         "prev_sleep",
         "reached_peer",
@@ -86,8 +88,12 @@ class Call:
         #: An earlier redirect hop of the current attempt got the peer's
         #: answer: the request reached it (see `resilient_client._verdict`).
         self.reached_peer = False
-        #: What the latest attempt came to, classified once by the session.
+        #: A redirect hop of the current attempt went to another endpoint.
+        self.left_endpoint = False
+        #: What the latest attempt came to, classified once by the session,
+        #: and the error it raised (None for a response).
         self.outcome: AttemptOutcome | None = None
+        self.error: BaseException | None = None
         #: `decide`'s answer for the first attempt, when the session's
         #: shortcut asked before entering tenacity.
         self.first_verdict: bool | None = None

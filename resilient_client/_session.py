@@ -23,7 +23,7 @@ exactly the next ``send`` it makes as a hop of the running attempt; any other
 
 from __future__ import annotations
 
-import itertools
+import copy
 import math
 import random
 import threading
@@ -63,10 +63,11 @@ from ._events import (
 )
 from ._fallback import StaleCache, make_response
 from ._outcome import RetryPredicate, classify_error, is_replayable
-from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
+from ._policy import MAX_DURATION, CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
+    call_secret_values,
     install_log_filter,
     redact_exception,
     redact_url,
@@ -89,15 +90,16 @@ _ROUTE_CACHE_SIZE = 4096
 #: no call in flight is forgotten (name an endpoint to keep its state).
 MAX_ORIGIN_STATES = 256
 # The attribute `prepare_request` leaves on a request whose auth keeps state
-# per call (digest): (auth, the hooks requests merged), to apply it afresh on
-# every retry as a new call would.
+# per call (digest): a `_PreAuth` keeping the request as it was before the
+# auth, to apply it afresh on every retry as a new call would.
 _REAUTH = "_resilient_reauth"
 # requests' own, untyped in its stubs.
 _merge_setting = cast(Callable[[Any, Any], Any], requests.sessions.merge_setting)
-_merge_hooks = cast(Callable[[Any, Any], Any], requests.sessions.merge_hooks)
 # The outcomes of refusals made before an attempt: constants, not classified anew.
 _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
+# A response hook raised: the peer answered; the error is the caller's own.
+_HOOK_RAISED = AttemptOutcome("error", None, True, False)
 
 #: Run last in every ``ResilientSession.__init__`` with the session and its
 #: ``clock`` and ``rng`` arguments as given (None when omitted). Empty in
@@ -112,7 +114,7 @@ _NEW_SESSION_HOOKS: list[_NewSessionHook] = []
 class _EndpointState:
     """What is shared by every request to one endpoint name (or origin)."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "route_keys", "stale")
+    __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "route_keys", "stale", "used")
 
     def __init__(self, name: str, policy: Policy, session: ResilientSession) -> None:
         self.name = name
@@ -128,12 +130,19 @@ class _EndpointState:
         self.stale: StaleCache | None = None
         #: The route-cache keys that lead here, dropped with this state.
         self.route_keys: list[tuple[str, str]] = []
+        #: When a call last used it, on the session's call counter (for LRU).
+        self.used = 0
 
     def idle(self) -> bool:
-        """Nothing would be lost by forgetting it: no call in flight, breaker closed."""
+        """
+        Nothing but a cache would be lost by forgetting it: no call in flight,
+        a closed breaker with no failure counted (a stale cache may go).
+        """
         if self.bulkhead is not None and self.bulkhead.in_flight:
             return False
-        return self.breaker is None or self.breaker.state is BreakerState.CLOSED
+        breaker = self.breaker
+        return breaker is None or (breaker.state is BreakerState.CLOSED
+                                   and not breaker.stats().consecutive_failures)
 
 
 class _Route:
@@ -220,6 +229,7 @@ class ResilientSession(requests.Session):
         self._states: dict[str, _EndpointState] = {}
         # Unmatched origins, least recently routed first (bounded: MAX_ORIGIN_STATES).
         self._origins: OrderedDict[str, _EndpointState] = OrderedDict()
+        self._calls = 0
         self._retryings: dict[int, tenacity.Retrying | None] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -269,9 +279,10 @@ class ResilientSession(requests.Session):
         """
         return self._router.resolve(method, url)
 
-    def circuit(self, name_or_url: str) -> CircuitBreaker:
+    def circuit(self, name_or_url: str, method: str = "GET") -> CircuitBreaker:
         """
-        The breaker of an endpoint name, or of the endpoint a URL resolves to.
+        The breaker of an endpoint name, or of the endpoint a URL resolves to
+        for *method* (rules limited to some ``methods`` match only those).
 
         Raises:
             KeyError: no such endpoint, or it has no breaker.
@@ -279,7 +290,7 @@ class ResilientSession(requests.Session):
         .. versionadded:: 0.1.0
         """
         if "://" in name_or_url:
-            route = self._route_for("GET", name_or_url)
+            route = self._route_for(method.upper(), name_or_url)
             state = route.state
         else:
             state = self._state_named(name_or_url)
@@ -351,11 +362,12 @@ class ResilientSession(requests.Session):
             origins.move_to_end(origin)
             return state
         if len(origins) >= MAX_ORIGIN_STATES:
-            # The oldest idle one among the first few; the oldest if all are busy.
-            oldest = itertools.islice(origins.items(), 16)
-            victim = next((k for k, st in oldest if st.idle()), next(iter(origins)))
-            for key in origins.pop(victim).route_keys:
-                self._routes.pop(key, None)
+            # The least recently used idle origin. None idle (all busy, failing
+            # or forced open): keep them all, the bound gives way to protection.
+            idle = [(st.used, k) for k, st in origins.items() if st.idle()]
+            if idle:
+                for key in origins.pop(min(idle)[1]).route_keys:
+                    self._routes.pop(key, None)
         state = origins[origin] = _EndpointState(origin, policy, self)
         return state
 
@@ -405,6 +417,15 @@ class ResilientSession(requests.Session):
         (and that has no fallback) is refused before requests prepares it:
         refusing costs microseconds, not a request's preparation.
         """
+        hop = getattr(self._local, "hop", None)
+        if hop is not None:
+            # A call made while requests prepares a redirect hop (a
+            # rebuild_auth that fetches a token) is a call, not the hop.
+            self._local.hop = None
+            try:
+                return self.request(method, url, *args, **kwargs)
+            finally:
+                self._local.hop = hop
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
@@ -421,7 +442,17 @@ class ResilientSession(requests.Session):
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
-        return super().request(method, url, *args, **kwargs)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        except Exception as exc:
+            # Preparing the request (InvalidHeader quotes the header value,
+            # MissingSchema the URL) runs before send() and its redaction.
+            # Only a failed call pays for this; send()'s errors are scrubbed
+            # again with what only the arguments tell (cookies, auth, params).
+            # (The refusal above raises nothing that names the URL.)
+            redact_exception(exc, call_secret_values(self.config.secrets, self, url, args, kwargs),
+                             self.config.secrets)
+            raise
 
     # -- requests' environment lookups, reused ------------------------------
 
@@ -461,11 +492,25 @@ class ResilientSession(requests.Session):
         every retry applies it afresh as a new call would. Stateless auth
         (basic, netrc) is already in the headers a retry resends.
         """
-        prepared = super().prepare_request(request)
-        auth = request.auth if request.auth is not None else self.auth
-        if auth is not None and not isinstance(auth, (tuple, HTTPBasicAuth)):
-            hooks = _merge_hooks(request.hooks, self.hooks)  # as requests merges them
-            setattr(prepared, _REAUTH, (auth, hooks))
+        try:
+            auth = request.auth if request.auth is not None else self.auth
+            if auth is None or isinstance(auth, (tuple, HTTPBasicAuth)):
+                return super().prepare_request(request)
+            # requests applies the auth half-way through preparing; the
+            # wrapper keeps the request as it stood just before, for retries.
+            keeper = _PreAuth(auth)
+            shallow = copy.copy(request)
+            shallow.auth = keeper
+            prepared = super().prepare_request(shallow)
+        except Exception as exc:
+            # Called directly (not through request()): InvalidHeader quotes
+            # the header value, MissingSchema the URL.
+            args = {"params": request.params, "headers": request.headers,
+                    "cookies": request.cookies, "auth": request.auth}
+            redact_exception(exc, call_secret_values(self.config.secrets, self, request.url, (), args),
+                             self.config.secrets)
+            raise
+        setattr(prepared, _REAUTH, keeper)
         return prepared
 
     def resolve_redirects(
@@ -506,6 +551,10 @@ class ResilientSession(requests.Session):
             self._local.hop = None
             return self._send_hop(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
+        # Recency for the origin bound: a plain counter, racy on purpose (an
+        # approximate order is all eviction needs; a lock here is not worth it).
+        self._calls += 1
+        route.state.used = self._calls
         return self._send_with_fallback(request, kwargs, route)
 
     def _send_hop(
@@ -518,7 +567,15 @@ class ResilientSession(requests.Session):
         # The hop before this one was answered: the request reached the peer,
         # so a failure from here on is no longer "before send".
         call.reached_peer = True
+        route: _Route = call.route
         connect, read = call.timeouts
+        breaker = None
+        target = self._route_for(request.method or "GET", request.url or "")
+        if target.state is not route.state:
+            # Into another endpoint: its timeouts and its breaker; the source
+            # answered (with a redirect) and is not blamed for the target.
+            call.left_endpoint = True
+            route, (connect, read), breaker = target, target.timeouts, target.state.breaker
         deadline = call.deadline
         if deadline is not None:
             left = deadline.remaining()
@@ -529,15 +586,37 @@ class ResilientSession(requests.Session):
             if prop is not None:  # the hop is a copy requests made: ours to change
                 request.headers[prop.deadline_header] = header_value(read if prop.per_attempt else left)
         kwargs["timeout"] = (connect, read)
-        return super().send(request, **kwargs)
+        if breaker is None:
+            return super().send(request, **kwargs)
+        try:
+            is_trial = breaker.before_call()
+        except CircuitOpenError as exc:
+            self._emit(BreakerRejected(route.name, request.method or "", self._url(request), exc.retry_at))
+            raise
+        started = self.clock.monotonic()
+        try:
+            resp = super().send(request, **kwargs)
+        except BaseException as exc:
+            failed = classify_error(exc, deadline_passed=deadline is not None and deadline.expired()).failure
+            if failed:
+                breaker.record(success=False, is_trial=is_trial, duration=self.clock.monotonic() - started)
+            elif is_trial:
+                breaker.release_trial()
+            raise
+        breaker.record(success=not of_status(resp.status_code, route.policy.failure_status).failure,
+                       is_trial=is_trial, duration=self.clock.monotonic() - started)
+        return resp
 
     def _send_with_fallback(
         self, request: requests.PreparedRequest, kwargs: dict[str, Any], route: _Route
     ) -> requests.Response:
         policy = route.policy
         stream = bool(kwargs.get("stream", self.stream))
-        # Our own total, or the deadline inherited from our caller if sooner.
-        deadline = call_deadline(self.clock, policy.timeout.total)
+        # Our own total, or the deadline inherited from our caller (or from
+        # the call whose hook or listener makes this one) if sooner.
+        enclosing: Call | None = getattr(self._local, "attempt", None)
+        deadline = call_deadline(self.clock, policy.timeout.total,
+                                 enclosing.deadline if enclosing is not None else None)
         call = Call(
             request,
             kwargs,
@@ -554,8 +633,9 @@ class ResilientSession(requests.Session):
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
-            # Whatever leaves the session carries no secret of the request.
-            redact_exception(exc, self._secret_values(call))
+            # Whatever leaves the session carries no secret, of this request or of
+            # a redirect hop's (a secret first seen in a Location header).
+            redact_exception(exc, self._secret_values(call), self.config.secrets)
             if hot:
                 self._emit_call(call, None, exc, started)
             raise
@@ -580,7 +660,8 @@ class ResilientSession(requests.Session):
             try:
                 resp = self._send_with_retries(call)
             except Exception as exc:
-                if not classify_error(exc).wants_fallback:
+                outcome = call.outcome if call.error is exc and call.outcome else classify_error(exc)
+                if not outcome.wants_fallback:
                     raise
                 return self._fallback_or_raise(call, exc), exc
             policy = route.policy
@@ -653,7 +734,12 @@ class ResilientSession(requests.Session):
             first = self._attempt(call)
         except BaseException as exc:  # tenacity catches everything too
             first = exc
-        call.first_verdict = decide(call, first, retry, self._retry_if)
+        try:
+            call.first_verdict = decide(call, first, retry, self._retry_if)
+        except BaseException:
+            if isinstance(first, requests.Response):
+                _discard(first)  # a retry_if that raised: nobody will read it
+            raise
         if not call.first_verdict:
             if isinstance(first, BaseException):
                 raise first  # what tenacity (reraise=True) would raise
@@ -672,7 +758,7 @@ class ResilientSession(requests.Session):
                 call.outcome = _DEADLINE
                 raise DeadlineExceeded(route.name, deadline.total, request=request)
             connect, read = min(connect, left), min(read, left)
-        call.reached_peer = False
+        call.reached_peer = call.left_endpoint = False
         if call.attempt and hasattr(request, _REAUTH):
             request = _reauthenticated(request)
         prop = route.policy.propagation
@@ -702,9 +788,11 @@ class ResilientSession(requests.Session):
             request.headers[header] = str(call.attempt)
 
         guard = None
-        if breaker is not None and request.hooks.get("response"):
-            # The breaker sees the attempt's status before any user hook can
-            # raise (a raise_for_status hook must not hide 5xx from it).
+        if request.hooks.get("response"):
+            # A response hook is the caller's code running on the peer's
+            # answer: whatever it raises is not a transport failure (no retry
+            # resends what the peer answered, no fallback hides it), and the
+            # breaker sees the attempt's status before the hook can raise.
             guard = _HookGuard(request.hooks["response"], breaker, is_trial,
                                route.policy.failure_status, self.clock)
             if request is call.request:
@@ -721,24 +809,29 @@ class ResilientSession(requests.Session):
         local = self._local
         outer = getattr(local, "attempt", None)  # a call made from inside another's attempt
         local.attempt = call
-        if self._log_secrets is not None:
-            attempt_secrets(self._log_secrets)
+        outer_secrets = attempt_secrets(self._log_secrets) if self._log_secrets is not None else None
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
             if a is not None:
                 disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
-            outcome = call.outcome = classify_error(
-                exc, reached_peer=call.reached_peer,
-                deadline_passed=deadline is not None and deadline.expired())
+            call.error = exc
+            if guard is not None and guard.raised is exc:
+                outcome = call.outcome = _HOOK_RAISED
+            else:
+                outcome = call.outcome = classify_error(
+                    exc, reached_peer=call.reached_peer,
+                    deadline_passed=deadline is not None and deadline.expired())
             # The attempt's event first, then what the breaker made of it.
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                            call.attempt, outcome.kind, None,
                                            duration, type(exc).__name__))
-            if breaker is not None and (guard is None or not guard.recorded):
-                if outcome.failure:
+            if breaker is not None and (guard is None or guard.raised is None):
+                if call.left_endpoint:
+                    breaker.record(success=True, is_trial=is_trial, duration=duration)
+                elif outcome.failure:
                     breaker.record(success=False, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
@@ -748,7 +841,7 @@ class ResilientSession(requests.Session):
         finally:
             local.attempt = outer
             if self._log_secrets is not None:
-                attempt_secrets(None)
+                attempt_secrets(outer_secrets)
             if a is not None:
                 # Responses built from now on on this thread must not pick
                 # this arm up; a streamed body keeps reading against it until
@@ -758,11 +851,13 @@ class ResilientSession(requests.Session):
                     disarm(a)
         duration = self.clock.monotonic() - started
         outcome = call.outcome = of_status(resp.status_code, route.policy.failure_status)
+        call.error = None
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, outcome.kind, resp.status_code, duration))
         if breaker is not None:
-            breaker.record(success=not outcome.failure, is_trial=is_trial, duration=duration)
+            breaker.record(success=call.left_endpoint or not outcome.failure, is_trial=is_trial,
+                           duration=duration)
         return resp
 
     # -- retry hooks ---------------------------------------------------------
@@ -826,13 +921,33 @@ class ResilientSession(requests.Session):
             assert isinstance(fb, CallableFallback)
             kind = "callable"
             try:
-                resp = fb.function(request, failure)
+                made: object = fb.function(request, failure)  # typed, but user code
             except Exception as fb_exc:
                 if isinstance(failure, BaseException):
                     raise fb_exc from failure
                 raise
+            if not isinstance(made, requests.Response):
+                # The fallback's mistake, said as such: not an AttributeError
+                # from setting resp.attempts below.
+                if isinstance(failure, requests.Response):
+                    _discard(failure)
+                fn = fb.function
+                module = getattr(fn, "__module__", None)
+                name = getattr(fn, "__qualname__", None)
+                shown = f"{module}.{name}" if module and name else repr(fn)
+                err = TypeError(
+                    f"the fallback of endpoint {route.name!r} ({shown}) returned "
+                    f"{type(made).__name__}, expected a requests.Response"
+                )
+                if isinstance(failure, BaseException):
+                    raise err from failure
+                raise err
+            resp = made
         if isinstance(failure, requests.Response) and failure is not resp:
-            _discard(failure)
+            if call.stream:
+                failure.close()  # its body is no longer under the deadline: never drain it
+            else:
+                _discard(failure)
         resp.attempts = call.attempt  # type: ignore[attr-defined]
         resp.is_fallback = True  # type: ignore[attr-defined]
         self._emit(FallbackServed(route.name, request.method or "", self._url(request), kind,
@@ -842,15 +957,27 @@ class ResilientSession(requests.Session):
     # -- small helpers -------------------------------------------------------
 
     def _timeouts(self, route: _Route, value: object) -> tuple[float, float]:
-        """Per-call ``timeout=`` replaces connect/read; None parts mean the policy's."""
+        """
+        Per-call ``timeout=``, in every form requests accepts (a number, a
+        ``(connect, read)`` tuple, a urllib3 ``Timeout``), replaces
+        connect/read; None parts mean the policy's. A ``Timeout``'s ``total``
+        caps both.
+        """
         if value is None:
             return route.timeouts
         connect, read = route.timeouts
         if isinstance(value, Urllib3Timeout):
-            c: object = value.connect_timeout
-            r: object = value.read_timeout
-            c = None if not isinstance(c, (int, float)) else c
-            r = None if not isinstance(r, (int, float)) else r
+            # Its fields as given: connect_timeout/read_timeout combine them
+            # with a timer only urllib3 starts, and raise TimeoutStateError
+            # before then. Its DEFAULT sentinel (not a number) is the policy's.
+            c: object = value._connect
+            r: object = value._read
+            c = None if c is Urllib3Timeout.DEFAULT_TIMEOUT else c
+            r = None if r is Urllib3Timeout.DEFAULT_TIMEOUT else r
+            total: object = value.total
+            if total is not None and total is not Urllib3Timeout.DEFAULT_TIMEOUT:
+                cap = _finite("total", total, 0.0)
+                return (min(_finite("connect", c, connect), cap), min(_finite("read", r, read), cap))
         elif isinstance(value, tuple):
             if len(value) != 2:
                 raise ValueError(f"timeout must be a number or a (connect, read) tuple, got {value!r}")
@@ -896,7 +1023,12 @@ class ResilientSession(requests.Session):
         raw.release_conn = release_conn  # type: ignore[method-assign]
         # A response dropped unread and unclosed (`if r.status_code != 200:
         # return`) calls neither: its slot comes back when it is collected.
-        weakref.finalize(resp, release)
+        # Watched through `raw`, which a caller may keep (`.raw` streaming)
+        # after dropping the response.
+        try:
+            weakref.finalize(raw, release)
+        except TypeError:  # a raw object that takes no weak reference
+            weakref.finalize(resp, release)
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
@@ -935,7 +1067,7 @@ class ResilientSession(requests.Session):
     def _describe(self, call: Call, failure: BaseException | requests.Response) -> str:
         if isinstance(failure, requests.Response):
             return f"status {failure.status_code}"
-        redact_exception(failure, self._secret_values(call))
+        redact_exception(failure, self._secret_values(call), self.config.secrets)
         return f"{type(failure).__name__}: {failure}"
 
     def __repr__(self) -> str:
@@ -982,12 +1114,25 @@ class _ReplayFirst:
 def _finite(name: str, value: object, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # What urllib3 (so requests) accepts: anything float() takes but a bool
+    # or a string (Decimal, Fraction and numpy numbers included).
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        seconds = float(cast(Any, value))
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf
+    except (TypeError, ValueError):
         # urllib3's own wording, which callers may match on.
-        raise ValueError(f"Timeout value {name} was {value!r}, but it must be an int, float or None.")
-    if math.isnan(value) or math.isinf(value) or value <= 0:
+        raise ValueError(
+            f"Timeout value {name} was {value!r}, but it must be an int, float or None."
+        ) from None
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
         raise ValueError(f"{name} timeout must be a finite number > 0, got {value!r}")
-    return float(value)
+    if seconds > MAX_DURATION:
+        # The config's bound: the socket layer overflows on such values.
+        raise ValueError(f"{name} timeout must be at most {MAX_DURATION:g} s (a day), got {value!r}")
+    return seconds
 
 
 def _discard(resp: requests.Response) -> None:
@@ -1003,50 +1148,85 @@ def _discard(resp: requests.Response) -> None:
         resp.close()
 
 
+class _PreAuth:
+    """
+    Wraps a stateful auth for `prepare_request`: applies it, and keeps the
+    request as it was before (`before`) and the hooks the auth registered
+    (`hooks`), so that a retry can apply it afresh to the same starting point.
+    """
+
+    __slots__ = ("auth", "before", "hooks")
+
+    def __init__(self, auth: Callable[[requests.PreparedRequest], requests.PreparedRequest]) -> None:
+        self.auth = auth
+        self.before: requests.PreparedRequest | None = None
+        self.hooks: dict[str, list[Any]] = {}
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.before = r.copy()
+        self.before.hooks = default_hooks()  # requests registers hooks after the auth
+        out = self.auth(r)
+        # Only the auth's own hooks are registered yet.
+        self.hooks = {event: list(hooks) for event, hooks in out.hooks.items()}
+        return out
+
+
 def _reauthenticated(request: requests.PreparedRequest) -> requests.PreparedRequest:
     """
-    A copy of *request* with its stateful auth applied afresh, as requests
-    prepares a new call: auth first (its hooks first), then the call's hooks.
+    The request as requests would prepare it anew: its state before the
+    stateful auth, the auth applied afresh (its hooks first), then the hooks
+    the request carries now that are not the auth's (those added after
+    preparing included).
     """
-    auth, hooks = getattr(request, _REAUTH)
-    fresh = request.copy()
+    keeper: _PreAuth = getattr(request, _REAUTH)
+    if keeper.before is None:
+        return request
+    fresh = keeper.before.copy()
     fresh.hooks = default_hooks()
-    fresh.prepare_auth(auth)
-    fresh.prepare_hooks(hooks)
+    fresh.prepare_auth(keeper.auth)
+    for event, hooks in request.hooks.items():
+        auth_hooks = keeper.hooks.get(event, ())
+        fresh.hooks.setdefault(event, []).extend(h for h in hooks if h not in auth_hooks)
     return fresh
 
 
 class _HookGuard:
     """
-    The attempt's response hooks, run in order as requests runs them, that
-    record the status they were looking at in the breaker before letting a
-    hook's exception through.
+    The attempt's response hooks, run in order as requests runs them. When a
+    hook raises, it records the status it was looking at in the breaker
+    first, and remembers the exception so the session can tell it from a
+    transport failure.
     """
 
-    __slots__ = ("breaker", "clock", "failure_status", "hooks", "is_trial", "recorded", "started")
+    __slots__ = ("breaker", "clock", "failure_status", "hooks", "is_trial", "raised", "started")
 
     def __init__(
-        self, hooks: list[Callable[..., Any]], breaker: CircuitBreaker, is_trial: bool,
+        self, hooks: list[Callable[..., Any]], breaker: CircuitBreaker | None, is_trial: bool,
         failure_status: frozenset[int], clock: Clock,
     ) -> None:
-        self.hooks = list(hooks)
+        # A request sent again (``session.send(resp.request)``) carries the
+        # guard of its first send: unwrap it, so it is not counted twice.
+        self.hooks: list[Callable[..., Any]] = []
+        for hook in hooks:
+            self.hooks.extend(hook.hooks if isinstance(hook, _HookGuard) else (hook,))
         self.breaker = breaker
         self.is_trial = is_trial
         self.failure_status = failure_status
         self.clock = clock
         self.started = 0.0
-        self.recorded = False
+        self.raised: BaseException | None = None
 
     def __call__(self, resp: requests.Response, **kwargs: Any) -> requests.Response:
         for hook in self.hooks:
             try:
                 out = hook(resp, **kwargs)
-            except BaseException:
-                if not self.recorded:
-                    self.recorded = True
-                    self.breaker.record(success=not of_status(resp.status_code, self.failure_status).failure,
-                                        is_trial=self.is_trial,
-                                        duration=self.clock.monotonic() - self.started)
+            except BaseException as exc:
+                if self.raised is None:
+                    self.raised = exc
+                    if self.breaker is not None:
+                        failed = of_status(resp.status_code, self.failure_status).failure
+                        self.breaker.record(success=not failed, is_trial=self.is_trial,
+                                            duration=self.clock.monotonic() - self.started)
                 raise
             if out is not None:
                 resp = out

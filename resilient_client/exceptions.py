@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from ._errors import ConfigError
+
 __all__ = [
     "BulkheadFull",
     "CircuitOpenError",
@@ -96,21 +98,3 @@ class BulkheadFull(ResilienceError):
             f"({max_concurrent} calls in flight)",
             **kwargs,
         )
-
-
-class ConfigError(ValueError):
-    """
-    Invalid configuration. The message names the key path and the bad value,
-    e.g. ``endpoints[1].retry.attempts: must be an integer >= 1, got 0``.
-
-    Attributes:
-        path: the key path (``""`` for the document itself).
-        problem: what is wrong, without the path.
-
-    .. versionadded:: 0.1.0
-    """
-
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(f"{path}: {problem}" if path else problem)

@@ -48,7 +48,7 @@ from . import _deadline
 from ._breaker import CircuitBreaker
 from ._events import AttemptFinished, BreakerStateChanged, CallFinished, Event
 from ._redact import redact_url
-from ._routing import normalise_url
+from ._routing import glob_variants, normalise_url
 from ._session import _NEW_SESSION_HOOKS, ResilientSession
 
 if TYPE_CHECKING:
@@ -518,8 +518,14 @@ class _Target:
                     f"url() takes an absolute URL (or use endpoint() for a name), got {target!r}"
                 )
             if "*" in target:
+                # Normalised as URLs are (a spelled-out default port matches
+                # URLs without it), with "?" literal: URLs carry queries.
                 self._regex = re.compile(
-                    ".*".join(re.escape(p) for p in target.split("*")), re.DOTALL
+                    "|".join(
+                        ".*".join(re.escape(p) for p in variant.split("*"))
+                        for variant in glob_variants(target, encode=False)
+                    ),
+                    re.DOTALL,
                 )
             else:
                 self._norm = normalise_url(target)[0]

@@ -17,7 +17,7 @@ import requests
 from peers import Peer, answer, free_port, wsgi
 
 import resilient_client as rc
-from resilient_client._cli import main
+from resilient_client.tools._cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -306,9 +306,9 @@ def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
 
 class TestDemo:
     def test_a_missing_demo_is_a_clear_message_and_exit_2(self):
-        """Without resilient_client/_demo.py, `demo` says so and exits 2."""
-        code = ("import sys; sys.modules['resilient_client._demo'] = None\n"
-                "from resilient_client._cli import main; raise SystemExit(main(['demo']))")
+        """Without resilient_client/tools/_demo.py, `demo` says so and exits 2."""
+        code = ("import sys; sys.modules['resilient_client.tools._demo'] = None\n"
+                "from resilient_client.tools._cli import main; raise SystemExit(main(['demo']))")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                              env=env, cwd=ROOT)
@@ -316,10 +316,33 @@ class TestDemo:
         assert "the demo is not part of this installation" in out.stderr and "Traceback" not in out.stderr
 
     def test_the_demo_gets_every_argument_after_its_name(self, monkeypatch):
-        """Options after `demo` are the demo's own, passed to _demo.main untouched."""
+        """Options after `demo` are the demo's own, passed to _demo_command.main untouched."""
         seen: list[list[str]] = []
-        fake = types.ModuleType("resilient_client._demo")
+        fake = types.ModuleType("resilient_client.tools._demo_command")
         fake.main = lambda argv: seen.append(argv) or 7  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "resilient_client._demo", fake)
+        monkeypatch.setitem(sys.modules, "resilient_client.tools._demo_command", fake)
         assert main(["demo", "--plot", "out.png", "-v"]) == 7
         assert seen == [["--plot", "out.png", "-v"]]
+
+
+class TestEntryPoints:
+    def test_the_console_script_in_setup_py_is_the_command(self):
+        """setup.py's `resilient-client` entry point names the command's main (read from setup.py:
+        an editable install's metadata may predate a move)."""
+        import ast
+        import importlib
+
+        tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+        scripts = [
+            node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and node.value.startswith("resilient-client=")
+        ]
+        assert len(scripts) == 1
+        module, _, attr = scripts[0].removeprefix("resilient-client=").partition(":")
+        assert getattr(importlib.import_module(module), attr) is main
+
+    def test_python_dash_m_runs_the_command(self):
+        """`python -m resilient_client --version` is the same command."""
+        out = run("--version")
+        assert out.returncode == 0 and out.stdout.strip() == f"resilient-client {rc.__version__}"

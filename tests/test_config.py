@@ -352,6 +352,27 @@ BAD_INPUTS = [
         "defaults.fallback.status", "unknown key; expected one of stale"),
     bad("unknown-in-secrets", {"secrets": {"cookies": ["sid"]}}, "secrets.cookies",
         "unknown key; expected one of headers, query"),
+    # Durations: finite is not enough, sockets overflow on huge timeouts (a day at most).
+    bad("connect-over-a-day", defaults(timeout={"connect": 1e10}), "defaults.timeout.connect",
+        "must be a number of seconds <= 86400 (a day), got 1e+10"),
+    bad("read-over-a-day", endpoints(ep(timeout={"read": 86400.5})), "endpoints[0].timeout.read",
+        "must be a number of seconds <= 86400 (a day), got 86400.5"),
+    bad("total-over-a-day", defaults(timeout={"total": 1e300}), "defaults.timeout.total",
+        "got 1e+300"),
+    bad("backoff-initial-over-a-day", defaults(retry={"backoff": {"initial": 1e6, "max": 1e6}}),
+        "defaults.retry.backoff.initial", "must be a number of seconds <= 86400"),
+    bad("backoff-max-over-a-day", defaults(retry={"backoff": {"max": 123456789}}),
+        "defaults.retry.backoff.max", "got 123456789"),
+    bad("max-retry-after-over-a-day", defaults(retry={"max_retry_after": 1e9}),
+        "defaults.retry.max_retry_after", "must be a number of seconds <= 86400"),
+    bad("reset-timeout-over-a-day", defaults(breaker={"reset_timeout": 1e12}),
+        "defaults.breaker.reset_timeout", "must be a number of seconds <= 86400"),
+    bad("breaker-window-over-a-day", defaults(breaker={"window": 1e12}),
+        "defaults.breaker.window", "must be a number of seconds <= 86400"),
+    bad("slow-call-over-a-day", defaults(breaker={"slow_call_duration": 1e12}),
+        "defaults.breaker.slow_call_duration", "must be a number of seconds <= 86400"),
+    bad("budget-window-over-a-day", defaults(budget={"window": 1e12}),
+        "defaults.budget.window", "must be a number of seconds <= 86400"),
     # Endpoint matching: globs, schemes, methods, a required match.
     bad("bracket-glob", endpoints(ep(match="https://[ab].internal/")), "endpoints[0].match",
         "bad glob: only * and ? are supported"),
@@ -520,6 +541,13 @@ class TestBadInputs:
         """
         err = load_error(defaults(retry={"on": [["connect_error"]]}))
         assert err.path == "defaults.retry.on[0]"
+
+    def test_a_duration_of_exactly_a_day_is_accepted(self) -> None:
+        """
+        The upper bound on durations is inclusive: a day (86400 s) loads.
+        """
+        cfg = load_config(defaults(timeout={"connect": 86400, "read": 86400, "total": 86400}))
+        assert cfg.defaults.timeout.connect == cfg.defaults.timeout.total == 86400.0
 
     def test_huge_integer_is_a_config_error(self) -> None:
         """
@@ -1279,6 +1307,7 @@ class TestPolicies:
             (lambda: Timeouts(connect=0), "connect"),
             (lambda: Timeouts(read=math.inf), "read"),
             (lambda: dataclasses.replace(Timeouts(), total=-1), "total"),
+            (lambda: Timeouts(read=1e10), "read"),
             (lambda: RetryPolicy(attempts=0), "attempts"),
             (lambda: RetryPolicy(backoff={"initial": 1}), "backoff"),  # type: ignore[arg-type]
             (lambda: BackoffPolicy(jitter="random"), "jitter"),  # type: ignore[arg-type]
@@ -1290,7 +1319,7 @@ class TestPolicies:
             (lambda: Secrets(headers=["bad header"]), "headers[0]"),  # type: ignore[arg-type]
         ],
         ids=[
-            "timeouts-zero", "timeouts-inf", "replace-timeouts", "retry-attempts",
+            "timeouts-zero", "timeouts-inf", "replace-timeouts", "timeouts-huge", "retry-attempts",
             "retry-backoff-dict", "backoff-jitter", "breaker-storage", "bulkhead", "static-body",
             "callable", "endpoint", "secrets",
         ],

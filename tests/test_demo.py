@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient_client import _demo
+from resilient_client.tools import _demo, _demo_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ class TestQuickDemo:
         """The quick demo's table shows resilient_client serving fallbacks, few calls to the hung peer."""
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(
-            [sys.executable, "-m", "resilient_client._demo", "--quick"],
+            [sys.executable, "-m", "resilient_client", "demo", "--quick"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90, check=False,
         )
         assert proc.returncode == 0, proc.stderr
@@ -92,5 +92,5 @@ class TestQuickDemo:
         """Asking for a plot without matplotlib fails at once with a hint, before any run."""
         monkeypatch.setitem(sys.modules, "matplotlib", None)
         with pytest.raises(SystemExit) as exc:
-            _demo.main(["--quick", "--plot", str(tmp_path / "x.png")])
+            _demo_command.main(["--quick", "--plot", str(tmp_path / "x.png")])
         assert exc.value.code == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient_client import _demo, _demo_fleet
+from resilient_client.tools import _demo_command, _demo_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,14 +32,14 @@ class TestFleetTools:
         """Without gunicorn/haproxy/redis-server the fleet demo says what to install and exits 2."""
         monkeypatch.setattr(_demo_fleet, "missing_tools",
                             lambda: ["haproxy (Debian/Ubuntu: apt-get install haproxy)"])
-        assert _demo.main(["--fleet", "--quick"]) == 2
+        assert _demo_command.main(["--fleet", "--quick"]) == 2
         err = capsys.readouterr().err
         assert "apt-get install haproxy" in err
 
     def test_plot_is_refused_with_fleet(self):
         """--plot with --fleet is a usage error, before anything starts."""
         with pytest.raises(SystemExit) as exc:
-            _demo.main(["--fleet", "--plot", "x.png"])
+            _demo_command.main(["--fleet", "--plot", "x.png"])
         assert exc.value.code == 2
 
 
@@ -75,4 +75,4 @@ class TestQuickFleet:
         assert float(rc["throughput (answers/s)"]) > 1.5 * float(plain["throughput (answers/s)"])
         # Every process the demo started is gone.
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False)
-        assert "resilient_client._demo_fleet_app" not in ps.stdout
+        assert "resilient_client.tools._demo_fleet_app" not in ps.stdout

@@ -473,7 +473,7 @@ class TestPickling:
         session.mount("http://svc.test/", RecordingHTTPAdapter())
         clone = pickle.loads(pickle.dumps(session))
         assert isinstance(clone, ResilientSession)
-        assert clone.config == session.config and clone.clock is resilient_client.SYSTEM_CLOCK
+        assert clone.config == session.config and clone.clock is resilient_client._clock.SYSTEM_CLOCK
         assert isinstance(clone.get_adapter("http://svc.test/"), RecordingHTTPAdapter)
         assert keep_listener in clone._bus.listeners
         got = seen(clone.get(peer.url("/echo")))

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 from test_config import documents, shaped_documents
 
-from resilient_client import ConfigError, ResilientSession, parse_retry_after
+from resilient_client import ConfigError, ResilientSession
 from resilient_client._config import Config, load_config
 from resilient_client._deadline import Deadline
 from resilient_client._outcome import failure_kind, is_peer_failure
@@ -47,7 +47,7 @@ from resilient_client._policy import (
     StaticFallback,
     Timeouts,
 )
-from resilient_client._retry import Call, build_retrying
+from resilient_client._retry import Call, build_retrying, parse_retry_after
 from resilient_client.testing import FakeClock
 
 FUZZ = settings(

@@ -1,19 +1,22 @@
 """
-Tests for the HAProxy checker (`_haproxy`): reading the parts of haproxy.cfg
+Tests for the HAProxy checker (`tools/_haproxy.py`): reading the parts of haproxy.cfg
 it needs, and reporting client and proxy settings that contradict each
 other, with small haproxy.cfg strings.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
-from resilient_client import Config, Finding, check_haproxy
+from resilient_client import Config
 from resilient_client._config import load_config
-from resilient_client._haproxy import max_backoff, parse_haproxy, parse_time
 from resilient_client._policy import BackoffPolicy, Jitter
+from resilient_client._retry import Backoff
+from resilient_client.tools import Finding, check_haproxy
+from resilient_client.tools._haproxy import max_backoff, parse_haproxy, parse_time
 
 
 def cfg(**endpoint: Any) -> Config:
@@ -216,6 +219,24 @@ class TestAttemptsExceedTotal:
         assert max_backoff(full, 3) == 1 + 2 + 3
         assert max_backoff(decorrelated, 3) == 3 + 5 + 5
         assert max_backoff(BackoffPolicy(), 0) == 0
+
+    @pytest.mark.parametrize("jitter", list(Jitter))
+    def test_backoff_worst_case_bounds_what_the_retry_layer_sleeps(self, jitter: Jitter) -> None:
+        """
+        No run of the retry layer's own Backoff sleeps longer than max_backoff, and the bound is reached.
+        """
+        policy = BackoffPolicy(initial=0.1, multiplier=3, max=2.0, jitter=jitter)
+        bound = max_backoff(policy, 4)
+        longest = 0.0
+        for seed in range(300):
+            backoff = Backoff(policy, rng=random.Random(seed))
+            total, prev = 0.0, 0.0
+            for n in range(1, 5):
+                prev = backoff.sleep_for(n, prev)
+                total += prev
+            assert total <= bound + 1e-9
+            longest = max(longest, total)
+        assert longest >= bound * (0.8 if jitter is not Jitter.NONE else 1.0)
 
 
 # -- client x HAProxy ------------------------------------------------------------------

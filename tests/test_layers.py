@@ -5,6 +5,9 @@ real peer on 127.0.0.1.
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -68,12 +71,92 @@ def _config(base: str, **sections: Any) -> dict[str, Any]:
     return {"endpoints": [{"name": "peer", "match": base + "/", "retry": None, **sections}]}
 
 
+#: The service author's surface, pinned: a name joins or leaves it on purpose.
+PUBLIC_NAMES = {
+    "__version__",
+    # the session and its errors
+    "ResilientSession",
+    "ResilienceError", "CircuitOpenError", "DeadlineExceeded", "BulkheadFull", "ConfigError",
+    # configuration and the policies a user constructs
+    "Config", "Endpoint", "Secrets", "Policy", "Timeouts", "RetryPolicy", "BackoffPolicy", "Jitter",
+    "BudgetPolicy", "BreakerPolicy", "BreakerMode", "BulkheadPolicy", "StaticFallback",
+    "StaleFallback", "CallableFallback", "PropagationPolicy",
+    # what session.circuit(), .resolve() and a clock= argument give or take
+    "CircuitBreaker", "BreakerState", "BreakerStats", "Resolution", "Clock",
+    # deadlines across services
+    "Deadline", "deadline", "current_deadline", "DeadlineMiddleware", "ASGIDeadlineMiddleware",
+    # events and listeners
+    "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
+    "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
+    "BulkheadRejected", "DeadlinePassed", "CallFinished", "prometheus_listener", "otel_listener",
+    # health
+    "Health", "EndpointHealth", "health_app",
+}
+
+#: Taken out of __all__ in 0.1.0; they still import from the root, with a
+#: DeprecationWarning naming their new home, for one release.
+MOVED = {
+    "check_haproxy": "resilient_client.tools",
+    "Finding": "resilient_client.tools",
+    "Bulkhead": "resilient_client._bulkhead",
+    "SYSTEM_CLOCK": "resilient_client._clock",
+    "log_event": "resilient_client._events",
+    "parse_retry_after": "resilient_client._retry",
+}
+
+
 class TestPublicSurface:
+    def test_all_is_the_pinned_surface(self) -> None:
+        """__all__ is exactly the service author's surface, with no duplicates."""
+        assert sorted(resilient_client.__all__) == sorted(PUBLIC_NAMES)
+        assert len(resilient_client.__all__) == len(set(resilient_client.__all__))
+        # Every public name is either loaded eagerly or known to the lazy loader, never both.
+        eager = {"__version__", "ResilienceError", "CircuitOpenError", "DeadlineExceeded",
+                 "BulkheadFull", "ConfigError"}
+        lazy = set(resilient_client._LAZY)
+        assert lazy | eager == PUBLIC_NAMES and not lazy & eager
+        assert not set(resilient_client._MOVED) & PUBLIC_NAMES
+
     def test_all_lists_exactly_the_public_names(self) -> None:
-        """Everything public in the package is in __all__, and nothing else."""
+        """Once every name is loaded, everything public in the package is in __all__, and nothing else."""
+        for name in resilient_client.__all__:
+            getattr(resilient_client, name)
         public = {n for n in vars(resilient_client) if not n.startswith(("_", "@"))}
-        public -= {"annotations", "exceptions", "testing"}  # modules and the __future__ import
+        public -= {"annotations", "exceptions", "testing", "tools"}  # modules and the __future__ import
         assert public == set(resilient_client.__all__) - {"__version__"}
+        assert set(resilient_client.__all__) <= set(dir(resilient_client))
+
+    def test_import_loads_only_the_exceptions(self) -> None:
+        """`import resilient_client` loads no session, policy, tool or HTTP-free core module until used."""
+        code = (
+            "import sys, resilient_client\n"
+            "print(sorted(m for m in sys.modules if m.startswith('resilient_client')))\n"
+            "resilient_client.ResilientSession\n"
+            "print(sorted(m for m in sys.modules if m.startswith('resilient_client.tools')))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             timeout=60).stdout.splitlines()
+        # _errors holds ConfigError, which exceptions re-exports (the core raises it).
+        assert out[0] == str(["resilient_client", "resilient_client._errors", "resilient_client._version",
+                              "resilient_client.exceptions"])
+        assert out[1] == "[]"  # building a session never loads the tools
+
+    @pytest.mark.parametrize("name", sorted(MOVED))
+    def test_moved_names_still_import_with_a_warning(self, name: str) -> None:
+        """A name taken out of __all__ still resolves, to the same object, and the warning names its home."""
+        home = importlib.import_module(MOVED[name])
+        with pytest.warns(DeprecationWarning, match=MOVED[name].replace(".", r"\.")) as caught:
+            value = getattr(resilient_client, name)
+        assert value is getattr(home, name)
+        assert caught[0].filename == __file__  # points at the caller's line, not at the package
+        assert name not in resilient_client.__all__
+
+    def test_unknown_names_are_still_attribute_errors(self) -> None:
+        """A typo is an AttributeError (and an ImportError from `from ... import`), as without laziness."""
+        with pytest.raises(AttributeError, match="no attribute 'ResilientSesion'"):
+            resilient_client.ResilientSesion  # noqa: B018
+        with pytest.raises(ImportError):
+            exec("from resilient_client import ResilientSesion", {})
 
     def test_exceptions_fit_the_requests_hierarchy(self) -> None:
         """Each library error is caught by the requests except-blocks users already have."""
@@ -235,6 +318,41 @@ class TestFallback:
         with pytest.raises(RuntimeError, match="fallback broke") as info:
             ResilientSession(cfg).get("http://127.0.0.1:1/")
         assert isinstance(info.value.__cause__, requests.ConnectionError)
+
+    @pytest.mark.parametrize("returned", [None, {"items": []}, "cached"], ids=["None", "dict", "str"])
+    def test_fallback_returning_a_non_response_is_a_type_error_naming_it(self, returned: object) -> None:
+        """
+        A callable fallback that returns no Response raises a TypeError naming the fallback, what it
+        returned and what is expected, caused by the original failure.
+        """
+
+        def not_a_response(request: requests.PreparedRequest, failure: object) -> Any:
+            return returned
+
+        policy = Policy(name="dead", retry=None, fallback=CallableFallback(not_a_response))
+        endpoint = resilient_client.Endpoint(match="http://127.0.0.1:1/", policy=policy)
+        with pytest.raises(TypeError) as info:
+            ResilientSession(resilient_client.Config(endpoints=(endpoint,))).get("http://127.0.0.1:1/")
+        message = str(info.value)
+        assert "not_a_response" in message and "'dead'" in message
+        assert type(returned).__name__ in message and "expected a requests.Response" in message
+        assert isinstance(info.value.__cause__, requests.ConnectionError)
+
+    def test_fallback_returning_a_non_response_for_a_failure_status_closes_that_response(
+        self, peer: str
+    ) -> None:
+        """For a failing response (no exception to chain), the TypeError still names the fallback."""
+        failures: list[requests.Response] = []
+
+        def not_a_response(request: requests.PreparedRequest, failure: Any) -> Any:
+            failures.append(failure)
+            return None
+
+        base = Policy(name="peer", retry=None, fallback=CallableFallback(not_a_response))
+        cfg = resilient_client.Config(endpoints=(resilient_client.Endpoint(match=peer + "/", policy=base),))
+        with pytest.raises(TypeError, match=r"\(.*not_a_response\) returned NoneType"):
+            ResilientSession(cfg).get(peer + "/fail")
+        assert failures[0].status_code == 503 and failures[0].raw.closed
 
     def test_open_breaker_serves_fallback_without_touching_the_network(
         self, peer: str, server: Server

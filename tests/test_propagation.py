@@ -805,6 +805,6 @@ class TestPublicNames:
         The propagation API is importable from the package root and listed in __all__.
         """
         for name in ("ASGIDeadlineMiddleware", "DeadlineMiddleware", "PropagationPolicy",
-                     "current_deadline", "deadline", "check_haproxy", "Finding"):
+                     "current_deadline", "deadline"):
             assert name in resilient_client.__all__
             assert hasattr(resilient_client, name)

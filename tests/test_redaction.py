@@ -22,7 +22,13 @@ import requests
 from peers import Peer, answer, free_port, hang
 
 import resilient_client as rc
-from resilient_client._redact import REDACTED, redact_exception, redact_url, secret_values
+from resilient_client._redact import (
+    REDACTED,
+    call_secret_values,
+    redact_exception,
+    redact_url,
+    secret_values,
+)
 
 AUTH = "tok-AUTH-1234abcd"
 PROXY = "cHJveHktUFJPWFktOTk5"
@@ -243,7 +249,135 @@ class TestNoSecretAnywhere:
         assert_clean(capture.blob(caplog, s, s.health().as_dict()))
 
 
+class TestSecretsFirstSeenOnARedirectHop:
+    @pytest.mark.parametrize(
+        "location",
+        [
+            "http://127.0.0.1:{port}/cb?page=2&token={tok}&x=1",  # ConnectionError: "...with url: /cb?..."
+            "ftp://files.example/cb?TOKEN={tok}",  # InvalidSchema quotes the URL
+            "ftp://user:{pw}@files.example/cb",  # a password, in the same message
+        ],
+        ids=["refused-hop", "unsupported-scheme-hop", "password-in-hop"],
+    )
+    def test_a_secret_first_seen_in_a_location_header_is_redacted(
+        self, capture: Capture, caplog: pytest.LogCaptureFixture, location: str
+    ) -> None:
+        """A secret that only a redirect hop's URL carries is redacted from the error, by name or shape."""
+        location = location.format(port=free_port(), tok=QTOK, pw=PASSWORD)
+        with Peer().on("*", answer(302, b"nope", {"Location": location})) as peer:
+            s = session_for(capture, retry=None)
+            capture.call(lambda: s.get(peer.url("/login")))
+        [err] = capture.errors
+        assert isinstance(err, requests.RequestException) and REDACTED in str(err)
+        assert_clean(capture.blob(caplog, s))
+
+
+def _bad_header_calls() -> list[Any]:
+    """Every entry point a bad header can come in through, before requests has prepared it."""
+    url = "http://127.0.0.1:9/x"
+    return [
+        pytest.param(lambda s, h: s.get(url, headers=h), id="get"),
+        pytest.param(lambda s, h: s.post(url, json={}, headers=h), id="post"),
+        pytest.param(lambda s, h: s.request("PATCH", url, headers=h), id="request"),
+        pytest.param(lambda s, h: s.request("GET", url, None, None, h), id="positional-headers"),
+        pytest.param(lambda s, h: (s.headers.update(h), s.get(url)), id="session-headers"),
+    ]
+
+
+class TestErrorsRaisedBeforeSend:
+    @pytest.mark.parametrize("call", _bad_header_calls())
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"Authorization": f"Bearer {AUTH}\n"},
+            {"X-Api-Key": f" {API_KEY}"},
+            {"Proxy-Authorization": f"Basic {PROXY}\r\n".encode()},
+            {"Cookie": f"sid={COOKIE}\n"},
+        ],
+        ids=["authorization-newline", "custom-leading-space", "bytes-crlf", "cookie-newline"],
+    )
+    def test_a_bad_secret_header_value_is_redacted_from_invalid_header(
+        self, capture: Capture, caplog: pytest.LogCaptureFixture, call: Any, headers: dict[str, Any]
+    ) -> None:
+        """requests' InvalidHeader, raised while preparing (before send), quotes no secret, even escaped."""
+        s = session_for(capture)
+        capture.call(lambda: call(s, headers))
+        [err] = capture.errors
+        assert isinstance(err, requests.exceptions.InvalidHeader) and REDACTED in str(err)
+        assert_clean(capture.blob(caplog, s))
+
+    @pytest.mark.parametrize(
+        ("url", "exc"),
+        [
+            (f"127.0.0.1/x?token={QTOK}", requests.exceptions.MissingSchema),
+            (f"http:///x?a=1&token={QTOK}", requests.exceptions.InvalidURL),
+        ],
+        ids=["missing-schema", "no-host"],
+    )
+    def test_a_url_requests_cannot_prepare_is_redacted(
+        self, capture: Capture, caplog: pytest.LogCaptureFixture, url: str, exc: type
+    ) -> None:
+        """requests' own error for a URL it cannot prepare (it quotes the URL) carries no secret."""
+        s = session_for(capture)
+        capture.call(lambda: s.get(url))
+        [err] = capture.errors
+        assert isinstance(err, exc) and f"token={REDACTED}" in str(err)
+        assert_clean(capture.blob(caplog, s))
+
+
 class TestRedactionUnits:
+    def test_redact_exception_scrubs_secret_query_values_by_name_in_any_url(self):
+        """Values of secret query names go, in any URL of any message, wherever the URL came from."""
+        secrets = rc.Secrets(query=["token"])
+        err = requests.ConnectionError(
+            f"url: /cb?token={QTOK}&page=2 (Caused by x) and 'ftp://h/p?a=1&Token={QTOK}#f' "
+            f"and https://u:{PASSWORD}@h.test/ and a bare {QTOK}"
+        )
+        redact_exception(err, set(), secrets)
+        assert str(err) == (
+            f"url: /cb?token={REDACTED}&page=2 (Caused by x) and 'ftp://h/p?a=1&Token={REDACTED}#f' "
+            f"and https://u:{REDACTED}@h.test/ and a bare {REDACTED}"
+        )
+
+    def test_redact_exception_scrubs_the_secrets_of_requests_attached_to_errors(self):
+        """The secrets of the request an error carries (a redirect hop's, say) go too."""
+        hop = requests.Request("GET", "http://h.test/", headers={"X-Api-Key": API_KEY}).prepare()
+        err = requests.ConnectionError(f"rejected key {API_KEY}", request=hop)
+        redact_exception(err, set(), rc.Secrets(headers=["X-Api-Key"]))
+        assert str(err) == f"rejected key {REDACTED}"
+
+    def test_call_secret_values_reads_every_argument_that_can_carry_a_secret(self):
+        """URL, params, headers (positional too), cookies, auth, proxies and the session's own defaults."""
+        secrets = rc.Secrets(headers=["X-Api-Key"], query=["token"])
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {AUTH}"
+        s.cookies.set("sid", COOKIE)
+        s.params = {"token": "session-param-token"}
+        values = call_secret_values(
+            secrets, s, f"http://u:{PASSWORD}@h.test/?token=url-token",
+            ({"token": ["list-token"]}, None, {b"X-Api-Key": API_KEY.encode()}),
+            {"cookies": {"theme": "call-cookie"}, "auth": ("user", "auth-password"),
+             "proxies": {"http": "http://p:proxy-password@proxy.test:3128"}},
+        )
+        expected = {AUTH, COOKIE, "session-param-token", PASSWORD, "url-token", "list-token", API_KEY,
+                    "call-cookie", "auth-password", "proxy-password"}
+        assert expected <= values
+        assert call_secret_values(secrets, s, "http://h.test/", ("token=str-token",), {}) >= {
+            "str-token"}
+
+    def test_set_cookie_values_are_secret_but_not_their_attributes(self):
+        """Each cookie of a Set-Cookie is a secret; its Path, Domain or Max-Age are not (too common)."""
+        header = (f"sess={SET_COOKIE}; Path=/api; Domain=api.internal, other={COOKIE}; "
+                  "Expires=Wed, 21 Oct 2015 07:28:00 GMT; Max-Age=3600")
+        values = secret_values("", {"Set-Cookie": header}, rc.Secrets())
+        assert {SET_COOKIE, COOKIE} <= values
+        assert not {"/api", "api.internal", "3600"} & values
+
+    def test_secret_values_include_forms_a_message_may_show(self):
+        """A header value is also found stripped and repr-escaped, and bytes values are read."""
+        values = secret_values("", {b"Authorization": b"Bearer ab\x00cd\n"}, rc.Secrets())
+        assert {"ab\x00cd", "ab\\x00cd\\n", "Bearer ab\\x00cd\\n"} <= values
+
     def test_redact_url_hides_password_and_secret_query_values(self):
         """Only the password and named query values are replaced; the rest of the URL stays."""
         secrets = rc.Secrets(query=["token", "API_KEY"])

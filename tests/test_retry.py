@@ -41,9 +41,8 @@ from resilient_client import (
     Jitter,
     RetryPolicy,
     RetryScheduled,
-    parse_retry_after,
 )
-from resilient_client._retry import Backoff
+from resilient_client._retry import Backoff, parse_retry_after
 
 URL = PEER + "/items/1"
 NOW = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT

@@ -158,7 +158,7 @@ class TestOneVerdict:
         resilient_client.RetryPolicy(on_status=frozenset({500}), on=frozenset({"connect_error"})),
     ], ids=["default policy", "narrow policy"])
     def test_tenacity_strategy_gives_the_shortcuts_verdict(self, outcome, predicate, retry):
-        """RetrySafely (tenacity's strategy) answers exactly what `decide`, the shortcut's verdict, does."""
+        """RetrySafely (tenacity's strategy) answers exactly what `decide` (the shortcut's verdict) says."""
         import tenacity
 
         from resilient_client._retry import Call, RetrySafely, decide

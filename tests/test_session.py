@@ -302,3 +302,239 @@ class TestDeadlineIsNotThePeersFailure:
         with pytest.raises(requests.ReadTimeout):
             session.get(peer.url("/x"))
         assert session.circuit(peer.url("/x")).state == "open"
+
+
+class _Signing(requests.auth.AuthBase):
+    """An auth that signs the query and counts how often it was applied."""
+
+    def __init__(self) -> None:
+        self.applied = 0
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.applied += 1
+        r.prepare_url(r.url, {"sig": f"s{self.applied}"})
+        return r
+
+
+class TestHookErrorsAreTheCallersOwn:
+    def test_a_hook_whose_own_call_fails_does_not_resend_the_write(self, peer: Peer) -> None:
+        """A hook raising ConnectionError (its sidecar is down) is not a transport failure of the POST."""
+        peer.on("/orders", answer(201, b"created"))
+        session = make_session()
+        dead = f"http://127.0.0.1:{free_port()}/audit"
+
+        def audit(r: requests.Response, **kwargs: Any) -> None:
+            if r.request.method == "POST":
+                requests.get(dead, timeout=1)
+
+        session.hooks["response"].append(audit)
+        with pytest.raises(requests.ConnectionError):
+            session.post(peer.url("/orders"), json={"item": 1})
+        assert peer.hits("/orders") == 1
+
+    def test_a_hook_error_is_not_hidden_by_the_fallback(self, peer: Peer) -> None:
+        """A fallback answers the peer's failures, not an exception the caller's hook raised."""
+        peer.on("/x", answer(200, b"real"))
+        session = make_session(fallback={"status": 200, "text": "cached"})
+
+        def broken(r: requests.Response, **kwargs: Any) -> None:
+            raise requests.ConnectionError("the hook's own failure")
+
+        session.hooks["response"].append(broken)
+        with pytest.raises(requests.ConnectionError, match="the hook's own failure"):
+            session.get(peer.url("/x"))
+        assert peer.hits("/x") == 1
+
+    def test_resending_a_responses_request_counts_once(self, peer: Peer) -> None:
+        """`session.send(resp.request)` does not run the breaker's bookkeeping twice."""
+        peer.on("/x", answer(503))
+        session = make_session(breaker={"failure_threshold": 3}, retry=None)
+        session.hooks["response"].append(lambda r, **kw: r.raise_for_status())
+        with pytest.raises(requests.HTTPError) as first:
+            session.get(peer.url("/x"))
+        with pytest.raises(requests.HTTPError):
+            session.send(first.value.response.request)
+        breaker = session.circuit(peer.url("/x"))
+        assert (breaker.state, breaker.stats().consecutive_failures) == ("closed", 2)
+        assert peer.hits("/x") == 2
+
+
+class TestStreamWithFallback:
+    def test_a_dripped_failure_body_is_not_drained_past_the_deadline(self, peer: Peer) -> None:
+        """stream=True, a 503 whose body drips, and a fallback: the call still ends at `total`."""
+        peer.on("/x", sequence(send(head(503, length=40, reason="X")), drip(b"e" * 40, 0.1),
+                               close_early(after_headers=False)))
+        session = make_session(timeout={"connect": 1.0, "read": 1.0, "total": 1.0}, retry=None,
+                               fallback={"status": 200, "text": "cached"})
+        started = time.monotonic()
+        resp = session.get(peer.url("/x"), stream=True)
+        assert (resp.status_code, resp.is_fallback) == (200, True)
+        assert time.monotonic() - started < 1.3
+
+
+class TestAuthOnRetries:
+    def test_a_stateful_auth_is_applied_to_the_request_as_it_was_before_auth(self, peer: Peer) -> None:
+        """A signing auth adds one signature per attempt, never one on top of the last."""
+        peer.on("/x", answer(503), answer(200, b"ok"))
+        session = make_session()
+        auth = _Signing()
+        assert session.get(peer.url("/x"), auth=auth).status_code == 200
+        assert peer.last("/x").query["sig"] == ["s2"]
+
+    def test_hooks_added_after_preparing_survive_a_retry(self, peer: Peer) -> None:
+        """A hook registered on the prepared request runs on every attempt, auth or not."""
+        peer.on("/x", answer(503), answer(200, b"ok"))
+        session = make_session()
+        prepared = session.prepare_request(requests.Request("GET", peer.url("/x"), auth=_Signing()))
+        seen: list[int] = []
+        prepared.register_hook("response", lambda r, **kw: seen.append(r.status_code))
+        assert session.send(prepared).status_code == 200
+        assert seen == [503, 200]
+
+
+class TestRedirectIntoAnotherEndpoint:
+    @pytest.fixture
+    def two(self) -> Iterator[tuple[Peer, Peer]]:
+        with Peer(lifetime=20.0) as a, Peer(lifetime=20.0) as b:
+            yield a, b
+
+    def session_for(self, a: Peer, b: Peer) -> resilient_client.ResilientSession:
+        session = resilient_client.ResilientSession({
+            "defaults": {"budget": None, "retry": None, "breaker": {"failure_threshold": 2}},
+            "endpoints": [{"name": "api", "match": a.url("/")}, {"name": "cdn", "match": b.url("/")}],
+        })
+        session.trust_env = False
+        return session
+
+    def test_the_targets_forced_open_breaker_is_respected(self, two: tuple[Peer, Peer]) -> None:
+        """A redirect into an endpoint forced open fails fast, without reaching it."""
+        a, b = two
+        a.on("/go", redirect(b.url("/file")))
+        b.on("/file", answer(200, b"data"))
+        session = self.session_for(a, b)
+        session.circuit("cdn").open()
+        with pytest.raises(resilient_client.CircuitOpenError):
+            session.get(a.url("/go"))
+        assert b.hits() == 0
+
+    def test_the_targets_failures_count_against_the_target_not_the_source(
+        self, two: tuple[Peer, Peer]
+    ) -> None:
+        """A dead redirect target opens its own breaker; the source that answered stays closed."""
+        a, b = two
+        a.on("/go", redirect(b.url("/file")))
+        b.on("/file", answer(503))
+        session = self.session_for(a, b)
+        for _ in range(2):
+            assert session.get(a.url("/go")).status_code == 503
+        assert (session.circuit("api").state, session.circuit("cdn").state) == ("closed", "open")
+
+
+class TestMoreHops:
+    def test_a_call_made_while_preparing_a_hop_is_not_taken_for_the_hop(self, peer: Peer) -> None:
+        """A rebuild_auth that fetches a token through the session makes a call of its own."""
+        peer.on("/start", redirect("/next"))
+        peer.on("/next", answer(200, b"ok"))
+        peer.on("/token", answer(200, b"t"))
+
+        class TokenSession(resilient_client.ResilientSession):
+            def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+                prepared_request.headers["Authorization"] = "Bearer " + self.get(peer.url("/token")).text
+
+        session = TokenSession({"defaults": {"bulkhead": {"max_concurrent": 2}, "retry": None}})
+        session.trust_env = False
+        events: list[AttemptFinished] = []
+        session.subscribe(lambda e: events.append(e) if isinstance(e, AttemptFinished) else None)
+        assert session.get(peer.url("/start")).status_code == 200
+        assert peer.last("/next").headers["authorization"] == "Bearer t"
+        assert sorted(e.url.rsplit("/", 1)[1] for e in events) == ["start", "token"]
+
+    def test_a_call_from_a_hook_inherits_the_enclosing_deadline(self, peer: Peer) -> None:
+        """A hook's call is part of its caller's time: it ends at the caller's `total`."""
+        peer.on("/api", delay(0.3, answer(200, b"ok")))
+        peer.on("/slow", hang())
+        session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 0.5}, retry=None)
+        nested: list[BaseException] = []
+
+        def side(r: requests.Response, **kwargs: Any) -> None:
+            if r.request.path_url == "/api":
+                try:
+                    session.get(peer.url("/slow"), timeout=(1.0, 5.0))
+                except requests.RequestException as exc:
+                    nested.append(exc)
+
+        session.hooks["response"].append(side)
+        started = time.monotonic()
+        session.get(peer.url("/api"))
+        assert time.monotonic() - started < 0.7  # not 0.3 s + the nested call's own 0.5 s
+        assert [type(e) for e in nested] == [resilient_client.DeadlineExceeded]
+
+
+class TestSlotsAndEviction:
+    def test_a_kept_raw_stream_holds_the_slot(self, peer: Peer) -> None:
+        """`raw = session.get(url, stream=True).raw` keeps the slot while raw is read."""
+        peer.on("/x", answer(200, b"x" * 100_000))
+        session = make_session(bulkhead={"max_concurrent": 1}, fallback=None)
+        raw = session.get(peer.url("/x"), stream=True).raw
+        gc.collect()
+        with pytest.raises(resilient_client.BulkheadFull):
+            session.get(peer.url("/x"))
+        raw.read()
+        raw.release_conn()
+        assert session.get(peer.url("/x")).status_code == 200
+
+    def test_a_forced_open_origin_is_never_forgotten(self) -> None:
+        """An operator's `.open()` on an origin survives any number of other origins."""
+        session = make_session(breaker={"failure_threshold": 5})
+        held = [session.circuit(f"http://held{i}.test/") for i in range(20)]
+        for breaker in held:
+            breaker.open()
+        for i in range(resilient_client._session.MAX_ORIGIN_STATES + 20):
+            session.circuit(f"http://h{i}.test/")
+        assert [session.circuit(f"http://held{i}.test/").state for i in range(20)] == ["open"] * 20
+
+    def test_the_origin_in_use_is_kept_over_ones_not_used(self, peer: Peer) -> None:
+        """Eviction forgets the least recently used origin, not the one a call just used."""
+        peer.on("/x", answer(200, b"ok"))
+        session = make_session()
+        state = session._route_for("GET", peer.url("/x")).state  # the oldest origin
+        for i in range(resilient_client._session.MAX_ORIGIN_STATES + 50):
+            session.get(peer.url("/x"))
+            session._route_for("GET", f"http://h{i}.test/")
+        assert session._route_for("GET", peer.url("/x")).state is state
+
+    def test_circuit_resolves_a_url_for_the_method_given(self) -> None:
+        """`circuit(url, method)` finds the breaker of a rule limited to that method."""
+        session = resilient_client.ResilientSession({"endpoints": [
+            {"name": "writes", "match": "http://api.test/", "methods": ["POST"]}]})
+        assert session.circuit("http://api.test/x", "POST") is session.circuit("writes")
+        assert session.circuit("http://api.test/x") is not session.circuit("writes")
+
+
+class TestSecretsAcrossNestedCalls:
+    def test_a_nested_call_leaves_urllib3s_log_lines_of_the_outer_call_redacted(
+        self, peer: Peer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After a hook's own call, the outer call's redirect hop is still logged with its secret redacted."""
+        peer.on("/start", redirect("/cb?token=HOPSECRET1"))
+        peer.on("/cb", answer(200, b"ok"))
+        peer.on("/side", answer(200, b"ok"))
+        session = resilient_client.ResilientSession({"secrets": {"query": ["token"]}})
+        session.trust_env = False
+
+        def side(r: requests.Response, **kwargs: Any) -> None:
+            if r.request.path_url == "/start":
+                session.get(peer.url("/side"))
+
+        session.hooks["response"].append(side)
+        with caplog.at_level("DEBUG", logger="urllib3"):
+            assert session.get(peer.url("/start")).status_code == 200
+        assert "/cb?token=" in caplog.text and "HOPSECRET1" not in caplog.text
+
+    def test_prepare_request_called_directly_redacts_its_errors(self) -> None:
+        """A secret header value requests refuses while preparing is not quoted in the error."""
+        session = resilient_client.ResilientSession()
+        bad = requests.Request("GET", "http://api.test/", headers={"Authorization": "Bearer S3CRETVAL\n"})
+        with pytest.raises(requests.exceptions.InvalidHeader) as caught:
+            session.prepare_request(bad)
+        assert "S3CRETVAL" not in str(caught.value)

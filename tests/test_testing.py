@@ -30,6 +30,7 @@ from resilient_client import (
     RetryScheduled,
     _deadline,
 )
+from resilient_client._clock import SYSTEM_CLOCK
 from resilient_client._outcome import failure_kind
 from resilient_client.testing import (
     AppCall,
@@ -411,6 +412,11 @@ class TestScriptingRules:
         assert requests.get(URL, timeout=1).status_code == 204
         assert requests.get(URL + "?fresh=1", timeout=1).status_code == 204
 
+    def test_wildcard_url_naming_the_default_port_matches_urls_without_it(self, peers):
+        """A wildcard URL that spells out the default port matches the URL requests sends."""
+        peers.url("https://inventory.internal:443/items/*").respond(204)
+        assert requests.get(URL, timeout=1).status_code == 204
+
     def test_regex_url(self, peers):
         """A compiled regex matches as in responses."""
         peers.url(re.compile(r"https://inventory\.internal/items/\d+")).respond(204)
@@ -621,7 +627,7 @@ class TestSessionWiring:
             assert session.clock is peers.clock
             assert session.get(URL).json() == {"stock": 1}
             assert len(peers.app_calls) == 1
-        assert session.clock is rc.SYSTEM_CLOCK
+        assert session.clock is SYSTEM_CLOCK
         assert "send" not in vars(session)
 
     def test_sessions_are_unwired_when_the_registry_stops(self):

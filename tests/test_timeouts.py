@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -174,6 +176,8 @@ class TestPerCallTimeout:
             ((2, None), (2.0, 5.0)),
             ((None, 4), (1.0, 4.0)),
             ((None, None), (1.0, 5.0)),
+            (Decimal("2.5"), (2.5, 2.5)),
+            ((Fraction(1, 4), None), (0.25, 5.0)),
             (Urllib3Timeout(connect=2, read=None), (2.0, 5.0)),
             (Urllib3Timeout(connect=None, read=3), (1.0, 3.0)),
         ],
@@ -201,6 +205,42 @@ class TestPerCallTimeout:
         """inf, 0, negative and NaN per-call values raise ValueError before anything is sent."""
         s, adapter = session_with()
         with pytest.raises(ValueError, match="finite number > 0"):
+            s.get("http://svc.test/x", timeout=value)
+        assert adapter.timeouts == []
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            (Urllib3Timeout(total=0.5), (0.5, 0.5)),
+            (Urllib3Timeout(total=3), (1.0, 3.0)),
+            (Urllib3Timeout(connect=2, read=4, total=3), (2.0, 3.0)),
+            (Urllib3Timeout(connect=0.2, total=3), (0.2, 3.0)),
+            (Urllib3Timeout(read=0.3, total=None), (1.0, 0.3)),
+            (Urllib3Timeout(), (1.0, 5.0)),
+            (Urllib3Timeout(connect=Decimal("0.25"), total=Fraction(1, 2)), (0.25, 0.5)),
+        ],
+        ids=["total", "total-over-policy-connect", "all-three", "connect-and-total", "read-only",
+             "defaults", "decimal-and-fraction"],
+    )
+    def test_urllib3_timeout_total_caps_connect_and_read(
+        self, value: Any, expected: tuple[float, float]
+    ) -> None:
+        """A urllib3 Timeout in any combination is read without starting its timer; total caps both."""
+        s, adapter = session_with(timeouts(total=None))
+        s.get("http://svc.test/x", timeout=value)
+        assert adapter.timeouts == [expected]
+
+    @pytest.mark.parametrize(
+        "value",
+        [86400.5, 10**400, (1, 1e10), (1e10, None), Urllib3Timeout(read=1e10),
+         Urllib3Timeout(total=1e10)],
+        ids=["86400.5", "10**400", "(1, 1e10)", "(1e10, None)", "Timeout(read=1e10)",
+             "Timeout(total=1e10)"],
+    )
+    def test_a_timeout_over_a_day_raises_value_error(self, value: Any) -> None:
+        """A per-call value over a day (which sockets cannot take) is a ValueError, never an OverflowError."""
+        s, adapter = session_with()
+        with pytest.raises(ValueError, match=r"at most 86400 s|finite number > 0"):
             s.get("http://svc.test/x", timeout=value)
         assert adapter.timeouts == []
 

@@ -1,6 +1,6 @@
 """
 The upstream service of ``resilient-client demo --fleet``: a WSGI app that
-gunicorn workers import (``resilient_client._demo_fleet_app:app``).
+gunicorn workers import (``resilient_client.tools._demo_fleet_app:app``).
 
 Each request makes one call to the downstream named by the environment
 (``RC_DEMO_DOWNSTREAM``): with ``RC_DEMO_CLIENT=plain``, through a plain
@@ -38,9 +38,9 @@ def _make_session() -> Any:
     # module in the workers without --preload): nothing is shared but Redis.
     import redis
 
+    from .._events import BreakerStateChanged, Event
+    from .._session import ResilientSession
     from ._demo import demo_policy
-    from ._events import BreakerStateChanged, Event
-    from ._session import ResilientSession
 
     url = os.environ["RC_DEMO_DOWNSTREAM"]
     redis_url = os.environ["RC_DEMO_REDIS"]

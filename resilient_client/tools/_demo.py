@@ -1,5 +1,5 @@
 """
-The cascade demo: ``resilient-client demo`` (or ``python -m resilient_client._demo``).
+The cascade demo: ``resilient-client demo`` (its options: `_demo_command`).
 
 Everything runs on 127.0.0.1 in this process. Three identical set-ups run
 side by side, on the same outage schedule, each with its own downstream:
@@ -22,11 +22,14 @@ rate over time (needs the ``plot`` extra: matplotlib).
 
 Connections accepted while the downstream hangs are never answered, as with
 a deadlocked peer: only the end of the demo releases them.
+
+Why it is long: it is a whole program, read top to bottom by people
+who want to see how the demo works: the downstream server, the upstream's
+queue and workers, the load, the per-phase summary, the table and the plot.
 """
 
 from __future__ import annotations
 
-import argparse
 import http.server
 import json
 import math
@@ -40,9 +43,9 @@ from typing import Any, Protocol, TextIO
 
 import requests
 
-from ._session import ResilientSession
+from .._session import ResilientSession
 
-__all__ = ["main"]
+__all__ = ["demo_policy", "plot", "render_table", "run", "verdict"]
 
 HOST = "127.0.0.1"
 WORKERS = 8
@@ -571,74 +574,3 @@ def verdict(results: Sequence[Result]) -> str:
         "(the breaker and the bulkhead kept the rest away).",
     ]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """
-    Run the cascade demo; return the exit status.
-
-    .. versionadded:: 0.1.0
-    """
-    parser = argparse.ArgumentParser(
-        prog="resilient-client demo",
-        description="A downstream hangs, drip-feeds, answers 503 and recovers, while an "
-        "upstream calls it through plain requests (with and without a timeout) and through "
-        "resilient_client. Loopback only.",
-    )
-    parser.add_argument("--quick", action="store_true",
-                        help="a ~15 s run (CI, tests) instead of ~35 s")
-    parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw latency and success rate over time (needs matplotlib)")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="upstream requests per second (default 40; 20 with --fleet)")
-    parser.add_argument("--fleet", action="store_true",
-                        help="a ~1 min run (~20 s with --quick) with real gunicorn workers "
-                        "behind HAProxy, breaker state shared through Redis (needs the "
-                        "fleet extra, haproxy and redis-server)")
-    args = parser.parse_args(argv)
-    if args.rate is None:
-        args.rate = 20.0 if args.fleet else 40.0
-    if args.rate <= 0 or args.rate > 500:
-        parser.error("--rate must be in (0, 500]")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("--plot needs matplotlib: pip install 'resilient_client[plot]'")
-    out = sys.stdout
-    if args.fleet:
-        if args.plot:
-            parser.error("--plot is not available with --fleet")
-        return _fleet_main(quick=args.quick, rate=args.rate, out=out)
-    schedule = QUICK_SCHEDULE if args.quick else DEFAULT_SCHEDULE
-    results = run(schedule, rate=args.rate, reset_timeout=1.0, out=out)
-    print(file=out)
-    print(render_table(results), file=out)
-    print(file=out)
-    print(verdict(results), file=out)
-    if args.plot:
-        plot(results, schedule, args.plot)
-        print(f"plot written to {args.plot}", file=out)
-    return 0
-
-
-def _fleet_main(*, quick: bool, rate: float, out: TextIO) -> int:
-    from . import _demo_fleet
-
-    missing = _demo_fleet.missing_tools()
-    if missing:
-        print("demo --fleet needs, and could not find:", file=sys.stderr)
-        for what in missing:
-            print(f"  - {what}", file=sys.stderr)
-        return 2
-    schedule = _demo_fleet.QUICK_FLEET_SCHEDULE if quick else _demo_fleet.FLEET_SCHEDULE
-    result = _demo_fleet.run_fleet(schedule, rate=rate, reset_timeout=1.0, out=out)
-    print(file=out)
-    print(_demo_fleet.render_fleet_table(result), file=out)
-    print(file=out)
-    print(_demo_fleet.fleet_verdict(result), file=out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,6 +8,10 @@ The ``resilient-client`` command (also ``python -m resilient_client``).
 
 Exit codes: 0 fine; 1 the call failed (``get``) or the service is unhealthy
 (``status``); 2 bad usage or a bad config (the `ConfigError` is printed).
+
+Why it is long: one parser and one short runner per command (check, get,
+status, demo), and the table and event printers they share. A module per
+command would split those printers from their only callers.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from typing import Any, TextIO
 
 import requests
 
-from ._config import Config, Secrets
-from ._events import (
+from .._config import Config, Secrets
+from .._events import (
     AttemptFinished,
     BreakerRejected,
     BreakerStateChanged,
@@ -43,11 +47,11 @@ from ._events import (
     format_event,
     load_listeners,
 )
+from .._policy import CallableFallback, Policy, StaleFallback, StaticFallback
+from .._redact import redact_headers, redact_url
+from .._version import __version__
+from ..exceptions import ConfigError
 from ._haproxy import check_haproxy
-from ._policy import CallableFallback, Policy, StaleFallback, StaticFallback
-from ._redact import redact_headers, redact_url
-from ._version import __version__
-from .exceptions import ConfigError
 
 __all__ = ["main"]
 
@@ -337,7 +341,7 @@ def describe(event: Event) -> str:
 
 
 def _get(args: argparse.Namespace) -> int:
-    from ._session import ResilientSession
+    from .._session import ResilientSession
 
     if args.count < 1:
         print(f"{PROG}: --count must be >= 1", file=sys.stderr)
@@ -407,7 +411,7 @@ def _status(args: argparse.Namespace) -> int:
             return 2
         origin = f"service at {args.source}"
     else:
-        from ._session import ResilientSession
+        from .._session import ResilientSession
 
         session = ResilientSession(args.config)
         data = session.health().as_dict()
@@ -447,13 +451,18 @@ def _status(args: argparse.Namespace) -> int:
 # -- demo --------------------------------------------------------------------
 
 
+#: The demo's modules: a distribution may leave them out (the command says so).
+_DEMO_MODULES = ("resilient_client.tools._demo_command", "resilient_client.tools._demo",
+                 "resilient_client.tools._demo_fleet")
+
+
 def _demo(argv: list[str]) -> int:
     try:
-        module: Any = importlib.import_module("resilient_client._demo")
+        module: Any = importlib.import_module(_DEMO_MODULES[0])
     except ModuleNotFoundError as e:
-        if e.name != "resilient_client._demo":
+        if e.name not in _DEMO_MODULES:
             raise  # the demo exists but needs something missing: show that
         print(f"{PROG} demo: the demo is not part of this installation "
-              "(resilient_client/_demo.py is missing)", file=sys.stderr)
+              "(resilient_client/tools/_demo.py is missing)", file=sys.stderr)
         return 2
     return int(module.main(argv) or 0)

@@ -25,17 +25,24 @@ included) is checked against every backend no endpoint claimed.
 
 The parser reads the subset of the format it needs; it never executes or
 validates the file (``haproxy -c -f`` does that).
+
+Why it is long: the reader of the haproxy.cfg subset and the checks
+that use it change together (each check reads fields the reader fills and
+quotes its line numbers); the findings table in docs/deadlines.md is the
+map of the checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ._config import Config
-from ._policy import BackoffPolicy, Jitter, Policy
+from .._config import Config
+from .._policy import BackoffPolicy, Policy
+from .._retry import Backoff
 
 __all__ = ["Finding", "HAProxyBackend", "check_haproxy", "parse_haproxy", "parse_time"]
 
@@ -372,15 +379,34 @@ def _s(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
+class _TopOfRange(random.Random):
+    """
+    A random source whose every draw is the top of its range, so `Backoff`
+    picks the longest sleep its jitter allows.
+
+    ``random.Random.uniform(a, b)`` is ``a + (b - a) * self.random()``:
+    returning 1.0 (outside ``random()``'s usual [0, 1), on purpose) makes
+    every ``uniform`` draw ``b``.
+    """
+
+    def random(self) -> float:
+        return 1.0
+
+
 def max_backoff(backoff: BackoffPolicy, sleeps: int) -> float:
-    """The longest the first *sleeps* backoff sleeps can add up to (Retry-After aside)."""
-    total, prev = 0.0, backoff.initial
+    """
+    The longest the first *sleeps* backoff sleeps can add up to (Retry-After aside).
+
+    Each sleep comes from the retry layer's own `Backoff.sleep_for`, not
+    from a copy of its formula, so this check cannot drift from what a
+    session really sleeps.
+    """
+    # Same chaining as Backoff.__call__: decorrelated jitter grows from the previous sleep.
+    worst = Backoff(backoff, rng=_TopOfRange())
+    total, prev = 0.0, 0.0
     for n in range(1, sleeps + 1):
-        if backoff.jitter is Jitter.DECORRELATED:
-            prev = min(backoff.max, max(backoff.initial, prev * 3))
-            total += prev
-        else:
-            total += min(backoff.max, backoff.initial * backoff.multiplier ** min(n - 1, 64))
+        prev = worst.sleep_for(n, prev)
+        total += prev
     return total
 
 

@@ -6,7 +6,7 @@ bounded waits):
 
 * ``redis-server`` on a free port, without persistence;
 * ``gunicorn`` with a few sync workers serving the upstream app
-  (`resilient_client._demo_fleet_app`): one `ResilientSession` per worker,
+  (`resilient_client.tools._demo_fleet_app`): one `ResilientSession` per worker,
   its breaker state in that Redis, a static fallback;
 * ``haproxy`` in front of gunicorn (``maxconn`` = workers, ``timeout queue``
   2 s), the way sync workers are usually deployed.
@@ -17,6 +17,10 @@ requests through HAProxy at a fixed rate. The table is the threaded demo's,
 plus how many calls reached the failing downstream before the *shared*
 breaker opened: about ``failure_threshold`` for the whole fleet (plus the
 calls already in flight in the other workers), not per worker.
+
+Why it is long: it starts, watches and always stops three kinds of
+real processes (redis-server, gunicorn, haproxy) besides running the load;
+the start-up and clean-up code is what makes it safe to run anywhere.
 """
 
 from __future__ import annotations
@@ -295,7 +299,7 @@ def _start_variant(fleet: _Fleet, workdir: Path, haproxy: str, variant: _Variant
         sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{gport}",
         "--workers", str(FLEET_WORKERS), "--worker-class", "sync",
         "--timeout", "30", "--graceful-timeout", "1", "--log-level", "warning",
-        "resilient_client._demo_fleet_app:app"], env=env)
+        "resilient_client.tools._demo_fleet_app:app"], env=env)
     cfg = workdir / f"haproxy-{name}.cfg"
     cfg.write_text(_HAPROXY_CFG.format(host=HOST, port=hport, gport=gport,
                                        workers=FLEET_WORKERS, queue=f"{QUEUE_TIMEOUT:g}"))
