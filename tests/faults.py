@@ -76,7 +76,8 @@ class Fault:
     """
     One fault kind and what one attempt against it produces.
 
-    ``make`` builds the behaviour (None: the port refuses). ``attempt`` is
+    ``make`` builds the behaviour (None: the port refuses, or for a TLS
+    fault, no request gets past the handshake to be played). ``attempt`` is
     the outcome of one attempt: an exception class, or an HTTP status.
     ``phase`` says when it fails, which decides what may be retried:
     ``before_send`` (any method), ``after_send`` (idempotent and replayable

@@ -880,7 +880,9 @@ class Peer:
             socks = list(self._open)
         for s in socks:
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown, also for a TLS one: SSLSocket.shutdown
+                # would drop the TLS state under the thread still serving it.
+                socket.socket.shutdown(s, socket.SHUT_RDWR)
         for t in list(self._threads):
             t.join(timeout=2.0)
         with self._lock:
