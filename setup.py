@@ -38,6 +38,8 @@ EXTRAS["test"] = [
     *EXTRAS["bench"],
     # The demo --fleet test (gunicorn workers).
     *EXTRAS["fleet"],
+    # The test server's TLS flag (tests/peers.py): certificates from a throwaway CA.
+    "trustme",
 ]
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.

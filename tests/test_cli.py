@@ -9,15 +9,12 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 import types
 from collections.abc import Iterator
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import requests
-from obs_support import Peer, closed_port
+from peers import Peer, answer, free_port, wsgi
 
 import resilient_client as rc
 from resilient_client.tools._cli import main
@@ -185,14 +182,15 @@ class TestGet:
     def test_prints_each_event_live_with_timings(self, tmp_path):
         """get shows the policy, each attempt, the backoff and the call's end, timed from its start."""
         cfg = write(tmp_path, "c.yaml", YAML)
-        with Peer([503, 200]) as peer:
-            out = run("get", f"{peer.url}/items?token={SECRET_TOKEN}", "--config", cfg,
+        with Peer().on("*", answer(503, b"nope"), answer(200, b'{"ok": true}')) as peer:
+            out = run("get", f"{peer.origin}/items?token={SECRET_TOKEN}", "--config", cfg,
                       "-H", f"X-Api-Key: {SECRET_KEY}")
-            assert peer.requests[0][2]["X-Api-Key"] == SECRET_KEY
+            assert peer.requests[0].headers["x-api-key"] == SECRET_KEY
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
-        assert lines[0] == f"GET {peer.url}/items?token=REDACTED"
-        assert lines[1] == f"  policy: no endpoint matched: defaults apply, state kept per origin {peer.url}"
+        assert lines[0] == f"GET {peer.origin}/items?token=REDACTED"
+        policy = f"  policy: no endpoint matched: defaults apply, state kept per origin {peer.origin}"
+        assert lines[1] == policy
         assert lines[2] == "  timeouts: connect 0.5s, read 2s, total 5s; retry: 3 attempts"
         events = [line.split("s  ", 1)[1] for line in lines if line.startswith("  +")]
         assert events[0].startswith("attempt 1: status 503 in ")
@@ -208,7 +206,7 @@ class TestGet:
     def test_a_failed_call_shows_the_redacted_error_and_exits_1(self, tmp_path):
         """A refused call prints the attempts, the give-up and the error without secrets, exit 1."""
         cfg = write(tmp_path, "c.yaml", YAML.replace("attempts: 3", "attempts: 2"))
-        out = call("get", f"http://127.0.0.1:{closed_port()}/x?token={SECRET_TOKEN}", "-c", cfg)
+        out = call("get", f"http://127.0.0.1:{free_port()}/x?token={SECRET_TOKEN}", "-c", cfg)
         assert out.returncode == 1
         assert "attempt 1: connect_error (ConnectionError)" in out.stdout
         assert "gave up after 2 attempt(s): attempts, last outcome connect_error" in out.stdout
@@ -217,7 +215,7 @@ class TestGet:
 
     def test_repeated_calls_show_the_breaker_opening_and_the_fallback(self, tmp_path):
         """With -n, the breaker's opening, the refusals and a static fallback appear as they happen."""
-        port = closed_port()
+        port = free_port()
         cfg = write(tmp_path, "c.json", json.dumps({
             "defaults": {"retry": None},
             "endpoints": [{"name": "down", "match": f"http://127.0.0.1:{port}/",
@@ -240,22 +238,14 @@ class TestGet:
         assert out.returncode == 2 and "expected 'Name: value'" in out.stderr
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def health_server() -> Iterator[tuple[rc.ResilientSession, str]]:
-    """A session of this process with its health app on a loopback wsgiref server."""
+    """A session of this process with its health app on the test server on loopback."""
     session = rc.ResilientSession({"endpoints": [{"name": "inventory", "match": "http://inv.test/"},
                                                  {"name": "search", "match": "http://search.test/",
                                                   "critical": False}]})
-    server = make_server("127.0.0.1", 0, rc.health_app(session), handler_class=_Quiet)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-    yield session, f"http://127.0.0.1:{server.server_port}/health"
-    server.shutdown()
-    server.server_close()
+    with Peer().on("*", wsgi(rc.health_app(session))) as peer:
+        yield session, peer.url("/health")
 
 
 class TestStatus:
@@ -295,13 +285,13 @@ class TestStatus:
 
     def test_an_unreachable_service_exits_2(self):
         """A --from URL that refuses the connection is reported, exit 2."""
-        out = call("status", "--from", f"http://127.0.0.1:{closed_port()}/health")
+        out = call("status", "--from", f"http://127.0.0.1:{free_port()}/health")
         assert out.returncode == 2 and "cannot read the health view" in out.stderr
 
 
 def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
     """A breaker opened in this process with redis storage shows as open in a new `status` process."""
-    port = closed_port()
+    port = free_port()
     config = {"defaults": {"retry": None},
               "endpoints": [{"name": "shared", "match": f"http://127.0.0.1:{port}/",
                              "breaker": {"failure_threshold": 1, "storage": redis_url}}]}

@@ -12,12 +12,26 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import requests
-from peers import Blackhole, Conn, Peer, Request, answer, hang, redirect, refused_port, reset
+from peers import (
+    Blackhole,
+    Peer,
+    Request,
+    answer,
+    close_early,
+    delay,
+    drip,
+    free_port,
+    hang,
+    head,
+    redirect,
+    reset,
+    send,
+    sequence,
+)
 from requests.auth import HTTPDigestAuth
 
 import resilient_client
@@ -40,23 +54,10 @@ def peer() -> Iterator[Peer]:
         yield p
 
 
-@dataclass(frozen=True)
-class _Late:
-    """Answer with *then* after *delay* seconds."""
-
-    delay: float
-    then: Any
-
-    def serve(self, conn: Conn, request: Request) -> bool:
-        if conn.peer.wait(self.delay):
-            return False
-        return bool(self.then.serve(conn, request))
-
-
 class TestRedirectHops:
     def test_a_write_redirected_to_a_refusing_target_is_sent_once(self, peer: Peer) -> None:
         """A POST answered with 303 is not resent when the redirect target refuses: it reached the peer."""
-        peer.on("/orders", redirect(f"http://127.0.0.1:{refused_port()}/done", status=303))
+        peer.on("/orders", redirect(f"http://127.0.0.1:{free_port()}/done", status=303))
         session = make_session()
         with pytest.raises(requests.ConnectionError):
             session.post(peer.url("/orders"), json={"item": 1})
@@ -64,7 +65,7 @@ class TestRedirectHops:
 
     def test_an_idempotent_call_redirected_to_a_refusing_target_is_retried(self, peer: Peer) -> None:
         """A GET whose redirect target refuses is retried as usual: repeating it is safe."""
-        peer.on("/items", redirect(f"http://127.0.0.1:{refused_port()}/moved"))
+        peer.on("/items", redirect(f"http://127.0.0.1:{free_port()}/moved"))
         session = make_session()
         with pytest.raises(requests.ConnectionError):
             session.get(peer.url("/items"))
@@ -76,14 +77,14 @@ class TestRedirectHops:
         events: list[AttemptFinished] = []
         session.subscribe(lambda e: events.append(e) if isinstance(e, AttemptFinished) else None)
         with pytest.raises(requests.ConnectionError):
-            session.post(f"http://127.0.0.1:{refused_port()}/orders", json={})
+            session.post(f"http://127.0.0.1:{free_port()}/orders", json={})
         assert len(events) == 3
 
     def test_each_hop_gets_only_the_time_left_when_it_starts(self, peer: Peer) -> None:
         """A hop after a slow first hop is cut off at `total`, not `total` plus the first hop's time."""
         hole = Blackhole()
         try:
-            peer.on("/slow", _Late(0.6, redirect(hole.url("/next"))))
+            peer.on("/slow", delay(0.6, redirect(hole.url("/next"))))
             session = make_session(timeout={"connect": 5.0, "read": 5.0, "total": 1.0}, retry=None)
             started = time.monotonic()
             with pytest.raises(resilient_client.DeadlineExceeded):
@@ -94,8 +95,8 @@ class TestRedirectHops:
 
     def test_a_chain_of_fast_hops_stops_at_the_deadline(self, peer: Peer) -> None:
         """Every hop is quick but the chain is long: the call ends at `total`."""
-        peer.on("/a", _Late(0.15, redirect("/b")))
-        peer.on("/b", _Late(0.15, redirect("/a")))
+        peer.on("/a", delay(0.15, redirect("/b")))
+        peer.on("/b", delay(0.15, redirect("/a")))
         session = make_session(timeout={"total": 0.5}, retry=None)
         session.max_redirects = 50
         started = time.monotonic()
@@ -150,7 +151,10 @@ class TestNestedCalls:
         """After a hook's own call, the outer call's redirect hops are still cut off at its `total`."""
         peer.on("/start", redirect("/drip"))
         peer.on("/side", answer(200, b"ok"))
-        peer.on("/drip", _Late(0.0, _Drip(b"x" * 40, 0.05)))
+        # Headers at once (no Connection: close), then the body one byte every 50 ms.
+        dripped = sequence(send(head(200, length=40)), drip(b"x" * 40, 0.05),
+                           close_early(after_headers=False))
+        peer.on("/drip", dripped)
         session = make_session(timeout={"connect": 1.0, "read": 1.0, "total": 0.6}, retry=None)
 
         def side_call(resp: requests.Response, **kwargs: Any) -> None:
@@ -162,17 +166,6 @@ class TestNestedCalls:
         with pytest.raises(resilient_client.DeadlineExceeded):
             session.get(peer.url("/start"))
         assert time.monotonic() - started < 0.9
-
-
-@dataclass(frozen=True)
-class _Drip:
-    body: bytes
-    interval: float
-
-    def serve(self, conn: Conn, request: Request) -> bool:
-        conn.send(f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n".encode())
-        conn.drip(self.body, self.interval)
-        return False
 
 
 class _DigestPeer:
@@ -328,7 +321,7 @@ class TestHookErrorsAreTheCallersOwn:
         """A hook raising ConnectionError (its sidecar is down) is not a transport failure of the POST."""
         peer.on("/orders", answer(201, b"created"))
         session = make_session()
-        dead = f"http://127.0.0.1:{refused_port()}/audit"
+        dead = f"http://127.0.0.1:{free_port()}/audit"
 
         def audit(r: requests.Response, **kwargs: Any) -> None:
             if r.request.method == "POST":
@@ -369,25 +362,14 @@ class TestHookErrorsAreTheCallersOwn:
 class TestStreamWithFallback:
     def test_a_dripped_failure_body_is_not_drained_past_the_deadline(self, peer: Peer) -> None:
         """stream=True, a 503 whose body drips, and a fallback: the call still ends at `total`."""
-        peer.on("/x", _Late(0.0, _DripStatus(503, b"e" * 40, 0.1)))
+        peer.on("/x", sequence(send(head(503, length=40, reason="X")), drip(b"e" * 40, 0.1),
+                               close_early(after_headers=False)))
         session = make_session(timeout={"connect": 1.0, "read": 1.0, "total": 1.0}, retry=None,
                                fallback={"status": 200, "text": "cached"})
         started = time.monotonic()
         resp = session.get(peer.url("/x"), stream=True)
         assert (resp.status_code, resp.is_fallback) == (200, True)
         assert time.monotonic() - started < 1.3
-
-
-@dataclass(frozen=True)
-class _DripStatus:
-    status: int
-    body: bytes
-    interval: float
-
-    def serve(self, conn: Conn, request: Request) -> bool:
-        conn.send(f"HTTP/1.1 {self.status} X\r\nContent-Length: {len(self.body)}\r\n\r\n".encode())
-        conn.drip(self.body, self.interval)
-        return False
 
 
 class TestAuthOnRetries:
@@ -469,7 +451,7 @@ class TestMoreHops:
 
     def test_a_call_from_a_hook_inherits_the_enclosing_deadline(self, peer: Peer) -> None:
         """A hook's call is part of its caller's time: it ends at the caller's `total`."""
-        peer.on("/api", _Late(0.3, answer(200, b"ok")))
+        peer.on("/api", delay(0.3, answer(200, b"ok")))
         peer.on("/slow", hang())
         session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 0.5}, retry=None)
         nested: list[BaseException] = []
