@@ -142,7 +142,9 @@ class _EndpointState:
         """
         if self.bulkhead is not None and self.bulkhead.in_flight:
             return False
-        return self.breaker is None or self.breaker.state is BreakerState.CLOSED
+        # Half-open with no call in flight: its reset_timeout passed and
+        # nobody came back for the trial. Only an open breaker protects.
+        return self.breaker is None or self.breaker.state is not BreakerState.OPEN
 
 
 class _Route:
@@ -230,6 +232,7 @@ class ResilientSession(requests.Session):
         # Unmatched origins, least recently routed first (bounded: MAX_ORIGIN_STATES).
         self._origins: OrderedDict[str, _EndpointState] = OrderedDict()
         self._calls = 0
+        self._origins_next_scan = 0
         self._retryings: dict[int, tenacity.Retrying | None] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -368,14 +371,16 @@ class ResilientSession(requests.Session):
         if state is not None:
             origins.move_to_end(origin)
             return state
-        if len(origins) >= MAX_ORIGIN_STATES:
+        if len(origins) >= max(MAX_ORIGIN_STATES, self._origins_next_scan):
             # Forget the least recently used idle origins, down to 3/4 of the
             # bound, so one scan serves many new origins. Those not idle (a call
-            # in flight, a breaker open) stay: the bound gives way to protection.
+            # in flight, a breaker open) stay: the bound gives way to
+            # protection, and the next scan waits for a quarter more origins.
             idle = sorted((st.used, k) for k, st in origins.items() if st.idle())
             for _, k in idle[: len(origins) - MAX_ORIGIN_STATES * 3 // 4]:
                 for key in origins.pop(k).route_keys:
                     self._routes.pop(key, None)
+            self._origins_next_scan = len(origins) + MAX_ORIGIN_STATES // 4
         state = origins[origin] = _EndpointState(origin, policy, self)
         return state
 
@@ -606,11 +611,16 @@ class ResilientSession(requests.Session):
         connect, read = call.timeouts
         breaker = None
         target = self._route_for(request.method or "GET", request.url or "")
-        if target.state is not route.state:
-            # Into another endpoint: its timeouts and its breaker; the source
-            # answered (with a redirect) and is not blamed for the target.
-            call.left_endpoint = True
-            route, (connect, read), breaker = target, target.timeouts, target.state.breaker
+        # Where this hop goes decides whose outcome the attempt ends with: the
+        # source's (a bounce back, A -> B -> A) or another endpoint's.
+        call.left_endpoint = target.state is not route.state
+        if call.left_endpoint:
+            # Into another endpoint: its timeouts (unless the call gave its
+            # own) and its breaker; the source answered (with a redirect) and
+            # is not blamed for the target.
+            route, breaker = target, target.state.breaker
+            if not call.timeout_given:
+                connect, read = target.timeouts
         deadline = call.deadline
         if deadline is not None:
             left = deadline.remaining()
@@ -627,11 +637,21 @@ class ResilientSession(requests.Session):
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
             self._emit(BreakerRejected(route.name, request.method or "", self._url(request), exc.retry_at))
-            raise
+            # Not CircuitOpenError: that promises nothing touched the network,
+            # and the first hop did reach the peer (a write may have acted).
+            raise requests.ConnectionError(
+                f"not following the redirect into endpoint {route.name!r}: its breaker is open",
+                request=request) from exc
+        if call.hook_guard is not None:
+            # The hop's hooks report to the target's breaker, not the source's.
+            request.hooks = {**request.hooks, "response": [call.hook_guard.moved(breaker, is_trial,
+                                                                                route.policy.failure_status)]}
         started = self.clock.monotonic()
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
+            if call.hook_error is exc:
+                raise  # a hook of ours recorded the status already: the caller's own error
             failed = classify_error(exc, deadline_passed=deadline is not None and deadline.expired()).failure
             if failed:
                 breaker.record(success=False, is_trial=is_trial, duration=self.clock.monotonic() - started)
@@ -649,7 +669,7 @@ class ResilientSession(requests.Session):
         stream = bool(kwargs.get("stream", self.stream))
         # Our own total, or the deadline inherited from our caller (or from
         # the call whose hook or listener makes this one) if sooner.
-        enclosing: Call | None = getattr(self._local, "attempt", None)
+        enclosing: Call | None = getattr(self._local, "call", None)
         deadline = call_deadline(self.clock, policy.timeout.total,
                                  enclosing.deadline if enclosing is not None else None)
         call = Call(
@@ -660,11 +680,23 @@ class ResilientSession(requests.Session):
             idempotent=self._idempotent(request, policy),
             replayable=is_replayable(request),
         )
-        call.timeouts = self._timeouts(route, kwargs.get("timeout"))
+        given = kwargs.get("timeout")
+        call.timeout_given = given is not None
+        call.timeouts = self._timeouts(route, given)
         call.route = route
         call.stream = stream
         hot = self._bus.wants_hot()
         started = self.clock.monotonic() if hot else 0.0
+        # What a listener, a fallback or a hook runs while this call is under
+        # way is part of it: their calls inherit its deadline (see above).
+        local = self._local
+        local.call = call
+        try:
+            return self._send_and_report(call, hot, started)
+        finally:
+            local.call = enclosing
+
+    def _send_and_report(self, call: Call, hot: bool, started: float) -> requests.Response:
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
@@ -796,6 +828,7 @@ class ResilientSession(requests.Session):
                 raise DeadlineExceeded(route.name, deadline.total, request=request)
             connect, read = min(connect, left), min(read, left)
         call.reached_peer = call.left_endpoint = False
+        call.hook_error = call.hook_guard = None
         if call.attempt and hasattr(request, _REAUTH):
             request = _reauthenticated(request)
         prop = route.policy.propagation
@@ -831,7 +864,7 @@ class ResilientSession(requests.Session):
             # resends what the peer answered, no fallback hides it), and the
             # breaker sees the attempt's status before the hook can raise.
             guard = _HookGuard(request.hooks["response"], breaker, is_trial,
-                               route.policy.failure_status, self.clock)
+                               route.policy.failure_status, self.clock, call)
             if request is call.request:
                 request = request.copy()
             request.hooks = {**request.hooks, "response": [guard]}
@@ -841,6 +874,7 @@ class ResilientSession(requests.Session):
         started = self.clock.monotonic()
         if guard is not None:
             guard.started = started
+            call.hook_guard = guard
         a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
         local = self._local
@@ -854,7 +888,9 @@ class ResilientSession(requests.Session):
                 disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
             call.error = exc
-            if guard is not None and guard.raised is exc:
+            # Set by the hook guard during send (mypy cannot see that).
+            hook_error: BaseException | None = getattr(call, "hook_error", None)
+            if hook_error is exc:
                 outcome = call.outcome = _HOOK_RAISED
             else:
                 outcome = call.outcome = classify_error(
@@ -865,7 +901,7 @@ class ResilientSession(requests.Session):
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                            call.attempt, outcome.kind, None,
                                            duration, type(exc).__name__))
-            if breaker is not None and (guard is None or guard.raised is None):
+            if breaker is not None and (hook_error is None or call.left_endpoint):
                 if call.left_endpoint:
                     breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif outcome.failure:
@@ -971,7 +1007,8 @@ class ResilientSession(requests.Session):
                 fn = fb.function
                 module = getattr(fn, "__module__", None)
                 name = getattr(fn, "__qualname__", None)
-                shown = f"{module}.{name}" if module and name else repr(fn)
+                # Never repr(): a partial's or an object's repr may show its arguments.
+                shown = f"{module}.{name}" if module and name else type(fn).__qualname__
                 err = TypeError(
                     f"the fallback of endpoint {route.name!r} ({shown}) returned "
                     f"{type(made).__name__}, expected a requests.Response"
@@ -1049,17 +1086,33 @@ class ResilientSession(requests.Session):
             bulkhead.release()
 
         original = getattr(raw, "release_conn", None)
-        if raw is None or original is None:
+        if raw is None or original is None or resp._content_consumed:  # type: ignore[attr-defined]
+            # Nothing to hold: no connection, or a hook read the body already
+            # (and urllib3 released the connection before we could watch it).
             release()
             return
 
+        # The wrapper must not hold `raw` strongly: raw -> its release_conn ->
+        # raw would be a reference cycle, and a dropped response would free
+        # its slot only at the next garbage collection, not when dropped.
+        unbound = getattr(original, "__func__", None)
+        if unbound is not None and getattr(original, "__self__", None) is raw:
+            raw_ref = weakref.ref(raw)
+
+            def call_original() -> None:
+                still = raw_ref()
+                if still is not None:
+                    unbound(still)
+        else:
+            call_original = original
+
         def release_conn() -> None:
             try:
-                original()
+                call_original()
             finally:
                 release()
 
-        raw.release_conn = release_conn  # type: ignore[method-assign]
+        raw.release_conn = release_conn  # type: ignore[method-assign,union-attr]
         # A response dropped unread and unclosed (`if r.status_code != 200:
         # return`) calls neither: its slot comes back when it is collected.
         # Watched through `raw`, which a caller may keep (`.raw` streaming)
@@ -1251,16 +1304,16 @@ def _reauthenticated(request: requests.PreparedRequest) -> requests.PreparedRequ
 class _HookGuard:
     """
     The attempt's response hooks, run in order as requests runs them. When a
-    hook raises, it records the status it was looking at in the breaker
-    first, and remembers the exception so the session can tell it from a
-    transport failure.
+    hook raises, the guard records the status it was looking at in the
+    breaker first, and marks the exception as the caller's own on the call
+    (``call.hook_error``), so the session can tell it from a transport failure.
     """
 
-    __slots__ = ("breaker", "clock", "failure_status", "hooks", "is_trial", "raised", "started")
+    __slots__ = ("breaker", "call", "clock", "failure_status", "hooks", "is_trial", "started")
 
     def __init__(
         self, hooks: list[Callable[..., Any]], breaker: CircuitBreaker | None, is_trial: bool,
-        failure_status: frozenset[int], clock: Clock,
+        failure_status: frozenset[int], clock: Clock, call: Call | None = None,
     ) -> None:
         # A request sent again (``session.send(resp.request)``) carries the
         # guard of its first send: unwrap it, so it is not counted twice.
@@ -1271,16 +1324,25 @@ class _HookGuard:
         self.is_trial = is_trial
         self.failure_status = failure_status
         self.clock = clock
+        self.call = call
         self.started = 0.0
-        self.raised: BaseException | None = None
+
+    def moved(
+        self, breaker: CircuitBreaker | None, is_trial: bool, failure_status: frozenset[int]
+    ) -> _HookGuard:
+        """The same hooks, reporting to another endpoint's breaker (a redirect hop into it)."""
+        guard = _HookGuard(self.hooks, breaker, is_trial, failure_status, self.clock, self.call)
+        guard.started = self.clock.monotonic()
+        return guard
 
     def __call__(self, resp: requests.Response, **kwargs: Any) -> requests.Response:
         for hook in self.hooks:
             try:
                 out = hook(resp, **kwargs)
             except BaseException as exc:
-                if self.raised is None:
-                    self.raised = exc
+                call = self.call
+                if call is not None and call.hook_error is None:
+                    call.hook_error = exc
                     if self.breaker is not None:
                         failed = of_status(resp.status_code, self.failure_status).failure
                         self.breaker.record(success=not failed, is_trial=self.is_trial,
@@ -1289,3 +1351,8 @@ class _HookGuard:
             if out is not None:
                 resp = out
         return resp
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A response's request keeps its hooks: pickled (or deep-copied), the
+        # guard is just the user's hooks again, without breaker or call.
+        return (_HookGuard, (self.hooks, None, False, frozenset(), SYSTEM_CLOCK))

@@ -424,3 +424,24 @@ class TestRedactionUnits:
         with caplog.at_level(logging.DEBUG):
             log.debug('%s "%s %s"', "h", "GET", f"/x?token={QTOK}")
         assert QTOK in caplog.text  # not ours to touch
+
+
+class TestUrlFormsInEvents:
+    def test_semicolon_separated_and_fragment_secrets_are_redacted(self) -> None:
+        """`;` separates pairs as `&` does, and a fragment may carry a token."""
+        from resilient_client._config import Secrets
+        from resilient_client._redact import redact_url
+
+        secrets = Secrets(query=frozenset({"token"}))
+        assert "SEMI1" not in redact_url("http://h/x?a=1;token=SEMI1", secrets)
+        assert "FRAG1" not in redact_url("http://h/x#token=FRAG1", secrets)
+        assert redact_url("http://h/x?a=1;b=2", secrets) == "http://h/x?a=1;b=2"
+
+    def test_a_bytes_header_value_is_redacted_as_bytes_are_quoted(self) -> None:
+        """A non-ASCII secret given as bytes is not quoted in InvalidHeader."""
+        import resilient_client
+
+        session = resilient_client.ResilientSession({"secrets": {"headers": ["X-Api-Key"]}})
+        with pytest.raises(requests.exceptions.InvalidHeader) as caught:
+            session.get("http://127.0.0.1:1/", headers={"X-Api-Key": "sécretHB1\n".encode()})
+        assert "cretHB1" not in str(caught.value)

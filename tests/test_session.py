@@ -7,8 +7,10 @@ bound on per-origin state.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -407,15 +409,17 @@ class TestRedirectIntoAnotherEndpoint:
         return session
 
     def test_the_targets_forced_open_breaker_is_respected(self, two: tuple[Peer, Peer]) -> None:
-        """A redirect into an endpoint forced open fails fast, without reaching it."""
+        """A redirect into an endpoint forced open is not followed; the error does not claim no send."""
         a, b = two
         a.on("/go", redirect(b.url("/file")))
         b.on("/file", answer(200, b"data"))
         session = self.session_for(a, b)
         session.circuit("cdn").open()
-        with pytest.raises(resilient_client.CircuitOpenError):
+        with pytest.raises(requests.ConnectionError, match="redirect into endpoint 'cdn'") as caught:
             session.get(a.url("/go"))
-        assert b.hits() == 0
+        # CircuitOpenError promises the network was not touched; the first hop was.
+        assert not isinstance(caught.value, resilient_client.CircuitOpenError)
+        assert (a.hits(), b.hits()) == (1, 0)
 
     def test_the_targets_failures_count_against_the_target_not_the_source(
         self, two: tuple[Peer, Peer]
@@ -545,7 +549,7 @@ class TestWhatACallSays:
         """`exc.attempts` and a note say how many tries were made; urllib3's message counts none of ours."""
         session = make_session()
         with pytest.raises(requests.ConnectionError) as caught:
-            session.get(f"http://127.0.0.1:{refused_port()}/x")
+            session.get(f"http://127.0.0.1:{free_port()}/x")
         assert caught.value.attempts == 3
         assert "gave up after 3 attempts" in "".join(getattr(caught.value, "__notes__", []))
 
@@ -553,7 +557,7 @@ class TestWhatACallSays:
         """Without a retry, attempts is 1 and no note is added."""
         session = make_session(retry=None)
         with pytest.raises(requests.ConnectionError) as caught:
-            session.get(f"http://127.0.0.1:{refused_port()}/x")
+            session.get(f"http://127.0.0.1:{free_port()}/x")
         assert caught.value.attempts == 1
         assert not getattr(caught.value, "__notes__", [])
 
@@ -607,3 +611,120 @@ class TestPolicyForOneCall:
         assert (resp.is_fallback, resp.text) == (True, "later")
         with pytest.raises(resilient_client.CircuitOpenError):
             session.get(peer.url("/x"))
+
+
+class TestSecondReview:
+    @pytest.fixture
+    def two(self) -> Iterator[tuple[Peer, Peer]]:
+        with Peer(lifetime=20.0) as a, Peer(lifetime=20.0) as b:
+            yield a, b
+
+    def session_for(self, a: Peer, b: Peer, **defaults: Any) -> resilient_client.ResilientSession:
+        config: dict[str, Any] = {"budget": None, "retry": None, "breaker": {"failure_threshold": 2}}
+        config.update(defaults)
+        session = resilient_client.ResilientSession({
+            "defaults": config,
+            "endpoints": [{"name": "a", "match": a.url("/")}, {"name": "b", "match": b.url("/")}],
+        })
+        session.trust_env = False
+        return session
+
+    def test_a_per_call_timeout_holds_on_a_hop_into_another_endpoint(self, two: tuple[Peer, Peer]) -> None:
+        """timeout= given by the caller applies to every hop, whichever endpoint it enters."""
+        a, b = two
+        a.on("/go", redirect(b.url("/hang")))
+        b.on("/hang", hang())
+        session = self.session_for(a, b, timeout={"connect": 1.0, "read": 3.0, "total": None})
+        started = time.monotonic()
+        with pytest.raises(requests.ReadTimeout):
+            session.get(a.url("/go"), timeout=(0.5, 0.3))
+        assert time.monotonic() - started < 1.0
+
+    def test_a_bounce_back_to_the_source_counts_its_own_failure(self, two: tuple[Peer, Peer]) -> None:
+        """A -> B -> A ending in A's 503 is A's failure (an SSO bounce)."""
+        a, b = two
+        a.on("/login", redirect(b.url("/auth")))
+        b.on("/auth", redirect(a.url("/callback")))
+        a.on("/callback", answer(503))
+        session = self.session_for(a, b)
+        for _ in range(2):
+            assert session.get(a.url("/login")).status_code == 503
+        assert (session.circuit("a").state, session.circuit("b").state) == ("open", "closed")
+
+    def test_a_raising_hook_on_a_hop_reports_to_the_targets_breaker(self, two: tuple[Peer, Peer]) -> None:
+        """raise_for_status on a 503 from the redirect target counts against the target, not the source."""
+        a, b = two
+        a.on("/go", redirect(b.url("/file")))
+        b.on("/file", answer(503))
+        session = self.session_for(a, b)
+        for _ in range(2):
+            with pytest.raises(requests.HTTPError):
+                session.get(a.url("/go"), hooks={"response": lambda r, **kw: r.raise_for_status()})
+        assert (session.circuit("a").state, session.circuit("b").state) == ("closed", "open")
+
+    def test_a_listener_call_after_the_attempt_inherits_the_deadline(self, peer: Peer) -> None:
+        """A listener calling out on RetryScheduled still ends within the outer call's total."""
+        peer.on("/x", answer(503))
+        peer.on("/alert", hang())
+        session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 1.0})
+
+        def alert(event: Any) -> None:
+            if isinstance(event, resilient_client.RetryScheduled):
+                with contextlib.suppress(requests.RequestException):
+                    session.get(peer.url("/alert"))
+
+        session.subscribe(alert)
+        started = time.monotonic()
+        with contextlib.suppress(requests.RequestException):
+            session.get(peer.url("/x"))
+        assert time.monotonic() - started < 1.3
+
+    def test_a_stream_whose_body_a_hook_read_frees_its_slot(self, peer: Peer) -> None:
+        """A hook that reads r.content of a stream=True response leaves no slot held."""
+        peer.on("/x", answer(200, b"x" * 1000))
+        session = make_session(bulkhead={"max_concurrent": 1})
+        def read_it(r: requests.Response, **kwargs: Any) -> None:
+            r.content  # noqa: B018  (the read is the point)
+
+        kept = [session.get(peer.url("/x"), stream=True, hooks={"response": read_it}) for _ in range(3)]
+        assert all(r.status_code == 200 for r in kept)
+
+    def test_a_dropped_stream_frees_its_slot_without_a_garbage_collection(self, peer: Peer) -> None:
+        """No reference cycle keeps a dropped response (and its slot) alive until gc runs."""
+        peer.on("/x", answer(200, b"x" * 100_000))
+        session = make_session(bulkhead={"max_concurrent": 1})
+        gc.disable()
+        try:
+            for _ in range(3):
+                session.get(peer.url("/x"), stream=True)  # dropped at once
+        finally:
+            gc.enable()
+
+    def test_a_response_with_hooks_pickles(self, peer: Peer) -> None:
+        """The hook guard does not stop a response (and its request) from pickling."""
+        peer.on("/x", answer(200, b"ok"))
+        session = make_session()
+        resp = session.get(peer.url("/x"), hooks={"response": _noop_hook})
+        again = pickle.loads(pickle.dumps(resp))
+        assert again.request.hooks["response"][0].hooks == [_noop_hook]
+
+    def test_a_trailing_dot_host_gets_its_endpoints_policy(self) -> None:
+        """https://inventory.internal./ is inventory.internal, for routing."""
+        session = resilient_client.ResilientSession({"endpoints": [
+            {"name": "inventory", "match": "https://inventory.internal/"}]})
+        assert session.policy_for("GET", "https://inventory.internal./items").name == "inventory"
+
+    def test_an_unparseable_url_keeps_no_secret_in_its_context(self) -> None:
+        """The InvalidURL for a URL urllib3 cannot parse carries no __context__ quoting it."""
+        session = resilient_client.ResilientSession({"secrets": {"query": ["token"]}})
+        with pytest.raises(requests.exceptions.InvalidURL) as caught:
+            session.get("http://127.0.0.1:99999/x?token=CTXSECRET1")
+        chain, e = [], caught.value
+        while e is not None:
+            chain.append(f"{e!r} {e}")
+            e = e.__cause__ or e.__context__
+        assert "CTXSECRET1" not in " ".join(chain)
+
+
+def _noop_hook(r: requests.Response, **kwargs: Any) -> None:
+    return None
