@@ -671,7 +671,8 @@ class TestSecondReview:
         def alert(event: Any) -> None:
             if isinstance(event, resilient_client.RetryScheduled):
                 with contextlib.suppress(requests.RequestException):
-                    session.get(peer.url("/alert"))
+                    # Its own total is long: only the enclosing call's can stop it in time.
+                    session.get(peer.url("/alert"), policy={"timeout": {"total": 5.0}})
 
         session.subscribe(alert)
         started = time.monotonic()
@@ -703,7 +704,7 @@ class TestSecondReview:
     def test_a_response_with_hooks_pickles(self, peer: Peer) -> None:
         """The hook guard does not stop a response (and its request) from pickling."""
         peer.on("/x", answer(200, b"ok"))
-        session = make_session()
+        session = make_session(breaker={"failure_threshold": 5})  # the guard then holds a breaker
         resp = session.get(peer.url("/x"), hooks={"response": _noop_hook})
         again = pickle.loads(pickle.dumps(resp))
         assert again.request.hooks["response"][0].hooks == [_noop_hook]
