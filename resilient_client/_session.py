@@ -1113,7 +1113,10 @@ class ResilientSession(requests.Session):
     # and hears of new ones with `_on_new_session`; it resets one with
     # `_forget_state`, moves it onto its fake clock with `_use_clock`, and
     # counts the calls the application makes with `_watch_calls`. Each change
-    # comes with the function that undoes it. Not for production code.
+    # comes with the function that undoes it, which holds the session weakly
+    # (undoing for a session since collected does nothing): a test's leftover
+    # sessions must stay collectable while a registry is active. Not for
+    # production code.
 
     @staticmethod
     def _live_sessions() -> list[ResilientSession]:
@@ -1157,22 +1160,22 @@ class ResilientSession(requests.Session):
         ``self.clock`` afresh on every call.
         """
         with self._lock:
-            old = (self.clock, self._rng)
+            old: list[Any] = [self.clock, self._rng]
             if clock is not None:
                 self.clock = clock
             if rng is not None and self._rng is None:
                 self._rng = rng
         self._forget_state()
-        restored = False
+        me = weakref.ref(self)  # see the section's comment: undoing holds no session
 
         def restore() -> None:
-            nonlocal restored
-            if restored:
+            session = me()
+            if session is None or not old:
                 return
-            restored = True
-            with self._lock:
-                self.clock, self._rng = old
-            self._forget_state()
+            with session._lock:
+                session.clock, session._rng = old
+            old.clear()  # twice is once
+            session._forget_state()
 
         return restore
 
@@ -1205,13 +1208,18 @@ class ResilientSession(requests.Session):
         # An instance attribute: other sessions, and pickles (requests pickles
         # only its __attrs__), never see it.
         self.send = send  # type: ignore[method-assign]
+        me, mine = weakref.ref(self), weakref.ref(send)
+        before = weakref.ref(previous) if previous is not None else None
 
         def unwatch() -> None:
-            if vars(self).get("send") is send:
-                if previous is None:
-                    del self.send
-                else:
-                    self.send = previous  # type: ignore[method-assign]
+            session, installed = me(), mine()
+            if session is None or installed is None or vars(session).get("send") is not installed:
+                return  # gone, undone already, or watched again since: not ours to undo
+            prior = before() if before is not None else None
+            if prior is None:
+                del session.send
+            else:
+                session.send = prior  # type: ignore[method-assign]
 
         return unwatch
 

@@ -8,12 +8,20 @@ every session built meanwhile. It resets each, moves each one running on
 the system clock onto the fake clock (with seeded jitter), and records its
 calls and events. Stopping undoes all of it: a moved session gets its own
 clock back, with fresh state again, so nothing leaks into the next test.
+
+Why sessions from before the registry are held weakly: many of them are
+leftovers of earlier tests that only the cyclic garbage collector has yet to
+free. Holding them would keep them alive for the whole test, and asking
+for an endpoint's breaker could then find a leftover's instead of the
+application's (`older` collects garbage first when that is ambiguous).
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
+import weakref
 from collections.abc import Callable
 
 from .._clock import SYSTEM_CLOCK
@@ -24,12 +32,11 @@ __all__ = ["Wiring"]
 
 
 class _Wired:
-    """What was done to one session, and how to undo it."""
+    """What was done to one session, and how to undo it (the undo holds no session)."""
 
-    __slots__ = ("existing", "moved", "owned", "session", "undo")
+    __slots__ = ("existing", "moved", "owned", "undo")
 
-    def __init__(self, session: ResilientSession, existing: bool) -> None:
-        self.session = session
+    def __init__(self, existing: bool) -> None:
         self.existing = existing  # alive before the registry started
         self.moved = False  # put on the registry's clock
         self.owned = False  # built by `FakePeers.session`: closed at the end
@@ -43,10 +50,15 @@ class Wiring:
         self._recording = recording
         self._seed = seed
         self._lock = threading.RLock()
-        self._wired: dict[int, _Wired] = {}
+        # Insertion order is the order sessions were found: oldest live ones first.
+        self._wired: weakref.WeakKeyDictionary[ResilientSession, _Wired] = (
+            weakref.WeakKeyDictionary()
+        )
         # Sessions built while active, kept so that breakers can be asked about after the block.
         self._built: list[ResilientSession] = []
-        self._adapters: dict[int, ResilientSession] = {}
+        self._adapters: weakref.WeakKeyDictionary[object, weakref.ref[ResilientSession]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._unwatch: Callable[[], None] | None = None
 
     def start(self) -> None:
@@ -62,14 +74,14 @@ class Wiring:
             self._unwatch()
             self._unwatch = None
         with self._lock:
-            wired = list(self._wired.values())
+            wired = list(self._wired.items())
             self._wired.clear()
             self._adapters.clear()
-        for w in wired:
+        for session, w in wired:
             for undo in reversed(w.undo):
                 undo()
             if w.owned:
-                w.session.close()
+                session.close()
 
     def _built_now(self, session: ResilientSession) -> None:
         self.adopt(session, existing=False)
@@ -78,16 +90,17 @@ class Wiring:
         """Wire *session* once: record it, reset it, and move it if on the system clock (or *move*)."""
         rec = self._recording
         with self._lock:
-            w = self._wired.get(id(session))
+            w = self._wired.get(session)
             fresh = w is None
             if w is None:
-                w = self._wired[id(session)] = _Wired(session, existing)
+                w = self._wired[session] = _Wired(existing)
                 if not existing:
                     self._built.append(session)
                 for adapter in session.adapters.values():
-                    self._adapters[id(adapter)] = session
+                    self._adapters[adapter] = weakref.ref(session)
                 rec._redaction.learn_secrets(session.config.secrets)
                 w.undo.append(session.subscribe(rec._on_event))
+                # Installed on the session itself: a reference it holds to itself.
                 w.undo.append(
                     session._watch_calls(
                         lambda request: rec._app_call_started(session, request),
@@ -106,21 +119,33 @@ class Wiring:
         """*session* was built for the registry: wired, and closed when it stops."""
         self.adopt(session, existing=False)
         with self._lock:
-            self._wired[id(session)].owned = True
+            self._wired[session].owned = True
 
     def owner_of(self, adapter: object) -> ResilientSession | None:
         """The wired session *adapter* is mounted on, if any."""
-        return self._adapters.get(id(adapter))
+        ref = self._adapters.get(adapter)
+        return ref() if ref is not None else None
 
-    def candidates(self) -> list[ResilientSession]:
-        """
-        The sessions to ask about an endpoint, in order: those that made a
-        call, those built during the test, then older ones, oldest first (a
-        module-level session comes before leftovers of earlier tests).
-        """
+    def first(self) -> list[ResilientSession]:
+        """The sessions to ask about an endpoint first: those that made a call, then those built since."""
+        found: dict[int, ResilientSession] = {}
         with self._lock:
-            older = [w.session for w in self._wired.values() if w.existing]
-            found: dict[int, ResilientSession] = {}
-            for session in (*self._recording._used, *self._built, *older):
+            for session in (*self._recording._used, *self._built):
                 found.setdefault(id(session), session)
         return list(found.values())
+
+    def older_count(self) -> int:
+        """How many sessions from before the registry are still alive."""
+        with self._lock:
+            return sum(w.existing for w in self._wired.values())
+
+    def older(self, *, collect: bool) -> list[ResilientSession]:
+        """
+        The sessions from before the registry, oldest first (a module-level
+        session before leftovers of earlier tests); with *collect*, garbage
+        is collected first, so that the leftovers are gone.
+        """
+        if collect:
+            gc.collect()
+        with self._lock:
+            return [session for session, w in self._wired.items() if w.existing]
