@@ -75,6 +75,11 @@ class FakePeers(Recording):
     Attributes:
         mock: the `responses.RequestsMock` underneath; ``peers.mock.add(...)``
             registers plain responses, with responses' matchers.
+        clock: the fake clock.
+        calls: every `PeerCall`, in order (requests that reached a peer).
+        app_calls: every `AppCall` the application made, in order.
+        events: every `Event` the sessions emitted, as an `EventLog`.
+        unmatched: the `PeerCall` s no peer matched.
 
     .. versionadded:: 0.1.0
     """
