@@ -41,7 +41,7 @@ def open_breaker_by_calls(session: rc.ResilientSession) -> None:
 
 class TestSessionsBuiltBeforeTheRegistry:
     def test_an_import_time_session_is_found_with_no_call(self):
-        """A session built before the registry runs on its clock, is recorded, and matches endpoint scripts."""
+        """A session built before the registry runs on its clock, is recorded, matches endpoint scripts."""
         session = rc.ResilientSession(CONFIG)  # as a module would, at import time
         with fake_peers() as peers:
             peers.endpoint("inventory").statuses([503, 200])
@@ -166,7 +166,7 @@ class TestTheSessionSeam:
         assert heard == [built]
 
     def test_use_clock_moves_every_clock_reader_and_restores(self):
-        """After _use_clock, backoff sleeps, breaker timers and stale ages read the new clock; restore undoes it."""
+        """After _use_clock, backoff sleeps and breaker timers read the new clock; restore undoes it."""
         session = rc.ResilientSession(CONFIG)
         before = session.circuit("inventory")
         clock = FakeClock()
