@@ -15,6 +15,7 @@ import weakref
 import pytest
 
 import resilient_client as rc
+from resilient_client._clock import SYSTEM_CLOCK
 from resilient_client.testing import FakeClock, FakePeers, fake_peers
 
 URL = "https://inventory.internal/items/42"
@@ -50,7 +51,7 @@ class TestSessionsBuiltBeforeTheRegistry:
             assert peers.clock.sleeps  # the backoff slept on the fake clock
             assert len(peers.app_calls) == 1 and peers.attempts("inventory") == 2
             assert peers.breaker("inventory") is session.circuit("inventory")
-        assert session.clock is rc.SYSTEM_CLOCK
+        assert session.clock is SYSTEM_CLOCK
         assert "send" not in vars(session)
 
     def test_an_opened_breaker_does_not_leak_into_the_next_registry(self):
@@ -122,7 +123,7 @@ class TestSessionsBuiltDuringTheRegistry:
         with fake_peers() as peers:
             session = rc.ResilientSession(CONFIG)
             assert session.clock is peers.clock
-        assert session.clock is rc.SYSTEM_CLOCK
+        assert session.clock is SYSTEM_CLOCK
 
     def test_an_unpickled_session_is_found_too(self):
         """A session unpickled while the registry is active is wired like one built."""
@@ -180,7 +181,7 @@ class TestTheSessionSeam:
             clock.advance(31)
             assert session.circuit("inventory").state == "half-open"
         restore()
-        assert session.clock is rc.SYSTEM_CLOCK
+        assert session.clock is SYSTEM_CLOCK
         assert session.circuit("inventory").state == "closed"
         restore()  # twice is once
 
