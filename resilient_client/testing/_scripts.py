@@ -181,6 +181,7 @@ FAILURES: dict[str, Callable[[], Outcome]] = {
 
 
 def check_seconds(name: str, value: float) -> float:
+    """*value* as float seconds, or a ValueError naming *name* (no bool, NaN or negative)."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -207,6 +208,7 @@ def make_answer(
     headers: dict[str, str] | None = None,
     retry_after: float | str | None = None,
 ) -> Answer:
+    """One answer: *status* with a JSON or raw body, headers, and a Retry-After if given."""
     hdrs = dict(headers or {})
     if json is not UNSET:
         if body is not None:
