@@ -78,6 +78,10 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["resilient-client=resilient_client.tools._cli:main"],
+        # The package resilient_client.testing is the plugin: its __init__
+        # re-exports the fixtures of testing/_plugin.py. Naming the package,
+        # not _plugin, keeps `-p resilient_client.testing` and existing
+        # installs working (entry points are recorded at install time).
         "pytest11": ["resilient_client=resilient_client.testing"],
     },
     classifiers=[

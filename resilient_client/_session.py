@@ -24,13 +24,14 @@ exactly the next ``send`` it makes as a hop of the running attempt; any other
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import requests
 import tenacity
@@ -102,15 +103,6 @@ _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
-
-#: Run last in every ``ResilientSession.__init__`` with the session and its
-#: ``clock`` and ``rng`` arguments as given (None when omitted). Empty in
-#: production: `resilient_client.testing` adds one while a fake peer registry
-#: is active, so that sessions an application builds during a test run on the
-#: fake clock and are recorded.
-_NewSessionHook = Callable[["ResilientSession", "Clock | None", "random.Random | None"], None]
-_NEW_SESSION_HOOKS: list[_NewSessionHook] = []
-
 
 
 class _EndpointState:
@@ -202,8 +194,7 @@ class ResilientSession(requests.Session):
         # stays 0 so that this session is the only retry layer.
         self.mount("https://", DeadlineAdapter())
         self.mount("http://", DeadlineAdapter())
-        for hook in tuple(_NEW_SESSION_HOOKS):
-            hook(self, clock, rng)
+        _LIVE_SESSIONS.add(self)  # last: it is complete, adapters mounted
 
     def _setup(
         self,
@@ -254,6 +245,7 @@ class ResilientSession(requests.Session):
         for attr, value in state.items():  # as requests.Session.__setstate__ does
             setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
+        _LIVE_SESSIONS.add(self)
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
@@ -388,14 +380,6 @@ class ResilientSession(requests.Session):
         """Every endpoint state this session keeps now: named endpoints, then origins."""
         with self._lock:
             return [*self._states.values(), *self._origins.values()]
-
-    def _forget_state(self) -> None:
-        """Drop every cached route and endpoint state (the testing kit's reset)."""
-        with self._lock:
-            self._routes.clear()
-            self._states.clear()
-            self._origins.clear()
-            self._retryings.clear()
 
     def _state_named(self, name: str) -> _EndpointState:
         with self._lock:
@@ -1164,6 +1148,175 @@ class ResilientSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<ResilientSession endpoints={[e.name for e in self.config.endpoints]}>"
+
+    # == The test seam ========================================================
+    #
+    # resilient_client.testing's only way into a session: nothing outside this
+    # module touches a session's private attributes. The kit finds sessions
+    # with `_live_sessions` (a module-level one built at import time included)
+    # and hears of new ones with `_on_new_session`; it resets one with
+    # `_forget_state`, moves it onto its fake clock with `_use_clock`, and
+    # counts the calls the application makes with `_watch_calls`. Each change
+    # comes with the function that undoes it, which holds the session weakly
+    # (undoing for a session since collected does nothing): a test's leftover
+    # sessions must stay collectable while a registry is active. Not for
+    # production code.
+
+    @staticmethod
+    def _live_sessions() -> list[ResilientSession]:
+        """Every session alive in this process, oldest first."""
+        return _LIVE_SESSIONS.snapshot()
+
+    @staticmethod
+    def _on_new_session(callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
+        """
+        Call *callback* with every session built from now on (at the end of
+        its ``__init__``, or when unpickled); returns what stops it.
+        """
+        return _LIVE_SESSIONS.watch(callback)
+
+    def _forget_state(self) -> None:
+        """
+        Start afresh: drop every endpoint state (breakers, budgets, bulkheads,
+        stale caches), cached route and retry engine, and the health
+        tracker's counts. Calls in flight finish on what they hold.
+        """
+        with self._lock:
+            self._routes.clear()
+            self._states.clear()
+            self._origins.clear()
+            self._origins_next_scan = 0
+            self._retryings.clear()
+            health, self._health = self._health, None
+        if health is not None:
+            # Subscribed by `health()`; the next call of it makes a new one.
+            self._bus.subscribe(health)()  # the returned function removes every copy
+
+    def _use_clock(self, clock: Clock | None, rng: random.Random | None) -> Callable[[], None]:
+        """
+        Read time from *clock* (None: keep this session's) and draw backoff
+        jitter from *rng* unless the session was built with an ``rng`` of
+        its own; returns what puts the old ones back.
+
+        Both ways the state is forgotten (`_forget_state`): breakers, budgets
+        and stale caches hold the clock they were made with, and each retry
+        engine holds ``clock.sleep`` and the jitter source, so keeping them
+        would mix two clocks. Routes, deadlines and attempts read
+        ``self.clock`` afresh on every call.
+        """
+        with self._lock:
+            old: list[Any] = [self.clock, self._rng]
+            if clock is not None:
+                self.clock = clock
+            if rng is not None and self._rng is None:
+                self._rng = rng
+        self._forget_state()
+        me = weakref.ref(self)  # see the section's comment: undoing holds no session
+
+        def restore() -> None:
+            session = me()
+            if session is None or not old:
+                return
+            with session._lock:
+                session.clock, session._rng = old
+            old.clear()  # twice is once
+            session._forget_state()
+
+        return restore
+
+    def _watch_calls(
+        self,
+        started: Callable[[requests.PreparedRequest], _T | None],
+        ended: Callable[[_T, requests.Response | None, BaseException | None], None],
+    ) -> Callable[[], None]:
+        """
+        Around every ``send`` of this session, call ``started(request)`` and,
+        unless that gave None, ``ended(token, response, exception)``; returns
+        what stops it. ``send`` is also how requests sends each redirect hop,
+        so *started* sees those too and tells them apart.
+        """
+        inner = self.send  # the class's, or the watch before this one
+
+        def send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+            token = started(request)
+            if token is None:
+                return inner(request, **kwargs)
+            try:
+                resp = inner(request, **kwargs)
+            except BaseException as exc:
+                ended(token, None, exc)
+                raise
+            ended(token, resp, None)
+            return resp
+
+        previous = vars(self).get("send")
+        # An instance attribute: other sessions, and pickles (requests pickles
+        # only its __attrs__), never see it.
+        self.send = send  # type: ignore[method-assign]
+        me, mine = weakref.ref(self), weakref.ref(send)
+        before = weakref.ref(previous) if previous is not None else None
+
+        def unwatch() -> None:
+            session, installed = me(), mine()
+            if session is None or installed is None or vars(session).get("send") is not installed:
+                return  # gone, undone already, or watched again since: not ours to undo
+            prior = before() if before is not None else None
+            if prior is None:
+                del session.send
+            else:
+                session.send = prior  # type: ignore[method-assign]
+
+        return unwatch
+
+
+# -- the registry behind the test seam ----------------------------------------
+
+_T = TypeVar("_T")
+
+
+class _LiveSessions:
+    """
+    Every `ResilientSession` alive in this process, oldest first, held
+    weakly, and the callbacks that want to hear of each new one: the registry
+    behind the test seam (see the end of `ResilientSession`). The testing kit
+    finds an application's sessions here, a module-level one built at import
+    time included, to put them on its fake clock and reset them between tests.
+    Weak, so it keeps no session alive; per process, so parallel test workers
+    never see each other's sessions. No callback is registered in production.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Keyed by a serial number: a dict keeps insertion order, so oldest first.
+        self._sessions: weakref.WeakValueDictionary[int, ResilientSession] = (
+            weakref.WeakValueDictionary()
+        )
+        self._serial = itertools.count()
+        self._callbacks: tuple[Callable[[ResilientSession], None], ...] = ()
+
+    def add(self, session: ResilientSession) -> None:
+        with self._lock:
+            self._sessions[next(self._serial)] = session
+            callbacks = self._callbacks
+        for callback in callbacks:  # outside the lock: a callback may build a session
+            callback(session)
+
+    def snapshot(self) -> list[ResilientSession]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def watch(self, callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
+        with self._lock:
+            self._callbacks = (*self._callbacks, callback)
+
+        def unwatch() -> None:
+            with self._lock:
+                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+
+        return unwatch
+
+
+_LIVE_SESSIONS = _LiveSessions()
 
 
 def _merge_proxies(request_setting: Any, session_setting: Any) -> Any:

@@ -21,14 +21,7 @@ PACKAGE = "resilient_client"
 TOOLS = f"{PACKAGE}.tools"
 
 #: Module-level import cycles allowed today, each with the change that removes it.
-IMPORT_TIME_CYCLES: dict[frozenset[str], str] = {
-    # testing imports the plugin's fixtures at module level so that pytest
-    # finds them through the pytest11 entry point, which names
-    # resilient_client.testing; the plugin builds them from testing's
-    # FakeClock and FakePeers. Removed by pointing the entry point at
-    # _pytest_plugin and keeping a deprecated re-export in testing.
-    frozenset({"testing", "_pytest_plugin"}): "testing kit: entry point on _pytest_plugin",
-}
+IMPORT_TIME_CYCLES: dict[frozenset[str], str] = {}
 
 #: Cycles once imports inside functions count too: the same dependency,
 #: postponed to call time. TYPE_CHECKING imports still do not count (types only).
@@ -46,7 +39,6 @@ DEFERRED_CYCLES: dict[frozenset[str], str] = {
 LONG_MODULES: dict[str, str] = {
     "_session": "the requests front; the lead's rewrite splits its layers",
     "_breaker": "the breaker rewrite separates the state machine from its stores",
-    "testing": "fake peers, fake clock, assertions and reports in one module",
     "_policy": "every policy dataclass with its validation",
     "_config": "the parser of the config file",
     "_events": "the event classes, the bus and the log listener",
