@@ -72,13 +72,11 @@ and the duration cannot be slow, which is exactly when
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._breaker_machine import (
@@ -92,6 +90,7 @@ from ._breaker_machine import (
     Record,
     Window,
 )
+from ._breaker_report import LISTENER_STATES, BreakerStats, notify_outcome, safely
 from ._breaker_store import BreakerStore, Changes, MemoryStore
 from ._clock import SYSTEM_CLOCK, Clock
 from ._policy import BreakerMode, BreakerPolicy
@@ -104,58 +103,9 @@ __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "StateChangeCallbac
 # Kept importable from here for tests written against the old single module.
 _ = (_MAX_BUCKETS, _TRIAL_LEASE_MIN)
 
-logger = logging.getLogger("resilient_client")
-
-
-@dataclass(frozen=True)
-class BreakerStats:
-    """
-    A snapshot of a breaker, for dashboards, health views and tests.
-
-    Counts are this process's, since the breaker was created. ``retry_at`` is
-    when a trial call becomes possible (on the session's clock), ``None``
-    when closed or forced open. ``window_calls``/``window_failures`` cover the
-    rate-mode window (0 in consecutive mode). ``shared`` is ``None`` in memory
-    mode, else whether Redis is currently reachable.
-
-    .. versionadded:: 0.1.0
-    """
-
-    name: str
-    state: BreakerState
-    consecutive_failures: int
-    failures: int
-    successes: int
-    rejected: int
-    retry_at: float | None
-    slow_calls: int = 0
-    window_calls: int = 0
-    window_failures: int = 0
-    shared: bool | None = None
-
 
 #: ``on_state_change(breaker, old_state, new_state)``.
 StateChangeCallback = Callable[["CircuitBreaker", BreakerState, BreakerState], None]
-
-
-class _ListenerState:
-    """What a pybreaker listener gets as a state: pybreaker passes its state
-    objects, whose ``.name`` is the state string."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<state {self.name}>"
-
-
-_LISTENER_STATES = {s: _ListenerState(s.value) for s in BreakerState}
-
-
-class _FailedAttempt(Exception):
-    """Given to pybreaker listeners' ``failure()``: record() gets no exception."""
 
 
 class CircuitBreaker:
@@ -311,7 +261,7 @@ class CircuitBreaker:
         if changes:
             self._notify(changes)
         if self._listeners:
-            self._notify_outcome(failed, slow, duration)
+            notify_outcome(self, self._listeners, failed, slow, duration)
 
     def release_trial(self) -> None:
         """
@@ -473,24 +423,11 @@ class CircuitBreaker:
                 self._safely(self._on_state_change, self, old, new)
             for listener in self._listeners:
                 self._safely(
-                    listener.state_change, self, _LISTENER_STATES[old], _LISTENER_STATES[new]
+                    listener.state_change, self, LISTENER_STATES[old], LISTENER_STATES[new]
                 )
 
-    def _notify_outcome(self, failed: bool, slow: bool, duration: float) -> None:
-        for listener in self._listeners:
-            if not failed:
-                self._safely(listener.success, self)
-            else:
-                why = f"slow call ({duration:.3f}s)" if slow else "attempt failed"
-                self._safely(listener.failure, self, _FailedAttempt(why))
-
     def _safely(self, fn: Callable[..., Any], *args: Any) -> None:
-        # The state has already changed: a failing observer must not break
-        # the call that happened to trigger it.
-        try:
-            fn(*args)
-        except Exception:
-            logger.exception("circuit breaker %r: a state listener failed", self.name)
+        safely(self.name, fn, *args)
 
 
 def _copy(rec: Record, now: float) -> tuple[Record, None]:
