@@ -13,11 +13,12 @@ opens it again. The session drives it around each attempt::
     # or, if the attempt ended without an outcome (BaseException):
     breaker.release_trial()
 
-The breaker modules (none imports the facade; no circle)::
+The breaker modules (none imports the facade: no cycle)::
 
     _breaker_machine  the sans-IO state machine: Record, transitions, Window
     _breaker_store    the BreakerStore seam (a Protocol) and MemoryStore
     _breaker_redis    RedisStore: Lua compare-and-set, pybreaker's storage
+    _breaker_report   BreakerStats, and pybreaker listeners' plumbing
     _breaker          this facade: counts, listeners, the closed fast path
 
 `CircuitBreaker` builds each transition from `BreakerMachine`, has its store
@@ -45,16 +46,13 @@ its storage seam, not its machinery:
   registered; they get ``state_change``, ``before_call``, ``success`` and
   ``failure`` as they would from pybreaker.
 
-Not used: ``pybreaker.CircuitBreaker`` and its state classes: the state
-machine is ours (`_breaker_machine`). pybreaker's ``call()`` holds one lock
-for the whole wrapped call (so calls through a breaker would run one at a
-time), it reads the wall clock (``datetime.now``) so it cannot run on an
-injected clock, and its Redis storage logs a traceback for every Redis error
-on every call. We do not wrap the call at all, locks are held only for
-bookkeeping, and time in memory mode is the injected clock's. Memory mode
-does not use ``CircuitMemoryStorage`` either: the closed path must be a
-single attribute read, and that storage keeps ``opened_at`` as a wall-clock
-datetime.
+Not used: ``pybreaker.CircuitBreaker`` and its state classes; the state
+machine is ours (`_breaker_machine`). Its ``call()`` holds one lock for the
+whole wrapped call (calls through a breaker would run one at a time), it
+reads the wall clock (``datetime.now``), so it cannot run on an injected
+clock, and its Redis storage logs a traceback for every Redis error on every
+call. Nor ``CircuitMemoryStorage``: the closed path must be a single
+attribute read, and it keeps ``opened_at`` as a wall-clock datetime.
 
 Decision record: the closed fast path
 -------------------------------------
@@ -77,11 +75,9 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._breaker_machine import (
-    _MAX_BUCKETS,
-    _TRIAL_LEASE_MIN,
     CLOSED,
     REJECT,
     TRIAL,
@@ -90,7 +86,7 @@ from ._breaker_machine import (
     Record,
     Window,
 )
-from ._breaker_report import LISTENER_STATES, BreakerStats, notify_outcome, safely
+from ._breaker_report import BreakerStats, notify_outcome, notify_state_change, safely
 from ._breaker_store import BreakerStore, Changes, MemoryStore
 from ._clock import SYSTEM_CLOCK, Clock
 from ._policy import BreakerMode, BreakerPolicy
@@ -100,8 +96,6 @@ if TYPE_CHECKING:
     import pybreaker
 
 __all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "StateChangeCallback"]
-# Kept importable from here for tests written against the old single module.
-_ = (_MAX_BUCKETS, _TRIAL_LEASE_MIN)
 
 
 #: ``on_state_change(breaker, old_state, new_state)``.
@@ -128,27 +122,10 @@ class CircuitBreaker:
     """
 
     __slots__ = (
-        "__weakref__",
-        "_admit",
-        "_clock",
-        "_closed_fast",
-        "_consecutive",
-        "_failures",
-        "_fast_limit",
-        "_healthy",
-        "_listeners",
-        "_local_time",
-        "_lock",
-        "_machine",
-        "_mem",
-        "_on_state_change",
-        "_rejected",
-        "_slow_calls",
-        "_store",
-        "_successes",
-        "_window",
-        "name",
-        "policy",
+        "__weakref__", "_admit", "_clock", "_closed_fast", "_consecutive", "_failures",
+        "_fast_limit", "_healthy", "_listeners", "_local_time", "_lock", "_machine", "_mem",
+        "_on_state_change", "_rejected", "_slow_calls", "_store", "_successes", "_window",
+        "name", "policy",
     )
 
     def __init__(
@@ -217,7 +194,7 @@ class CircuitBreaker:
                 self._rejected += 1
             raise CircuitOpenError(self.name, self._local(self._machine.retry_at(rec), now))
         for listener in self._listeners:
-            self._safely(listener.before_call, self, None)
+            safely(self.name, listener.before_call, self, None)
         return verdict is TRIAL
 
     def record(self, *, success: bool, is_trial: bool, duration: float = 0.0) -> None:
@@ -288,10 +265,7 @@ class CircuitBreaker:
 
         .. versionadded:: 0.1.0
         """
-        rec, now, changes = self._store.read()
-        if changes:
-            self._notify(changes)
-        return self._machine.view(rec, now)
+        return self._machine.view(*self._read())
 
     @property
     def retry_at(self) -> float | None:
@@ -301,9 +275,7 @@ class CircuitBreaker:
 
         .. versionadded:: 0.1.0
         """
-        rec, now, changes = self._store.read()
-        if changes:
-            self._notify(changes)
+        rec, now = self._read()
         return self._local(self._machine.retry_at(rec), now)
 
     def open(self) -> None:
@@ -330,9 +302,7 @@ class CircuitBreaker:
 
         .. versionadded:: 0.1.0
         """
-        rec, now, changes = self._store.read()
-        if changes:
-            self._notify(changes)
+        rec, now = self._read()
         with self._lock:
             window = self._window
             if window is not None:
@@ -387,6 +357,12 @@ class CircuitBreaker:
 
     # -- helpers -----------------------------------------------------------------
 
+    def _read(self) -> tuple[Record, float]:
+        rec, now, changes = self._store.read()
+        if changes:
+            self._notify(changes)
+        return rec, now
+
     def _watch(self, rec: Record) -> None:
         # The memory store's commit hook, run under its lock: the fast-path
         # flag changes in the same critical section as the record.
@@ -400,12 +376,8 @@ class CircuitBreaker:
             self._mem.apply(_copy)
 
     def _force(self, open_: bool) -> None:
-        machine = self._machine
-
-        def step(rec: Record, now: float) -> tuple[Record, None]:
-            return machine.force(rec, now, open_=open_), None
-
-        self._notify(self._store.apply(step)[3])
+        force = self._machine.force
+        self._notify(self._store.apply(lambda rec, now: (force(rec, now, open_=open_), None))[3])
 
     def _local(self, at: float | None, now: float) -> float | None:
         """A time in the store's time base, on this breaker's clock."""
@@ -420,14 +392,8 @@ class CircuitBreaker:
                 with self._lock:
                     self._window.clear()  # a closed breaker starts a fresh window
             if self._on_state_change is not None:
-                self._safely(self._on_state_change, self, old, new)
-            for listener in self._listeners:
-                self._safely(
-                    listener.state_change, self, LISTENER_STATES[old], LISTENER_STATES[new]
-                )
-
-    def _safely(self, fn: Callable[..., Any], *args: Any) -> None:
-        safely(self.name, fn, *args)
+                safely(self.name, self._on_state_change, self, old, new)
+            notify_state_change(self, self._listeners, old, new)
 
 
 def _copy(rec: Record, now: float) -> tuple[Record, None]:

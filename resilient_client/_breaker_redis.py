@@ -29,6 +29,11 @@ socket timeout and no retries; when Redis is unreachable the store carries
 on with a `MemoryStore` seeded with the last record it saw, logs that once,
 tries Redis again at most every `_REDIS_RETRY_INTERVAL` seconds, and when it
 answers writes what `BreakerMachine.reconcile` makes of the outage.
+
+Why it is long: it is the Redis backend whole (its two Lua scripts, the
+pybreaker storage that runs them, the record's encoding in keys, and what an
+unreachable Redis means), kept in one module so that the scripts live
+nowhere else and nothing else imports pybreaker or redis-py.
 """
 
 from __future__ import annotations
@@ -69,9 +74,9 @@ _REDIS_RETRY_INTERVAL = 1.0
 #: Shared keys expire after a day without writes: breakers per origin would
 #: otherwise leave keys behind for every host ever called.
 _KEY_TTL_MS = 86_400_000
-#: Compare-and-set rounds before an outcome is given up as lost to contention
-#: (each conflict means another process wrote meanwhile).
-_CAS_ATTEMPTS = 8
+#: Compare-and-set rounds before giving up on sharing one decision (each
+#: conflict means another process wrote meanwhile, so someone progressed).
+_CAS_ATTEMPTS = 32
 
 _KEY_NAMES = ("state", "opened_at_ms", "forced", "fail_counter", "trial")
 
@@ -322,22 +327,21 @@ class RedisStore:
         return rec, result, now, self._observe(rec.state)
 
     def _apply_shared(self, step: Step[R], snap: _Snap) -> tuple[Record, R, float, Changes]:
-        for _ in range(_CAS_ATTEMPTS - 1):
+        for _ in range(_CAS_ATTEMPTS):
             now = snap.clock()
             new, result = step(snap.record, now)
             if new is snap.record:
-                break
+                return new, result, now, self._observe(new.state)
             written, snap = self.storage.compare_and_set(snap, new, self._lease(new, now))
             self._cache(snap)
             if written:
-                break
-        else:
-            # Lost to contention every time: the outcome is dropped, which
-            # costs a breaker one count, never a wrong state.
-            now = snap.clock()
-            result = step(snap.record, now)[1]
-            logger.debug("circuit breaker %r: gave up writing to Redis", self._name)
-        return snap.record, result, now, self._observe(snap.record.state)
+                return snap.record, result, now, self._observe(snap.record.state)
+        # Every write lost to another process's: decide for this call alone,
+        # on the latest record, without sharing it (at worst a lost count, or
+        # a trial call that the shared record does not know and ignores).
+        logger.debug("circuit breaker %r: Redis busy, decided locally", self._name)
+        new, result, now, _ = MemoryStore(_RedisTime(self), snap.record).apply(step)
+        return new, result, now, ()
 
     def reachable(self) -> bool | None:
         return not self._down

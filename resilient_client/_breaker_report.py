@@ -17,7 +17,7 @@ from typing import Any
 
 from ._breaker_machine import BreakerState
 
-__all__ = ["LISTENER_STATES", "BreakerStats", "notify_outcome", "safely"]
+__all__ = ["BreakerStats", "notify_outcome", "notify_state_change", "safely"]
 
 logger = logging.getLogger("resilient_client")
 
@@ -62,7 +62,7 @@ class _ListenerState:
         return f"<state {self.name}>"
 
 
-LISTENER_STATES = {s: _ListenerState(s.value) for s in BreakerState}
+_LISTENER_STATES = {s: _ListenerState(s.value) for s in BreakerState}
 
 
 class _FailedAttempt(Exception):
@@ -89,3 +89,13 @@ def notify_outcome(
         else:
             why = f"slow call ({duration:.3f}s)" if slow else "attempt failed"
             safely(breaker.name, listener.failure, breaker, _FailedAttempt(why))
+
+
+def notify_state_change(
+    breaker: Any, listeners: Iterable[Any], old: BreakerState, new: BreakerState
+) -> None:
+    """Tell pybreaker listeners of a change of state, in pybreaker's terms."""
+    for listener in listeners:
+        safely(
+            breaker.name, listener.state_change, breaker, _LISTENER_STATES[old], _LISTENER_STATES[new]
+        )

@@ -34,10 +34,6 @@ IMPORT_TIME_CYCLES: dict[frozenset[str], str] = {
 #: postponed to call time. TYPE_CHECKING imports still do not count (types only).
 DEFERRED_CYCLES: dict[frozenset[str], str] = {
     **IMPORT_TIME_CYCLES,
-    # _breaker imports _breaker_redis inside the factory for a Redis storage,
-    # and _breaker_redis builds on _breaker's classes. The breaker rewrite
-    # (a sans-IO machine with its stores beside it) removes it.
-    frozenset({"_breaker", "_breaker_redis"}): "breaker rewrite: stores beside the machine",
 }
 
 #: Modules over LONG_MODULE lines that say nothing about it, allowed today; a
@@ -45,7 +41,6 @@ DEFERRED_CYCLES: dict[frozenset[str], str] = {
 #: it is long (a paragraph starting with LONG_REASON).
 LONG_MODULES: dict[str, str] = {
     "_session": "the requests front; the lead's rewrite splits its layers",
-    "_breaker": "the breaker rewrite separates the state machine from its stores",
     "testing": "fake peers, fake clock, assertions and reports in one module",
     "_policy": "every policy dataclass with its validation",
     "_config": "the parser of the config file",
