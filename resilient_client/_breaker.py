@@ -216,6 +216,11 @@ class CircuitBreaker:
                 self._successes += 1
                 self._consecutive = 0
             return
+        self._record(success, is_trial, duration)
+
+    def _record(self, success: bool, is_trial: bool, duration: float) -> None:
+        # Apart from record() so that its fast path does not pay for the
+        # closure's cells on entry.
         machine = self._machine
         failed, slow = machine.classify(success, duration)
         with self._lock:
@@ -371,9 +376,7 @@ class CircuitBreaker:
 
     def _refresh_fast_path(self) -> None:
         if self._mem is not None:
-            # A transition to an equal record (a new object, so it is
-            # written), for the store's commit hook: see _watch.
-            self._mem.apply(_copy)
+            self._mem.rewatch()  # under the store's lock: see _watch
 
     def _force(self, open_: bool) -> None:
         force = self._machine.force
@@ -394,7 +397,3 @@ class CircuitBreaker:
             if self._on_state_change is not None:
                 safely(self.name, self._on_state_change, self, old, new)
             notify_state_change(self, self._listeners, old, new)
-
-
-def _copy(rec: Record, now: float) -> tuple[Record, None]:
-    return Record(*rec), None

@@ -147,5 +147,12 @@ class MemoryStore:
     def reachable(self) -> bool | None:
         return None
 
+    def rewatch(self) -> None:
+        """Call `watch` again with the current record, under the lock: for
+        an owner whose flags also depend on something of its own."""
+        with self._lock:
+            if self.watch is not None:
+                self.watch(self.record)
+
     def __repr__(self) -> str:
         return f"<MemoryStore {self.record}>"
