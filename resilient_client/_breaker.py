@@ -143,8 +143,7 @@ class CircuitBreaker:
         self._on_state_change = on_state_change
         self._listeners: tuple[pybreaker.CircuitBreakerListener, ...] = tuple(listeners)
         self._lock = threading.Lock()  # this process's counts, window, listeners
-        self._consecutive = self._failures = self._successes = 0
-        self._rejected = self._slow_calls = 0
+        self._consecutive = self._failures = self._successes = self._rejected = self._slow_calls = 0
         rate = policy.mode is BreakerMode.RATE
         self._window = Window(policy.window) if rate else None
         # Our name on a trial lease: unique across processes and breakers.
@@ -192,7 +191,10 @@ class CircuitBreaker:
         if verdict is REJECT:
             with self._lock:
                 self._rejected += 1
-            raise CircuitOpenError(self.name, self._local(self._machine.retry_at(rec), now))
+            at = self._machine.retry_at(rec)
+            if at is not None and not self._local_time:  # _local(), inlined: a hot path
+                at = self._clock.monotonic() + (at - now)
+            raise CircuitOpenError(self.name, at)
         for listener in self._listeners:
             safely(self.name, listener.before_call, self, None)
         return verdict is TRIAL
@@ -219,8 +221,7 @@ class CircuitBreaker:
         self._record(success, is_trial, duration)
 
     def _record(self, success: bool, is_trial: bool, duration: float) -> None:
-        # Apart from record() so that its fast path does not pay for the
-        # closure's cells on entry.
+        # Apart from record(), whose fast path must not pay for closure cells.
         machine = self._machine
         failed, slow = machine.classify(success, duration)
         with self._lock:

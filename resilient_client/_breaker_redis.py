@@ -422,7 +422,7 @@ class RedisStore:
             if first:
                 # Carry on from the last shared record seen, on Redis's time
                 # as last seen plus time elapsed here.
-                self._base = self._snap.record if self._snap is not None else CLOSED_RECORD
+                self._base = self._last.record if self._last is not None else CLOSED_RECORD
                 self._local = MemoryStore(_RedisTime(self), self._base)
             self._snap = None
         if first:
