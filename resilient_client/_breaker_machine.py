@@ -40,7 +40,7 @@ The facade's fast path for a success on a healthy closed breaker skips the
 machine only where the machine would return the record unchanged; it never
 decides anything itself.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

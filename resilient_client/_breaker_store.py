@@ -14,20 +14,27 @@ the record, calls a transition ``step(record, now)`` (a closure over one of
 step returns unless it is the very record it was given, and says what state
 changes that made. Each backend brings only its own atomicity:
 
-* memory: a `threading.Lock` around the read, the step and the write;
+* memory: optimistic too: the step runs on the record as read, and a
+  `threading.Lock` makes "write it if the record is still the one read"
+  atomic (records are immutable, so identity is the version);
 * Redis (`_breaker_redis`): compare-and-set, a Lua script that writes the
   new record only if the keys still hold what was read, and otherwise
-  returns what they hold now, so the step runs again on it (optimistic: the
-  Lua knows nothing of breakers, the decision stays in Python);
-* a host-shared file (next): ``fcntl.flock`` around reading and writing a
-  fixed-size record, the trial lease's holder being a pid plus a token, so
-  that a lease whose pid is gone is free.
+  returns what they hold now, so the step runs again on it (the Lua knows
+  nothing of breakers: the decision stays in Python);
+* a host-shared file (the next backend): ``fcntl.flock`` (exclusive) around
+  reading one fixed-size record from the mapped file, running the step and
+  writing the record back; ``now`` is ``time.monotonic()`` (CLOCK_MONOTONIC
+  is one clock for every process on a host), ``exclusive`` is false, and
+  the trial holder is ``"<pid>:<token>"``: before handing the record to the
+  step, the store shows a lease whose pid no longer exists as lapsed
+  (``trial_until = 0``), so a process killed mid-trial frees the trial at
+  once without the machine knowing about processes.
 
 The alternatives were an operation-level interface (``claim_trial``,
 ``count_failure``... per backend), which had every backend re-implement the
-decisions (today's seven Lua scripts did, beside the Python that did too),
-and a plain get/put, which cannot be made atomic across processes. With
-``apply`` a new backend is one class, and the machine does not change.
+decisions (the seven Lua scripts this replaced did, beside the Python that
+did too), and a plain get/put, which cannot be made atomic across processes.
+With ``apply`` a new backend is one class, and the machine does not change.
 
 ``now`` is the store's own time base: the injected clock in memory (tests
 run on a fake clock), Redis's ``TIME`` for Redis (one clock for every host).
@@ -40,7 +47,7 @@ step that changes nothing is trusted on a fresh read only when the caller
 asks (``fresh=True``), since a "no change" computed on a stale record proves
 nothing, while a change is verified by the write itself.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ class BreakerStore(Protocol):
     """
     One breaker's record, and atomic transitions on it.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     #: Only this store's owner ever writes the record, so the owner may keep
