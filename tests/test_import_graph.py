@@ -33,7 +33,6 @@ DEFERRED_CYCLES: dict[frozenset[str], str] = {
 #: module leaves the list when it is split, or when its docstring says why
 #: it is long (a paragraph starting with LONG_REASON).
 LONG_MODULES: dict[str, str] = {
-    "_session": "the requests front; the lead's rewrite splits its layers",
     "_policy": "every policy dataclass with its validation",
     "_config": "the parser of the config file",
     "_events": "the event classes, the bus and the log listener",
