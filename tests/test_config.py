@@ -492,7 +492,10 @@ class TestBadInputs:
         """
         err = load_error(config)
         assert err.path == path
-        assert str(err).startswith(f"{path}: ")
+        assert err.errors[0] == (path, err.problem)
+        # One problem is one line; more are listed one per line after a count.
+        first_line = str(err) if len(err.errors) == 1 else str(err).splitlines()[1].strip()
+        assert first_line.startswith(f"{path}: ")
         assert problem in str(err)
 
     def test_contract_example_message_is_exact(self) -> None:
@@ -555,6 +558,117 @@ class TestBadInputs:
         """
         err = load_error(defaults(retry={"max_retry_after": 10**400}))
         assert err.path == "defaults.retry.max_retry_after"
+
+
+class TestEveryProblemAtOnce:
+    def test_every_problem_of_a_document_is_reported_in_one_error(self) -> None:
+        """
+        A document with five mistakes in different places raises one ConfigError listing all five.
+        """
+        doc = {
+            "defaults": {"timeout": {"conect": 1.0}, "retry": {"attempts": 0}},
+            "secrets": {"headers": ["bad header"]},
+            "endpoints": [ep(breaker={"failure_threshold": 0}), {"name": "x"}],
+        }
+        err = load_error(doc)
+        assert err.errors == [
+            ("defaults.timeout.conect", "unknown key; expected one of connect, read, total"),
+            ("defaults.retry.attempts", "must be an integer >= 1, got 0"),
+            ("secrets.headers[0]", "must be an HTTP header name, got 'bad header'"),
+            ("endpoints[0].breaker.failure_threshold", "must be an integer >= 1, got 0"),
+            ("endpoints[1].match", "is required"),
+        ]
+        assert (err.path, err.problem) == err.errors[0]
+        assert str(err) == "\n".join([
+            "5 problems in the configuration:",
+            *(f"  {path}: {problem}" for path, problem in err.errors),
+        ])
+
+    def test_one_problem_keeps_the_one_line_message(self) -> None:
+        """
+        With a single problem the message is exactly ``path: problem``, as before.
+        """
+        err = load_error(endpoints(ep(), ep(retry={"attempts": 0})))
+        assert err.errors == [("endpoints[1].retry.attempts", "must be an integer >= 1, got 0")]
+        assert str(err) == "endpoints[1].retry.attempts: must be an integer >= 1, got 0"
+
+    def test_every_bad_key_of_one_section_is_reported(self) -> None:
+        """
+        Several bad values in one section are each reported, in the section's field order.
+        """
+        err = load_error(defaults(breaker={"reset_timeout": -1, "failure_threshold": 0, "mode": "x"}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.breaker.failure_threshold", "defaults.breaker.reset_timeout", "defaults.breaker.mode",
+        ]
+
+    def test_every_bad_item_of_a_list_is_reported(self) -> None:
+        """
+        Each bad item of a list is its own problem, with its index.
+        """
+        err = load_error(defaults(failure_status=[404, 500, 200], retry={"methods": ["GET", "FETCH", 1]}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.retry.methods[1]", "defaults.retry.methods[2]",
+            "defaults.failure_status[0]", "defaults.failure_status[2]",
+        ]
+
+    def test_a_bad_value_is_not_also_reported_by_the_checks_that_depend_on_it(self) -> None:
+        """
+        A bad backoff.initial is one problem: max is not also said to be below it.
+        """
+        err = load_error(defaults(retry={"backoff": {"initial": "soon", "max": 0.01}}))
+        assert err.errors == [("defaults.retry.backoff.initial", "must be a number, got 'soon'")]
+
+    def test_endpoints_that_are_wrong_are_not_compared_with_their_namesakes(self) -> None:
+        """
+        An endpoint whose own breaker is wrong is not also said to differ from another of its name.
+        """
+        err = load_error(endpoints(ep(name="x"), ep(name="x", breaker={"failure_threshold": 0})))
+        assert err.errors == [("endpoints[1].breaker.failure_threshold", "must be an integer >= 1, got 0")]
+
+    def test_problems_in_a_fallback_are_all_reported(self) -> None:
+        """
+        A fixed fallback with a bad status and a bad header reports both.
+        """
+        err = load_error(defaults(fallback={"status": 99, "headers": {"X-A": 1}, "colour": "red"}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.fallback.colour", "defaults.fallback.status", "defaults.fallback.headers.X-A",
+        ]
+
+    def test_policies_built_in_python_report_every_problem(self) -> None:
+        """
+        A policy value built in Python with two bad fields names both.
+        """
+        with pytest.raises(ConfigError) as info:
+            Timeouts(connect=0, read=-1)
+        assert [path for path, _ in info.value.errors] == ["connect", "read"]
+        assert str(info.value).startswith("2 problems in the configuration:\n  connect: ")
+
+    def test_nothing_is_built_from_a_config_with_any_problem(self) -> None:
+        """
+        One bad key among good ones still builds no session at all.
+        """
+        from resilient_client import ResilientSession
+
+        with pytest.raises(ConfigError):
+            ResilientSession(endpoints(ep(name="good"), ep(match="https://b.internal/", retry={"attempts": 0})))
+
+    def test_config_error_with_several_problems_pickles(self) -> None:
+        """
+        A ConfigError survives pickling (multiprocessing, test runners) with every problem.
+        """
+        import pickle
+
+        err = load_error(defaults(timeout={"connect": 0, "read": 0}))
+        copy = pickle.loads(pickle.dumps(err))
+        assert (copy.errors, copy.path, copy.problem) == (err.errors, err.path, err.problem)
+        assert str(copy) == str(err)
+
+    def test_config_error_of_needs_a_problem(self) -> None:
+        """
+        An error listing no problem at all cannot be made.
+        """
+        with pytest.raises(ValueError):
+            ConfigError.of([])
 
 
 # -- files ----------------------------------------------------------------------
@@ -1608,19 +1722,25 @@ class TestProperties:
 
 
 def check_loads_or_config_error(doc: dict[Any, Any]) -> None:
-    """Assert that *doc* loads, or raises a ConfigError whose message starts with its path."""
+    """Assert that *doc* loads, or raises a ConfigError listing its problems, each with its path."""
     try:
         cfg = load_config(doc)
     except ConfigError as e:
-        if e.path:
-            assert str(e).startswith(f"{e.path}: "), str(e)
-            # The path starts at one of the document's own top-level keys.
-            assert any(
-                e.path == str(k) or e.path.startswith((f"{k}.", f"{k}[")) for k in doc
-            ), (e.path, doc)
+        assert e.errors[0] == (e.path, e.problem)
+        lines = []
+        for path, problem in e.errors:
+            assert problem
+            if path:
+                # The path starts at one of the document's own top-level keys.
+                assert any(
+                    path == str(k) or path.startswith((f"{k}.", f"{k}[")) for k in doc
+                ), (path, doc)
+            lines.append(f"{path}: {problem}" if path else problem)
+        if len(lines) == 1:
+            assert str(e) == lines[0]
         else:
-            assert str(e) == e.problem
-        assert e.problem
+            assert str(e) == "\n".join([f"{len(lines)} problems in the configuration:",
+                                        *(f"  {line}" for line in lines)])
     else:
         assert isinstance(cfg, Config)
         # Whatever loads is safe: connect and read are finite and positive.

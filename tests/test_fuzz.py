@@ -59,9 +59,19 @@ FUZZ = settings(
 
 
 def assert_config_error_names_a_path(e: ConfigError) -> None:
-    """The message is ``<path>: <problem>`` (or just the problem for the document itself)."""
+    """
+    The message is ``<path>: <problem>`` (or just the problem for the document itself), or,
+    for several problems, their count and then one such line each.
+    """
     assert e.problem
-    assert str(e) == (f"{e.path}: {e.problem}" if e.path else e.problem)
+    assert e.errors and e.errors[0] == (e.path, e.problem)
+    lines = [f"{path}: {problem}" if path else problem for path, problem in e.errors]
+    if len(lines) == 1:
+        assert str(e) == lines[0]
+    else:
+        # Joined, not split: a key may itself hold a line break.
+        assert str(e) == "\n".join([f"{len(lines)} problems in the configuration:",
+                                    *(f"  {line}" for line in lines)])
 
 
 def load_or_config_error(source: Any) -> Config | None:
