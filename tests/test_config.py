@@ -650,7 +650,9 @@ class TestEveryProblemAtOnce:
         from resilient_client import ResilientSession
 
         with pytest.raises(ConfigError):
-            ResilientSession(endpoints(ep(name="good"), ep(match="https://b.internal/", retry={"attempts": 0})))
+            ResilientSession(endpoints(
+                ep(name="good"), ep(match="https://b.internal/", retry={"attempts": 0})
+            ))
 
     def test_config_error_with_several_problems_pickles(self) -> None:
         """
