@@ -21,6 +21,7 @@ from typing import Any, TypeVar, Union
 
 from ._errors import ConfigError, Problems
 from ._events import check_listener_path
+from ._interpolation import expand_environment, shown_as_written
 from ._policy import (
     BackoffPolicy,
     BreakerPolicy,
@@ -192,7 +193,10 @@ def load_config(source: ConfigSource) -> Config:
         if not isinstance(data, Mapping):
             kind = type(data).__name__
             raise ConfigError("", f"{source}: the config must be a mapping of keys, got {kind}")
-        return _parse(data)
+        # Read at load time, so that a process sees its own environment (see _interpolation).
+        env_problems = Problems()
+        data, written = expand_environment(data, os.environ, env_problems)
+        return _parse(data, env_problems, written)
     raise ConfigError("", f"config must be a mapping, a file path or a Config, got {type(source).__name__}")
 
 
@@ -308,12 +312,41 @@ def _null(key: str, value: object) -> object:
     return None if value is False and key in _NULLABLE else value
 
 
-def _parse(raw: object) -> Config:
+def _parse(
+    raw: object, env_problems: Problems | None = None, written: Mapping[str, str] | None = None
+) -> Config:
     p = Problems()
     config = _document(p, raw)
-    p.raise_if_any()
+    errors = list(env_problems.errors) if env_problems else []
+    if p:
+        # A value whose variable was missing is reported once, for that: not
+        # again as a bad value (it is still the `${...}` text there).
+        missing = [path for path, _ in errors]
+        for path, problem in p.errors:
+            if not any(path == m or path.startswith((f"{m}.", f"{m}[")) for m in missing):
+                if written:
+                    problem = shown_as_written(problem, path, written, _value_at(raw, path))
+                errors.append((path, problem))
+    if errors:
+        raise ConfigError.of(errors)
     assert config is not None  # built exactly when nothing was wrong
     return config
+
+
+_STEP = re.compile(r"\[(\d+)\]|\.?([^.\[]+)")
+
+
+def _value_at(raw: object, path: str) -> object:
+    """The value of *raw* at the key path *path* (None when there is none)."""
+    value = raw
+    for index, key in _STEP.findall(path):
+        if index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        elif key and isinstance(value, Mapping) and key in value:
+            value = value[key]
+        else:
+            return None
+    return value
 
 
 def _document(p: Problems, raw: object) -> Config | None:

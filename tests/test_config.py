@@ -1081,6 +1081,176 @@ class TestFiles:
         assert str(err) == "defaults.timeout.read: must be a finite number, got inf"
 
 
+class TestEnvironment:
+    """``${VAR}`` and ``${VAR:-default}`` in config files."""
+
+    @pytest.fixture(autouse=True)
+    def _clean(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("READ", "N", "HOST", "FB", "TOTAL", "METHODS", "CODES", "RRA", "STORE", "UNSET"):
+            monkeypatch.delenv(name, raising=False)
+
+    @pytest.mark.parametrize(("name", "text"), [
+        ("c.yaml", "defaults:\n  timeout:\n    read: ${READ:-2.0}\n  retry: {attempts: '${N:-4}'}\n"),
+        ("c.toml", '[defaults.timeout]\nread = "${READ:-2.0}"\n[defaults.retry]\nattempts = "${N:-4}"\n'),
+        ("c.json", '{"defaults": {"timeout": {"read": "${READ:-2.0}"}, "retry": {"attempts": "${N:-4}"}}}'),
+    ])
+    def test_a_whole_reference_takes_the_type_its_key_expects(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str
+    ) -> None:
+        """
+        In YAML, TOML and JSON alike, an unset variable's default is read as a number where one is expected.
+        """
+        cfg = load_config(write(tmp_path, name, text))
+        assert cfg.defaults.timeout.read == 2.0
+        assert cfg.defaults.retry is not None and cfg.defaults.retry.attempts == 4
+        monkeypatch.setenv("READ", "3")
+        monkeypatch.setenv("N", "2")
+        cfg = load_config(write(tmp_path, name, text))
+        assert cfg.defaults.timeout.read == 3.0
+        assert cfg.defaults.retry is not None and cfg.defaults.retry.attempts == 2
+
+    def test_booleans_nulls_lists_and_fallbacks(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A whole reference is read as its key expects: true/false, null, a comma-separated list, `stale`.
+        """
+        monkeypatch.setenv("METHODS", "get, head")
+        monkeypatch.setenv("CODES", "502,503")
+        text = (
+            "defaults:\n"
+            "  timeout: {total: '${TOTAL:-null}'}\n"
+            "  retry:\n"
+            "    respect_retry_after: ${RRA:-false}\n"
+            "    methods: ${METHODS}\n"
+            "    on_status: ${CODES}\n"
+            "  fallback: ${FB:-stale}\n"
+        )
+        cfg = load_config(write(tmp_path, "c.yaml", text))
+        retry = cfg.defaults.retry
+        assert retry is not None
+        assert cfg.defaults.timeout.total is None
+        assert retry.respect_retry_after is False
+        assert retry.methods == {"GET", "HEAD"}
+        assert retry.on_status == {502, 503}
+        assert cfg.defaults.fallback == StaleFallback()
+
+    def test_a_reference_inside_a_string_is_substituted(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A reference within a longer string is replaced in place, and the value stays a string.
+        """
+        monkeypatch.setenv("HOST", "inventory.internal")
+        text = "endpoints:\n  - match: https://${HOST}/v1/\n    name: inv-${N:-1}\n"
+        cfg = load_config(write(tmp_path, "c.yaml", text))
+        assert (cfg.endpoints[0].match, cfg.endpoints[0].name) == ("https://inventory.internal/v1/", "inv-1")
+
+    def test_an_unset_variable_without_default_names_the_key_path(self, tmp_path: Path) -> None:
+        """
+        An unset variable with no default is a ConfigError at its key path, said in these words.
+        """
+        text = "endpoints:\n  - match: ${INVENTORY_URL}\n"
+        err = load_error(write(tmp_path, "c.yaml", text))
+        assert str(err) == ("endpoints[0].match: environment variable INVENTORY_URL is not set "
+                            "(and no ${INVENTORY_URL:-default} given)")
+
+    def test_unset_variables_are_reported_with_the_other_problems(self, tmp_path: Path) -> None:
+        """
+        Unset variables are listed with every other problem, and not again as a bad value.
+        """
+        text = ("defaults:\n  timeout: {read: '${UNSET}'}\n  retry: {attempts: 0}\n"
+                "endpoints:\n  - match: ${UNSET}\n")
+        err = load_error(write(tmp_path, "c.yaml", text))
+        assert [path for path, _ in err.errors] == [
+            "defaults.timeout.read", "endpoints[0].match", "defaults.retry.attempts",
+        ]
+        assert str(err).startswith("3 problems in the configuration:\n")
+
+    def test_an_empty_variable_takes_the_default(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        As in a shell, ``${VAR:-default}`` takes the default when VAR is set but empty.
+        """
+        monkeypatch.setenv("READ", "")
+        cfg = load_config(write(tmp_path, "c.yaml", "defaults: {timeout: {read: '${READ:-2.5}'}}\n"))
+        assert cfg.defaults.timeout.read == 2.5
+
+    def test_double_dollar_is_a_literal(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """
+        ``$${`` is written ``${``, and is not looked up; a lone ``$`` is itself.
+        """
+        monkeypatch.setenv("HOST", "x")
+        text = "defaults:\n  fallback: {text: 'cost: $5, template: $${HOST}'}\n"
+        fb = load_config(write(tmp_path, "c.yaml", text)).defaults.fallback
+        assert isinstance(fb, StaticFallback) and fb.body == b"cost: $5, template: ${HOST}"
+
+    @pytest.mark.parametrize("ref", ["${1X}", "${X:2}", "${X", "${}", "${X-y}"])
+    def test_a_malformed_reference_is_a_config_error(self, tmp_path: Path, ref: str) -> None:
+        """
+        A ``${`` that is no well-formed reference is a ConfigError at its key path.
+        """
+        err = load_error(write(tmp_path, "c.yaml", f"defaults:\n  breaker: {{storage: '{ref}'}}\n"))
+        assert err.path == "defaults.breaker.storage"
+        assert "bad environment reference" in err.problem
+
+    def test_a_value_from_the_environment_is_not_interpolated_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A variable whose value holds ``${`` is taken as it is (one pass).
+        """
+        monkeypatch.setenv("HOST", "${N}")
+        path = write(tmp_path, "c.yaml", "defaults: {fallback: {text: '${HOST}'}}\n")
+        fb = load_config(path).defaults.fallback
+        assert isinstance(fb, StaticFallback) and fb.body == b"${N}"
+
+    def test_keys_are_not_interpolated(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """
+        A ``${...}`` in a key stays as written (and so is an unknown key).
+        """
+        monkeypatch.setenv("N", "timeout")
+        err = load_error(write(tmp_path, "c.yaml", "defaults: {'${N}': {read: 1}}\n"))
+        assert err.path == "defaults.${N}"
+
+    def test_mappings_from_python_are_not_interpolated(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """
+        Only files are interpolated: a mapping built in Python is taken as it is.
+        """
+        monkeypatch.setenv("HOST", "x")
+        fb = load_config(defaults(fallback={"text": "${HOST}"})).defaults.fallback
+        assert isinstance(fb, StaticFallback) and fb.body == b"${HOST}"
+
+    def test_a_string_from_the_environment_is_not_shown_in_errors(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A bad value read from the environment is shown as written in the file, never its (secret) value.
+        """
+        monkeypatch.setenv("STORE", "http://user:hunter2@redis.internal/")
+        err = load_error(write(tmp_path, "c.yaml", "defaults: {breaker: {storage: '${STORE}'}}\n"))
+        assert str(err) == "defaults.breaker.storage: must be 'memory' or a redis:// URL, got '${STORE}'"
+        monkeypatch.setenv("READ", "hunter2")
+        err = load_error(write(tmp_path, "c.yaml", "defaults: {timeout: {read: '${READ}'}}\n"))
+        assert str(err) == "defaults.timeout.read: must be a number, got '${READ}'"
+
+    def test_the_documented_environment_example_loads(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        The environment example of the configuration reference loads with its variables set.
+        """
+        text = DOC.read_text(encoding="utf-8")
+        m = re.search(r"<!-- environment -->\s*```yaml\n(.*?)^```", text, re.S | re.M)
+        assert m, "docs/configuration.md lost its <!-- environment --> block"
+        monkeypatch.setenv("INVENTORY_URL", "https://inventory.internal/")
+        monkeypatch.setenv("REDIS_PASSWORD", "pw")
+        cfg = load_config(write(tmp_path, "c.yaml", m.group(1)))
+        assert cfg.endpoints[0].match == "https://inventory.internal/"
+        assert cfg.endpoints[0].policy.timeout.read == 2.0
+
+
 # -- merging --------------------------------------------------------------------
 
 
@@ -1530,10 +1700,15 @@ def doc_blocks() -> list[Any]:
 
 class TestDocumentedConfigs:
     @pytest.mark.parametrize(("fmt", "text"), doc_blocks())
-    def test_every_documented_block_loads(self, tmp_path: Path, fmt: str, text: str) -> None:
+    def test_every_documented_block_loads(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, text: str
+    ) -> None:
         """
         Every YAML, TOML and JSON example in docs/configuration.md is a valid config.
         """
+        # The environment example needs its required variables.
+        monkeypatch.setenv("INVENTORY_URL", "https://inventory.internal/")
+        monkeypatch.setenv("REDIS_PASSWORD", "pw")
         assert isinstance(load_config(write(tmp_path, f"block.{fmt}", text)), Config)
 
     def test_docs_have_examples_in_every_format(self) -> None:
