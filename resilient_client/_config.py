@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 from ._errors import ConfigError, Problems
-from ._events import check_listener_path
+from ._events import check_listener_path, resolve_callable
 from ._interpolation import expand_environment, shown_as_written
 from ._policy import (
     BackoffPolicy,
     BreakerPolicy,
     BudgetPolicy,
     BulkheadPolicy,
+    CallableFallback,
     Fallback,
     Policy,
     PropagationPolicy,
@@ -466,7 +467,8 @@ def _fallback(raw: object) -> Fallback | None:
         return StaleFallback()
     if isinstance(raw, str):
         raise ConfigError(
-            "", f"must be 'stale', null or a mapping with status and json or text, got {raw!r}"
+            "", "must be 'stale', null or a mapping (with status and json or text, or with "
+            f"callable: 'package.module:function'), got {raw!r}"
         )
     p = Problems()
     given = _mapping(p, "", raw)
@@ -481,6 +483,13 @@ def _fallback(raw: object) -> Fallback | None:
         built = _build(p, "stale", StaleFallback, changes)
         p.raise_if_any()
         return built
+    if "callable" in given:
+        _known(p, "", given, ("callable",))
+        # Imported now, so that a bad path fails at load, not at the first failure.
+        with p.at():
+            function = resolve_callable("callable", given["callable"], what="fallback")
+        p.raise_if_any()
+        return CallableFallback(function)
     given = _known(p, "", given, ("status", "json", "text", "headers"))
     if "json" in given and "text" in given:
         p.add("", "give json or text, not both")

@@ -1251,6 +1251,139 @@ class TestEnvironment:
         assert cfg.endpoints[0].policy.timeout.read == 2.0
 
 
+class TestCallableFallbackByPath:
+    """``fallback: {callable: "package.module:function"}``, imported when the config is loaded."""
+
+    @pytest.mark.parametrize("spec", ["fallback_support:inventory", "fallback_support.inventory"])
+    def test_a_dotted_path_loads_the_function(self, tmp_path: Path, spec: str) -> None:
+        """
+        Either spelling of the dotted path names the function, imported at load time.
+        """
+        import fallback_support
+
+        text = f"endpoints:\n  - match: https://inventory.internal/\n    fallback: {{callable: '{spec}'}}\n"
+        fb = load_config(write(tmp_path, "c.yaml", text)).endpoints[0].policy.fallback
+        assert fb == CallableFallback(fallback_support.inventory)
+
+    @pytest.mark.parametrize(("spec", "problem"), [
+        ("not a path", "must be a dotted path such as 'package.module:fallback', got 'not a path'"),
+        (3, "must be a dotted path such as 'package.module:fallback', got 3"),
+        ("no_such_module_here:f", "cannot import 'no_such_module_here:f': ModuleNotFoundError"),
+        ("fallback_support:missing", "cannot import 'fallback_support:missing': AttributeError"),
+        ("fallback_support:NOT_CALLABLE", "'fallback_support:NOT_CALLABLE' is not callable, got 42"),
+    ])
+    def test_a_bad_path_is_a_config_error_at_its_key_path(self, spec: object, problem: str) -> None:
+        """
+        A path that is malformed, cannot be imported or names no callable fails at load, at its key path.
+        """
+        err = load_error(endpoints(ep(), ep(fallback={"callable": spec})))
+        assert err.path == "endpoints[1].fallback.callable"
+        assert err.problem.startswith(problem)
+
+    def test_callable_takes_no_other_key(self) -> None:
+        """
+        A callable fallback is only its path: a status beside it is an unknown key.
+        """
+        err = load_error(defaults(fallback={"callable": "fallback_support:inventory", "status": 200}))
+        assert err.errors == [("defaults.fallback.status", "unknown key; expected one of callable")]
+
+    def test_a_bad_path_is_listed_with_the_other_problems(self) -> None:
+        """
+        A fallback that cannot be imported is one problem among the others of the document.
+        """
+        err = load_error(defaults(fallback={"callable": "no_such_module_here:f"}, retry={"attempts": 0}))
+        assert [path for path, _ in err.errors] == ["defaults.fallback.callable", "defaults.retry.attempts"]
+
+    def test_a_python_callable_is_taken_as_is(self) -> None:
+        """
+        In a mapping built in Python, ``callable`` may be the function itself.
+        """
+        import fallback_support
+
+        fb = load_config(defaults(fallback={"callable": fallback_support.inventory})).defaults.fallback
+        assert fb == CallableFallback(fallback_support.inventory)
+
+    def test_the_session_serves_the_named_fallback(self, tmp_path: Path) -> None:
+        """
+        A session built from the file answers a failed call with the function's response.
+        """
+        import requests
+        import responses
+
+        from resilient_client import ResilientSession
+
+        text = ("endpoints:\n  - match: https://inventory.internal/\n    retry: null\n"
+                "    fallback: {callable: fallback_support:inventory}\n")
+        session = ResilientSession(write(tmp_path, "c.yaml", text))
+        with responses.RequestsMock() as rsps:
+            rsps.add("GET", "https://inventory.internal/items", body=requests.ConnectionError("down"))
+            resp = session.get("https://inventory.internal/items")
+        assert resp.is_fallback and resp.status_code == 200
+        assert resp.json() == {"items": [], "degraded": True}
+        assert resp.headers["X-Fallback"] == "inventory"
+
+
+class TestFallbackResponse:
+    """`resilient_client.fallback_response`: a response for a callable fallback, from public parts."""
+
+    @staticmethod
+    def request() -> Any:
+        import requests
+
+        return requests.Request("GET", "https://inventory.internal/items/42").prepare()
+
+    def test_json_body(self) -> None:
+        """
+        json= gives a JSON body, its content type, the status's reason, and the request and URL.
+        """
+        import resilient_client
+
+        req = self.request()
+        resp = resilient_client.fallback_response(req, 203, json={"name": "unknown"})
+        assert (resp.status_code, resp.reason, resp.json()) == (203, "Non-Authoritative Information",
+                                                                {"name": "unknown"})
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.request is req and resp.url == req.url
+        assert isinstance(resp, Response)
+
+    def test_text_body_and_headers(self) -> None:
+        """
+        text= gives a UTF-8 text body; headers add to, or override, the content type.
+        """
+        import resilient_client
+
+        resp = resilient_client.fallback_response(
+            self.request(), text="café", headers={"Content-Type": "text/html; charset=utf-8", "X-A": "1"}
+        )
+        assert (resp.status_code, resp.text, resp.content) == (200, "café", "café".encode())
+        assert (resp.headers["content-type"], resp.headers["X-A"]) == ("text/html; charset=utf-8", "1")
+
+    def test_json_none_is_a_json_null_and_no_body_is_empty(self) -> None:
+        """
+        json=None is the JSON null; with neither json nor text the body is empty.
+        """
+        import resilient_client
+
+        assert resilient_client.fallback_response(self.request(), json=None).content == b"null"
+        assert resilient_client.fallback_response(self.request(), 204).content == b""
+
+    @pytest.mark.parametrize(("kwargs", "problem"), [
+        ({"json": {}, "text": ""}, "give json or text, not both"),
+        ({"status": 999}, "status: must be an HTTP status 100-599, got 999"),
+        ({"json": {1j}}, "json: must be JSON-serialisable"),
+        ({"headers": {"X-A": "a\nb"}}, "headers.X-A: must be a single-line string"),
+    ])
+    def test_bad_arguments_are_value_errors(self, kwargs: dict[str, Any], problem: str) -> None:
+        """
+        A bad argument is a ValueError that says which, and not a ConfigError: this is a call.
+        """
+        import resilient_client
+
+        with pytest.raises(ValueError, match=re.escape(problem)) as info:
+            resilient_client.fallback_response(self.request(), **kwargs)
+        assert not isinstance(info.value, ConfigError)
+
+
 # -- merging --------------------------------------------------------------------
 
 
