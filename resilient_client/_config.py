@@ -272,10 +272,21 @@ def _yaml_loads(text: str) -> Any:
 # only so that checking can go on: `_parse` builds nothing when any problem
 # was recorded.
 
+# Every key the loader accepts is named here or is a field of a section's
+# dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
                  "critical", "propagation")
+#: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
+_SECTION_KINDS: dict[str, type] = {
+    "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
+    "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy,
+}
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
+_SECRETS_KEYS = ("headers", "query")
+#: The keys of each mapping form of `fallback` (besides the string `stale`).
+_FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "headers"))
+_STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
 _NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "total",
                        "idempotency_header", "attempt_header", "slow_call_duration"})
@@ -386,7 +397,7 @@ def _secrets(p: Problems, path: str, raw: object) -> Secrets:
     given = _mapping(p, path, raw)
     if given is None:
         return Secrets()
-    changes = _known(p, path, given, ("headers", "query"))
+    changes = _known(p, path, given, _SECRETS_KEYS)
     return _build(p, path, Secrets, changes) or Secrets()
 
 
@@ -437,9 +448,7 @@ def _policy(p: Problems, path: str, base: Policy, raw: Mapping[str, Any], *, nam
         elif key == "retry":
             section = _retry(p, where, base.retry, value)
         else:
-            kind = {"budget": BudgetPolicy, "breaker": BreakerPolicy, "bulkhead": BulkheadPolicy,
-                    "propagation": PropagationPolicy}[key]
-            section = _section(p, where, kind, getattr(base, key), value)
+            section = _section(p, where, _SECTION_KINDS[key], getattr(base, key), value)
         if section is not None:  # else: a problem was recorded; the base's stands in
             changes[key] = section
     return _build(p, path, Policy, changes, base=base) or base
@@ -475,22 +484,22 @@ def _fallback(raw: object) -> Fallback | None:
     p.raise_if_any()
     assert given is not None
     if "stale" in given:
-        _known(p, "", given, ("stale",))
+        _known(p, "", given, _FALLBACK_FORMS[0])
         stale = _mapping(p, "stale", _given(given, "stale", {}))
         p.raise_if_any()
         assert stale is not None
-        changes = _known(p, "stale", stale, ("max_entries",))
+        changes = _known(p, "stale", stale, _STALE_KEYS)
         built = _build(p, "stale", StaleFallback, changes)
         p.raise_if_any()
         return built
     if "callable" in given:
-        _known(p, "", given, ("callable",))
+        _known(p, "", given, _FALLBACK_FORMS[1])
         # Imported now, so that a bad path fails at load, not at the first failure.
         with p.at():
             function = resolve_callable("callable", given["callable"], what="fallback")
         p.raise_if_any()
         return CallableFallback(function)
-    given = _known(p, "", given, ("status", "json", "text", "headers"))
+    given = _known(p, "", given, _FALLBACK_FORMS[2])
     if "json" in given and "text" in given:
         p.add("", "give json or text, not both")
     status = given.get("status", 200)

@@ -37,7 +37,18 @@ from resilient_client import (
     StaticFallback,
     Timeouts,
 )
-from resilient_client._config import load_config
+from resilient_client._config import (
+    _ENDPOINT_KEYS,
+    _FALLBACK_FORMS,
+    _NULLABLE,
+    _SECRETS_KEYS,
+    _SECTION_KEYS,
+    _SECTION_KINDS,
+    _STALE_KEYS,
+    _TOP_KEYS,
+    _yaml_loads,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_SECRET = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
@@ -1884,6 +1895,107 @@ class TestDocumentedConfigs:
             host = endpoint.match.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
             assert host.endswith(".internal"), endpoint.match
 
+
+
+def page_section(heading: str) -> str:
+    """The text of docs/configuration.md under *heading*, up to the next heading of its level or above."""
+    text = DOC.read_text(encoding="utf-8")
+    level = len(heading) - len(heading.lstrip("#"))
+    start = text.find(f"\n{heading}\n")
+    assert start != -1, f"docs/configuration.md has no heading {heading!r}"
+    body = text[start + len(heading) + 2:]
+    end = re.search(rf"^#{{1,{level}}} ", body, re.M)
+    return body[: end.start()] if end else body
+
+
+def row(key: str) -> str:
+    """How a key starts its row in a reference table."""
+    return f"| `{key}` |"
+
+
+class TestReferenceIsComplete:
+    """
+    docs/configuration.md claims to list every key: each key the loader accepts
+    (its own key lists, and every field of a section's dataclass) is on the page.
+    """
+
+    def test_top_level_keys_are_in_the_document_table(self) -> None:
+        """
+        Each top-level key has a row in "The document".
+        """
+        missing = [k for k in _TOP_KEYS if row(k) not in page_section("## The document")]
+        assert not missing
+
+    def test_every_section_is_listed_and_has_its_heading(self) -> None:
+        """
+        Each section is in the list of sections and the endpoints' "any section" row, and has a heading.
+        """
+        listed = page_section("## The document").split("The sections, valid in", 1)[1].split("\n\n")[0]
+        any_section = next(line for line in page_section("## `endpoints`").splitlines()
+                           if line.startswith("| any section |"))
+        text = DOC.read_text(encoding="utf-8")
+        for key in _SECTION_KEYS:
+            assert f"`{key}`" in listed, key
+            assert f"`{key}`" in any_section, key
+            assert f"\n## `{key}`\n" in text, key
+
+    def test_every_field_of_every_section_has_a_row(self) -> None:
+        """
+        Each field of each section's dataclass (retry.backoff's too) has a row under its section.
+        """
+        tables = {key: (kind, page_section(f"## `{key}`")) for key, kind in _SECTION_KINDS.items()}
+        tables["retry.backoff"] = (BackoffPolicy, page_section("### `retry.backoff`"))
+        missing = [
+            f"{key}.{f.name}"
+            for key, (kind, text) in tables.items()
+            for f in dataclasses.fields(kind)
+            if row(f.name) not in text
+        ]
+        assert not missing
+        for key in ("failure_status", "critical"):  # the sections that are one value
+            assert row(key) in page_section(f"## `{key}`")
+
+    def test_endpoint_and_secrets_keys_have_rows(self) -> None:
+        """
+        Each key of an endpoint (besides the sections) and of secrets has a row.
+        """
+        endpoint_keys = [k for k in _ENDPOINT_KEYS if k not in _SECTION_KEYS]
+        assert not [k for k in endpoint_keys if row(k) not in page_section("## `endpoints`")]
+        assert not [k for k in _SECRETS_KEYS if row(k) not in page_section("## `secrets`")]
+
+    def test_every_fallback_form_is_shown(self) -> None:
+        """
+        Each key of each fallback form is shown in the fallback table.
+        """
+        text = page_section("## `fallback`")
+        keys = [k for form in _FALLBACK_FORMS for k in form] + list(_STALE_KEYS)
+        assert not [k for k in keys if f"{k}:" not in text]
+
+    def test_every_nullable_key_is_in_the_toml_paragraph(self) -> None:
+        """
+        Each key where TOML's false means null is named in "TOML has no null".
+        """
+        text = page_section("### TOML has no `null`")
+        assert not [k for k in sorted(_NULLABLE) if f"`{k}" not in text]
+
+    def test_the_defaults_block_spells_out_every_key(self) -> None:
+        """
+        The defaults block has every top-level key, every section, and every key of each section that is on.
+        """
+        text = DOC.read_text(encoding="utf-8")
+        m = re.search(r"<!-- defaults -->\s*```yaml\n(.*?)^```", text, re.S | re.M)
+        assert m
+        block = _yaml_loads(m.group(1))  # the loader's YAML: `on` is the key on
+        assert set(block) == set(_TOP_KEYS)
+        assert list(block["defaults"]) == list(_SECTION_KEYS)
+        assert list(block["secrets"]) == list(_SECRETS_KEYS)
+        for key, kind in _SECTION_KINDS.items():
+            if getattr(Policy(), key) is not None:
+                assert list(block["defaults"][key]) == [f.name for f in dataclasses.fields(kind)], key
+            else:
+                assert block["defaults"][key] is None, key
+        backoff = [f.name for f in dataclasses.fields(BackoffPolicy)]
+        assert list(block["defaults"]["retry"]["backoff"]) == backoff
 
 # -- property: any structure loads or raises ConfigError ---------------------------
 
