@@ -1246,6 +1246,24 @@ class TestEnvironment:
         err = load_error(write(tmp_path, "c.yaml", "defaults: {timeout: {read: '${READ}'}}\n"))
         assert str(err) == "defaults.timeout.read: must be a number, got '${READ}'"
 
+    def test_every_scalar_key_has_a_type_for_whole_references(self) -> None:
+        """
+        Every field of every section (a new one too) is typed for ``${...}``: none is left "anything".
+        """
+        from resilient_client._interpolation import _ANY, _expected
+
+        owners: dict[tuple[str, ...], type] = {("defaults", k): kind for k, kind in _SECTION_KINDS.items()}
+        owners[("defaults", "retry", "backoff")] = BackoffPolicy
+        untyped = [
+            ".".join((*where, f.name))
+            for where, kind in owners.items()
+            for f in dataclasses.fields(kind)
+            if _expected((*where, f.name)) == _ANY
+        ]
+        assert not untyped
+        for key in ("failure_status", "critical"):
+            assert _expected(("defaults", key)) != _ANY
+
     def test_the_documented_environment_example_loads(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
