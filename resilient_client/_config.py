@@ -171,8 +171,12 @@ class Config:
         a path to a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file, or a
         `Config` (returned as is).
 
+        In a file (not in a mapping), ``${VAR}`` and ``${VAR:-default}`` in
+        string values are replaced from the environment; a value that is
+        exactly one reference takes the type its key expects.
+
         Raises:
-            ConfigError: naming the key path and the bad value.
+            ConfigError: listing every problem, each with its key path.
         """
         return load_config(source)
 

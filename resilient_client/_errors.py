@@ -27,10 +27,10 @@ class ConfigError(ValueError):
     Attributes:
         path: the key path of the first problem (``""`` for the document itself).
         problem: the first problem, without its path.
-        errors: every problem, as ``(path, problem)`` tuples, in document order.
+        errors: every problem, as ``(path, problem)`` tuples, section by section
+            in document order (within one, its unknown keys, then its values).
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 ``errors``: every problem, not only the first.
     """
 
     __module__ = "resilient_client.exceptions"  # its public home, shown in tracebacks

@@ -17,10 +17,9 @@ import logging
 import pkgutil
 import re
 import threading
-import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._errors import ConfigError, Problems
 from ._verdict import OUTCOMES
@@ -352,7 +351,7 @@ def resolve_callable(path: str, spec: object, *, what: str = "listener") -> Call
         raise ConfigError(path, f"cannot import {spec!r}: {type(e).__name__}: {e}") from None
     if not callable(obj):
         raise ConfigError(path, f"{spec!r} is not callable, got {obj!r}")
-    return typing.cast("Callable[..., Any]", obj)
+    return cast("Callable[..., Any]", obj)
 
 
 def load_listeners(specs: Iterable[object]) -> list[Callable[[Event], None]]:

@@ -55,7 +55,7 @@ def fallback_response(
         ValueError: for a status outside 100-599, both *json* and *text*, a
             value that is not JSON-serialisable or a header that is not one.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     if json is not _UNSET and text is not None:
         raise ValueError("fallback_response: give json or text, not both")
