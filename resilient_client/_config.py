@@ -344,12 +344,33 @@ def _parse(
                     problem = shown_as_written(problem, path, written, _value_at(raw, path))
                 errors.append((path, problem))
     if errors:
+        # Listed in the order of the file, whichever check found each one.
+        errors.sort(key=lambda error: _position(raw, error[0]))
         raise ConfigError.of(errors)
     assert config is not None  # built exactly when nothing was wrong
     return config
 
 
 _STEP = re.compile(r"\[(\d+)\]|\.?([^.\[]+)")
+
+
+def _position(raw: object, path: str) -> tuple[int, ...]:
+    """Where the key path *path* is in *raw*: the index of each step (as far as it exists)."""
+    out: list[int] = []
+    value = raw
+    for index, key in _STEP.findall(path):
+        if index and isinstance(value, list) and int(index) < len(value):
+            out.append(int(index))
+            value = value[int(index)]
+        elif key and isinstance(value, Mapping):
+            keys = [str(k) for k in value]
+            if key not in keys:
+                break
+            out.append(keys.index(key))
+            value = value[list(value)[out[-1]]]
+        else:
+            break
+    return tuple(out)
 
 
 def _value_at(raw: object, path: str) -> object:

@@ -27,8 +27,8 @@ class ConfigError(ValueError):
     Attributes:
         path: the key path of the first problem (``""`` for the document itself).
         problem: the first problem, without its path.
-        errors: every problem, as ``(path, problem)`` tuples, section by section
-            in document order (within one, its unknown keys, then its values).
+        errors: every problem, as ``(path, problem)`` tuples, in the order of
+            the document.
 
     .. versionadded:: 0.1.0
     """

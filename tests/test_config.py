@@ -595,6 +595,32 @@ class TestEveryProblemAtOnce:
             *(f"  {path}: {problem}" for path, problem in err.errors),
         ])
 
+    def test_problems_are_listed_in_the_order_of_the_document(self) -> None:
+        """
+        A bad value written before an unknown key is listed before it, whichever check found each.
+        """
+        err = load_error(defaults(retry={"attempts": 0, "attemps": 3}, timeout={"read": 0}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.retry.attempts", "defaults.retry.attemps", "defaults.timeout.read",
+        ]
+
+    def test_the_documented_message_is_the_real_one(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        The three-problem message shown in docs/configuration.md is what such a file gives.
+        """
+        monkeypatch.delenv("INVENTORY_URL", raising=False)
+        text = ("defaults:\n  timeout: {conect: 1.0}\nendpoints:\n  - match: ${INVENTORY_URL}\n"
+                "  - match: https://payments.internal/\n    retry: {attempts: 0}\n")
+        err = load_error(write(tmp_path, "c.yaml", text))
+        m = re.search(r"```text\n\s*(3 problems in the configuration:\n.*?)\n\s*```",
+                      DOC.read_text("utf-8"), re.S)
+        assert m, "docs/configuration.md lost its three-problem example"
+        # The page indents the block inside a list item: compare line by line, unindented.
+        shown = [line.strip() for line in m.group(1).splitlines()]
+        assert [line.strip() for line in str(err).splitlines()] == shown
+
     def test_one_problem_keeps_the_one_line_message(self) -> None:
         """
         With a single problem the message is exactly ``path: problem``, as before.
@@ -605,11 +631,11 @@ class TestEveryProblemAtOnce:
 
     def test_every_bad_key_of_one_section_is_reported(self) -> None:
         """
-        Several bad values in one section are each reported, in the section's field order.
+        Several bad values in one section are each reported, in the order they are written.
         """
         err = load_error(defaults(breaker={"reset_timeout": -1, "failure_threshold": 0, "mode": "x"}))
         assert [path for path, _ in err.errors] == [
-            "defaults.breaker.failure_threshold", "defaults.breaker.reset_timeout", "defaults.breaker.mode",
+            "defaults.breaker.reset_timeout", "defaults.breaker.failure_threshold", "defaults.breaker.mode",
         ]
 
     def test_every_bad_item_of_a_list_is_reported(self) -> None:
@@ -618,8 +644,8 @@ class TestEveryProblemAtOnce:
         """
         err = load_error(defaults(failure_status=[404, 500, 200], retry={"methods": ["GET", "FETCH", 1]}))
         assert [path for path, _ in err.errors] == [
-            "defaults.retry.methods[1]", "defaults.retry.methods[2]",
             "defaults.failure_status[0]", "defaults.failure_status[2]",
+            "defaults.retry.methods[1]", "defaults.retry.methods[2]",
         ]
 
     def test_a_bad_value_is_not_also_reported_by_the_checks_that_depend_on_it(self) -> None:
@@ -642,7 +668,7 @@ class TestEveryProblemAtOnce:
         """
         err = load_error(defaults(fallback={"status": 99, "headers": {"X-A": 1}, "colour": "red"}))
         assert [path for path, _ in err.errors] == [
-            "defaults.fallback.colour", "defaults.fallback.status", "defaults.fallback.headers.X-A",
+            "defaults.fallback.status", "defaults.fallback.headers.X-A", "defaults.fallback.colour",
         ]
 
     def test_policies_built_in_python_report_every_problem(self) -> None:
@@ -1168,13 +1194,13 @@ class TestEnvironment:
 
     def test_unset_variables_are_reported_with_the_other_problems(self, tmp_path: Path) -> None:
         """
-        Unset variables are listed with every other problem, and not again as a bad value.
+        Unset variables are listed with every other problem, in file order, and not again as a bad value.
         """
         text = ("defaults:\n  timeout: {read: '${UNSET}'}\n  retry: {attempts: 0}\n"
                 "endpoints:\n  - match: ${UNSET}\n")
         err = load_error(write(tmp_path, "c.yaml", text))
         assert [path for path, _ in err.errors] == [
-            "defaults.timeout.read", "endpoints[0].match", "defaults.retry.attempts",
+            "defaults.timeout.read", "defaults.retry.attempts", "endpoints[0].match",
         ]
         assert str(err).startswith("3 problems in the configuration:\n")
 
