@@ -166,6 +166,40 @@ class TestConfigFiles:
             assert cfg is not None  # the unmangled file is valid
 
     @FUZZ
+    @given(
+        values=st.lists(st.text(alphabet="${}:-_AZN09.,a ", max_size=20), min_size=1, max_size=6),
+        # What an environment can hold: no NUL, no lone surrogate.
+        environ=st.dictionaries(
+            st.sampled_from(["A", "Z", "N", "_A0"]),
+            st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=8),
+            max_size=3,
+        ),
+    )
+    @example(values=["${N:-3}"], environ={})
+    def test_environment_references_anywhere_load_or_raise_config_error(
+        self, tmp_path_factory: pytest.TempPathFactory, values: list[str], environ: dict[str, str]
+    ) -> None:
+        """
+        Any text of ``$``, braces and names, in every kind of value, loads or raises ConfigError.
+        """
+        keys = [("timeout", "read"), ("retry", "attempts"), ("retry", "methods"), ("breaker", "storage"),
+                ("retry", "respect_retry_after"), ("timeout", "total")]
+        endpoint = {"match": "https://a.internal/", "name": values[0]}
+        doc: dict[str, Any] = {"defaults": {}, "endpoints": [endpoint]}
+        for (section, key), value in zip(keys, values, strict=False):
+            doc["defaults"].setdefault(section, {})[key] = value
+        path = tmp_path_factory.mktemp("cfg") / "c.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("A", "Z", "N", "_A0"):
+                mp.delenv(name, raising=False)
+            for name, value in environ.items():
+                mp.setenv(name, value)
+            cfg = load_or_config_error(path)
+        if values == ["${N:-3}"]:
+            assert cfg is not None and cfg.defaults.timeout.read == 3.0
+
+    @FUZZ
     @given(raw=st.binary(max_size=200), fmt=st.sampled_from(["yaml", "json", "toml"]))
     def test_arbitrary_bytes_in_a_file_load_or_raise_config_error(
         self, tmp_path_factory: pytest.TempPathFactory, raw: bytes, fmt: str
