@@ -4,7 +4,10 @@ frozen `Config`.
 
 The parser only maps keys onto the policy dataclasses of `_policy` (which
 validate their own values), rejects unknown keys, merges each endpoint over
-``defaults`` and prefixes the key path onto every `ConfigError`.
+``defaults`` and prefixes the key path onto every problem. It goes on past
+a problem to find the others, and raises one `ConfigError` listing them
+all, in the order of the document; it builds nothing when there is any. A
+file's ``${VAR}`` references are replaced first (`_interpolation`).
 """
 
 from __future__ import annotations
