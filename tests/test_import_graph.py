@@ -49,8 +49,8 @@ LONG_REASON = "Why it is long:"
 #: the package's __init__, which loads the public exceptions (requests' tree):
 #: this checks the core's own code and what it imports, not that side effect.
 CORE = frozenset({
-    "_clock", "_errors", "_policy", "_config", "_routing", "_verdict", "_budget", "_bulkhead",
-    "_events", "_propagation", "_breaker_machine", "_breaker_store",
+    "_clock", "_errors", "_policy", "_config", "_interpolation", "_routing", "_verdict", "_budget",
+    "_bulkhead", "_events", "_propagation", "_breaker_machine", "_breaker_store",
 })
 HTTP_CLIENTS = frozenset({"requests", "urllib3", "httpx"})
 
