@@ -158,10 +158,17 @@ class Config:
     endpoints: tuple[Endpoint, ...] = ()
     secrets: Secrets = field(default_factory=Secrets)
     listeners: tuple[str | Callable[..., Any], ...] = ()
+    #: The directory of host-shared state files (``state: host``); ``None``
+    #: is a per-user directory under ``$XDG_RUNTIME_DIR`` or ``/dev/shm``.
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
         p = Problems()
+        if self.state_dir is not None and (
+            not isinstance(self.state_dir, str) or not self.state_dir or "\0" in self.state_dir
+        ):
+            p.add("state_dir", f"must be a directory path or null, got {self.state_dir!r}")
         p.extend(_shared_state_problems(enumerate(self.endpoints)))
         p.extend(_listener_problems(self.listeners))
         p.raise_if_any()
@@ -281,9 +288,9 @@ def _yaml_loads(text: str) -> Any:
 
 # Every key the loader accepts is named here or is a field of a section's
 # dataclass: tests/test_config.py checks docs/configuration.md against them.
-_TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners")
+_TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners", "state_dir")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
-                 "critical", "propagation")
+                 "critical", "propagation", "state")
 #: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
 _SECTION_KINDS: dict[str, type] = {
     "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
@@ -411,11 +418,14 @@ def _document(p: Problems, raw: object) -> Config | None:
     p.extend(_shared_state_problems(endpoints))
     listeners = doc.get("listeners") or ()
     p.extend(_listener_problems(listeners))
+    state_dir = doc.get("state_dir")
+    if state_dir is not None and (not isinstance(state_dir, str) or not state_dir):
+        p.add("state_dir", f"must be a directory path or null, got {state_dir!r}")
     if p:
         return None
     with p.at():
         return Config(defaults=defaults, endpoints=tuple(e for _, e in endpoints), secrets=secrets,
-                      listeners=listeners)
+                      listeners=listeners, state_dir=state_dir)
     return None
 
 
@@ -458,7 +468,7 @@ def _policy(p: Problems, path: str, base: Policy, raw: Mapping[str, Any], *, nam
         value = _null(key, value)
         where = f"{path}.{key}"
         section: object = None
-        if key == "failure_status" or key == "critical":
+        if key in ("failure_status", "critical", "state"):
             changes[key] = value
             continue
         if key == "fallback":
@@ -479,7 +489,18 @@ def _policy(p: Problems, path: str, base: Policy, raw: Mapping[str, Any], *, nam
             section = _section(p, where, _SECTION_KINDS[key], getattr(base, key), value)
         if section is not None:  # else: a problem was recorded; the base's stands in
             changes[key] = section
-    return _build(p, path, Policy, changes, base=base) or base
+    policy = _build(p, path, Policy, changes, base=base)
+    if (
+        policy is not None
+        and raw.get("state") == "memory"
+        and policy.breaker is not None
+        and policy.breaker.storage != "memory"
+    ):
+        # `state: memory` written here, yet the breaker is in Redis: both
+        # spellings given, and they disagree (only `state`'s default is quiet).
+        p.add(f"{path}.state", f"'memory' disagrees with breaker.storage "
+                               f"{policy.breaker.storage!r}; give one of them, or the same value")
+    return policy or base
 
 
 def _retry(p: Problems, path: str, base: RetryPolicy | None, raw: object) -> RetryPolicy | None:
@@ -600,7 +621,7 @@ def _shared_state_problems(endpoints: Iterable[tuple[int, Endpoint]]) -> list[tu
         first = seen.setdefault(ep.name, (i, ep.policy))
         if first[0] == i:
             continue
-        for section in ("breaker", "budget", "bulkhead"):
+        for section in ("breaker", "budget", "bulkhead", "state"):
             if getattr(first[1], section) != getattr(ep.policy, section):
                 problems.append((
                     f"endpoints[{i}].{section}",

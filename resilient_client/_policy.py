@@ -555,6 +555,10 @@ class Policy:
     propagation: PropagationPolicy | None = None
     #: Whether an open breaker to this endpoint makes the health view unhealthy.
     critical: bool = True
+    #: Where breaker, budget and bulkhead live: ``memory`` (this process),
+    #: ``host`` (every process on the host sharing ``state_dir``) or a
+    #: ``redis://`` URL (the breaker in Redis, budget and bulkhead on the host).
+    state: str = "memory"
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -564,6 +568,17 @@ class Policy:
             _set(self, "failure_status", _statuses("failure_status", self.failure_status, lo=500))
         if not isinstance(_given(self.critical), bool):
             p.add("critical", f"must be true or false, got {self.critical!r}")
+        if not _is_state(self.state):
+            p.add("state", f"must be memory, host or a redis:// URL, got {self.state!r}")
+        elif (
+            self.state != "memory"
+            and isinstance(self.breaker, BreakerPolicy)
+            and self.breaker.storage not in ("memory", self.state)
+        ):
+            # breaker.storage is the older spelling of `state` for the
+            # breaker alone: both given, they must say the same thing.
+            p.add("state", f"{self.state!r} disagrees with breaker.storage "
+                           f"{self.breaker.storage!r}; give one of them, or the same value")
         for name, kind in _SECTION_TYPES.items():
             value = getattr(self, name)
             if value is None and name != "timeout":
@@ -575,6 +590,28 @@ class Policy:
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with *changes* applied (and validated)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def breaker_storage(self) -> str:
+        """Where the breaker lives: ``memory``, ``host`` or a Redis URL
+        (``state``, or the older ``breaker.storage`` when ``state`` is memory)."""
+        if self.state != "memory":
+            return self.state
+        return self.breaker.storage if self.breaker is not None else "memory"
+
+    @property
+    def host_shared(self) -> bool:
+        """Whether budget and bulkhead are shared on the host (``host`` or Redis)."""
+        return self.state != "memory"
+
+
+def _is_state(value: object) -> bool:
+    return isinstance(value, str) and (value in ("memory", "host") or _is_redis_url(value))
+
+
+def _is_redis_url(value: str) -> bool:
+    scheme, sep, rest = value.partition("://")
+    return bool(sep and rest) and scheme in ("redis", "rediss", "unix")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -1996,7 +1996,7 @@ class TestReferenceIsComplete:
             if row(f.name) not in text
         ]
         assert not missing
-        for key in ("failure_status", "critical"):  # the sections that are one value
+        for key in ("failure_status", "critical", "state"):  # the sections that are one value
             assert row(key) in page_section(f"## `{key}`")
 
     def test_endpoint_and_secrets_keys_have_rows(self) -> None:
@@ -2047,7 +2047,7 @@ class TestReferenceIsComplete:
 KEY_NAMES = [
     "defaults", "secrets", "endpoints",
     "timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback", "critical",
-    "name", "match", "methods",
+    "name", "match", "methods", "state", "state_dir",
     "connect", "read", "total",
     "attempts", "backoff", "on_status", "on", "idempotency_header", "respect_retry_after",
     "max_retry_after", "attempt_header",
