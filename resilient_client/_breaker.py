@@ -114,6 +114,7 @@ class CircuitBreaker:
         on_state_change: called as ``on_state_change(breaker, old, new)``
             after each change of state; it must not block.
         listeners: ``pybreaker.CircuitBreakerListener`` instances.
+        store: the record's store, instead of ``policy.storage``'s (``state: host``).
 
     Thread-safe: calls through one breaker run concurrently; locks are held
     for bookkeeping only, never across a call or a Redis round trip.
@@ -136,6 +137,7 @@ class CircuitBreaker:
         clock: Clock = SYSTEM_CLOCK,
         on_state_change: StateChangeCallback | None = None,
         listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
+        store: BreakerStore | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -154,15 +156,13 @@ class CircuitBreaker:
         # limit), where every outcome goes into the window.
         slow = policy.slow_call_duration
         self._fast_limit = -1.0 if rate else (math.inf if slow is None else slow)
-
         self._closed_fast = self._healthy = False
         self._mem: MemoryStore | None = None
-        store: BreakerStore
-        if policy.storage == "memory":
+        if store is None and policy.storage == "memory":
             store = self._mem = MemoryStore(clock)
             store.watch = self._watch
             self._watch(store.record)
-        else:
+        elif store is None:
             from ._breaker_redis import RedisStore  # only shared storage imports redis-py
 
             store = RedisStore(policy.storage, name, machine.reconcile)

@@ -19,6 +19,7 @@ approximate order, not a lock on the hot path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,16 +52,50 @@ class EndpointState:
 
     __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "route_keys", "stale", "used")
 
-    def __init__(self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged) -> None:
+    def __init__(
+        self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
+        state_dir: str | None = None,
+    ) -> None:
         self.name = name
         self.policy = policy
-        self.breaker = (
+        if policy.host_shared:
+            self._host(name, policy, clock, on_state_change, state_dir)
+            return
+        self.breaker: CircuitBreaker | None = (
             CircuitBreaker(name, policy.breaker, clock=clock, on_state_change=on_state_change)
             if policy.breaker is not None
             else None
         )
-        self.budget = RetryBudget(policy.budget, clock) if policy.budget is not None else None
-        self.bulkhead = Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None
+        self.budget: RetryBudget | None = (
+            RetryBudget(policy.budget, clock) if policy.budget is not None else None)
+        self.bulkhead: Bulkhead | None = (
+            Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None)
+        self._rest()
+
+    def _host(
+        self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
+        state_dir: str | None,
+    ) -> None:
+        """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
+        from ._host_file import HostFile, default_state_dir  # only host state opens files
+        from ._host_state import HostBudget, HostBulkhead, HostStore
+
+        file = HostFile(state_dir or default_state_dir(), name)
+        self.breaker = None
+        if policy.breaker is not None:
+            redis = policy.state != "host"
+            self.breaker = CircuitBreaker(
+                name, dataclasses.replace(policy.breaker, storage=policy.state) if redis else policy.breaker,
+                clock=clock, on_state_change=on_state_change,
+                store=None if redis else HostStore(file),
+            )
+        budget = HostBudget(policy.budget, clock, file) if policy.budget is not None else None
+        self.budget = budget
+        self.bulkhead = (HostBulkhead(name, policy.bulkhead, file, budget)
+                         if policy.bulkhead is not None else None)
+        self._rest()
+
+    def _rest(self) -> None:
         self.stale: StaleCache | None = None
         #: The route-cache keys that lead here, dropped with this state.
         self.route_keys: list[tuple[str, str]] = []
@@ -108,6 +143,7 @@ class Endpoints:
         clock: the session's clock, for breakers, budgets and stale caches.
         on_state_change: told of every breaker transition.
         build_retrying: the retry engine for a policy (None: no retry).
+        state_dir: the config's ``state_dir``, for ``state: host``.
     """
 
     def __init__(
@@ -118,7 +154,9 @@ class Endpoints:
         on_state_change: _StateChanged,
         build_retrying: _BuildRetrying,
         lock: Any,
+        state_dir: str | None = None,
     ) -> None:
+        self._state_dir = state_dir
         self._router = router
         self._endpoints = endpoints
         self._clock = clock
@@ -187,7 +225,7 @@ class Endpoints:
         self._next_scan = 0
 
     def _new_state(self, name: str, policy: Policy) -> EndpointState:
-        return EndpointState(name, policy, self._clock, self._on_state_change)
+        return EndpointState(name, policy, self._clock, self._on_state_change, self._state_dir)
 
     def _new_route(self, method: str, url: str) -> Route:
         res = self._router.resolve(method, url)

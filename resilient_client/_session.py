@@ -166,7 +166,8 @@ class ResilientSession(requests.Session):
         self._router = Router(self.config.endpoints, self.config.defaults, URLLIB3_FORM)
         self._lock = threading.Lock()
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
-                                    self._breaker_changed, self._build_retrying, self._lock)
+                                    self._breaker_changed, self._build_retrying, self._lock,
+                                    state_dir=self.config.state_dir)
         self._local = threading.local()
         self._environ = EnvironCache()
 

@@ -1,13 +1,15 @@
 """
-One contract, every breaker store: memory, Redis, and Redis while it is
-unreachable (the local state it degrades to), as pybreaker runs one suite
-against every storage. A new backend joins by adding a parameter.
+One contract, every breaker store: memory, the host file, a damaged host
+file (the local state it degrades to), Redis, and Redis while it is
+unreachable, as pybreaker runs one suite against every storage. A new
+backend joins by adding a parameter.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,8 @@ from resilient_client._breaker_machine import (
     Record,
 )
 from resilient_client._breaker_store import BreakerStore, MemoryStore
+from resilient_client._host_file import HostFile, path_for
+from resilient_client._host_state import HostStore
 from resilient_client._policy import BreakerPolicy
 from resilient_client.testing import FakeClock
 
@@ -44,6 +48,8 @@ def _fail(old: Record, now: float) -> tuple[Record, None]:
 @pytest.fixture(
     params=[
         "memory",
+        "host",
+        "host-damaged",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("redis-down", marks=pytest.mark.redis),
     ]
@@ -54,6 +60,14 @@ def make_store(request: pytest.FixtureRequest) -> Iterator[Any]:
     if kind == "memory":
         shared = MemoryStore(FakeClock(1000.0))
         yield lambda: shared
+        return
+    if kind.startswith("host"):
+        state_dir = str(request.getfixturevalue("tmp_path") / "state")
+        if kind == "host-damaged":
+            HostFile(state_dir, "inventory").fd()  # lay the file out, then spoil it
+            with open(path_for(state_dir, "inventory"), "r+b") as f:
+                f.write(b"garbage!")
+        yield lambda: HostStore(HostFile(state_dir, "inventory"))
         return
     url = request.getfixturevalue("redis_url") if kind == "redis" else DEAD_REDIS
     yield lambda: _breaker_redis.RedisStore(url, "inventory", MACHINE.reconcile)
@@ -140,6 +154,9 @@ class TestContract:
         store.read()
         if isinstance(store, _breaker_redis.RedisStore):
             assert store.reachable() is (store.url != DEAD_REDIS)
+        elif isinstance(store, HostStore):
+            damaged = Path(store.file.path).read_bytes().startswith(b"garbage")
+            assert store.reachable() is (not damaged)
         else:
             assert store.reachable() is None
 
@@ -169,3 +186,59 @@ class TestShared:
         b.read()
         verdicts = [a.apply(mine.admit)[1].value, b.apply(theirs.admit)[1].value]
         assert sorted(verdicts) == ["reject", "trial"]
+
+
+class TestHostShared:
+    def test_two_stores_of_one_name_share_the_record(self, tmp_path: Any) -> None:
+        """What one store (another process) writes, a second reads and builds on; other names stay apart."""
+        a = HostStore(HostFile(str(tmp_path), "inventory"))
+        b = HostStore(HostFile(str(tmp_path), "inventory"))
+        other = HostStore(HostFile(str(tmp_path), "billing"))
+        b.read()
+        a.apply(_fail)
+        assert b.apply(_fail)[0].failures == 2
+        assert a.apply(_fail)[0].state is OPEN
+        assert b.read()[2] == ((CLOSED, OPEN),)  # b notices the change once...
+        assert b.read()[0].state is OPEN and b.read()[2] == ()  # ...and not again
+        assert other.read()[0] == CLOSED_RECORD
+
+    def test_one_trial_lease_across_stores(self, tmp_path: Any) -> None:
+        """Two parties claiming one breaker past reset_timeout: exactly one gets the lease."""
+        mine = BreakerMachine(BreakerPolicy(failure_threshold=1, reset_timeout=0.001), "me")
+        theirs = BreakerMachine(BreakerPolicy(failure_threshold=1, reset_timeout=0.001), "them")
+        a = HostStore(HostFile(str(tmp_path), "inventory"))
+        b = HostStore(HostFile(str(tmp_path), "inventory"))
+        now = a.read()[1]
+        a.apply(_set(Record(OPEN, False, now - 1.0, 1)))
+        verdicts = [a.apply(mine.admit)[1].value, b.apply(theirs.admit)[1].value]
+        assert sorted(verdicts) == ["reject", "trial"]
+
+    def test_a_dead_holders_lease_reads_as_lapsed(
+        self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A trial claimed by a process that is gone is free for the next caller at once."""
+        from resilient_client import _host_state
+
+        a = HostStore(HostFile(str(tmp_path), "inventory"))
+        now = a.read()[1]
+        a.apply(_set(Record(HALF_OPEN, False, now - 1.0, 1, "them", now + 30.0)))
+        theirs = BreakerMachine(BreakerPolicy(failure_threshold=1, reset_timeout=0.001), "other")
+        b = HostStore(HostFile(str(tmp_path), "inventory"))
+        assert b.apply(theirs.admit)[1].value == "reject"  # the holder (us) is alive
+        # Seen from another process, after the holder died:
+        monkeypatch.setattr(_host_state.os, "getpid", lambda: 1)
+        monkeypatch.setattr(_host_state, "pid_alive", lambda pid: False)
+        c = HostStore(HostFile(str(tmp_path), "inventory"))
+        assert c.read()[0].trial_until == 0.0
+        assert c.apply(theirs.admit)[1].value == "trial"
+
+    def test_a_torn_or_damaged_record_is_reset_not_trusted(self, tmp_path: Any) -> None:
+        """A breaker record whose checksum fails reads as closed (and is rewritten), the file stays shared."""
+        a = HostStore(HostFile(str(tmp_path), "inventory"))
+        a.apply(_fail)
+        with open(a.file.path, "r+b") as f:
+            f.seek(64 + 4)
+            f.write(b"\x07\x07")  # the failure count, without its crc
+        b = HostStore(HostFile(str(tmp_path), "inventory"))
+        assert b.read()[0] == CLOSED_RECORD
+        assert b.reachable() is True

@@ -1,0 +1,334 @@
+"""
+One endpoint's host-shared state: a small fixed-layout file in ``state_dir``.
+
+Every process on a host that uses the same endpoint name and ``state_dir``
+(``state: host``) opens the same file, and the breaker record, the retry
+budget's counters and the bulkhead's leases live in it. `_host_state` puts
+the breaker store, the bulkhead and the budget on top of it; this module
+knows the bytes and the lock, nothing of breakers.
+
+Decision record: the file
+-------------------------
+One file per endpoint name, ``<state_dir>/<name>-<sha1 of name>.state``:
+endpoints never contend for one lock, and damage to one endpoint's file
+leaves the others shared. The layout is 4096 bytes, little-endian::
+
+    0    header   magic b"RCHOST\\0\\0", layout version u32, size u32, name (48 bytes)
+    64   breaker  state u8, forced u8, failures u32, opened_at f64,
+                  trial_until f64, trial pid i32, holder (48 bytes), crc32
+    160  budget   bucket number i64, 10 x first tries u32, 10 x retries u32
+    256  bulkhead count of lease rows in use u32, then 128 rows from 272:
+                  (pid i32, calls held u32, lease expiry f64)
+
+Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process
+on a host). A file whose magic, version or size is not ours (an older
+release, another program, a truncation) is never written: the process logs
+once and keeps that endpoint's state in the process (`HostFileError`).
+Bumping `VERSION` is how a layout change keeps old and new releases apart.
+
+Decision record: atomicity and crashes
+--------------------------------------
+An update is ``flock(LOCK_EX)``, ``pread`` the section, decide, one
+``pwrite`` per section, ``flock(LOCK_UN)``: a read-modify-write that no other
+process interleaves with. The lock is held for microseconds, never across a
+call or any other I/O. A process killed while holding it releases it (the
+kernel drops a dead process's flocks), so nobody ever waits on a dead
+process; a lock kept *in* shared memory would stay held for ever. Threads of
+one process also take a `threading.Lock` first: flock is per open file, so
+two threads on one descriptor would not exclude each other.
+
+A signal cannot stop a ``pwrite`` half way (SIGKILL is delivered on the way
+back to user space), so a writer's death leaves each section as it was
+before or after its one write; the bulkhead's row count is written after the
+row it counts, so a death between them leaves an unused row. The breaker
+record is read *without* the lock on the hot path (one ``pread``), and a
+read concurrent with a write may be torn: its crc32 catches that and the
+read is done again under the lock. A bad crc under the lock is damage (not
+a race): the record is reset to closed and that is logged.
+
+Why ``pread``/``pwrite`` and not ``mmap``: a mapped file that another process
+truncates kills the next reader with SIGBUS; ``pread`` returns short, which
+is detected. The file lives on tmpfs (``/dev/shm`` or the runtime dir), so
+the page cache is the shared memory and a ``pread`` is a memory copy.
+
+Fork (gunicorn ``--preload``): a descriptor inherited across ``fork`` shares
+its flock with the parent, so the child reopens the file on first use (the
+pid is checked on every locked operation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import cast
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "BreakerFields", "HostFile", "HostFileError",
+    "default_state_dir", "path_for",
+]
+
+logger = logging.getLogger("resilient_client")
+
+MAGIC = b"RCHOST\0\0"
+#: The layout's version: a file of another version is left alone.
+VERSION = 1
+SIZE = 4096
+_HEADER = struct.Struct("<8sII48s")
+BREAKER_AT = 64
+#: state, forced, failures, opened_at, trial_until, trial pid, holder; then its crc32.
+BREAKER = struct.Struct("<BB2xIddi4x48s")
+_CRC = struct.Struct("<I")
+#: The breaker record's fields as stored, in `BREAKER`'s order.
+BreakerFields = tuple[int, int, int, float, float, int, bytes]
+_ZERO: BreakerFields = (0, 0, 0, 0.0, 0.0, 0, b"")
+BUDGET_AT = 160
+BUCKETS = 10
+BUDGET = struct.Struct(f"<q{BUCKETS}I{BUCKETS}I")
+_ROWS_AT = 256
+_ROW0 = 272
+ROW = struct.Struct("<iId")
+#: Processes that may hold bulkhead slots on one endpoint at once: 4-32
+#: gunicorn workers, plus room for recycled ones whose rows are reclaimed.
+MAX_PROCESSES = 128
+_COUNT = struct.Struct("<I")
+
+_HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+_open_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    # A lock held by a parent thread at fork would never be released here.
+    global _open_lock, _warned_lock
+    _open_lock = threading.Lock()
+    _warned_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+class HostFileError(Exception):
+    """The file cannot be used: damaged, foreign, or not writable."""
+
+
+def warn_once(key: str, message: str, *args: object) -> None:
+    """Log *message* once per process for *key*: a damaged file must not flood the log."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(message, *args, extra={"state_file": key})
+
+
+def default_state_dir() -> str:
+    """A per-user directory on tmpfs: the runtime dir, else /dev/shm, else the temp dir."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "resilient_client")
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return os.path.join(base, f"resilient_client-{uid}")
+
+
+def path_for(state_dir: str, name: str) -> str:
+    """The file of endpoint *name*: readable in a listing, unique by its hash."""
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return os.path.join(state_dir, f"{_SAFE.sub('_', name)[:40]}-{digest}.state")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether *pid* exists (a zombie not yet reaped still does)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: it exists, as someone else
+    return True
+
+
+class HostFile:
+    """
+    The state file of one endpoint, opened lazily; `HostFileError` from any
+    method means "use process-local state from now on".
+    """
+
+    def __init__(self, state_dir: str, name: str) -> None:
+        self.name = name
+        self.path = path_for(state_dir, name)
+        self._dir = state_dir
+        self._fd = -1
+        self._pid = 0
+        self._tlock = threading.Lock()
+
+    # -- opening ---------------------------------------------------------------------
+
+    def _open(self) -> int:
+        if fcntl is None:  # pragma: no cover - Windows
+            raise HostFileError("this platform has no fcntl (no kernel file locks)")
+        try:
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            st = os.stat(self._dir)
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                # Anyone who can write here can forge our breakers.
+                raise HostFileError(f"{self._dir} is not this user's own directory (mode 0700)")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise HostFileError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_size == 0:
+                    # New: laid out under the lock, so a racing opener sees it whole.
+                    os.ftruncate(fd, SIZE)
+                    os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]), 0)
+                else:
+                    self._check_header(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except (OSError, HostFileError) as exc:
+            os.close(fd)
+            if isinstance(exc, HostFileError):
+                raise
+            raise HostFileError(f"cannot set up {self.path}: {exc}") from exc
+        return fd
+
+    def _check_header(self, fd: int) -> None:
+        raw = os.pread(fd, _HEADER.size, 0)
+        if len(raw) < _HEADER.size or os.fstat(fd).st_size != SIZE:
+            raise HostFileError(f"{self.path} is truncated")
+        magic, version, size, _ = _HEADER.unpack(raw)
+        if magic != MAGIC:
+            raise HostFileError(f"{self.path} is not a resilient_client state file")
+        if version != VERSION or size != SIZE:
+            raise HostFileError(f"{self.path} has layout version {version}, this release reads {VERSION}")
+
+    def fd(self) -> int:
+        """The descriptor, (re)opened in this process: a forked child must not share the parent's lock."""
+        pid = os.getpid()
+        if self._pid != pid:
+            with _open_lock:
+                if self._pid != pid:
+                    # An inherited descriptor is the parent's (its flock is
+                    # the parent's too): leave it open for the parent's sake.
+                    self._tlock = threading.Lock()
+                    self._fd = self._open()
+                    self._pid = pid
+        return self._fd
+
+    # -- reading and writing -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[int]:
+        """The file exclusively, for one read-modify-write; never held across a call."""
+        fd = self.fd()
+        assert fcntl is not None
+        with self._tlock:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise HostFileError(f"cannot lock {self.path}: {exc}") from exc
+            try:
+                # Checked under every lock: a file damaged mid-run stops being written at once.
+                if os.pread(fd, 16, 0) != _HEAD16:
+                    self._check_header(fd)
+                    raise HostFileError(f"{self.path} header changed")
+                yield fd
+            except OSError as exc:
+                raise HostFileError(f"{self.path}: {exc}") from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def read(self, fd: int, at: int, size: int) -> bytes:
+        raw = os.pread(fd, size, at)
+        if len(raw) != size:
+            raise HostFileError(f"{self.path} is truncated")
+        return raw
+
+    def write(self, fd: int, at: int, data: bytes) -> None:
+        if os.pwrite(fd, data, at) != len(data):
+            raise HostFileError(f"{self.path}: short write")
+
+    # -- the breaker record --------------------------------------------------------------
+
+    def read_breaker_unlocked(self) -> BreakerFields | None:
+        """The breaker fields without the lock; ``None`` when torn (read again, locked)."""
+        try:
+            raw = os.pread(self.fd(), BREAKER.size + 4, BREAKER_AT)
+        except OSError as exc:
+            raise HostFileError(f"{self.path}: {exc}") from exc
+        return _breaker_fields(raw)
+
+    def read_breaker(self, fd: int) -> BreakerFields:
+        """The breaker fields, under the lock; a bad checksum is damage: reset to zeros."""
+        fields = _breaker_fields(self.read(fd, BREAKER_AT, BREAKER.size + 4))
+        if fields is None:
+            warn_once(self.path + ":breaker", "host state %s: breaker record damaged; reset to closed",
+                      self.path)
+            self.write_breaker(fd, _ZERO)
+            return _ZERO
+        return fields
+
+    def write_breaker(self, fd: int, fields: BreakerFields) -> None:
+        body = BREAKER.pack(*fields)
+        self.write(fd, BREAKER_AT, body + _CRC.pack(_crc(body)))
+
+    # -- bulkhead rows ---------------------------------------------------------------------
+
+    def read_rows(self, fd: int) -> list[list[int | float]]:
+        """The lease rows in use: ``[pid, calls, expiry]`` each."""
+        (n,) = _COUNT.unpack(self.read(fd, _ROWS_AT, 4))
+        n = min(n, MAX_PROCESSES)  # a damaged count must not make us read past the table
+        raw = self.read(fd, _ROW0, n * ROW.size)
+        return [list(r) for r in ROW.iter_unpack(raw)]
+
+    def write_row(self, fd: int, index: int, row: list[int | float], rows_in_use: int) -> None:
+        self.write(fd, _ROW0 + index * ROW.size, ROW.pack(int(row[0]), int(row[1]), float(row[2])))
+        if index >= rows_in_use:
+            # After the row: a death between the two leaves an unused row, not a bad count.
+            self.write(fd, _ROWS_AT, _COUNT.pack(index + 1))
+
+    # -- all of it, for `status` and `reset` ---------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget everything but the header (``resilient-client reset``)."""
+        with self.locked() as fd:
+            self.write(fd, BREAKER_AT, bytes(SIZE - BREAKER_AT))
+            self.write_breaker(fd, _ZERO)
+
+
+def _crc(body: bytes) -> int:
+    return zlib.crc32(body)
+
+
+def _breaker_fields(raw: bytes) -> BreakerFields | None:
+    if len(raw) != BREAKER.size + 4:
+        raise HostFileError("state file truncated")
+    body = raw[: BREAKER.size]
+    (crc,) = _CRC.unpack_from(raw, BREAKER.size)
+    if crc != _crc(body):
+        # A fresh file is all zeros: that is a closed breaker, not damage.
+        if crc == 0 and body == bytes(BREAKER.size):
+            return _ZERO
+        return None
+    return cast(BreakerFields, BREAKER.unpack(body))

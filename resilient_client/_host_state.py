@@ -1,0 +1,388 @@
+"""
+``state: host``: an endpoint's breaker, retry budget and bulkhead shared by
+every process on the host, in the endpoint's file (`_host_file`).
+
+* `HostStore` is a `BreakerStore`: the breaker machine and its facade are
+  unchanged; the store reads the record from the file and applies the
+  machine's steps under the file lock.
+* `HostBulkhead` is a `Bulkhead` whose slots are leases in the file: one row
+  per process, ``(pid, calls held, expiry)``.
+* `HostBudget` is a `RetryBudget` whose buckets are in the file.
+
+Each degrades on its own to the in-process behaviour of its base class when
+the file cannot be used (`HostFileError`): one warning per file, never an
+error out of a call.
+
+Decision record: leases, and what a dead process leaves behind
+--------------------------------------------------------------
+The half-open trial is the machine's lease (holder, expiry); the store adds
+the pid of the process that claimed it, and shows the machine a lease whose
+pid is gone as lapsed (``trial_until = 0``), so a worker killed mid-trial
+frees the trial at once, and the machine knows nothing of processes.
+
+Bulkhead slots are leased per process rather than per call: a row holds how
+many calls a pid has in flight and when its lease ends (refreshed on every
+acquire and release). The host-wide count is the sum of the rows. When the
+sum reaches ``max_concurrent``, rows whose pid is gone (``kill(pid, 0)``) or
+whose lease expired (`SLOT_LEASE`, for a pid reused by an unrelated
+process) are cleared before refusing, so a worker SIGKILLed mid-call leaks
+nothing. A row per call would need a free-slot search per call; a row per
+process is found once and cached.
+
+Decision record: the cost of a call
+-----------------------------------
+A kernel lock is about 2 µs here; a happy call takes two (bulkhead acquire
+and release) and none for the breaker: the closed record is read without the
+lock (one ``pread``, checked by its crc32), and when it is the same bytes as
+last time the decoded record is reused. The outcome of a success on a
+healthy breaker changes nothing, so it is decided on that record without a
+read. First tries for the budget are counted in the process and added to the
+file under the next lock taken anyway (the bulkhead's), or at least every
+`_FLUSH_EVERY` seconds: the budget is a rate over 10 s, so 50 ms late costs
+nothing, and a retry (`try_spend`) always adds them first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from ._breaker_machine import CLOSED, CLOSED_RECORD, HALF_OPEN, OPEN, BreakerState, Record
+from ._breaker_store import Changes, MemoryStore, Step
+from ._budget import RetryBudget
+from ._bulkhead import Bulkhead
+from ._clock import SYSTEM_CLOCK, Clock
+from ._host_file import (
+    BUCKETS,
+    BUDGET,
+    BUDGET_AT,
+    MAX_PROCESSES,
+    BreakerFields,
+    HostFile,
+    HostFileError,
+    pid_alive,
+    warn_once,
+)
+from ._policy import BudgetPolicy, BulkheadPolicy
+
+__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore"]
+
+R = TypeVar("R")
+logger = logging.getLogger("resilient_client")
+
+_STATES = (CLOSED, OPEN, HALF_OPEN)
+_INDEX = {s: i for i, s in enumerate(_STATES)}
+#: A bulkhead row's lease: longer than any call holds a slot (the default
+#: total deadline is 10 s); only a pid reused by another process needs it.
+SLOT_LEASE = 600.0
+#: First tries counted in the process reach the file at least this often.
+_FLUSH_EVERY = 0.05
+
+
+def _degraded(file: HostFile, exc: Exception) -> None:
+    warn_once(file.path, "host state for endpoint %r unusable (%s); using process-local state",
+              file.name, exc)
+
+
+class HostStore:
+    """A `BreakerStore` in the endpoint's host file; ``now`` is ``time.monotonic()``."""
+
+    exclusive = False
+    local_time = False
+
+    def __init__(self, file: HostFile) -> None:
+        self.file = file
+        self._lock = threading.Lock()
+        self._local: MemoryStore | None = None  # the truth once the file is unusable
+        self._raw: BreakerFields | None = None  # the fields last decoded...
+        self._rec = CLOSED_RECORD  # ...and their record (the last one seen)
+        self._reported: BreakerState = CLOSED
+
+    # -- the BreakerStore protocol ------------------------------------------------
+
+    def read(self) -> tuple[Record, float, Changes]:
+        if self._local is None:
+            try:
+                rec = self._read_shared()
+                return rec, time.monotonic(), self._observe(rec.state)
+            except HostFileError as exc:
+                self._degrade(exc)
+        rec, now, _ = self._local_store().read()
+        return rec, now, self._observe(rec.state)
+
+    def apply(self, step: Step[R], *, fresh: bool = True) -> tuple[Record, R, float, Changes]:
+        if self._local is None:
+            try:
+                return self._apply_shared(step, fresh)
+            except HostFileError as exc:
+                self._degrade(exc)
+        rec, result, now, _ = self._local_store().apply(step)
+        return rec, result, now, self._observe(rec.state)
+
+    def reachable(self) -> bool | None:
+        return self._local is None
+
+    # -- the file -----------------------------------------------------------------------
+
+    def _apply_shared(self, step: Step[R], fresh: bool) -> tuple[Record, R, float, Changes]:
+        now = time.monotonic()
+        # A step that changes nothing needs no lock: on a fresh read (admit),
+        # or on the record last seen (an outcome: best effort, as with Redis).
+        rec = self._read_shared() if fresh or self._raw is None else self._rec
+        new, result = step(rec, now)
+        if new is rec:
+            return new, result, now, self._observe(new.state)
+        file = self.file
+        with file.locked() as fd:
+            fields = file.read_breaker(fd)
+            rec = self._decode(fields)
+            new, result = step(rec, now)
+            if new is not rec:
+                file.write_breaker(fd, self._encode(new, rec, fields))
+        return new, result, now, self._observe(new.state)
+
+    def _read_shared(self) -> Record:
+        fields = self.file.read_breaker_unlocked()
+        if fields is None:  # torn by a concurrent write: read it under the lock
+            with self.file.locked() as fd:
+                fields = self.file.read_breaker(fd)
+        if fields == self._raw and not fields[5]:
+            return self._rec  # the same bytes, no lease to check: the same record
+        return self._decode(fields)
+
+    def _decode(self, fields: BreakerFields) -> Record:
+        state, forced, failures, opened_at, trial_until, pid, holder = fields
+        trial = holder.rstrip(b"\0").decode("utf-8", "replace")
+        if trial and pid != os.getpid() and not pid_alive(pid):
+            trial_until = 0.0  # its holder is dead: the lease is lapsed
+        # An unknown state byte reads as open: damage must not close a breaker.
+        rec = Record(_STATES[state] if state < 3 else OPEN, bool(forced), opened_at, failures, trial,
+                     trial_until)
+        self._raw, self._rec = fields, rec
+        return rec
+
+    @staticmethod
+    def _encode(new: Record, old: Record, fields: BreakerFields) -> BreakerFields:
+        # The lease's pid is whoever claimed it: the holder string may come
+        # from a parent process (a breaker built before a fork).
+        pid = fields[5] if new.trial == old.trial else (os.getpid() if new.trial else 0)
+        return (_INDEX[new.state], int(new.forced), new.failures, new.opened_at, new.trial_until,
+                pid, new.trial.encode()[:48])
+
+    # -- degraded -------------------------------------------------------------------------
+
+    def _degrade(self, exc: HostFileError) -> None:
+        _degraded(self.file, exc)
+        with self._lock:
+            if self._local is None:
+                # Carry on from the last record seen, on the same clock.
+                self._local = MemoryStore(SYSTEM_CLOCK, self._rec)
+
+    def _local_store(self) -> MemoryStore:
+        local = self._local
+        assert local is not None
+        return local
+
+    def _observe(self, state: BreakerState) -> Changes:
+        # Each process reports a change when it notices it (as with Redis).
+        if state is self._reported:
+            return ()
+        with self._lock:
+            old, self._reported = self._reported, state
+        return ((old, state),) if old is not state else ()
+
+    def __repr__(self) -> str:
+        return f"<HostStore {self.file.path} {self._rec}>"
+
+
+class HostBudget(RetryBudget):
+    """A `RetryBudget` whose buckets are shared on the host (see the module docstring)."""
+
+    __slots__ = ("_file", "_flushed", "_pending", "_shared")
+
+    def __init__(self, policy: BudgetPolicy, clock: Clock, file: HostFile) -> None:
+        super().__init__(policy, clock)
+        self._file = file
+        self._pending = 0  # first tries not yet in the file
+        self._flushed = time.monotonic()
+        self._shared = True
+
+    def record_request(self) -> None:
+        if not self._shared:
+            super().record_request()
+            return
+        with self._lock:
+            self._pending += 1
+        if time.monotonic() - self._flushed >= _FLUSH_EVERY:
+            self._locked(lambda fd: None)
+
+    def try_spend(self) -> bool:
+        if self._shared:
+            spent = self._locked(self._spend)
+            if spent is not None:
+                return spent
+        return super().try_spend()
+
+    def snapshot(self) -> tuple[int, int]:
+        if self._shared:
+            counts = self._locked(lambda fd: self._read(fd, time.monotonic())[1:])
+            if counts is not None:
+                return sum(counts[0]), sum(counts[1])
+        return super().snapshot()
+
+    def flush(self, fd: int) -> None:
+        """Add the first tries counted here to the file (its lock held by the caller)."""
+        with self._lock:
+            pending, self._pending = self._pending, 0
+        if pending:
+            bucket, requests, retries = self._read(fd, time.monotonic())
+            requests[bucket % BUCKETS] += pending
+            self._write(fd, bucket, requests, retries)
+        self._flushed = time.monotonic()
+
+    def _spend(self, fd: int) -> bool:
+        bucket, requests, retries = self._read(fd, time.monotonic())
+        allowed = self.policy.ratio * sum(requests) + self.policy.min_per_second * self.policy.window
+        if sum(retries) + 1 > allowed:
+            return False
+        retries[bucket % BUCKETS] += 1
+        self._write(fd, bucket, requests, retries)
+        return True
+
+    def _read(self, fd: int, now: float) -> tuple[int, list[int], list[int]]:
+        """The buckets, slid to *now* (zeroing those that left the window)."""
+        values = BUDGET.unpack(self._file.read(fd, BUDGET_AT, BUDGET.size))
+        epoch, requests, retries = values[0], list(values[1:1 + BUCKETS]), list(values[1 + BUCKETS:])
+        bucket = int(now / self._bucket_len)
+        if bucket - epoch >= BUCKETS or epoch > bucket + BUCKETS:
+            requests, retries = [0] * BUCKETS, [0] * BUCKETS  # all stale (or nonsense)
+        else:
+            for b in range(epoch + 1, bucket + 1):
+                requests[b % BUCKETS] = retries[b % BUCKETS] = 0
+        return max(bucket, epoch), requests, retries
+
+    def _write(self, fd: int, bucket: int, requests: list[int], retries: list[int]) -> None:
+        top = 0xFFFFFFFF
+        self._file.write(fd, BUDGET_AT, BUDGET.pack(bucket, *(min(v, top) for v in requests),
+                                                    *(min(v, top) for v in retries)))
+
+    def _locked(self, op: Callable[[int], R]) -> R | None:
+        """*op* under the file lock, pending first tries flushed; None once degraded."""
+        try:
+            with self._file.locked() as fd:
+                self.flush(fd)
+                return op(fd)
+        except HostFileError as exc:
+            _degraded(self._file, exc)
+            self._shared = False
+            return None
+
+
+class HostBulkhead(Bulkhead):
+    """A `Bulkhead` whose cap is host-wide; slots are per-process leases in the file."""
+
+    __slots__ = ("_budget", "_file", "_held", "_row", "_shared")
+
+    def __init__(self, name: str, policy: BulkheadPolicy, file: HostFile, budget: HostBudget | None) -> None:
+        super().__init__(name, policy)
+        self._file = file
+        self._budget = budget  # its pending first tries ride on our lock
+        self._held = 0  # slots this process holds in the file
+        self._row = -1  # our row in the file, once found
+        self._shared = True
+
+    def try_acquire(self) -> bool:
+        if self._shared:
+            try:
+                ok = self._shared_op(acquire=True)
+            except HostFileError as exc:
+                self._degrade(exc)
+            else:
+                with self._lock:
+                    if ok:
+                        self._in_flight += 1
+                        self._held += 1
+                    else:
+                        self.rejected += 1
+                return ok
+        return super().try_acquire()
+
+    def release(self) -> None:
+        with self._lock:
+            from_file = self._held > 0
+            if from_file:
+                self._held -= 1
+        if from_file and self._shared:
+            try:
+                self._shared_op(acquire=False)
+            except HostFileError as exc:
+                self._degrade(exc)  # our lease then lapses on its own
+        super().release()
+
+    def host_in_flight(self) -> int | None:
+        """Calls in flight on the host (None when the file is unusable)."""
+        try:
+            with self._file.locked() as fd:
+                return sum(int(r[1]) for r in self._file.read_rows(fd))
+        except HostFileError:
+            return None
+
+    def _shared_op(self, *, acquire: bool) -> bool:
+        file, pid, now = self._file, os.getpid(), time.monotonic()
+        with file.locked() as fd:
+            if self._budget is not None:
+                self._budget.flush(fd)
+            rows = file.read_rows(fd)
+            i = self._row
+            if not (0 <= i < len(rows) and rows[i][0] == pid):
+                i = self._find_row(rows, pid)
+            if not acquire:
+                if i < len(rows) and rows[i][0] == pid and rows[i][1] > 0:
+                    file.write_row(fd, i, [pid, int(rows[i][1]) - 1, now + SLOT_LEASE], len(rows))
+                return True  # else our lease was reclaimed meanwhile: nothing to give back
+            total = sum(int(r[1]) for r in rows)
+            if total >= self.max_concurrent:
+                total -= self._reclaim(fd, rows, pid, now)
+                if total >= self.max_concurrent:
+                    return False
+            if i >= MAX_PROCESSES:
+                raise HostFileError(f"more than {MAX_PROCESSES} processes hold slots")
+            mine = int(rows[i][1]) if i < len(rows) and rows[i][0] == pid else 0
+            file.write_row(fd, i, [pid, mine + 1, now + SLOT_LEASE], len(rows))
+            self._row = i
+            return True
+
+    @staticmethod
+    def _find_row(rows: list[list[int | float]], pid: int) -> int:
+        """Our row, else a row holding nothing, else a new one at the end."""
+        for i, r in enumerate(rows):
+            if r[0] == pid:
+                return i
+        for i, r in enumerate(rows):
+            if r[1] == 0:
+                return i
+        return len(rows)
+
+    def _reclaim(self, fd: int, rows: list[list[int | float]], pid: int, now: float) -> int:
+        """Clear the rows of dead processes and lapsed leases; return the slots freed."""
+        freed = 0
+        for i, r in enumerate(rows):
+            held, owner = int(r[1]), int(r[0])
+            if held and owner != pid and (r[2] < now or not pid_alive(owner)):
+                self._file.write_row(fd, i, [owner, 0, 0.0], len(rows))
+                r[1] = 0
+                freed += held
+                logger.info("bulkhead %r: %d slot(s) of gone process %d reclaimed", self.name, held,
+                            owner, extra={"endpoint": self.name, "pid": owner})
+        return freed
+
+    def _degrade(self, exc: HostFileError) -> None:
+        _degraded(self._file, exc)
+        self._shared = False
+
+    def __repr__(self) -> str:
+        return f"<HostBulkhead {self.name!r} {self._in_flight}/{self.max_concurrent} here>"
