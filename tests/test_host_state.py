@@ -1,0 +1,154 @@
+"""
+The host file's bulkhead and budget, and how every piece degrades: several
+`HostFile` objects on one file stand for several processes (each opens its
+own descriptor, so flock excludes them as it does processes). Real
+processes are in test_host_processes.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resilient_client import _host_file
+from resilient_client._host_file import ROW, HostFile, default_state_dir, path_for
+from resilient_client._host_state import HostBudget, HostBulkhead, HostStore
+from resilient_client._policy import BudgetPolicy, BulkheadPolicy
+from resilient_client.testing import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings() -> None:
+    _host_file._warned.clear()
+
+
+def _bulkhead(d: Path, cap: int = 3) -> HostBulkhead:
+    return HostBulkhead("inv", BulkheadPolicy(max_concurrent=cap), HostFile(str(d), "inv"), None)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=10)
+    return proc.pid
+
+
+def _plant_row(d: Path, index: int, pid: int, held: int, expiry: float) -> None:
+    """What a process that held *held* slots left in the file."""
+    f = HostFile(str(d), "inv")
+    with f.locked() as fd:
+        f.write_row(fd, index, [pid, held, expiry], index)
+
+
+class TestHostBulkhead:
+    def test_the_cap_is_host_wide(self, tmp_path: Path) -> None:
+        """Two processes' bulkheads of cap 3 hold 3 slots between them, not 6."""
+        a, b = _bulkhead(tmp_path), _bulkhead(tmp_path)
+        assert [a.try_acquire(), a.try_acquire(), b.try_acquire()] == [True, True, True]
+        assert not b.try_acquire() and not a.try_acquire()
+        assert a.host_in_flight() == 3 and a.in_flight == 2 and b.rejected == 1
+        a.release()
+        assert b.try_acquire()
+        for bh in (a, b, b):
+            bh.release()
+        assert a.host_in_flight() == 0
+
+    def test_a_dead_processes_slots_come_back(self, tmp_path: Path) -> None:
+        """Slots held by a pid that is gone are reclaimed when the cap is reached."""
+        _plant_row(tmp_path, 0, _dead_pid(), 3, time.monotonic() + 600)
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        assert a.host_in_flight() == 1
+
+    def test_a_lapsed_lease_comes_back(self, tmp_path: Path) -> None:
+        """A live pid (reused by another process) whose lease expired holds nothing."""
+        _plant_row(tmp_path, 0, os.getppid(), 3, time.monotonic() - 1)
+        assert _bulkhead(tmp_path).try_acquire()
+
+    def test_a_live_lease_is_respected(self, tmp_path: Path) -> None:
+        """Slots of a live process within its lease are not taken."""
+        _plant_row(tmp_path, 0, os.getppid(), 3, time.monotonic() + 600)
+        assert not _bulkhead(tmp_path).try_acquire()
+
+    def test_release_after_a_reclaim_does_not_go_negative(self, tmp_path: Path) -> None:
+        """A process whose row was cleared meanwhile gives back nothing, and no error."""
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        _plant_row(tmp_path, 0, os.getpid(), 0, 0.0)
+        a.release()
+        assert a.host_in_flight() == 0 and a.in_flight == 0
+
+
+class TestHostBudget:
+    def test_the_budget_is_host_wide(self, tmp_path: Path) -> None:
+        """Retries spent by one process count against another's: 10 in all over the window."""
+        policy = BudgetPolicy(ratio=0.0, min_per_second=1, window=10.0)
+        a = HostBudget(policy, FakeClock(), HostFile(str(tmp_path), "inv"))
+        b = HostBudget(policy, FakeClock(), HostFile(str(tmp_path), "inv"))
+        spent = [x.try_spend() for x in (a, b) * 6]
+        assert spent.count(True) == 10 and spent[-2:] == [False, False]
+
+    def test_first_tries_reach_the_file(self, tmp_path: Path) -> None:
+        """First tries counted in one process are seen by another once flushed (at the latest by a retry)."""
+        policy = BudgetPolicy(ratio=0.5, min_per_second=0, window=10.0)
+        a = HostBudget(policy, FakeClock(), HostFile(str(tmp_path), "inv"))
+        b = HostBudget(policy, FakeClock(), HostFile(str(tmp_path), "inv"))
+        for _ in range(4):
+            a.record_request()
+        assert a.try_spend() and a.try_spend()  # 0.5 x 4 first tries
+        assert not b.try_spend()
+        assert b.snapshot() == (4, 2)
+
+
+class TestDamage:
+    def test_a_file_damaged_mid_run_degrades_once(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Overwritten in use: one warning, then bulkhead, budget and breaker carry on in the process."""
+        f = HostFile(str(tmp_path), "inv")
+        bulkhead = HostBulkhead("inv", BulkheadPolicy(max_concurrent=2), f, None)
+        budget = HostBudget(BudgetPolicy(), FakeClock(), f)
+        store = HostStore(f)
+        assert bulkhead.try_acquire()
+        Path(f.path).write_bytes(b"\xff" * 100)  # truncated and foreign at once
+        with caplog.at_level(logging.WARNING, "resilient_client"):
+            bulkhead.release()  # the slot taken before still comes back
+            assert bulkhead.try_acquire() and bulkhead.try_acquire() and not bulkhead.try_acquire()
+            assert budget.try_spend()
+            assert store.read()[0].state == "closed" and store.reachable() is False
+        assert len([r for r in caplog.records if "unusable" in r.getMessage()]) == 1
+
+    @pytest.mark.parametrize("damage", [b"", b"RCHOST\0\0\x09\0\0\0" + bytes(4084)])
+    def test_a_truncated_or_foreign_version_file_is_left_alone(self, tmp_path: Path, damage: bytes) -> None:
+        """A file that is not our layout is never written: the process keeps its state to itself."""
+        path = Path(path_for(str(tmp_path), "inv"))
+        path.write_bytes(damage or b"RCHOST")
+        bulkhead = _bulkhead(tmp_path, cap=1)
+        assert bulkhead.try_acquire() and not bulkhead.try_acquire()
+        assert path.read_bytes() == (damage or b"RCHOST")
+
+    def test_a_state_dir_others_can_write_is_refused(self, tmp_path: Path) -> None:
+        """Anyone who can write the directory could forge the breakers: process-local instead."""
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o777)
+        shared.chmod(0o777)
+        store = HostStore(HostFile(str(shared), "inv"))
+        assert store.read()[0].state == "closed" and store.reachable() is False
+
+    def test_the_default_state_dir_is_per_user(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """Under XDG_RUNTIME_DIR when there is one, else /dev/shm with the uid in the name; created 0700."""
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+        assert default_state_dir() == str(tmp_path / "resilient_client")
+        HostFile(default_state_dir(), "inv").fd()
+        assert (tmp_path / "resilient_client").stat().st_mode & 0o777 == 0o700
+        monkeypatch.delenv("XDG_RUNTIME_DIR")
+        assert default_state_dir().endswith(f"resilient_client-{os.getuid()}")
+
+    def test_the_row_layout(self) -> None:
+        """A lease row is 16 bytes: 128 of them fit the 4 KiB file after the header sections."""
+        assert ROW.size == 16 and 272 + 128 * ROW.size <= _host_file.SIZE
