@@ -142,7 +142,11 @@ class HostStore:
             rec = self._decode(fields)
             new, result = step(rec, now)
             if new is not rec:
-                file.write_breaker(fd, self._encode(new, rec, fields))
+                fields = self._encode(new, rec, fields)
+                file.write_breaker(fd, fields)
+                # What we wrote is the record last seen: the outcome of our
+                # own trial is decided on it (fresh=False), not on the old one.
+                self._raw, self._rec = fields, new
         return new, result, now, self._observe(new.state)
 
     def _read_shared(self) -> Record:
@@ -171,7 +175,7 @@ class HostStore:
         # from a parent process (a breaker built before a fork).
         pid = fields[5] if new.trial == old.trial else (os.getpid() if new.trial else 0)
         return (_INDEX[new.state], int(new.forced), new.failures, new.opened_at, new.trial_until,
-                pid, new.trial.encode()[:48])
+                pid, new.trial.encode()[:48].ljust(48, b"\0"))
 
     # -- degraded -------------------------------------------------------------------------
 
