@@ -77,7 +77,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "BreakerFields", "HostFile", "HostFileError",
-    "default_state_dir", "path_for",
+    "breaker_fields", "current_pid", "default_state_dir", "path_for",
 ]
 
 logger = logging.getLogger("resilient_client")
@@ -104,6 +104,9 @@ ROW = struct.Struct("<iId")
 #: gunicorn workers, plus room for recycled ones whose rows are reclaimed.
 MAX_PROCESSES = 128
 _COUNT = struct.Struct("<I")
+#: Rows read with the count in one pread: enough for 32 processes.
+_ROWS_FIRST = 32
+_ROWS_READ = _ROW0 + _ROWS_FIRST * ROW.size
 
 _HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]
 
@@ -113,11 +116,22 @@ _warned_lock = threading.Lock()
 _open_lock = threading.Lock()
 
 
+#: This process's pid, kept up to date across forks: getpid() is a system
+#: call (about 1 µs on this kind of host), and a call would make five.
+_pid = os.getpid()
+
+
+def current_pid() -> int:
+    """``os.getpid()``, without the system call."""
+    return _pid
+
+
 def _after_fork() -> None:
     # A lock held by a parent thread at fork would never be released here.
-    global _open_lock, _warned_lock
+    global _open_lock, _warned_lock, _pid
     _open_lock = threading.Lock()
     _warned_lock = threading.Lock()
+    _pid = os.getpid()
 
 
 if hasattr(os, "register_at_fork"):
@@ -224,7 +238,7 @@ class HostFile:
 
     def fd(self) -> int:
         """The descriptor, (re)opened in this process: a forked child must not share the parent's lock."""
-        pid = os.getpid()
+        pid = _pid
         if self._pid != pid:
             with _open_lock:
                 if self._pid != pid:
@@ -237,27 +251,60 @@ class HostFile:
 
     # -- reading and writing -----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[int]:
-        """The file exclusively, for one read-modify-write; never held across a call."""
+    def lock(self, *, check: bool = True) -> int:
+        """Take the file exclusively (thread lock, then flock) and return its descriptor.
+
+        For one read-modify-write: never held across a call. Pair with `unlock`.
+        With ``check=False`` the caller checks the header itself (`read_rows`
+        reads it with the rows, saving a system call).
+        """
         fd = self.fd()
         assert fcntl is not None
-        with self._tlock:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                raise HostFileError(f"cannot lock {self.path}: {exc}") from exc
-            try:
-                # Checked under every lock: a file damaged mid-run stops being written at once.
-                if os.pread(fd, 16, 0) != _HEAD16:
-                    self._check_header(fd)
-                    raise HostFileError(f"{self.path} header changed")
-                yield fd
-            except OSError as exc:
+        tlock = self._tlock
+        tlock.acquire()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            tlock.release()
+            raise HostFileError(f"cannot lock {self.path}: {exc}") from exc
+        try:
+            # Checked under every lock: a file damaged mid-run stops being written at once.
+            if check and os.pread(fd, 16, 0) != _HEAD16:
+                self._check_header(fd)
+                raise HostFileError(f"{self.path} header changed")
+        except BaseException as exc:
+            self.unlock(fd)
+            if isinstance(exc, OSError):
                 raise HostFileError(f"{self.path}: {exc}") from exc
-            finally:
-                with contextlib.suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
+        return fd
+
+    def unlock(self, fd: int) -> None:
+        assert fcntl is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass  # closed under us: the kernel dropped the lock with it
+        finally:
+            self._tlock.release()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[int]:
+        """`lock` and `unlock` around a block; OSError inside becomes HostFileError."""
+        fd = self.lock()
+        try:
+            yield fd
+        except OSError as exc:
+            raise HostFileError(f"{self.path}: {exc}") from exc
+        finally:
+            self.unlock(fd)
+
+    def header_ok(self) -> bool:
+        """Whether the header is still ours, read without the lock (before a lockless write)."""
+        try:
+            return os.pread(self.fd(), 16, 0) == _HEAD16
+        except OSError:
+            return False
 
     def read(self, fd: int, at: int, size: int) -> bytes:
         raw = os.pread(fd, size, at)
@@ -271,17 +318,16 @@ class HostFile:
 
     # -- the breaker record --------------------------------------------------------------
 
-    def read_breaker_unlocked(self) -> BreakerFields | None:
-        """The breaker fields without the lock; ``None`` when torn (read again, locked)."""
+    def read_breaker_unlocked(self) -> bytes:
+        """The breaker record's bytes without the lock (`breaker_fields` decodes them)."""
         try:
-            raw = os.pread(self.fd(), BREAKER.size + 4, BREAKER_AT)
+            return os.pread(self.fd(), BREAKER.size + 4, BREAKER_AT)
         except OSError as exc:
             raise HostFileError(f"{self.path}: {exc}") from exc
-        return _breaker_fields(raw)
 
     def read_breaker(self, fd: int) -> BreakerFields:
         """The breaker fields, under the lock; a bad checksum is damage: reset to zeros."""
-        fields = _breaker_fields(self.read(fd, BREAKER_AT, BREAKER.size + 4))
+        fields = breaker_fields(self.read(fd, BREAKER_AT, BREAKER.size + 4))
         if fields is None:
             warn_once(self.path + ":breaker", "host state %s: breaker record damaged; reset to closed",
                       self.path)
@@ -296,14 +342,39 @@ class HostFile:
     # -- bulkhead rows ---------------------------------------------------------------------
 
     def read_rows(self, fd: int) -> list[list[int | float]]:
-        """The lease rows in use: ``[pid, calls, expiry]`` each."""
-        (n,) = _COUNT.unpack(self.read(fd, _ROWS_AT, 4))
+        """The lease rows in use, ``[pid, calls, expiry]`` each; checks the header too."""
+        raw = os.pread(fd, _ROWS_READ, 0)  # header, breaker, budget and rows: one call
+        if len(raw) != _ROWS_READ or raw[:16] != _HEAD16:
+            self._check_header(fd)
+            raise HostFileError(f"{self.path} header changed")
+        (n,) = _COUNT.unpack_from(raw, _ROWS_AT)
         n = min(n, MAX_PROCESSES)  # a damaged count must not make us read past the table
-        raw = self.read(fd, _ROW0, n * ROW.size)
-        return [list(r) for r in ROW.iter_unpack(raw)]
+        if n > _ROWS_FIRST:  # rare: more processes than one read covers
+            raw = self.read(fd, 0, _ROW0 + n * ROW.size)
+        return [list(r) for r in ROW.iter_unpack(raw[_ROW0:_ROW0 + n * ROW.size])]
+
+    def release_row(self, index: int, pid: int, expiry: float) -> None:
+        """
+        One call fewer on row *index*, if it is still *pid*'s: without the
+        flock. While a process holds slots only it writes its row (others
+        clear it only once its pid is gone or its lease lapsed), so the
+        thread lock is enough; the header is checked first, as under the lock.
+        """
+        with self._tlock:
+            fd = self.fd()
+            try:
+                at = _ROW0 + index * ROW.size
+                raw = os.pread(fd, at + ROW.size, 0)  # the header with the row: one call
+                if len(raw) != at + ROW.size or raw[:16] != _HEAD16:
+                    raise HostFileError(f"{self.path} header changed or truncated")
+                owner, held, _ = ROW.unpack_from(raw, at)
+                if owner == pid and held > 0:
+                    os.pwrite(fd, ROW.pack(pid, held - 1, expiry), at)
+            except OSError as exc:
+                raise HostFileError(f"{self.path}: {exc}") from exc
 
     def write_row(self, fd: int, index: int, row: list[int | float], rows_in_use: int) -> None:
-        self.write(fd, _ROW0 + index * ROW.size, ROW.pack(int(row[0]), int(row[1]), float(row[2])))
+        self.write(fd, _ROW0 + index * ROW.size, ROW.pack(*row))
         if index >= rows_in_use:
             # After the row: a death between the two leaves an unused row, not a bad count.
             self.write(fd, _ROWS_AT, _COUNT.pack(index + 1))
@@ -321,7 +392,8 @@ def _crc(body: bytes) -> int:
     return zlib.crc32(body)
 
 
-def _breaker_fields(raw: bytes) -> BreakerFields | None:
+def breaker_fields(raw: bytes) -> BreakerFields | None:
+    """The fields of a breaker record's bytes; ``None`` when its crc32 fails (torn or damaged)."""
     if len(raw) != BREAKER.size + 4:
         raise HostFileError("state file truncated")
     body = raw[: BREAKER.size]

@@ -45,7 +45,6 @@ nothing, and a retry (`try_spend`) always adds them first.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +63,8 @@ from ._host_file import (
     BreakerFields,
     HostFile,
     HostFileError,
+    breaker_fields,
+    current_pid,
     pid_alive,
     warn_once,
 )
@@ -100,6 +101,7 @@ class HostStore:
         self._local: MemoryStore | None = None  # the truth once the file is unusable
         self._raw: BreakerFields | None = None  # the fields last decoded...
         self._rec = CLOSED_RECORD  # ...and their record (the last one seen)
+        self._bytes = b""  # the bytes of that record, when they alone decide it
         self._reported: BreakerState = CLOSED
 
     # -- the BreakerStore protocol ------------------------------------------------
@@ -146,22 +148,27 @@ class HostStore:
                 file.write_breaker(fd, fields)
                 # What we wrote is the record last seen: the outcome of our
                 # own trial is decided on it (fresh=False), not on the old one.
-                self._raw, self._rec = fields, new
+                self._raw, self._rec, self._bytes = fields, new, b""
         return new, result, now, self._observe(new.state)
 
     def _read_shared(self) -> Record:
-        fields = self.file.read_breaker_unlocked()
+        raw = self.file.read_breaker_unlocked()
+        if raw == self._bytes:
+            return self._rec  # the same bytes, no lease to check: the same record
+        fields = breaker_fields(raw)
         if fields is None:  # torn by a concurrent write: read it under the lock
             with self.file.locked() as fd:
                 fields = self.file.read_breaker(fd)
-        if fields == self._raw and not fields[5]:
-            return self._rec  # the same bytes, no lease to check: the same record
-        return self._decode(fields)
+            raw = b""  # these fields are not those bytes'
+        rec = self._decode(fields)
+        # A lease's holder may die at any time: such a record is decoded anew.
+        self._bytes = raw if fields[5] == 0 else b""
+        return rec
 
     def _decode(self, fields: BreakerFields) -> Record:
         state, forced, failures, opened_at, trial_until, pid, holder = fields
         trial = holder.rstrip(b"\0").decode("utf-8", "replace")
-        if trial and pid != os.getpid() and not pid_alive(pid):
+        if trial and pid != current_pid() and not pid_alive(pid):
             trial_until = 0.0  # its holder is dead: the lease is lapsed
         # An unknown state byte reads as open: damage must not close a breaker.
         rec = Record(_STATES[state] if state < 3 else OPEN, bool(forced), opened_at, failures, trial,
@@ -173,7 +180,7 @@ class HostStore:
     def _encode(new: Record, old: Record, fields: BreakerFields) -> BreakerFields:
         # The lease's pid is whoever claimed it: the holder string may come
         # from a parent process (a breaker built before a fork).
-        pid = fields[5] if new.trial == old.trial else (os.getpid() if new.trial else 0)
+        pid = fields[5] if new.trial == old.trial else (current_pid() if new.trial else 0)
         return (_INDEX[new.state], int(new.forced), new.failures, new.opened_at, new.trial_until,
                 pid, new.trial.encode()[:48].ljust(48, b"\0"))
 
@@ -237,6 +244,10 @@ class HostBudget(RetryBudget):
             if counts is not None:
                 return sum(counts[0]), sum(counts[1])
         return super().snapshot()
+
+    def due(self, now: float) -> bool:
+        """Whether first tries counted here have waited long enough to be written."""
+        return self._pending > 0 and now - self._flushed >= _FLUSH_EVERY
 
     def flush(self, fd: int) -> None:
         """Add the first tries counted here to the file (its lock held by the caller)."""
@@ -302,8 +313,8 @@ class HostBulkhead(Bulkhead):
     def try_acquire(self) -> bool:
         if self._shared:
             try:
-                ok = self._shared_op(acquire=True)
-            except HostFileError as exc:
+                ok = self._acquire_shared()
+            except (HostFileError, OSError) as exc:
                 self._degrade(exc)
             else:
                 with self._lock:
@@ -320,9 +331,9 @@ class HostBulkhead(Bulkhead):
             from_file = self._held > 0
             if from_file:
                 self._held -= 1
-        if from_file and self._shared:
+        if from_file and self._shared and self._row >= 0:
             try:
-                self._shared_op(acquire=False)
+                self._file.release_row(self._row, current_pid(), time.monotonic() + SLOT_LEASE)
             except HostFileError as exc:
                 self._degrade(exc)  # our lease then lapses on its own
         super().release()
@@ -335,30 +346,30 @@ class HostBulkhead(Bulkhead):
         except HostFileError:
             return None
 
-    def _shared_op(self, *, acquire: bool) -> bool:
-        file, pid, now = self._file, os.getpid(), time.monotonic()
-        with file.locked() as fd:
-            if self._budget is not None:
-                self._budget.flush(fd)
-            rows = file.read_rows(fd)
+    def _acquire_shared(self) -> bool:
+        file, pid, now = self._file, current_pid(), time.monotonic()
+        fd = file.lock(check=False)
+        try:
+            rows = file.read_rows(fd)  # first: it checks the header before anything is written
+            budget = self._budget
+            if budget is not None and budget.due(now):
+                budget.flush(fd)
             i = self._row
             if not (0 <= i < len(rows) and rows[i][0] == pid):
                 i = self._find_row(rows, pid)
-            if not acquire:
-                if i < len(rows) and rows[i][0] == pid and rows[i][1] > 0:
-                    file.write_row(fd, i, [pid, int(rows[i][1]) - 1, now + SLOT_LEASE], len(rows))
-                return True  # else our lease was reclaimed meanwhile: nothing to give back
-            total = sum(int(r[1]) for r in rows)
+            total = sum([r[1] for r in rows])
             if total >= self.max_concurrent:
                 total -= self._reclaim(fd, rows, pid, now)
                 if total >= self.max_concurrent:
                     return False
             if i >= MAX_PROCESSES:
                 raise HostFileError(f"more than {MAX_PROCESSES} processes hold slots")
-            mine = int(rows[i][1]) if i < len(rows) and rows[i][0] == pid else 0
+            mine = rows[i][1] if i < len(rows) and rows[i][0] == pid else 0
             file.write_row(fd, i, [pid, mine + 1, now + SLOT_LEASE], len(rows))
             self._row = i
             return True
+        finally:
+            file.unlock(fd)
 
     @staticmethod
     def _find_row(rows: list[list[int | float]], pid: int) -> int:
@@ -384,7 +395,7 @@ class HostBulkhead(Bulkhead):
                             owner, extra={"endpoint": self.name, "pid": owner})
         return freed
 
-    def _degrade(self, exc: HostFileError) -> None:
+    def _degrade(self, exc: Exception) -> None:
         _degraded(self._file, exc)
         self._shared = False
 
