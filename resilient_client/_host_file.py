@@ -76,7 +76,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "BreakerFields", "HostFile", "HostFileError",
+    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "STATE_DIR_ENV", "BreakerFields", "HostFile",
+    "HostFileError",
     "breaker_fields", "current_pid", "default_state_dir", "path_for",
 ]
 
@@ -151,8 +152,18 @@ def warn_once(key: str, message: str, *args: object) -> None:
     logger.warning(message, *args, extra={"state_file": key})
 
 
+#: The default ``state_dir`` when set (the testing kit sets it per test).
+STATE_DIR_ENV = "RESILIENT_CLIENT_STATE_DIR"
+
+
 def default_state_dir() -> str:
-    """A per-user directory on tmpfs: the runtime dir, else /dev/shm, else the temp dir."""
+    """
+    ``$RESILIENT_CLIENT_STATE_DIR``, else a per-user directory on tmpfs: the
+    runtime dir, else /dev/shm, else the temp dir.
+    """
+    given = os.environ.get(STATE_DIR_ENV)
+    if given:
+        return given
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "resilient_client")

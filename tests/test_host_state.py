@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from resilient_client import _host_file
-from resilient_client._host_file import ROW, HostFile, default_state_dir, path_for
+from resilient_client._host_file import ROW, STATE_DIR_ENV, HostFile, default_state_dir, path_for
 from resilient_client._host_state import HostBudget, HostBulkhead, HostStore
 from resilient_client._policy import BudgetPolicy, BulkheadPolicy
 from resilient_client.testing import FakeClock
@@ -142,6 +142,7 @@ class TestDamage:
 
     def test_the_default_state_dir_is_per_user(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         """Under XDG_RUNTIME_DIR when there is one, else /dev/shm with the uid in the name; created 0700."""
+        monkeypatch.delenv(STATE_DIR_ENV)  # the testing kit's, for this test
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
         assert default_state_dir() == str(tmp_path / "resilient_client")
         HostFile(default_state_dir(), "inv").fd()
@@ -152,3 +153,21 @@ class TestDamage:
     def test_the_row_layout(self) -> None:
         """A lease row is 16 bytes: 128 of them fit the 4 KiB file after the header sections."""
         assert ROW.size == 16 and 272 + 128 * ROW.size <= _host_file.SIZE
+
+
+_SEEN: set[str] = set()
+
+
+class TestTestingKit:
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_each_test_gets_its_own_state_dir(self, n: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+        """The kit points the default state_dir at a directory of this test's own, under pytest's temp dir."""
+        from resilient_client import ResilientSession
+
+        here = default_state_dir()
+        assert here not in _SEEN
+        _SEEN.add(here)
+        assert Path(here).is_relative_to(tmp_path_factory.getbasetemp())
+        session = ResilientSession({"defaults": {"state": "host", "bulkhead": {"max_concurrent": 1}}})
+        session._route_for("GET", "http://127.0.0.1:9/").state.bulkhead.try_acquire()  # type: ignore[union-attr]
+        assert [p.suffix for p in Path(here).iterdir()] == [".state"]

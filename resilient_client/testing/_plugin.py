@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .._host_file import STATE_DIR_ENV
 from .._session import ResilientSession
 from ._fake_clock import FakeClock
 from ._registry import FakePeers
@@ -27,6 +28,7 @@ __all__ = [
     "fresh_sessions_fixture",
     "no_backoff_fixture",
     "pytest_runtest_makereport",
+    "state_dir_fixture",
 ]
 
 _CALL_FAILED = pytest.StashKey[bool]()
@@ -45,6 +47,28 @@ def fresh_sessions_fixture() -> None:
     """
     for session in ResilientSession._live_sessions():
         session._forget_state()
+
+
+@pytest.fixture(name="_resilient_client_state_dir", autouse=True)
+def state_dir_fixture(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Each test gets its own default ``state_dir`` (``state: host``), so
+    tests, and parallel test workers, never share host state by accident.
+    The directory is only named here; it is created when a session first
+    uses it. A config that gives ``state_dir`` itself keeps it.
+
+    .. versionadded:: 0.1.0
+    """
+    global _tests
+    _tests += 1
+    # Named under pytest's own base temp dir: per run and per xdist worker.
+    path = tmp_path_factory.getbasetemp() / "rc-state" / str(_tests)
+    monkeypatch.setenv(STATE_DIR_ENV, str(path))
+
+
+_tests = 0
 
 
 @pytest.fixture(name="fake_clock")
