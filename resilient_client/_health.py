@@ -117,7 +117,7 @@ class EndpointHealth:
         consecutive_failures: as the breaker counts them (None: no breaker).
         retry_in: seconds until an open breaker lets a trial call through
             (None when not open, or forced open).
-        storage: ``memory`` or the Redis URL (password redacted).
+        storage: ``memory``, ``host`` or the Redis URL (password redacted).
         in_flight: calls holding a bulkhead slot now (None: no bulkhead).
         max_concurrent: the bulkhead's size (None: no bulkhead).
         attempts: attempts over the last ``window`` seconds.
@@ -249,7 +249,8 @@ def collect(session: ResilientSession) -> Health:
                 if stats.retry_at is not None and bstate == "open"
                 else None
             )
-            storage: str | None = redact_url(breaker.policy.storage)
+            # Where the record lives: `state` (host, Redis) or breaker.storage.
+            storage: str | None = redact_url(state.policy.breaker_storage)
         else:
             bstate = consecutive = retry_in = storage = None
         budget = state.budget.snapshot() if state.budget is not None else None

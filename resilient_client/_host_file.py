@@ -53,22 +53,22 @@ the page cache is the shared memory and a ``pread`` is a memory copy.
 
 Fork (gunicorn ``--preload``): a descriptor inherited across ``fork`` shares
 its flock with the parent, so the child reopens the file on first use (the
-pid is checked on every locked operation).
+pid, cached and refreshed by an ``os.register_at_fork`` hook, is compared on
+every operation).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import re
 import struct
-import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
 from typing import cast
+
+from ._host_dir import STATE_DIR_ENV, default_state_dir, path_for, warn_once
 
 try:
     import fcntl
@@ -109,11 +109,9 @@ _COUNT = struct.Struct("<I")
 _ROWS_FIRST = 32
 _ROWS_READ = _ROW0 + _ROWS_FIRST * ROW.size
 
+#: What the first 16 bytes of a good file are: checked under every lock.
 _HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
 _open_lock = threading.Lock()
 
 
@@ -129,9 +127,8 @@ def current_pid() -> int:
 
 def _after_fork() -> None:
     # A lock held by a parent thread at fork would never be released here.
-    global _open_lock, _warned_lock, _pid
+    global _open_lock, _pid
     _open_lock = threading.Lock()
-    _warned_lock = threading.Lock()
     _pid = os.getpid()
 
 
@@ -141,54 +138,6 @@ if hasattr(os, "register_at_fork"):
 
 class HostFileError(Exception):
     """The file cannot be used: damaged, foreign, or not writable."""
-
-
-def warn_once(key: str, message: str, *args: object) -> None:
-    """Log *message* once per process for *key*: a damaged file must not flood the log."""
-    with _warned_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    logger.warning(message, *args, extra={"state_file": key})
-
-
-#: The default ``state_dir`` when set (the testing kit sets it per test).
-STATE_DIR_ENV = "RESILIENT_CLIENT_STATE_DIR"
-
-
-def default_state_dir() -> str:
-    """
-    ``$RESILIENT_CLIENT_STATE_DIR``, else a per-user directory on tmpfs: the
-    runtime dir, else /dev/shm, else the temp dir.
-    """
-    given = os.environ.get(STATE_DIR_ENV)
-    if given:
-        return given
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "resilient_client")
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    return os.path.join(base, f"resilient_client-{uid}")
-
-
-def path_for(state_dir: str, name: str) -> str:
-    """The file of endpoint *name*: readable in a listing, unique by its hash."""
-    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    return os.path.join(state_dir, f"{_SAFE.sub('_', name)[:40]}-{digest}.state")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether *pid* exists (a zombie not yet reaped still does)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # EPERM: it exists, as someone else
-    return True
 
 
 class HostFile:
@@ -309,13 +258,6 @@ class HostFile:
             raise HostFileError(f"{self.path}: {exc}") from exc
         finally:
             self.unlock(fd)
-
-    def header_ok(self) -> bool:
-        """Whether the header is still ours, read without the lock (before a lockless write)."""
-        try:
-            return os.pread(self.fd(), 16, 0) == _HEAD16
-        except OSError:
-            return False
 
     def read(self, fd: int, at: int, size: int) -> bytes:
         raw = os.pread(fd, size, at)

@@ -7,7 +7,7 @@ every process on the host, in the endpoint's file (`_host_file`).
   machine's steps under the file lock.
 * `HostBulkhead` is a `Bulkhead` whose slots are leases in the file: one row
   per process, ``(pid, calls held, expiry)``.
-* `HostBudget` is a `RetryBudget` whose buckets are in the file.
+* `HostBudget` (`_host_budget`) is a `RetryBudget` whose buckets are in the file.
 
 Each degrades on its own to the in-process behaviour of its base class when
 the file cannot be used (`HostFileError`): one warning per file, never an
@@ -31,15 +31,24 @@ process is found once and cached.
 
 Decision record: the cost of a call
 -----------------------------------
-A kernel lock is about 2 µs here; a happy call takes two (bulkhead acquire
-and release) and none for the breaker: the closed record is read without the
-lock (one ``pread``, checked by its crc32), and when it is the same bytes as
-last time the decoded record is reused. The outcome of a success on a
-healthy breaker changes nothing, so it is decided on that record without a
-read. First tries for the budget are counted in the process and added to the
-file under the next lock taken anyway (the bulkhead's), or at least every
-`_FLUSH_EVERY` seconds: the budget is a rate over 10 s, so 50 ms late costs
-nothing, and a retry (`try_spend`) always adds them first.
+A kernel lock costs about 1-2 µs here, a ``pread``/``pwrite`` under 1 µs; a
+happy call takes one lock (the bulkhead's acquire) and five system calls:
+
+* breaker admit: one ``pread`` without the lock, checked by its crc32; when
+  the bytes are those seen last, the decoded record is reused;
+* breaker success: decided on the record last seen, no read (a success on a
+  healthy breaker changes nothing; a change is made under the lock);
+* bulkhead acquire: flock, one ``pread`` (header and rows), one ``pwrite``
+  (our row), unlock;
+* bulkhead release: one ``pread`` and one ``pwrite`` of our own row under
+  the thread lock only: while a process holds slots, only it writes its row
+  (others clear a row only once its pid is gone or its lease lapsed);
+* budget first try: counted in the process and added to the file under the
+  next bulkhead lock at least ``_FLUSH_EVERY`` (50 ms) later (the budget is a
+  rate over 10 s, so 50 ms late costs nothing); a retry (`try_spend`)
+  always adds them first.
+
+benchmarks/bench_host_state.py measures it beside ``memory``.
 """
 
 from __future__ import annotations
@@ -47,41 +56,33 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import TypeVar
 
 from ._breaker_machine import CLOSED, CLOSED_RECORD, HALF_OPEN, OPEN, BreakerState, Record
 from ._breaker_store import Changes, MemoryStore, Step
-from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK
+from ._host_budget import HostBudget
+from ._host_dir import pid_alive, warn_once
 from ._host_file import (
-    BUCKETS,
-    BUDGET,
-    BUDGET_AT,
     MAX_PROCESSES,
     BreakerFields,
     HostFile,
     HostFileError,
     breaker_fields,
     current_pid,
-    pid_alive,
-    warn_once,
 )
-from ._policy import BudgetPolicy, BulkheadPolicy
+from ._policy import BulkheadPolicy
 
-__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore"]
+__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore"]  # HostBudget: re-exported
 
 R = TypeVar("R")
 logger = logging.getLogger("resilient_client")
-
 _STATES = (CLOSED, OPEN, HALF_OPEN)
 _INDEX = {s: i for i, s in enumerate(_STATES)}
 #: A bulkhead row's lease: longer than any call holds a slot (the default
 #: total deadline is 10 s); only a pid reused by another process needs it.
 SLOT_LEASE = 600.0
-#: First tries counted in the process reach the file at least this often.
-_FLUSH_EVERY = 0.05
 
 
 def _degraded(file: HostFile, exc: Exception) -> None:
@@ -194,9 +195,8 @@ class HostStore:
                 self._local = MemoryStore(SYSTEM_CLOCK, self._rec)
 
     def _local_store(self) -> MemoryStore:
-        local = self._local
-        assert local is not None
-        return local
+        assert self._local is not None  # set by _degrade, never unset
+        return self._local
 
     def _observe(self, state: BreakerState) -> Changes:
         # Each process reports a change when it notices it (as with Redis).
@@ -208,93 +208,6 @@ class HostStore:
 
     def __repr__(self) -> str:
         return f"<HostStore {self.file.path} {self._rec}>"
-
-
-class HostBudget(RetryBudget):
-    """A `RetryBudget` whose buckets are shared on the host (see the module docstring)."""
-
-    __slots__ = ("_file", "_flushed", "_pending", "_shared")
-
-    def __init__(self, policy: BudgetPolicy, clock: Clock, file: HostFile) -> None:
-        super().__init__(policy, clock)
-        self._file = file
-        self._pending = 0  # first tries not yet in the file
-        self._flushed = time.monotonic()
-        self._shared = True
-
-    def record_request(self) -> None:
-        if not self._shared:
-            super().record_request()
-            return
-        with self._lock:
-            self._pending += 1
-        if time.monotonic() - self._flushed >= _FLUSH_EVERY:
-            self._locked(lambda fd: None)
-
-    def try_spend(self) -> bool:
-        if self._shared:
-            spent = self._locked(self._spend)
-            if spent is not None:
-                return spent
-        return super().try_spend()
-
-    def snapshot(self) -> tuple[int, int]:
-        if self._shared:
-            counts = self._locked(lambda fd: self._read(fd, time.monotonic())[1:])
-            if counts is not None:
-                return sum(counts[0]), sum(counts[1])
-        return super().snapshot()
-
-    def due(self, now: float) -> bool:
-        """Whether first tries counted here have waited long enough to be written."""
-        return self._pending > 0 and now - self._flushed >= _FLUSH_EVERY
-
-    def flush(self, fd: int) -> None:
-        """Add the first tries counted here to the file (its lock held by the caller)."""
-        with self._lock:
-            pending, self._pending = self._pending, 0
-        if pending:
-            bucket, requests, retries = self._read(fd, time.monotonic())
-            requests[bucket % BUCKETS] += pending
-            self._write(fd, bucket, requests, retries)
-        self._flushed = time.monotonic()
-
-    def _spend(self, fd: int) -> bool:
-        bucket, requests, retries = self._read(fd, time.monotonic())
-        allowed = self.policy.ratio * sum(requests) + self.policy.min_per_second * self.policy.window
-        if sum(retries) + 1 > allowed:
-            return False
-        retries[bucket % BUCKETS] += 1
-        self._write(fd, bucket, requests, retries)
-        return True
-
-    def _read(self, fd: int, now: float) -> tuple[int, list[int], list[int]]:
-        """The buckets, slid to *now* (zeroing those that left the window)."""
-        values = BUDGET.unpack(self._file.read(fd, BUDGET_AT, BUDGET.size))
-        epoch, requests, retries = values[0], list(values[1:1 + BUCKETS]), list(values[1 + BUCKETS:])
-        bucket = int(now / self._bucket_len)
-        if bucket - epoch >= BUCKETS or epoch > bucket + BUCKETS:
-            requests, retries = [0] * BUCKETS, [0] * BUCKETS  # all stale (or nonsense)
-        else:
-            for b in range(epoch + 1, bucket + 1):
-                requests[b % BUCKETS] = retries[b % BUCKETS] = 0
-        return max(bucket, epoch), requests, retries
-
-    def _write(self, fd: int, bucket: int, requests: list[int], retries: list[int]) -> None:
-        top = 0xFFFFFFFF
-        self._file.write(fd, BUDGET_AT, BUDGET.pack(bucket, *(min(v, top) for v in requests),
-                                                    *(min(v, top) for v in retries)))
-
-    def _locked(self, op: Callable[[int], R]) -> R | None:
-        """*op* under the file lock, pending first tries flushed; None once degraded."""
-        try:
-            with self._file.locked() as fd:
-                self.flush(fd)
-                return op(fd)
-        except HostFileError as exc:
-            _degraded(self._file, exc)
-            self._shared = False
-            return None
 
 
 class HostBulkhead(Bulkhead):

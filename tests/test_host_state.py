@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient_client import _host_file
+from resilient_client import _host_dir, _host_file
 from resilient_client._host_file import ROW, STATE_DIR_ENV, HostFile, default_state_dir, path_for
 from resilient_client._host_state import HostBudget, HostBulkhead, HostStore
 from resilient_client._policy import BudgetPolicy, BulkheadPolicy
@@ -25,7 +25,7 @@ from resilient_client.testing import FakeClock
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings() -> None:
-    _host_file._warned.clear()
+    _host_dir._warned.clear()
 
 
 def _bulkhead(d: Path, cap: int = 3) -> HostBulkhead:

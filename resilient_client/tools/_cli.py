@@ -3,7 +3,8 @@ The ``resilient-client`` command (also ``python -m resilient_client``).
 
     resilient-client check CONFIG                 validate; print every policy
     resilient-client get URL [--config FILE]      one call, each event printed live
-    resilient-client status [--config FILE]       breakers, bulkheads, health
+    resilient-client status [--config FILE]       breakers, bulkheads, health, host state
+    resilient-client reset NAME [--config FILE]   clear an endpoint's host-shared state
     resilient-client demo [...]                   the cascade demo
 
 Exit codes: 0 fine; 1 the call failed (``get``) or the service is unhealthy
@@ -52,6 +53,8 @@ from .._redact import redact_headers, redact_url
 from .._version import __version__
 from ..exceptions import ConfigError
 from ._haproxy import check_haproxy
+from ._host_status import host_state, reset_endpoint
+from ._host_status import table as host_table
 
 __all__ = ["main"]
 
@@ -125,10 +128,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", metavar="URL",
                    help="read a running service's health view (health_app) instead")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--state-dir", help="host-shared state to show (default: the config's state_dir)")
     p.set_defaults(run=_status)
+
+    p = sub.add_parser("reset", help="clear an endpoint's host-shared state (state: host), for every process")
+    p.add_argument("name", metavar="NAME", help="the endpoint name (or origin)")
+    p.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
+    p.add_argument("--state-dir", help="default: the config's state_dir")
+    p.set_defaults(run=_reset)
 
     sub.add_parser("demo", help="run the cascade demo (its own options follow)", add_help=False)
     return parser
+
+
+# -- host state -------------------------------------------------------------
+
+
+def _state_dir(args: argparse.Namespace, config: Config) -> str:
+    from .._host_file import default_state_dir
+
+    return str(args.state_dir or config.state_dir or default_state_dir())
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from .._config import load_config
+
+    state_dir = _state_dir(args, load_config(args.config))
+    if not reset_endpoint(state_dir, args.name):
+        print(f"{PROG}: no host-shared state for {args.name!r} in {state_dir}", file=sys.stderr)
+        return 1
+    print(f"cleared the host-shared state of {args.name!r} in {state_dir}")
+    return 0
 
 
 # -- check -------------------------------------------------------------------
@@ -402,6 +432,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    host_dir = ""
     if args.source:
         try:
             r = requests.get(args.source, timeout=(2.0, 5.0))
@@ -416,6 +447,8 @@ def _status(args: argparse.Namespace) -> int:
         session = ResilientSession(args.config)
         data = session.health().as_dict()
         origin = "a new session from " + (args.config or "the built-in defaults")
+        host_dir = _state_dir(args, session.config)
+        data["host"] = host_state(host_dir)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0 if data.get("healthy") else 1
@@ -441,6 +474,9 @@ def _status(args: argparse.Namespace) -> int:
         ])
     print(f"Health of {origin}:")
     _table(rows, sys.stdout)
+    if data.get("host"):
+        print(f"\nHost-shared state (state: host) in {host_dir}:")
+        _table(host_table(data["host"]), sys.stdout)
     print(f"\nstatus: {data.get('status')} ({'healthy' if data.get('healthy') else 'UNHEALTHY'})")
     if memory_only and not args.source:
         print("note: 'memory' breakers live inside each process, so a new one starts closed; "

@@ -1,0 +1,116 @@
+"""
+``resilient-client status`` (its host part) and ``resilient-client reset``:
+the host-shared state files of a ``state_dir``, read and cleared from the
+command line.
+
+Reading takes each file's lock for one ``pread`` (a consistent view) and
+writes nothing; a file that is not ours is listed as unreadable, never
+changed. ``reset NAME`` clears an endpoint's breaker, budget and leases
+under the lock, as an operator's ``close()`` would for every process at once.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from .._host_dir import pid_alive
+from .._host_file import (
+    BREAKER,
+    BREAKER_AT,
+    BUCKETS,
+    BUDGET,
+    BUDGET_AT,
+    MAX_PROCESSES,
+    ROW,
+    SIZE,
+    HostFile,
+    HostFileError,
+    breaker_fields,
+    path_for,
+)
+
+__all__ = ["host_state", "reset_endpoint"]
+
+_STATES = ("closed", "open", "half-open")
+_HEADER = struct.Struct("<8sII48s")
+
+
+def host_state(state_dir: str) -> list[dict[str, Any]]:
+    """One entry per state file in *state_dir*: name, breaker, budget, leases."""
+    out: list[dict[str, Any]] = []
+    base = Path(state_dir)
+    if not base.is_dir():
+        return out
+    for path in sorted(base.glob("*.state"))[:1000]:  # bounded, whatever is in the directory
+        out.append(_describe(path))
+    return out
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file": str(path)}
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SIZE)
+    except OSError as exc:
+        return {**entry, "error": str(exc)}
+    if len(raw) != SIZE:
+        return {**entry, "error": "truncated"}
+    magic, version, _, name = _HEADER.unpack_from(raw)
+    if not magic.startswith(b"RCHOST"):
+        return {**entry, "error": "not a resilient_client state file"}
+    entry["name"] = name.rstrip(b"\0").decode("utf-8", "replace")
+    entry["version"] = version
+    fields = breaker_fields(raw[BREAKER_AT:BREAKER_AT + BREAKER.size + 4])
+    if fields is None:
+        entry["breaker"] = None  # damaged: the next process to lock it resets it
+    else:
+        state, forced, failures, _, _, trial_pid, _ = fields
+        entry["breaker"] = {
+            "state": _STATES[state] if state < 3 else "?", "forced": bool(forced),
+            "consecutive_failures": failures,
+            "trial_pid": trial_pid or None,
+        }
+    budget = BUDGET.unpack_from(raw, BUDGET_AT)
+    entry["budget"] = {"first_tries": sum(budget[1:1 + BUCKETS]), "retries": sum(budget[1 + BUCKETS:])}
+    (n,) = struct.unpack_from("<I", raw, 256)
+    rows = [ROW.unpack_from(raw, 272 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
+    held = [(pid, count) for pid, count, _ in rows if count]
+    entry["bulkhead"] = {
+        "in_flight": sum(c for p, c in held if pid_alive(p)),
+        "held_by_gone_processes": sum(c for p, c in held if not pid_alive(p)),
+        "processes": sorted(p for p, _ in held),
+    }
+    return entry
+
+
+def reset_endpoint(state_dir: str, name: str) -> bool:
+    """Clear endpoint *name*'s host state; False when it has no file there."""
+    if not os.path.exists(path_for(state_dir, name)):
+        return False
+    try:
+        HostFile(state_dir, name).clear()
+    except HostFileError:
+        # Not ours (damaged, another version): clearing means starting afresh.
+        os.unlink(path_for(state_dir, name))
+    return True
+
+
+def table(entries: list[dict[str, Any]]) -> list[list[str]]:
+    """The rows ``status`` prints for *entries*."""
+    rows = [["endpoint", "breaker", "failures", "trial pid", "in flight", "processes", "first tries",
+             "retries"]]
+    for e in entries:
+        if "error" in e:
+            rows.append([Path(e["file"]).name, f"unreadable: {e['error']}", "", "", "", "", "", ""])
+            continue
+        b, bh, bu = e["breaker"] or {}, e["bulkhead"], e["budget"]
+        state = b.get("state", "damaged") + (" (forced)" if b.get("forced") else "")
+        rows.append([
+            e["name"], state, str(b.get("consecutive_failures", "-")), str(b.get("trial_pid") or "-"),
+            str(bh["in_flight"]), ",".join(map(str, bh["processes"])) or "-",
+            str(bu["first_tries"]), str(bu["retries"]),
+        ])
+    return rows

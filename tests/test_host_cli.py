@@ -1,0 +1,64 @@
+"""
+``resilient-client status`` shows host-shared state; ``resilient-client
+reset NAME`` clears it for every process at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resilient_client import ResilientSession
+from resilient_client._host_file import path_for
+from resilient_client.tools._cli import main
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "rc.json"
+    path.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"),
+        "defaults": {"state": "host"},
+        "endpoints": [{"name": "inventory", "match": "http://127.0.0.1:9/"}],
+    }))
+    return path
+
+
+class TestHostCli:
+    def test_status_shows_a_breaker_another_process_opened(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A breaker forced open by one session is open in the host table, and the endpoint is unhealthy."""
+        config = _config(tmp_path)
+        ResilientSession(str(config)).circuit("inventory").open()
+        assert main(["status", "-c", str(config)]) == 1
+        out = capsys.readouterr().out
+        assert "Host-shared state" in out and "open (forced)" in out
+        assert main(["status", "-c", str(config), "--json"]) == 1
+        host = json.loads(capsys.readouterr().out)["host"]
+        assert host[0]["name"] == "inventory" and host[0]["breaker"]["state"] == "open"
+
+    def test_reset_clears_it_for_every_process(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """After reset, a session that saw the breaker open sees it closed."""
+        config = _config(tmp_path)
+        session = ResilientSession(str(config))
+        session.circuit("inventory").open()
+        assert main(["reset", "inventory", "-c", str(config)]) == 0
+        assert session.circuit("inventory").state == "closed"
+        assert main(["reset", "billing", "-c", str(config)]) == 1
+        assert "no host-shared state for 'billing'" in capsys.readouterr().err
+
+    def test_a_damaged_file_is_shown_not_changed(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """status lists a file that is not ours as unreadable and leaves its bytes alone."""
+        config = _config(tmp_path)
+        ResilientSession(str(config)).circuit("inventory").open()
+        path = Path(path_for(str(tmp_path / "state"), "inventory"))
+        path.write_bytes(b"junk" * 1024)
+        main(["status", "-c", str(config)])
+        assert "unreadable: not a" in capsys.readouterr().out
+        assert path.read_bytes() == b"junk" * 1024
