@@ -64,6 +64,7 @@ import logging
 import os
 import struct
 import threading
+import weakref
 import zlib
 from collections.abc import Iterator
 from typing import cast
@@ -207,6 +208,9 @@ class HostFile:
                     self._tlock = threading.Lock()
                     self._fd = self._open()
                     self._pid = pid
+                    # Closed with this object: states of forgotten origins
+                    # must not leak a descriptor each.
+                    weakref.finalize(self, os.close, self._fd)
         return self._fd
 
     # -- reading and writing -----------------------------------------------------------

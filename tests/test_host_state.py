@@ -171,3 +171,15 @@ class TestTestingKit:
         session = ResilientSession({"defaults": {"state": "host", "bulkhead": {"max_concurrent": 1}}})
         session._route_for("GET", "http://127.0.0.1:9/").state.bulkhead.try_acquire()  # type: ignore[union-attr]
         assert [p.suffix for p in Path(here).iterdir()] == [".state"]
+
+
+class TestDescriptors:
+    def test_a_forgotten_endpoint_state_closes_its_file(self, tmp_path: Path) -> None:
+        """Host states of evicted origins must not leak a descriptor each."""
+        import gc
+
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            _bulkhead(tmp_path).try_acquire()
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) <= before + 1
