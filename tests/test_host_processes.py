@@ -213,3 +213,53 @@ class TestHostProcesses:
         spoiler.join(timeout=5)
         assert all(set(r) == {"200"} for r in results), results
         assert peer.hits("/ok") == 1 + sum(r["200"] for r in results)
+
+
+def _hammer(queue: Any, state_dir: str, threads: int, rounds: int) -> None:
+    """One worker: *threads* threads each counting *rounds* failures, slots and retries."""
+    from resilient_client._breaker_machine import BreakerMachine
+    from resilient_client._host_budget import HostBudget
+    from resilient_client._host_state import HostBulkhead
+    from resilient_client._policy import BreakerPolicy, BudgetPolicy, BulkheadPolicy
+    from resilient_client.testing import FakeClock
+
+    machine = BreakerMachine(BreakerPolicy(failure_threshold=1_000_000), "w")
+    store = HostStore(HostFile(state_dir, "peer"))
+    bulkhead = HostBulkhead("peer", BulkheadPolicy(max_concurrent=1_000), HostFile(state_dir, "peer"), None)
+    budget = HostBudget(BudgetPolicy(ratio=0.0, min_per_second=1_000, window=10.0), FakeClock(),
+                        HostFile(state_dir, "peer"))
+    refused = []
+
+    def work() -> None:
+        for _ in range(rounds):
+            store.apply(lambda rec, now: (machine.record(rec, now, True, False, None), None))
+            if bulkhead.try_acquire():
+                bulkhead.release()
+            else:
+                refused.append(1)
+            budget.try_spend()
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=30)
+    queue.put(len(refused))
+
+
+class TestNoLostUpdates:
+    def test_processes_and_threads_lose_no_update(self, tmp_path: Path) -> None:
+        """4 processes x 4 threads x 50 rounds: every failure and retry counted exactly, every slot back."""
+        refused = _run(4, _hammer, str(tmp_path), 4, 50, timeout=60)
+        store = HostStore(HostFile(str(tmp_path), "peer"))
+        assert store.read()[0].failures == 4 * 4 * 50
+        from resilient_client._host_budget import HostBudget
+        from resilient_client._policy import BudgetPolicy
+        from resilient_client.testing import FakeClock
+
+        budget = HostBudget(BudgetPolicy(), FakeClock(), HostFile(str(tmp_path), "peer"))
+        assert budget.snapshot()[1] == 4 * 4 * 50
+        bulkhead_file = HostFile(str(tmp_path), "peer")
+        with bulkhead_file.locked() as fd:
+            assert sum(int(r[1]) for r in bulkhead_file.read_rows(fd)) == 0
+        assert refused == [0, 0, 0, 0]

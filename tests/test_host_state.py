@@ -183,3 +183,26 @@ class TestDescriptors:
             _bulkhead(tmp_path).try_acquire()
         gc.collect()
         assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+class TestScopes:
+    def test_each_state_builds_its_pieces(self, tmp_path: Path) -> None:
+        """memory: all in the process; host: all in the file; redis: breaker in Redis, rest on the host."""
+        from resilient_client._breaker_redis import RedisStore
+        from resilient_client._breaker_store import MemoryStore
+        from resilient_client._budget import RetryBudget
+        from resilient_client._bulkhead import Bulkhead
+        from resilient_client._clock import SYSTEM_CLOCK
+        from resilient_client._endpoints import EndpointState
+        from resilient_client._policy import Policy
+
+        def pieces(state: str) -> tuple[type, type, type]:
+            ep = EndpointState("inv", Policy(name="inv", state=state), SYSTEM_CLOCK, lambda *a: None,
+                               str(tmp_path))
+            assert ep.breaker is not None and ep.bulkhead is not None and ep.budget is not None
+            return type(ep.breaker._store), type(ep.bulkhead), type(ep.budget)
+
+        assert pieces("memory") == (MemoryStore, Bulkhead, RetryBudget)
+        assert pieces("host") == (HostStore, HostBulkhead, HostBudget)
+        # Nothing listens on the discard port; building the store does no I/O.
+        assert pieces("redis://127.0.0.1:9/0") == (RedisStore, HostBulkhead, HostBudget)
