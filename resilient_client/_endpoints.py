@@ -78,9 +78,10 @@ class EndpointState:
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
         from ._host_file import HostFile, default_state_dir  # only host state opens files
-        from ._host_state import HostBudget, HostBulkhead, HostStore
+        from ._host_state import HostBudget, HostBulkhead, HostStore, check_policy
 
         file = HostFile(state_dir or default_state_dir(), name)
+        check_policy(file, (policy.breaker, policy.budget, policy.bulkhead))
         self.breaker = None
         if policy.breaker is not None:
             redis = policy.state != "host"

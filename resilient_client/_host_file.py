@@ -17,6 +17,7 @@ leaves the others shared. The layout is 4096 bytes, little-endian::
     64   breaker  state u8, forced u8, failures u32, opened_at f64,
                   trial_until f64, trial pid i32, holder (48 bytes), crc32
     160  budget   bucket number i64, 10 x first tries u32, 10 x retries u32
+    248  policy   crc32 of the first user's breaker, budget and bulkhead policies
     256  bulkhead count of lease rows in use u32, then 128 rows from 272:
                   (pid i32, calls held u32, lease expiry f64)
 
@@ -77,9 +78,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "STATE_DIR_ENV", "BreakerFields", "HostFile",
-    "HostFileError",
-    "breaker_fields", "current_pid", "default_state_dir", "path_for",
+    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "POLICY_AT", "STATE_DIR_ENV", "BreakerFields",
+    "HostFile", "HostFileError", "breaker_fields", "current_pid", "default_state_dir", "path_for",
 ]
 
 logger = logging.getLogger("resilient_client")
@@ -99,6 +99,7 @@ _ZERO: BreakerFields = (0, 0, 0, 0.0, 0.0, 0, b"")
 BUDGET_AT = 160
 BUCKETS = 10
 BUDGET = struct.Struct(f"<q{BUCKETS}I{BUCKETS}I")
+POLICY_AT = 248
 _ROWS_AT = 256
 _ROW0 = 272
 ROW = struct.Struct("<iId")

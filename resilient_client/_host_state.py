@@ -54,8 +54,10 @@ benchmarks/bench_host_state.py measures it beside ``memory``.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
+import zlib
 from typing import TypeVar
 
 from ._breaker_machine import CLOSED, CLOSED_RECORD, HALF_OPEN, OPEN, BreakerState, Record
@@ -66,6 +68,7 @@ from ._host_budget import HostBudget
 from ._host_dir import pid_alive, warn_once
 from ._host_file import (
     MAX_PROCESSES,
+    POLICY_AT,
     BreakerFields,
     HostFile,
     HostFileError,
@@ -74,7 +77,7 @@ from ._host_file import (
 )
 from ._policy import BulkheadPolicy
 
-__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore"]  # HostBudget: re-exported
+__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore", "check_policy"]  # HostBudget: re-exported
 
 R = TypeVar("R")
 logger = logging.getLogger("resilient_client")
@@ -83,6 +86,29 @@ _INDEX = {s: i for i, s in enumerate(_STATES)}
 #: A bulkhead row's lease: longer than any call holds a slot (the default
 #: total deadline is 10 s); only a pid reused by another process needs it.
 SLOT_LEASE = 600.0
+
+
+def check_policy(file: HostFile, policies: object) -> bool:
+    """
+    Record *policies* (breaker, budget, bulkhead) in the file if it has none,
+    else compare: a process whose policy for the name differs from the first
+    one's is reported once. Each process applies its own thresholds to the
+    shared state, so namesakes should agree. Returns whether they do.
+    """
+    ours = zlib.crc32(repr(policies).encode()) or 1  # 0 means "none recorded"
+    try:
+        with file.locked() as fd:
+            (recorded,) = struct.unpack("<I", file.read(fd, POLICY_AT, 4))
+            if recorded == 0:
+                file.write(fd, POLICY_AT, struct.pack("<I", ours))
+    except HostFileError:
+        return True  # the pieces find out, and say so, on their first call
+    if recorded in (0, ours):
+        return True
+    warn_once(file.path + ":policy", "endpoint %r: this process's breaker, budget or bulkhead policy "
+              "differs from the one the first process using %s recorded; each applies its own "
+              "thresholds to the shared state", file.name, file.path)
+    return False
 
 
 def _degraded(file: HostFile, exc: Exception) -> None:

@@ -206,3 +206,21 @@ class TestScopes:
         assert pieces("host") == (HostStore, HostBulkhead, HostBudget)
         # Nothing listens on the discard port; building the store does no I/O.
         assert pieces("redis://127.0.0.1:9/0") == (RedisStore, HostBulkhead, HostBudget)
+
+
+class TestPolicyMismatch:
+    def test_a_process_with_other_thresholds_is_reported_once(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The first process records its policy; a namesake with another one is logged, once."""
+        from resilient_client._host_state import check_policy
+        from resilient_client._policy import BreakerPolicy
+
+        first = (BreakerPolicy(failure_threshold=5), None, None)
+        other = (BreakerPolicy(failure_threshold=3), None, None)
+        assert check_policy(HostFile(str(tmp_path), "inv"), first)
+        assert check_policy(HostFile(str(tmp_path), "inv"), first)
+        with caplog.at_level(logging.WARNING, "resilient_client"):
+            assert not check_policy(HostFile(str(tmp_path), "inv"), other)
+            assert not check_policy(HostFile(str(tmp_path), "inv"), other)
+        assert len([r for r in caplog.records if "differs" in r.getMessage()]) == 1
