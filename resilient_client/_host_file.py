@@ -173,8 +173,11 @@ class HostFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if os.fstat(fd).st_size == 0:
-                    # New: laid out under the lock, so a racing opener sees it whole.
+                size = os.fstat(fd).st_size
+                if size == 0 or (size == SIZE and os.pread(fd, 16, 0) == bytes(16)):
+                    # New (or its creator died between sizing it and writing
+                    # the header): laid out under the lock, so a racing
+                    # opener sees it whole.
                     os.ftruncate(fd, SIZE)
                     os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]), 0)
                 else:

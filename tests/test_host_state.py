@@ -224,3 +224,13 @@ class TestPolicyMismatch:
             assert not check_policy(HostFile(str(tmp_path), "inv"), other)
             assert not check_policy(HostFile(str(tmp_path), "inv"), other)
         assert len([r for r in caplog.records if "differs" in r.getMessage()]) == 1
+
+
+class TestCreation:
+    def test_a_creator_that_died_before_the_header_is_finished_for_it(self, tmp_path: Path) -> None:
+        """A sized file whose header was never written is laid out by the next opener, not refused."""
+        path = Path(path_for(str(tmp_path), "inv"))
+        path.write_bytes(bytes(_host_file.SIZE))
+        store = HostStore(HostFile(str(tmp_path), "inv"))
+        assert store.read()[0].state == "closed" and store.reachable() is True
+        assert path.read_bytes().startswith(b"RCHOST")
