@@ -192,9 +192,10 @@ class CircuitBreaker:
             with self._lock:
                 self._rejected += 1
             at = self._machine.retry_at(rec)
+            retry_in = None if at is None else max(0.0, at - now)
             if at is not None and not self._local_time:  # _local(), inlined: a hot path
                 at = self._clock.monotonic() + (at - now)
-            raise CircuitOpenError(self.name, at)
+            raise CircuitOpenError(self.name, at, retry_in=retry_in)
         for listener in self._listeners:
             safely(self.name, listener.before_call, self, None)
         return verdict is TRIAL

@@ -327,7 +327,8 @@ class ResilientSession(requests.Session):
                     is_trial = breaker.before_call()
                 except CircuitOpenError as exc:
                     shown = redact_url(url, self.config.secrets)
-                    self._emit(BreakerRejected(route.name, method.upper(), shown, exc.retry_at))
+                    self._emit(BreakerRejected(route.name, method.upper(), shown,
+                                               exc._retry_at, exc.retry_in))
                     if self._bus.wants_hot():
                         self._emit(CallFinished(route.name, method.upper(), shown, 0,
                                                 "circuit_open", None, 0.0, False))
@@ -494,7 +495,8 @@ class ResilientSession(requests.Session):
         try:
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
-            self._emit(BreakerRejected(route.name, request.method or "", self._url(request), exc.retry_at))
+            self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
+                                       exc._retry_at, exc.retry_in))
             # Not CircuitOpenError: that promises nothing touched the network,
             # and the first hop did reach the peer (a write may have acted).
             raise requests.ConnectionError(
@@ -703,7 +705,7 @@ class ResilientSession(requests.Session):
             except CircuitOpenError as exc:
                 call.outcome = _CIRCUIT_OPEN
                 self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                           exc.retry_at))
+                                           exc._retry_at, exc.retry_in))
                 raise
         # Only a call the breaker let through is a try.
         call.attempt += 1
