@@ -272,6 +272,8 @@ class CircuitBreaker:
 
         .. versionadded:: 0.1.0
         """
+        if self._closed_fast:  # closed, in memory, no listeners: as before_call's fast path
+            return BreakerState.CLOSED
         return self._machine.view(*self._read())
 
     @property

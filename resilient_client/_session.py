@@ -307,19 +307,14 @@ class ResilientSession(requests.Session):
         changes = kwargs.pop("policy", None)
         if changes is not None:
             # requests passes no extra argument from request() to send(): the
-            # call's changes wait on this thread for the send it makes.
+            # call's changes wait on this thread for the send it makes. (Such
+            # a call may have a fallback its endpoint lacks: no early refusal.)
             self._local.call_policy = changes
             try:
-                return self._request(method, url, args, kwargs)
+                return self._request_prepared(method, url, args, kwargs)
             finally:
                 self._local.call_policy = None
-        return self._request(method, url, args, kwargs)
-
-    def _request(self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any) -> requests.Response:
-        # (A call with its own policy= may have a fallback its endpoint lacks:
-        # it takes the normal path.)
-        changed = getattr(self._local, "call_policy", None) is not None
-        if isinstance(method, str) and isinstance(url, str) and not changed:
+        if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
             if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
@@ -336,6 +331,12 @@ class ResilientSession(requests.Session):
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
+        return self._request_prepared(method, url, args, kwargs)
+
+    def _request_prepared(
+        self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any
+    ) -> requests.Response:
+        """requests' ``request``, with whatever leaves it redacted."""
         try:
             return super().request(method, url, *args, **kwargs)
         except Exception as exc:
