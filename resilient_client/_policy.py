@@ -243,6 +243,11 @@ class BackoffPolicy:
         p.raise_if_any()
 
 
+#: The header `RetryPolicy.mint_idempotency_key` sets when no
+#: ``idempotency_header`` is configured (the IETF draft's and Stripe's name).
+DEFAULT_IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """
@@ -251,7 +256,12 @@ class RetryPolicy:
     ``attempt_header``, when set, names a request header that carries the
     attempt number (1 for the first try) so a callee can tell a retry apart.
 
+    ``mint_idempotency_key``: a request whose method is not in ``methods``
+    and that lacks the idempotency header gets one, a fresh UUID4, once per
+    call (the same on every retry), so that writes can be retried safely.
+
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``mint_idempotency_key``.
     """
 
     attempts: int = 3
@@ -263,6 +273,14 @@ class RetryPolicy:
     respect_retry_after: bool = True
     max_retry_after: float = 30.0
     attempt_header: str | None = None
+    mint_idempotency_key: bool = False
+
+    @property
+    def key_header(self) -> str | None:
+        """The header that makes a request retry-safe: the configured one, or, when minting, the default."""
+        if self.idempotency_header is not None:
+            return self.idempotency_header
+        return DEFAULT_IDEMPOTENCY_HEADER if self.mint_idempotency_key else None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -297,6 +315,8 @@ class RetryPolicy:
                 _header_name("attempt_header", self.attempt_header)
         if not isinstance(_given(self.respect_retry_after), bool):
             p.add("respect_retry_after", f"must be true or false, got {self.respect_retry_after!r}")
+        if not isinstance(_given(self.mint_idempotency_key), bool):
+            p.add("mint_idempotency_key", f"must be true or false, got {self.mint_idempotency_key!r}")
         with p.at():
             _set(self, "max_retry_after", _duration("max_retry_after", self.max_retry_after, allow_zero=True))
         p.raise_if_any()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import random
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -533,6 +534,12 @@ class ResilientSession(requests.Session):
         enclosing: Call | None = getattr(self._local, "call", None)
         deadline = call_deadline(self.clock, policy.timeout.total,
                                  enclosing.deadline if enclosing is not None else None)
+        retry = policy.retry
+        if (retry is not None and retry.mint_idempotency_key and request.method not in retry.methods
+                and retry.key_header not in request.headers):
+            # Once per call: every retry (and hedge) of it carries the same key.
+            request = request.copy()
+            request.headers[cast(str, retry.key_header)] = str(uuid.uuid4())
         call = Call(
             request,
             kwargs,
@@ -541,6 +548,8 @@ class ResilientSession(requests.Session):
             idempotent=self._idempotent(request, policy),
             replayable=is_replayable(request),
         )
+        key = retry.key_header if retry is not None else None
+        call.keyed = key is not None and key in request.headers
         given = kwargs.get("timeout")
         call.timeout_given = given is not None
         call.timeouts = call_timeouts(route.timeouts, given)
@@ -633,9 +642,14 @@ class ResilientSession(requests.Session):
             if call.attempt:
                 self._gave_up(call, classify_error(exc).kind)
             raise
-        if cast(AttemptOutcome, call.outcome).failure or resp.status_code in (
+        if call.keyed and resp.status_code == 422:
+            # The key was reused with another payload: a bug of the caller's,
+            # never retried, and said so.
+            call.stop_reason = "idempotency_key_reused"
+            self._gave_up(call, "status 422")
+        elif cast(AttemptOutcome, call.outcome).failure or resp.status_code in (
             route.policy.retry.on_status if route.policy.retry else ()
-        ):
+        ) or (call.keyed and resp.status_code == 409):
             self._gave_up(call, f"status {resp.status_code}")
         if call.stream and call.arm is not None:
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
@@ -900,7 +914,7 @@ class ResilientSession(requests.Session):
             return False
         if request.method in retry.methods:
             return True
-        return retry.idempotency_header is not None and retry.idempotency_header in request.headers
+        return retry.key_header is not None and retry.key_header in request.headers
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
