@@ -510,14 +510,15 @@ class Policy:
     fallback: Fallback | None = None
     #: Send the remaining time to the callee; None (the default) = do not.
     propagation: PropagationPolicy | None = None
-    #: Whether an open breaker to this endpoint makes the health view unhealthy.
-    critical: bool = True
+    #: Whether an open breaker to this endpoint makes the health view
+    #: unhealthy; None (the default): only when it has no fallback.
+    critical: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError("name", f"must be a non-empty string, got {self.name!r}")
         _set(self, "failure_status", _statuses("failure_status", self.failure_status, lo=500))
-        if not isinstance(self.critical, bool):
+        if self.critical is not None and not isinstance(self.critical, bool):
             raise ConfigError("critical", f"must be true or false, got {self.critical!r}")
         for name, kind in _SECTION_TYPES.items():
             value = getattr(self, name)

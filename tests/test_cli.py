@@ -300,18 +300,21 @@ class TestStatus:
 
 
 def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
-    """A breaker opened in this process with redis storage shows as open in a new `status` process."""
+    """A breaker opened in this process with redis storage shows as open in a new `status` process,
+    with the failures that opened it (counted in Redis), not the new process's own zero."""
     port = closed_port()
     config = {"defaults": {"retry": None},
               "endpoints": [{"name": "shared", "match": f"http://127.0.0.1:{port}/",
-                             "breaker": {"failure_threshold": 1, "storage": redis_url}}]}
+                             "breaker": {"failure_threshold": 3, "storage": redis_url}}]}
     session = rc.ResilientSession(config)
-    with pytest.raises(requests.ConnectionError):
-        session.get(f"http://127.0.0.1:{port}/x")
+    for _ in range(3):
+        with pytest.raises(requests.ConnectionError):
+            session.get(f"http://127.0.0.1:{port}/x")
     assert session.circuit("shared").state == "open"
     out = run("status", "--config", write(tmp_path, "c.json", json.dumps(config)))
     assert out.returncode == 1, out.stdout + out.stderr
-    assert out.stdout.splitlines()[3].split()[:3] == ["shared", "yes", "open"]
+    assert out.stdout.splitlines()[3].split()[:4] == ["shared", "yes", "open", "3"]
+    assert rc.ResilientSession(config).health()["shared"].consecutive_failures == 3
 
 
 class TestDemo:
