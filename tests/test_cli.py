@@ -89,7 +89,8 @@ class TestCheck:
                 or line.startswith("  critical")}
         assert rows["timeout.read"] == ["2", "1", "*", "2"]
         assert rows["retry.attempts"] == ["3", "3", "off", "*"]
-        assert rows["critical"] == ["yes", "yes", "no", "*"]
+        # Unset, critical follows the fallback (inventory has one); search says false itself.
+        assert rows["critical"] == ["yes", "(no", "fallback)", "no", "(fallback)", "*", "no", "*"]
         assert "redis://:REDACTED@127.0.0.1:6390/0" in text and "hunter2pw" not in text
         assert ("Secrets: headers authorization, cookie, proxy-authorization, set-cookie, x-api-key; "
                 "query token") in text
@@ -135,6 +136,25 @@ class TestCheck:
         out = call("check", str(tmp_path / "nope.yaml"))
         assert out.returncode == 2 and "cannot read config file" in out.stderr
         assert "Traceback" not in out.stderr
+
+    def test_the_built_in_defaults_pass_their_own_check(self, tmp_path):
+        """An empty config, the built-in defaults, has nothing to report (3 x 6 s > 10 s is by design)."""
+        out = call("check", write(tmp_path, "c.json", "{}"))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.rstrip().endswith(
+            "Coherence (client policy alone; --haproxy adds the proxy): nothing contradicts itself")
+
+    def test_likely_mistakes_are_listed_after_the_tables(self, tmp_path):
+        """Milliseconds typed as seconds and a critical endpoint without a fallback are warnings, exit 0."""
+        text = ("defaults:\n  timeout: {read: 5000, total: 30000}\n"
+                "endpoints:\n  - {name: orders, match: 'http://orders.test/'}\n")
+        out = call("check", write(tmp_path, "c.yaml", text))
+        assert out.returncode == 0, out.stderr
+        findings = out.stdout.split("Coherence (client policy alone; --haproxy adds the proxy):\n")[1]
+        assert [line.rsplit("[", 1)[1] for line in findings.splitlines()] == [
+            "likely-milliseconds]", "likely-milliseconds]", "critical-without-fallback]"]
+        assert "warning: endpoint 'default': timeout.read is 5000 s (83.3 minutes)" in findings
+        assert "warning: endpoint 'orders': critical (the default for an endpoint without a" in findings
 
     def test_no_command_prints_help_and_exits_2(self):
         """Running with no command shows the commands."""
@@ -266,7 +286,8 @@ class TestStatus:
         lines = out.stdout.splitlines()
         assert lines[1].split() == ["endpoint", "critical", "breaker", "failures", "retry", "in",
                                     "storage", "bulkhead", "errors"]
-        assert lines[3].split() == ["inventory", "yes", "closed", "0", "-", "memory", "0/50", "-"]
+        # inventory has a fallback: not critical unless it says so.
+        assert lines[3].split() == ["inventory", "no", "closed", "0", "-", "memory", "0/50", "-"]
         assert lines[4].split()[:3] == ["search", "no", "closed"]
         assert "status: ok (healthy)" in out.stdout
         assert "'memory' breakers live inside each process" in out.stdout

@@ -47,6 +47,7 @@ from .._events import (
     format_event,
     load_listeners,
 )
+from .._health import is_critical
 from .._policy import CallableFallback, Policy, StaleFallback, StaticFallback
 from .._redact import redact_headers, redact_url
 from .._version import __version__
@@ -240,6 +241,9 @@ def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, st
     for f in dataclasses.fields(policy):
         if f.name != "name":
             walk(f.name, getattr(policy, f.name), getattr(_FULL_POLICY, f.name))
+    # Unset, `critical` follows the fallback: show what it resolves to, and why.
+    if policy.critical is None:
+        out["critical"] = "yes (no fallback)" if is_critical(policy) else "no (fallback)"
     return out
 
 
