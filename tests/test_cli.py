@@ -18,6 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 import requests
 from obs_support import Peer, closed_port
+from peers import Peer as BehaviourPeer
+from peers import drip_body, hang
 
 import resilient_client as rc
 from resilient_client.tools._cli import main
@@ -254,6 +256,20 @@ class TestGet:
         assert text.count("=> 200 OK (fallback)") == 3 and '{"items": []}' in text
         assert text.rstrip().endswith("3 calls, 3 ok, 0 failed")
 
+    @pytest.mark.parametrize("behaviour", [drip_body(b"x" * 100, 0.05), hang()], ids=["body", "headers"])
+    def test_an_attempt_cut_off_by_the_deadline_is_named_the_deadline(self, tmp_path, behaviour):
+        """A body (or the headers) still coming when total runs out reads as DeadlineExceeded, not as
+        the socket error the deadline was enforced with (a ConnectionError or a ReadTimeout)."""
+        cfg = write(tmp_path, "c.json", json.dumps(
+            {"defaults": {"timeout": {"connect": 1, "read": 2, "total": 0.4}}}))
+        with BehaviourPeer().on("/slow", behaviour) as peer:
+            out = call("get", peer.url("/slow"), "-c", cfg)
+        assert out.returncode == 1
+        attempt = next(line for line in out.stdout.splitlines() if "attempt 1:" in line)
+        assert "attempt 1: deadline (DeadlineExceeded: the call's total ran out) in 0.4" in attempt
+        assert "Timeout" not in attempt and "ConnectionError" not in attempt
+        assert "=> error: DeadlineExceeded: " in out.stdout
+
     def test_bad_headers_are_usage_errors(self):
         """A header without a colon is refused with exit 2."""
         out = call("get", "http://127.0.0.1:9/", "-H", "nocolon")
@@ -313,6 +329,42 @@ class TestStatus:
         assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout)
         assert (data["healthy"], data["status"]) == (True, "degraded")
+
+    def test_a_bare_status_says_what_it_looked_at(self):
+        """With no --config and no --from, status explains why there is nothing to show and where to look."""
+        out = call("status")
+        assert out.returncode == 0, out.stderr
+        text = " ".join(out.stdout.split())  # the explanation is wrapped to the terminal
+        assert "endpoint critical breaker" not in text  # no empty table
+        assert text.startswith("Nothing to show from the built-in defaults (no --config given): "
+                               "- it configures no endpoint;")
+        assert "this new session has called none" in text
+        assert ("the defaults: timeouts connect 1s, read 5s, total 10s; retry 3 attempts; breaker "
+                "opens after 5 failures for 30s, storage memory.") in text
+        assert "status --from http://HOST:PORT/health" in text and "status --config FILE" in text
+        assert text.endswith("status: ok (healthy)")
+
+    def test_a_config_without_endpoints_names_the_file(self, tmp_path):
+        """A config with defaults only is named as what was looked at, with its own defaults."""
+        cfg = write(tmp_path, "d.yaml", "defaults:\n  retry: null\n  breaker: null\n")
+        text = " ".join(call("status", "-c", cfg).stdout.split())
+        assert text.startswith(f"Nothing to show from {cfg}: ")
+        assert "retry off; breaker off." in text
+
+    def test_a_service_with_no_endpoints_says_so(self):
+        """--from a service whose view is empty says that, instead of an empty table."""
+        session = rc.ResilientSession()
+        server = make_server("127.0.0.1", 0, rc.health_app(session), handler_class=_Quiet)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/health"
+            out = call("status", "--from", url)
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert out.returncode == 0, out.stderr
+        assert " ".join(out.stdout.split()).startswith(f"The service at {url} reports no endpoint")
+        assert "endpoint critical" not in out.stdout
 
     def test_an_unreachable_service_exits_2(self):
         """A --from URL that refuses the connection is reported, exit 2."""
