@@ -264,6 +264,9 @@ def _shared_failures(breaker: CircuitBreaker, local: int | None) -> int | None:
     """
     # The breaker has no public reader for the shared count; this one reads
     # the snapshot the breaker itself decides from (cached for a few ms).
+    # Reached by name so that a breaker without it (the rewrite under way)
+    # degrades to the local count; test_cli's Redis status test then fails,
+    # which is the cue to read the rewrite's shared record instead.
     snapshot = getattr(breaker, "_current_snapshot", None)
     if snapshot is None:
         return local
