@@ -38,6 +38,8 @@ EXTRAS["test"] = [
     *EXTRAS["bench"],
     # The demo --fleet test (gunicorn workers).
     *EXTRAS["fleet"],
+    # The test server's TLS flag (tests/peers.py): certificates from a throwaway CA.
+    "trustme",
 ]
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
@@ -78,6 +80,10 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["resilient-client=resilient_client.tools._cli:main"],
+        # The package resilient_client.testing is the plugin: its __init__
+        # re-exports the fixtures of testing/_plugin.py. Naming the package,
+        # not _plugin, keeps `-p resilient_client.testing` and existing
+        # installs working (entry points are recorded at install time).
         "pytest11": ["resilient_client=resilient_client.testing"],
     },
     classifiers=[

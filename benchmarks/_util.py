@@ -2,8 +2,11 @@
 Shared pieces of the benchmarks: peers in their own processes, interleaved
 rounds, medians, and result rows.
 
-Every peer listens on 127.0.0.1 only; every loop is bounded in count and
-time; every peer dies with the benchmark (it serves until its stdin closes).
+The peer is the test suite's one loopback server (tests/peers.py), run in a
+child process by `peers.peer_process` so that its work does not share the
+benchmark's interpreter lock. Every peer listens on 127.0.0.1 only; every
+loop is bounded in count and time; every peer dies with the benchmark (it
+stops when the benchmark exits, or after its lifetime).
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# Benchmark the package of this checkout, not whichever one is installed.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Benchmark the package of this checkout, not whichever one is installed; the
+# peer is the test suite's server.
+for _path in (ROOT, ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-import urllib3  # noqa: E402
+import peers  # noqa: E402
 
 BODY = b'{"ok": true, "items": [1, 2, 3]}'
 
@@ -102,11 +108,10 @@ def ratios(samples: dict[str, list[float]], baseline: str) -> dict[str, float]:
 
 # -- peers ----------------------------------------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+JSON = {"Content-Type": "application/json"}
+#: What a healthy peer answers, and an unavailable one.
+OK = peers.answer(200, BODY, JSON)
+UNAVAILABLE = peers.answer(503, b'{"error": "unavailable"}', JSON)
 
 
 def _wait_listening(port: int, timeout: float = 10.0) -> None:
@@ -119,45 +124,75 @@ def _wait_listening(port: int, timeout: float = 10.0) -> None:
 
 
 class Peer:
-    """A running peer: ``url``, ``count()`` (requests that reached it), ``kind``."""
+    """
+    A running peer: ``url`` (its ``/items``), ``count()`` (requests that
+    reached it), ``connections()``, ``kind``, and `play` to change what it
+    answers (`set_outage` for the usual 503/200 switch).
+    """
 
-    def __init__(self, url: str, kind: str, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, url: str, kind: str, remote: peers.RemotePeer | None = None) -> None:
         self.url = url
+        self.base = url.rsplit("/", 1)[0]
         self.kind = kind
-        self._proc = proc
-        self._pool = urllib3.PoolManager()
+        self._remote = remote
 
     def count(self) -> int:
-        url = self.url.rsplit("/", 1)[0] + "/__count"
-        r = self._pool.request("GET", url, timeout=2.0, retries=False)
-        return int(r.data)
+        return self._remote.hits() if self._remote is not None else -1  # nginx does not count
+
+    def connections(self) -> int:
+        return self._remote.connections if self._remote is not None else -1
+
+    def play(self, *behaviours: Any) -> None:
+        """Answer every path with *behaviours* in turn (the last repeats) from now on."""
+        if self._remote is None:
+            raise RuntimeError("nginx plays one answer only")
+        self._remote.on("*", *behaviours)
+
+    def set_outage(self, on: bool) -> None:
+        """503 to everything while *on*, else 200."""
+        self.play(UNAVAILABLE if on else OK)
+
+
+def behaviour(mode: str, *, drip_interval: float = 0.1, drip_bytes: int = 30) -> Any:
+    """
+    What a peer in *mode* answers: ``ok`` (200 at once), ``slow`` (200 after
+    20 ms), ``hang`` (never), ``drip`` (headers, then a byte every interval),
+    ``503`` (503 at once).
+    """
+    if mode == "ok":
+        return OK
+    if mode == "slow":
+        return peers.delay(0.020, OK)
+    if mode == "503":
+        return UNAVAILABLE
+    if mode == "hang":
+        return peers.hang()
+    if mode == "drip":
+        return peers.sequence(
+            peers.send(peers.head(200, {"Content-Type": "text/plain"}, length=drip_bytes)),
+            peers.pause(drip_interval),
+            peers.drip(b"." * drip_bytes, drip_interval),
+        )
+    raise ValueError(f"unknown peer mode {mode!r}")
 
 
 @contextlib.contextmanager
-def peer(mode: str, *, prefer_nginx: bool = False, drip_interval: float = 0.1,
-         drip_bytes: int = 30) -> Iterator[Peer]:
-    """Start a peer (nginx for ``ok`` when asked and on PATH, else the stdlib one)."""
+def peer(mode: str = "ok", *, prefer_nginx: bool = False, drip_interval: float = 0.1,
+         drip_bytes: int = 30, max_connections: int = 1024) -> Iterator[Peer]:
+    """Start a peer (nginx for ``ok`` when asked and on PATH, else the test server in its own process)."""
     nginx = shutil.which("nginx") if prefer_nginx and mode == "ok" else None
     if nginx and os.environ.get("BENCH_NO_NGINX") != "1":
         with _nginx(nginx) as p:
             yield p
         return
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_peer.py"), mode, "--drip-interval", str(drip_interval),
-         "--drip-bytes", str(drip_bytes)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield Peer(f"http://127.0.0.1:{port}/items", "stdlib", proc)
-    finally:
-        _stop(proc)
+    with peers.peer_process(record=False, max_connections=max_connections) as remote:
+        remote.on("*", behaviour(mode, drip_interval=drip_interval, drip_bytes=drip_bytes))
+        yield Peer(remote.url("/items"), "stdlib", remote)  # a pure-Python server, as before
 
 
 @contextlib.contextmanager
 def _nginx(binary: str) -> Iterator[Peer]:
-    port = _free_port()
+    port = peers.free_port()
     with tempfile.TemporaryDirectory(prefix="rc-bench-nginx-") as d:
         conf = Path(d) / "nginx.conf"
         conf.write_text(f"""
@@ -184,9 +219,7 @@ http {{
                                 stderr=subprocess.DEVNULL)
         try:
             _wait_listening(port)
-            p = Peer(f"http://127.0.0.1:{port}/items", "nginx", proc)
-            p.count = lambda: -1  # type: ignore[method-assign]  # nginx does not count
-            yield p
+            yield Peer(f"http://127.0.0.1:{port}/items", "nginx")
         finally:
             _stop(proc)
 
@@ -204,3 +237,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(3)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A throwaway redis-server on loopback (its URL), or None when none is on PATH."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        yield None
+        return
+    port = peers.free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(5)

@@ -14,6 +14,11 @@ Concurrency: 8 threads share one session and one breaker and call a peer
 that answers after 20 ms; calls in flight = the 8 threads' throughput over
 one thread's (8 is perfect). pybreaker holds its lock for the whole call, so it lets one
 call through at a time.
+
+Storage: the happy path through a closed breaker kept in memory or in Redis,
+against ``requests.Session``, and the rejection and the concurrency with the
+breaker in Redis too (a throwaway ``redis-server`` on loopback; left out when
+none is on PATH). These come from ``benchmarks/breaker_cost.py``, merged here.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def _per_call(fn: Callable[[], object], n: int, catch: type[BaseException]) -> f
     return (time.perf_counter() - t) / n
 
 
-def rejection(*, rounds: int, n: int) -> list[_util.Row]:
+def rejection(*, rounds: int, n: int, redis_url: str | None = None) -> list[_util.Row]:
     ours = CircuitBreaker("bench", BreakerPolicy(), clock=SYSTEM_CLOCK)
     ours.open()
     theirs = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
@@ -53,6 +58,11 @@ def rejection(*, rounds: int, n: int) -> list[_util.Row]:
     )
     session.circuit("bench").open()
     url = "http://127.0.0.1:9/items"  # never connected to: the breaker is open
+    in_redis = None
+    if redis_url is not None:
+        in_redis = resilient_client.ResilientSession({"endpoints": [
+            {"name": "bench", "match": "http://127.0.0.1:9/", "breaker": {"storage": redis_url}}]})
+        in_redis.circuit("bench").open()
 
     def noop() -> None:
         return None
@@ -65,8 +75,13 @@ def rejection(*, rounds: int, n: int) -> list[_util.Row]:
         "requests.Session.prepare_request": lambda: _per_call(
             lambda: session.prepare_request(requests.Request("GET", url)), n // 10, Exception),
     }
+    if in_redis is not None:
+        cases["ResilientSession.get, open, breaker in Redis"] = lambda: _per_call(
+            lambda: in_redis.get(url), n // 10, CircuitOpenError)
     samples = _util.interleaved(cases, rounds)
     session.close()
+    if in_redis is not None:
+        in_redis.close()
     bench = "open-breaker rejection"
     rows = []
     for name, values in samples.items():
@@ -105,13 +120,18 @@ def _in_flight(call: Callable[[], object], calls_per_thread: int, threads: int) 
     return threads * calls_per_thread * one / (time.perf_counter() - t)
 
 
-def concurrency(*, calls_per_thread: int, rounds: int, threads: int = 8) -> list[_util.Row]:
+def _through_breaker(base: str, storage: str = "memory") -> resilient_client.ResilientSession:
+    return resilient_client.ResilientSession(
+        {"endpoints": [{"name": "peer", "match": base + "/",
+                        "breaker": {"failure_threshold": 5, "storage": storage}}]}
+    )
+
+
+def concurrency(*, calls_per_thread: int, rounds: int, threads: int = 8,
+                redis_url: str | None = None) -> list[_util.Row]:
     rows = []
     with _util.peer("slow") as p:
-        rc = resilient_client.ResilientSession(
-            {"endpoints": [{"name": "slow", "match": p.url.rsplit("/", 1)[0] + "/",
-                            "breaker": {"failure_threshold": 5}}]}
-        )
+        rc = _through_breaker(p.base)
         pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
         hand = requests.Session()
         plain = requests.Session()
@@ -121,6 +141,11 @@ def concurrency(*, calls_per_thread: int, rounds: int, threads: int = 8) -> list
                 lambda: hand.get(p.url, timeout=(1, 5)).content),
             "requests.Session (no breaker)": lambda: plain.get(p.url, timeout=(1, 5)).content,
         }
+        sessions: list[requests.Session] = [rc, hand, plain]
+        if redis_url is not None:
+            in_redis = _through_breaker(p.base, redis_url)
+            sessions.append(in_redis)
+            cases["resilient_client, breaker in Redis"] = lambda: in_redis.get(p.url).content
         for call in cases.values():
             for _ in range(3):
                 call()
@@ -137,14 +162,45 @@ def concurrency(*, calls_per_thread: int, rounds: int, threads: int = 8) -> list
             if name == "resilient_client":
                 row.target, row.met = ">= 7 of 8", conc >= 7.0
             rows.append(row)
-        for s in (rc, hand, plain):
+        for s in sessions:
             s.close()
     return rows
 
 
+def storage(*, rounds: int, calls: int, redis_url: str | None) -> list[_util.Row]:
+    """The happy path through a closed breaker in memory and in Redis, against requests.Session."""
+    with _util.peer("ok") as p:
+        sessions: dict[str, requests.Session] = {
+            "requests.Session": requests.Session(),
+            "breaker in memory": _through_breaker(p.base),
+        }
+        if redis_url is not None:
+            sessions["breaker in Redis"] = _through_breaker(p.base, redis_url)
+        for s in sessions.values():
+            s.trust_env = False  # the same environment look-ups for every variant: none
+            for _ in range(50):
+                s.get(p.url, timeout=(1, 5)).content  # noqa: B018 - warm up
+        cases = {name: (lambda s=s: _per_call(lambda: s.get(p.url, timeout=(1, 5)).content, calls, Exception))
+                 for name, s in sessions.items()}
+        samples = _util.interleaved(cases, rounds)
+        for s in sessions.values():
+            s.close()
+    rel = _util.ratios(samples, "requests.Session")
+    rows = [_util.Row("breaker storage on the happy path", f"{name}: vs requests.Session", rel[name],
+                      "x", note=f"{_util.median(values) * 1e6:.0f} µs/call, median of {rounds} rounds")
+            for name, values in samples.items()]
+    if redis_url is None:
+        rows.append(_util.Row("breaker storage on the happy path", "breaker in Redis", 0, "",
+                              note="not measured: no redis-server on PATH"))
+    return rows
+
+
 def run(*, smoke: bool = False) -> list[_util.Row]:
-    rows = rejection(rounds=3 if smoke else 9, n=2000 if smoke else 20000)
-    rows += concurrency(calls_per_thread=3 if smoke else 20, rounds=1 if smoke else 3)
+    with _util.redis_server() as redis_url:
+        rows = rejection(rounds=3 if smoke else 9, n=2000 if smoke else 20000, redis_url=redis_url)
+        rows += concurrency(calls_per_thread=3 if smoke else 20, rounds=1 if smoke else 3,
+                            redis_url=redis_url)
+        rows += storage(rounds=2 if smoke else 15, calls=20 if smoke else 200, redis_url=redis_url)
     return rows
 
 

@@ -1,7 +1,7 @@
 """
 Per-call cost of events, logging and metrics on the happy path.
 
-One GET after another on a loopback keep-alive server (a small server in
+One GET after another on a loopback keep-alive server (the test server in
 another process, so it does not share our GIL), through sessions that
 differ only in what listens to their events:
 
@@ -26,7 +26,9 @@ loopback's noise.
 prometheus_client and opentelemetry fails, times `bare` against
 requests.Session the same way; its ratio is compared with this process's.
 
-    python benchmarks/observability_overhead.py [--rounds 15] [--calls 300] [--instructions]
+    python benchmarks/observability_overhead.py [--rounds 15] [--calls 300] [--instructions] [--smoke]
+
+(or ``python benchmarks/run.py --only observability``).
 
 With ``--instructions``, each configuration is also run under valgrind's
 callgrind and its instructions per call counted: a figure that other load
@@ -46,39 +48,9 @@ import textwrap
 import time
 from collections.abc import Callable
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # this checkout's package
+import _util  # this checkout's package and the test server (tests/peers.py)
 
-# The peer: a keep-alive HTTP/1.1 server answering every request with 200.
-SERVER = textwrap.dedent(
-    """
-    import socket, socketserver, sys
-    RESPONSE = (b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
-                b"Content-Length: 11\\r\\n\\r\\n{\\"ok\\": true}")
-
-    class Handler(socketserver.BaseRequestHandler):
-        def handle(self):
-            sock = self.request
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = b""
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-                while b"\\r\\n\\r\\n" in buf:
-                    _, buf = buf.split(b"\\r\\n\\r\\n", 1)
-                    sock.sendall(RESPONSE)
-
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    with Server(("127.0.0.1", 0), Handler) as server:
-        print(server.server_address[1], flush=True)
-        server.serve_forever()
-    """
-)
+NAMES = ["requests.Session", "bare", "log-info", "log-debug", "prometheus", "otel", "health", "all"]
 
 BLOCK_EXTRAS = textwrap.dedent(
     """
@@ -93,13 +65,6 @@ BLOCK_EXTRAS = textwrap.dedent(
     sys.meta_path.insert(0, _NoExtras())
     """
 )
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    return proc, f"http://127.0.0.1:{port}/items/42"
 
 
 class Config:
@@ -307,12 +272,51 @@ def instructions(url: str, names: list[str], calls: int) -> dict[str, float]:
     return out
 
 
+Results = tuple[dict[str, float], dict[str, float], tuple[float, ...], dict[str, float], dict[str, float]]
+
+
+def collect(rounds: int, calls: int, count_instructions: bool = False) -> Results:
+    """
+    (wall, cpu) per configuration, the extras-blocked child's (requests wall,
+    bare wall, requests CPU, bare CPU), instructions per call (or {}), and
+    the event work alone.
+    """
+    with _util.peer("ok") as peer:
+        url = peer.base + "/items/42"
+        wall, cpu = measure(build(NAMES), url, rounds, calls)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", url, "--rounds", str(rounds), "--calls", str(calls)],
+            capture_output=True, text=True, check=True, timeout=600,
+        )
+        blocked = tuple(map(float, out.stdout.split()))
+        counted = instructions(url, NAMES, 300) if count_instructions else {}
+    return wall, cpu, blocked, counted, isolated(rounds)
+
+
+def run(*, smoke: bool = False, rounds: int = 15, calls: int = 300) -> list[_util.Row]:
+    """The per-call cost of each configuration as result rows (ratios to `bare`)."""
+    if smoke:
+        rounds, calls = 2, 20
+    wall, cpu, (c_req, c_bare, c_req_cpu, c_bare_cpu), _, alone = collect(rounds, calls)
+    bench = "observability overhead"
+    rows = [_util.Row(bench, f"{name}: vs bare", wall[name] / wall["bare"], "x",
+                      note=f"CPU {cpu[name] / cpu['bare']:.2f}x; {cpu[name] - cpu['bare']:+.1f} µs CPU; "
+                           f"event work alone {alone[name]:.1f} µs" if name in alone else
+                           f"CPU {cpu[name] / cpu['bare']:.2f}x; {cpu[name] - cpu['bare']:+.1f} µs CPU")
+            for name in wall]
+    rows.append(_util.Row(bench, "bare vs requests.Session, extras not importable", c_bare / c_req, "x",
+                          note=f"CPU {c_bare_cpu / c_req_cpu:.2f}x; with the extras installed "
+                               f"{wall['bare'] / wall['requests.Session']:.2f}x"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=300, help="calls per batch")
     parser.add_argument("--instructions", action="store_true",
                         help="also count instructions per call under valgrind (slow)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks it works")
     parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--count", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -323,23 +327,10 @@ def main() -> None:
     if args.count:
         count_calls(args.count, args.config, args.calls)
         return
-    proc, url = start_server()
-    try:
-        names = ["requests.Session", "bare", "log-info", "log-debug", "prometheus", "otel",
-                 "health", "all"]
-        wall, cpu = measure(build(names), url, args.rounds, args.calls)
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", url, "--rounds", str(args.rounds),
-             "--calls", str(args.calls)],
-            capture_output=True, text=True, check=True,
-        )
-        c_req, c_bare, c_req_cpu, c_bare_cpu = map(float, out.stdout.split())
-        counted = instructions(url, names, 300) if args.instructions else {}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-    alone = isolated(args.rounds)
+    if args.smoke:
+        args.rounds, args.calls = 2, 20
+    wall, cpu, (c_req, c_bare, c_req_cpu, c_bare_cpu), counted, alone = collect(
+        args.rounds, args.calls, args.instructions)
     bare, bare_cpu = wall["bare"], cpu["bare"]
     print(f"Happy-path GET on a loopback keep-alive server (another process); medians of "
           f"{args.rounds} interleaved rounds of {args.calls} calls; Python "

@@ -2,7 +2,7 @@
 Orphaned work: how long B and C keep working after A gave up, with and
 without deadline propagation.
 
-Three services on 127.0.0.1 (threaded wsgiref servers): A calls B, which
+Three services on 127.0.0.1 (WSGI apps on the test server): A calls B, which
 calls C. C takes longer than anybody is willing to wait: it works in 10 ms
 slices and, like any long task written for propagated deadlines, stops when
 ``resilient_client.current_deadline()`` has passed. B and C run behind
@@ -12,6 +12,7 @@ between the two chains and the medians are printed side by side.
 
     python benchmarks/orphaned_work.py               # 5 rounds each, about 30 s
     python benchmarks/orphaned_work.py --rounds 3 --json out.json
+    python benchmarks/run.py --only orphaned         # the same, as result rows
 
 "Orphaned work" of a service is the time its handler kept running after A
 had stopped waiting (A's call returned or raised), floored at 0.
@@ -21,16 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import socketserver
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import _util  # this checkout's package and the test server (tests/peers.py)
 import requests
+from peers import Peer, wsgi
 
 import resilient_client
 from resilient_client import DeadlineMiddleware, ResilientSession
@@ -38,42 +39,15 @@ from resilient_client import DeadlineMiddleware, ResilientSession
 SLICE = 0.01  # C checks its deadline between slices of this many seconds
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # answering a caller that hung up fails; that is the point here
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def get_stderr(self) -> Any:
-        return _NullWriter()
-
-
-class _NullWriter:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
 class Service:
-    """A WSGI app on its own threads, on a free loopback port."""
+    """A WSGI app on the test server, on a free loopback port (a thread per connection)."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_Quiet)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.peer = Peer(lifetime=900.0).on("*", wsgi(app)).start()
+        self.url = self.peer.url("/")
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.peer.stop()
 
 
 class Chain:
@@ -176,6 +150,46 @@ ROWS = [
 ]
 
 
+def measure(rounds: int, a_deadline: float, b_timeout: float, c_work: float, margin: float,
+            c_checks: bool = True) -> dict[str, list[dict[str, float]]]:
+    """*rounds* rounds of each chain, interleaved (after one warm-up round each)."""
+    chains = {
+        "off": Chain(False, a_deadline, b_timeout, c_work, margin, c_checks),
+        "on": Chain(True, a_deadline, b_timeout, c_work, margin, c_checks),
+    }
+    results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    try:
+        for chain in chains.values():  # warm-up: imports, first connections
+            chain.round()
+        for i in range(rounds):
+            # Interleaved, alternating which goes first, so drift hits both alike.
+            order = ("off", "on") if i % 2 == 0 else ("on", "off")
+            for mode in order:
+                results[mode].append(chains[mode].round())
+            print(f"round {i + 1}/{rounds} done", file=sys.stderr)
+    finally:
+        for chain in chains.values():
+            chain.close()
+    return results
+
+
+def _medians(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}
+
+
+def run(*, smoke: bool = False) -> list[_util.Row]:
+    """The defaults (a short chain for a smoke run), as result rows."""
+    rounds, a_deadline, b_timeout, c_work = (1, 0.2, 0.5, 0.8) if smoke else (5, 1.0, 2.5, 4.0)
+    med = _medians(measure(rounds, a_deadline, b_timeout, c_work, 0.05))
+    bench = f"orphaned work, A -> B -> C, C needs {c_work:g} s, A waits {a_deadline:g} s"
+    rows = [_util.Row(bench, f"{label}, propagation {mode}", med[mode][key], "s")
+            for key, label in ROWS for mode in ("off", "on")]
+    for mode in ("off", "on"):
+        rows.append(_util.Row(bench, f"B + C orphaned, worker-seconds, propagation {mode}",
+                              med[mode]["b_orphaned"] + med[mode]["c_orphaned"], "s"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=5, help="rounds per mode (default 5)")
@@ -188,26 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the raw rounds to this file")
     args = p.parse_args(argv)
 
-    c_checks = not args.c_ignores_deadline
-    chains = {
-        "off": Chain(False, args.a_deadline, args.b_timeout, args.c_work, args.margin, c_checks),
-        "on": Chain(True, args.a_deadline, args.b_timeout, args.c_work, args.margin, c_checks),
-    }
-    results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-    try:
-        for chain in chains.values():  # warm-up: imports, first connections
-            chain.round()
-        for i in range(args.rounds):
-            # Interleaved, alternating which goes first, so drift hits both alike.
-            order = ("off", "on") if i % 2 == 0 else ("on", "off")
-            for mode in order:
-                results[mode].append(chains[mode].round())
-            print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
-    finally:
-        for chain in chains.values():
-            chain.close()
-
-    med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}
+    results = measure(args.rounds, args.a_deadline, args.b_timeout, args.c_work, args.margin,
+                      not args.c_ignores_deadline)
+    med = _medians(results)
     sys.stderr.flush()
     print(
         f"Orphaned work, A -> B -> C on loopback, C needs {args.c_work:g} s"

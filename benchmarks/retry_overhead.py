@@ -17,30 +17,31 @@ machine's speed hits every client alike; each round times a batch of calls
 per client, and the report gives the median per-call time over the rounds
 and its ratio to ``requests.Session``: wall time, and the calling thread's
 CPU time, which leaves out the peer and is steadier on a busy machine.
-Run by hand::
+Run by hand, or by ``python benchmarks/run.py --only retry``::
 
-    python benchmarks/retry_overhead.py [--rounds 150] [--calls 60]
+    python benchmarks/retry_overhead.py [--rounds 150] [--calls 60] [--smoke]
+    python benchmarks/retry_overhead.py --profile   # cProfile of ResilientSession.get
+
+(``benchmarks/overhead.py``, which timed ``ResilientSession`` against
+``requests.Session`` with and without a network, is merged here: those are
+the first and last of the three clients.)
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
+import pstats
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import _util
 import requests
 from requests.adapters import BaseAdapter
-
-# Run from a checkout: import this worktree's package, not an installed one.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _loopback_peer import Peer
 
 import resilient_client
 
@@ -121,30 +122,86 @@ def batch(get: Callable[[str], requests.Response], url: str, calls: int) -> tupl
     return (time.perf_counter() - wall) / calls, (time.thread_time() - cpu) / calls
 
 
+def run(*, rounds: int = 150, calls: int = 60, smoke: bool = False) -> list[_util.Row]:
+    """Both measurements as result rows: the loopback peer, then no network."""
+    if smoke:
+        rounds, calls = 3, 10
+    rows: list[_util.Row] = []
+    for where, (wall, cpu) in (("loopback peer", loopback(rounds, calls)),
+                               ("no network", no_network(rounds, calls))):
+        base_w, base_c = statistics.median(wall[BASE]), statistics.median(cpu[BASE])
+        for name in wall:
+            w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+            rows.append(_util.Row(f"retry layer overhead, {where}", f"{name}: vs {BASE}", w / base_w, "x",
+                                  note=f"CPU {c / base_c:.2f}x; {w * 1e6:.0f} µs/call, {c * 1e6:.0f} µs CPU"))
+        on, off = statistics.median(cpu[ON]), statistics.median(cpu[OFF])
+        rows.append(_util.Row(f"retry layer overhead, {where}", "retry on vs retry: null, client CPU",
+                              on / off, "x", note=f"{(on - off) * 1e6:+.1f} µs per call"))
+    return rows
+
+
+def loopback(rounds: int, calls: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The three clients against the loopback keep-alive peer (its own process)."""
+    with _util.peer("ok") as peer:
+        sessions = clients()
+        try:
+            return measure(sessions, peer.base + "/items/42", rounds, calls)
+        finally:
+            for s in sessions.values():
+                s.close()
+
+
+def no_network(rounds: int, calls: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The three clients against a transport that answers at once."""
+    sessions = clients()
+    for s in sessions.values():
+        s.mount("http://instant.test/", InstantAdapter())
+    try:
+        return measure(sessions, "http://instant.test/items/42", rounds, calls)
+    finally:
+        for s in sessions.values():
+            s.close()
+
+
+def profile(calls: int) -> str:
+    """A cProfile of *calls* default ``ResilientSession.get`` calls to the loopback peer."""
+    with _util.peer("ok") as peer:
+        url = peer.base + "/items/42"
+        ours = resilient_client.ResilientSession()
+        batch(ours.get, url, 50)
+        prof = cProfile.Profile()
+        prof.enable()
+        batch(ours.get, url, calls)
+        prof.disable()
+        ours.close()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).strip_dirs()
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+    return out.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=150, help="interleaved rounds (default 150)")
     parser.add_argument("--calls", type=int, default=60,
                         help="calls per client per round (default 60)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks it works")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of ResilientSession.get")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 500 or not 1 <= args.calls <= 10_000:
         parser.error("keep it bounded: 1-500 rounds of 1-10,000 calls")
+    if args.profile:
+        print(profile(min(args.calls * 50, 5000)))
+        return
+    if args.smoke:
+        args.rounds, args.calls = 3, 10
 
     print(f"{args.rounds} interleaved rounds x {args.calls} calls per client, one thread; "
           f"Python {sys.version.split()[0]}, requests {requests.__version__}")
-
-    with Peer() as peer:
-        sessions = clients()
-        wall, cpu = measure(sessions, peer.url + "/items/42", args.rounds, args.calls)
-        for s in sessions.values():
-            s.close()
-    report("Loopback keep-alive peer (its own process):", wall, cpu)
-
-    sessions = clients()
-    for s in sessions.values():
-        s.mount("http://instant.test/", InstantAdapter())
-    wall, cpu = measure(sessions, "http://instant.test/items/42", args.rounds, args.calls)
-    report("No network (a transport that answers at once): the client's own work only:", wall, cpu)
+    report("Loopback keep-alive peer (its own process):", *loopback(args.rounds, args.calls))
+    report("No network (a transport that answers at once): the client's own work only:",
+           *no_network(args.rounds, args.calls))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Compares, each against a fresh outage of the same length:
 Reports calls reaching the peer per application call (amplification) and the
 peer's request rate during the outage, then the share of calls answered 200
 in a short recovery phase. Loopback only, bounded (about 25 s with the
-defaults). Run by hand::
+defaults). Run by hand, or by ``python benchmarks/run.py --only storm``::
 
     python benchmarks/retry_storm.py [--callers 40] [--rate 500] [--seconds 5] [--recovery 1]
 
@@ -31,19 +31,13 @@ import threading
 import time
 from collections.abc import Callable
 from importlib.metadata import version
-from pathlib import Path
 
+import _util
 import requests
 import tenacity
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
-
-# Run from a checkout: import this worktree's package, not an installed one.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _loopback_peer import Peer
 
 import resilient_client
 from resilient_client._deadline import DeadlineAdapter
@@ -150,21 +144,21 @@ def hammer(
     return sum(counts), [s for per in statuses for s in per]
 
 
-def run(callers: int, rate: float, seconds: float, recovery: float) -> list[dict[str, object]]:
+def storm(callers: int, rate: float, seconds: float, recovery: float) -> list[dict[str, object]]:
     rows = []
     for name, factory in CLIENTS:
-        with Peer() as peer:  # a fresh peer (and fresh connections) for each client
+        with _util.peer("ok") as peer:  # a fresh peer (and fresh connections) for each client
             call, close = factory(callers)
-            url = peer.url + "/items/42"
+            url = peer.base + "/items/42"
             call(url)  # warm up: open a connection while healthy
             peer.set_outage(True)
-            before = peer.requests
+            before = peer.count()
             started = time.monotonic()
             calls, _ = hammer(call, url, callers, rate, seconds)
             elapsed = time.monotonic() - started
-            outage_requests = peer.requests - before
+            outage_requests = peer.count() - before
             peer.set_outage(False)
-            before = peer.requests
+            before = peer.count()
             rcalls, statuses = hammer(call, url, callers, rate, recovery)
             recovered = sum(1 for s in statuses if s == 200) / max(1, len(statuses))
             close()
@@ -175,11 +169,24 @@ def run(callers: int, rate: float, seconds: float, recovery: float) -> list[dict
                 "amplification": outage_requests / max(1, calls),
                 "peer_rate": outage_requests / elapsed,
                 "app_rate": calls / elapsed,
-                "connections": peer.connections,
+                "connections": peer.connections(),
                 "recovered": recovered,
-                "recovery_amp": (peer.requests - before) / max(1, rcalls),
+                "recovery_amp": (peer.count() - before) / max(1, rcalls),
             })
             print(f"  done: {name}", file=sys.stderr)
+    return rows
+
+
+def run(*, smoke: bool = False) -> list[_util.Row]:
+    """The storm with the defaults (tiny ones for a smoke run), as result rows."""
+    callers, rate, seconds, recovery = (4, 50.0, 0.5, 0.3) if smoke else (40, 500.0, 5.0, 1.0)
+    bench = f"retry storm, {callers} callers at {rate:g} calls/s, {seconds:g} s outage"
+    rows = []
+    for r in storm(callers, rate, seconds, recovery):
+        amplification = float(str(r["amplification"]))
+        rows.append(_util.Row(bench, f"{r['client']}: calls reaching the peer per call", amplification, "x",
+                              note=f"{float(str(r['peer_rate'])):,.0f} peer req/s; "
+                                   f"{float(str(r['recovered'])):.0%} 200s after recovery"))
     return rows
 
 
@@ -216,7 +223,7 @@ def main() -> None:
           f"{args.recovery:g} s recovery, loopback peer in its own process; "
           f"Python {sys.version.split()[0]}, requests {requests.__version__}, "
           f"urllib3 {urllib3.__version__}, tenacity {version('tenacity')}\n")
-    rows = run(args.callers, args.rate, args.seconds, args.recovery)
+    rows = storm(args.callers, args.rate, args.seconds, args.recovery)
     print(table(rows))
     # The budget allows ratio x first tries plus min_per_second x window
     # retries in any window: over an outage of T seconds, at most about

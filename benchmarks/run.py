@@ -1,15 +1,19 @@
 """
 Run every benchmark of resilient_client and print one table.
 
-    python benchmarks/run.py                  # everything, a few minutes
-    python benchmarks/run.py --only happy     # one or more: happy breaker
-                                              #   amplification cascade drip import
+    python benchmarks/run.py                  # everything, several minutes
+    python benchmarks/run.py --only happy     # one or more: happy breaker amplification
+                                              #   storm retry observability cascade drip
+                                              #   orphaned import
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
-Each benchmark is also a script of its own (``python benchmarks/bench_happy.py``).
-Everything runs on 127.0.0.1; ratios come from interleaved rounds (medians),
-measured side by side in the same run.
+Each benchmark is also a script of its own, with its own options
+(``python benchmarks/bench_happy.py``, ``python benchmarks/retry_storm.py
+--rate 100``, ...): `BENCHES` names the script behind each. Everything runs
+on 127.0.0.1 against the test suite's one loopback server (tests/peers.py,
+in its own process); ratios come from interleaved rounds (medians), measured
+side by side in the same run.
 """
 
 from __future__ import annotations
@@ -28,13 +32,22 @@ import bench_cascade
 import bench_drip
 import bench_happy
 import bench_import
+import observability_overhead
+import orphaned_work
+import retry_overhead
+import retry_storm
 
+#: Every benchmark, by the name ``--only`` takes: each is a script's ``run(smoke=...)``.
 BENCHES = {
     "happy": bench_happy.run,
     "breaker": bench_breaker.run,
     "amplification": bench_amplification.run,
+    "storm": retry_storm.run,
+    "retry": retry_overhead.run,
+    "observability": observability_overhead.run,
     "cascade": bench_cascade.run,
     "drip": bench_drip.run,
+    "orphaned": orphaned_work.run,
     "import": bench_import.run,
 }
 

@@ -26,6 +26,11 @@ CONFIG = {
     ]
 }
 
+# One session for the whole service, built when the module is imported, as
+# a Flask app module does (in production, from a file:
+# ResilientSession("/etc/orders/resilience.yaml")).
+SESSION = resilient_client.ResilientSession(CONFIG)
+
 
 @dataclass(frozen=True)
 class Availability:
@@ -39,13 +44,8 @@ class Availability:
         return self.available is not None
 
 
-class InventoryClient:
-    """The service's view of inventory."""
-
-    def __init__(self, session: resilient_client.ResilientSession | None = None) -> None:
-        self.session = session or resilient_client.ResilientSession(CONFIG)
-
-    def availability(self, sku: str) -> Availability:
-        resp = self.session.get(f"{INVENTORY}/items/{sku}")
-        resp.raise_for_status()
-        return Availability(sku, resp.json()["available"])
+def availability(sku: str) -> Availability:
+    """What inventory says about *sku*."""
+    resp = SESSION.get(f"{INVENTORY}/items/{sku}")
+    resp.raise_for_status()
+    return Availability(sku, resp.json()["available"])

@@ -438,3 +438,28 @@ def _check_shared_state(endpoints: Sequence[Endpoint]) -> None:
                     f"different {section}; endpoints sharing a name share its state, so give "
                     "them the same settings or different names",
                 )
+
+
+#: What one call may change of its endpoint's policy (``session.get(url,
+#: policy={...})``): how this call is made, not the endpoint's shared state.
+CALL_SECTIONS = ("timeout", "retry", "fallback", "propagation")
+
+
+def call_policy(base: Policy, changes: Mapping[str, Any]) -> Policy:
+    """
+    *base* with the sections in *changes* merged over it, as an endpoint's
+    are over ``defaults`` (``null`` switches a section off for the call).
+
+    Raises:
+        ConfigError: a key that is not a section one call may change (the
+            breaker, budget and bulkhead are the endpoint's, shared by every
+            call), or a bad value; the path starts with ``policy``.
+    """
+    raw = _mapping("policy", changes)
+    for key in raw:
+        if key not in CALL_SECTIONS:
+            why = ("is the endpoint's shared state, not one call's" if key in _SECTION_KEYS
+                   else "is not a policy section")
+            raise ConfigError(f"policy.{key}", f"cannot be changed for one call: {key!r} {why} "
+                                               f"(allowed: {', '.join(CALL_SECTIONS)})")
+    return _policy("policy", base, raw, name=base.name)

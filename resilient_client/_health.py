@@ -255,26 +255,26 @@ def _endpoint_states(session: ResilientSession) -> Iterable[tuple[_EndpointState
 def _shared_failures(breaker: CircuitBreaker, local: int | None) -> int | None:
     """
     The consecutive failures of a breaker stored in Redis, as every process
-    counts them together; *local* when Redis cannot tell.
+    counts them together; *local* when the breaker cannot tell.
 
     `CircuitBreaker.stats` counts this process's failures only: a process
     that never called the peer (``resilient-client status``, a worker just
     started) would show an open breaker with 0 failures. The shared record
     is the one that opened it, so that is the number to show.
     """
-    # The breaker has no public reader for the shared count; this one reads
-    # the snapshot the breaker itself decides from (cached for a few ms).
-    # Reached by name so that a breaker without it (the rewrite under way)
-    # degrades to the local count; test_cli's Redis status test then fails,
-    # which is the cue to read the rewrite's shared record instead.
-    snapshot = getattr(breaker, "_current_snapshot", None)
-    if snapshot is None:
+    # The breaker has no public reader for the shared count; `_read` gives
+    # the record the breaker itself decides from (the Redis store caches it
+    # for a few ms, and falls back to the local record while Redis is away).
+    # Reached by name so that a breaker without it degrades to the local
+    # count; test_cli's Redis status test then fails, the cue to follow it.
+    read = getattr(breaker, "_read", None)
+    if read is None:
         return local
     try:
-        snap = snapshot()
-    except Exception:  # an unreachable Redis must not fail the health view
+        record, _ = read()
+    except Exception:  # the health view must answer whatever the store does
         return local
-    failures = getattr(snap, "failures", None)
+    failures = getattr(record, "failures", None)
     return failures if isinstance(failures, int) else local
 
 

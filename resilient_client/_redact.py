@@ -54,7 +54,7 @@ _NO_SECRETS = Secrets()
 def redact_url(url: str, secrets: Secrets = _NO_SECRETS) -> str:
     """*url* with the password and secret query values replaced."""
     # Fast path, taken by nearly every URL: nothing that could be secret.
-    if not url or ("@" not in url and (not secrets.query or "?" not in url)):
+    if not url or ("@" not in url and (not secrets.query or ("?" not in url and "#" not in url))):
         return url
     try:
         parts = urlsplit(url)
@@ -65,16 +65,27 @@ def redact_url(url: str, secrets: Secrets = _NO_SECRETS) -> str:
         userinfo, _, hostport = netloc.rpartition("@")
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:{REDACTED}@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    query = parts.query
-    if query and secrets.query:
-        pieces = []
-        for piece in query.split("&"):
-            name, eq, _ = piece.partition("=")
-            if eq and unquote(name).lower() in secrets.query:
-                piece = f"{name}={REDACTED}"
-            pieces.append(piece)
-        query = "&".join(pieces)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query, fragment = parts.query, parts.fragment
+    if secrets.query:
+        # Pairs may be separated by ";" too (servers accept it), and a
+        # fragment may carry them (an OAuth implicit-grant token).
+        query, fragment = _redact_pairs(query, secrets), _redact_pairs(fragment, secrets)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+_PAIR_SEPARATORS = re.compile(r"([&;])")
+
+
+def _redact_pairs(text: str, secrets: Secrets) -> str:
+    """*text* (``a=1&token=x;b=2``) with the values of secret names replaced."""
+    if "=" not in text:
+        return text
+    pieces = _PAIR_SEPARATORS.split(text)
+    for i in range(0, len(pieces), 2):  # the separators sit at odd positions
+        name, eq, _ = pieces[i].partition("=")
+        if eq and unquote(name).lower() in secrets.query:
+            pieces[i] = f"{name}={REDACTED}"
+    return "".join(pieces)
 
 
 def redact_headers(headers: Mapping[str, str], secrets: Secrets = _NO_SECRETS) -> dict[str, str]:
@@ -99,6 +110,14 @@ def _forms(value: str) -> set[str]:
     escaped = repr(value)[1:-1]
     if escaped != value:
         forms.add(escaped)
+    # A value given as bytes is quoted as bytes (b'...\xc3\xa9...'): _text
+    # read it as latin-1, so that encoding gets the bytes back.
+    try:
+        as_bytes = repr(value.encode("latin-1"))[2:-1]
+    except UnicodeEncodeError:
+        as_bytes = repr(value.encode("utf-8"))[2:-1]
+    if as_bytes not in forms:
+        forms.add(as_bytes)
     return forms
 
 

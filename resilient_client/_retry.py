@@ -53,6 +53,8 @@ class Call:
         "deadline",
         "error",
         "first_verdict",
+        "hook_error",
+        "hook_guard",
         "idempotent",
         "kwargs",
         "left_endpoint",
@@ -65,6 +67,7 @@ class Call:
         "route",
         "stop_reason",
         "stream",
+        "timeout_given",
         "timeouts",
     )
 
@@ -88,8 +91,14 @@ class Call:
         #: An earlier redirect hop of the current attempt got the peer's
         #: answer: the request reached it (see `resilient_client._verdict`).
         self.reached_peer = False
-        #: A redirect hop of the current attempt went to another endpoint.
+        #: The current attempt's last redirect hop went to another endpoint.
         self.left_endpoint = False
+        #: The exception a response hook raised in the current attempt (the
+        #: caller's own, not a transport failure), and the attempt's hook guard.
+        self.hook_error: BaseException | None = None
+        self.hook_guard: Any = None
+        #: The caller passed its own ``timeout=`` (it applies to every hop).
+        self.timeout_given = False
         #: What the latest attempt came to, classified once by the session,
         #: and the error it raised (None for a response).
         self.outcome: AttemptOutcome | None = None
@@ -254,7 +263,10 @@ class Backoff(tenacity.wait.wait_base):
         """The sleep after the *n*-th attempt (n from 1)."""
         p = self.policy
         # Cap the exponent so huge attempt counts cannot overflow.
-        base = min(p.max, p.initial * p.multiplier ** min(n - 1, 64))
+        try:
+            base = min(p.max, p.initial * p.multiplier ** min(n - 1, 64))
+        except OverflowError:  # a huge multiplier: the cap is all that is left
+            base = p.max
         jitter = p.jitter
         if jitter is Jitter.NONE:
             return base

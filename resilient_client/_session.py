@@ -24,13 +24,14 @@ exactly the next ``send`` it makes as a hop of the running attempt; any other
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import requests
 import tenacity
@@ -43,7 +44,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
-from ._config import Config, ConfigSource
+from ._config import Config, ConfigSource, call_policy
 from ._deadline import Deadline, DeadlineAdapter, arm, disarm, release
 from ._environ import EnvironCache
 from ._events import (
@@ -103,15 +104,6 @@ _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
 
-#: Run last in every ``ResilientSession.__init__`` with the session and its
-#: ``clock`` and ``rng`` arguments as given (None when omitted). Empty in
-#: production: `resilient_client.testing` adds one while a fake peer registry
-#: is active, so that sessions an application builds during a test run on the
-#: fake clock and are recorded.
-_NewSessionHook = Callable[["ResilientSession", "Clock | None", "random.Random | None"], None]
-_NEW_SESSION_HOOKS: list[_NewSessionHook] = []
-
-
 
 class _EndpointState:
     """What is shared by every request to one endpoint name (or origin)."""
@@ -142,7 +134,9 @@ class _EndpointState:
         """
         if self.bulkhead is not None and self.bulkhead.in_flight:
             return False
-        return self.breaker is None or self.breaker.state is BreakerState.CLOSED
+        # Half-open with no call in flight: its reset_timeout passed and
+        # nobody came back for the trial. Only an open breaker protects.
+        return self.breaker is None or self.breaker.state is not BreakerState.OPEN
 
 
 class _Route:
@@ -200,8 +194,7 @@ class ResilientSession(requests.Session):
         # stays 0 so that this session is the only retry layer.
         self.mount("https://", DeadlineAdapter())
         self.mount("http://", DeadlineAdapter())
-        for hook in tuple(_NEW_SESSION_HOOKS):
-            hook(self, clock, rng)
+        _LIVE_SESSIONS.add(self)  # last: it is complete, adapters mounted
 
     def _setup(
         self,
@@ -230,6 +223,7 @@ class ResilientSession(requests.Session):
         # Unmatched origins, least recently routed first (bounded: MAX_ORIGIN_STATES).
         self._origins: OrderedDict[str, _EndpointState] = OrderedDict()
         self._calls = 0
+        self._origins_next_scan = 0
         self._retryings: dict[int, tenacity.Retrying | None] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -251,6 +245,7 @@ class ResilientSession(requests.Session):
         for attr, value in state.items():  # as requests.Session.__setstate__ does
             setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
+        _LIVE_SESSIONS.add(self)
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
@@ -354,6 +349,13 @@ class ResilientSession(requests.Session):
             retrying = self._retryings[slot]
         return _Route(res, state, retrying)
 
+    def _route_changed(self, route: _Route, changes: Any) -> _Route:
+        """*route* with the call's ``policy=`` changes: same endpoint state, another policy."""
+        policy = call_policy(route.policy, changes)
+        res = route.resolution
+        return _Route(Resolution(policy, res.endpoint, res.index, res.key), route.state,
+                      self._build_retrying(policy))
+
     def _origin_state(self, origin: str, policy: Policy) -> _EndpointState:
         """An unmatched origin's state, kept for at most MAX_ORIGIN_STATES origins (lock held)."""
         origins = self._origins
@@ -361,14 +363,16 @@ class ResilientSession(requests.Session):
         if state is not None:
             origins.move_to_end(origin)
             return state
-        if len(origins) >= MAX_ORIGIN_STATES:
+        if len(origins) >= max(MAX_ORIGIN_STATES, self._origins_next_scan):
             # Forget the least recently used idle origins, down to 3/4 of the
             # bound, so one scan serves many new origins. Those not idle (a call
-            # in flight, a breaker open) stay: the bound gives way to protection.
+            # in flight, a breaker open) stay: the bound gives way to
+            # protection, and the next scan waits for a quarter more origins.
             idle = sorted((st.used, k) for k, st in origins.items() if st.idle())
             for _, k in idle[: len(origins) - MAX_ORIGIN_STATES * 3 // 4]:
                 for key in origins.pop(k).route_keys:
                     self._routes.pop(key, None)
+            self._origins_next_scan = len(origins) + MAX_ORIGIN_STATES // 4
         state = origins[origin] = _EndpointState(origin, policy, self)
         return state
 
@@ -376,14 +380,6 @@ class ResilientSession(requests.Session):
         """Every endpoint state this session keeps now: named endpoints, then origins."""
         with self._lock:
             return [*self._states.values(), *self._origins.values()]
-
-    def _forget_state(self) -> None:
-        """Drop every cached route and endpoint state (the testing kit's reset)."""
-        with self._lock:
-            self._routes.clear()
-            self._states.clear()
-            self._origins.clear()
-            self._retryings.clear()
 
     def _state_named(self, name: str) -> _EndpointState:
         with self._lock:
@@ -414,9 +410,16 @@ class ResilientSession(requests.Session):
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         """
-        requests' ``request``, but a call to an endpoint whose breaker is open
-        (and that has no fallback) is refused before requests prepares it:
-        refusing costs microseconds, not a request's preparation.
+        requests' ``request``, plus ``policy=``: changes to the endpoint's
+        policy for this call only, in the config file's own form (``{"retry":
+        None}``, ``{"timeout": {"total": 2}}``); breaker, budget and bulkhead
+        are the endpoint's and cannot change per call.
+
+        A call to an endpoint whose breaker is open (and that has no fallback)
+        is refused before requests prepares it: refusing costs microseconds,
+        not a request's preparation.
+
+        .. versionadded:: 0.2.0 ``policy=``
         """
         hop = getattr(self._local, "hop", None)
         if hop is not None:
@@ -427,7 +430,22 @@ class ResilientSession(requests.Session):
                 return self.request(method, url, *args, **kwargs)
             finally:
                 self._local.hop = hop
-        if isinstance(method, str) and isinstance(url, str):
+        changes = kwargs.pop("policy", None)
+        if changes is not None:
+            # requests passes no extra argument from request() to send(): the
+            # call's changes wait on this thread for the send it makes.
+            self._local.call_policy = changes
+            try:
+                return self._request(method, url, args, kwargs)
+            finally:
+                self._local.call_policy = None
+        return self._request(method, url, args, kwargs)
+
+    def _request(self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any) -> requests.Response:
+        # (A call with its own policy= may have a fallback its endpoint lacks:
+        # it takes the normal path.)
+        changed = getattr(self._local, "call_policy", None) is not None
+        if isinstance(method, str) and isinstance(url, str) and not changed:
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
             if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
@@ -552,6 +570,11 @@ class ResilientSession(requests.Session):
             self._local.hop = None
             return self._send_hop(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
+        changes = kwargs.pop("policy", None)
+        if changes is None and getattr(self._local, "call_policy", None) is not None:
+            changes, self._local.call_policy = self._local.call_policy, None  # request()'s, taken once
+        if changes is not None:
+            route = self._route_changed(route, changes)
         # Recency for the origin bound: a plain counter, racy on purpose (an
         # approximate order is all eviction needs; a lock here is not worth it).
         self._calls += 1
@@ -572,11 +595,16 @@ class ResilientSession(requests.Session):
         connect, read = call.timeouts
         breaker = None
         target = self._route_for(request.method or "GET", request.url or "")
-        if target.state is not route.state:
-            # Into another endpoint: its timeouts and its breaker; the source
-            # answered (with a redirect) and is not blamed for the target.
-            call.left_endpoint = True
-            route, (connect, read), breaker = target, target.timeouts, target.state.breaker
+        # Where this hop goes decides whose outcome the attempt ends with: the
+        # source's (a bounce back, A -> B -> A) or another endpoint's.
+        call.left_endpoint = target.state is not route.state
+        if call.left_endpoint:
+            # Into another endpoint: its timeouts (unless the call gave its
+            # own) and its breaker; the source answered (with a redirect) and
+            # is not blamed for the target.
+            route, breaker = target, target.state.breaker
+            if not call.timeout_given:
+                connect, read = target.timeouts
         deadline = call.deadline
         if deadline is not None:
             left = deadline.remaining()
@@ -593,11 +621,21 @@ class ResilientSession(requests.Session):
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
             self._emit(BreakerRejected(route.name, request.method or "", self._url(request), exc.retry_at))
-            raise
+            # Not CircuitOpenError: that promises nothing touched the network,
+            # and the first hop did reach the peer (a write may have acted).
+            raise requests.ConnectionError(
+                f"not following the redirect into endpoint {route.name!r}: its breaker is open",
+                request=request) from exc
+        if call.hook_guard is not None:
+            # The hop's hooks report to the target's breaker, not the source's.
+            request.hooks = {**request.hooks, "response": [call.hook_guard.moved(breaker, is_trial,
+                                                                                route.policy.failure_status)]}
         started = self.clock.monotonic()
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
+            if call.hook_error is exc:
+                raise  # a hook of ours recorded the status already: the caller's own error
             failed = classify_error(exc, deadline_passed=deadline is not None and deadline.expired()).failure
             if failed:
                 breaker.record(success=False, is_trial=is_trial, duration=self.clock.monotonic() - started)
@@ -615,7 +653,7 @@ class ResilientSession(requests.Session):
         stream = bool(kwargs.get("stream", self.stream))
         # Our own total, or the deadline inherited from our caller (or from
         # the call whose hook or listener makes this one) if sooner.
-        enclosing: Call | None = getattr(self._local, "attempt", None)
+        enclosing: Call | None = getattr(self._local, "call", None)
         deadline = call_deadline(self.clock, policy.timeout.total,
                                  enclosing.deadline if enclosing is not None else None)
         call = Call(
@@ -626,17 +664,30 @@ class ResilientSession(requests.Session):
             idempotent=self._idempotent(request, policy),
             replayable=is_replayable(request),
         )
-        call.timeouts = self._timeouts(route, kwargs.get("timeout"))
+        given = kwargs.get("timeout")
+        call.timeout_given = given is not None
+        call.timeouts = self._timeouts(route, given)
         call.route = route
         call.stream = stream
         hot = self._bus.wants_hot()
         started = self.clock.monotonic() if hot else 0.0
+        # What a listener, a fallback or a hook runs while this call is under
+        # way is part of it: their calls inherit its deadline (see above).
+        local = self._local
+        local.call = call
+        try:
+            return self._send_and_report(call, hot, started)
+        finally:
+            local.call = enclosing
+
+    def _send_and_report(self, call: Call, hot: bool, started: float) -> requests.Response:
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
             # Whatever leaves the session carries no secret, of this request or of
             # a redirect hop's (a secret first seen in a Location header).
             redact_exception(exc, self._secret_values(call), self.config.secrets)
+            _tell_attempts(exc, call.attempt)
             if hot:
                 self._emit_call(call, None, exc, started)
             raise
@@ -713,6 +764,7 @@ class ResilientSession(requests.Session):
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
         resp.attempts = call.attempt  # type: ignore[attr-defined]
         resp.is_fallback = False  # type: ignore[attr-defined]
+        resp.stale_age = None  # type: ignore[attr-defined]
         return resp
 
     def _attempt_then_retrying(self, call: Call, retrying: tenacity.Retrying) -> requests.Response:
@@ -760,6 +812,7 @@ class ResilientSession(requests.Session):
                 raise DeadlineExceeded(route.name, deadline.total, request=request)
             connect, read = min(connect, left), min(read, left)
         call.reached_peer = call.left_endpoint = False
+        call.hook_error = call.hook_guard = None
         if call.attempt and hasattr(request, _REAUTH):
             request = _reauthenticated(request)
         prop = route.policy.propagation
@@ -795,7 +848,7 @@ class ResilientSession(requests.Session):
             # resends what the peer answered, no fallback hides it), and the
             # breaker sees the attempt's status before the hook can raise.
             guard = _HookGuard(request.hooks["response"], breaker, is_trial,
-                               route.policy.failure_status, self.clock)
+                               route.policy.failure_status, self.clock, call)
             if request is call.request:
                 request = request.copy()
             request.hooks = {**request.hooks, "response": [guard]}
@@ -805,6 +858,7 @@ class ResilientSession(requests.Session):
         started = self.clock.monotonic()
         if guard is not None:
             guard.started = started
+            call.hook_guard = guard
         a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
         local = self._local
@@ -818,7 +872,9 @@ class ResilientSession(requests.Session):
                 disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
             call.error = exc
-            if guard is not None and guard.raised is exc:
+            # Set by the hook guard during send (mypy cannot see that).
+            hook_error: BaseException | None = getattr(call, "hook_error", None)
+            if hook_error is exc:
                 outcome = call.outcome = _HOOK_RAISED
             else:
                 outcome = call.outcome = classify_error(
@@ -829,7 +885,7 @@ class ResilientSession(requests.Session):
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                            call.attempt, outcome.kind, None,
                                            duration, type(exc).__name__))
-            if breaker is not None and (guard is None or guard.raised is None):
+            if breaker is not None and (hook_error is None or call.left_endpoint):
                 if call.left_endpoint:
                     breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif outcome.failure:
@@ -935,7 +991,8 @@ class ResilientSession(requests.Session):
                 fn = fb.function
                 module = getattr(fn, "__module__", None)
                 name = getattr(fn, "__qualname__", None)
-                shown = f"{module}.{name}" if module and name else repr(fn)
+                # Never repr(): a partial's or an object's repr may show its arguments.
+                shown = f"{module}.{name}" if module and name else type(fn).__qualname__
                 err = TypeError(
                     f"the fallback of endpoint {route.name!r} ({shown}) returned "
                     f"{type(made).__name__}, expected a requests.Response"
@@ -951,6 +1008,8 @@ class ResilientSession(requests.Session):
                 _discard(failure)
         resp.attempts = call.attempt  # type: ignore[attr-defined]
         resp.is_fallback = True  # type: ignore[attr-defined]
+        if kind != "stale":
+            resp.stale_age = None  # type: ignore[attr-defined]
         self._emit(FallbackServed(route.name, request.method or "", self._url(request), kind,
                                   self._describe(call, failure)))
         return resp
@@ -1011,17 +1070,33 @@ class ResilientSession(requests.Session):
             bulkhead.release()
 
         original = getattr(raw, "release_conn", None)
-        if raw is None or original is None:
+        if raw is None or original is None or resp._content_consumed:  # type: ignore[attr-defined]
+            # Nothing to hold: no connection, or a hook read the body already
+            # (and urllib3 released the connection before we could watch it).
             release()
             return
 
+        # The wrapper must not hold `raw` strongly: raw -> its release_conn ->
+        # raw would be a reference cycle, and a dropped response would free
+        # its slot only at the next garbage collection, not when dropped.
+        unbound = getattr(original, "__func__", None)
+        if unbound is not None and getattr(original, "__self__", None) is raw:
+            raw_ref = weakref.ref(raw)
+
+            def call_original() -> None:
+                still = raw_ref()
+                if still is not None:
+                    unbound(still)
+        else:
+            call_original = original
+
         def release_conn() -> None:
             try:
-                original()
+                call_original()
             finally:
                 release()
 
-        raw.release_conn = release_conn  # type: ignore[method-assign]
+        raw.release_conn = release_conn  # type: ignore[method-assign,union-attr]
         # A response dropped unread and unclosed (`if r.status_code != 200:
         # return`) calls neither: its slot comes back when it is collected.
         # Watched through `raw`, which a caller may keep (`.raw` streaming)
@@ -1073,6 +1148,175 @@ class ResilientSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<ResilientSession endpoints={[e.name for e in self.config.endpoints]}>"
+
+    # == The test seam ========================================================
+    #
+    # resilient_client.testing's only way into a session: nothing outside this
+    # module touches a session's private attributes. The kit finds sessions
+    # with `_live_sessions` (a module-level one built at import time included)
+    # and hears of new ones with `_on_new_session`; it resets one with
+    # `_forget_state`, moves it onto its fake clock with `_use_clock`, and
+    # counts the calls the application makes with `_watch_calls`. Each change
+    # comes with the function that undoes it, which holds the session weakly
+    # (undoing for a session since collected does nothing): a test's leftover
+    # sessions must stay collectable while a registry is active. Not for
+    # production code.
+
+    @staticmethod
+    def _live_sessions() -> list[ResilientSession]:
+        """Every session alive in this process, oldest first."""
+        return _LIVE_SESSIONS.snapshot()
+
+    @staticmethod
+    def _on_new_session(callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
+        """
+        Call *callback* with every session built from now on (at the end of
+        its ``__init__``, or when unpickled); returns what stops it.
+        """
+        return _LIVE_SESSIONS.watch(callback)
+
+    def _forget_state(self) -> None:
+        """
+        Start afresh: drop every endpoint state (breakers, budgets, bulkheads,
+        stale caches), cached route and retry engine, and the health
+        tracker's counts. Calls in flight finish on what they hold.
+        """
+        with self._lock:
+            self._routes.clear()
+            self._states.clear()
+            self._origins.clear()
+            self._origins_next_scan = 0
+            self._retryings.clear()
+            health, self._health = self._health, None
+        if health is not None:
+            # Subscribed by `health()`; the next call of it makes a new one.
+            self._bus.subscribe(health)()  # the returned function removes every copy
+
+    def _use_clock(self, clock: Clock | None, rng: random.Random | None) -> Callable[[], None]:
+        """
+        Read time from *clock* (None: keep this session's) and draw backoff
+        jitter from *rng* unless the session was built with an ``rng`` of
+        its own; returns what puts the old ones back.
+
+        Both ways the state is forgotten (`_forget_state`): breakers, budgets
+        and stale caches hold the clock they were made with, and each retry
+        engine holds ``clock.sleep`` and the jitter source, so keeping them
+        would mix two clocks. Routes, deadlines and attempts read
+        ``self.clock`` afresh on every call.
+        """
+        with self._lock:
+            old: list[Any] = [self.clock, self._rng]
+            if clock is not None:
+                self.clock = clock
+            if rng is not None and self._rng is None:
+                self._rng = rng
+        self._forget_state()
+        me = weakref.ref(self)  # see the section's comment: undoing holds no session
+
+        def restore() -> None:
+            session = me()
+            if session is None or not old:
+                return
+            with session._lock:
+                session.clock, session._rng = old
+            old.clear()  # twice is once
+            session._forget_state()
+
+        return restore
+
+    def _watch_calls(
+        self,
+        started: Callable[[requests.PreparedRequest], _T | None],
+        ended: Callable[[_T, requests.Response | None, BaseException | None], None],
+    ) -> Callable[[], None]:
+        """
+        Around every ``send`` of this session, call ``started(request)`` and,
+        unless that gave None, ``ended(token, response, exception)``; returns
+        what stops it. ``send`` is also how requests sends each redirect hop,
+        so *started* sees those too and tells them apart.
+        """
+        inner = self.send  # the class's, or the watch before this one
+
+        def send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+            token = started(request)
+            if token is None:
+                return inner(request, **kwargs)
+            try:
+                resp = inner(request, **kwargs)
+            except BaseException as exc:
+                ended(token, None, exc)
+                raise
+            ended(token, resp, None)
+            return resp
+
+        previous = vars(self).get("send")
+        # An instance attribute: other sessions, and pickles (requests pickles
+        # only its __attrs__), never see it.
+        self.send = send  # type: ignore[method-assign]
+        me, mine = weakref.ref(self), weakref.ref(send)
+        before = weakref.ref(previous) if previous is not None else None
+
+        def unwatch() -> None:
+            session, installed = me(), mine()
+            if session is None or installed is None or vars(session).get("send") is not installed:
+                return  # gone, undone already, or watched again since: not ours to undo
+            prior = before() if before is not None else None
+            if prior is None:
+                del session.send
+            else:
+                session.send = prior  # type: ignore[method-assign]
+
+        return unwatch
+
+
+# -- the registry behind the test seam ----------------------------------------
+
+_T = TypeVar("_T")
+
+
+class _LiveSessions:
+    """
+    Every `ResilientSession` alive in this process, oldest first, held
+    weakly, and the callbacks that want to hear of each new one: the registry
+    behind the test seam (see the end of `ResilientSession`). The testing kit
+    finds an application's sessions here, a module-level one built at import
+    time included, to put them on its fake clock and reset them between tests.
+    Weak, so it keeps no session alive; per process, so parallel test workers
+    never see each other's sessions. No callback is registered in production.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Keyed by a serial number: a dict keeps insertion order, so oldest first.
+        self._sessions: weakref.WeakValueDictionary[int, ResilientSession] = (
+            weakref.WeakValueDictionary()
+        )
+        self._serial = itertools.count()
+        self._callbacks: tuple[Callable[[ResilientSession], None], ...] = ()
+
+    def add(self, session: ResilientSession) -> None:
+        with self._lock:
+            self._sessions[next(self._serial)] = session
+            callbacks = self._callbacks
+        for callback in callbacks:  # outside the lock: a callback may build a session
+            callback(session)
+
+    def snapshot(self) -> list[ResilientSession]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def watch(self, callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
+        with self._lock:
+            self._callbacks = (*self._callbacks, callback)
+
+        def unwatch() -> None:
+            with self._lock:
+                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+
+        return unwatch
+
+
+_LIVE_SESSIONS = _LiveSessions()
 
 
 def _merge_proxies(request_setting: Any, session_setting: Any) -> Any:
@@ -1136,6 +1380,25 @@ def _finite(name: str, value: object, default: float) -> float:
     return seconds
 
 
+def _tell_attempts(exc: BaseException, attempts: int) -> None:
+    """
+    Put the call's attempt count on the error it raises (``exc.attempts``)
+    and, after a retry, say it in a note (shown in tracebacks and by
+    ``logging.exception``): urllib3's "Max retries exceeded" counts none of
+    ours. An error that already carries a count (a nested call's, passing
+    through its caller) keeps it.
+    """
+    if getattr(exc, "attempts", None) is not None:
+        return
+    try:
+        exc.attempts = attempts  # type: ignore[attr-defined]
+    except AttributeError:  # an exception class with __slots__: nothing to attach to
+        return
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
+    if attempts > 1 and add_note is not None:
+        add_note(f"resilient_client: gave up after {attempts} attempts")
+
+
 def _discard(resp: requests.Response) -> None:
     """Return a discarded response's connection to the pool (drain a small body, else close)."""
     try:
@@ -1194,16 +1457,16 @@ def _reauthenticated(request: requests.PreparedRequest) -> requests.PreparedRequ
 class _HookGuard:
     """
     The attempt's response hooks, run in order as requests runs them. When a
-    hook raises, it records the status it was looking at in the breaker
-    first, and remembers the exception so the session can tell it from a
-    transport failure.
+    hook raises, the guard records the status it was looking at in the
+    breaker first, and marks the exception as the caller's own on the call
+    (``call.hook_error``), so the session can tell it from a transport failure.
     """
 
-    __slots__ = ("breaker", "clock", "failure_status", "hooks", "is_trial", "raised", "started")
+    __slots__ = ("breaker", "call", "clock", "failure_status", "hooks", "is_trial", "started")
 
     def __init__(
         self, hooks: list[Callable[..., Any]], breaker: CircuitBreaker | None, is_trial: bool,
-        failure_status: frozenset[int], clock: Clock,
+        failure_status: frozenset[int], clock: Clock, call: Call | None = None,
     ) -> None:
         # A request sent again (``session.send(resp.request)``) carries the
         # guard of its first send: unwrap it, so it is not counted twice.
@@ -1214,16 +1477,25 @@ class _HookGuard:
         self.is_trial = is_trial
         self.failure_status = failure_status
         self.clock = clock
+        self.call = call
         self.started = 0.0
-        self.raised: BaseException | None = None
+
+    def moved(
+        self, breaker: CircuitBreaker | None, is_trial: bool, failure_status: frozenset[int]
+    ) -> _HookGuard:
+        """The same hooks, reporting to another endpoint's breaker (a redirect hop into it)."""
+        guard = _HookGuard(self.hooks, breaker, is_trial, failure_status, self.clock, self.call)
+        guard.started = self.clock.monotonic()
+        return guard
 
     def __call__(self, resp: requests.Response, **kwargs: Any) -> requests.Response:
         for hook in self.hooks:
             try:
                 out = hook(resp, **kwargs)
             except BaseException as exc:
-                if self.raised is None:
-                    self.raised = exc
+                call = self.call
+                if call is not None and call.hook_error is None:
+                    call.hook_error = exc
                     if self.breaker is not None:
                         failed = of_status(resp.status_code, self.failure_status).failure
                         self.breaker.record(success=not failed, is_trial=self.is_trial,
@@ -1232,3 +1504,8 @@ class _HookGuard:
             if out is not None:
                 resp = out
         return resp
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A response's request keeps its hooks: pickled (or deep-copied), the
+        # guard is just the user's hooks again, without breaker or call.
+        return (_HookGuard, (self.hooks, None, False, frozenset(), SYSTEM_CLOCK))

@@ -34,16 +34,20 @@ def normalise_url(url: str) -> tuple[str, str]:
     try:
         u = parse_url(url)
     except LocationValueError:
+        u = None
+    if u is None:
+        # Raised outside the except block: urllib3's error, which quotes the
+        # URL (secrets and all), must not even hang on as __context__.
         scheme, colon, _ = url.partition(":")
         if colon and _SCHEME.fullmatch(scheme) and url[:4].lower() != "http":
             # requests leaves a URL of another scheme (ftp://...) unparsed
             # and fails it with InvalidSchema when no adapter takes it: so
             # must we, not refuse it here. No rule can match it.
             return f"{scheme.lower()}:", f"{scheme.lower()}:"
-        # Not chained, and without the URL: it may carry secrets in its query.
-        raise InvalidURL("the URL cannot be parsed (expected scheme://host[:port]/path)") from None
+        raise InvalidURL("the URL cannot be parsed (expected scheme://host[:port]/path)")
     scheme = (u.scheme or "http").lower()
-    host = (u.host or "").lower()
+    # "host." is the same host as "host" (a fully qualified name): the same rules.
+    host = (u.host or "").lower().removesuffix(".") or (u.host or "")
     port = u.port or _DEFAULT_PORTS.get(scheme)
     shown = "" if port == _DEFAULT_PORTS.get(scheme) or port is None else f":{port}"
     return f"{scheme}://{host}{shown}{u.path or '/'}", f"{scheme}://{host}:{port}"

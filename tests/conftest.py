@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from peers import free_port
 
 # -- a throwaway Redis server --------------------------------------------------
 
@@ -19,9 +20,7 @@ class RedisServer:
 
     def __init__(self, executable: str) -> None:
         self.executable = executable
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -1,14 +1,12 @@
 """
-Helpers shared by the retry test files: a fake clock, a scripted transport
-(an adapter mounted on the session, so every layer above it runs for real)
-and a small loopback HTTP/1.1 peer that counts the connections it accepts.
+Helpers shared by the retry test files: a fake clock and a scripted transport
+(an adapter mounted on the session, so every layer above it runs for real).
+Real sockets are tests/peers.py's.
 """
 
 from __future__ import annotations
 
 import io
-import socket
-import socketserver
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -202,100 +200,3 @@ def retry_config(retry: Mapping[str, Any] | None = None, **sections: Any) -> dic
     }
     defaults.update(sections)
     return {"defaults": defaults}
-
-
-# -- a loopback peer -----------------------------------------------------------
-
-Handler = Callable[[str, str, Mapping[str, str], bytes], Any]
-
-
-class LoopbackPeer:
-    """
-    A small HTTP/1.1 keep-alive server on 127.0.0.1. ``handler(method, path,
-    headers, body)`` returns ``(status, headers, body)``, or ``"hang"`` to
-    never answer (until the peer stops). Counts accepted connections and
-    requests.
-    """
-
-    def __init__(self, handler: Handler, *, port: int = 0) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.requests = 0
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        peer = self
-
-        class _Conn(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                with peer.lock:
-                    peer.connections += 1
-                while not peer.stopping.is_set():
-                    if not peer._serve_one(self.rfile, self.wfile):
-                        return
-
-        class _Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            block_on_close = False
-
-        self.server = _Server(("127.0.0.1", port), _Conn)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def _serve_one(self, rfile: Any, wfile: Any) -> bool:
-        line = rfile.readline(65537)
-        if not line:
-            return False
-        method, path, _ = line.decode("latin-1").split(" ", 2)
-        headers: dict[str, str] = {}
-        for _ in range(100):  # bounded: a request has few headers
-            h = rfile.readline(65537).decode("latin-1")
-            if h in ("\r\n", "\n", ""):
-                break
-            k, _, v = h.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        body = b""
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            for _ in range(100_000):
-                size = int(rfile.readline().split(b";")[0], 16)
-                chunk = rfile.read(size + 2)[:size]
-                if size == 0:
-                    break
-                body += chunk
-        elif "content-length" in headers:
-            body = rfile.read(int(headers["content-length"]))
-        with self.lock:
-            self.requests += 1
-        answer = self.handler(method, path, headers, body)
-        if answer == "hang":
-            self.stopping.wait(30)
-            return False
-        status, extra, payload = answer
-        head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(payload)}"]
-        head += [f"{k}: {v}" for k, v in extra.items()]
-        wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
-        wfile.flush()
-        return True
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> LoopbackPeer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening on it (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

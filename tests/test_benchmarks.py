@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class TestBenchmarksSmoke:
     def test_run_py_smoke_prints_every_row(self, tmp_path):
-        """`benchmarks/run.py --smoke` runs the in-process benchmarks and writes their rows as JSON."""
+        """`benchmarks/run.py --smoke` runs the happy, breaker and amplification benchmarks, rows as JSON."""
         out = tmp_path / "rows.json"
         env = {**os.environ, "BENCH_NO_NGINX": "1"}
         proc = subprocess.run(
@@ -23,7 +24,8 @@ class TestBenchmarksSmoke:
         assert proc.returncode == 0, proc.stderr
         text = proc.stdout
         for needle in ("happy path, 1 thread", "happy path, 8 threads", "open-breaker rejection",
-                       "concurrency through one breaker", "retry amplification"):
+                       "concurrency through one breaker", "breaker storage on the happy path",
+                       "retry amplification"):
             assert needle in text
         import json
 
@@ -32,3 +34,13 @@ class TestBenchmarksSmoke:
         assert clients == {"urllib3 (floor)", "requests.Session", "requests + urllib3 Retry",
                            "tenacity + pybreaker", "stamina", "resilient_client",
                            "resilient_client, env cache off", "resilient_client, both shortcuts off"}
+
+    def test_run_py_drives_every_benchmark_script(self):
+        """Every script in benchmarks/ is one of run.py's: `python benchmarks/run.py` runs them all."""
+        scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - {"run"}
+        scripts = {s for s in scripts if not s.startswith("_")}
+        source = (ROOT / "benchmarks" / "run.py").read_text(encoding="utf-8")
+        benches = source[source.index("BENCHES = {"):]
+        benches = benches[: benches.index("}")]
+        driven = set(re.findall(r":\s*(\w+)\.run,", benches))
+        assert driven == scripts

@@ -15,13 +15,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from resilient_client._breaker import (
-    _MAX_BUCKETS,
-    _TRIAL_LEASE_MIN,
-    BreakerState,
-    BreakerStats,
-    CircuitBreaker,
-)
+from resilient_client._breaker import BreakerState, BreakerStats, CircuitBreaker
+from resilient_client._breaker_machine import _MAX_BUCKETS, _TRIAL_LEASE_MIN
 from resilient_client._clock import SYSTEM_CLOCK
 from resilient_client._policy import BreakerMode, BreakerPolicy
 from resilient_client.exceptions import CircuitOpenError

@@ -19,7 +19,7 @@ import pybreaker
 import pytest
 
 import resilient_client
-from resilient_client import _breaker
+from resilient_client import _breaker_redis
 from resilient_client._breaker import BreakerState, CircuitBreaker
 from resilient_client._policy import BreakerPolicy
 from resilient_client.exceptions import CircuitOpenError
@@ -66,7 +66,7 @@ def refused(breaker: CircuitBreaker) -> bool:
 @pytest.fixture(autouse=True)
 def _fast_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
     # Try a returning Redis every 50 ms rather than every second.
-    monkeypatch.setattr(_breaker, "_REDIS_RETRY_INTERVAL", 0.05)
+    monkeypatch.setattr(_breaker_redis, "_REDIS_RETRY_INTERVAL", 0.05)
 
 
 class TestSharedState:
@@ -150,7 +150,7 @@ class TestSharedState:
         breaker = CircuitBreaker("inventory", p)
         started = time.monotonic()
         fail(breaker)
-        storage = breaker._shared
+        storage = breaker._store.storage  # type: ignore[attr-defined]
         assert storage is not None
         opened_at = storage.opened_at
         assert opened_at is not None

@@ -9,17 +9,12 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 import types
 from collections.abc import Iterator
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import requests
-from obs_support import Peer, closed_port
-from peers import Peer as BehaviourPeer
-from peers import drip_body, hang
+from peers import Peer, answer, drip_body, free_port, hang, wsgi
 
 import resilient_client as rc
 from resilient_client.tools._cli import main
@@ -207,14 +202,15 @@ class TestGet:
     def test_prints_each_event_live_with_timings(self, tmp_path):
         """get shows the policy, each attempt, the backoff and the call's end, timed from its start."""
         cfg = write(tmp_path, "c.yaml", YAML)
-        with Peer([503, 200]) as peer:
-            out = run("get", f"{peer.url}/items?token={SECRET_TOKEN}", "--config", cfg,
+        with Peer().on("*", answer(503, b"nope"), answer(200, b'{"ok": true}')) as peer:
+            out = run("get", f"{peer.origin}/items?token={SECRET_TOKEN}", "--config", cfg,
                       "-H", f"X-Api-Key: {SECRET_KEY}")
-            assert peer.requests[0][2]["X-Api-Key"] == SECRET_KEY
+            assert peer.requests[0].headers["x-api-key"] == SECRET_KEY
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
-        assert lines[0] == f"GET {peer.url}/items?token=REDACTED"
-        assert lines[1] == f"  policy: no endpoint matched: defaults apply, state kept per origin {peer.url}"
+        assert lines[0] == f"GET {peer.origin}/items?token=REDACTED"
+        policy = f"  policy: no endpoint matched: defaults apply, state kept per origin {peer.origin}"
+        assert lines[1] == policy
         assert lines[2] == "  timeouts: connect 0.5s, read 2s, total 5s; retry: 3 attempts"
         events = [line.split("s  ", 1)[1] for line in lines if line.startswith("  +")]
         assert events[0].startswith("attempt 1: status 503 in ")
@@ -230,7 +226,7 @@ class TestGet:
     def test_a_failed_call_shows_the_redacted_error_and_exits_1(self, tmp_path):
         """A refused call prints the attempts, the give-up and the error without secrets, exit 1."""
         cfg = write(tmp_path, "c.yaml", YAML.replace("attempts: 3", "attempts: 2"))
-        out = call("get", f"http://127.0.0.1:{closed_port()}/x?token={SECRET_TOKEN}", "-c", cfg)
+        out = call("get", f"http://127.0.0.1:{free_port()}/x?token={SECRET_TOKEN}", "-c", cfg)
         assert out.returncode == 1
         assert "attempt 1: connect_error (ConnectionError)" in out.stdout
         assert "gave up after 2 attempt(s): attempts, last outcome connect_error" in out.stdout
@@ -239,7 +235,7 @@ class TestGet:
 
     def test_repeated_calls_show_the_breaker_opening_and_the_fallback(self, tmp_path):
         """With -n, the breaker's opening, the refusals and a static fallback appear as they happen."""
-        port = closed_port()
+        port = free_port()
         cfg = write(tmp_path, "c.json", json.dumps({
             "defaults": {"retry": None},
             "endpoints": [{"name": "down", "match": f"http://127.0.0.1:{port}/",
@@ -262,7 +258,7 @@ class TestGet:
         the socket error the deadline was enforced with (a ConnectionError or a ReadTimeout)."""
         cfg = write(tmp_path, "c.json", json.dumps(
             {"defaults": {"timeout": {"connect": 1, "read": 2, "total": 0.4}}}))
-        with BehaviourPeer().on("/slow", behaviour) as peer:
+        with Peer().on("/slow", behaviour) as peer:
             out = call("get", peer.url("/slow"), "-c", cfg)
         assert out.returncode == 1
         attempt = next(line for line in out.stdout.splitlines() if "attempt 1:" in line)
@@ -276,22 +272,14 @@ class TestGet:
         assert out.returncode == 2 and "expected 'Name: value'" in out.stderr
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def health_server() -> Iterator[tuple[rc.ResilientSession, str]]:
-    """A session of this process with its health app on a loopback wsgiref server."""
+    """A session of this process with its health app on the test server on loopback."""
     session = rc.ResilientSession({"endpoints": [{"name": "inventory", "match": "http://inv.test/"},
                                                  {"name": "search", "match": "http://search.test/",
                                                   "critical": False}]})
-    server = make_server("127.0.0.1", 0, rc.health_app(session), handler_class=_Quiet)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-    yield session, f"http://127.0.0.1:{server.server_port}/health"
-    server.shutdown()
-    server.server_close()
+    with Peer().on("*", wsgi(rc.health_app(session))) as peer:
+        yield session, peer.url("/health")
 
 
 class TestStatus:
@@ -353,29 +341,23 @@ class TestStatus:
 
     def test_a_service_with_no_endpoints_says_so(self):
         """--from a service whose view is empty says that, instead of an empty table."""
-        session = rc.ResilientSession()
-        server = make_server("127.0.0.1", 0, rc.health_app(session), handler_class=_Quiet)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        try:
-            url = f"http://127.0.0.1:{server.server_port}/health"
+        with Peer().on("*", wsgi(rc.health_app(rc.ResilientSession()))) as peer:
+            url = peer.url("/health")
             out = call("status", "--from", url)
-        finally:
-            server.shutdown()
-            server.server_close()
         assert out.returncode == 0, out.stderr
         assert " ".join(out.stdout.split()).startswith(f"The service at {url} reports no endpoint")
         assert "endpoint critical" not in out.stdout
 
     def test_an_unreachable_service_exits_2(self):
         """A --from URL that refuses the connection is reported, exit 2."""
-        out = call("status", "--from", f"http://127.0.0.1:{closed_port()}/health")
+        out = call("status", "--from", f"http://127.0.0.1:{free_port()}/health")
         assert out.returncode == 2 and "cannot read the health view" in out.stderr
 
 
 def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
     """A breaker opened in this process with redis storage shows as open in a new `status` process,
     with the failures that opened it (counted in Redis), not the new process's own zero."""
-    port = closed_port()
+    port = free_port()
     config = {"defaults": {"retry": None},
               "endpoints": [{"name": "shared", "match": f"http://127.0.0.1:{port}/",
                              "breaker": {"failure_threshold": 3, "storage": redis_url}}]}

@@ -1,6 +1,6 @@
 """
-End to end on loopback: three real services A -> B -> C (threaded wsgiref
-servers), where C hangs.
+End to end on loopback: three real services A -> B -> C (WSGI apps on
+the test server), where C hangs.
 
 With propagation on, A's remaining time travels to B in the deadline header,
 B's `DeadlineMiddleware` makes it B's deadline, and B gives up on C within a
@@ -10,15 +10,14 @@ its own full timeout although nobody is waiting for its answer any more.
 
 from __future__ import annotations
 
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import requests
+from peers import Peer, wsgi
 
 from resilient_client import DeadlineMiddleware, ResilientSession
 
@@ -28,33 +27,15 @@ MARGIN = 0.05  # what B keeps back for answering
 SLACK = 0.15  # scheduling and loopback latency allowed on top
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # C writing to a caller that hung up is expected here
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class Service:
-    """A WSGI app served by its own threads on 127.0.0.1, on a free port."""
+    """A WSGI app served by the test server on 127.0.0.1, on a free port."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_Quiet)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
+        self.peer = Peer(lifetime=30.0).on("*", wsgi(app)).start()
+        self.url = self.peer.url("/")
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.peer.stop()
 
 
 class Chain:

@@ -112,6 +112,34 @@ class TestDocsTesting:
             == (ROOT / "examples" / "inventory_service.py").read_text()
         )
 
+    def test_tutorial_service_builds_its_session_at_import_time(self, docs_dir):
+        """The first example is the hard case: a module-level session, which no step hands to the kit."""
+        tree = ast.parse(MODULES["inventory_service.py"])
+        module_level = [
+            node for node in tree.body
+            if isinstance(node, ast.Assign) and "ResilientSession(" in ast.unparse(node.value)
+        ]
+        assert len(module_level) == 1
+        steps = "\n\n".join(src for _, src in TUTORIAL_FILES["test_inventory_service.py"])
+        assert "attach(" not in steps and "ResilientSession" not in steps
+        assert "session(" not in steps  # not even fake_peers.session()
+
+    def test_tutorial_steps_pass_in_reverse_order(self, docs_dir):
+        """No step depends on what another left in the module's session (step 4 opens its breaker)."""
+        source = "\n\n".join(src for _, src in TUTORIAL_FILES["test_inventory_service.py"])
+        names = [
+            node.name for node in ast.parse(source).body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test")
+        ]
+        docs_dir.makepyfile(test_inventory_service=source)
+        result = docs_dir.runpytest_inprocess(
+            *[f"test_inventory_service.py::{n}" for n in reversed(names)],
+            "-v", "-p", "no:cacheprovider", *OTHER_PLUGINS,
+        )
+        result.assert_outcomes(passed=len(names))
+        ran = [line.split("::")[1].split()[0] for line in result.outlines if " PASSED" in line]
+        assert ran == list(reversed(names))
+
     @pytest.mark.parametrize("name", sorted(TUTORIAL_FILES))
     def test_tutorial_file_passes(self, docs_dir, name):
         """The tutorial's test file, assembled from its steps, passes every test."""

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 import responses
-from peers import Peer, answer, echo, redirect, refused_port
+from peers import Peer, answer, echo, free_port, redirect
 from requests.adapters import HTTPAdapter
 
 import resilient_client
@@ -345,7 +345,7 @@ class TestResponseAttributes:
 
     def test_fallback_response_is_marked(self) -> None:
         """A static fallback's response has is_fallback True and counts the attempts made."""
-        port = refused_port()
+        port = free_port()
         config = {"defaults": {"retry": None, "fallback": {"status": 200, "json": {"cached": True}}}}
         with ResilientSession(config) as session:
             resp = session.get(f"http://127.0.0.1:{port}/x")
@@ -379,7 +379,7 @@ class TestExceptions:
     def test_refused_connection_is_requests_connection_error(self) -> None:
         """A refused connect raises requests' own ConnectionError, unwrapped."""
         with ResilientSession(PLAIN) as session, pytest.raises(requests.ConnectionError) as info:
-            session.get(f"http://127.0.0.1:{refused_port()}/")
+            session.get(f"http://127.0.0.1:{free_port()}/")
         assert type(info.value) is requests.ConnectionError
 
     def test_open_breaker_is_caught_as_connection_error(self, peer: Peer) -> None:

@@ -5,7 +5,11 @@ Rows are ``<fault>-<method>-<column>``:
 
 * fault: each entry of `faults.FAULTS` (refuse, hang, drips, resets, closes,
   truncated body, garbage, oversized headers, 5xx, 429/503 with Retry-After
-  in every form, flap), on a real socket on 127.0.0.1;
+  in every form, flap), on a real socket on 127.0.0.1; and each entry of
+  `faults.TLS_FAULTS`, over TLS (a handshake that stalls: it ends within the
+  connect timeout per attempt; a certificate from an untrusted CA: an
+  `SSLError` at once, never retried; a reset in the middle of the body),
+  verified with ``verify=`` the test CA's bundle per call;
 * method: ``GET``; ``POST`` without an idempotency key; ``POST-key`` with
   ``Idempotency-Key`` (configured as ``retry.idempotency_header``); ``PUT-gen``
   with a generator body (chunked, so it cannot be replayed);
@@ -48,7 +52,6 @@ selected, so ``-k`` picks rows without paying for the whole matrix.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -63,20 +66,17 @@ from faults import (
     FAULTS,
     REDIRECT_FAULTS,
     REDIRECT_TARGET,
+    TLS_FAULTS,
     Fault,
-    FaultPeer,
-    Switch,
-    blackholed,
-    client_sockets,
-    flap,
-    hang_until_gone,
-    redirect_chain,
-    redirect_to,
     refused_url,
 )
-from peers import answer, drip_body
+from peers import (
+    Peer,
+    ca_bundle,
+    drip_body,
+)
 
-from resilient_client import CircuitOpenError, DeadlineExceeded, Event, ResilientSession
+from resilient_client import AttemptFinished, CircuitOpenError, DeadlineExceeded, Event, ResilientSession
 
 #: The matrix's deadline: small, so that drips and hangs end fast.
 TOTAL = 1.0
@@ -86,6 +86,9 @@ SLACK = 0.3
 #: busy 2-core box schedules late: a row must not time out where it should reset.
 WORKERS = 4
 READ = 0.2
+CONNECT = 0.2
+#: How soon a call that fails on an untrusted certificate must end: no retry, no backoff, no deadline.
+FAST = 0.5
 AUTH_SECRET = "s3cr3t-bearer-9f2c71"
 QUERY_SECRET = "qs-secret-41d07e"
 COOKIE_SECRET = "sid-secret-c00k1e"
@@ -106,7 +109,7 @@ def config(column: str, timeout: tuple[float, float] | None = None) -> dict[str,
     The session config of a column: small timeouts (or the fault's own
     *timeout*, connect and read), tiny backoff, no budget.
     """
-    connect, read = timeout if timeout is not None else (0.2, READ)
+    connect, read = timeout if timeout is not None else (CONNECT, READ)
     defaults: dict[str, Any] = {
         "timeout": {"connect": connect, "read": read, "total": TOTAL},
         "retry": {
@@ -161,8 +164,8 @@ def expect(fault: Fault, method: str, column: str) -> Expected:
         consecutive = consecutive + 1 if failed else 0
         if isinstance(outcome, int):
             retry = outcome in ON_STATUS and _replays(method) and fault.retry_after_ok
-        elif outcome is DeadlineExceeded:
-            retry = False
+        elif outcome is DeadlineExceeded or fault.phase == "final":
+            retry = False  # the deadline, or a failure every try would meet (an untrusted certificate)
         else:
             retry = fault.phase == "before_send" or _replays(method)
         if not retry or (breaker and consecutive >= THRESHOLD):
@@ -196,6 +199,8 @@ class Row:
     open_after: int = 0
     max_open: int = 0
     client_connections: int = 0
+    #: TLS handshakes the peer completed.
+    handshakes: int = 0
     events: list[Event] = field(default_factory=list, repr=False)
     #: Everything the library wrote (logs, events, errors, reprs), to scan for secrets.
     texts: list[str] = field(default_factory=list, repr=False)
@@ -208,7 +213,11 @@ def _body() -> Iterator[bytes]:
 
 
 def call(session: ResilientSession, url: str, method: str) -> requests.Response:
-    """Make the row's call: *method* is a column of `METHODS`, or ``GET-stream``/``POST-stream``."""
+    """
+    Make the row's call: *method* is a column of `METHODS`, or ``GET-stream``/``POST-stream``.
+    HTTPS is verified against the test CA per call: ``REQUESTS_CA_BUNDLE`` would override ``session.verify``.
+    """
+    verify: str | bool = ca_bundle() if url.startswith("https:") else True
     stream = method.endswith("-stream")
     method = method.removesuffix("-stream")
     headers = {
@@ -218,13 +227,14 @@ def call(session: ResilientSession, url: str, method: str) -> requests.Response:
     }
     params = {"token": QUERY_SECRET, "page": "1"}
     if method == "GET":
-        return session.get(url, params=params, headers=headers, stream=stream)
+        return session.get(url, params=params, headers=headers, stream=stream, verify=verify)
     if method == "POST":
-        return session.post(url, params=params, headers=headers, data=b"payment=1", stream=stream)
+        return session.post(url, params=params, headers=headers, data=b"payment=1", stream=stream,
+                            verify=verify)
     if method == "POST-key":
         headers["Idempotency-Key"] = "key-1"
-        return session.post(url, params=params, headers=headers, data=b"payment=1")
-    return session.put(url, params=params, headers=headers, data=_body())
+        return session.post(url, params=params, headers=headers, data=b"payment=1", verify=verify)
+    return session.put(url, params=params, headers=headers, data=_body(), verify=verify)
 
 
 def _exception_texts(exc: BaseException) -> list[str]:
@@ -245,13 +255,19 @@ def _exception_texts(exc: BaseException) -> list[str]:
     return out
 
 
+def make_peer(fault: Fault, lifetime: float) -> Peer:
+    """The peer a fault needs: plain, or TLS (trusted or not, answering its handshakes or not)."""
+    if fault.tls is None:
+        return Peer(lifetime=lifetime)
+    return Peer(lifetime=lifetime, tls=True, trusted=fault.tls != "untrusted",
+                handshake="stall" if fault.tls == "stall" else "ok")
+
+
 def run_row(row: Row) -> None:
-    with FaultPeer(lifetime=20.0) as peer:
-        if row.fault.make is None:
-            url = refused_url("/r")
-        else:
+    with make_peer(row.fault, 20.0) as peer:
+        if row.fault.make is not None:
             peer.on("/r", row.fault.make())
-            url = peer.url("/r")
+        url = refused_url("/r") if row.fault.make is None and row.fault.tls is None else peer.url("/r")
         if row.fault.target is not None:
             peer.on(REDIRECT_TARGET, row.fault.target())
         session = ResilientSession(config(row.column, row.fault.timeout), listeners=[row.events.append])
@@ -271,6 +287,7 @@ def run_row(row: Row) -> None:
                     row.second = exc
                 row.hits_after_second = peer.hits("/r")
             row.bodies = peer.bodies("/r")
+            row.handshakes = peer.handshakes
             for result in (row.result, row.second):
                 if isinstance(result, requests.Response):
                     result.close()  # a streamed body nobody reads goes back, as a caller's would
@@ -318,7 +335,7 @@ def _dripped_body_is_lost() -> bool:
     branch fixes it; until it is merged, the drip-body rows are expected to
     fail, and once it is, the mark is not applied and the rows must pass.
     """
-    with FaultPeer(lifetime=5.0) as peer:
+    with Peer(lifetime=5.0) as peer:
         peer.on("/p", drip_body(b"xy", 0.01))
         with ResilientSession({"defaults": {"retry": None}}) as session:
             try:
@@ -363,7 +380,7 @@ REDIRECT_ROWS = [
 
 ROWS = [
     (fault, method, column)
-    for fault in FAULTS
+    for fault in FAULTS + TLS_FAULTS
     for method in METHODS
     for column in COLUMNS
 ] + REDIRECT_ROWS
@@ -474,6 +491,21 @@ class TestFaultMatrix:
         # Every write that reached the peer carried its whole body, retries included.
         if not row.method.startswith("GET"):
             assert row.bodies == row.hits
+        # TLS: the attempts are counted from the events (no request reaches the
+        # peer's HTTP layer to count them there). A handshake that stalls ends
+        # within the connect timeout, per attempt; an untrusted certificate
+        # fails at once, never retried.
+        if row.fault.tls is not None:
+            attempts = sum(isinstance(e, AttemptFinished) for e in row.events)
+            assert attempts == want.attempts, [e for e in row.events if isinstance(e, AttemptFinished)]
+        if row.fault.tls == "stall":
+            assert row.handshakes == 0
+            assert row.elapsed <= want.attempts * CONNECT + SLACK, row.elapsed
+        if row.fault.tls == "untrusted":
+            assert (want.attempts, row.handshakes) == (1, 0)
+            assert row.elapsed <= FAST, row.elapsed
+        if row.fault.tls == "ok":
+            assert row.handshakes == row.hits  # a new connection after each reset
         # Secrets never leave: logs, events, the exception, reprs.
         leaked = [t for t in row.texts if any(s in t for s in SECRETS)]
         assert not leaked, leaked[:3]
@@ -482,7 +514,9 @@ class TestFaultMatrix:
         """
         The matrix is the full product of fault kinds, methods and columns, plus the redirect rows.
         """
-        assert len(IDS) == len(set(IDS)) == len(FAULTS) * len(METHODS) * len(COLUMNS) + len(REDIRECT_ROWS)
+        faults = len(FAULTS) + len(TLS_FAULTS)
+        assert len(IDS) == len(set(IDS)) == faults * len(METHODS) * len(COLUMNS) + len(REDIRECT_ROWS)
+        assert {f.tls for f in TLS_FAULTS} == {"stall", "untrusted", "ok"}
         assert all(f in REDIRECT_FAULTS for f, _, _ in REDIRECT_ROWS)
         assert {f.name for f, _, _ in REDIRECT_ROWS} == {f.name for f in REDIRECT_FAULTS}
 
@@ -500,6 +534,21 @@ class TestFaultMatrix:
         for name in ("redirect-slow-hop-blackhole", "redirect-slow-hop-hang", "redirect-chain"):
             assert expect(_redirect(name), "GET", "plain") == Expected(DeadlineExceeded, 1, 1)
 
+    def test_tls_faults_are_expected_as_the_contract_says(self) -> None:
+        """
+        A stalled handshake is retried for a GET only, an untrusted certificate never, a reset as any.
+        """
+        stall, untrusted, reset_mid_body = TLS_FAULTS
+        assert expect(stall, "GET", "plain") == Expected(requests.ReadTimeout, 0, ATTEMPTS)
+        assert expect(stall, "POST", "plain") == Expected(requests.ReadTimeout, 0, 1)
+        assert expect(stall, "GET", "breaker") == Expected(requests.ReadTimeout, 0, THRESHOLD, opened=True)
+        for method in METHODS:
+            assert expect(untrusted, method, "plain") == Expected(requests.exceptions.SSLError, 0, 1)
+            assert expect(untrusted, method, "fallback") == Expected("fallback", 0, 1)
+        broken = requests.exceptions.ChunkedEncodingError
+        assert expect(reset_mid_body, "GET", "plain") == Expected(broken, ATTEMPTS, ATTEMPTS)
+        assert expect(reset_mid_body, "POST", "plain") == Expected(broken, 1, 1)
+
     def test_the_rows_exercise_every_outcome(self) -> None:
         """
         The expectations include each typed exception, a retried success, a fallback and an open breaker.
@@ -508,72 +557,6 @@ class TestFaultMatrix:
         assert any(expect(f, m, c).opened for f, m, c in ROWS)
         for kind in (DeadlineExceeded, requests.ReadTimeout,
                      requests.exceptions.ChunkedEncodingError, requests.ConnectionError,
+                     requests.exceptions.SSLError,
                      "fallback", 200, 429, 500, 503):
             assert kind in outcomes
-
-
-class TestFaultPeer:
-    def test_refusing_closes_the_port_and_accepting_reopens_it(self) -> None:
-        """
-        While refusing, connects to the peer's port are refused; afterwards it serves again.
-        """
-        with FaultPeer() as peer:
-            peer.on("/x", answer(200, b"ok"))
-            with requests.Session() as s:
-                with peer.refusing(), pytest.raises(requests.ConnectionError):
-                    s.get(peer.url("/x"), timeout=1)
-                assert s.get(peer.url("/x"), timeout=1).text == "ok"
-            assert peer.hits("/x") == 1
-
-    def test_open_connections_fall_back_when_the_client_leaves_a_hang(self) -> None:
-        """
-        hang_until_gone() frees its connection as soon as the client gives up.
-        """
-        with FaultPeer() as peer, requests.Session() as s:
-            peer.on("/h", hang_until_gone())
-            with pytest.raises(requests.ReadTimeout):
-                s.get(peer.url("/h"), timeout=(1, 0.05))
-            assert peer.wait_open_at_most(0) == 0
-            assert peer.max_open == 1
-
-    def test_flap_by_count_and_switch(self) -> None:
-        """
-        flap() alternates per request; a Switch plays what it was last switched to.
-        """
-        switch = Switch(answer(201))
-        with FaultPeer() as peer, requests.Session() as s:
-            peer.on("/f", flap(answer(503), answer(200), every=2))
-            peer.on("/s", switch)
-            assert [s.get(peer.url("/f")).status_code for _ in range(5)] == [503, 503, 200, 200, 503]
-            assert s.get(peer.url("/s")).status_code == 201
-            switch.to(answer(202))
-            assert s.get(peer.url("/s")).status_code == 202
-
-    def test_redirect_to_a_blackhole_and_a_redirect_chain(self) -> None:
-        """
-        redirect_to works its Location out from the peer (its own blackhole); a chain counts its hops.
-        """
-        with FaultPeer() as peer, requests.Session() as s:
-            peer.on("/hole", redirect_to(blackholed("/x")))
-            peer.on("/c", redirect_chain(3, 0.0))
-            peer.on(REDIRECT_TARGET, redirect_chain(3, 0.0))
-            with pytest.raises(requests.ConnectTimeout):
-                s.get(peer.url("/hole"), timeout=(0.05, 1))
-            assert peer.blackhole() is peer.blackhole()
-            resp = s.get(peer.url("/c"), timeout=1)
-            assert (resp.text, len(resp.history)) == ("ok", 3)
-            assert (peer.hits("/c"), peer.hits(REDIRECT_TARGET)) == (1, 3)
-        assert peer._blackhole is None  # stop() closed it
-
-    def test_client_sockets_counts_what_the_client_holds(self) -> None:
-        """
-        client_sockets() sees a pooled keep-alive connection, and none once it is closed.
-        """
-        with FaultPeer() as peer:
-            peer.on("/k", answer(200))
-            s = requests.Session()
-            s.get(peer.url("/k")).close()
-            assert client_sockets(peer.port) == 1
-            s.close()
-            gc.collect()
-            assert client_sockets(peer.port) == 0

@@ -6,16 +6,14 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import requests
 import responses
-from obs_support import Peer, closed_port
+from peers import Peer, answer, free_port, wsgi
 from urllib3.exceptions import NewConnectionError
 
 import resilient_client as rc
@@ -122,10 +120,10 @@ class TestHealthView:
 
     def test_bulkhead_usage_shows_calls_in_flight(self):
         """A streamed response holding its slot shows as one call in flight."""
-        with Peer([200]) as peer:
-            s = rc.ResilientSession({"endpoints": [{"name": "peer", "match": peer.url + "/",
+        with Peer().on("*", answer(200, b'{"ok": true}')) as peer:
+            s = rc.ResilientSession({"endpoints": [{"name": "peer", "match": peer.url("/"),
                                                     "bulkhead": {"max_concurrent": 4}}]})
-            held = s.get(peer.url + "/x", stream=True)
+            held = s.get(peer.url("/x"), stream=True)
             assert (s.health()["peer"].in_flight, s.health()["peer"].max_concurrent) == (1, 4)
             held.close()
             assert s.health()["peer"].in_flight == 0
@@ -138,7 +136,7 @@ class TestHealthView:
 
     def test_the_budget_and_redis_storage_are_shown_without_secrets(self):
         """The retry budget's use appears, and a Redis URL's password never does."""
-        url = f"redis://:hunter2secret@127.0.0.1:{closed_port()}/0"
+        url = f"redis://:hunter2secret@127.0.0.1:{free_port()}/0"
         s = rc.ResilientSession({"endpoints": [{"name": "shared", "match": "http://shared.test/",
                                                 "breaker": {"storage": url}}]})
         h = s.health()
@@ -204,26 +202,19 @@ class TestCritical:
         assert h["http://other.test:80"].critical is False and h.healthy
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def serve() -> Iterator[Any]:
-    """Run a WSGI app on a real wsgiref server on 127.0.0.1; yields a function(app) -> base URL."""
-    servers = []
+    """Run a WSGI app on the test server on 127.0.0.1; yields a function(app) -> base URL."""
+    peers: list[Peer] = []
 
     def start(app: Any) -> str:
-        server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
+        peer = Peer().on("*", wsgi(app)).start()
+        peers.append(peer)
+        return peer.origin
 
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    for peer in peers:
+        peer.stop()
 
 
 def raw_status(base: str, request: bytes) -> tuple[int, bytes]:

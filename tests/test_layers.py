@@ -5,17 +5,18 @@ real peer on 127.0.0.1.
 
 from __future__ import annotations
 
-import http.server
 import importlib
-import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import requests
+from peers import Peer, Switch, answer, delay, gate, sequence
 
 import resilient_client
 from resilient_client import (
@@ -27,60 +28,43 @@ from resilient_client import (
 )
 from resilient_client.testing import FakeClock
 
-
-class _Peer(http.server.BaseHTTPRequestHandler):
-    """Answers by path: /ok, /fail (503), /slow (waits for the gate), /stream."""
-
-    protocol_version = "HTTP/1.1"
-    gate: ClassVar[threading.Event] = threading.Event()
-    hits: ClassVar[list[str]] = []
-    status_for_ok: ClassVar[int] = 200
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes = b"") -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self.hits.append(self.path)
-        if self.path.startswith("/fail"):
-            self._send(503)
-        elif self.path.startswith("/slow"):
-            self.gate.wait(5)
-            self._send(200, b'{"slow": true}')
-        elif self.path.startswith("/toggle"):
-            self._send(self.status_for_ok, b'{"n": %d}' % len(self.hits))
-        else:
-            self._send(200, b'{"ok": true}')
-
-    do_POST = do_GET
-    do_HEAD = do_GET
+OK = answer(200, b'{"ok": true}', {"Content-Type": "application/json"})
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+@dataclass
+class Server:
+    """The test server, with the gate /slow waits for and the switch /toggle plays."""
+
+    peer: Peer
+    gate: threading.Event
+    toggle: Switch
+
+    def hits(self) -> int:
+        return self.peer.hits()
 
 
 @pytest.fixture
-def peer() -> Iterator[str]:
-    _Peer.gate = threading.Event()
-    _Peer.hits = []
-    _Peer.status_for_ok = 200
-    srv = _Server(("127.0.0.1", 0), _Peer)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        _Peer.gate.set()
-        srv.shutdown()
-        srv.server_close()
+def server() -> Iterator[Server]:
+    """
+    The test server, answering by path: /fail (503), /slow (waits for the
+    gate), /toggle (switched by the test), and 200 to everything else.
+    """
+    room = Server(Peer(lifetime=60.0), threading.Event(), Switch(answer(200, b'{"n": 1}')))
+    room.peer.on("/fail", answer(503))
+    room.peer.on("/slow", sequence(gate(room.gate, 5.0), answer(200, b'{"slow": true}')))
+    room.peer.on("/toggle", room.toggle)
+    room.peer.on("*", OK)
+    with room.peer:
+        try:
+            yield room
+        finally:
+            room.gate.set()
+
+
+@pytest.fixture
+def peer(server: Server) -> str:
+    """The server's base URL."""
+    return server.peer.origin
 
 
 def _config(base: str, **sections: Any) -> dict[str, Any]:
@@ -201,7 +185,7 @@ class TestPublicSurface:
 
 
 class TestBulkhead:
-    def test_call_beyond_max_concurrent_is_refused_at_once(self, peer: str) -> None:
+    def test_call_beyond_max_concurrent_is_refused_at_once(self, peer: str, server: Server) -> None:
         """With max_concurrent calls in flight, one more raises BulkheadFull without reaching the peer."""
         s = ResilientSession(_config(peer, bulkhead={"max_concurrent": 2}))
         results: list[object] = []
@@ -214,15 +198,15 @@ class TestBulkhead:
         bulkhead = s._route_for("GET", peer + "/slow").state.bulkhead
         assert bulkhead is not None
         for _ in range(500):  # bounded wait until both calls hold a slot and reached the peer
-            if bulkhead.in_flight == 2 and len(_Peer.hits) == 2:
+            if bulkhead.in_flight == 2 and server.hits() == 2:
                 break
             threading.Event().wait(0.005)
-        hits_before = len(_Peer.hits)
+        hits_before = server.hits()
         with pytest.raises(BulkheadFull) as info:
             s.get(peer + "/slow")
         assert info.value.endpoint == "peer" and info.value.max_concurrent == 2
-        assert len(_Peer.hits) == hits_before
-        _Peer.gate.set()
+        assert server.hits() == hits_before
+        server.gate.set()
         for t in threads:
             t.join(5)
         assert results == [200, 200]
@@ -280,11 +264,11 @@ class TestFallback:
         r = s.get("http://127.0.0.1:1/x")
         assert (r.status_code, r.text, r.is_fallback) == (503, "later", True)
 
-    def test_stale_serves_the_last_good_get_with_its_age(self, peer: str) -> None:
+    def test_stale_serves_the_last_good_get_with_its_age(self, peer: str, server: Server) -> None:
         """stale answers with the last 2xx GET for the same URL, and says how old it is."""
         s = ResilientSession(_config(peer, fallback="stale"))
         good = s.get(peer + "/toggle")
-        _Peer.status_for_ok = 503
+        server.toggle.to(answer(503, b'{"n": 2}'))
         r = s.get(peer + "/toggle")
         assert r.is_fallback and r.content == good.content
         assert r.status_code == 200 and "Age" in r.headers
@@ -370,13 +354,15 @@ class TestFallback:
             ResilientSession(cfg).get(peer + "/fail")
         assert failures[0].status_code == 503 and failures[0].raw.closed
 
-    def test_open_breaker_serves_fallback_without_touching_the_network(self, peer: str) -> None:
+    def test_open_breaker_serves_fallback_without_touching_the_network(
+        self, peer: str, server: Server
+    ) -> None:
         """With the breaker forced open, the fallback answers and the peer sees nothing."""
         s = ResilientSession(_config(peer, fallback={"status": 200, "text": "cached"}))
         s.circuit("peer").open()
         r = s.get(peer + "/ok")
         assert r.text == "cached" and r.attempts == 0 and r.is_fallback
-        assert _Peer.hits == []
+        assert server.hits() == 0
 
     def test_fallback_event_records_the_replaced_error(self, peer: str) -> None:
         """The fallback_served event carries what the fallback replaced."""
@@ -394,13 +380,13 @@ class TestCircuit:
         assert s.circuit("peer") is s.circuit(peer + "/anything")
         assert s.circuit("peer").state == "closed"
 
-    def test_open_breaker_fails_fast(self, peer: str) -> None:
+    def test_open_breaker_fails_fast(self, peer: str, server: Server) -> None:
         """A forced-open breaker raises CircuitOpenError naming the endpoint, without a request."""
         s = ResilientSession(_config(peer))
         s.circuit("peer").open()
         with pytest.raises(CircuitOpenError) as info:
             s.get(peer + "/ok")
-        assert info.value.endpoint == "peer" and _Peer.hits == []
+        assert info.value.endpoint == "peer" and server.hits() == 0
         s.circuit("peer").close()
         assert s.get(peer + "/ok").status_code == 200
 
@@ -409,7 +395,7 @@ class TestCircuit:
         with pytest.raises(KeyError, match="nope"):
             ResilientSession().circuit("nope")
 
-    def test_failures_open_the_breaker(self, peer: str) -> None:
+    def test_failures_open_the_breaker(self, peer: str, server: Server) -> None:
         """failure_threshold failing attempts open the breaker; then calls fail fast."""
         s = ResilientSession(_config(peer, breaker={"failure_threshold": 2, "reset_timeout": 60}))
         for _ in range(2):
@@ -417,24 +403,7 @@ class TestCircuit:
         assert s.circuit("peer").state == "open"
         with pytest.raises(CircuitOpenError):
             s.get(peer + "/fail")
-        assert len(_Peer.hits) == 2
-
-
-class _SlowPeer(http.server.BaseHTTPRequestHandler):
-    """Answers every request after 400 ms, many at once."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        threading.Event().wait(0.4)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
+        assert server.hits() == 2
 
 
 class TestConcurrencyThroughOneBreaker:
@@ -444,10 +413,8 @@ class TestConcurrencyThroughOneBreaker:
         breaker: dict[str, Any] = {"failure_threshold": 5}
         if storage == "redis":
             breaker["storage"] = request.getfixturevalue("redis_url")
-        srv = _Server(("127.0.0.1", 0), _SlowPeer)
-        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        base = f"http://127.0.0.1:{srv.server_address[1]}"
-        try:
+        with Peer().on("*", delay(0.4, answer(200, b"ok"))) as slow:
+            base = slow.origin
             s = ResilientSession({"endpoints": [{"name": "slow", "match": base + "/", "breaker": breaker}]})
             s.get(base + "/warm")  # connect to Redis and the peer once
             statuses: list[int] = []
@@ -455,24 +422,19 @@ class TestConcurrencyThroughOneBreaker:
                 threading.Thread(target=lambda: statuses.append(s.get(base + "/x").status_code))
                 for _ in range(8)
             ]
-            import time
-
             started = time.monotonic()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(5)
             elapsed = time.monotonic() - started
-        finally:
-            srv.shutdown()
-            srv.server_close()
         assert statuses == [200] * 8
         # Serialised, as pybreaker's call() would, this takes 8 x 0.4 = 3.2 s.
         assert elapsed < 0.8, f"8 concurrent calls took {elapsed:.3f}s"
 
 
 class TestEarlyRefusal:
-    def test_open_breaker_refuses_before_preparing(self, peer: str, monkeypatch: Any) -> None:
+    def test_open_breaker_refuses_before_preparing(self, peer: str, server: Server, monkeypatch: Any) -> None:
         """With the breaker open and no fallback, session.get raises before any request preparation."""
         s = ResilientSession(_config(peer))
         s.circuit("peer").open()
@@ -484,7 +446,7 @@ class TestEarlyRefusal:
         s.subscribe(events.append)
         with pytest.raises(CircuitOpenError):
             s.get(peer + "/ok", params={"q": "1"})
-        assert prepared == [] and _Peer.hits == []
+        assert prepared == [] and server.hits() == 0
         assert [type(e).__name__ for e in events] == ["BreakerRejected", "CallFinished"]
         assert s.circuit("peer").stats().rejected == 1
 

@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from faults import FaultPeer, Switch
-from peers import answer, server_error
+from peers import Peer, Switch, answer, server_error
 
 from resilient_client import CircuitOpenError, ResilientSession
 from resilient_client._breaker import CircuitBreaker
@@ -103,7 +102,7 @@ class TestProcessesShareABreakerThroughRedis:
         """
         redis_url = redis_server.url
         switch = Switch(answer(200, b"ok"))
-        with FaultPeer(lifetime=60.0) as peer:
+        with Peer(lifetime=60.0) as peer:
             peer.on("/p", switch)
             peer.on("/warm", answer(200))
             ctx = multiprocessing.get_context("spawn")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from obs_support import Peer, closed_port
+from peers import Peer, answer, free_port, hang
 
 import resilient_client as rc
 from resilient_client._redact import (
@@ -46,7 +46,9 @@ HEADERS = {
     "Cookie": f"sid={COOKIE}; theme=dark",
     "X-Api-Key": API_KEY,
 }
-PEER_HEADERS = {"Set-Cookie": f"sess={SET_COOKIE}; Path=/"}
+PEER_HEADERS = {"Set-Cookie": f"sess={SET_COOKIE}; Path=/", "Content-Type": "application/json"}
+OK = answer(200, b'{"ok": true}', PEER_HEADERS)
+UNAVAILABLE = answer(503, b"nope", PEER_HEADERS)
 
 
 def config(**defaults: Any) -> dict[str, Any]:
@@ -126,13 +128,13 @@ VARIANTS = [headers_variant, password_variant]
 class TestNoSecretAnywhere:
     def test_success(self, capture, caplog, variant):
         """A call answered at once (Set-Cookie in the answer) leaves no secret behind."""
-        with Peer([200], PEER_HEADERS) as peer:
-            url, headers = variant(peer.url)
+        with Peer().on("*", OK) as peer:
+            url, headers = variant(peer.origin)
             s = session_for(capture)
             resp = capture.call(lambda: s.get(url, headers=headers))
             assert resp.status_code == 200
             # The request did carry its secrets to the peer.
-            sent = json.dumps(peer.requests)
+            sent = json.dumps([(r.target, dict(r.headers)) for r in peer.requests])
             assert QTOK in sent and (AUTH in sent or BASIC in sent)
         blob = capture.blob(caplog, s, s.config, s.circuit(url), resp)
         assert f"token={REDACTED}" in blob  # the URL was logged, redacted
@@ -140,8 +142,8 @@ class TestNoSecretAnywhere:
 
     def test_retry_then_success(self, capture, caplog, variant):
         """A retried call logs each attempt and the retry without secrets."""
-        with Peer([503, 200], PEER_HEADERS) as peer:
-            url, headers = variant(peer.url)
+        with Peer().on("*", UNAVAILABLE, OK) as peer:
+            url, headers = variant(peer.origin)
             s = session_for(capture)
             resp = capture.call(lambda: s.get(url, headers=headers))
             assert resp.status_code == 200 and resp.attempts == 2
@@ -150,8 +152,8 @@ class TestNoSecretAnywhere:
 
     def test_give_up_on_status(self, capture, caplog, variant):
         """Retries running out on a 503 leave no secret in the give-up event or logs."""
-        with Peer([503], PEER_HEADERS) as peer:
-            url, headers = variant(peer.url)
+        with Peer().on("*", UNAVAILABLE) as peer:
+            url, headers = variant(peer.origin)
             s = session_for(capture)
             resp = capture.call(lambda: s.get(url, headers=headers))
             assert resp.status_code == 503
@@ -160,7 +162,7 @@ class TestNoSecretAnywhere:
 
     def test_give_up_on_refused_connection(self, capture, caplog, variant):
         """A refused connection's error (urllib3's MaxRetryError nested in args) is redacted."""
-        url, headers = variant(f"http://127.0.0.1:{closed_port()}")
+        url, headers = variant(f"http://127.0.0.1:{free_port()}")
         s = session_for(capture)
         capture.call(lambda: s.get(url, headers=headers))
         [err] = capture.errors
@@ -170,8 +172,8 @@ class TestNoSecretAnywhere:
 
     def test_read_timeout(self, capture, caplog, variant):
         """A peer that never answers times out, and the timeout error carries no secret."""
-        with Peer(["hang"]) as peer:
-            url, headers = variant(peer.url)
+        with Peer().on("*", hang()) as peer:
+            url, headers = variant(peer.origin)
             s = session_for(capture, timeout={"connect": 0.5, "read": 0.02}, retry=None)
             capture.call(lambda: s.get(url, headers=headers))
         [err] = capture.errors
@@ -180,8 +182,8 @@ class TestNoSecretAnywhere:
 
     def test_deadline(self, capture, caplog, variant):
         """DeadlineExceeded and the timeout chained to it carry no secret."""
-        with Peer(["hang"]) as peer:
-            url, headers = variant(peer.url)
+        with Peer().on("*", hang()) as peer:
+            url, headers = variant(peer.origin)
             s = session_for(capture, timeout={"connect": 0.5, "read": 1.0, "total": 0.03}, retry=None)
             capture.call(lambda: s.get(url, headers=headers))
         [err] = capture.errors
@@ -190,7 +192,7 @@ class TestNoSecretAnywhere:
 
     def test_breaker_open(self, capture, caplog, variant):
         """The failure that opens the breaker and the rejection after it carry no secret."""
-        url, headers = variant(f"http://127.0.0.1:{closed_port()}")
+        url, headers = variant(f"http://127.0.0.1:{free_port()}")
         s = session_for(capture, retry=None, breaker={"failure_threshold": 1})
         capture.call(lambda: s.get(url, headers=headers))
         capture.call(lambda: s.get(url, headers=headers))
@@ -200,7 +202,7 @@ class TestNoSecretAnywhere:
 
     def test_static_fallback(self, capture, caplog, variant):
         """The error a fallback replaced is described in its event without secrets."""
-        url, headers = variant(f"http://127.0.0.1:{closed_port()}")
+        url, headers = variant(f"http://127.0.0.1:{free_port()}")
         s = session_for(capture, retry=None, fallback={"status": 200, "json": {"items": []}})
         resp = capture.call(lambda: s.get(url, headers=headers))
         assert resp.is_fallback
@@ -210,8 +212,8 @@ class TestNoSecretAnywhere:
 
     def test_stale_fallback(self, capture, caplog, variant):
         """A stale answer served after a 503 leaves no secret in events or logs."""
-        with Peer([200, 503], PEER_HEADERS) as peer:
-            url, headers = variant(peer.url)
+        with Peer().on("*", OK, UNAVAILABLE) as peer:
+            url, headers = variant(peer.origin)
             s = session_for(capture, retry=None, fallback="stale")
             capture.call(lambda: s.get(url, headers=headers))
             resp = capture.call(lambda: s.get(url, headers=headers))
@@ -224,7 +226,7 @@ class TestNoSecretAnywhere:
         def fallback(request: requests.PreparedRequest, failure: object) -> requests.Response:
             raise RuntimeError(f"no fallback for {request.url} with {dict(request.headers)}")
 
-        url, headers = variant(f"http://127.0.0.1:{closed_port()}")
+        url, headers = variant(f"http://127.0.0.1:{free_port()}")
         cfg = rc.Config.load(config(retry=None))
         cfg = dataclasses.replace(cfg, defaults=cfg.defaults.replace(fallback=rc.CallableFallback(fallback)))
         s = rc.ResilientSession(cfg, listeners=[capture.events.append])
@@ -236,8 +238,8 @@ class TestNoSecretAnywhere:
 
     def test_bulkhead_full(self, capture, caplog, variant):
         """A call refused by a full bulkhead (slot held by a streamed response) carries no secret."""
-        with Peer([200], PEER_HEADERS) as peer:
-            url, headers = variant(peer.url)
+        with Peer().on("*", OK) as peer:
+            url, headers = variant(peer.origin)
             s = session_for(capture, bulkhead={"max_concurrent": 1})
             held = s.get(url, headers=headers, stream=True)
             capture.call(lambda: s.get(url, headers=headers))
@@ -261,10 +263,10 @@ class TestSecretsFirstSeenOnARedirectHop:
         self, capture: Capture, caplog: pytest.LogCaptureFixture, location: str
     ) -> None:
         """A secret that only a redirect hop's URL carries is redacted from the error, by name or shape."""
-        location = location.format(port=closed_port(), tok=QTOK, pw=PASSWORD)
-        with Peer([302], {"Location": location}) as peer:
+        location = location.format(port=free_port(), tok=QTOK, pw=PASSWORD)
+        with Peer().on("*", answer(302, b"nope", {"Location": location})) as peer:
             s = session_for(capture, retry=None)
-            capture.call(lambda: s.get(peer.url + "/login"))
+            capture.call(lambda: s.get(peer.url("/login")))
         [err] = capture.errors
         assert isinstance(err, requests.RequestException) and REDACTED in str(err)
         assert_clean(capture.blob(caplog, s))
@@ -422,3 +424,24 @@ class TestRedactionUnits:
         with caplog.at_level(logging.DEBUG):
             log.debug('%s "%s %s"', "h", "GET", f"/x?token={QTOK}")
         assert QTOK in caplog.text  # not ours to touch
+
+
+class TestUrlFormsInEvents:
+    def test_semicolon_separated_and_fragment_secrets_are_redacted(self) -> None:
+        """`;` separates pairs as `&` does, and a fragment may carry a token."""
+        from resilient_client._config import Secrets
+        from resilient_client._redact import redact_url
+
+        secrets = Secrets(query=frozenset({"token"}))
+        assert "SEMI1" not in redact_url("http://h/x?a=1;token=SEMI1", secrets)
+        assert "FRAG1" not in redact_url("http://h/x#token=FRAG1", secrets)
+        assert redact_url("http://h/x?a=1;b=2", secrets) == "http://h/x?a=1;b=2"
+
+    def test_a_bytes_header_value_is_redacted_as_bytes_are_quoted(self) -> None:
+        """A non-ASCII secret given as bytes is not quoted in InvalidHeader."""
+        import resilient_client
+
+        session = resilient_client.ResilientSession({"secrets": {"headers": ["X-Api-Key"]}})
+        with pytest.raises(requests.exceptions.InvalidHeader) as caught:
+            session.get("http://127.0.0.1:1/", headers={"X-Api-Key": "sécretHB1\n".encode()})
+        assert "cretHB1" not in str(caught.value)

@@ -1,7 +1,7 @@
 """
-Retries against real sockets on 127.0.0.1: small in-test peers that answer
-503, refuse, hang, or fail everything under concurrent load. Backoff is zero
-or a few milliseconds, so the whole file runs in seconds.
+Retries against real sockets on 127.0.0.1: the test server (tests/peers.py)
+answers 503, refuses, hangs, or fails everything under concurrent load.
+Backoff is zero or a few milliseconds, so the whole file runs in seconds.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 import requests
-from retry_helpers import LoopbackPeer, free_port
+from peers import Peer, answer, free_port, hang
 
 import resilient_client
 from resilient_client import GaveUp, RetryScheduled
 
 NO_WAIT = {"initial": 0.0, "max": 0.0, "jitter": "none"}
+UNAVAILABLE = answer(503, b"unavailable")
 
 
 def make_session(
@@ -38,71 +39,50 @@ def make_session(
 
 
 @pytest.fixture
-def peers() -> Iterator[list[LoopbackPeer]]:
-    """Peers started by a test, stopped after it."""
-    started: list[LoopbackPeer] = []
-    yield started
-    for p in started:
-        p.close()
-
-
-def serve(peers: list[LoopbackPeer], handler: Any, **kw: Any) -> LoopbackPeer:
-    p = LoopbackPeer(handler, **kw)
-    peers.append(p)
-    return p
-
-
-def always(status: int, body: bytes = b"unavailable") -> Any:
-    return lambda method, path, headers, payload: (status, {}, body)
+def peer() -> Iterator[Peer]:
+    """A peer for one test, stopped after it."""
+    with Peer(lifetime=60.0) as p:
+        yield p
 
 
 class TestStatusThenSuccess:
-    def test_503_then_200(self, peers):
+    def test_503_then_200(self, peer):
         """
         A 503 followed by a 200 gives the caller the 200, after two attempts on one connection.
         """
-        answers = iter([503])
-
-        def handler(method, path, headers, body):
-            return (next(answers, 200), {}, b"ok")
-
-        peer = serve(peers, handler)
+        peer.on("/items/1", answer(503, b"ok"), answer(200, b"ok"))
         with make_session() as session:
-            resp = session.get(peer.url + "/items/1")
+            resp = session.get(peer.url("/items/1"))
         assert (resp.status_code, resp.attempts, resp.text) == (200, 2, "ok")
-        assert (peer.requests, peer.connections) == (2, 1)
+        assert (peer.hits(), peer.connections) == (2, 1)
 
-    def test_exhausted_returns_the_last_503(self, peers):
+    def test_exhausted_returns_the_last_503(self, peer):
         """When every attempt gets a 503, the caller gets the last one with attempts == 3."""
-        peer = serve(peers, always(503))
+        peer.on("/", UNAVAILABLE)
         with make_session() as session:
-            resp = session.get(peer.url + "/")
-        assert (resp.status_code, resp.attempts, peer.requests) == (503, 3, 3)
+            resp = session.get(peer.url("/"))
+        assert (resp.status_code, resp.attempts, peer.hits()) == (503, 3, 3)
 
 
 class TestRefusedPort:
-    def test_post_is_retried_after_a_refused_connection(self, peers):
+    def test_post_is_retried_after_a_refused_connection(self, peer):
         """
         A refused connection sent nothing, so a POST is retried; its body arrives whole on the
         retry.
         """
-        port = free_port()
-        bodies: list[bytes] = []
+        peer.on("/orders", answer(201, b"created"))
+        peer.refuse()
 
-        def handler(method, path, headers, body):
-            bodies.append(body)
-            return (201, {}, b"created")
-
-        def start_peer(event: Any) -> None:
+        def open_port(event: Any) -> None:
             # The first attempt was refused: now open the port for the retry.
-            if isinstance(event, RetryScheduled) and not peers:
-                serve(peers, handler, port=port)
+            if isinstance(event, RetryScheduled):
+                peer.accept()
 
         with make_session() as session:
-            session.subscribe(start_peer)
-            resp = session.post(f"http://127.0.0.1:{port}/orders", data=b'{"sku": 42}')
+            session.subscribe(open_port)
+            resp = session.post(peer.url("/orders"), data=b'{"sku": 42}')
         assert (resp.status_code, resp.attempts) == (201, 2)
-        assert bodies == [b'{"sku": 42}']
+        assert [r.body for r in peer.requests] == [b'{"sku": 42}']
 
     def test_refused_every_time_raises_connection_error(self):
         """A port that keeps refusing raises ConnectionError after every attempt was made."""
@@ -118,16 +98,16 @@ class TestRefusedPort:
 
 class TestReadTimeout:
     @pytest.fixture
-    def hanging(self, peers):
-        return serve(peers, lambda *a: "hang")
+    def hanging(self, peer):
+        return peer.on("*", hang())
 
     def test_post_is_not_retried(self, hanging):
         """A read timeout on POST may mean the peer acted on it: it is raised after one attempt."""
         with make_session(timeout={"connect": 1.0, "read": 0.1, "total": 10.0}) as session:
             started = time.monotonic()
             with pytest.raises(requests.ReadTimeout):
-                session.post(hanging.url + "/orders", data=b"x")
-        assert hanging.requests == 1
+                session.post(hanging.origin + "/orders", data=b"x")
+        assert hanging.hits() == 1
         assert time.monotonic() - started < 1.0
 
     def test_get_is_retried(self, hanging):
@@ -136,8 +116,8 @@ class TestReadTimeout:
             make_session(timeout={"connect": 1.0, "read": 0.1, "total": 10.0}) as session,
             pytest.raises(requests.ReadTimeout),
         ):
-            session.get(hanging.url + "/items")
-        assert hanging.requests == 3
+            session.get(hanging.origin + "/items")
+        assert hanging.hits() == 3
 
     def test_post_with_idempotency_key_is_retried(self, hanging):
         """A POST carrying the idempotency header is retried after a read timeout."""
@@ -148,44 +128,44 @@ class TestReadTimeout:
             ) as session,
             pytest.raises(requests.ReadTimeout),
         ):
-            session.post(hanging.url + "/orders", data=b"x", headers={"Idempotency-Key": "k1"})
-        assert hanging.requests == 3
+            session.post(hanging.origin + "/orders", data=b"x", headers={"Idempotency-Key": "k1"})
+        assert hanging.hits() == 3
 
 
 class TestConnectionReuse:
-    def test_1000_retried_failures_reuse_one_connection(self, peers):
+    def test_1000_retried_failures_reuse_one_connection(self, peer):
         """
         1,000 retried 503s go over a handful of keep-alive connections: each discarded response is
         released.
         """
-        peer = serve(peers, always(503, b"x" * 512))
+        peer.on("/", answer(503, b"x" * 512))
         with make_session({"attempts": 5, "backoff": NO_WAIT}) as session:
             for _ in range(250):
-                assert session.get(peer.url + "/").attempts == 5
-        assert peer.requests == 1250  # 1,000 retried failures and 250 final answers
+                assert session.get(peer.url("/")).attempts == 5
+        assert peer.hits() == 1250  # 1,000 retried failures and 250 final answers
         assert peer.connections <= 2
 
-    def test_streamed_retries_are_drained_and_reused(self, peers):
+    def test_streamed_retries_are_drained_and_reused(self, peer):
         """
         With stream=True the 1,000 discarded bodies are drained, so their connections are reused
         too.
         """
-        peer = serve(peers, always(503, b"y" * 4096))
+        peer.on("/", answer(503, b"y" * 4096))
         with make_session({"attempts": 5, "backoff": NO_WAIT}) as session:
             for _ in range(250):
-                resp = session.get(peer.url + "/", stream=True)
+                resp = session.get(peer.url("/"), stream=True)
                 assert len(resp.content) == 4096  # the caller reads the last one
-        assert peer.requests == 1250
+        assert peer.hits() == 1250
         assert peer.connections <= 2
 
-    def test_concurrent_retries_stay_within_the_pool(self, peers):
+    def test_concurrent_retries_stay_within_the_pool(self, peer):
         """Eight threads retrying failures never open more connections than there are callers."""
-        peer = serve(peers, always(503))
+        peer.on("/", UNAVAILABLE)
         session = make_session({"attempts": 4, "backoff": NO_WAIT})
 
         def caller() -> None:
             for _ in range(40):
-                session.get(peer.url + "/")
+                session.get(peer.url("/"))
 
         threads = [threading.Thread(target=caller) for _ in range(8)]
         for t in threads:
@@ -193,17 +173,17 @@ class TestConnectionReuse:
         for t in threads:
             t.join(30)
         session.close()
-        assert peer.requests == 8 * 40 * 4
+        assert peer.hits() == 8 * 40 * 4
         assert peer.connections <= 8
 
 
 class TestBudgetUnderOutage:
-    def test_amplification_stays_near_one_plus_ratio(self, peers):
+    def test_amplification_stays_near_one_plus_ratio(self, peer):
         """
         Eight threads in a full outage: the peer sees at most (1 + ratio) x calls + the reserve, not
         3 x.
         """
-        peer = serve(peers, always(503))
+        peer.on("/", UNAVAILABLE)
         # ratio 0.2, and a reserve of min_per_second x window = 1 x 10 = 10 retries:
         # peer calls <= 1.2 x calls + 10, i.e. <= 1.225 x for 400 calls.
         session = make_session(
@@ -215,7 +195,7 @@ class TestBudgetUnderOutage:
 
         def caller() -> None:
             for _ in range(calls_per_thread):
-                assert session.get(peer.url + "/").status_code == 503
+                assert session.get(peer.url("/")).status_code == 503
 
         threads = [threading.Thread(target=caller) for _ in range(threads_n)]
         for t in threads:
@@ -224,6 +204,6 @@ class TestBudgetUnderOutage:
             t.join(60)
         session.close()
         bound = (1.2 * calls + 10) / calls
-        amplification = peer.requests / calls
+        amplification = peer.hits() / calls
         assert amplification <= bound <= 1.25
         assert amplification >= 1.2  # the budget's retries were used, not refused wholesale

@@ -26,10 +26,9 @@ from typing import Any
 import pytest
 import requests
 import responses
-from faults import FaultPeer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from peers import answer, echo, redirect
+from peers import Peer, answer, echo, redirect
 from test_fuzz import RETRY_AFTER, FakeClock
 
 from resilient_client import ResilientSession
@@ -158,7 +157,7 @@ class TestRedirectsHandCredentialsOnLikeRequests:
         """
         After a redirect, the target gets exactly the credentials requests.Session would send it.
         """
-        with FaultPeer() as origin, FaultPeer() as target:
+        with Peer() as origin, Peer() as target:
             target.on("/land", echo())
             host = "127.0.0.1" if where == "same-host" else "localhost"
             origin.on("/go", redirect(target.url("/land", host=host)))
@@ -174,7 +173,7 @@ class TestRedirectsHandCredentialsOnLikeRequests:
         """
         A cookie the origin set is not sent on to another host, with either session.
         """
-        with FaultPeer() as origin, FaultPeer() as target:
+        with Peer() as origin, Peer() as target:
             target.on("/land", echo())
             origin.on("/login", answer(200, b"ok", [("Set-Cookie", "sid=zzz; Path=/")]))
             origin.on("/go", redirect(target.url("/land", host="localhost")))

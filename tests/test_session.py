@@ -7,17 +7,33 @@ bound on per-origin state.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import pickle
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import requests
-from peers import Blackhole, Conn, Peer, Request, answer, hang, redirect, refused_port, reset
+from peers import (
+    Blackhole,
+    Peer,
+    Request,
+    answer,
+    close_early,
+    delay,
+    drip,
+    free_port,
+    hang,
+    head,
+    redirect,
+    reset,
+    send,
+    sequence,
+)
 from requests.auth import HTTPDigestAuth
 
 import resilient_client
@@ -40,23 +56,10 @@ def peer() -> Iterator[Peer]:
         yield p
 
 
-@dataclass(frozen=True)
-class _Late:
-    """Answer with *then* after *delay* seconds."""
-
-    delay: float
-    then: Any
-
-    def serve(self, conn: Conn, request: Request) -> bool:
-        if conn.peer.wait(self.delay):
-            return False
-        return bool(self.then.serve(conn, request))
-
-
 class TestRedirectHops:
     def test_a_write_redirected_to_a_refusing_target_is_sent_once(self, peer: Peer) -> None:
         """A POST answered with 303 is not resent when the redirect target refuses: it reached the peer."""
-        peer.on("/orders", redirect(f"http://127.0.0.1:{refused_port()}/done", status=303))
+        peer.on("/orders", redirect(f"http://127.0.0.1:{free_port()}/done", status=303))
         session = make_session()
         with pytest.raises(requests.ConnectionError):
             session.post(peer.url("/orders"), json={"item": 1})
@@ -64,7 +67,7 @@ class TestRedirectHops:
 
     def test_an_idempotent_call_redirected_to_a_refusing_target_is_retried(self, peer: Peer) -> None:
         """A GET whose redirect target refuses is retried as usual: repeating it is safe."""
-        peer.on("/items", redirect(f"http://127.0.0.1:{refused_port()}/moved"))
+        peer.on("/items", redirect(f"http://127.0.0.1:{free_port()}/moved"))
         session = make_session()
         with pytest.raises(requests.ConnectionError):
             session.get(peer.url("/items"))
@@ -76,14 +79,14 @@ class TestRedirectHops:
         events: list[AttemptFinished] = []
         session.subscribe(lambda e: events.append(e) if isinstance(e, AttemptFinished) else None)
         with pytest.raises(requests.ConnectionError):
-            session.post(f"http://127.0.0.1:{refused_port()}/orders", json={})
+            session.post(f"http://127.0.0.1:{free_port()}/orders", json={})
         assert len(events) == 3
 
     def test_each_hop_gets_only_the_time_left_when_it_starts(self, peer: Peer) -> None:
         """A hop after a slow first hop is cut off at `total`, not `total` plus the first hop's time."""
         hole = Blackhole()
         try:
-            peer.on("/slow", _Late(0.6, redirect(hole.url("/next"))))
+            peer.on("/slow", delay(0.6, redirect(hole.url("/next"))))
             session = make_session(timeout={"connect": 5.0, "read": 5.0, "total": 1.0}, retry=None)
             started = time.monotonic()
             with pytest.raises(resilient_client.DeadlineExceeded):
@@ -94,8 +97,8 @@ class TestRedirectHops:
 
     def test_a_chain_of_fast_hops_stops_at_the_deadline(self, peer: Peer) -> None:
         """Every hop is quick but the chain is long: the call ends at `total`."""
-        peer.on("/a", _Late(0.15, redirect("/b")))
-        peer.on("/b", _Late(0.15, redirect("/a")))
+        peer.on("/a", delay(0.15, redirect("/b")))
+        peer.on("/b", delay(0.15, redirect("/a")))
         session = make_session(timeout={"total": 0.5}, retry=None)
         session.max_redirects = 50
         started = time.monotonic()
@@ -150,7 +153,10 @@ class TestNestedCalls:
         """After a hook's own call, the outer call's redirect hops are still cut off at its `total`."""
         peer.on("/start", redirect("/drip"))
         peer.on("/side", answer(200, b"ok"))
-        peer.on("/drip", _Late(0.0, _Drip(b"x" * 40, 0.05)))
+        # Headers at once (no Connection: close), then the body one byte every 50 ms.
+        dripped = sequence(send(head(200, length=40)), drip(b"x" * 40, 0.05),
+                           close_early(after_headers=False))
+        peer.on("/drip", dripped)
         session = make_session(timeout={"connect": 1.0, "read": 1.0, "total": 0.6}, retry=None)
 
         def side_call(resp: requests.Response, **kwargs: Any) -> None:
@@ -162,17 +168,6 @@ class TestNestedCalls:
         with pytest.raises(resilient_client.DeadlineExceeded):
             session.get(peer.url("/start"))
         assert time.monotonic() - started < 0.9
-
-
-@dataclass(frozen=True)
-class _Drip:
-    body: bytes
-    interval: float
-
-    def serve(self, conn: Conn, request: Request) -> bool:
-        conn.send(f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n".encode())
-        conn.drip(self.body, self.interval)
-        return False
 
 
 class _DigestPeer:
@@ -328,7 +323,7 @@ class TestHookErrorsAreTheCallersOwn:
         """A hook raising ConnectionError (its sidecar is down) is not a transport failure of the POST."""
         peer.on("/orders", answer(201, b"created"))
         session = make_session()
-        dead = f"http://127.0.0.1:{refused_port()}/audit"
+        dead = f"http://127.0.0.1:{free_port()}/audit"
 
         def audit(r: requests.Response, **kwargs: Any) -> None:
             if r.request.method == "POST":
@@ -369,25 +364,14 @@ class TestHookErrorsAreTheCallersOwn:
 class TestStreamWithFallback:
     def test_a_dripped_failure_body_is_not_drained_past_the_deadline(self, peer: Peer) -> None:
         """stream=True, a 503 whose body drips, and a fallback: the call still ends at `total`."""
-        peer.on("/x", _Late(0.0, _DripStatus(503, b"e" * 40, 0.1)))
+        peer.on("/x", sequence(send(head(503, length=40, reason="X")), drip(b"e" * 40, 0.1),
+                               close_early(after_headers=False)))
         session = make_session(timeout={"connect": 1.0, "read": 1.0, "total": 1.0}, retry=None,
                                fallback={"status": 200, "text": "cached"})
         started = time.monotonic()
         resp = session.get(peer.url("/x"), stream=True)
         assert (resp.status_code, resp.is_fallback) == (200, True)
         assert time.monotonic() - started < 1.3
-
-
-@dataclass(frozen=True)
-class _DripStatus:
-    status: int
-    body: bytes
-    interval: float
-
-    def serve(self, conn: Conn, request: Request) -> bool:
-        conn.send(f"HTTP/1.1 {self.status} X\r\nContent-Length: {len(self.body)}\r\n\r\n".encode())
-        conn.drip(self.body, self.interval)
-        return False
 
 
 class TestAuthOnRetries:
@@ -425,15 +409,17 @@ class TestRedirectIntoAnotherEndpoint:
         return session
 
     def test_the_targets_forced_open_breaker_is_respected(self, two: tuple[Peer, Peer]) -> None:
-        """A redirect into an endpoint forced open fails fast, without reaching it."""
+        """A redirect into an endpoint forced open is not followed; the error does not claim no send."""
         a, b = two
         a.on("/go", redirect(b.url("/file")))
         b.on("/file", answer(200, b"data"))
         session = self.session_for(a, b)
         session.circuit("cdn").open()
-        with pytest.raises(resilient_client.CircuitOpenError):
+        with pytest.raises(requests.ConnectionError, match="redirect into endpoint 'cdn'") as caught:
             session.get(a.url("/go"))
-        assert b.hits() == 0
+        # CircuitOpenError promises the network was not touched; the first hop was.
+        assert not isinstance(caught.value, resilient_client.CircuitOpenError)
+        assert (a.hits(), b.hits()) == (1, 0)
 
     def test_the_targets_failures_count_against_the_target_not_the_source(
         self, two: tuple[Peer, Peer]
@@ -469,7 +455,7 @@ class TestMoreHops:
 
     def test_a_call_from_a_hook_inherits_the_enclosing_deadline(self, peer: Peer) -> None:
         """A hook's call is part of its caller's time: it ends at the caller's `total`."""
-        peer.on("/api", _Late(0.3, answer(200, b"ok")))
+        peer.on("/api", delay(0.3, answer(200, b"ok")))
         peer.on("/slow", hang())
         session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 0.5}, retry=None)
         nested: list[BaseException] = []
@@ -556,3 +542,190 @@ class TestSecretsAcrossNestedCalls:
         with pytest.raises(requests.exceptions.InvalidHeader) as caught:
             session.prepare_request(bad)
         assert "S3CRETVAL" not in str(caught.value)
+
+
+class TestWhatACallSays:
+    def test_an_error_after_retries_carries_the_attempt_count(self) -> None:
+        """`exc.attempts` and a note say how many tries were made; urllib3's message counts none of ours."""
+        session = make_session()
+        with pytest.raises(requests.ConnectionError) as caught:
+            session.get(f"http://127.0.0.1:{free_port()}/x")
+        assert caught.value.attempts == 3
+        assert "gave up after 3 attempts" in "".join(getattr(caught.value, "__notes__", []))
+
+    def test_an_error_of_a_single_try_says_one(self) -> None:
+        """Without a retry, attempts is 1 and no note is added."""
+        session = make_session(retry=None)
+        with pytest.raises(requests.ConnectionError) as caught:
+            session.get(f"http://127.0.0.1:{free_port()}/x")
+        assert caught.value.attempts == 1
+        assert not getattr(caught.value, "__notes__", [])
+
+    def test_every_response_has_stale_age(self, peer: Peer) -> None:
+        """stale_age is None on a live response and on a static fallback (as every response has attempts)."""
+        peer.on("/ok", answer(200, b"ok"))
+        peer.on("/down", answer(503))
+        session = make_session(retry=None, fallback={"status": 200, "text": "cached"})
+        live, fallback = session.get(peer.url("/ok")), session.get(peer.url("/down"))
+        assert (live.stale_age, live.is_fallback) == (None, False)
+        assert (fallback.stale_age, fallback.is_fallback) == (None, True)
+
+
+class TestPolicyForOneCall:
+    def test_policy_none_switches_retries_off_for_one_call(self, peer: Peer) -> None:
+        """`policy={"retry": None}` makes one try; the next call retries again."""
+        peer.on("/x", answer(503))
+        session = make_session()
+        assert session.get(peer.url("/x"), policy={"retry": None}).attempts == 1
+        assert session.get(peer.url("/x")).attempts == 3
+        assert peer.hits("/x") == 4
+
+    def test_a_calls_total_replaces_the_endpoints(self, peer: Peer) -> None:
+        """`policy={"timeout": {"total": 0.3}}` cuts this call off at 0.3 s."""
+        peer.on("/x", hang())
+        session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 10.0}, retry=None)
+        started = time.monotonic()
+        with pytest.raises(resilient_client.DeadlineExceeded):
+            session.get(peer.url("/x"), policy={"timeout": {"total": 0.3}})
+        assert time.monotonic() - started < 0.6
+
+    def test_send_takes_policy_too(self, peer: Peer) -> None:
+        """`session.send(prepared, policy=...)` is accepted, not passed on to the adapter."""
+        peer.on("/x", answer(503))
+        session = make_session()
+        prepared = session.prepare_request(requests.Request("GET", peer.url("/x")))
+        assert session.send(prepared, policy={"retry": None}).attempts == 1
+
+    def test_shared_state_cannot_change_for_one_call(self, peer: Peer) -> None:
+        """The breaker is the endpoint's: asking to change it for one call is a ConfigError naming it."""
+        session = make_session()
+        with pytest.raises(resilient_client.ConfigError, match=r"^policy\.breaker: cannot be changed"):
+            session.get(peer.url("/x"), policy={"breaker": None})
+
+    def test_a_fallback_for_one_call_answers_an_open_breaker(self, peer: Peer) -> None:
+        """With the breaker open, a call given its own fallback gets it instead of CircuitOpenError."""
+        peer.on("/x", answer(200, b"ok"))
+        session = make_session(breaker={"failure_threshold": 1})
+        session.circuit(peer.url("/x")).open()
+        resp = session.get(peer.url("/x"), policy={"fallback": {"status": 200, "text": "later"}})
+        assert (resp.is_fallback, resp.text) == (True, "later")
+        with pytest.raises(resilient_client.CircuitOpenError):
+            session.get(peer.url("/x"))
+
+
+class TestSecondReview:
+    @pytest.fixture
+    def two(self) -> Iterator[tuple[Peer, Peer]]:
+        with Peer(lifetime=20.0) as a, Peer(lifetime=20.0) as b:
+            yield a, b
+
+    def session_for(self, a: Peer, b: Peer, **defaults: Any) -> resilient_client.ResilientSession:
+        config: dict[str, Any] = {"budget": None, "retry": None, "breaker": {"failure_threshold": 2}}
+        config.update(defaults)
+        session = resilient_client.ResilientSession({
+            "defaults": config,
+            "endpoints": [{"name": "a", "match": a.url("/")}, {"name": "b", "match": b.url("/")}],
+        })
+        session.trust_env = False
+        return session
+
+    def test_a_per_call_timeout_holds_on_a_hop_into_another_endpoint(self, two: tuple[Peer, Peer]) -> None:
+        """timeout= given by the caller applies to every hop, whichever endpoint it enters."""
+        a, b = two
+        a.on("/go", redirect(b.url("/hang")))
+        b.on("/hang", hang())
+        session = self.session_for(a, b, timeout={"connect": 1.0, "read": 3.0, "total": None})
+        started = time.monotonic()
+        with pytest.raises(requests.ReadTimeout):
+            session.get(a.url("/go"), timeout=(0.5, 0.3))
+        assert time.monotonic() - started < 1.0
+
+    def test_a_bounce_back_to_the_source_counts_its_own_failure(self, two: tuple[Peer, Peer]) -> None:
+        """A -> B -> A ending in A's 503 is A's failure (an SSO bounce)."""
+        a, b = two
+        a.on("/login", redirect(b.url("/auth")))
+        b.on("/auth", redirect(a.url("/callback")))
+        a.on("/callback", answer(503))
+        session = self.session_for(a, b)
+        for _ in range(2):
+            assert session.get(a.url("/login")).status_code == 503
+        assert (session.circuit("a").state, session.circuit("b").state) == ("open", "closed")
+
+    def test_a_raising_hook_on_a_hop_reports_to_the_targets_breaker(self, two: tuple[Peer, Peer]) -> None:
+        """raise_for_status on a 503 from the redirect target counts against the target, not the source."""
+        a, b = two
+        a.on("/go", redirect(b.url("/file")))
+        b.on("/file", answer(503))
+        session = self.session_for(a, b)
+        for _ in range(2):
+            with pytest.raises(requests.HTTPError):
+                session.get(a.url("/go"), hooks={"response": lambda r, **kw: r.raise_for_status()})
+        assert (session.circuit("a").state, session.circuit("b").state) == ("closed", "open")
+
+    def test_a_listener_call_after_the_attempt_inherits_the_deadline(self, peer: Peer) -> None:
+        """A listener calling out on RetryScheduled still ends within the outer call's total."""
+        peer.on("/x", answer(503))
+        peer.on("/alert", hang())
+        session = make_session(timeout={"connect": 1.0, "read": 5.0, "total": 1.0})
+
+        def alert(event: Any) -> None:
+            if isinstance(event, resilient_client.RetryScheduled):
+                with contextlib.suppress(requests.RequestException):
+                    # Its own total is long: only the enclosing call's can stop it in time.
+                    session.get(peer.url("/alert"), policy={"timeout": {"total": 5.0}})
+
+        session.subscribe(alert)
+        started = time.monotonic()
+        with contextlib.suppress(requests.RequestException):
+            session.get(peer.url("/x"))
+        assert time.monotonic() - started < 1.3
+
+    def test_a_stream_whose_body_a_hook_read_frees_its_slot(self, peer: Peer) -> None:
+        """A hook that reads r.content of a stream=True response leaves no slot held."""
+        peer.on("/x", answer(200, b"x" * 1000))
+        session = make_session(bulkhead={"max_concurrent": 1})
+        def read_it(r: requests.Response, **kwargs: Any) -> None:
+            r.content  # noqa: B018  (the read is the point)
+
+        kept = [session.get(peer.url("/x"), stream=True, hooks={"response": read_it}) for _ in range(3)]
+        assert all(r.status_code == 200 for r in kept)
+
+    def test_a_dropped_stream_frees_its_slot_without_a_garbage_collection(self, peer: Peer) -> None:
+        """No reference cycle keeps a dropped response (and its slot) alive until gc runs."""
+        peer.on("/x", answer(200, b"x" * 100_000))
+        session = make_session(bulkhead={"max_concurrent": 1})
+        gc.disable()
+        try:
+            for _ in range(3):
+                session.get(peer.url("/x"), stream=True)  # dropped at once
+        finally:
+            gc.enable()
+
+    def test_a_response_with_hooks_pickles(self, peer: Peer) -> None:
+        """The hook guard does not stop a response (and its request) from pickling."""
+        peer.on("/x", answer(200, b"ok"))
+        session = make_session(breaker={"failure_threshold": 5})  # the guard then holds a breaker
+        resp = session.get(peer.url("/x"), hooks={"response": _noop_hook})
+        again = pickle.loads(pickle.dumps(resp))
+        assert again.request.hooks["response"][0].hooks == [_noop_hook]
+
+    def test_a_trailing_dot_host_gets_its_endpoints_policy(self) -> None:
+        """https://inventory.internal./ is inventory.internal, for routing."""
+        session = resilient_client.ResilientSession({"endpoints": [
+            {"name": "inventory", "match": "https://inventory.internal/"}]})
+        assert session.policy_for("GET", "https://inventory.internal./items").name == "inventory"
+
+    def test_an_unparseable_url_keeps_no_secret_in_its_context(self) -> None:
+        """The InvalidURL for a URL urllib3 cannot parse carries no __context__ quoting it."""
+        session = resilient_client.ResilientSession({"secrets": {"query": ["token"]}})
+        with pytest.raises(requests.exceptions.InvalidURL) as caught:
+            session.get("http://127.0.0.1:99999/x?token=CTXSECRET1")
+        chain, e = [], caught.value
+        while e is not None:
+            chain.append(f"{e!r} {e}")
+            e = e.__cause__ or e.__context__
+        assert "CTXSECRET1" not in " ".join(chain)
+
+
+def _noop_hook(r: requests.Response, **kwargs: Any) -> None:
+    return None

@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 import requests
-from faults import FaultPeer, client_sockets, flap, hang_until_gone, peer_process
-from peers import answer, reset, server_error
+from faults import client_sockets
+from peers import Peer, answer, flap, hang, peer_process, reset, server_error
 
 from resilient_client import (
     AttemptFinished,
@@ -72,9 +72,9 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def flapping_peer() -> FaultPeer:
-    failing = flap(server_error(503), reset(), hang_until_gone())
-    peer = FaultPeer(lifetime=600.0, max_connections=4 * THREADS)
+def flapping_peer() -> Peer:
+    failing = flap(server_error(503), reset(), hang())
+    peer = Peer(lifetime=600.0, max_connections=4 * THREADS)
     peer.on("/s", flap(answer(200, b"ok"), failing, period=PHASE))
     return peer.start()
 
@@ -167,7 +167,7 @@ class _Tally:
 
 
 @pytest.fixture
-def peer() -> Iterator[FaultPeer]:
+def peer() -> Iterator[Peer]:
     p = flapping_peer()
     try:
         yield p
@@ -175,7 +175,7 @@ def peer() -> Iterator[FaultPeer]:
         p.stop()
 
 
-def check_run(session: ResilientSession, peer: FaultPeer, tally: _Tally, r: Run, calls: int) -> None:
+def check_run(session: ResilientSession, peer: Peer, tally: _Tally, r: Run, calls: int) -> None:
     """The assertions shared by the short and the long run."""
     url = peer.url("/s")
     assert not r.unexpected, r.unexpected[:3]
@@ -248,9 +248,9 @@ def memory_delta(calls: int) -> int:
     test session has running.
     """
     ctx = multiprocessing.get_context("spawn")
-    with peer_process("test_stress:flapping_peer") as port:
+    with peer_process("test_stress:flapping_peer") as remote:
         out = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(f"http://127.0.0.1:{port}/s", calls, out), daemon=True)
+        proc = ctx.Process(target=_measure, args=(remote.url("/s"), calls, out), daemon=True)
         proc.start()
         try:
             kind, value = out.get(timeout=120)
@@ -263,7 +263,7 @@ def memory_delta(calls: int) -> int:
 
 
 class TestStress:
-    def test_short_run_under_flapping_peer(self, peer: FaultPeer) -> None:
+    def test_short_run_under_flapping_peer(self, peer: Peer) -> None:
         """
         32 threads sharing a session through a flapping peer end with consistent counters and no leak.
         """
@@ -282,7 +282,7 @@ class TestStress:
         assert delta < 32 * 1024
 
     @pytest.mark.stress
-    def test_long_run_under_flapping_peer(self, peer: FaultPeer) -> None:
+    def test_long_run_under_flapping_peer(self, peer: Peer) -> None:
         """
         The long version: 32 threads x 400 calls each through a flapping peer, same checks.
         """

@@ -232,6 +232,66 @@ class TestStrictTeardown:
         result.assert_outcomes(passed=1)
 
 
+class TestImportTimeSessions:
+    APP = """
+import resilient_client
+from conftest import CONFIG
+
+# What a Flask app module does: one session, built when it is imported.
+SESSION = resilient_client.ResilientSession(CONFIG)
+"""
+
+    def test_fixtures_find_an_import_time_session_with_no_call(self, run, pytester):
+        """A module-level session needs no attach(): scripts match, backoff is fake, state is fresh."""
+        pytester.makepyfile(app=self.APP)
+        result = run(
+            """
+            import time
+            import app
+            from conftest import URL
+
+            def test_opens_the_breaker(fake_peers, fake_clock):
+                fake_peers.endpoint("inventory").refuse()
+                started = time.monotonic()
+                for _ in range(3):
+                    app.SESSION.get(URL)
+                assert time.monotonic() - started < 1.0 and fake_clock.sleeps
+                assert app.SESSION.clock is fake_clock
+                assert fake_peers.breaker("inventory").state == "open"
+                assert fake_peers.attempts("inventory") == 5
+
+            def test_next_test_starts_closed(fake_peers):
+                assert fake_peers.breaker("inventory") is app.SESSION.circuit("inventory")
+                assert fake_peers.breaker("inventory").state == "closed"
+                fake_peers.url(URL).respond(200, json={"stock": 2})
+                assert app.SESSION.get(URL).json() == {"stock": 2}
+
+            def test_without_the_kit_it_is_reset_too():
+                assert app.SESSION.circuit("inventory").state == "closed"
+                assert app.SESSION.clock is not None and "send" not in vars(app.SESSION)
+            """,
+            "-p",
+            "no:randomly",
+        )
+        result.assert_outcomes(passed=3)
+
+    def test_a_breaker_opened_outside_the_kit_is_reset_before_the_next_test(self, run, pytester):
+        """The autouse reset covers tests that do not use fake_peers at all."""
+        pytester.makepyfile(app=self.APP)
+        result = run(
+            """
+            import app
+
+            def test_forces_it_open():
+                app.SESSION.circuit("inventory").open()
+
+            def test_finds_it_closed():
+                assert app.SESSION.circuit("inventory").state == "closed"
+            """
+        )
+        result.assert_outcomes(passed=2)
+
+
 class TestUnittest:
     def test_unittest_testcase_runs_under_pytest(self, run):
         """A unittest.TestCase using the context manager runs under pytest too."""

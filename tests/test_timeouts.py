@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 import responses
-from peers import Blackhole, Peer, answer, drip_body, drip_headers, hang, redirect, refused_port
+from peers import Blackhole, Peer, answer, drip_body, drip_headers, free_port, hang, redirect
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout as Urllib3Timeout
 
@@ -365,7 +365,7 @@ class TestDeadlineAgainstRealPeers:
         s = real_session(5.0)
         started = time.monotonic()
         with pytest.raises(requests.ConnectionError) as info:
-            s.get(f"http://127.0.0.1:{refused_port()}/")
+            s.get(f"http://127.0.0.1:{free_port()}/")
         assert not isinstance(info.value, DeadlineExceeded)
         assert time.monotonic() - started < 1.0
 

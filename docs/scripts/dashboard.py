@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.server
 import itertools
 import os
 import sys
@@ -27,9 +26,12 @@ import threading
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # this checkout's package, and the test server
 
-import resilient_client as rc
+from peers import Peer, Request, answer, delay, hang  # noqa: E402
+
+import resilient_client as rc  # noqa: E402
 
 #: (start second, what the peer does)
 PHASES = [(0.0, "healthy"), (6.0, "503"), (12.0, "hang"), (17.0, "healthy")]
@@ -40,30 +42,14 @@ PAUSE = 0.02  # between calls, per worker
 OUTCOMES_SHOWN = ["ok", "status", "read_timeout", "circuit_open", "deadline"]
 
 
-class Peer(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Buffered: headers and body leave in one segment (two would meet delayed ACKs).
-    wbufsize = 65536
-    started = 0.0
-    stop = threading.Event()
-
-    def do_GET(self) -> None:
-        phase = current_phase(time.monotonic() - Peer.started)
-        if phase == "hang":
-            Peer.stop.wait(2.0)  # longer than the client's read timeout
-            self.close_connection = True
-            return
-        time.sleep(0.004)  # a peer doing a little work
-        status = 503 if phase == "503" else 200
-        body = b'{"items": [42]}'
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+_BODY = b'{"items": [42]}'
+_JSON = {"Content-Type": "application/json"}
+#: What the peer plays in each phase; it does a little work (4 ms) before answering.
+BEHAVIOURS = {
+    "healthy": delay(0.004, answer(200, _BODY, _JSON)),
+    "503": delay(0.004, answer(503, _BODY, _JSON)),
+    "hang": hang(),  # until the client gives up (its read timeout)
+}
 
 
 def current_phase(t: float) -> str:
@@ -92,10 +78,13 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
 def run() -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Peer)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    started = [time.monotonic()]
+
+    def by_phase(request: Request) -> Any:
+        return BEHAVIOURS[current_phase(time.monotonic() - started[0])]
+
+    peer = Peer(lifetime=DURATION + 30.0).on("/items", by_phase).start()
+    base = peer.origin
     registry = CollectorRegistry()
     session = rc.ResilientSession(
         {
@@ -112,7 +101,7 @@ def run() -> dict[str, Any]:
         listeners=[rc.prometheus_listener(registry)],
     )
     session.health()  # count the error rate from the start
-    Peer.started = t0 = time.monotonic()
+    started[0] = t0 = time.monotonic()
     done = threading.Event()
 
     def worker() -> None:
@@ -150,10 +139,9 @@ def run() -> dict[str, Any]:
         time.sleep(SCRAPE - ((time.monotonic() - t0) % SCRAPE))
         samples.append(sample())
     done.set()
-    Peer.stop.set()
+    peer.stop()  # ends the hangs
     for t in threads:
         t.join(timeout=5)
-    server.shutdown()
     return {"samples": samples}
 
 

@@ -1,7 +1,12 @@
 """
-The pytest side of `resilient_client.testing`: fixtures and one reporting
-hook. Imported by `resilient_client.testing` when pytest is available, so
-that pytest finds them in the module the ``pytest11`` entry point names.
+The pytest side of `resilient_client.testing`: the fixtures, the reset every
+test gets, and one reporting hook.
+
+pytest registers the module the ``pytest11`` entry point names,
+``resilient_client.testing``; that package re-exports what is here when
+pytest is importable, so pytest finds the fixtures among its attributes.
+This module imports the kit's modules, never the package, so there is no
+import cycle.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ from typing import Any
 
 import pytest
 
-from .testing import FakeClock, FakePeers
+from .._session import ResilientSession
+from ._fake_clock import FakeClock
+from ._registry import FakePeers
 
 __all__ = [
     "fake_clock_fixture",
     "fake_http_fixture",
     "fake_peers_fixture",
+    "fresh_sessions_fixture",
     "no_backoff_fixture",
     "pytest_runtest_makereport",
 ]
@@ -25,12 +33,25 @@ _CALL_FAILED = pytest.StashKey[bool]()
 _REGISTRY = pytest.StashKey[FakePeers]()
 
 
+@pytest.fixture(name="_resilient_client_fresh_sessions", autouse=True)
+def fresh_sessions_fixture() -> None:
+    """
+    Every live `ResilientSession` (a module-level one included) starts each
+    test with fresh breakers, budgets, bulkheads and caches, so that a
+    breaker one test opened does not fail the next. Function-scoped
+    fixtures run after it, so what they set up stays.
+
+    .. versionadded:: 0.1.0
+    """
+    for session in ResilientSession._live_sessions():
+        session._forget_state()
+
+
 @pytest.fixture(name="fake_clock")
 def fake_clock_fixture() -> FakeClock:
     """
     A `FakeClock` at 0.0: ``sleep()`` and ``advance()`` move it, nothing
-    waits. Sessions built during the test run on it when ``fake_peers`` is
-    also used.
+    waits. Every session runs on it when ``fake_peers`` is also used.
 
     .. versionadded:: 0.1.0
     """
@@ -42,21 +63,26 @@ def fake_peers_fixture(
     request: pytest.FixtureRequest, fake_clock: FakeClock
 ) -> Iterator[FakePeers]:
     """
-    A started, strict `FakePeers` registry on ``fake_clock``. At teardown,
-    a step never reached or a request no peer matched fails the test (unless
-    the test already failed); set ``fake_peers.strict = False`` to allow
-    them. A failing test's report gets the registry's timeline.
+    A started, strict `FakePeers` registry on ``fake_clock``, wired to every
+    session of the application, whenever it was built. At teardown, a step
+    never reached or a request no peer matched fails the test (unless the
+    test already failed); set ``fake_peers.strict = False`` to allow them.
+    A failing test's report gets the registry's timeline.
 
     .. versionadded:: 0.1.0
     """
     peers = FakePeers(clock=fake_clock)
-    request.node.stash[_REGISTRY] = peers
+    stash = request.node.stash
+    stash[_REGISTRY] = peers
     peers.start()
     try:
         yield peers
     finally:
         peers.stop(verify=False)
-    if not request.node.stash.get(_CALL_FAILED, False) and peers.strict:
+        # The report hook has read it by now; the item must not keep the
+        # registry (and the sessions it recorded) alive for the whole run.
+        del stash[_REGISTRY]
+    if not stash.get(_CALL_FAILED, False) and peers.strict:
         problems = peers.problems()
         if problems:
             pytest.fail(peers.report(problems), pytrace=False)

@@ -1,11 +1,12 @@
 """
-The transport under `resilient_client.testing`: a `responses.RequestsMock`
-whose scripted peers fail the way real ones do, on a fake clock.
+The fake transport under `resilient_client.testing`: a
+`responses.RequestsMock` whose scripted peers fail the way real ones do, on
+a fake clock.
 
 Everything that needs the ``responses`` package lives here, so that the
-pytest plugin (`resilient_client.testing`, loaded in every project that
-installs resilient_client) imports without it; this module is imported only
-when a `FakePeers` registry is created.
+pytest plugin (loaded in every project that installs resilient_client)
+imports without it; this module is imported only when a `FakePeers`
+registry is created.
 
 What a failure looks like to the session is what requests and urllib3
 would really raise, so the session classifies it as it would in production:
@@ -31,7 +32,6 @@ import io
 import math
 import re
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
@@ -47,14 +47,17 @@ from urllib3.exceptions import (
 from urllib3.response import HTTPResponse
 from urllib3.util import Timeout as Urllib3Timeout
 
-from . import _deadline
+from .. import _deadline
 
 if TYPE_CHECKING:
     from requests.adapters import HTTPAdapter
 
-    from .testing import FakeClock, FakePeer, FakePeers, PeerCall
+    from ._fake_clock import FakeClock
+    from ._peer import FakePeer
+    from ._records import PeerCall
+    from ._registry import FakePeers
 
-__all__ = ["Mock", "Script", "ServeContext"]
+__all__ = ["Mock", "Registry", "Script", "ServeContext", "refused"]
 
 _ANY_URL = re.compile(".*")
 # A fake peer never waits forever: a request without a timeout against a
@@ -305,25 +308,3 @@ class _DripReader(io.RawIOBase):
         call = self._ctx.call
         call.outcome = f"{call.status} body cut after {self._pos} of {len(self._body)} bytes"
         call.duration = self._ctx.clock.monotonic() - call.at
-
-
-def wrap_send(
-    original: Callable[..., requests.Response],
-    before: Callable[[requests.PreparedRequest], Any],
-    after: Callable[[Any, requests.Response | None, BaseException | None], None],
-) -> Callable[..., requests.Response]:
-    """A session's *original* ``send`` between *before* and *after* (both skipped on None)."""
-
-    def send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        token = before(request)
-        if token is None:
-            return original(request, **kwargs)
-        try:
-            resp = original(request, **kwargs)
-        except BaseException as exc:
-            after(token, None, exc)
-            raise
-        after(token, resp, None)
-        return resp
-
-    return send
