@@ -57,6 +57,7 @@ if _typing.TYPE_CHECKING:
         Listener,
         RetryScheduled,
     )
+    from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
     from ._metrics import otel_listener, prometheus_listener
     from ._policy import (
@@ -142,6 +143,7 @@ __all__ = [
     "__version__",
     "current_deadline",
     "deadline",
+    "fallback_response",
     "health_app",
     "otel_listener",
     "prometheus_listener",
@@ -158,6 +160,7 @@ _LAZY: dict[str, str] = {
         "BudgetExhausted", "BulkheadRejected", "CallFinished", "DeadlinePassed", "Event",
         "FallbackServed", "GaveUp", "Listener", "RetryScheduled",
     ], "_events"),
+    "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
     **dict.fromkeys([

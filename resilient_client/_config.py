@@ -4,7 +4,10 @@ frozen `Config`.
 
 The parser only maps keys onto the policy dataclasses of `_policy` (which
 validate their own values), rejects unknown keys, merges each endpoint over
-``defaults`` and prefixes the key path onto every `ConfigError`.
+``defaults`` and prefixes the key path onto every problem. It goes on past
+a problem to find the others, and raises one `ConfigError` listing them
+all, in the order of the document; it builds nothing when there is any. A
+file's ``${VAR}`` references are replaced first (`_interpolation`).
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from ._errors import ConfigError
-from ._events import check_listener_path
+from ._errors import ConfigError, Problems
+from ._events import check_listener_path, resolve_callable
+from ._interpolation import expand_environment, shown_as_written
 from ._policy import (
     BackoffPolicy,
     BreakerPolicy,
     BudgetPolicy,
     BulkheadPolicy,
+    CallableFallback,
     Fallback,
     Policy,
     PropagationPolicy,
@@ -59,16 +64,21 @@ class Secrets:
     query: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        names = {
-            _header_name(f"headers[{i}]", h).lower()
-            for i, h in enumerate(_sequence("headers", self.headers))
-        }
-        object.__setattr__(self, "headers", frozenset(names | ALWAYS_SECRET_HEADERS))
+        p = Problems()
+        names = set()
+        with p.at():
+            for i, h in enumerate(_sequence("headers", self.headers)):
+                with p.at():
+                    names.add(_header_name(f"headers[{i}]", h).lower())
         query = set()
-        for i, q in enumerate(_sequence("query", self.query)):
-            if not isinstance(q, str) or not q:
-                raise ConfigError(f"query[{i}]", f"must be a query parameter name, got {q!r}")
-            query.add(q.lower())
+        with p.at():
+            for i, q in enumerate(_sequence("query", self.query)):
+                if not isinstance(q, str) or not q:
+                    p.add(f"query[{i}]", f"must be a query parameter name, got {q!r}")
+                else:
+                    query.add(q.lower())
+        p.raise_if_any()
+        object.__setattr__(self, "headers", frozenset(names | ALWAYS_SECRET_HEADERS))
         object.__setattr__(self, "query", frozenset(query))
 
 
@@ -101,25 +111,32 @@ class Endpoint:
         return bool(_GLOB_CHARS.search(self.match))
 
     def __post_init__(self) -> None:
-        m = self.match
-        if not isinstance(m, str) or not m:
-            raise ConfigError("match", f"must be a URL prefix or glob, got {m!r}")
-        if "[" in m or "]" in m:
-            raise ConfigError("match", f"bad glob: only * and ? are supported, got {m!r}")
-        scheme, sep, rest = m.partition("://")
-        if not sep or not rest:
-            raise ConfigError("match", f"must start with http:// or https://, got {m!r}")
-        if scheme.lower() not in ("http", "https", "*", "http*"):
-            raise ConfigError("match", f"must start with http:// or https://, got {m!r}")
-        if any(c.isspace() for c in m):
-            raise ConfigError("match", f"must not contain spaces, got {m!r}")
+        p = Problems()
+        with p.at():
+            _check_match(self.match)
         # A prefix is parsed as a URL by the front's router when the session
         # is built (a port out of range, a bad host: a ConfigError then).
         if self.methods is not None:
-            methods = _methods("methods", self.methods)
-            if not methods:
-                raise ConfigError("methods", "must list at least one method (omit it to match every method)")
-            object.__setattr__(self, "methods", methods)
+            with p.at():
+                methods = _methods("methods", self.methods)
+                if not methods:
+                    p.add("methods", "must list at least one method (omit it to match every method)")
+                object.__setattr__(self, "methods", methods)
+        p.raise_if_any()
+
+
+def _check_match(m: object) -> None:
+    if not isinstance(m, str) or not m:
+        raise ConfigError("match", f"must be a URL prefix or glob, got {m!r}")
+    if "[" in m or "]" in m:
+        raise ConfigError("match", f"bad glob: only * and ? are supported, got {m!r}")
+    scheme, sep, rest = m.partition("://")
+    if not sep or not rest:
+        raise ConfigError("match", f"must start with http:// or https://, got {m!r}")
+    if scheme.lower() not in ("http", "https", "*", "http*"):
+        raise ConfigError("match", f"must start with http:// or https://, got {m!r}")
+    if any(c.isspace() for c in m):
+        raise ConfigError("match", f"must not contain spaces, got {m!r}")
 
 
 @dataclass(frozen=True)
@@ -144,11 +161,11 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
-        _check_shared_state(self.endpoints)
-        listeners = tuple(_sequence("listeners", self.listeners))
-        for i, spec in enumerate(listeners):
-            check_listener_path(f"listeners[{i}]", spec)
-        object.__setattr__(self, "listeners", listeners)
+        p = Problems()
+        p.extend(_shared_state_problems(enumerate(self.endpoints)))
+        p.extend(_listener_problems(self.listeners))
+        p.raise_if_any()
+        object.__setattr__(self, "listeners", tuple(self.listeners))
 
     @classmethod
     def load(cls, source: ConfigSource) -> Config:
@@ -157,8 +174,12 @@ class Config:
         a path to a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file, or a
         `Config` (returned as is).
 
+        In a file (not in a mapping), ``${VAR}`` and ``${VAR:-default}`` in
+        string values are replaced from the environment; a value that is
+        exactly one reference takes the type its key expects.
+
         Raises:
-            ConfigError: naming the key path and the bad value.
+            ConfigError: listing every problem, each with its key path.
         """
         return load_config(source)
 
@@ -180,7 +201,10 @@ def load_config(source: ConfigSource) -> Config:
         if not isinstance(data, Mapping):
             kind = type(data).__name__
             raise ConfigError("", f"{source}: the config must be a mapping of keys, got {kind}")
-        return _parse(data)
+        # Read at load time, so that a process sees its own environment (see _interpolation).
+        env_problems = Problems()
+        data, written = expand_environment(data, os.environ, env_problems)
+        return _parse(data, env_problems, written)
     raise ConfigError("", f"config must be a mapping, a file path or a Config, got {type(source).__name__}")
 
 
@@ -248,11 +272,28 @@ def _yaml_loads(text: str) -> Any:
 
 
 # -- mappings ---------------------------------------------------------------
+#
+# Every function below records what is wrong in `Problems` and goes on with
+# the next key, so that one `ConfigError` lists every problem of the
+# document. A part that failed is left out (or replaced by its base value)
+# only so that checking can go on: `_parse` builds nothing when any problem
+# was recorded.
 
+# Every key the loader accepts is named here or is a field of a section's
+# dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
                  "critical", "propagation")
+#: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
+_SECTION_KINDS: dict[str, type] = {
+    "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
+    "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy,
+}
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
+_SECRETS_KEYS = ("headers", "query")
+#: The keys of each mapping form of `fallback` (besides the string `stale`).
+_FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "headers"))
+_STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
 _NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "total",
                        "idempotency_header", "attempt_header", "slow_call_duration"})
@@ -260,18 +301,24 @@ _NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "pr
 _S = TypeVar("_S")
 
 
-def _mapping(path: str, value: object) -> Mapping[str, Any]:
+def _mapping(p: Problems, path: str, value: object) -> Mapping[str, Any] | None:
     if not isinstance(value, Mapping):
         what = "the config" if not path else "a mapping"
-        raise ConfigError(path, f"must be {what} of keys, got {value!r}")
+        p.add(path, f"must be {what} of keys, got {value!r}")
+        return None
     return value
 
 
-def _check_keys(path: str, raw: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    for key in raw:
-        if key not in allowed:
+def _known(p: Problems, path: str, raw: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
+    """The keys of *raw* that are *allowed*; each other key is a problem."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in allowed:
+            out[key] = value
+        else:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, f"unknown key; expected one of {', '.join(allowed)}")
+            p.add(where, f"unknown key; expected one of {', '.join(allowed)}")
+    return out
 
 
 def _given(raw: Mapping[str, Any], key: str, default: object) -> Any:
@@ -284,113 +331,221 @@ def _null(key: str, value: object) -> object:
     return None if value is False and key in _NULLABLE else value
 
 
-def _parse(raw: object) -> Config:
-    raw = _mapping("", raw)
-    _check_keys("", raw, _TOP_KEYS)
-    defaults_raw = _mapping("defaults", _given(raw, "defaults", {}))
-    defaults = _policy("defaults", Policy(), defaults_raw, name="default")
-    secrets = _secrets("secrets", raw.get("secrets"))
-    endpoints_raw = _given(raw, "endpoints", [])
-    endpoints = tuple(
-        _endpoint(f"endpoints[{i}]", defaults, item)
-        for i, item in enumerate(_sequence("endpoints", endpoints_raw))
-    )
-    listeners = raw.get("listeners") or ()
-    try:
-        return Config(defaults=defaults, endpoints=endpoints, secrets=secrets, listeners=listeners)
-    except ConfigError as e:
-        raise ConfigError(e.path, e.problem) from None
+def _parse(
+    raw: object, env_problems: Problems | None = None, written: Mapping[str, str] | None = None
+) -> Config:
+    p = Problems()
+    config = _document(p, raw)
+    errors = list(env_problems.errors) if env_problems else []
+    if p:
+        # A value whose variable was missing is reported once, for that: not
+        # again as a bad value (it is still the `${...}` text there).
+        missing = [path for path, _ in errors]
+        for path, problem in p.errors:
+            if not any(path == m or path.startswith((f"{m}.", f"{m}[")) for m in missing):
+                if written:
+                    problem = shown_as_written(problem, path, written, _value_at(raw, path))
+                errors.append((path, problem))
+    if errors:
+        # Listed in the order of the file, whichever check found each one.
+        errors.sort(key=lambda error: _position(raw, error[0]))
+        raise ConfigError.of(errors)
+    assert config is not None  # built exactly when nothing was wrong
+    return config
 
 
-def _secrets(path: str, raw: object) -> Secrets:
+_STEP = re.compile(r"\[(\d+)\]|\.?([^.\[]+)")
+
+
+def _position(raw: object, path: str) -> tuple[int, ...]:
+    """Where the key path *path* is in *raw*: the index of each step (as far as it exists)."""
+    out: list[int] = []
+    value = raw
+    for index, key in _STEP.findall(path):
+        if index and isinstance(value, list) and int(index) < len(value):
+            out.append(int(index))
+            value = value[int(index)]
+        elif key and isinstance(value, Mapping):
+            keys = [str(k) for k in value]
+            if key not in keys:
+                break
+            out.append(keys.index(key))
+            value = value[list(value)[out[-1]]]
+        else:
+            break
+    return tuple(out)
+
+
+def _value_at(raw: object, path: str) -> object:
+    """The value of *raw* at the key path *path* (None when there is none)."""
+    value = raw
+    for index, key in _STEP.findall(path):
+        if index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        elif key and isinstance(value, Mapping) and key in value:
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def _document(p: Problems, raw: object) -> Config | None:
+    doc = _mapping(p, "", raw)
+    if doc is None:
+        return None
+    doc = _known(p, "", doc, _TOP_KEYS)
+    defaults_raw = _mapping(p, "defaults", _given(doc, "defaults", {})) or {}
+    defaults = _policy(p, "defaults", Policy(), defaults_raw, name="default")
+    secrets = _secrets(p, "secrets", doc.get("secrets"))
+    items: list[Any] = []
+    with p.at():
+        items = _sequence("endpoints", _given(doc, "endpoints", []))
+    endpoints: list[tuple[int, Endpoint]] = []
+    for i, item in enumerate(items):
+        before = len(p.errors)
+        endpoint = _endpoint(p, f"endpoints[{i}]", defaults, item)
+        if endpoint is not None and len(p.errors) == before:
+            endpoints.append((i, endpoint))
+    # Only endpoints that are themselves valid are compared: one whose breaker
+    # was wrong would otherwise also "differ" from its namesakes.
+    p.extend(_shared_state_problems(endpoints))
+    listeners = doc.get("listeners") or ()
+    p.extend(_listener_problems(listeners))
+    if p:
+        return None
+    with p.at():
+        return Config(defaults=defaults, endpoints=tuple(e for _, e in endpoints), secrets=secrets,
+                      listeners=listeners)
+    return None
+
+
+def _secrets(p: Problems, path: str, raw: object) -> Secrets:
     if raw is None:
         return Secrets()
-    raw = _mapping(path, raw)
-    _check_keys(path, raw, ("headers", "query"))
-    return _build(path, Secrets, {k: v for k, v in raw.items()})
+    given = _mapping(p, path, raw)
+    if given is None:
+        return Secrets()
+    changes = _known(p, path, given, _SECRETS_KEYS)
+    return _build(p, path, Secrets, changes) or Secrets()
 
 
-def _endpoint(path: str, defaults: Policy, raw: object) -> Endpoint:
-    raw = _mapping(path, raw)
-    _check_keys(path, raw, _ENDPOINT_KEYS)
-    if "match" not in raw:
-        raise ConfigError(f"{path}.match", "is required")
-    match = raw["match"]
-    if not isinstance(match, str) or not match:
-        raise ConfigError(f"{path}.match", f"must be a URL prefix or glob, got {match!r}")
-    name = raw.get("name", match)
+def _endpoint(p: Problems, path: str, defaults: Policy, raw: object) -> Endpoint | None:
+    given = _mapping(p, path, raw)
+    if given is None:
+        return None
+    given = _known(p, path, given, _ENDPOINT_KEYS)
+    match = given.get("match")
+    if "match" not in given:
+        p.add(f"{path}.match", "is required")
+    elif not isinstance(match, str) or not match:
+        p.add(f"{path}.match", f"must be a URL prefix or glob, got {match!r}")
+    name = given.get("name", match)
+    if "name" in given and (not isinstance(name, str) or not name):
+        p.add(f"{path}.name", f"must be a non-empty string, got {name!r}")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{path}.name", f"must be a non-empty string, got {name!r}")
-    sections = {k: v for k, v in raw.items() if k in _SECTION_KEYS}
-    policy = _policy(path, defaults, sections, name=name)
-    methods = raw.get("methods")
-    return _build(path, Endpoint, {"match": raw["match"], "policy": policy, "methods": methods})
+        name = "endpoint"  # a stand-in, so that the sections are still checked
+    sections = {k: v for k, v in given.items() if k in _SECTION_KEYS}
+    policy = _policy(p, path, defaults, sections, name=name)
+    if not isinstance(match, str) or not match:
+        return None
+    return _build(p, path, Endpoint, {"match": match, "policy": policy, "methods": given.get("methods")})
 
 
-def _policy(path: str, base: Policy, raw: Mapping[str, Any], *, name: str) -> Policy:
-    _check_keys(path, raw, _SECTION_KEYS)
+def _policy(p: Problems, path: str, base: Policy, raw: Mapping[str, Any], *, name: str) -> Policy:
+    raw = _known(p, path, raw, _SECTION_KEYS)
     changes: dict[str, Any] = {"name": name}
     for key, value in raw.items():
         value = _null(key, value)
         where = f"{path}.{key}"
+        section: object = None
         if key == "failure_status" or key == "critical":
             changes[key] = value
-        elif key == "fallback":
-            changes[key] = _fallback(where, value)
-        elif key == "timeout":
+            continue
+        if key == "fallback":
+            with p.at(where):
+                changes[key] = _fallback(value)
+            continue
+        if key == "timeout":
             if value is None or value is False:
-                raise ConfigError(where, "cannot be switched off: connect and read timeouts are mandatory")
-            changes[key] = _section(where, Timeouts, base.timeout, value)
+                p.add(where, "cannot be switched off: connect and read timeouts are mandatory")
+                continue
+            section = _section(p, where, Timeouts, base.timeout, value)
         elif value is None:
             changes[key] = None
+            continue
         elif key == "retry":
-            changes[key] = _retry(where, base.retry, value)
+            section = _retry(p, where, base.retry, value)
         else:
-            kind = {"budget": BudgetPolicy, "breaker": BreakerPolicy, "bulkhead": BulkheadPolicy,
-                    "propagation": PropagationPolicy}[key]
-            changes[key] = _section(where, kind, getattr(base, key), value)
-    return _build(path, Policy, changes, base=base)
+            section = _section(p, where, _SECTION_KINDS[key], getattr(base, key), value)
+        if section is not None:  # else: a problem was recorded; the base's stands in
+            changes[key] = section
+    return _build(p, path, Policy, changes, base=base) or base
 
 
-def _retry(path: str, base: RetryPolicy | None, raw: object) -> RetryPolicy:
-    raw = _mapping(path, raw)
+def _retry(p: Problems, path: str, base: RetryPolicy | None, raw: object) -> RetryPolicy | None:
+    given = _mapping(p, path, raw)
+    if given is None:
+        return None
     base = base or RetryPolicy()
     extra: dict[str, Any] = {}
-    if "backoff" in raw:
-        extra["backoff"] = _section(f"{path}.backoff", BackoffPolicy, base.backoff, raw["backoff"])
-    rest = {k: v for k, v in raw.items() if k != "backoff"}
-    return _section(path, RetryPolicy, base, rest, extra=extra, allowed=_field_names(RetryPolicy))
+    if "backoff" in given:
+        backoff = _section(p, f"{path}.backoff", BackoffPolicy, base.backoff, given["backoff"])
+        if backoff is not None:
+            extra["backoff"] = backoff
+    rest = {k: v for k, v in given.items() if k != "backoff"}
+    return _section(p, path, RetryPolicy, base, rest, extra=extra, allowed=_field_names(RetryPolicy))
 
 
-def _fallback(path: str, raw: object) -> Fallback | None:
+def _fallback(raw: object) -> Fallback | None:
+    """The fallback *raw* describes; `ConfigError` (every problem) when it is wrong."""
     if raw is None:
         return None
     if raw == "stale":
         return StaleFallback()
     if isinstance(raw, str):
         raise ConfigError(
-            path, f"must be 'stale', null or a mapping with status and json or text, got {raw!r}"
+            "", "must be 'stale', null or a mapping (with status and json or text, or with "
+            f"callable: 'package.module:function'), got {raw!r}"
         )
-    raw = _mapping(path, raw)
-    if "stale" in raw:
-        _check_keys(path, raw, ("stale",))
-        stale = _mapping(f"{path}.stale", _given(raw, "stale", {}))
-        _check_keys(f"{path}.stale", stale, ("max_entries",))
-        return _build(f"{path}.stale", StaleFallback, dict(stale))
-    _check_keys(path, raw, ("status", "json", "text", "headers"))
-    if "json" in raw and "text" in raw:
-        raise ConfigError(path, "give json or text, not both")
-    status = raw.get("status", 200)
-    headers = _given(raw, "headers", {})
-    try:
-        StaticFallback(status=status, headers=_mapping("headers", headers))
-        if "json" in raw:
-            return StaticFallback.from_json(status, raw["json"], headers)
-        if "text" in raw:
-            return StaticFallback.from_text(status, raw["text"], headers)
-        return StaticFallback(status=status, headers=headers)
-    except ConfigError as e:
-        raise ConfigError(f"{path}.{e.path}", e.problem) from None
+    p = Problems()
+    given = _mapping(p, "", raw)
+    p.raise_if_any()
+    assert given is not None
+    if "stale" in given:
+        _known(p, "", given, _FALLBACK_FORMS[0])
+        stale = _mapping(p, "stale", _given(given, "stale", {}))
+        p.raise_if_any()
+        assert stale is not None
+        changes = _known(p, "stale", stale, _STALE_KEYS)
+        built = _build(p, "stale", StaleFallback, changes)
+        p.raise_if_any()
+        return built
+    if "callable" in given:
+        _known(p, "", given, _FALLBACK_FORMS[1])
+        # Imported now, so that a bad path fails at load, not at the first failure.
+        with p.at():
+            function = resolve_callable("callable", given["callable"], what="fallback")
+        p.raise_if_any()
+        return CallableFallback(function)
+    given = _known(p, "", given, _FALLBACK_FORMS[2])
+    if "json" in given and "text" in given:
+        p.add("", "give json or text, not both")
+    status = given.get("status", 200)
+    headers = _mapping(p, "headers", _given(given, "headers", {}))
+    with p.at():
+        StaticFallback(status=status, headers=headers or {})
+    if "json" in given:
+        with p.at():
+            StaticFallback.from_json(200, given["json"])
+    if "text" in given:
+        with p.at():
+            StaticFallback.from_text(200, given["text"])
+    p.raise_if_any()
+    if "json" in given:
+        return StaticFallback.from_json(status, given["json"], headers)
+    if "text" in given:
+        return StaticFallback.from_text(status, given["text"], headers)
+    return StaticFallback(status=status, headers=headers or {})
 
 
 def _field_names(kind: type) -> tuple[str, ...]:
@@ -398,6 +553,7 @@ def _field_names(kind: type) -> tuple[str, ...]:
 
 
 def _section(
+    p: Problems,
     path: str,
     kind: type[_S],
     base: _S | None,
@@ -405,39 +561,54 @@ def _section(
     *,
     extra: Mapping[str, Any] | None = None,
     allowed: Sequence[str] | None = None,
-) -> _S:
+) -> _S | None:
     """Merge *raw* over *base* (or the built-in defaults of *kind*) key by key."""
-    raw = _mapping(path, raw)
-    _check_keys(path, raw, allowed or _field_names(kind))
-    changes = {k: _null(k, v) for k, v in raw.items()}
+    given = _mapping(p, path, raw)
+    if given is None:
+        return None
+    given = _known(p, path, given, allowed or _field_names(kind))
+    changes = {k: _null(k, v) for k, v in given.items()}
     changes.update(extra or {})
-    return _build(path, kind, changes, base=base if base is not None else kind())
+    return _build(p, path, kind, changes, base=base if base is not None else kind())
 
 
-def _build(path: str, kind: type[_S], changes: dict[str, Any], *, base: _S | None = None) -> _S:
-    try:
+def _build(
+    p: Problems, path: str, kind: type[_S], changes: dict[str, Any], *, base: _S | None = None
+) -> _S | None:
+    """*kind* built from *changes* (over *base*), or None with its problems recorded at *path*."""
+    with p.at(path):
         if base is not None:
             return dataclasses.replace(base, **changes)  # type: ignore[type-var]
         return kind(**changes)
-    except ConfigError as e:
-        raise ConfigError(f"{path}.{e.path}" if path else e.path, e.problem) from None
+    return None
 
 
-def _check_shared_state(endpoints: Sequence[Endpoint]) -> None:
+def _listener_problems(listeners: object) -> list[tuple[str, str]]:
+    p = Problems()
+    with p.at():
+        for i, spec in enumerate(_sequence("listeners", listeners)):
+            with p.at():
+                check_listener_path(f"listeners[{i}]", spec)
+    return p.errors
+
+
+def _shared_state_problems(endpoints: Iterable[tuple[int, Endpoint]]) -> list[tuple[str, str]]:
     """Endpoints sharing a name share breaker, budget and bulkhead: they must agree."""
+    problems: list[tuple[str, str]] = []
     seen: dict[str, tuple[int, Policy]] = {}
-    for i, ep in enumerate(endpoints):
+    for i, ep in endpoints:
         first = seen.setdefault(ep.name, (i, ep.policy))
         if first[0] == i:
             continue
         for section in ("breaker", "budget", "bulkhead"):
             if getattr(first[1], section) != getattr(ep.policy, section):
-                raise ConfigError(
+                problems.append((
                     f"endpoints[{i}].{section}",
                     f"endpoint name {ep.name!r} is also used by endpoints[{first[0]}] with a "
                     f"different {section}; endpoints sharing a name share its state, so give "
                     "them the same settings or different names",
-                )
+                ))
+    return problems
 
 
 #: What one call may change of its endpoint's policy (``session.get(url,
@@ -451,15 +622,22 @@ def call_policy(base: Policy, changes: Mapping[str, Any]) -> Policy:
     are over ``defaults`` (``null`` switches a section off for the call).
 
     Raises:
-        ConfigError: a key that is not a section one call may change (the
+        ConfigError: keys that are not sections one call may change (the
             breaker, budget and bulkhead are the endpoint's, shared by every
-            call), or a bad value; the path starts with ``policy``.
+            call), or bad values, all at once; paths start with ``policy``.
     """
-    raw = _mapping("policy", changes)
+    p = Problems()
+    raw = _mapping(p, "policy", changes)
+    if raw is None:
+        p.raise_if_any()
+    assert raw is not None
     for key in raw:
         if key not in CALL_SECTIONS:
             why = ("is the endpoint's shared state, not one call's" if key in _SECTION_KEYS
                    else "is not a policy section")
-            raise ConfigError(f"policy.{key}", f"cannot be changed for one call: {key!r} {why} "
-                                               f"(allowed: {', '.join(CALL_SECTIONS)})")
-    return _policy("policy", base, raw, name=base.name)
+            p.add(f"policy.{key}", f"cannot be changed for one call: {key!r} {why} "
+                                   f"(allowed: {', '.join(CALL_SECTIONS)})")
+    p.raise_if_any()
+    policy = _policy(p, "policy", base, raw, name=base.name)
+    p.raise_if_any()
+    return policy

@@ -33,11 +33,17 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, cast
 
 import requests.sessions
 import requests.utils
 
-__all__ = ["EnvironCache"]
+__all__ = ["EnvironCache", "merge_proxies"]
+
+# requests' own, untyped in its stubs.
+_merge_setting = cast(Callable[[Any, Any], Any], requests.sessions.merge_setting)
 
 _GET_ENVIRON_PROXIES = requests.utils.get_environ_proxies
 _SHOULD_BYPASS_PROXIES = requests.utils.should_bypass_proxies
@@ -101,3 +107,19 @@ class EnvironCache:
                 by_origin.clear()
             by_origin[key] = proxies
         return proxies, state[2]
+
+
+def merge_proxies(request_setting: Any, session_setting: Any) -> Any:
+    """
+    requests' ``merge_setting`` for the proxies. For two plain dicts (always,
+    unless the user set ``session.proxies`` to something else) its result is
+    built directly: requests' generic path spends ~13 µs per call in
+    ``isinstance`` checks against a runtime Protocol to find that out.
+    """
+    if type(request_setting) is not dict or type(session_setting) is not dict:
+        return _merge_setting(request_setting, session_setting)
+    merged = OrderedDict(session_setting)
+    merged.update(request_setting)
+    for key in [k for k, v in merged.items() if v is None]:
+        del merged[key]
+    return merged

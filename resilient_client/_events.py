@@ -19,9 +19,9 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from ._errors import ConfigError
+from ._errors import ConfigError, Problems
 from ._verdict import OUTCOMES
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "format_event",
     "load_listeners",
     "log_event",
+    "resolve_callable",
 ]
 
 logger = logging.getLogger("resilient_client")
@@ -322,14 +323,35 @@ def log_event(event: Event) -> None:
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?$")
 
 
-def check_listener_path(path: str, value: object) -> None:
+def check_listener_path(path: str, value: object, *, what: str = "listener") -> None:
     """Raise `ConfigError` at *path* unless *value* is a callable or a dotted path."""
     if callable(value):
         return
     if not isinstance(value, str) or not _DOTTED.match(value):
         raise ConfigError(
-            path, f"must be a dotted path such as 'package.module:listener', got {value!r}"
+            path, f"must be a dotted path such as 'package.module:{what}', got {value!r}"
         )
+
+
+def resolve_callable(path: str, spec: object, *, what: str = "listener") -> Callable[..., Any]:
+    """
+    The callable *spec* names (a callable passes through): the one loader of
+    dotted paths, for listeners and for callable fallbacks alike.
+
+    Raises:
+        ConfigError: at *path* when *spec* is no dotted path, cannot be
+            imported, or does not name a callable.
+    """
+    if callable(spec):
+        return spec
+    check_listener_path(path, spec, what=what)
+    try:
+        obj = pkgutil.resolve_name(str(spec))
+    except Exception as e:  # ImportError, AttributeError, or whatever the module raised
+        raise ConfigError(path, f"cannot import {spec!r}: {type(e).__name__}: {e}") from None
+    if not callable(obj):
+        raise ConfigError(path, f"{spec!r} is not callable, got {obj!r}")
+    return cast("Callable[..., Any]", obj)
 
 
 def load_listeners(specs: Iterable[object]) -> list[Callable[[Event], None]]:
@@ -338,22 +360,14 @@ def load_listeners(specs: Iterable[object]) -> list[Callable[[Event], None]]:
 
     Raises:
         ConfigError: naming ``listeners[i]`` when a path cannot be imported
-            or does not name a callable.
+            or does not name a callable (every such path, at once).
     """
     out: list[Callable[[Event], None]] = []
+    problems = Problems()
     for i, spec in enumerate(specs):
-        if callable(spec):
-            out.append(spec)
-            continue
-        where = f"listeners[{i}]"
-        check_listener_path(where, spec)
-        try:
-            obj = pkgutil.resolve_name(str(spec))
-        except Exception as e:  # ImportError, AttributeError, or whatever the module raised
-            raise ConfigError(where, f"cannot import {spec!r}: {type(e).__name__}: {e}") from None
-        if not callable(obj):
-            raise ConfigError(where, f"{spec!r} is not callable, got {obj!r}")
-        out.append(obj)
+        with problems.at():
+            out.append(resolve_callable(f"listeners[{i}]", spec))
+    problems.raise_if_any()
     return out
 
 

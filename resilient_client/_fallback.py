@@ -6,19 +6,70 @@ or the bulkhead is full, if the endpoint has one.
 from __future__ import annotations
 
 import datetime
+import enum
 import http
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import requests
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
 from ._clock import Clock
-from ._policy import StaleFallback
+from ._errors import ConfigError
+from ._policy import StaleFallback, StaticFallback
 
-__all__ = ["StaleCache", "make_response"]
+__all__ = ["StaleCache", "fallback_response", "make_response"]
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+#: Tells "no json=" from ``json=None`` (a JSON null body).
+_UNSET = _Unset.UNSET
+
+
+def fallback_response(
+    request: requests.PreparedRequest,
+    status: int = 200,
+    *,
+    json: Any = _UNSET,
+    text: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> requests.Response:
+    """
+    A `requests.Response` for a callable fallback to return, made as the
+    configured fixed fallbacks are: with *json*, the value as a JSON body
+    and ``Content-Type: application/json``; with *text*, the text as UTF-8
+    and ``Content-Type: text/plain; charset=utf-8``; with neither, an empty
+    body. *headers* add to (or override) the content type.
+
+    The session marks what a fallback returns (``resp.is_fallback``,
+    ``resp.attempts``); this builds the rest, with no private attribute of
+    requests to set.
+
+    Raises:
+        ValueError: for a status outside 100-599, both *json* and *text*, a
+            value that is not JSON-serialisable or a header that is not one.
+
+    .. versionadded:: 0.1.0
+    """
+    if json is not _UNSET and text is not None:
+        raise ValueError("fallback_response: give json or text, not both")
+    try:
+        if json is not _UNSET:
+            made = StaticFallback.from_json(status, json, headers)
+        elif text is not None:
+            made = StaticFallback.from_text(status, text, headers)
+        else:
+            made = StaticFallback(status=status, headers=dict(headers or {}))
+    except ConfigError as e:
+        # Said as the argument it is: this is a call, not a configuration.
+        raise ValueError(f"fallback_response: {e}") from None
+    return make_response(request, made.status, made.body, made.headers)
 
 
 def make_response(

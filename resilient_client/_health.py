@@ -40,8 +40,9 @@ from ._redact import redact_url
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
+    from ._endpoints import EndpointState
     from ._policy import Policy
-    from ._session import ResilientSession, _EndpointState
+    from ._session import ResilientSession
 
 __all__ = ["EndpointHealth", "Health", "HealthTracker", "collect", "health_app", "is_critical"]
 
@@ -240,7 +241,7 @@ def tracker_of(session: ResilientSession) -> HealthTracker:
     return tracker
 
 
-def _endpoint_states(session: ResilientSession) -> Iterable[tuple[_EndpointState, Policy]]:
+def _endpoint_states(session: ResilientSession) -> Iterable[tuple[EndpointState, Policy]]:
     seen: set[str] = set()
     for ep in session.config.endpoints:
         if ep.name not in seen:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, Problems
 
 if TYPE_CHECKING:
     import requests
@@ -122,23 +122,26 @@ def _header_name(path: str, value: object) -> str:
 def _statuses(path: str, value: object, *, lo: int = 100, hi: int = 599) -> frozenset[int]:
     items = _sequence(path, value)
     out = set()
+    p = Problems()
     for i, code in enumerate(items):
         if isinstance(code, bool) or not isinstance(code, int) or not lo <= code <= hi:
-            raise ConfigError(f"{path}[{i}]", f"must be an HTTP status {lo}-{hi}, got {code!r}")
-        out.add(code)
+            p.add(f"{path}[{i}]", f"must be an HTTP status {lo}-{hi}, got {code!r}")
+        else:
+            out.add(code)
+    p.raise_if_any()
     return frozenset(out)
 
 
 def _methods(path: str, value: object) -> frozenset[str]:
     items = _sequence(path, value)
     out = set()
+    p = Problems()
     for i, m in enumerate(items):
         if not isinstance(m, str) or m.upper() not in _HTTP_METHODS:
-            raise ConfigError(
-                f"{path}[{i}]",
-                f"must be an HTTP method ({', '.join(sorted(_HTTP_METHODS))}), got {m!r}",
-            )
-        out.add(m.upper())
+            p.add(f"{path}[{i}]", f"must be an HTTP method ({', '.join(sorted(_HTTP_METHODS))}), got {m!r}")
+        else:
+            out.add(m.upper())
+    p.raise_if_any()
     return frozenset(out)
 
 
@@ -146,6 +149,11 @@ def _sequence(path: str, value: object) -> list[Any]:
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise ConfigError(path, f"must be a list, got {value!r}")
     return list(value)
+
+
+def _given(value: object) -> object:
+    """*value* typed as what it may really be: configs are untyped, whatever a field says."""
+    return value
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -174,10 +182,15 @@ class Timeouts:
     total: float | None = 10.0
 
     def __post_init__(self) -> None:
-        _set(self, "connect", _duration("connect", self.connect))
-        _set(self, "read", _duration("read", self.read))
+        p = Problems()
+        with p.at():
+            _set(self, "connect", _duration("connect", self.connect))
+        with p.at():
+            _set(self, "read", _duration("read", self.read))
         if self.total is not None:
-            _set(self, "total", _duration("total", self.total))
+            with p.at():
+                _set(self, "total", _duration("total", self.total))
+        p.raise_if_any()
 
 
 class Jitter(str, enum.Enum):
@@ -212,16 +225,22 @@ class BackoffPolicy:
     jitter: Jitter = Jitter.FULL
 
     def __post_init__(self) -> None:
-        _set(self, "initial", _duration("initial", self.initial, allow_zero=True))
-        _set(self, "multiplier", _number("multiplier", self.multiplier, minimum=1.0, allow_zero=True))
-        _set(self, "max", _duration("max", self.max, allow_zero=True))
-        if self.max < self.initial:
-            raise ConfigError("max", f"must be >= initial ({self.initial:g}), got {self.max!r}")
+        p = Problems()
+        with p.at():
+            _set(self, "initial", _duration("initial", self.initial, allow_zero=True))
+        with p.at():
+            _set(self, "multiplier", _number("multiplier", self.multiplier, minimum=1.0, allow_zero=True))
+        with p.at():
+            _set(self, "max", _duration("max", self.max, allow_zero=True))
+        # Compared only when both are valid: a bad `initial` is one problem, not two.
+        if not p.failed("initial", "max") and self.max < self.initial:
+            p.add("max", f"must be >= initial ({self.initial:g}), got {self.max!r}")
         try:
             _set(self, "jitter", Jitter(self.jitter))
         except ValueError:
             choices = " | ".join(j.value for j in Jitter)
-            raise ConfigError("jitter", f"must be one of {choices}, got {self.jitter!r}") from None
+            p.add("jitter", f"must be one of {choices}, got {self.jitter!r}")
+        p.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -246,35 +265,41 @@ class RetryPolicy:
     attempt_header: str | None = None
 
     def __post_init__(self) -> None:
-        _set(self, "attempts", _integer("attempts", self.attempts, minimum=1))
-        if not isinstance(self.backoff, BackoffPolicy):
-            raise ConfigError("backoff", f"must be a BackoffPolicy, got {self.backoff!r}")
-        given = _sequence("on_status", self.on_status)
-        _set(self, "on_status", _statuses("on_status", given))
-        for i, code in enumerate(given):
-            if 400 <= code < 500 and code not in _RETRYABLE_4XX:
-                raise ConfigError(
-                    f"on_status[{i}]",
-                    "must not be a 4xx status other than 408 or 429 (the request itself is "
-                    f"refused, and sending it again gets the same answer), got {code!r}",
-                )
-        on = _sequence("on", self.on)
-        for i, kind in enumerate(on):
-            if not isinstance(kind, str) or kind not in ALL_RETRY_ON:
-                raise ConfigError(
-                    f"on[{i}]", f"must be one of {', '.join(sorted(ALL_RETRY_ON))}, got {kind!r}"
-                )
-        _set(self, "on", frozenset(on))
-        _set(self, "methods", _methods("methods", self.methods))
+        p = Problems()
+        with p.at():
+            _set(self, "attempts", _integer("attempts", self.attempts, minimum=1))
+        if not isinstance(_given(self.backoff), BackoffPolicy):
+            p.add("backoff", f"must be a BackoffPolicy, got {self.backoff!r}")
+        with p.at():
+            given = _sequence("on_status", self.on_status)
+            _set(self, "on_status", _statuses("on_status", given))
+            for i, code in enumerate(given):
+                if 400 <= code < 500 and code not in _RETRYABLE_4XX:
+                    p.add(
+                        f"on_status[{i}]",
+                        "must not be a 4xx status other than 408 or 429 (the request itself is "
+                        f"refused, and sending it again gets the same answer), got {code!r}",
+                    )
+        with p.at():
+            on = _sequence("on", self.on)
+            for i, kind in enumerate(on):
+                if not isinstance(kind, str) or kind not in ALL_RETRY_ON:
+                    p.add(f"on[{i}]", f"must be one of {', '.join(sorted(ALL_RETRY_ON))}, got {kind!r}")
+            if not p.failed("on"):
+                _set(self, "on", frozenset(on))
+        with p.at():
+            _set(self, "methods", _methods("methods", self.methods))
         if self.idempotency_header is not None:
-            _header_name("idempotency_header", self.idempotency_header)
+            with p.at():
+                _header_name("idempotency_header", self.idempotency_header)
         if self.attempt_header is not None:
-            _header_name("attempt_header", self.attempt_header)
-        if not isinstance(self.respect_retry_after, bool):
-            raise ConfigError(
-                "respect_retry_after", f"must be true or false, got {self.respect_retry_after!r}"
-            )
-        _set(self, "max_retry_after", _duration("max_retry_after", self.max_retry_after, allow_zero=True))
+            with p.at():
+                _header_name("attempt_header", self.attempt_header)
+        if not isinstance(_given(self.respect_retry_after), bool):
+            p.add("respect_retry_after", f"must be true or false, got {self.respect_retry_after!r}")
+        with p.at():
+            _set(self, "max_retry_after", _duration("max_retry_after", self.max_retry_after, allow_zero=True))
+        p.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -292,9 +317,14 @@ class BudgetPolicy:
     window: float = 10.0
 
     def __post_init__(self) -> None:
-        _set(self, "ratio", _number("ratio", self.ratio, allow_zero=True))
-        _set(self, "min_per_second", _number("min_per_second", self.min_per_second, allow_zero=True))
-        _set(self, "window", _duration("window", self.window))
+        p = Problems()
+        with p.at():
+            _set(self, "ratio", _number("ratio", self.ratio, allow_zero=True))
+        with p.at():
+            _set(self, "min_per_second", _number("min_per_second", self.min_per_second, allow_zero=True))
+        with p.at():
+            _set(self, "window", _duration("window", self.window))
+        p.raise_if_any()
 
 
 class BreakerMode(str, enum.Enum):
@@ -336,24 +366,30 @@ class BreakerPolicy:
     slow_call_duration: float | None = None
 
     def __post_init__(self) -> None:
-        _set(self, "failure_threshold", _integer("failure_threshold", self.failure_threshold, minimum=1))
-        _set(self, "reset_timeout", _duration("reset_timeout", self.reset_timeout))
+        p = Problems()
+        with p.at():
+            _set(self, "failure_threshold", _integer("failure_threshold", self.failure_threshold, minimum=1))
+        with p.at():
+            _set(self, "reset_timeout", _duration("reset_timeout", self.reset_timeout))
         if not isinstance(self.storage, str) or not (
             self.storage == "memory"
             or self.storage.startswith(("redis://", "rediss://", "unix://"))
         ):
-            raise ConfigError(
-                "storage", f"must be 'memory' or a redis:// URL, got {self.storage!r}"
-            )
+            p.add("storage", f"must be 'memory' or a redis:// URL, got {self.storage!r}")
         try:
             _set(self, "mode", BreakerMode(self.mode))
         except ValueError:
-            raise ConfigError("mode", f"must be consecutive | rate, got {self.mode!r}") from None
-        _set(self, "failure_rate", _ratio("failure_rate", self.failure_rate, allow_zero=False))
-        _set(self, "window", _duration("window", self.window))
-        _set(self, "min_calls", _integer("min_calls", self.min_calls, minimum=1))
+            p.add("mode", f"must be consecutive | rate, got {self.mode!r}")
+        with p.at():
+            _set(self, "failure_rate", _ratio("failure_rate", self.failure_rate, allow_zero=False))
+        with p.at():
+            _set(self, "window", _duration("window", self.window))
+        with p.at():
+            _set(self, "min_calls", _integer("min_calls", self.min_calls, minimum=1))
         if self.slow_call_duration is not None:
-            _set(self, "slow_call_duration", _duration("slow_call_duration", self.slow_call_duration))
+            with p.at():
+                _set(self, "slow_call_duration", _duration("slow_call_duration", self.slow_call_duration))
+        p.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -398,9 +434,12 @@ class PropagationPolicy:
     per_attempt: bool = False
 
     def __post_init__(self) -> None:
-        _header_name("deadline_header", self.deadline_header)
-        if not isinstance(self.per_attempt, bool):
-            raise ConfigError("per_attempt", f"must be true or false, got {self.per_attempt!r}")
+        p = Problems()
+        with p.at():
+            _header_name("deadline_header", self.deadline_header)
+        if not isinstance(_given(self.per_attempt), bool):
+            p.add("per_attempt", f"must be true or false, got {self.per_attempt!r}")
+        p.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -417,16 +456,20 @@ class StaticFallback:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        p = Problems()
         if isinstance(self.status, bool) or not isinstance(self.status, int) or not 100 <= self.status <= 599:
-            raise ConfigError("status", f"must be an HTTP status 100-599, got {self.status!r}")
-        if not isinstance(self.body, bytes):
-            raise ConfigError("body", f"must be bytes, got {type(self.body).__name__}")
-        if not isinstance(self.headers, Mapping):
-            raise ConfigError("headers", f"must be a mapping, got {self.headers!r}")
+            p.add("status", f"must be an HTTP status 100-599, got {self.status!r}")
+        if not isinstance(_given(self.body), bytes):
+            p.add("body", f"must be bytes, got {type(self.body).__name__}")
+        if not isinstance(_given(self.headers), Mapping):
+            p.add("headers", f"must be a mapping, got {self.headers!r}")
+            p.raise_if_any()
         for k, v in self.headers.items():
-            _header_name(f"headers.{k}", k)
+            with p.at():
+                _header_name(f"headers.{k}", k)
             if not isinstance(v, str) or "\n" in v or "\r" in v:
-                raise ConfigError(f"headers.{k}", f"must be a single-line string, got {v!r}")
+                p.add(f"headers.{k}", f"must be a single-line string, got {v!r}")
+        p.raise_if_any()
         _set(self, "headers", dict(self.headers))
 
     @classmethod
@@ -515,17 +558,20 @@ class Policy:
     critical: bool | None = None
 
     def __post_init__(self) -> None:
+        p = Problems()
         if not isinstance(self.name, str) or not self.name:
-            raise ConfigError("name", f"must be a non-empty string, got {self.name!r}")
-        _set(self, "failure_status", _statuses("failure_status", self.failure_status, lo=500))
-        if self.critical is not None and not isinstance(self.critical, bool):
-            raise ConfigError("critical", f"must be true or false, got {self.critical!r}")
+            p.add("name", f"must be a non-empty string, got {self.name!r}")
+        with p.at():
+            _set(self, "failure_status", _statuses("failure_status", self.failure_status, lo=500))
+        if self.critical is not None and not isinstance(_given(self.critical), bool):
+            p.add("critical", f"must be true or false, got {self.critical!r}")
         for name, kind in _SECTION_TYPES.items():
             value = getattr(self, name)
             if value is None and name != "timeout":
                 continue
             if not isinstance(value, kind):
-                raise ConfigError(name, f"must be a {_kind_name(kind)}, got {value!r}")
+                p.add(name, f"must be a {_kind_name(kind)}, got {value!r}")
+        p.raise_if_any()
 
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with *changes* applied (and validated)."""

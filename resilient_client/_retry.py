@@ -20,8 +20,6 @@ then asks the stop strategies, in this order):
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import math
 import random
 import time
@@ -34,13 +32,14 @@ from tenacity import RetryCallState
 
 from ._outcome import RetryPredicate, classify_error
 from ._policy import BackoffPolicy, Jitter, RetryPolicy
+from ._retry_after import parse_retry_after
 from ._verdict import AttemptOutcome, of_status, retry_verdict
 
 if TYPE_CHECKING:
     from ._budget import RetryBudget
     from ._deadline import Deadline
 
-__all__ = ["Backoff", "Call", "build_retrying", "decide", "parse_retry_after"]
+__all__ = ["Backoff", "Call", "ReplayFirst", "build_retrying", "decide", "parse_retry_after"]
 
 
 class Call:
@@ -122,40 +121,6 @@ def _call(rs: RetryCallState) -> Call:
     c = rs.args[0]
     assert isinstance(c, Call)
     return c
-
-
-# -- Retry-After ------------------------------------------------------------
-
-
-def parse_retry_after(value: str, *, now: Callable[[], float] = time.time) -> float | None:
-    """
-    Return the seconds a ``Retry-After`` value asks for, or None when it is
-    unparseable or negative. Accepts delay-seconds (a non-negative integer)
-    and the three HTTP-date forms; a date in the past means 0.
-
-    .. versionadded:: 0.1.0
-    """
-    value = value.strip()
-    if not value or not value.isascii():
-        # Headers are decoded as latin-1: "\u00b2" passes str.isdigit() but
-        # is no number, and no valid value has a non-ASCII character.
-        return None
-    if value.isdigit():
-        return float(value)
-    if value[0] in "+-" or value.replace(".", "", 1).isdigit():
-        return None  # negative, or not the integer the RFC requires
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        # asctime dates (which RFC 9110 says recipients must accept) carry no
-        # zone, and HTTP-dates are always UTC.
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    try:
-        return max(0.0, when.timestamp() - now())
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 # -- strategies -------------------------------------------------------------
@@ -380,3 +345,24 @@ def build_retrying(
         retry_error_callback=_last_outcome,
         reraise=True,
     )
+
+
+class ReplayFirst:
+    """An attempt function whose first call replays an outcome already had."""
+
+    __slots__ = ("_attempt", "_first")
+
+    def __init__(
+        self, first: requests.Response | BaseException, attempt: Callable[[Call], requests.Response]
+    ) -> None:
+        self._first: requests.Response | BaseException | None = first
+        self._attempt = attempt
+
+    def __call__(self, call: Call) -> requests.Response:
+        first = self._first
+        if first is None:
+            return self._attempt(call)
+        self._first = None
+        if isinstance(first, BaseException):
+            raise first
+        return first

@@ -12,6 +12,15 @@ through the endpoint's policy, one concern per layer::
 Retries run outside the breaker, so an open breaker also stops the
 remaining retries (`CircuitOpenError` is never retried).
 
+Why it is long: it is the requests front, and requests' own API is wide:
+``request``, ``prepare_request``, ``resolve_redirects``,
+``merge_environment_settings`` and ``send`` are each overridden here, beside
+the layers of one call and the test seam the session owns. What is not the
+call's flow lives beside it: endpoint state and routes (`_endpoints`), the
+decisions (`_verdict`, `_outcome`, `_retry`), auth and hooks per attempt
+(`_per_attempt`), responses on their way out (`_responses`), timeouts
+(`_timeouts`), the deadline reader (`_deadline`).
+
 Why redirect hops are handed over explicitly: requests follows a redirect by
 calling ``send`` again from inside the attempt's own ``send``. Telling a hop
 from a new call by "an attempt is running on this thread" also catches calls
@@ -24,29 +33,24 @@ exactly the next ``send`` it makes as a hop of the running attempt; any other
 from __future__ import annotations
 
 import copy
-import itertools
-import math
 import random
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import requests
 import tenacity
 from requests.auth import HTTPBasicAuth
-from requests.hooks import default_hooks
 from tenacity import RetryCallState
-from urllib3.util import Timeout as Urllib3Timeout
 
 from ._breaker import BreakerState, CircuitBreaker
-from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
-from ._config import Config, ConfigSource, call_policy
+from ._config import Config, ConfigSource
 from ._deadline import Deadline, DeadlineAdapter, arm, disarm, release
-from ._environ import EnvironCache
+from ._endpoints import Endpoints, EndpointState, Route
+from ._environ import EnvironCache, merge_proxies
 from ._events import (
     AttemptFinished,
     BreakerRejected,
@@ -62,9 +66,11 @@ from ._events import (
     RetryScheduled,
     load_listeners,
 )
-from ._fallback import StaleCache, make_response
+from ._fallback import make_response
+from ._live import LIVE_SESSIONS
 from ._outcome import RetryPredicate, classify_error, is_replayable
-from ._policy import MAX_DURATION, CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
+from ._per_attempt import REAUTH, HookGuard, PreAuth, reauthenticated
+from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
@@ -74,8 +80,10 @@ from ._redact import (
     redact_url,
     secret_values,
 )
-from ._retry import Call, build_retrying, decide
+from ._responses import discard, hand_slot_to, tell_attempts
+from ._retry import Call, ReplayFirst, build_retrying, decide
 from ._routing import Resolution, Router
+from ._timeouts import call_timeouts
 from ._urls import URLLIB3_FORM
 from ._verdict import AttemptOutcome, of_status
 from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded
@@ -85,17 +93,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ResilientSession"]
 
-_ROUTE_CACHE_SIZE = 4096
-#: Unmatched URLs keep breaker, budget and bulkhead per origin. A service
-#: that calls ever new origins (a crawler, a webhook sender) must not grow
-#: without bound: past this many origins, the least recently used ones with
-#: no call in flight and a closed breaker are forgotten, a quarter at a time
-#: (name an endpoint to keep its state).
-MAX_ORIGIN_STATES = 256
-# The attribute `prepare_request` leaves on a request whose auth keeps state
-# per call (digest): a `_PreAuth` keeping the request as it was before the
-# auth, to apply it afresh on every retry as a new call would.
-_REAUTH = "_resilient_reauth"
+_T = TypeVar("_T")
+
 # requests' own, untyped in its stubs.
 _merge_setting = cast(Callable[[Any, Any], Any], requests.sessions.merge_setting)
 # The outcomes of refusals made before an attempt: constants, not classified anew.
@@ -103,59 +102,6 @@ _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
-
-
-class _EndpointState:
-    """What is shared by every request to one endpoint name (or origin)."""
-
-    __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "route_keys", "stale", "used")
-
-    def __init__(self, name: str, policy: Policy, session: ResilientSession) -> None:
-        self.name = name
-        self.policy = policy
-        clock = session.clock
-        self.breaker = (
-            CircuitBreaker(name, policy.breaker, clock=clock, on_state_change=session._breaker_changed)
-            if policy.breaker is not None
-            else None
-        )
-        self.budget = RetryBudget(policy.budget, clock) if policy.budget is not None else None
-        self.bulkhead = Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None
-        self.stale: StaleCache | None = None
-        #: The route-cache keys that lead here, dropped with this state.
-        self.route_keys: list[tuple[str, str]] = []
-        #: When a call last used it, on the session's call counter (for LRU).
-        self.used = 0
-
-    def idle(self) -> bool:
-        """
-        Safe to forget: no call in flight and a closed breaker. Counts and a
-        stale cache may go (recency keeps the origins being called).
-        """
-        if self.bulkhead is not None and self.bulkhead.in_flight:
-            return False
-        # Half-open with no call in flight: its reset_timeout passed and
-        # nobody came back for the trial. Only an open breaker protects.
-        return self.breaker is None or self.breaker.state is not BreakerState.OPEN
-
-
-class _Route:
-    """Everything the hot path needs for one URL shape, resolved once."""
-
-    __slots__ = ("name", "policy", "resolution", "retrying", "state", "timeouts")
-
-    def __init__(
-        self,
-        resolution: Resolution,
-        state: _EndpointState,
-        retrying: tenacity.Retrying | None,
-    ) -> None:
-        self.resolution = resolution
-        self.policy = resolution.policy
-        self.name = resolution.key
-        self.state = state
-        self.retrying = retrying
-        self.timeouts = (self.policy.timeout.connect, self.policy.timeout.read)
 
 
 class ResilientSession(requests.Session):
@@ -194,7 +140,7 @@ class ResilientSession(requests.Session):
         # stays 0 so that this session is the only retry layer.
         self.mount("https://", DeadlineAdapter())
         self.mount("http://", DeadlineAdapter())
-        _LIVE_SESSIONS.add(self)  # last: it is complete, adapters mounted
+        LIVE_SESSIONS.add(self)  # last: it is complete, adapters mounted
 
     def _setup(
         self,
@@ -218,14 +164,9 @@ class ResilientSession(requests.Session):
         self._retry_if = retry_if
         self._rng = rng
         self._router = Router(self.config.endpoints, self.config.defaults, URLLIB3_FORM)
-        self._routes: dict[tuple[str, str], _Route] = {}
-        self._states: dict[str, _EndpointState] = {}
-        # Unmatched origins, least recently routed first (bounded: MAX_ORIGIN_STATES).
-        self._origins: OrderedDict[str, _EndpointState] = OrderedDict()
-        self._calls = 0
-        self._origins_next_scan = 0
-        self._retryings: dict[int, tenacity.Retrying | None] = {}
         self._lock = threading.Lock()
+        self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
+                                    self._breaker_changed, self._build_retrying, self._lock)
         self._local = threading.local()
         self._environ = EnvironCache()
 
@@ -245,7 +186,7 @@ class ResilientSession(requests.Session):
         for attr, value in state.items():  # as requests.Session.__setstate__ does
             setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
-        _LIVE_SESSIONS.add(self)
+        LIVE_SESSIONS.add(self)
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
@@ -316,82 +257,15 @@ class ResilientSession(requests.Session):
 
     # -- routing -----------------------------------------------------------
 
-    def _route_for(self, method: str, url: str) -> _Route:
-        q = url.find("?")
-        key = (method, url if q < 0 else url[:q])
-        route = self._routes.get(key)
-        if route is None:
-            route = self._new_route(method, url)
-            if len(self._routes) >= _ROUTE_CACHE_SIZE:
-                self._routes.clear()  # bounded: URLs with ids in the path must not grow it forever
-                for st in self._all_states():
-                    st.route_keys.clear()
-            self._routes[key] = route
-            route.state.route_keys.append(key)
-        return route
+    def _route_for(self, method: str, url: str) -> Route:
+        return self._endpoints.route_for(method, url)
 
-    def _new_route(self, method: str, url: str) -> _Route:
-        res = self._router.resolve(method, url)
-        policy = res.policy if res.endpoint is not None else res.policy.replace(name=res.key)
-        res = Resolution(policy, res.endpoint, res.index, res.key)
-        with self._lock:
-            if res.endpoint is None:
-                state = self._origin_state(res.key, policy)
-            elif res.key in self._states:
-                state = self._states[res.key]
-            else:
-                state = self._states[res.key] = _EndpointState(res.key, policy, self)
-            if isinstance(policy.fallback, StaleFallback) and state.stale is None:
-                state.stale = StaleCache(policy.fallback, self.clock)
-            slot = -1 if res.index is None else res.index
-            if slot not in self._retryings:
-                self._retryings[slot] = self._build_retrying(policy)
-            retrying = self._retryings[slot]
-        return _Route(res, state, retrying)
-
-    def _route_changed(self, route: _Route, changes: Any) -> _Route:
-        """*route* with the call's ``policy=`` changes: same endpoint state, another policy."""
-        policy = call_policy(route.policy, changes)
-        res = route.resolution
-        return _Route(Resolution(policy, res.endpoint, res.index, res.key), route.state,
-                      self._build_retrying(policy))
-
-    def _origin_state(self, origin: str, policy: Policy) -> _EndpointState:
-        """An unmatched origin's state, kept for at most MAX_ORIGIN_STATES origins (lock held)."""
-        origins = self._origins
-        state = origins.get(origin)
-        if state is not None:
-            origins.move_to_end(origin)
-            return state
-        if len(origins) >= max(MAX_ORIGIN_STATES, self._origins_next_scan):
-            # Forget the least recently used idle origins, down to 3/4 of the
-            # bound, so one scan serves many new origins. Those not idle (a call
-            # in flight, a breaker open) stay: the bound gives way to
-            # protection, and the next scan waits for a quarter more origins.
-            idle = sorted((st.used, k) for k, st in origins.items() if st.idle())
-            for _, k in idle[: len(origins) - MAX_ORIGIN_STATES * 3 // 4]:
-                for key in origins.pop(k).route_keys:
-                    self._routes.pop(key, None)
-            self._origins_next_scan = len(origins) + MAX_ORIGIN_STATES // 4
-        state = origins[origin] = _EndpointState(origin, policy, self)
-        return state
-
-    def _all_states(self) -> list[_EndpointState]:
+    def _all_states(self) -> list[EndpointState]:
         """Every endpoint state this session keeps now: named endpoints, then origins."""
-        with self._lock:
-            return [*self._states.values(), *self._origins.values()]
+        return self._endpoints.all_states()
 
-    def _state_named(self, name: str) -> _EndpointState:
-        with self._lock:
-            state = self._states.get(name)
-            if state is not None:
-                return state
-            for ep in self.config.endpoints:
-                if ep.name == name:
-                    state = self._states[name] = _EndpointState(name, ep.policy, self)
-                    return state
-        known = sorted({e.name for e in self.config.endpoints})
-        raise KeyError(f"no endpoint named {name!r}; known: {known}")
+    def _state_named(self, name: str) -> EndpointState:
+        return self._endpoints.state_named(name)
 
     def _build_retrying(self, policy: Policy) -> tenacity.Retrying | None:
         if policy.retry is None or policy.retry.attempts <= 1:
@@ -496,7 +370,7 @@ class ResilientSession(requests.Session):
         if verify is True or verify is None:
             verify = ca_bundle or verify
         return {
-            "proxies": _merge_proxies(proxies, self.proxies),
+            "proxies": merge_proxies(proxies, self.proxies),
             "stream": _merge_setting(stream, self.stream),
             "verify": _merge_setting(verify, self.verify),
             "cert": _merge_setting(cert, self.cert),
@@ -517,7 +391,7 @@ class ResilientSession(requests.Session):
                 return super().prepare_request(request)
             # requests applies the auth half-way through preparing; the
             # wrapper keeps the request as it stood just before, for retries.
-            keeper = _PreAuth(auth)
+            keeper = PreAuth(auth)
             shallow = copy.copy(request)
             shallow.auth = keeper
             prepared = super().prepare_request(shallow)
@@ -529,7 +403,7 @@ class ResilientSession(requests.Session):
             redact_exception(exc, call_secret_values(self.config.secrets, self, request.url, (), args),
                              self.config.secrets)
             raise
-        setattr(prepared, _REAUTH, keeper)
+        setattr(prepared, REAUTH, keeper)
         return prepared
 
     def resolve_redirects(
@@ -574,11 +448,11 @@ class ResilientSession(requests.Session):
         if changes is None and getattr(self._local, "call_policy", None) is not None:
             changes, self._local.call_policy = self._local.call_policy, None  # request()'s, taken once
         if changes is not None:
-            route = self._route_changed(route, changes)
-        # Recency for the origin bound: a plain counter, racy on purpose (an
-        # approximate order is all eviction needs; a lock here is not worth it).
-        self._calls += 1
-        route.state.used = self._calls
+            route = self._endpoints.changed(route, changes)
+        # Recency for the origin bound: a plain counter, racy on purpose.
+        endpoints = self._endpoints
+        endpoints.calls += 1
+        route.state.used = endpoints.calls
         return self._send_with_fallback(request, kwargs, route)
 
     def _send_hop(
@@ -591,7 +465,7 @@ class ResilientSession(requests.Session):
         # The hop before this one was answered: the request reached the peer,
         # so a failure from here on is no longer "before send".
         call.reached_peer = True
-        route: _Route = call.route
+        route: Route = call.route
         connect, read = call.timeouts
         breaker = None
         target = self._route_for(request.method or "GET", request.url or "")
@@ -647,7 +521,7 @@ class ResilientSession(requests.Session):
         return resp
 
     def _send_with_fallback(
-        self, request: requests.PreparedRequest, kwargs: dict[str, Any], route: _Route
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any], route: Route
     ) -> requests.Response:
         policy = route.policy
         stream = bool(kwargs.get("stream", self.stream))
@@ -666,7 +540,7 @@ class ResilientSession(requests.Session):
         )
         given = kwargs.get("timeout")
         call.timeout_given = given is not None
-        call.timeouts = self._timeouts(route, given)
+        call.timeouts = call_timeouts(route.timeouts, given)
         call.route = route
         call.stream = stream
         hot = self._bus.wants_hot()
@@ -687,7 +561,7 @@ class ResilientSession(requests.Session):
             # Whatever leaves the session carries no secret, of this request or of
             # a redirect hop's (a secret first seen in a Location header).
             redact_exception(exc, self._secret_values(call), self.config.secrets)
-            _tell_attempts(exc, call.attempt)
+            tell_attempts(exc, call.attempt)
             if hot:
                 self._emit_call(call, None, exc, started)
             raise
@@ -699,7 +573,7 @@ class ResilientSession(requests.Session):
         self, call: Call
     ) -> tuple[requests.Response, BaseException | requests.Response | None]:
         """The call in a bulkhead slot, or the fallback: (response, what a fallback replaced)."""
-        route: _Route = call.route
+        route: Route = call.route
         request = call.request
         bulkhead = route.state.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
@@ -730,7 +604,7 @@ class ResilientSession(requests.Session):
             ):
                 stale.store(request.method, request.url or "", resp)
             if call.stream and slot_held:
-                self._hand_slot_to(resp, cast(Bulkhead, bulkhead))
+                hand_slot_to(resp, cast(Bulkhead, bulkhead))
                 slot_held = False
             return resp, None
         finally:
@@ -738,7 +612,7 @@ class ResilientSession(requests.Session):
                 cast(Bulkhead, bulkhead).release()
 
     def _send_with_retries(self, call: Call) -> requests.Response:
-        route: _Route = call.route
+        route: Route = call.route
         retrying = route.retrying
         if retrying is not None and not retries_allowed():
             # This request is itself our caller's retry: retry at one layer only.
@@ -791,17 +665,17 @@ class ResilientSession(requests.Session):
             call.first_verdict = decide(call, first, retry, self._retry_if)
         except BaseException:
             if isinstance(first, requests.Response):
-                _discard(first)  # a retry_if that raised: nobody will read it
+                discard(first)  # a retry_if that raised: nobody will read it
             raise
         if not call.first_verdict:
             if isinstance(first, BaseException):
                 raise first  # what tenacity (reraise=True) would raise
             return first
-        return retrying(_ReplayFirst(first, self._attempt), call)
+        return retrying(ReplayFirst(first, self._attempt), call)
 
     def _attempt(self, call: Call) -> requests.Response:
         """One try: breaker, timeouts capped by the deadline, then requests' own send."""
-        route: _Route = call.route
+        route: Route = call.route
         request = call.request
         deadline = call.deadline
         connect, read = call.timeouts
@@ -813,8 +687,8 @@ class ResilientSession(requests.Session):
             connect, read = min(connect, left), min(read, left)
         call.reached_peer = call.left_endpoint = False
         call.hook_error = call.hook_guard = None
-        if call.attempt and hasattr(request, _REAUTH):
-            request = _reauthenticated(request)
+        if call.attempt and hasattr(request, REAUTH):
+            request = reauthenticated(request)
         prop = route.policy.propagation
         if prop is not None and (deadline is not None or prop.per_attempt):
             # Tell the callee how long we will wait: what is left now, at each attempt.
@@ -847,7 +721,7 @@ class ResilientSession(requests.Session):
             # answer: whatever it raises is not a transport failure (no retry
             # resends what the peer answered, no fallback hides it), and the
             # breaker sees the attempt's status before the hook can raise.
-            guard = _HookGuard(request.hooks["response"], breaker, is_trial,
+            guard = HookGuard(request.hooks["response"], breaker, is_trial,
                                route.policy.failure_status, self.clock, call)
             if request is call.request:
                 request = request.copy()
@@ -931,13 +805,13 @@ class ResilientSession(requests.Session):
         else:
             resp: requests.Response = outcome.result()
             reason = f"status {resp.status_code}"
-            _discard(resp)
-        route: _Route = call.route
+            discard(resp)
+        route: Route = call.route
         self._emit(RetryScheduled(route.name, call.request.method or "", self._url(call.request),
                                   call.attempt, rs.upcoming_sleep, reason))
 
     def _gave_up(self, call: Call, outcome: str) -> None:
-        route: _Route = call.route
+        route: Route = call.route
         reason = call.stop_reason or (
             # Another call opened the breaker during our backoff: it ended the retries.
             "breaker_open" if outcome == "circuit_open"
@@ -960,7 +834,7 @@ class ResilientSession(requests.Session):
         self, call: Call, failure: BaseException | requests.Response
     ) -> requests.Response | None:
         """The fallback's response for *failure*, or None when there is none to give."""
-        route: _Route = call.route
+        route: Route = call.route
         fb = route.policy.fallback
         request = call.request
         if fb is None:
@@ -987,7 +861,7 @@ class ResilientSession(requests.Session):
                 # The fallback's mistake, said as such: not an AttributeError
                 # from setting resp.attempts below.
                 if isinstance(failure, requests.Response):
-                    _discard(failure)
+                    discard(failure)
                 fn = fb.function
                 module = getattr(fn, "__module__", None)
                 name = getattr(fn, "__qualname__", None)
@@ -1005,7 +879,7 @@ class ResilientSession(requests.Session):
             if call.stream:
                 failure.close()  # its body is no longer under the deadline: never drain it
             else:
-                _discard(failure)
+                discard(failure)
         resp.attempts = call.attempt  # type: ignore[attr-defined]
         resp.is_fallback = True  # type: ignore[attr-defined]
         if kind != "stale":
@@ -1016,36 +890,6 @@ class ResilientSession(requests.Session):
 
     # -- small helpers -------------------------------------------------------
 
-    def _timeouts(self, route: _Route, value: object) -> tuple[float, float]:
-        """
-        Per-call ``timeout=``, in every form requests accepts (a number, a
-        ``(connect, read)`` tuple, a urllib3 ``Timeout``), replaces
-        connect/read; None parts mean the policy's. A ``Timeout``'s ``total``
-        caps both.
-        """
-        if value is None:
-            return route.timeouts
-        connect, read = route.timeouts
-        if isinstance(value, Urllib3Timeout):
-            # Its fields as given: connect_timeout/read_timeout combine them
-            # with a timer only urllib3 starts, and raise TimeoutStateError
-            # before then. Its DEFAULT sentinel (not a number) is the policy's.
-            c: object = value._connect
-            r: object = value._read
-            c = None if c is Urllib3Timeout.DEFAULT_TIMEOUT else c
-            r = None if r is Urllib3Timeout.DEFAULT_TIMEOUT else r
-            total: object = value.total
-            if total is not None and total is not Urllib3Timeout.DEFAULT_TIMEOUT:
-                cap = _finite("total", total, 0.0)
-                return (min(_finite("connect", c, connect), cap), min(_finite("read", r, read), cap))
-        elif isinstance(value, tuple):
-            if len(value) != 2:
-                raise ValueError(f"timeout must be a number or a (connect, read) tuple, got {value!r}")
-            c, r = value
-        else:
-            c = r = value
-        return (_finite("connect", c, connect), _finite("read", r, read))
-
     @staticmethod
     def _idempotent(request: requests.PreparedRequest, policy: Policy) -> bool:
         retry = policy.retry
@@ -1054,57 +898,6 @@ class ResilientSession(requests.Session):
         if request.method in retry.methods:
             return True
         return retry.idempotency_header is not None and retry.idempotency_header in request.headers
-
-    def _hand_slot_to(self, resp: requests.Response, bulkhead: Bulkhead) -> None:
-        """A streamed response keeps its bulkhead slot until it is consumed or closed."""
-        raw = resp.raw
-        released = False
-        lock = threading.Lock()
-
-        def release() -> None:
-            nonlocal released
-            with lock:
-                if released:
-                    return
-                released = True
-            bulkhead.release()
-
-        original = getattr(raw, "release_conn", None)
-        if raw is None or original is None or resp._content_consumed:  # type: ignore[attr-defined]
-            # Nothing to hold: no connection, or a hook read the body already
-            # (and urllib3 released the connection before we could watch it).
-            release()
-            return
-
-        # The wrapper must not hold `raw` strongly: raw -> its release_conn ->
-        # raw would be a reference cycle, and a dropped response would free
-        # its slot only at the next garbage collection, not when dropped.
-        unbound = getattr(original, "__func__", None)
-        if unbound is not None and getattr(original, "__self__", None) is raw:
-            raw_ref = weakref.ref(raw)
-
-            def call_original() -> None:
-                still = raw_ref()
-                if still is not None:
-                    unbound(still)
-        else:
-            call_original = original
-
-        def release_conn() -> None:
-            try:
-                call_original()
-            finally:
-                release()
-
-        raw.release_conn = release_conn  # type: ignore[method-assign,union-attr]
-        # A response dropped unread and unclosed (`if r.status_code != 200:
-        # return`) calls neither: its slot comes back when it is collected.
-        # Watched through `raw`, which a caller may keep (`.raw` streaming)
-        # after dropping the response.
-        try:
-            weakref.finalize(raw, release)
-        except TypeError:  # a raw object that takes no weak reference
-            weakref.finalize(resp, release)
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
@@ -1121,7 +914,7 @@ class ResilientSession(requests.Session):
         started: float,
     ) -> None:
         """CallFinished: *resp* is what the caller got; *failure* what was raised or a fallback replaced."""
-        route: _Route = call.route
+        route: Route = call.route
         if isinstance(failure, BaseException):
             outcome = classify_error(failure).kind
         elif failure is not None:
@@ -1165,7 +958,7 @@ class ResilientSession(requests.Session):
     @staticmethod
     def _live_sessions() -> list[ResilientSession]:
         """Every session alive in this process, oldest first."""
-        return _LIVE_SESSIONS.snapshot()
+        return LIVE_SESSIONS.snapshot()
 
     @staticmethod
     def _on_new_session(callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
@@ -1173,7 +966,7 @@ class ResilientSession(requests.Session):
         Call *callback* with every session built from now on (at the end of
         its ``__init__``, or when unpickled); returns what stops it.
         """
-        return _LIVE_SESSIONS.watch(callback)
+        return LIVE_SESSIONS.watch(callback)
 
     def _forget_state(self) -> None:
         """
@@ -1182,11 +975,7 @@ class ResilientSession(requests.Session):
         tracker's counts. Calls in flight finish on what they hold.
         """
         with self._lock:
-            self._routes.clear()
-            self._states.clear()
-            self._origins.clear()
-            self._origins_next_scan = 0
-            self._retryings.clear()
+            self._endpoints.forget(self.clock)
             health, self._health = self._health, None
         if health is not None:
             # Subscribed by `health()`; the next call of it makes a new one.
@@ -1271,241 +1060,3 @@ class ResilientSession(requests.Session):
 
 # -- the registry behind the test seam ----------------------------------------
 
-_T = TypeVar("_T")
-
-
-class _LiveSessions:
-    """
-    Every `ResilientSession` alive in this process, oldest first, held
-    weakly, and the callbacks that want to hear of each new one: the registry
-    behind the test seam (see the end of `ResilientSession`). The testing kit
-    finds an application's sessions here, a module-level one built at import
-    time included, to put them on its fake clock and reset them between tests.
-    Weak, so it keeps no session alive; per process, so parallel test workers
-    never see each other's sessions. No callback is registered in production.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # Keyed by a serial number: a dict keeps insertion order, so oldest first.
-        self._sessions: weakref.WeakValueDictionary[int, ResilientSession] = (
-            weakref.WeakValueDictionary()
-        )
-        self._serial = itertools.count()
-        self._callbacks: tuple[Callable[[ResilientSession], None], ...] = ()
-
-    def add(self, session: ResilientSession) -> None:
-        with self._lock:
-            self._sessions[next(self._serial)] = session
-            callbacks = self._callbacks
-        for callback in callbacks:  # outside the lock: a callback may build a session
-            callback(session)
-
-    def snapshot(self) -> list[ResilientSession]:
-        with self._lock:
-            return list(self._sessions.values())
-
-    def watch(self, callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
-        with self._lock:
-            self._callbacks = (*self._callbacks, callback)
-
-        def unwatch() -> None:
-            with self._lock:
-                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
-
-        return unwatch
-
-
-_LIVE_SESSIONS = _LiveSessions()
-
-
-def _merge_proxies(request_setting: Any, session_setting: Any) -> Any:
-    """
-    requests' ``merge_setting`` for the proxies. For two plain dicts (always,
-    unless the user set ``session.proxies`` to something else) its result is
-    built directly: requests' generic path spends ~13 µs per call in
-    ``isinstance`` checks against a runtime Protocol to find that out.
-    """
-    if type(request_setting) is not dict or type(session_setting) is not dict:
-        return _merge_setting(request_setting, session_setting)
-    merged = OrderedDict(session_setting)
-    merged.update(request_setting)
-    for key in [k for k, v in merged.items() if v is None]:
-        del merged[key]
-    return merged
-
-
-class _ReplayFirst:
-    """An attempt function whose first call replays an outcome already had."""
-
-    __slots__ = ("_attempt", "_first")
-
-    def __init__(
-        self, first: requests.Response | BaseException, attempt: Callable[[Call], requests.Response]
-    ) -> None:
-        self._first: requests.Response | BaseException | None = first
-        self._attempt = attempt
-
-    def __call__(self, call: Call) -> requests.Response:
-        first = self._first
-        if first is None:
-            return self._attempt(call)
-        self._first = None
-        if isinstance(first, BaseException):
-            raise first
-        return first
-
-
-def _finite(name: str, value: object, default: float) -> float:
-    if value is None:
-        return default
-    # What urllib3 (so requests) accepts: anything float() takes but a bool
-    # or a string (Decimal, Fraction and numpy numbers included).
-    try:
-        if isinstance(value, (bool, str, bytes)):
-            raise TypeError
-        seconds = float(cast(Any, value))
-    except OverflowError:  # an int beyond any float
-        seconds = math.inf
-    except (TypeError, ValueError):
-        # urllib3's own wording, which callers may match on.
-        raise ValueError(
-            f"Timeout value {name} was {value!r}, but it must be an int, float or None."
-        ) from None
-    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
-        raise ValueError(f"{name} timeout must be a finite number > 0, got {value!r}")
-    if seconds > MAX_DURATION:
-        # The config's bound: the socket layer overflows on such values.
-        raise ValueError(f"{name} timeout must be at most {MAX_DURATION:g} s (a day), got {value!r}")
-    return seconds
-
-
-def _tell_attempts(exc: BaseException, attempts: int) -> None:
-    """
-    Put the call's attempt count on the error it raises (``exc.attempts``)
-    and, after a retry, say it in a note (shown in tracebacks and by
-    ``logging.exception``): urllib3's "Max retries exceeded" counts none of
-    ours. An error that already carries a count (a nested call's, passing
-    through its caller) keeps it.
-    """
-    if getattr(exc, "attempts", None) is not None:
-        return
-    try:
-        exc.attempts = attempts  # type: ignore[attr-defined]
-    except AttributeError:  # an exception class with __slots__: nothing to attach to
-        return
-    add_note = getattr(exc, "add_note", None)  # Python 3.11+
-    if attempts > 1 and add_note is not None:
-        add_note(f"resilient_client: gave up after {attempts} attempts")
-
-
-def _discard(resp: requests.Response) -> None:
-    """Return a discarded response's connection to the pool (drain a small body, else close)."""
-    try:
-        if not resp._content_consumed and resp.raw is not None:  # type: ignore[attr-defined]
-            length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) <= 65536:
-                resp.raw.drain_conn()
-    except Exception:
-        pass
-    finally:
-        resp.close()
-
-
-class _PreAuth:
-    """
-    Wraps a stateful auth for `prepare_request`: applies it, and keeps the
-    request as it was before (`before`) and the hooks the auth registered
-    (`hooks`), so that a retry can apply it afresh to the same starting point.
-    """
-
-    __slots__ = ("auth", "before", "hooks")
-
-    def __init__(self, auth: Callable[[requests.PreparedRequest], requests.PreparedRequest]) -> None:
-        self.auth = auth
-        self.before: requests.PreparedRequest | None = None
-        self.hooks: dict[str, list[Any]] = {}
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        self.before = r.copy()
-        self.before.hooks = default_hooks()  # requests registers hooks after the auth
-        out = self.auth(r)
-        # Only the auth's own hooks are registered yet.
-        self.hooks = {event: list(hooks) for event, hooks in out.hooks.items()}
-        return out
-
-
-def _reauthenticated(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """
-    The request as requests would prepare it anew: its state before the
-    stateful auth, the auth applied afresh (its hooks first), then the hooks
-    the request carries now that are not the auth's (those added after
-    preparing included).
-    """
-    keeper: _PreAuth = getattr(request, _REAUTH)
-    if keeper.before is None:
-        return request
-    fresh = keeper.before.copy()
-    fresh.hooks = default_hooks()
-    fresh.prepare_auth(keeper.auth)
-    for event, hooks in request.hooks.items():
-        auth_hooks = keeper.hooks.get(event, ())
-        fresh.hooks.setdefault(event, []).extend(h for h in hooks if h not in auth_hooks)
-    return fresh
-
-
-class _HookGuard:
-    """
-    The attempt's response hooks, run in order as requests runs them. When a
-    hook raises, the guard records the status it was looking at in the
-    breaker first, and marks the exception as the caller's own on the call
-    (``call.hook_error``), so the session can tell it from a transport failure.
-    """
-
-    __slots__ = ("breaker", "call", "clock", "failure_status", "hooks", "is_trial", "started")
-
-    def __init__(
-        self, hooks: list[Callable[..., Any]], breaker: CircuitBreaker | None, is_trial: bool,
-        failure_status: frozenset[int], clock: Clock, call: Call | None = None,
-    ) -> None:
-        # A request sent again (``session.send(resp.request)``) carries the
-        # guard of its first send: unwrap it, so it is not counted twice.
-        self.hooks: list[Callable[..., Any]] = []
-        for hook in hooks:
-            self.hooks.extend(hook.hooks if isinstance(hook, _HookGuard) else (hook,))
-        self.breaker = breaker
-        self.is_trial = is_trial
-        self.failure_status = failure_status
-        self.clock = clock
-        self.call = call
-        self.started = 0.0
-
-    def moved(
-        self, breaker: CircuitBreaker | None, is_trial: bool, failure_status: frozenset[int]
-    ) -> _HookGuard:
-        """The same hooks, reporting to another endpoint's breaker (a redirect hop into it)."""
-        guard = _HookGuard(self.hooks, breaker, is_trial, failure_status, self.clock, self.call)
-        guard.started = self.clock.monotonic()
-        return guard
-
-    def __call__(self, resp: requests.Response, **kwargs: Any) -> requests.Response:
-        for hook in self.hooks:
-            try:
-                out = hook(resp, **kwargs)
-            except BaseException as exc:
-                call = self.call
-                if call is not None and call.hook_error is None:
-                    call.hook_error = exc
-                    if self.breaker is not None:
-                        failed = of_status(resp.status_code, self.failure_status).failure
-                        self.breaker.record(success=not failed, is_trial=self.is_trial,
-                                            duration=self.clock.monotonic() - self.started)
-                raise
-            if out is not None:
-                resp = out
-        return resp
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A response's request keeps its hooks: pickled (or deep-copied), the
-        # guard is just the user's hooks again, without breaker or call.
-        return (_HookGuard, (self.hooks, None, False, frozenset(), SYSTEM_CLOCK))

@@ -37,7 +37,18 @@ from resilient_client import (
     StaticFallback,
     Timeouts,
 )
-from resilient_client._config import load_config
+from resilient_client._config import (
+    _ENDPOINT_KEYS,
+    _FALLBACK_FORMS,
+    _NULLABLE,
+    _SECRETS_KEYS,
+    _SECTION_KEYS,
+    _SECTION_KINDS,
+    _STALE_KEYS,
+    _TOP_KEYS,
+    _yaml_loads,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_SECRET = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
@@ -492,7 +503,10 @@ class TestBadInputs:
         """
         err = load_error(config)
         assert err.path == path
-        assert str(err).startswith(f"{path}: ")
+        assert err.errors[0] == (path, err.problem)
+        # One problem is one line; more are listed one per line after a count.
+        first_line = str(err) if len(err.errors) == 1 else str(err).splitlines()[1].strip()
+        assert first_line.startswith(f"{path}: ")
         assert problem in str(err)
 
     def test_contract_example_message_is_exact(self) -> None:
@@ -555,6 +569,145 @@ class TestBadInputs:
         """
         err = load_error(defaults(retry={"max_retry_after": 10**400}))
         assert err.path == "defaults.retry.max_retry_after"
+
+
+class TestEveryProblemAtOnce:
+    def test_every_problem_of_a_document_is_reported_in_one_error(self) -> None:
+        """
+        A document with five mistakes in different places raises one ConfigError listing all five.
+        """
+        doc = {
+            "defaults": {"timeout": {"conect": 1.0}, "retry": {"attempts": 0}},
+            "secrets": {"headers": ["bad header"]},
+            "endpoints": [ep(breaker={"failure_threshold": 0}), {"name": "x"}],
+        }
+        err = load_error(doc)
+        assert err.errors == [
+            ("defaults.timeout.conect", "unknown key; expected one of connect, read, total"),
+            ("defaults.retry.attempts", "must be an integer >= 1, got 0"),
+            ("secrets.headers[0]", "must be an HTTP header name, got 'bad header'"),
+            ("endpoints[0].breaker.failure_threshold", "must be an integer >= 1, got 0"),
+            ("endpoints[1].match", "is required"),
+        ]
+        assert (err.path, err.problem) == err.errors[0]
+        assert str(err) == "\n".join([
+            "5 problems in the configuration:",
+            *(f"  {path}: {problem}" for path, problem in err.errors),
+        ])
+
+    def test_problems_are_listed_in_the_order_of_the_document(self) -> None:
+        """
+        A bad value written before an unknown key is listed before it, whichever check found each.
+        """
+        err = load_error(defaults(retry={"attempts": 0, "attemps": 3}, timeout={"read": 0}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.retry.attempts", "defaults.retry.attemps", "defaults.timeout.read",
+        ]
+
+    def test_the_documented_message_is_the_real_one(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        The three-problem message shown in docs/configuration.md is what such a file gives.
+        """
+        monkeypatch.delenv("INVENTORY_URL", raising=False)
+        text = ("defaults:\n  timeout: {conect: 1.0}\nendpoints:\n  - match: ${INVENTORY_URL}\n"
+                "  - match: https://payments.internal/\n    retry: {attempts: 0}\n")
+        err = load_error(write(tmp_path, "c.yaml", text))
+        m = re.search(r"```text\n\s*(3 problems in the configuration:\n.*?)\n\s*```",
+                      DOC.read_text("utf-8"), re.S)
+        assert m, "docs/configuration.md lost its three-problem example"
+        # The page indents the block inside a list item: compare line by line, unindented.
+        shown = [line.strip() for line in m.group(1).splitlines()]
+        assert [line.strip() for line in str(err).splitlines()] == shown
+
+    def test_one_problem_keeps_the_one_line_message(self) -> None:
+        """
+        With a single problem the message is exactly ``path: problem``, as before.
+        """
+        err = load_error(endpoints(ep(), ep(retry={"attempts": 0})))
+        assert err.errors == [("endpoints[1].retry.attempts", "must be an integer >= 1, got 0")]
+        assert str(err) == "endpoints[1].retry.attempts: must be an integer >= 1, got 0"
+
+    def test_every_bad_key_of_one_section_is_reported(self) -> None:
+        """
+        Several bad values in one section are each reported, in the order they are written.
+        """
+        err = load_error(defaults(breaker={"reset_timeout": -1, "failure_threshold": 0, "mode": "x"}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.breaker.reset_timeout", "defaults.breaker.failure_threshold", "defaults.breaker.mode",
+        ]
+
+    def test_every_bad_item_of_a_list_is_reported(self) -> None:
+        """
+        Each bad item of a list is its own problem, with its index.
+        """
+        err = load_error(defaults(failure_status=[404, 500, 200], retry={"methods": ["GET", "FETCH", 1]}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.failure_status[0]", "defaults.failure_status[2]",
+            "defaults.retry.methods[1]", "defaults.retry.methods[2]",
+        ]
+
+    def test_a_bad_value_is_not_also_reported_by_the_checks_that_depend_on_it(self) -> None:
+        """
+        A bad backoff.initial is one problem: max is not also said to be below it.
+        """
+        err = load_error(defaults(retry={"backoff": {"initial": "soon", "max": 0.01}}))
+        assert err.errors == [("defaults.retry.backoff.initial", "must be a number, got 'soon'")]
+
+    def test_endpoints_that_are_wrong_are_not_compared_with_their_namesakes(self) -> None:
+        """
+        An endpoint whose own breaker is wrong is not also said to differ from another of its name.
+        """
+        err = load_error(endpoints(ep(name="x"), ep(name="x", breaker={"failure_threshold": 0})))
+        assert err.errors == [("endpoints[1].breaker.failure_threshold", "must be an integer >= 1, got 0")]
+
+    def test_problems_in_a_fallback_are_all_reported(self) -> None:
+        """
+        A fixed fallback with a bad status and a bad header reports both.
+        """
+        err = load_error(defaults(fallback={"status": 99, "headers": {"X-A": 1}, "colour": "red"}))
+        assert [path for path, _ in err.errors] == [
+            "defaults.fallback.status", "defaults.fallback.headers.X-A", "defaults.fallback.colour",
+        ]
+
+    def test_policies_built_in_python_report_every_problem(self) -> None:
+        """
+        A policy value built in Python with two bad fields names both.
+        """
+        with pytest.raises(ConfigError) as info:
+            Timeouts(connect=0, read=-1)
+        assert [path for path, _ in info.value.errors] == ["connect", "read"]
+        assert str(info.value).startswith("2 problems in the configuration:\n  connect: ")
+
+    def test_nothing_is_built_from_a_config_with_any_problem(self) -> None:
+        """
+        One bad key among good ones still builds no session at all.
+        """
+        from resilient_client import ResilientSession
+
+        with pytest.raises(ConfigError):
+            ResilientSession(endpoints(
+                ep(name="good"), ep(match="https://b.internal/", retry={"attempts": 0})
+            ))
+
+    def test_config_error_with_several_problems_pickles(self) -> None:
+        """
+        A ConfigError survives pickling (multiprocessing, test runners) with every problem.
+        """
+        import pickle
+
+        err = load_error(defaults(timeout={"connect": 0, "read": 0}))
+        copy = pickle.loads(pickle.dumps(err))
+        assert (copy.errors, copy.path, copy.problem) == (err.errors, err.path, err.problem)
+        assert str(copy) == str(err)
+
+    def test_config_error_of_needs_a_problem(self) -> None:
+        """
+        An error listing no problem at all cannot be made.
+        """
+        with pytest.raises(ValueError):
+            ConfigError.of([])
 
 
 # -- files ----------------------------------------------------------------------
@@ -963,6 +1116,327 @@ class TestFiles:
         """
         err = load_error(write(tmp_path, "c.json", '{"defaults": {"timeout": {"read": Infinity}}}'))
         assert str(err) == "defaults.timeout.read: must be a finite number, got inf"
+
+
+class TestEnvironment:
+    """``${VAR}`` and ``${VAR:-default}`` in config files."""
+
+    @pytest.fixture(autouse=True)
+    def _clean(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("READ", "N", "HOST", "FB", "TOTAL", "METHODS", "CODES", "RRA", "STORE", "UNSET"):
+            monkeypatch.delenv(name, raising=False)
+
+    @pytest.mark.parametrize(("name", "text"), [
+        ("c.yaml", "defaults:\n  timeout:\n    read: ${READ:-2.0}\n  retry: {attempts: '${N:-4}'}\n"),
+        ("c.toml", '[defaults.timeout]\nread = "${READ:-2.0}"\n[defaults.retry]\nattempts = "${N:-4}"\n'),
+        ("c.json", '{"defaults": {"timeout": {"read": "${READ:-2.0}"}, "retry": {"attempts": "${N:-4}"}}}'),
+    ])
+    def test_a_whole_reference_takes_the_type_its_key_expects(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str
+    ) -> None:
+        """
+        In YAML, TOML and JSON alike, an unset variable's default is read as a number where one is expected.
+        """
+        cfg = load_config(write(tmp_path, name, text))
+        assert cfg.defaults.timeout.read == 2.0
+        assert cfg.defaults.retry is not None and cfg.defaults.retry.attempts == 4
+        monkeypatch.setenv("READ", "3")
+        monkeypatch.setenv("N", "2")
+        cfg = load_config(write(tmp_path, name, text))
+        assert cfg.defaults.timeout.read == 3.0
+        assert cfg.defaults.retry is not None and cfg.defaults.retry.attempts == 2
+
+    def test_booleans_nulls_lists_and_fallbacks(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A whole reference is read as its key expects: true/false, null, a comma-separated list, `stale`.
+        """
+        monkeypatch.setenv("METHODS", "get, head")
+        monkeypatch.setenv("CODES", "502,503")
+        text = (
+            "defaults:\n"
+            "  timeout: {total: '${TOTAL:-null}'}\n"
+            "  retry:\n"
+            "    respect_retry_after: ${RRA:-false}\n"
+            "    methods: ${METHODS}\n"
+            "    on_status: ${CODES}\n"
+            "  fallback: ${FB:-stale}\n"
+        )
+        cfg = load_config(write(tmp_path, "c.yaml", text))
+        retry = cfg.defaults.retry
+        assert retry is not None
+        assert cfg.defaults.timeout.total is None
+        assert retry.respect_retry_after is False
+        assert retry.methods == {"GET", "HEAD"}
+        assert retry.on_status == {502, 503}
+        assert cfg.defaults.fallback == StaleFallback()
+
+    def test_a_reference_inside_a_string_is_substituted(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A reference within a longer string is replaced in place, and the value stays a string.
+        """
+        monkeypatch.setenv("HOST", "inventory.internal")
+        text = "endpoints:\n  - match: https://${HOST}/v1/\n    name: inv-${N:-1}\n"
+        cfg = load_config(write(tmp_path, "c.yaml", text))
+        assert (cfg.endpoints[0].match, cfg.endpoints[0].name) == ("https://inventory.internal/v1/", "inv-1")
+
+    def test_an_unset_variable_without_default_names_the_key_path(self, tmp_path: Path) -> None:
+        """
+        An unset variable with no default is a ConfigError at its key path, said in these words.
+        """
+        text = "endpoints:\n  - match: ${INVENTORY_URL}\n"
+        err = load_error(write(tmp_path, "c.yaml", text))
+        assert str(err) == ("endpoints[0].match: environment variable INVENTORY_URL is not set "
+                            "(and no ${INVENTORY_URL:-default} given)")
+
+    def test_unset_variables_are_reported_with_the_other_problems(self, tmp_path: Path) -> None:
+        """
+        Unset variables are listed with every other problem, in file order, and not again as a bad value.
+        """
+        text = ("defaults:\n  timeout: {read: '${UNSET}'}\n  retry: {attempts: 0}\n"
+                "endpoints:\n  - match: ${UNSET}\n")
+        err = load_error(write(tmp_path, "c.yaml", text))
+        assert [path for path, _ in err.errors] == [
+            "defaults.timeout.read", "defaults.retry.attempts", "endpoints[0].match",
+        ]
+        assert str(err).startswith("3 problems in the configuration:\n")
+
+    def test_an_empty_variable_takes_the_default(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        As in a shell, ``${VAR:-default}`` takes the default when VAR is set but empty.
+        """
+        monkeypatch.setenv("READ", "")
+        cfg = load_config(write(tmp_path, "c.yaml", "defaults: {timeout: {read: '${READ:-2.5}'}}\n"))
+        assert cfg.defaults.timeout.read == 2.5
+
+    def test_double_dollar_is_a_literal(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """
+        ``$${`` is written ``${``, and is not looked up; a lone ``$`` is itself.
+        """
+        monkeypatch.setenv("HOST", "x")
+        text = "defaults:\n  fallback: {text: 'cost: $5, template: $${HOST}'}\n"
+        fb = load_config(write(tmp_path, "c.yaml", text)).defaults.fallback
+        assert isinstance(fb, StaticFallback) and fb.body == b"cost: $5, template: ${HOST}"
+
+    @pytest.mark.parametrize("ref", ["${1X}", "${X:2}", "${X", "${}", "${X-y}"])
+    def test_a_malformed_reference_is_a_config_error(self, tmp_path: Path, ref: str) -> None:
+        """
+        A ``${`` that is no well-formed reference is a ConfigError at its key path.
+        """
+        err = load_error(write(tmp_path, "c.yaml", f"defaults:\n  breaker: {{storage: '{ref}'}}\n"))
+        assert err.path == "defaults.breaker.storage"
+        assert "bad environment reference" in err.problem
+
+    def test_a_value_from_the_environment_is_not_interpolated_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A variable whose value holds ``${`` is taken as it is (one pass).
+        """
+        monkeypatch.setenv("HOST", "${N}")
+        path = write(tmp_path, "c.yaml", "defaults: {fallback: {text: '${HOST}'}}\n")
+        fb = load_config(path).defaults.fallback
+        assert isinstance(fb, StaticFallback) and fb.body == b"${N}"
+
+    def test_keys_are_not_interpolated(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """
+        A ``${...}`` in a key stays as written (and so is an unknown key).
+        """
+        monkeypatch.setenv("N", "timeout")
+        err = load_error(write(tmp_path, "c.yaml", "defaults: {'${N}': {read: 1}}\n"))
+        assert err.path == "defaults.${N}"
+
+    def test_mappings_from_python_are_not_interpolated(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """
+        Only files are interpolated: a mapping built in Python is taken as it is.
+        """
+        monkeypatch.setenv("HOST", "x")
+        fb = load_config(defaults(fallback={"text": "${HOST}"})).defaults.fallback
+        assert isinstance(fb, StaticFallback) and fb.body == b"${HOST}"
+
+    def test_a_string_from_the_environment_is_not_shown_in_errors(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A bad value read from the environment is shown as written in the file, never its (secret) value.
+        """
+        monkeypatch.setenv("STORE", "http://user:hunter2@redis.internal/")
+        err = load_error(write(tmp_path, "c.yaml", "defaults: {breaker: {storage: '${STORE}'}}\n"))
+        assert str(err) == "defaults.breaker.storage: must be 'memory' or a redis:// URL, got '${STORE}'"
+        monkeypatch.setenv("READ", "hunter2")
+        err = load_error(write(tmp_path, "c.yaml", "defaults: {timeout: {read: '${READ}'}}\n"))
+        assert str(err) == "defaults.timeout.read: must be a number, got '${READ}'"
+
+    def test_every_scalar_key_has_a_type_for_whole_references(self) -> None:
+        """
+        Every field of every section (a new one too) is typed for ``${...}``: none is left "anything".
+        """
+        from resilient_client._interpolation import _ANY, _expected
+
+        owners: dict[tuple[str, ...], type] = {("defaults", k): kind for k, kind in _SECTION_KINDS.items()}
+        owners[("defaults", "retry", "backoff")] = BackoffPolicy
+        untyped = [
+            ".".join((*where, f.name))
+            for where, kind in owners.items()
+            for f in dataclasses.fields(kind)
+            if _expected((*where, f.name)) == _ANY
+        ]
+        assert not untyped
+        for key in ("failure_status", "critical"):
+            assert _expected(("defaults", key)) != _ANY
+
+    def test_the_documented_environment_example_loads(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        The environment example of the configuration reference loads with its variables set.
+        """
+        text = DOC.read_text(encoding="utf-8")
+        m = re.search(r"<!-- environment -->\s*```yaml\n(.*?)^```", text, re.S | re.M)
+        assert m, "docs/configuration.md lost its <!-- environment --> block"
+        monkeypatch.setenv("INVENTORY_URL", "https://inventory.internal/")
+        monkeypatch.setenv("REDIS_PASSWORD", "pw")
+        cfg = load_config(write(tmp_path, "c.yaml", m.group(1)))
+        assert cfg.endpoints[0].match == "https://inventory.internal/"
+        assert cfg.endpoints[0].policy.timeout.read == 2.0
+
+
+class TestCallableFallbackByPath:
+    """``fallback: {callable: "package.module:function"}``, imported when the config is loaded."""
+
+    @pytest.mark.parametrize("spec", ["fallback_support:inventory", "fallback_support.inventory"])
+    def test_a_dotted_path_loads_the_function(self, tmp_path: Path, spec: str) -> None:
+        """
+        Either spelling of the dotted path names the function, imported at load time.
+        """
+        import fallback_support
+
+        text = f"endpoints:\n  - match: https://inventory.internal/\n    fallback: {{callable: '{spec}'}}\n"
+        fb = load_config(write(tmp_path, "c.yaml", text)).endpoints[0].policy.fallback
+        assert fb == CallableFallback(fallback_support.inventory)
+
+    @pytest.mark.parametrize(("spec", "problem"), [
+        ("not a path", "must be a dotted path such as 'package.module:fallback', got 'not a path'"),
+        (3, "must be a dotted path such as 'package.module:fallback', got 3"),
+        ("no_such_module_here:f", "cannot import 'no_such_module_here:f': ModuleNotFoundError"),
+        ("fallback_support:missing", "cannot import 'fallback_support:missing': AttributeError"),
+        ("fallback_support:NOT_CALLABLE", "'fallback_support:NOT_CALLABLE' is not callable, got 42"),
+    ])
+    def test_a_bad_path_is_a_config_error_at_its_key_path(self, spec: object, problem: str) -> None:
+        """
+        A path that is malformed, cannot be imported or names no callable fails at load, at its key path.
+        """
+        err = load_error(endpoints(ep(), ep(fallback={"callable": spec})))
+        assert err.path == "endpoints[1].fallback.callable"
+        assert err.problem.startswith(problem)
+
+    def test_callable_takes_no_other_key(self) -> None:
+        """
+        A callable fallback is only its path: a status beside it is an unknown key.
+        """
+        err = load_error(defaults(fallback={"callable": "fallback_support:inventory", "status": 200}))
+        assert err.errors == [("defaults.fallback.status", "unknown key; expected one of callable")]
+
+    def test_a_bad_path_is_listed_with_the_other_problems(self) -> None:
+        """
+        A fallback that cannot be imported is one problem among the others of the document.
+        """
+        err = load_error(defaults(fallback={"callable": "no_such_module_here:f"}, retry={"attempts": 0}))
+        assert [path for path, _ in err.errors] == ["defaults.fallback.callable", "defaults.retry.attempts"]
+
+    def test_a_python_callable_is_taken_as_is(self) -> None:
+        """
+        In a mapping built in Python, ``callable`` may be the function itself.
+        """
+        import fallback_support
+
+        fb = load_config(defaults(fallback={"callable": fallback_support.inventory})).defaults.fallback
+        assert fb == CallableFallback(fallback_support.inventory)
+
+    def test_the_session_serves_the_named_fallback(self, tmp_path: Path) -> None:
+        """
+        A session built from the file answers a failed call with the function's response.
+        """
+        import requests
+        import responses
+
+        from resilient_client import ResilientSession
+
+        text = ("endpoints:\n  - match: https://inventory.internal/\n    retry: null\n"
+                "    fallback: {callable: fallback_support:inventory}\n")
+        session = ResilientSession(write(tmp_path, "c.yaml", text))
+        with responses.RequestsMock() as rsps:
+            rsps.add("GET", "https://inventory.internal/items", body=requests.ConnectionError("down"))
+            resp = session.get("https://inventory.internal/items")
+        assert resp.is_fallback and resp.status_code == 200
+        assert resp.json() == {"items": [], "degraded": True}
+        assert resp.headers["X-Fallback"] == "inventory"
+
+
+class TestFallbackResponse:
+    """`resilient_client.fallback_response`: a response for a callable fallback, from public parts."""
+
+    @staticmethod
+    def request() -> Any:
+        import requests
+
+        return requests.Request("GET", "https://inventory.internal/items/42").prepare()
+
+    def test_json_body(self) -> None:
+        """
+        json= gives a JSON body, its content type, the status's reason, and the request and URL.
+        """
+        import resilient_client
+
+        req = self.request()
+        resp = resilient_client.fallback_response(req, 203, json={"name": "unknown"})
+        assert (resp.status_code, resp.reason, resp.json()) == (203, "Non-Authoritative Information",
+                                                                {"name": "unknown"})
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.request is req and resp.url == req.url
+        assert isinstance(resp, Response)
+
+    def test_text_body_and_headers(self) -> None:
+        """
+        text= gives a UTF-8 text body; headers add to, or override, the content type.
+        """
+        import resilient_client
+
+        resp = resilient_client.fallback_response(
+            self.request(), text="café", headers={"Content-Type": "text/html; charset=utf-8", "X-A": "1"}
+        )
+        assert (resp.status_code, resp.text, resp.content) == (200, "café", "café".encode())
+        assert (resp.headers["content-type"], resp.headers["X-A"]) == ("text/html; charset=utf-8", "1")
+
+    def test_json_none_is_a_json_null_and_no_body_is_empty(self) -> None:
+        """
+        json=None is the JSON null; with neither json nor text the body is empty.
+        """
+        import resilient_client
+
+        assert resilient_client.fallback_response(self.request(), json=None).content == b"null"
+        assert resilient_client.fallback_response(self.request(), 204).content == b""
+
+    @pytest.mark.parametrize(("kwargs", "problem"), [
+        ({"json": {}, "text": ""}, "give json or text, not both"),
+        ({"status": 999}, "status: must be an HTTP status 100-599, got 999"),
+        ({"json": {1j}}, "json: must be JSON-serialisable"),
+        ({"headers": {"X-A": "a\nb"}}, "headers.X-A: must be a single-line string"),
+    ])
+    def test_bad_arguments_are_value_errors(self, kwargs: dict[str, Any], problem: str) -> None:
+        """
+        A bad argument is a ValueError that says which, and not a ConfigError: this is a call.
+        """
+        import resilient_client
+
+        with pytest.raises(ValueError, match=re.escape(problem)) as info:
+            resilient_client.fallback_response(self.request(), **kwargs)
+        assert not isinstance(info.value, ConfigError)
 
 
 # -- merging --------------------------------------------------------------------
@@ -1414,10 +1888,15 @@ def doc_blocks() -> list[Any]:
 
 class TestDocumentedConfigs:
     @pytest.mark.parametrize(("fmt", "text"), doc_blocks())
-    def test_every_documented_block_loads(self, tmp_path: Path, fmt: str, text: str) -> None:
+    def test_every_documented_block_loads(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, text: str
+    ) -> None:
         """
         Every YAML, TOML and JSON example in docs/configuration.md is a valid config.
         """
+        # The environment example needs its required variables.
+        monkeypatch.setenv("INVENTORY_URL", "https://inventory.internal/")
+        monkeypatch.setenv("REDIS_PASSWORD", "pw")
         assert isinstance(load_config(write(tmp_path, f"block.{fmt}", text)), Config)
 
     def test_docs_have_examples_in_every_format(self) -> None:
@@ -1460,6 +1939,107 @@ class TestDocumentedConfigs:
             host = endpoint.match.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
             assert host.endswith(".internal"), endpoint.match
 
+
+
+def page_section(heading: str) -> str:
+    """The text of docs/configuration.md under *heading*, up to the next heading of its level or above."""
+    text = DOC.read_text(encoding="utf-8")
+    level = len(heading) - len(heading.lstrip("#"))
+    start = text.find(f"\n{heading}\n")
+    assert start != -1, f"docs/configuration.md has no heading {heading!r}"
+    body = text[start + len(heading) + 2:]
+    end = re.search(rf"^#{{1,{level}}} ", body, re.M)
+    return body[: end.start()] if end else body
+
+
+def row(key: str) -> str:
+    """How a key starts its row in a reference table."""
+    return f"| `{key}` |"
+
+
+class TestReferenceIsComplete:
+    """
+    docs/configuration.md claims to list every key: each key the loader accepts
+    (its own key lists, and every field of a section's dataclass) is on the page.
+    """
+
+    def test_top_level_keys_are_in_the_document_table(self) -> None:
+        """
+        Each top-level key has a row in "The document".
+        """
+        missing = [k for k in _TOP_KEYS if row(k) not in page_section("## The document")]
+        assert not missing
+
+    def test_every_section_is_listed_and_has_its_heading(self) -> None:
+        """
+        Each section is in the list of sections and the endpoints' "any section" row, and has a heading.
+        """
+        listed = page_section("## The document").split("The sections, valid in", 1)[1].split("\n\n")[0]
+        any_section = next(line for line in page_section("## `endpoints`").splitlines()
+                           if line.startswith("| any section |"))
+        text = DOC.read_text(encoding="utf-8")
+        for key in _SECTION_KEYS:
+            assert f"`{key}`" in listed, key
+            assert f"`{key}`" in any_section, key
+            assert f"\n## `{key}`\n" in text, key
+
+    def test_every_field_of_every_section_has_a_row(self) -> None:
+        """
+        Each field of each section's dataclass (retry.backoff's too) has a row under its section.
+        """
+        tables = {key: (kind, page_section(f"## `{key}`")) for key, kind in _SECTION_KINDS.items()}
+        tables["retry.backoff"] = (BackoffPolicy, page_section("### `retry.backoff`"))
+        missing = [
+            f"{key}.{f.name}"
+            for key, (kind, text) in tables.items()
+            for f in dataclasses.fields(kind)
+            if row(f.name) not in text
+        ]
+        assert not missing
+        for key in ("failure_status", "critical"):  # the sections that are one value
+            assert row(key) in page_section(f"## `{key}`")
+
+    def test_endpoint_and_secrets_keys_have_rows(self) -> None:
+        """
+        Each key of an endpoint (besides the sections) and of secrets has a row.
+        """
+        endpoint_keys = [k for k in _ENDPOINT_KEYS if k not in _SECTION_KEYS]
+        assert not [k for k in endpoint_keys if row(k) not in page_section("## `endpoints`")]
+        assert not [k for k in _SECRETS_KEYS if row(k) not in page_section("## `secrets`")]
+
+    def test_every_fallback_form_is_shown(self) -> None:
+        """
+        Each key of each fallback form is shown in the fallback table.
+        """
+        text = page_section("## `fallback`")
+        keys = [k for form in _FALLBACK_FORMS for k in form] + list(_STALE_KEYS)
+        assert not [k for k in keys if f"{k}:" not in text]
+
+    def test_every_nullable_key_is_in_the_toml_paragraph(self) -> None:
+        """
+        Each key where TOML's false means null is named in "TOML has no null".
+        """
+        text = page_section("### TOML has no `null`")
+        assert not [k for k in sorted(_NULLABLE) if f"`{k}" not in text]
+
+    def test_the_defaults_block_spells_out_every_key(self) -> None:
+        """
+        The defaults block has every top-level key, every section, and every key of each section that is on.
+        """
+        text = DOC.read_text(encoding="utf-8")
+        m = re.search(r"<!-- defaults -->\s*```yaml\n(.*?)^```", text, re.S | re.M)
+        assert m
+        block = _yaml_loads(m.group(1))  # the loader's YAML: `on` is the key on
+        assert set(block) == set(_TOP_KEYS)
+        assert list(block["defaults"]) == list(_SECTION_KEYS)
+        assert list(block["secrets"]) == list(_SECRETS_KEYS)
+        for key, kind in _SECTION_KINDS.items():
+            if getattr(Policy(), key) is not None:
+                assert list(block["defaults"][key]) == [f.name for f in dataclasses.fields(kind)], key
+            else:
+                assert block["defaults"][key] is None, key
+        backoff = [f.name for f in dataclasses.fields(BackoffPolicy)]
+        assert list(block["defaults"]["retry"]["backoff"]) == backoff
 
 # -- property: any structure loads or raises ConfigError ---------------------------
 
@@ -1608,19 +2188,25 @@ class TestProperties:
 
 
 def check_loads_or_config_error(doc: dict[Any, Any]) -> None:
-    """Assert that *doc* loads, or raises a ConfigError whose message starts with its path."""
+    """Assert that *doc* loads, or raises a ConfigError listing its problems, each with its path."""
     try:
         cfg = load_config(doc)
     except ConfigError as e:
-        if e.path:
-            assert str(e).startswith(f"{e.path}: "), str(e)
-            # The path starts at one of the document's own top-level keys.
-            assert any(
-                e.path == str(k) or e.path.startswith((f"{k}.", f"{k}[")) for k in doc
-            ), (e.path, doc)
+        assert e.errors[0] == (e.path, e.problem)
+        lines = []
+        for path, problem in e.errors:
+            assert problem
+            if path:
+                # The path starts at one of the document's own top-level keys.
+                assert any(
+                    path == str(k) or path.startswith((f"{k}.", f"{k}[")) for k in doc
+                ), (path, doc)
+            lines.append(f"{path}: {problem}" if path else problem)
+        if len(lines) == 1:
+            assert str(e) == lines[0]
         else:
-            assert str(e) == e.problem
-        assert e.problem
+            assert str(e) == "\n".join([f"{len(lines)} problems in the configuration:",
+                                        *(f"  {line}" for line in lines)])
     else:
         assert isinstance(cfg, Config)
         # Whatever loads is safe: connect and read are finite and positive.

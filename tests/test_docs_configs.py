@@ -6,6 +6,8 @@ copies one gets a working config, not a ConfigError.
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,21 @@ def test_there_are_config_examples_to_check() -> None:
     assert len(BLOCKS) >= 5
 
 
+#: The environment variables that the documented configs require (they show ``${VAR}``).
+DOC_ENVIRONMENT = {"INVENTORY_URL": "https://inventory.internal/", "REDIS_PASSWORD": "pw"}
+
+
 @pytest.mark.parametrize("block", BLOCKS)
-def test_documented_config_loads(block: str, tmp_path: Path) -> None:
+def test_documented_config_loads(block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A config block from the docs loads as a file, as users would use it."""
+    for name, value in DOC_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    # The callable fallback the docs name, as the reader's own package would hold it.
+    myapp, fallbacks = types.ModuleType("myapp"), types.ModuleType("myapp.fallbacks")
+    fallbacks.cached_profile = lambda request, failure: None  # type: ignore[attr-defined]
+    myapp.fallbacks = fallbacks  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "myapp", myapp)
+    monkeypatch.setitem(sys.modules, "myapp.fallbacks", fallbacks)
     f = tmp_path / "resilience.yaml"
     f.write_text(block, encoding="utf-8")
     assert isinstance(Config.load(f), Config)

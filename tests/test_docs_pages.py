@@ -28,7 +28,7 @@ DOCS = ROOT / "docs"
 #: The pages whose blocks this file runs (testing.md and the configuration
 #: pages are run by their own tests).
 PAGES = ["index.md", "why.md", "quickstart.md", "migrating.md", "faq.md", "performance.md",
-         "timeouts.md", "observability.md"]
+         "timeouts.md", "observability.md", "fallbacks.md"]
 BLOCK = re.compile(r"(?:<!--\s*(?P<directive>[^>]*?)\s*-->\s*\n)?```python\n(?P<code>.*?)^```",
                    re.S | re.M)
 

@@ -176,7 +176,7 @@ class TestProxiesMerge:
         """The direct merge of two dicts gives requests' merge_setting result, type and order included."""
         from requests.sessions import merge_setting
 
-        from resilient_client._session import _merge_proxies
+        from resilient_client._environ import merge_proxies as _merge_proxies
 
         ours = _merge_proxies(dict(call_proxies), dict(session_proxies))
         theirs = merge_setting(dict(call_proxies), dict(session_proxies))
@@ -187,7 +187,7 @@ class TestProxiesMerge:
         """Anything but two plain dicts is merged by requests' own code."""
         from requests.structures import CaseInsensitiveDict
 
-        from resilient_client._session import _merge_proxies
+        from resilient_client._environ import merge_proxies as _merge_proxies
 
         assert _merge_proxies({"http": "x"}, None) == {"http": "x"}
         assert _merge_proxies(CaseInsensitiveDict({"http": "x"}), {}) == {"http": "x"}

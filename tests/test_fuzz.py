@@ -59,9 +59,19 @@ FUZZ = settings(
 
 
 def assert_config_error_names_a_path(e: ConfigError) -> None:
-    """The message is ``<path>: <problem>`` (or just the problem for the document itself)."""
+    """
+    The message is ``<path>: <problem>`` (or just the problem for the document itself), or,
+    for several problems, their count and then one such line each.
+    """
     assert e.problem
-    assert str(e) == (f"{e.path}: {e.problem}" if e.path else e.problem)
+    assert e.errors and e.errors[0] == (e.path, e.problem)
+    lines = [f"{path}: {problem}" if path else problem for path, problem in e.errors]
+    if len(lines) == 1:
+        assert str(e) == lines[0]
+    else:
+        # Joined, not split: a key may itself hold a line break.
+        assert str(e) == "\n".join([f"{len(lines)} problems in the configuration:",
+                                    *(f"  {line}" for line in lines)])
 
 
 def load_or_config_error(source: Any) -> Config | None:
@@ -154,6 +164,40 @@ class TestConfigFiles:
         cfg = load_or_config_error(path)
         if data is None:
             assert cfg is not None  # the unmangled file is valid
+
+    @FUZZ
+    @given(
+        values=st.lists(st.text(alphabet="${}:-_AZN09.,a ", max_size=20), min_size=1, max_size=6),
+        # What an environment can hold: no NUL, no lone surrogate.
+        environ=st.dictionaries(
+            st.sampled_from(["A", "Z", "N", "_A0"]),
+            st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=8),
+            max_size=3,
+        ),
+    )
+    @example(values=["${N:-3}"], environ={})
+    def test_environment_references_anywhere_load_or_raise_config_error(
+        self, tmp_path_factory: pytest.TempPathFactory, values: list[str], environ: dict[str, str]
+    ) -> None:
+        """
+        Any text of ``$``, braces and names, in every kind of value, loads or raises ConfigError.
+        """
+        keys = [("timeout", "read"), ("retry", "attempts"), ("retry", "methods"), ("breaker", "storage"),
+                ("retry", "respect_retry_after"), ("timeout", "total")]
+        endpoint = {"match": "https://a.internal/", "name": values[0]}
+        doc: dict[str, Any] = {"defaults": {}, "endpoints": [endpoint]}
+        for (section, key), value in zip(keys, values, strict=False):
+            doc["defaults"].setdefault(section, {})[key] = value
+        path = tmp_path_factory.mktemp("cfg") / "c.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("A", "Z", "N", "_A0"):
+                mp.delenv(name, raising=False)
+            for name, value in environ.items():
+                mp.setenv(name, value)
+            cfg = load_or_config_error(path)
+        if values == ["${N:-3}"]:
+            assert cfg is not None and cfg.defaults.timeout.read == 3.0
 
     @FUZZ
     @given(raw=st.binary(max_size=200), fmt=st.sampled_from(["yaml", "json", "toml"]))

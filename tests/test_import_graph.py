@@ -33,7 +33,6 @@ DEFERRED_CYCLES: dict[frozenset[str], str] = {
 #: module leaves the list when it is split, or when its docstring says why
 #: it is long (a paragraph starting with LONG_REASON).
 LONG_MODULES: dict[str, str] = {
-    "_session": "the requests front; the lead's rewrite splits its layers",
     "_policy": "every policy dataclass with its validation",
     "_config": "the parser of the config file",
     "_events": "the event classes, the bus and the log listener",
@@ -50,8 +49,8 @@ LONG_REASON = "Why it is long:"
 #: the package's __init__, which loads the public exceptions (requests' tree):
 #: this checks the core's own code and what it imports, not that side effect.
 CORE = frozenset({
-    "_clock", "_errors", "_policy", "_config", "_routing", "_verdict", "_budget", "_bulkhead",
-    "_events", "_propagation", "_breaker_machine", "_breaker_store",
+    "_clock", "_errors", "_policy", "_config", "_interpolation", "_routing", "_verdict", "_budget",
+    "_bulkhead", "_events", "_propagation", "_breaker_machine", "_breaker_store",
 })
 HTTP_CLIENTS = frozenset({"requests", "urllib3", "httpx"})
 

@@ -81,6 +81,8 @@ PUBLIC_NAMES = {
     "Config", "Endpoint", "Secrets", "Policy", "Timeouts", "RetryPolicy", "BackoffPolicy", "Jitter",
     "BudgetPolicy", "BreakerPolicy", "BreakerMode", "BulkheadPolicy", "StaticFallback",
     "StaleFallback", "CallableFallback", "PropagationPolicy",
+    # what a callable fallback returns
+    "fallback_response",
     # what session.circuit(), .resolve() and a clock= argument give or take
     "CircuitBreaker", "BreakerState", "BreakerStats", "Resolution", "Clock",
     # deadlines across services

@@ -38,6 +38,7 @@ from requests.auth import HTTPDigestAuth
 
 import resilient_client
 from resilient_client import AttemptFinished
+from resilient_client._endpoints import MAX_ORIGIN_STATES
 
 FAST_RETRY = {"attempts": 3, "backoff": {"initial": 0.001, "max": 0.002, "jitter": "none"}}
 
@@ -268,7 +269,7 @@ class TestOriginState:
     def test_state_for_unmatched_origins_is_bounded(self) -> None:
         """Ever new origins do not grow the session's endpoint state without bound."""
         session = make_session()
-        limit = resilient_client._session.MAX_ORIGIN_STATES
+        limit = MAX_ORIGIN_STATES
         for i in range(limit + 300):
             session.policy_for("GET", f"http://h{i}.test/")  # resolution alone keeps no state
             session._route_for("GET", f"http://h{i}.test/x")
@@ -279,7 +280,7 @@ class TestOriginState:
         peer.on("/x", answer(200, b"x" * 100_000))
         session = make_session(bulkhead={"max_concurrent": 1})
         held = session.get(peer.url("/x"), stream=True)
-        for i in range(resilient_client._session.MAX_ORIGIN_STATES + 5):
+        for i in range(MAX_ORIGIN_STATES + 5):
             session._route_for("GET", f"http://h{i}.test/x")
         with pytest.raises(resilient_client.BulkheadFull):
             session.get(peer.url("/x"))
@@ -493,7 +494,7 @@ class TestSlotsAndEviction:
         held = [session.circuit(f"http://held{i}.test/") for i in range(20)]
         for breaker in held:
             breaker.open()
-        for i in range(resilient_client._session.MAX_ORIGIN_STATES + 20):
+        for i in range(MAX_ORIGIN_STATES + 20):
             session.circuit(f"http://h{i}.test/")
         assert [session.circuit(f"http://held{i}.test/").state for i in range(20)] == ["open"] * 20
 
@@ -502,7 +503,7 @@ class TestSlotsAndEviction:
         peer.on("/x", answer(200, b"ok"))
         session = make_session()
         state = session._route_for("GET", peer.url("/x")).state  # the oldest origin
-        for i in range(resilient_client._session.MAX_ORIGIN_STATES + 50):
+        for i in range(MAX_ORIGIN_STATES + 50):
             session.get(peer.url("/x"))
             session._route_for("GET", f"http://h{i}.test/")
         assert session._route_for("GET", peer.url("/x")).state is state

@@ -1,0 +1,63 @@
+"""
+The registry of live sessions behind the test seam (see the end of
+`ResilientSession`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._session import ResilientSession
+
+__all__ = ["LIVE_SESSIONS", "LiveSessions"]
+
+
+class LiveSessions:
+    """
+    Every `ResilientSession` alive in this process, oldest first, held
+    weakly, and the callbacks that want to hear of each new one: the registry
+    behind the test seam (see the end of `ResilientSession`). The testing kit
+    finds an application's sessions here, a module-level one built at import
+    time included, to put them on its fake clock and reset them between tests.
+    Weak, so it keeps no session alive; per process, so parallel test workers
+    never see each other's sessions. No callback is registered in production.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Keyed by a serial number: a dict keeps insertion order, so oldest first.
+        self._sessions: weakref.WeakValueDictionary[int, ResilientSession] = (
+            weakref.WeakValueDictionary()
+        )
+        self._serial = itertools.count()
+        self._callbacks: tuple[Callable[[ResilientSession], None], ...] = ()
+
+    def add(self, session: ResilientSession) -> None:
+        with self._lock:
+            self._sessions[next(self._serial)] = session
+            callbacks = self._callbacks
+        for callback in callbacks:  # outside the lock: a callback may build a session
+            callback(session)
+
+    def snapshot(self) -> list[ResilientSession]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def watch(self, callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
+        with self._lock:
+            self._callbacks = (*self._callbacks, callback)
+
+        def unwatch() -> None:
+            with self._lock:
+                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+
+        return unwatch
+
+
+#: The one registry of this process.
+LIVE_SESSIONS = LiveSessions()
