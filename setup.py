@@ -48,12 +48,14 @@ EXTRAS["requests-suite"] = ["pytest-httpbin>=2.1", "httpbin>=0.10", "trustme", "
 EXTRAS["tests"] = EXTRAS["test"]
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
 EXTRAS["docs"] = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
+# .ci/release_check: build the sdist and the wheel, and check them as PyPI would.
+EXTRAS["release"] = ["build>=1.0", "twine>=5"]
 # Every optional runtime feature, without the developer tools.
 EXTRAS["all"] = sorted(
     {
         d
         for k, v in EXTRAS.items()
-        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet")
+        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet", "release")
         for d in v
     }
 )

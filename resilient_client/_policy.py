@@ -573,8 +573,9 @@ class Policy:
     fallback: Fallback | None = None
     #: Send the remaining time to the callee; None (the default) = do not.
     propagation: PropagationPolicy | None = None
-    #: Whether an open breaker to this endpoint makes the health view unhealthy.
-    critical: bool = True
+    #: Whether an open breaker to this endpoint makes the health view
+    #: unhealthy; None (the default): only when it has no fallback.
+    critical: bool | None = None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -582,7 +583,7 @@ class Policy:
             p.add("name", f"must be a non-empty string, got {self.name!r}")
         with p.at():
             _set(self, "failure_status", _statuses("failure_status", self.failure_status, lo=500))
-        if not isinstance(_given(self.critical), bool):
+        if self.critical is not None and not isinstance(_given(self.critical), bool):
             p.add("critical", f"must be true or false, got {self.critical!r}")
         for name, kind in _SECTION_TYPES.items():
             value = getattr(self, name)
