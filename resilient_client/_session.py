@@ -48,7 +48,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import Deadline, DeadlineAdapter, arm, disarm, release
+from ._deadline import Deadline, DeadlineAdapter, arm, disarm, equip, is_equipped, release
 from ._endpoints import Endpoints, EndpointState, Route
 from ._environ import EnvironCache, merge_proxies
 from ._events import (
@@ -186,7 +186,31 @@ class ResilientSession(requests.Session):
         for attr, value in state.items():  # as requests.Session.__setstate__ does
             setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
+        for prefix, adapter in self.adapters.items():
+            equip(adapter, prefix)  # unpickled adapters built fresh pool managers
         LIVE_SESSIONS.add(self)
+
+    # -- adapters: each one mounted keeps every guarantee it can have --------
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        """
+        requests' ``mount``; an `HTTPAdapter` (any subclass) is equipped so
+        that the ``total`` deadline bounds each of its socket reads, its own
+        settings untouched. Any other adapter gets connect/read timeouts
+        capped by the time left, and a warning, once.
+        """
+        super().mount(prefix, adapter)
+        equip(adapter, prefix if isinstance(prefix, str) else prefix.decode("latin-1"))
+
+    def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
+        """
+        requests' own, equipping an adapter found unequipped: one put into
+        ``self.adapters`` directly, or whose pool manager was rebuilt.
+        """
+        adapter = super().get_adapter(url)
+        if not is_equipped(adapter):
+            equip(adapter)  # warns at most once per adapter
+        return adapter
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
