@@ -54,8 +54,10 @@ import logging
 import socket
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
+from requests import PreparedRequest
 from requests.adapters import HTTPAdapter
 from urllib3 import connectionpool as _pools
 from urllib3.poolmanager import PoolManager
@@ -355,6 +357,28 @@ class DeadlineAdapter(HTTPAdapter):
     .. versionadded:: 0.1.0
     """
 
+    #: The pool size the running call's endpoint wants (None: the adapter's
+    #: own); the session sets it. Not pickled (requests pickles ``__attrs__``
+    #: only): an unpickled session sets it again.
+    pool_size: Callable[[], int | None] | None = None
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         equip_adapter(self)
+
+    def build_connection_pool_key_attributes(
+        self, request: PreparedRequest, verify: bool | str, cert: str | tuple[str, str] | None = None
+    ) -> Any:
+        """
+        requests' own, plus the endpoint's pool size: urllib3 keys its pools
+        by their settings, so each size gets its own pool per origin, built
+        by the same equipped manager (the deadline reader included). (A
+        requests older than 2.32 never calls this hook: its pools keep the
+        adapter's size of 10.)
+        """
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        size = self.pool_size() if self.pool_size is not None else None
+        if size is not None and size != getattr(self, "_pool_maxsize", None):
+            # A key urllib3 accepts (PoolKey.key_maxsize) that requests' stubs do not list.
+            cast(dict[str, Any], pool_kwargs)["maxsize"] = size
+        return host_params, pool_kwargs

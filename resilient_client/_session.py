@@ -138,8 +138,8 @@ class ResilientSession(requests.Session):
         self._setup(Config.load(config), clock or SYSTEM_CLOCK, list(listeners), retry_if, rng)
         # Our adapters enforce the deadline on every socket read; max_retries
         # stays 0 so that this session is the only retry layer.
-        self.mount("https://", DeadlineAdapter())
-        self.mount("http://", DeadlineAdapter())
+        self.mount("https://", self._own_adapter(DeadlineAdapter()))
+        self.mount("http://", self._own_adapter(DeadlineAdapter()))
         LIVE_SESSIONS.add(self)  # last: it is complete, adapters mounted
 
     def _setup(
@@ -188,6 +188,8 @@ class ResilientSession(requests.Session):
         self._setup(config, clock, list(listeners), retry_if, rng)
         for prefix, adapter in self.adapters.items():
             equip(adapter, prefix)  # unpickled adapters built fresh pool managers
+            if isinstance(adapter, DeadlineAdapter):
+                self._own_adapter(adapter)
         LIVE_SESSIONS.add(self)
 
     # -- adapters: each one mounted keeps every guarantee it can have --------
@@ -201,6 +203,18 @@ class ResilientSession(requests.Session):
         """
         super().mount(prefix, adapter)
         equip(adapter, prefix if isinstance(prefix, str) else prefix.decode("latin-1"))
+
+    def _own_adapter(self, adapter: DeadlineAdapter) -> DeadlineAdapter:
+        """*adapter*, sizing its pools by the running attempt's endpoint (``pool``)."""
+        me = weakref.ref(self)  # the adapter must not keep the session alive
+
+        def pool_size() -> int | None:
+            session = me()
+            call: Call | None = getattr(session._local, "attempt", None) if session else None
+            return call.route.policy.pool_size if call is not None else None
+
+        adapter.pool_size = pool_size
+        return adapter
 
     def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
         """

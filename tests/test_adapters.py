@@ -18,6 +18,7 @@ import http.client
 import logging
 import pickle
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 import requests
-from peers import Peer, answer, ca_bundle, drip_body, drip_headers, http_date
+from peers import Conn, Peer, Request, answer, ca_bundle, drip_body, drip_headers, http_date
 from requests.adapters import BaseAdapter, HTTPAdapter
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
@@ -347,3 +348,89 @@ class TestWarnings:
         s.mount("http://", HTTPAdapter(max_retries=retries))
         s.mount("https://", cachecontrol.CacheControlAdapter())
         assert warnings_in(caplog) == []
+
+
+# -- connection pools sized per endpoint -------------------------------------------
+
+
+class Together:
+    """Answers 200 once *n* requests are in flight at once: every round holds n connections."""
+
+    def __init__(self, n: int) -> None:
+        self.barrier = threading.Barrier(n)
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        self.barrier.wait(timeout=5)
+        return answer(200, b"ok").serve(conn, request)
+
+
+def rounds(get: Callable[[str], Any], url: str, n: int, count: int = 3) -> None:
+    """*count* rounds of *n* concurrent calls; each round ends before the next starts."""
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            assert get(url).status_code == 200
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    for _ in range(count):
+        threads = [threading.Thread(target=call, daemon=True) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert not errors, errors
+
+
+class TestPoolsSizedPerEndpoint:
+    N = 16
+
+    def test_requests_default_pool_churns(self) -> None:
+        """
+        The baseline: with requests' pool of 10, each round of 16 concurrent
+        calls closes 6 connections as they come back, and the next round reopens them.
+        """
+        with Peer() as peer, requests.Session() as plain:
+            peer.on("/x", Together(self.N))
+            rounds(lambda url: plain.get(url, timeout=5), peer.url("/x"), self.N)
+            assert peer.connections == self.N + 2 * (self.N - 10)
+
+    def test_the_default_pool_follows_the_bulkhead(self) -> None:
+        """With the defaults (bulkhead 50), 16 concurrent calls keep 16 connections round after round."""
+        with Peer() as peer:
+            peer.on("/x", Together(self.N))
+            s = ResilientSession({"defaults": {"retry": None}})
+            rounds(s.get, peer.url("/x"), self.N)
+            assert peer.connections == self.N
+
+    def test_an_endpoint_pool_size_is_its_own(self) -> None:
+        """An endpoint's pool.max_size sizes its pool: 4 kept, 12 reopened per round; others keep 50."""
+        with Peer() as peer:
+            peer.on("/x", Together(self.N))
+            s = ResilientSession({"defaults": {"retry": None}, "endpoints": [
+                {"name": "small", "match": peer.url("/x"), "pool": {"max_size": 4}}]})
+            rounds(s.get, peer.url("/x"), self.N)
+            assert peer.connections == self.N + 2 * (self.N - 4)
+            adapter = s.get_adapter(peer.url("/"))
+            assert isinstance(adapter, HTTPAdapter)
+            manager = adapter.poolmanager
+            sizes = [manager.pools[k].pool.maxsize for k in manager.pools.keys()]  # noqa: SIM118
+            assert sizes == [4]
+
+    def test_a_sized_pool_keeps_the_deadline(self) -> None:
+        """Connections of a sized pool read against the total deadline too."""
+        with Peer() as peer:
+            peer.on("/drip", drip_body(b"x" * 50, interval=0.1))
+            s = ResilientSession({"defaults": {
+                "timeout": {"total": TOTAL}, "retry": None, "pool": {"max_size": 3}}})
+            assert stops_at_total(s, peer, "/drip") < LATE
+
+    def test_an_unpickled_session_sizes_its_pools(self) -> None:
+        """After unpickling, the session's own adapters size their pools again."""
+        with Peer() as peer:
+            peer.on("/x", Together(self.N))
+            s = pickle.loads(pickle.dumps(ResilientSession({"defaults": {"retry": None}})))
+            rounds(s.get, peer.url("/x"), self.N)
+            assert peer.connections == self.N
+
