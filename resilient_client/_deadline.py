@@ -40,6 +40,12 @@ and the same adapter class elsewhere are untouched. The session equips on
 unequipped (put into ``session.adapters`` directly, or its pool manager
 rebuilt), at the cost of two ``isinstance`` checks per call.
 
+The session's own `DeadlineAdapter` also sizes pools per endpoint (the
+``pool`` section): it adds the running attempt's pool size to the pool key
+requests builds, and urllib3 keys its pools by their settings, so each size
+gets its own pool per origin from the same equipped manager. A user's
+adapter keeps its own pool settings: sizing them is what it was mounted for.
+
 An adapter that is not an `HTTPAdapter` has no urllib3 connections to
 equip: it keeps the capped connect/read timeouts only, and `equip` logs a
 warning once. So does an adapter whose ``max_retries`` may retry: urllib3
