@@ -40,6 +40,9 @@ EXTRAS["test"] = [
     *EXTRAS["fleet"],
     # The test server's TLS flag (tests/peers.py): certificates from a throwaway CA.
     "trustme",
+    # tests/test_adapters.py: adapters from the ecosystem keep the deadline.
+    "cachecontrol>=0.13",
+    "requests-toolbelt>=1.0",
 ]
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.

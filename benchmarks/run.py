@@ -4,7 +4,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import
+                                              #   orphaned import pool
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -32,6 +32,7 @@ import bench_cascade
 import bench_drip
 import bench_happy
 import bench_import
+import bench_pool
 import observability_overhead
 import orphaned_work
 import retry_overhead
@@ -47,6 +48,7 @@ BENCHES = {
     "observability": observability_overhead.run,
     "cascade": bench_cascade.run,
     "drip": bench_drip.run,
+    "pool": bench_pool.run,
     "orphaned": orphaned_work.run,
     "import": bench_import.run,
 }

@@ -34,6 +34,7 @@ __all__ = [
     "Fallback",
     "Jitter",
     "Policy",
+    "PoolPolicy",
     "PropagationPolicy",
     "RetryPolicy",
     "StaleFallback",
@@ -427,6 +428,36 @@ class BulkheadPolicy:
         _set(self, "max_concurrent", _integer("max_concurrent", self.max_concurrent, minimum=1))
 
 
+#: requests' own pool size per origin (``HTTPAdapter(pool_maxsize=10)``).
+REQUESTS_POOL_SIZE = 10
+#: The largest pool accepted: urllib3 fills a pool's queue with one slot per
+#: connection up front, so the size is memory spent per origin.
+MAX_POOL_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """
+    How many connections to each origin (``scheme://host:port``) are kept for
+    reuse by this endpoint's calls. ``max_size`` None follows the bulkhead:
+    as many as ``bulkhead.max_concurrent`` calls may be in flight, so as many
+    connections are kept (requests' 10 when the bulkhead is off). A call
+    beyond the pool still gets a connection of its own (pools never block:
+    the bulkhead is the limit), closed when it returns.
+
+    .. versionadded:: 0.3.0
+    """
+
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_size is not None:
+            size = _integer("max_size", self.max_size, minimum=1)
+            if size > MAX_POOL_SIZE:
+                raise ConfigError("max_size", f"must be at most {MAX_POOL_SIZE}, got {size!r}")
+            _set(self, "max_size", size)
+
+
 #: The header that carries the caller's remaining time, in milliseconds.
 DEFAULT_DEADLINE_HEADER = "X-Request-Timeout-Ms"
 
@@ -576,6 +607,8 @@ class Policy:
     #: Whether an open breaker to this endpoint makes the health view
     #: unhealthy; None (the default): only when it has no fallback.
     critical: bool | None = None
+    #: Connections kept per origin; None = requests' pool of 10.
+    pool: PoolPolicy | None = field(default_factory=PoolPolicy)
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -597,6 +630,22 @@ class Policy:
         """Return a copy with *changes* applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
+    @property
+    def pool_size(self) -> int:
+        """
+        The connections kept per origin for this endpoint: ``pool.max_size``,
+        else ``bulkhead.max_concurrent`` (capped), else requests' 10.
+
+        .. versionadded:: 0.3.0
+        """
+        if self.pool is None:
+            return REQUESTS_POOL_SIZE
+        if self.pool.max_size is not None:
+            return self.pool.max_size
+        if self.bulkhead is None:
+            return REQUESTS_POOL_SIZE
+        return min(self.bulkhead.max_concurrent, MAX_POOL_SIZE)
+
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     if isinstance(kind, tuple):
@@ -612,4 +661,5 @@ _SECTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "bulkhead": BulkheadPolicy,
     "fallback": (StaticFallback, StaleFallback, CallableFallback),
     "propagation": PropagationPolicy,
+    "pool": PoolPolicy,
 }

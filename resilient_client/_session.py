@@ -49,7 +49,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import Deadline, DeadlineAdapter, arm, disarm, release
+from ._deadline import Deadline, DeadlineAdapter, arm, disarm, equip, is_equipped, release
 from ._endpoints import Endpoints, EndpointState, Route
 from ._environ import EnvironCache, merge_proxies
 from ._events import (
@@ -139,8 +139,8 @@ class ResilientSession(requests.Session):
         self._setup(Config.load(config), clock or SYSTEM_CLOCK, list(listeners), retry_if, rng)
         # Our adapters enforce the deadline on every socket read; max_retries
         # stays 0 so that this session is the only retry layer.
-        self.mount("https://", DeadlineAdapter())
-        self.mount("http://", DeadlineAdapter())
+        self.mount("https://", self._own_adapter(DeadlineAdapter()))
+        self.mount("http://", self._own_adapter(DeadlineAdapter()))
         LIVE_SESSIONS.add(self)  # last: it is complete, adapters mounted
 
     def _setup(
@@ -187,7 +187,45 @@ class ResilientSession(requests.Session):
         for attr, value in state.items():  # as requests.Session.__setstate__ does
             setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
+        for prefix, adapter in self.adapters.items():
+            equip(adapter, prefix)  # unpickled adapters built fresh pool managers
+            if isinstance(adapter, DeadlineAdapter):
+                self._own_adapter(adapter)
         LIVE_SESSIONS.add(self)
+
+    # -- adapters: each one mounted keeps every guarantee it can have --------
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        """
+        requests' ``mount``; an `HTTPAdapter` (any subclass) is equipped so
+        that the ``total`` deadline bounds each of its socket reads, its own
+        settings untouched. Any other adapter gets connect/read timeouts
+        capped by the time left, and a warning, once.
+        """
+        super().mount(prefix, adapter)
+        equip(adapter, prefix if isinstance(prefix, str) else prefix.decode("latin-1"))
+
+    def _own_adapter(self, adapter: DeadlineAdapter) -> DeadlineAdapter:
+        """*adapter*, sizing its pools by the running attempt's endpoint (``pool``)."""
+        me = weakref.ref(self)  # the adapter must not keep the session alive
+
+        def pool_size() -> int | None:
+            session = me()
+            call: Call | None = getattr(session._local, "attempt", None) if session else None
+            return call.route.policy.pool_size if call is not None else None
+
+        adapter.pool_size = pool_size
+        return adapter
+
+    def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
+        """
+        requests' own, equipping an adapter found unequipped: one put into
+        ``self.adapters`` directly, or whose pool manager was rebuilt.
+        """
+        adapter = super().get_adapter(url)
+        if not is_equipped(adapter):
+            equip(adapter)  # warns at most once per adapter
+        return adapter
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
