@@ -40,6 +40,9 @@ EXTRAS["test"] = [
     *EXTRAS["fleet"],
     # The test server's TLS flag (tests/peers.py): certificates from a throwaway CA.
     "trustme",
+    # tests/test_adapters.py: adapters from the ecosystem keep the deadline.
+    "cachecontrol>=0.13",
+    "requests-toolbelt>=1.0",
 ]
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
@@ -48,12 +51,14 @@ EXTRAS["requests-suite"] = ["pytest-httpbin>=2.1", "httpbin>=0.10", "trustme", "
 EXTRAS["tests"] = EXTRAS["test"]
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
 EXTRAS["docs"] = ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"]
+# .ci/release_check: build the sdist and the wheel, and check them as PyPI would.
+EXTRAS["release"] = ["build>=1.0", "twine>=5"]
 # Every optional runtime feature, without the developer tools.
 EXTRAS["all"] = sorted(
     {
         d
         for k, v in EXTRAS.items()
-        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet")
+        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet", "release")
         for d in v
     }
 )

@@ -4,7 +4,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import host
+                                              #   orphaned import pool host
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -33,6 +33,7 @@ import bench_drip
 import bench_happy
 import bench_host_state
 import bench_import
+import bench_pool
 import observability_overhead
 import orphaned_work
 import retry_overhead
@@ -48,6 +49,7 @@ BENCHES = {
     "observability": observability_overhead.run,
     "cascade": bench_cascade.run,
     "drip": bench_drip.run,
+    "pool": bench_pool.run,
     "orphaned": orphaned_work.run,
     "import": bench_import.run,
     "host": bench_host_state.run,

@@ -69,6 +69,7 @@ if _typing.TYPE_CHECKING:
         CallableFallback,
         Jitter,
         Policy,
+        PoolPolicy,
         PropagationPolicy,
         RetryPolicy,
         StaleFallback,
@@ -130,6 +131,7 @@ __all__ = [
     "Jitter",
     "Listener",
     "Policy",
+    "PoolPolicy",
     "PropagationPolicy",
     "ResilienceError",
     "ResilientSession",
@@ -165,7 +167,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
-        "CallableFallback", "Jitter", "Policy", "PropagationPolicy", "RetryPolicy",
+        "CallableFallback", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy", "RetryPolicy",
         "StaleFallback", "StaticFallback", "Timeouts",
     ], "_policy"),
     **dict.fromkeys(

@@ -33,6 +33,7 @@ from ._policy import (
     CallableFallback,
     Fallback,
     Policy,
+    PoolPolicy,
     PropagationPolicy,
     RetryPolicy,
     StaleFallback,
@@ -290,11 +291,11 @@ def _yaml_loads(text: str) -> Any:
 # dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners", "state_dir")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
-                 "critical", "propagation", "state")
+                 "critical", "propagation", "pool", "state")
 #: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
 _SECTION_KINDS: dict[str, type] = {
     "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
-    "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy,
+    "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy, "pool": PoolPolicy,
 }
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
 _SECRETS_KEYS = ("headers", "query")
@@ -302,8 +303,8 @@ _SECRETS_KEYS = ("headers", "query")
 _FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "headers"))
 _STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
-_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "total",
-                       "idempotency_header", "attempt_header", "slow_call_duration"})
+_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "total",
+                       "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
 
 _S = TypeVar("_S")
 

@@ -5,10 +5,11 @@ requests' read timeout bounds one socket read, so a peer that drips a byte
 every 100 ms never trips it. We bound the whole call instead:
 
 * Each attempt's connect and read timeouts are capped by the time left.
-* The session's own adapters build their connections with a response class
-  whose socket reader checks the deadline before every ``recv`` and shrinks
-  the socket timeout to what is left. Headers and body both pass through it,
-  so a drip-fed peer is cut off within one read of the deadline.
+* Every `HTTPAdapter` on the session (its own `DeadlineAdapter` and any the
+  user mounts) builds its connections with a response class whose socket
+  reader checks the deadline before every ``recv`` and shrinks the socket
+  timeout to what is left. Headers and body both pass through it, so a
+  drip-fed peer is cut off within one read of the deadline.
 
 Why a reader and not a timer thread that closes the socket: a socket that
 goes back to the pool may be in another thread's hands a moment later. The
@@ -16,24 +17,62 @@ reader touches the socket only inside a read on its own response, that is
 only while the calling thread owns that connection. The per-attempt `_Arm`
 is handed over through a thread-local because the response object is built
 deep inside http.client, on the calling thread, with no way to pass it down.
+
+Why user adapters are *equipped* in place rather than subclassed: an
+adapter arrives already built (``HTTPAdapter(pool_maxsize=32)``, CacheControl's,
+requests-toolbelt's, a user's ``init_poolmanager`` override with an
+``ssl_context``), and everything it does of its own lives in how its pool
+managers were made: pool sizes, TLS context, source address, socket options,
+``max_retries``, caching around ``send``. A subclass made on the fly (or a
+wrapper adapter around it) would have to re-run its ``__init__`` or proxy
+every method, and ``isinstance`` checks, pickling and the user's own
+references to the adapter would see another object. What the deadline needs
+is narrower: which *response class* its connections build. So `equip`
+leaves the adapter's class and every setting alone and, after its own init,
+swaps each pool manager's ``pool_classes_by_scheme`` for subclasses of the
+manager's own pool classes (plain, TLS, SOCKS or a user's) whose connection
+class builds a response that also is a `_DeadlineHTTPResponse`; its
+``proxy_manager`` cache becomes one that equips each proxy manager as
+requests' ``proxy_manager_for`` stores it. That is an instance attribute on
+the user's manager, never a change to urllib3 or requests: other sessions
+and the same adapter class elsewhere are untouched. The session equips on
+``mount``, after unpickling, and whenever ``get_adapter`` finds an adapter
+unequipped (put into ``session.adapters`` directly, or its pool manager
+rebuilt), at the cost of two ``isinstance`` checks per call.
+
+The session's own `DeadlineAdapter` also sizes pools per endpoint (the
+``pool`` section): it adds the running attempt's pool size to the pool key
+requests builds, and urllib3 keys its pools by their settings, so each size
+gets its own pool per origin from the same equipped manager. A user's
+adapter keeps its own pool settings: sizing them is what it was mounted for.
+
+An adapter that is not an `HTTPAdapter` has no urllib3 connections to
+equip: it keeps the capped connect/read timeouts only, and `equip` logs a
+warning once. So does an adapter whose ``max_retries`` may retry: urllib3
+retrying inside each of the session's attempts multiplies them.
 """
 
 from __future__ import annotations
 
 import http.client
 import io
+import logging
 import socket
 import threading
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, cast
 
+from requests import PreparedRequest
 from requests.adapters import HTTPAdapter
 from urllib3 import connectionpool as _pools
-from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.poolmanager import PoolManager
+from urllib3.util.retry import Retry
 
 from ._clock import Deadline
 
-__all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm", "release"]
+__all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter", "equip_manager",
+           "is_equipped", "release"]
 
 
 class _Arm:
@@ -142,6 +181,12 @@ class _DeadlineSocket:
 
 
 class _DeadlineHTTPResponse(http.client.HTTPResponse):
+    """
+    http.client's response reading through a `_DeadlineSocket` while this
+    thread's attempt is armed. Also a mixin: a connection class with a
+    response class of its own gets a subclass of both (see `_response_class`).
+    """
+
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         a: _Arm | None = getattr(_local, "arm", None)
         if a is not None and a.deadline is not None:
@@ -149,65 +194,197 @@ class _DeadlineHTTPResponse(http.client.HTTPResponse):
         super().__init__(sock, *args, **kwargs)
 
 
-class _HTTPConnection(HTTPConnection):
-    response_class = _DeadlineHTTPResponse
+# -- equipping any HTTPAdapter -------------------------------------------------
+#
+# Derived classes are made once per original class and kept for the life of
+# the process: there are as many as the distinct pool, connection and
+# response classes in use (a handful), and a subclass holds its base anyway.
+_derived_lock = threading.Lock()
+_derived: dict[tuple[str, type], type] = {}
 
 
-class _HTTPSConnection(HTTPSConnection):
-    response_class = _DeadlineHTTPResponse
+def _derive(kind: str, base: type, attrs: dict[str, Any]) -> type:
+    with _derived_lock:
+        found = _derived.get((kind, base))
+        if found is None:
+            # Named like the original, so that errors ("HTTPSConnectionPool(host=...):
+            # Max retries exceeded") and reprs read as users expect.
+            found = _derived[(kind, base)] = type(base.__name__, (base,), attrs)
+        return found
 
 
-# Named like urllib3's own so error messages read as users expect.
-class HTTPConnectionPool(_pools.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
+def _response_class(cls: type[http.client.HTTPResponse]) -> type[http.client.HTTPResponse]:
+    if issubclass(cls, _DeadlineHTTPResponse):
+        return cls
+    if cls is http.client.HTTPResponse:
+        return _DeadlineHTTPResponse
+    # A connection class's own response class keeps its behaviour: ours only
+    # wraps the socket it is given, then hands over to it.
+    with _derived_lock:
+        found = _derived.get(("response", cls))
+        if found is None:
+            found = _derived[("response", cls)] = type(cls.__name__, (_DeadlineHTTPResponse, cls), {})
+        return found
 
 
-class HTTPSConnectionPool(_pools.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
+def _connection_class(cls: type[Any]) -> type[Any]:
+    if issubclass(cls.response_class, _DeadlineHTTPResponse):
+        return cls
+    return _derive("connection", cls, {"response_class": _response_class(cls.response_class)})
 
 
-_POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
-_socks_pools: dict[str, type] = {}
+def _pool_class(cls: type[_pools.HTTPConnectionPool]) -> type[_pools.HTTPConnectionPool]:
+    conn: type[Any] = cls.ConnectionCls  # urllib3 types it as its base protocol class
+    if issubclass(conn.response_class, _DeadlineHTTPResponse):
+        return cls
+    return _derive("pool", cls, {"ConnectionCls": _connection_class(conn)})
 
 
-def _socks_pool_classes() -> dict[str, type]:
-    """The SOCKS pools with our response class; built on first use (PySocks is optional)."""
-    if not _socks_pools:
-        from urllib3.contrib import socks
+class _DeadlinePools(dict):  # type: ignore[type-arg]  # urllib3's own mapping is untyped
+    """A manager's ``pool_classes_by_scheme`` once equipped: the type marks it as done."""
 
-        class _SOCKSConnection(socks.SOCKSConnection):
-            response_class = _DeadlineHTTPResponse
 
-        class _SOCKSHTTPSConnection(socks.SOCKSHTTPSConnection):
-            response_class = _DeadlineHTTPResponse
+def equip_manager(manager: PoolManager) -> PoolManager:
+    """
+    Make the pools *manager* builds from now on read against the deadline:
+    each of its own pool classes (plain, TLS, SOCKS, or a user's) is
+    replaced by a subclass whose connections use our response class.
+    Everything else about the manager (its pool settings, TLS context,
+    source address, socket options) is left as it is.
+    """
+    classes = manager.pool_classes_by_scheme
+    if isinstance(classes, _DeadlinePools):
+        return manager
+    equipped = _DeadlinePools({scheme: _pool_class(cls) for scheme, cls in classes.items()})
+    if len(manager.pools):
+        # Pools built before the adapter was mounted have connections that
+        # read with no deadline: closing them once is the price of the
+        # guarantee (connections in use are closed when given back).
+        manager.clear()
+    # An instance attribute: urllib3's class-level mapping is left untouched.
+    manager.pool_classes_by_scheme = equipped
+    return manager
 
-        class SOCKSHTTPConnectionPool(socks.SOCKSHTTPConnectionPool):
-            ConnectionCls = _SOCKSConnection
 
-        class SOCKSHTTPSConnectionPool(socks.SOCKSHTTPSConnectionPool):
-            ConnectionCls = _SOCKSHTTPSConnection
+class _EquippedManagers(dict):  # type: ignore[type-arg]
+    """
+    An adapter's ``proxy_manager`` cache that equips every proxy manager put
+    into it: requests' ``proxy_manager_for`` (which overrides such as
+    requests-toolbelt's call) builds them lazily, on the first proxied call.
+    """
 
-        _socks_pools.update(http=SOCKSHTTPConnectionPool, https=SOCKSHTTPSConnectionPool)
-    return _socks_pools
+    def __setitem__(self, proxy: str, manager: PoolManager) -> None:
+        super().__setitem__(proxy, equip_manager(manager))
+
+
+def is_equipped(adapter: object) -> bool:
+    """Whether *adapter* is an `HTTPAdapter` whose managers are all equipped (cheap: per call)."""
+    manager = getattr(adapter, "poolmanager", None)
+    return isinstance(getattr(manager, "pool_classes_by_scheme", None), _DeadlinePools) and isinstance(
+        getattr(adapter, "proxy_manager", None), _EquippedManagers)
+
+
+def equip_adapter(adapter: HTTPAdapter) -> None:
+    """Equip *adapter*'s pool manager and every proxy manager it has or will build."""
+    with _equip_lock:
+        manager = getattr(adapter, "poolmanager", None)
+        if isinstance(manager, PoolManager):
+            equip_manager(manager)
+        proxies = getattr(adapter, "proxy_manager", None)
+        if not isinstance(proxies, _EquippedManagers):
+            equipped = _EquippedManagers()
+            for proxy, m in dict(proxies or {}).items():
+                equipped[proxy] = m
+            adapter.proxy_manager = equipped
+
+
+_equip_lock = threading.Lock()
+logger = logging.getLogger("resilient_client")
+#: Adapters already warned about: each warning is logged once per adapter,
+#: however often it is mounted or found unequipped.
+_warned: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def equip(adapter: object, prefix: str | None = None) -> bool:
+    """
+    Give *adapter*, mounted on a `ResilientSession`, every guarantee it can
+    have; True when the deadline is enforced on each of its socket reads.
+
+    An `HTTPAdapter` (any subclass) is equipped in place (`equip_adapter`);
+    one whose ``max_retries`` may retry is equipped and warned about once. Any
+    other adapter keeps connect/read timeouts capped by the time left (the
+    session does that) and is warned about once.
+    """
+    if isinstance(adapter, HTTPAdapter):
+        if not is_equipped(adapter):
+            equip_adapter(adapter)
+        if _may_retry(getattr(adapter, "max_retries", None)):
+            _warn_once(adapter, (
+                "%s mounted on a ResilientSession%s has max_retries=%r: urllib3 retries inside "
+                "each of the session's attempts, so attempts multiply (use max_retries=0 and "
+                "the session's retry policy)"), prefix, adapter.max_retries)
+        return True
+    _warn_once(adapter, (
+        "%s mounted on a ResilientSession%s is not a requests HTTPAdapter: its calls get "
+        "connect/read timeouts capped by the time left, but the total deadline is not "
+        "enforced on each socket read (a peer dripping bytes can run past total)"), prefix)
+    return False
+
+
+def _warn_once(adapter: object, message: str, prefix: str | None, *args: object) -> None:
+    try:
+        if adapter in _warned:
+            return
+        _warned.add(adapter)
+    except TypeError:
+        pass  # not weakly referable: warned at every mount
+    where = f" on {prefix!r}" if prefix else ""
+    logger.warning(message, type(adapter).__qualname__, where, *args)
+
+
+def _may_retry(retries: object) -> bool:
+    """Whether urllib3 may retry under *retries* (an adapter's ``max_retries``)."""
+    if not isinstance(retries, Retry):
+        return bool(retries)
+    if retries.total is False or retries.total == 0:
+        return False
+    # A count of None is limited only by total; False or 0 allows none.
+    return any(c is None or (c is not False and c > 0)
+               for c in (retries.connect, retries.read, retries.status, retries.other))
 
 
 class DeadlineAdapter(HTTPAdapter):
     """
-    requests' `HTTPAdapter` whose connections enforce the call's deadline on
-    every socket read. ``max_retries`` stays 0: the session is the only
+    The session's own adapter: requests' `HTTPAdapter` whose connections
+    enforce the call's deadline on every socket read, from construction and
+    after unpickling alike. ``max_retries`` stays 0: the session is the only
     retry layer.
 
     .. versionadded:: 0.1.0
     """
 
+    #: The pool size the running call's endpoint wants (None: the adapter's
+    #: own); the session sets it. Not pickled (requests pickles ``__attrs__``
+    #: only): an unpickled session sets it again.
+    pool_size: Callable[[], int | None] | None = None
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+        equip_adapter(self)
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
-        manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        # A SOCKS manager needs SOCKS connections (they take _socks_options):
-        # swapping in plain pools would break it.
-        socks = proxy.lower().startswith("socks")
-        manager.pool_classes_by_scheme = _socks_pool_classes() if socks else _POOL_CLASSES
-        return manager
+    def build_connection_pool_key_attributes(
+        self, request: PreparedRequest, verify: bool | str, cert: str | tuple[str, str] | None = None
+    ) -> Any:
+        """
+        requests' own, plus the endpoint's pool size: urllib3 keys its pools
+        by their settings, so each size gets its own pool per origin, built
+        by the same equipped manager (the deadline reader included). (A
+        requests older than 2.32 never calls this hook: its pools keep the
+        adapter's size of 10.)
+        """
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        size = self.pool_size() if self.pool_size is not None else None
+        if size is not None and size != getattr(self, "_pool_maxsize", None):
+            # A key urllib3 accepts (PoolKey.key_maxsize) that requests' stubs do not list.
+            cast(dict[str, Any], pool_kwargs)["maxsize"] = size
+        return host_params, pool_kwargs

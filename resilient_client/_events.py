@@ -166,15 +166,18 @@ class BreakerStateChanged(Event):
 class BreakerRejected(Event):
     """
     A call was refused without touching the network because the endpoint's
-    breaker is open; ``retry_at`` is when a trial call becomes possible (on
-    the session's clock), None when it was forced open.
+    breaker is open; ``retry_in`` is the seconds until a trial call becomes
+    possible, None when it was forced open. ``retry_at`` (a monotonic-clock
+    reading) is deprecated, left out of log lines, and goes in 0.3.0.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
     """
 
     method: str
     url: str
     retry_at: float | None = None
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -290,11 +293,15 @@ _LEVELS: dict[type, int] = {
 }
 
 
+#: Fields kept one release for compatibility, left out of log lines.
+_DEPRECATED_FIELDS = frozenset({"retry_at"})
+
+
 def format_event(event: Event) -> str:
     """``kind endpoint=... k=v ...``: the event as one log line."""
     parts = [event.kind, f"endpoint={event.endpoint}"]
     for name in _field_names(type(event)):
-        if name != "endpoint":
+        if name != "endpoint" and name not in _DEPRECATED_FIELDS:
             value = getattr(event, name)
             parts.append(f"{name}={value:.6f}" if isinstance(value, float) else f"{name}={value}")
     return " ".join(parts)
@@ -315,7 +322,7 @@ def log_event(event: Event) -> None:
             level,
             "%s",
             format_event(event),
-            extra={f"rc_{k}": v for k, v in event.as_dict().items()},
+            extra={f"rc_{k}": v for k, v in event.as_dict().items() if k not in _DEPRECATED_FIELDS},
         )
 
 

@@ -4,8 +4,15 @@ operator needs to know about this process's peers.
 
 Per endpoint: breaker state, bulkhead usage, retry-budget use and the error
 rate of recent attempts; overall: ``healthy`` is false when the breaker of
-an endpoint marked ``critical`` (the default) is open. An open breaker to a
-``critical: false`` endpoint only makes the status ``degraded``, still 200.
+a critical endpoint is open. An open breaker to an endpoint that is not
+critical only makes the status ``degraded``, still 200.
+
+Which endpoints are critical (`is_critical`): those marked ``critical:
+true``, and by default those without a fallback. An endpoint with a
+fallback keeps answering while its breaker is open, so taking the process
+out of rotation for it would be wrong twice: its callers are being served,
+and since every instance calls the same peer, a load balancer would take
+every instance out at once, the cascade this library exists to stop.
 
 Half-open counts as healthy on purpose: a health check that keeps a
 process out of rotation until its breakers close would never let the trial
@@ -32,15 +39,28 @@ from ._events import AttemptFinished, Event
 from ._redact import redact_url
 
 if TYPE_CHECKING:
+    from ._breaker import CircuitBreaker
     from ._endpoints import EndpointState
     from ._policy import Policy
     from ._session import ResilientSession
 
-__all__ = ["EndpointHealth", "Health", "HealthTracker", "collect", "health_app"]
+__all__ = ["EndpointHealth", "Health", "HealthTracker", "collect", "health_app", "is_critical"]
 
 #: Seconds of attempts that the error rate covers.
 WINDOW = 60.0
 _BUCKETS = 6
+
+
+def is_critical(policy: Policy) -> bool:
+    """
+    Whether an open breaker under *policy* makes the service unhealthy: its
+    ``critical`` when given, else whether it has no fallback.
+
+    .. versionadded:: 0.2.0
+    """
+    if policy.critical is not None:
+        return policy.critical
+    return policy.fallback is None
 
 
 class _Counts:
@@ -111,10 +131,12 @@ class EndpointHealth:
 
     Attributes:
         name: the endpoint name (or origin ``scheme://host:port``).
-        critical: whether its breaker being open makes the service unhealthy.
+        critical: whether its breaker being open makes the service unhealthy
+            (`is_critical`: ``critical`` when set, else "has no fallback").
         healthy: False only when its breaker is open.
         breaker: ``closed``, ``open``, ``half-open``, or None (no breaker).
-        consecutive_failures: as the breaker counts them (None: no breaker).
+        consecutive_failures: as the breaker counts them; for a breaker
+            stored in Redis, the count every process shares (None: no breaker).
         retry_in: seconds until an open breaker lets a trial call through
             (None when not open, or forced open).
         storage: ``memory``, ``host`` or the Redis URL (password redacted).
@@ -231,6 +253,32 @@ def _endpoint_states(session: ResilientSession) -> Iterable[tuple[EndpointState,
         yield state, state.policy
 
 
+def _shared_failures(breaker: CircuitBreaker, local: int | None) -> int | None:
+    """
+    The consecutive failures of a breaker stored in Redis, as every process
+    counts them together; *local* when the breaker cannot tell.
+
+    `CircuitBreaker.stats` counts this process's failures only: a process
+    that never called the peer (``resilient-client status``, a worker just
+    started) would show an open breaker with 0 failures. The shared record
+    is the one that opened it, so that is the number to show.
+    """
+    # The breaker has no public reader for the shared count; `_read` gives
+    # the record the breaker itself decides from (the Redis store caches it
+    # for a few ms, and falls back to the local record while Redis is away).
+    # Reached by name so that a breaker without it degrades to the local
+    # count; test_cli's Redis status test then fails, the cue to follow it.
+    read = getattr(breaker, "_read", None)
+    if read is None:
+        return local
+    try:
+        record, _ = read()
+    except Exception:  # the health view must answer whatever the store does
+        return local
+    failures = getattr(record, "failures", None)
+    return failures if isinstance(failures, int) else local
+
+
 def collect(session: ResilientSession) -> Health:
     """Implementation of `ResilientSession.health`."""
     tracker = tracker_of(session)
@@ -244,6 +292,8 @@ def collect(session: ResilientSession) -> Health:
             stats = breaker.stats()
             bstate: str | None = str(stats.state)
             consecutive: int | None = stats.consecutive_failures
+            if breaker.policy.storage != "memory":
+                consecutive = _shared_failures(breaker, consecutive)
             retry_in = (
                 max(0.0, stats.retry_at - now)
                 if stats.retry_at is not None and bstate == "open"
@@ -257,7 +307,7 @@ def collect(session: ResilientSession) -> Health:
         endpoints.append(
             EndpointHealth(
                 name=state.name,
-                critical=policy.critical,
+                critical=is_critical(policy),
                 healthy=bstate != "open",
                 breaker=bstate,
                 consecutive_failures=consecutive,
@@ -293,7 +343,7 @@ def health_app(
 ) -> WSGIApp:
     """
     A WSGI app serving ``session.health()`` as JSON: 200 when healthy, 503
-    when a critical endpoint's breaker is open (for HAProxy's
+    when a critical endpoint's breaker is open (`is_critical`; for HAProxy's
     ``option httpchk``). GET, HEAD, and OPTIONS (HAProxy's default check:
     the status alone).
 

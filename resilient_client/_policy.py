@@ -34,6 +34,7 @@ __all__ = [
     "Fallback",
     "Jitter",
     "Policy",
+    "PoolPolicy",
     "PropagationPolicy",
     "RetryPolicy",
     "StaleFallback",
@@ -243,6 +244,11 @@ class BackoffPolicy:
         p.raise_if_any()
 
 
+#: The header `RetryPolicy.mint_idempotency_key` sets when no
+#: ``idempotency_header`` is configured (the IETF draft's and Stripe's name).
+DEFAULT_IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """
@@ -251,7 +257,12 @@ class RetryPolicy:
     ``attempt_header``, when set, names a request header that carries the
     attempt number (1 for the first try) so a callee can tell a retry apart.
 
+    ``mint_idempotency_key``: a request whose method is not in ``methods``
+    and that lacks the idempotency header gets one, a fresh UUID4, once per
+    call (the same on every retry), so that writes can be retried safely.
+
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``mint_idempotency_key``.
     """
 
     attempts: int = 3
@@ -263,6 +274,14 @@ class RetryPolicy:
     respect_retry_after: bool = True
     max_retry_after: float = 30.0
     attempt_header: str | None = None
+    mint_idempotency_key: bool = False
+
+    @property
+    def key_header(self) -> str | None:
+        """The header that makes a request retry-safe: the configured one, or, when minting, the default."""
+        if self.idempotency_header is not None:
+            return self.idempotency_header
+        return DEFAULT_IDEMPOTENCY_HEADER if self.mint_idempotency_key else None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -297,6 +316,8 @@ class RetryPolicy:
                 _header_name("attempt_header", self.attempt_header)
         if not isinstance(_given(self.respect_retry_after), bool):
             p.add("respect_retry_after", f"must be true or false, got {self.respect_retry_after!r}")
+        if not isinstance(_given(self.mint_idempotency_key), bool):
+            p.add("mint_idempotency_key", f"must be true or false, got {self.mint_idempotency_key!r}")
         with p.at():
             _set(self, "max_retry_after", _duration("max_retry_after", self.max_retry_after, allow_zero=True))
         p.raise_if_any()
@@ -405,6 +426,36 @@ class BulkheadPolicy:
 
     def __post_init__(self) -> None:
         _set(self, "max_concurrent", _integer("max_concurrent", self.max_concurrent, minimum=1))
+
+
+#: requests' own pool size per origin (``HTTPAdapter(pool_maxsize=10)``).
+REQUESTS_POOL_SIZE = 10
+#: The largest pool accepted: urllib3 fills a pool's queue with one slot per
+#: connection up front, so the size is memory spent per origin.
+MAX_POOL_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """
+    How many connections to each origin (``scheme://host:port``) are kept for
+    reuse by this endpoint's calls. ``max_size`` None follows the bulkhead:
+    as many as ``bulkhead.max_concurrent`` calls may be in flight, so as many
+    connections are kept (requests' 10 when the bulkhead is off). A call
+    beyond the pool still gets a connection of its own (pools never block:
+    the bulkhead is the limit), closed when it returns.
+
+    .. versionadded:: 0.3.0
+    """
+
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_size is not None:
+            size = _integer("max_size", self.max_size, minimum=1)
+            if size > MAX_POOL_SIZE:
+                raise ConfigError("max_size", f"must be at most {MAX_POOL_SIZE}, got {size!r}")
+            _set(self, "max_size", size)
 
 
 #: The header that carries the caller's remaining time, in milliseconds.
@@ -553,8 +604,11 @@ class Policy:
     fallback: Fallback | None = None
     #: Send the remaining time to the callee; None (the default) = do not.
     propagation: PropagationPolicy | None = None
-    #: Whether an open breaker to this endpoint makes the health view unhealthy.
-    critical: bool = True
+    #: Whether an open breaker to this endpoint makes the health view
+    #: unhealthy; None (the default): only when it has no fallback.
+    critical: bool | None = None
+    #: Connections kept per origin; None = requests' pool of 10.
+    pool: PoolPolicy | None = field(default_factory=PoolPolicy)
     #: Where breaker, budget and bulkhead live: ``memory`` (this process),
     #: ``host`` (every process on the host sharing ``state_dir``) or a
     #: ``redis://`` URL (the breaker in Redis, budget and bulkhead on the host).
@@ -566,7 +620,7 @@ class Policy:
             p.add("name", f"must be a non-empty string, got {self.name!r}")
         with p.at():
             _set(self, "failure_status", _statuses("failure_status", self.failure_status, lo=500))
-        if not isinstance(_given(self.critical), bool):
+        if self.critical is not None and not isinstance(_given(self.critical), bool):
             p.add("critical", f"must be true or false, got {self.critical!r}")
         if not _is_state(self.state):
             p.add("state", f"must be memory, host or a redis:// URL, got {self.state!r}")
@@ -590,6 +644,22 @@ class Policy:
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with *changes* applied (and validated)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def pool_size(self) -> int:
+        """
+        The connections kept per origin for this endpoint: ``pool.max_size``,
+        else ``bulkhead.max_concurrent`` (capped), else requests' 10.
+
+        .. versionadded:: 0.3.0
+        """
+        if self.pool is None:
+            return REQUESTS_POOL_SIZE
+        if self.pool.max_size is not None:
+            return self.pool.max_size
+        if self.bulkhead is None:
+            return REQUESTS_POOL_SIZE
+        return min(self.bulkhead.max_concurrent, MAX_POOL_SIZE)
 
     @property
     def breaker_storage(self) -> str:
@@ -628,4 +698,5 @@ _SECTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "bulkhead": BulkheadPolicy,
     "fallback": (StaticFallback, StaleFallback, CallableFallback),
     "propagation": PropagationPolicy,
+    "pool": PoolPolicy,
 }

@@ -55,6 +55,7 @@ class Call:
         "hook_error",
         "hook_guard",
         "idempotent",
+        "keyed",
         "kwargs",
         "left_endpoint",
         "outcome",
@@ -90,6 +91,8 @@ class Call:
         #: An earlier redirect hop of the current attempt got the peer's
         #: answer: the request reached it (see `resilient_client._verdict`).
         self.reached_peer = False
+        #: The request carries an idempotency key (given or minted).
+        self.keyed = False
         #: The current attempt's last redirect hop went to another endpoint.
         self.left_endpoint = False
         #: The exception a response hook raised in the current attempt (the
@@ -151,6 +154,7 @@ def decide(
         idempotent=call.idempotent,
         replayable=call.replayable,
         user=None if predicate is None else predicate(call.request, outcome),
+        keyed=call.keyed,
     )
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import random
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -48,7 +49,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import Deadline, DeadlineAdapter, arm, disarm, release
+from ._deadline import Deadline, DeadlineAdapter, arm, disarm, equip, is_equipped, release
 from ._endpoints import Endpoints, EndpointState, Route
 from ._environ import EnvironCache, merge_proxies
 from ._events import (
@@ -138,8 +139,8 @@ class ResilientSession(requests.Session):
         self._setup(Config.load(config), clock or SYSTEM_CLOCK, list(listeners), retry_if, rng)
         # Our adapters enforce the deadline on every socket read; max_retries
         # stays 0 so that this session is the only retry layer.
-        self.mount("https://", DeadlineAdapter())
-        self.mount("http://", DeadlineAdapter())
+        self.mount("https://", self._own_adapter(DeadlineAdapter()))
+        self.mount("http://", self._own_adapter(DeadlineAdapter()))
         LIVE_SESSIONS.add(self)  # last: it is complete, adapters mounted
 
     def _setup(
@@ -187,7 +188,45 @@ class ResilientSession(requests.Session):
         for attr, value in state.items():  # as requests.Session.__setstate__ does
             setattr(self, attr, value)
         self._setup(config, clock, list(listeners), retry_if, rng)
+        for prefix, adapter in self.adapters.items():
+            equip(adapter, prefix)  # unpickled adapters built fresh pool managers
+            if isinstance(adapter, DeadlineAdapter):
+                self._own_adapter(adapter)
         LIVE_SESSIONS.add(self)
+
+    # -- adapters: each one mounted keeps every guarantee it can have --------
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        """
+        requests' ``mount``; an `HTTPAdapter` (any subclass) is equipped so
+        that the ``total`` deadline bounds each of its socket reads, its own
+        settings untouched. Any other adapter gets connect/read timeouts
+        capped by the time left, and a warning, once.
+        """
+        super().mount(prefix, adapter)
+        equip(adapter, prefix if isinstance(prefix, str) else prefix.decode("latin-1"))
+
+    def _own_adapter(self, adapter: DeadlineAdapter) -> DeadlineAdapter:
+        """*adapter*, sizing its pools by the running attempt's endpoint (``pool``)."""
+        me = weakref.ref(self)  # the adapter must not keep the session alive
+
+        def pool_size() -> int | None:
+            session = me()
+            call: Call | None = getattr(session._local, "attempt", None) if session else None
+            return call.route.policy.pool_size if call is not None else None
+
+        adapter.pool_size = pool_size
+        return adapter
+
+    def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
+        """
+        requests' own, equipping an adapter found unequipped: one put into
+        ``self.adapters`` directly, or whose pool manager was rebuilt.
+        """
+        adapter = super().get_adapter(url)
+        if not is_equipped(adapter):
+            equip(adapter)  # warns at most once per adapter
+        return adapter
 
     @classmethod
     def from_config(cls, source: ConfigSource, **kwargs: Any) -> ResilientSession:
@@ -308,19 +347,14 @@ class ResilientSession(requests.Session):
         changes = kwargs.pop("policy", None)
         if changes is not None:
             # requests passes no extra argument from request() to send(): the
-            # call's changes wait on this thread for the send it makes.
+            # call's changes wait on this thread for the send it makes. (Such
+            # a call may have a fallback its endpoint lacks: no early refusal.)
             self._local.call_policy = changes
             try:
-                return self._request(method, url, args, kwargs)
+                return self._request_prepared(method, url, args, kwargs)
             finally:
                 self._local.call_policy = None
-        return self._request(method, url, args, kwargs)
-
-    def _request(self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any) -> requests.Response:
-        # (A call with its own policy= may have a fallback its endpoint lacks:
-        # it takes the normal path.)
-        changed = getattr(self._local, "call_policy", None) is not None
-        if isinstance(method, str) and isinstance(url, str) and not changed:
+        if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
             if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
@@ -328,7 +362,8 @@ class ResilientSession(requests.Session):
                     is_trial = breaker.before_call()
                 except CircuitOpenError as exc:
                     shown = redact_url(url, self.config.secrets)
-                    self._emit(BreakerRejected(route.name, method.upper(), shown, exc.retry_at))
+                    self._emit(BreakerRejected(route.name, method.upper(), shown,
+                                               exc._retry_at, exc.retry_in))
                     if self._bus.wants_hot():
                         self._emit(CallFinished(route.name, method.upper(), shown, 0,
                                                 "circuit_open", None, 0.0, False))
@@ -336,6 +371,12 @@ class ResilientSession(requests.Session):
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
+        return self._request_prepared(method, url, args, kwargs)
+
+    def _request_prepared(
+        self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any
+    ) -> requests.Response:
+        """requests' ``request``, with whatever leaves it redacted."""
         try:
             return super().request(method, url, *args, **kwargs)
         except Exception as exc:
@@ -495,7 +536,8 @@ class ResilientSession(requests.Session):
         try:
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
-            self._emit(BreakerRejected(route.name, request.method or "", self._url(request), exc.retry_at))
+            self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
+                                       exc._retry_at, exc.retry_in))
             # Not CircuitOpenError: that promises nothing touched the network,
             # and the first hop did reach the peer (a write may have acted).
             raise requests.ConnectionError(
@@ -531,6 +573,12 @@ class ResilientSession(requests.Session):
         enclosing: Call | None = getattr(self._local, "call", None)
         deadline = call_deadline(self.clock, policy.timeout.total,
                                  enclosing.deadline if enclosing is not None else None)
+        retry = policy.retry
+        if (retry is not None and retry.mint_idempotency_key and request.method not in retry.methods
+                and retry.key_header not in request.headers):
+            # Once per call: every retry (and hedge) of it carries the same key.
+            request = request.copy()
+            request.headers[cast(str, retry.key_header)] = str(uuid.uuid4())
         call = Call(
             request,
             kwargs,
@@ -539,6 +587,8 @@ class ResilientSession(requests.Session):
             idempotent=self._idempotent(request, policy),
             replayable=is_replayable(request),
         )
+        key = retry.key_header if retry is not None else None
+        call.keyed = key is not None and key in request.headers
         given = kwargs.get("timeout")
         call.timeout_given = given is not None
         call.timeouts = call_timeouts(route.timeouts, given)
@@ -631,9 +681,14 @@ class ResilientSession(requests.Session):
             if call.attempt:
                 self._gave_up(call, classify_error(exc).kind)
             raise
-        if cast(AttemptOutcome, call.outcome).failure or resp.status_code in (
+        if call.keyed and resp.status_code == 422:
+            # The key was reused with another payload: a bug of the caller's,
+            # never retried, and said so.
+            call.stop_reason = "idempotency_key_reused"
+            self._gave_up(call, "status 422")
+        elif cast(AttemptOutcome, call.outcome).failure or resp.status_code in (
             route.policy.retry.on_status if route.policy.retry else ()
-        ):
+        ) or (call.keyed and resp.status_code == 409):
             self._gave_up(call, f"status {resp.status_code}")
         if call.stream and call.arm is not None:
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
@@ -704,7 +759,7 @@ class ResilientSession(requests.Session):
             except CircuitOpenError as exc:
                 call.outcome = _CIRCUIT_OPEN
                 self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                           exc.retry_at))
+                                           exc._retry_at, exc.retry_in))
                 raise
         # Only a call the breaker let through is a try.
         call.attempt += 1
@@ -898,7 +953,7 @@ class ResilientSession(requests.Session):
             return False
         if request.method in retry.methods:
             return True
-        return retry.idempotency_header is not None and retry.idempotency_header in request.headers
+        return retry.key_header is not None and retry.key_header in request.headers
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures

@@ -117,6 +117,7 @@ def retry_verdict(
     idempotent: bool,
     replayable: bool,
     user: bool | None = None,
+    keyed: bool = False,
 ) -> bool:
     """
     Whether an attempt's *outcome* may be retried (attempts, budget, deadline
@@ -131,12 +132,18 @@ def retry_verdict(
         user: a ``retry_if`` predicate's answer (None: no opinion). It can
             never resend a body that cannot be replayed, nor retry the
             library's own refusals.
+        keyed: the request carries an idempotency key. Then, as the IETF
+            idempotency-key draft asks, 409 (the first request with this key
+            is still being processed) is retried whatever ``on_status`` says,
+            and 422 (the key was reused with another payload) never is.
     """
     if outcome.refused:
         return False
     if outcome.status is not None:
         if user is not None:
             return user and replayable
+        if keyed and outcome.status in (409, 422):
+            return outcome.status == 409 and replayable
         return outcome.status in policy.on_status and idempotent and replayable
     before_send = not outcome.reached_peer
     if user is not None:

@@ -6,7 +6,7 @@ Every exception fits the requests hierarchy, so existing
 ``except requests.ConnectionError`` blocks keep working::
 
     ResilienceError(requests.RequestException)
-    ├── CircuitOpenError(+ requests.ConnectionError)   .endpoint, .retry_at
+    ├── CircuitOpenError(+ requests.ConnectionError)   .endpoint, .retry_in
     ├── DeadlineExceeded(+ requests.Timeout)           __cause__ = what was running
     └── BulkheadFull                                   .endpoint, .max_concurrent
     ConfigError(ValueError)    bad configuration, names the key path
@@ -16,6 +16,7 @@ Every exception fits the requests hierarchy, so existing
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import requests
@@ -46,19 +47,37 @@ class CircuitOpenError(ResilienceError, requests.ConnectionError):
 
     Attributes:
         endpoint: the endpoint name whose breaker is open.
-        retry_at: monotonic time (on the session's clock) at which a trial
-            call becomes possible, or ``None`` when the breaker was forced
-            open with ``.open()``.
+        retry_in: seconds from when it was raised until a trial call may go
+            through, or ``None`` when the breaker was forced open with
+            ``.open()`` (no trial until ``.close()``).
+        retry_at: deprecated (a reading of the session's monotonic clock,
+            meaningless in a log); use ``retry_in``. Removed in 0.3.0.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
     """
 
     def __init__(
-        self, endpoint: str, retry_at: float | None = None, **kwargs: Any
+        self, endpoint: str, retry_at: float | None = None, *, retry_in: float | None = None,
+        **kwargs: Any,
     ) -> None:
         self.endpoint = endpoint
-        self.retry_at = retry_at
-        super().__init__(f"circuit breaker for endpoint {endpoint!r} is open", **kwargs)
+        self._retry_at = retry_at
+        self.retry_in = retry_in
+        if retry_at is None:
+            when = "forced open: no trial call until it is closed"
+        elif retry_in is None:
+            when = "a trial call becomes possible later"
+        else:
+            when = f"a trial call may go through in {retry_in:.1f} s"
+        super().__init__(f"circuit breaker for endpoint {endpoint!r} is open ({when})", **kwargs)
+
+    @property
+    def retry_at(self) -> float | None:
+        """Deprecated: a monotonic-clock reading; use ``retry_in``."""
+        warnings.warn("CircuitOpenError.retry_at is deprecated (a monotonic-clock reading); "
+                      "use retry_in, the seconds until a trial call", DeprecationWarning, stacklevel=2)
+        return self._retry_at
 
 
 class DeadlineExceeded(ResilienceError, requests.Timeout):

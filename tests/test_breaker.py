@@ -93,7 +93,10 @@ class TestConsecutiveMode:
         with pytest.raises(CircuitOpenError) as info:
             breaker.before_call()
         assert info.value.endpoint == "inventory"
-        assert info.value.retry_at == pytest.approx(1030.0)
+        assert info.value.retry_in == pytest.approx(25.0)
+        assert "a trial call may go through in 25.0 s" in str(info.value)
+        with pytest.warns(DeprecationWarning, match="retry_in"):
+            assert info.value.retry_at == pytest.approx(1030.0)  # the deprecated alias, one release
         assert breaker.retry_at == pytest.approx(1030.0)
         assert breaker.stats().rejected == 1
 
@@ -329,7 +332,8 @@ class TestForced:
             clock.advance(3600)
             with pytest.raises(CircuitOpenError) as info:
                 breaker.before_call()
-            assert info.value.retry_at is None
+            assert info.value.retry_in is None
+            assert "no trial call until it is closed" in str(info.value)
             assert breaker.state == "open"
         assert breaker.retry_at is None
         breaker.close()

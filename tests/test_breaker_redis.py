@@ -124,7 +124,7 @@ class TestSharedState:
         time.sleep(0.1)
         with pytest.raises(CircuitOpenError) as info:
             b.before_call()
-        assert info.value.retry_at is None
+        assert info.value.retry_in is None
         a.close()
         eventually(lambda: not refused(b))
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from peers import Peer, answer, free_port, wsgi
+from peers import Peer, answer, drip_body, free_port, hang, wsgi
 
 import resilient_client as rc
 from resilient_client.tools._cli import main
@@ -86,7 +86,8 @@ class TestCheck:
                 or line.startswith("  critical")}
         assert rows["timeout.read"] == ["2", "1", "*", "2"]
         assert rows["retry.attempts"] == ["3", "3", "off", "*"]
-        assert rows["critical"] == ["yes", "yes", "no", "*"]
+        # Unset, critical follows the fallback (inventory has one); search says false itself.
+        assert rows["critical"] == ["yes", "(no", "fallback)", "no", "(fallback)", "*", "no", "*"]
         assert "redis://:REDACTED@127.0.0.1:6390/0" in text and "hunter2pw" not in text
         assert ("Secrets: headers authorization, cookie, proxy-authorization, set-cookie, x-api-key; "
                 "query token") in text
@@ -132,6 +133,25 @@ class TestCheck:
         out = call("check", str(tmp_path / "nope.yaml"))
         assert out.returncode == 2 and "cannot read config file" in out.stderr
         assert "Traceback" not in out.stderr
+
+    def test_the_built_in_defaults_pass_their_own_check(self, tmp_path):
+        """An empty config, the built-in defaults, has nothing to report (3 x 6 s > 10 s is by design)."""
+        out = call("check", write(tmp_path, "c.json", "{}"))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.rstrip().endswith(
+            "Coherence (client policy alone; --haproxy adds the proxy): nothing contradicts itself")
+
+    def test_likely_mistakes_are_listed_after_the_tables(self, tmp_path):
+        """Milliseconds typed as seconds and a critical endpoint without a fallback are warnings, exit 0."""
+        text = ("defaults:\n  timeout: {read: 5000, total: 30000}\n"
+                "endpoints:\n  - {name: orders, match: 'http://orders.test/'}\n")
+        out = call("check", write(tmp_path, "c.yaml", text))
+        assert out.returncode == 0, out.stderr
+        findings = out.stdout.split("Coherence (client policy alone; --haproxy adds the proxy):\n")[1]
+        assert [line.rsplit("[", 1)[1] for line in findings.splitlines()] == [
+            "likely-milliseconds]", "likely-milliseconds]", "critical-without-fallback]"]
+        assert "warning: endpoint 'default': timeout.read is 5000 s (83.3 minutes)" in findings
+        assert "warning: endpoint 'orders': critical (the default for an endpoint without a" in findings
 
     def test_no_command_prints_help_and_exits_2(self):
         """Running with no command shows the commands."""
@@ -232,6 +252,20 @@ class TestGet:
         assert text.count("=> 200 OK (fallback)") == 3 and '{"items": []}' in text
         assert text.rstrip().endswith("3 calls, 3 ok, 0 failed")
 
+    @pytest.mark.parametrize("behaviour", [drip_body(b"x" * 100, 0.05), hang()], ids=["body", "headers"])
+    def test_an_attempt_cut_off_by_the_deadline_is_named_the_deadline(self, tmp_path, behaviour):
+        """A body (or the headers) still coming when total runs out reads as DeadlineExceeded, not as
+        the socket error the deadline was enforced with (a ConnectionError or a ReadTimeout)."""
+        cfg = write(tmp_path, "c.json", json.dumps(
+            {"defaults": {"timeout": {"connect": 1, "read": 2, "total": 0.4}}}))
+        with Peer().on("/slow", behaviour) as peer:
+            out = call("get", peer.url("/slow"), "-c", cfg)
+        assert out.returncode == 1
+        attempt = next(line for line in out.stdout.splitlines() if "attempt 1:" in line)
+        assert "attempt 1: deadline (DeadlineExceeded: the call's total ran out) in 0.4" in attempt
+        assert "Timeout" not in attempt and "ConnectionError" not in attempt
+        assert "=> error: DeadlineExceeded: " in out.stdout
+
     def test_bad_headers_are_usage_errors(self):
         """A header without a colon is refused with exit 2."""
         out = call("get", "http://127.0.0.1:9/", "-H", "nocolon")
@@ -256,7 +290,8 @@ class TestStatus:
         lines = out.stdout.splitlines()
         assert lines[1].split() == ["endpoint", "critical", "breaker", "failures", "retry", "in",
                                     "storage", "bulkhead", "errors"]
-        assert lines[3].split() == ["inventory", "yes", "closed", "0", "-", "memory", "0/50", "-"]
+        # inventory has a fallback: not critical unless it says so.
+        assert lines[3].split() == ["inventory", "no", "closed", "0", "-", "memory", "0/50", "-"]
         assert lines[4].split()[:3] == ["search", "no", "closed"]
         assert "status: ok (healthy)" in out.stdout
         assert "'memory' breakers live inside each process" in out.stdout
@@ -283,6 +318,36 @@ class TestStatus:
         data = json.loads(out.stdout)
         assert (data["healthy"], data["status"]) == (True, "degraded")
 
+    def test_a_bare_status_says_what_it_looked_at(self):
+        """With no --config and no --from, status explains why there is nothing to show and where to look."""
+        out = call("status")
+        assert out.returncode == 0, out.stderr
+        text = " ".join(out.stdout.split())  # the explanation is wrapped to the terminal
+        assert "endpoint critical breaker" not in text  # no empty table
+        assert text.startswith("Nothing to show from the built-in defaults (no --config given): "
+                               "- it configures no endpoint;")
+        assert "this new session has called none" in text
+        assert ("the defaults: timeouts connect 1s, read 5s, total 10s; retry 3 attempts; breaker "
+                "opens after 5 failures for 30s, storage memory.") in text
+        assert "status --from http://HOST:PORT/health" in text and "status --config FILE" in text
+        assert text.endswith("status: ok (healthy)")
+
+    def test_a_config_without_endpoints_names_the_file(self, tmp_path):
+        """A config with defaults only is named as what was looked at, with its own defaults."""
+        cfg = write(tmp_path, "d.yaml", "defaults:\n  retry: null\n  breaker: null\n")
+        text = " ".join(call("status", "-c", cfg).stdout.split())
+        assert text.startswith(f"Nothing to show from {cfg}: ")
+        assert "retry off; breaker off." in text
+
+    def test_a_service_with_no_endpoints_says_so(self):
+        """--from a service whose view is empty says that, instead of an empty table."""
+        with Peer().on("*", wsgi(rc.health_app(rc.ResilientSession()))) as peer:
+            url = peer.url("/health")
+            out = call("status", "--from", url)
+        assert out.returncode == 0, out.stderr
+        assert " ".join(out.stdout.split()).startswith(f"The service at {url} reports no endpoint")
+        assert "endpoint critical" not in out.stdout
+
     def test_an_unreachable_service_exits_2(self):
         """A --from URL that refuses the connection is reported, exit 2."""
         out = call("status", "--from", f"http://127.0.0.1:{free_port()}/health")
@@ -290,18 +355,21 @@ class TestStatus:
 
 
 def test_status_reads_shared_breaker_state_from_redis(tmp_path, redis_url):
-    """A breaker opened in this process with redis storage shows as open in a new `status` process."""
+    """A breaker opened in this process with redis storage shows as open in a new `status` process,
+    with the failures that opened it (counted in Redis), not the new process's own zero."""
     port = free_port()
     config = {"defaults": {"retry": None},
               "endpoints": [{"name": "shared", "match": f"http://127.0.0.1:{port}/",
-                             "breaker": {"failure_threshold": 1, "storage": redis_url}}]}
+                             "breaker": {"failure_threshold": 3, "storage": redis_url}}]}
     session = rc.ResilientSession(config)
-    with pytest.raises(requests.ConnectionError):
-        session.get(f"http://127.0.0.1:{port}/x")
+    for _ in range(3):
+        with pytest.raises(requests.ConnectionError):
+            session.get(f"http://127.0.0.1:{port}/x")
     assert session.circuit("shared").state == "open"
     out = run("status", "--config", write(tmp_path, "c.json", json.dumps(config)))
     assert out.returncode == 1, out.stdout + out.stderr
-    assert out.stdout.splitlines()[3].split()[:3] == ["shared", "yes", "open"]
+    assert out.stdout.splitlines()[3].split()[:4] == ["shared", "yes", "open", "3"]
+    assert rc.ResilientSession(config).health()["shared"].consecutive_failures == 3
 
 
 class TestDemo:

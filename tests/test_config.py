@@ -31,6 +31,7 @@ from resilient_client import (
     Endpoint,
     Jitter,
     Policy,
+    PoolPolicy,
     RetryPolicy,
     Secrets,
     StaleFallback,
@@ -2098,6 +2099,7 @@ SECTION_FIELDS = {
     ],
     "bulkhead": ["max_concurrent"],
     "fallback": ["status", "json", "text", "headers", "stale"],
+    "pool": ["max_size"],
 }
 BACKOFF_FIELDS = ["initial", "multiplier", "max", "jitter"]
 
@@ -2234,3 +2236,63 @@ class TestEdgeCases:
         f.write_text("- a\n- b\n")
         with pytest.raises(ConfigError, match=r"c\.yaml: the config must be a mapping of keys, got list"):
             load_config(f)
+
+
+class TestPool:
+    """The ``pool`` section: connections kept per origin, following the bulkhead by default."""
+
+    def test_the_default_pool_follows_the_bulkhead(self) -> None:
+        """With no pool setting, the pool is as large as bulkhead.max_concurrent (50)."""
+        policy = Config().defaults
+        assert policy.pool == PoolPolicy(max_size=None)
+        assert policy.pool_size == 50
+
+    @pytest.mark.parametrize(("config", "size"), [
+        (defaults(bulkhead={"max_concurrent": 8}), 8),
+        (defaults(bulkhead=None), 10),
+        (defaults(pool={"max_size": 64}), 64),
+        (defaults(pool={"max_size": 64}, bulkhead={"max_concurrent": 8}), 64),
+        (defaults(pool=None), 10),
+        (defaults(pool={"max_size": None}, bulkhead={"max_concurrent": 20_000}), 10_000),
+    ], ids=["bulkhead 8", "no bulkhead", "max_size", "max_size over bulkhead", "pool null",
+            "a huge bulkhead is capped"])
+    def test_pool_size(self, config: dict[str, Any], size: int) -> None:
+        """The size is max_size, else the bulkhead's (capped), else requests' 10."""
+        assert load_config(config).defaults.pool_size == size
+
+    def test_an_endpoint_merges_over_defaults(self) -> None:
+        """An endpoint's pool overrides defaults'; one that omits it follows its own bulkhead."""
+        cfg = load_config({"defaults": {"pool": {"max_size": 30}}, "endpoints": [
+            ep(match="https://a.internal/", pool={"max_size": 4}),
+            ep(match="https://b.internal/", pool={"max_size": None}, bulkhead={"max_concurrent": 7}),
+        ]})
+        assert [e.policy.pool_size for e in cfg.endpoints] == [4, 7]
+
+    @pytest.mark.parametrize(("config", "path", "problem"), [
+        (defaults(pool={"max_size": 0}), "defaults.pool.max_size", "must be an integer >= 1, got 0"),
+        (third(pool={"max_size": 10_001}), "endpoints[2].pool.max_size", "must be at most 10000"),
+        (defaults(pool={"max_size": "32"}), "defaults.pool.max_size", "must be an integer >= 1"),
+        (defaults(pool={"max_size": True}), "defaults.pool.max_size", "must be an integer >= 1"),
+        (defaults(pool={"maxsize": 32}), "defaults.pool.maxsize", "unknown key; expected one of max_size"),
+        (defaults(pool=32), "defaults.pool", "must be a mapping"),
+    ], ids=["zero", "too large", "string", "bool", "typo", "not a mapping"])
+    def test_bad_values_name_the_key_path(self, config: dict[str, Any], path: str, problem: str) -> None:
+        """Every bad pool value is a ConfigError at its key path."""
+        err = load_error(config)
+        assert err.path == path and problem in err.problem
+
+    def test_toml_false_is_null(self, tmp_path: Path) -> None:
+        """In TOML, pool = false is requests' pool and max_size = false follows the bulkhead."""
+        cfg = load_config(write(tmp_path, "c.toml", "[defaults]\npool = false\n"))
+        assert cfg.defaults.pool is None and cfg.defaults.pool_size == 10
+        cfg = load_config(write(tmp_path, "d.toml", "[defaults.pool]\nmax_size = false\n"))
+        assert cfg.defaults.pool == PoolPolicy()
+
+    def test_one_call_cannot_change_it(self) -> None:
+        """The pool is the endpoint's, shared by its calls: policy={"pool": ...} is refused."""
+        from resilient_client._config import call_policy
+
+        with pytest.raises(ConfigError) as info:
+            call_policy(Policy(), {"pool": {"max_size": 3}})
+        assert info.value.path == "policy.pool"
+

@@ -79,3 +79,56 @@ class TestSiteBuilds:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                               check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+class TestDocsAgreeWithTheCode:
+    """Statements made on several pages, checked against the code that decides them."""
+
+    EVENT_ROW = re.compile(r"^\| `(\w+)` \(`\w+`\) \|.*\| (DEBUG|INFO|WARNING|ERROR) \|$", re.M)
+
+    def test_every_log_level_in_the_event_table_is_the_one_logged(self):
+        """The observability page's event table gives each event the level `log_event` uses."""
+        import logging
+
+        from resilient_client import _events
+
+        rows = self.EVENT_ROW.findall((DOCS / "observability.md").read_text(encoding="utf-8"))
+        assert len(rows) == len(_events._LEVELS)
+        for name, level in rows:
+            assert logging.getLevelName(_events._LEVELS[getattr(_events, name)]) == level, name
+
+    def test_every_page_naming_the_fallback_log_level_names_the_real_one(self):
+        """A page that says at which level a served fallback is logged says the level it is logged at."""
+        import logging
+
+        from resilient_client import _events
+
+        real = logging.getLevelName(_events._LEVELS[_events.FallbackServed])
+        stated = re.compile(r"`fallback_served` event,? \(?logged at (\w+)")
+        found = {page.name: m.group(1) for page in DOCS.glob("*.md")
+                 for m in stated.finditer(page.read_text(encoding="utf-8"))}
+        assert found, "no page states the fallback_served log level any more"
+        assert found == dict.fromkeys(found, real)
+
+    def test_stale_is_described_as_get_and_head(self):
+        """Pages describing `stale` name GET and HEAD, the methods whose answers the session stores."""
+        # Where the session decides what the stale cache stores, wherever the front keeps it.
+        stores = [path.name for path in (ROOT / "resilient_client").rglob("*.py")
+                  if 'request.method in ("GET", "HEAD")' in path.read_text(encoding="utf-8")]
+        assert stores, "the stale cache no longer stores GET and HEAD answers: update the docs"
+        described = re.compile(r"last successful (?:\(2xx\) )?(GET[\w /]*?) response")
+        found = [(page.name, m.group(1)) for page in DOCS.glob("*.md")
+                 for m in described.finditer(page.read_text(encoding="utf-8"))]
+        assert found and all(methods == "GET or HEAD" for _, methods in found), found
+
+    def test_the_health_path_in_the_docs_is_health_app_s(self):
+        """Every health-check path in the docs is the one `health_app` serves by default."""
+        import inspect
+
+        from resilient_client import health_app
+
+        default = inspect.signature(health_app).parameters["path"].default
+        paths = {m.group(1) for page in DOCS.glob("*.md")
+                 for m in re.finditer(r"(?:option httpchk GET|uri) (/\S*)",
+                                      page.read_text(encoding="utf-8"))}
+        assert paths == {default}

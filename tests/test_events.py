@@ -128,7 +128,10 @@ class TestEmittedEvents:
             session.get(URL)
         assert kinds(events) == ["breaker_rejected", "call_finished"]
         assert isinstance(events[0], BreakerRejected)
-        assert events[0].retry_at == pytest.approx(clock.monotonic() + 30)
+        assert events[0].retry_in == pytest.approx(30)
+        assert events[0].retry_at == pytest.approx(clock.monotonic() + 30)  # deprecated alias
+        assert "retry_in=30" in rc._events.format_event(events[0])
+        assert "retry_at" not in rc._events.format_event(events[0])
         assert (events[1].outcome, events[1].attempts) == ("circuit_open", 0)
 
     def test_a_breaker_opened_by_the_attempt_stops_the_retries(self, mocked):

@@ -42,6 +42,7 @@ from resilient_client._policy import (
     BreakerPolicy,
     BudgetPolicy,
     BulkheadPolicy,
+    PoolPolicy,
     RetryPolicy,
     StaleFallback,
     StaticFallback,
@@ -226,6 +227,7 @@ POLICIES = {
     BreakerPolicy: ["failure_threshold", "reset_timeout", "storage", "mode", "failure_rate",
                     "window", "min_calls", "slow_call_duration"],
     BulkheadPolicy: ["max_concurrent"],
+    PoolPolicy: ["max_size"],
     StaticFallback: ["status", "body", "headers"],
     StaleFallback: ["max_entries"],
 }

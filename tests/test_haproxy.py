@@ -16,7 +16,8 @@ from resilient_client._config import load_config
 from resilient_client._policy import BackoffPolicy, Jitter
 from resilient_client._retry import Backoff
 from resilient_client.tools import Finding, check_haproxy
-from resilient_client.tools._haproxy import max_backoff, parse_haproxy, parse_time
+from resilient_client.tools._haproxy import parse_haproxy, parse_time
+from resilient_client.tools._policy_checks import max_backoff, min_backoff
 
 
 def cfg(**endpoint: Any) -> Config:
@@ -180,36 +181,173 @@ class TestParseHAProxy:
 # -- client-only ---------------------------------------------------------------------
 
 
-class TestAttemptsExceedTotal:
-    def test_reports_attempts_that_cannot_fit(self) -> None:
+class TestTheDeadline:
+    def test_the_built_in_defaults_pass(self) -> None:
         """
-        attempts x (connect + read) + backoff beyond total is reported with the numbers.
+        An empty config reports nothing: 3 x (1 s + 5 s) beyond total 10 s is the defaults' design.
         """
-        c = cfg(timeout={"connect": 1, "read": 4, "total": 8},
-                retry={"attempts": 3,
-                       "backoff": {"initial": 0.5, "multiplier": 2, "jitter": "none"}})
-        f = codes(check_haproxy(c, ""))["attempts-exceed-total"]
-        assert f.severity == "warning"
-        assert "3 attempts x 5 s" in f.message and "1.5 s of backoff = 16.5 s" in f.message
-        assert "only 1 of the 3 attempts fit in full" in f.message
+        assert check_haproxy(load_config({}), "") == []
 
-    def test_quiet_when_everything_fits(self) -> None:
+    def test_attempts_beyond_total_are_not_a_mistake(self) -> None:
         """
-        A policy whose worst case fits in total is not reported.
+        Retries that only fast failures can use (a hang would cut them short) are not reported.
         """
-        c = cfg(timeout={"connect": 0.5, "read": 2, "total": 10},
-                retry={"attempts": 3, "backoff": {"initial": 0.5, "jitter": "full"}})
-        assert "attempts-exceed-total" not in codes(check_haproxy(c, ""))
+        c = cfg(timeout={"connect": 1, "read": 4, "total": 8}, fallback="stale",
+                retry={"attempts": 3, "backoff": {"initial": 0.5, "multiplier": 2, "jitter": "none"}})
+        assert check_haproxy(c, "") == []
+
+    def test_not_even_one_attempt_fits(self) -> None:
+        """
+        connect + read beyond total is reported: the read timeout can never fire, no retry follows.
+        """
+        c = cfg(timeout={"connect": 1, "read": 10, "total": 5})
+        f = codes(check_haproxy(c, ""))["attempt-exceeds-total"]
+        assert f.severity == "warning"
+        assert f.message.startswith("not even one attempt fits in total 5 s: connect 1 s + read 10 s = 11 s")
+        assert "no retry can follow it" in f.message
+        # Said once: that no retry can start after it follows from the same numbers.
+        assert "retry-never-starts" not in codes(check_haproxy(c, ""))
+
+    def test_one_attempt_that_fits_exactly_is_fine(self) -> None:
+        """
+        connect + read equal to total fits (with full jitter a retry may even start at once).
+        """
+        assert check_haproxy(cfg(timeout={"connect": 1, "read": 4, "total": 5}, fallback="stale"), "") == []
+
+    def test_no_retry_after_a_read_timeout(self) -> None:
+        """
+        A read timeout plus the shortest backoff beyond total: read_timeout in retry.on is never retried.
+        """
+        c = cfg(timeout={"connect": 1, "read": 8.9, "total": 10},
+                retry={"backoff": {"initial": 0.5, "jitter": "none"}})
+        f = codes(check_haproxy(c, ""))["retry-never-starts"]
+        assert f.message.startswith("after a read timeout (the first attempt's worst case, 9.9 s), even "
+                                    "the shortest backoff (0.5 s) passes total 10 s")
+        assert "only the first of the 3 attempts runs" in f.message
+
+    @pytest.mark.parametrize(("jitter", "initial", "reported"), [
+        ("none", 0.5, True), ("equal", 0.5, False), ("equal", 1.0, True),
+        ("decorrelated", 0.5, True), ("full", 5.0, False),
+    ])
+    def test_the_shortest_backoff_is_the_jitters_lowest_draw(self, jitter: str, initial: float,
+                                                              reported: bool) -> None:
+        """
+        "Shortest" is what the jitter can draw lowest: none and decorrelated initial, equal half, full 0.
+        """
+        c = cfg(timeout={"connect": 0.5, "read": 9.2, "total": 10},
+                retry={"backoff": {"initial": initial, "jitter": jitter}})
+        assert ("retry-never-starts" in codes(check_haproxy(c, ""))) is reported
+
+    def test_without_timeouts_in_retry_on_only_fast_failures_matter(self) -> None:
+        """
+        With no timeout in retry.on, a slow first attempt is not meant to be retried: nothing to report.
+        """
+        c = cfg(timeout={"connect": 1, "read": 8.9, "total": 10},
+                retry={"on": ["connect_error"], "backoff": {"initial": 0.5, "jitter": "none"}})
+        assert "retry-never-starts" not in codes(check_haproxy(c, ""))
+
+    def test_a_connect_timeout_alone_counts_its_own_wait(self) -> None:
+        """
+        With connect_timeout (not read_timeout) in retry.on, the first attempt's worst case is connect.
+        """
+        retry = {"on": ["connect_timeout"], "backoff": {"initial": 2, "jitter": "none"}}
+        slow = cfg(timeout={"connect": 3, "read": 1, "total": 4.5}, retry=retry)
+        # 2 + 2 + 2 > 4.5, but a read timeout is not in retry.on: only the connect wait counts.
+        fast = cfg(timeout={"connect": 2, "read": 2, "total": 4.5}, retry=retry)
+        assert "after a connect timeout (the first attempt's worst case, 3 s)" in (
+            codes(check_haproxy(slow, ""))["retry-never-starts"].message)
+        assert "retry-never-starts" not in codes(check_haproxy(fast, ""))
+
+    def test_a_backoff_as_long_as_total_means_no_retry_ever(self) -> None:
+        """
+        When the shortest backoff alone reaches total, not even a fast failure is retried.
+        """
+        c = cfg(timeout={"total": 10}, retry={"attempts": 2, "backoff": {"initial": 10, "max": 20,
+                                                                          "jitter": "none"}})
+        f = codes(check_haproxy(c, ""))["retry-never-starts"]
+        assert f.message.startswith("the shortest first backoff is 10 s, not less than total 10 s: none of "
+                                    "the 1 retries can ever start, not even after a fast failure")
 
     @pytest.mark.parametrize(
         "endpoint", [{"retry": None}, {"retry": {"attempts": 1}}, {"timeout": {"total": None}}]
     )
     def test_quiet_without_retries_or_total(self, endpoint: dict[str, Any]) -> None:
         """
-        With no retries or no total there is nothing to exceed.
+        With no retries nothing can fail to start, and with no total nothing can exceed it.
         """
-        assert "attempts-exceed-total" not in codes(check_haproxy(cfg(**endpoint), ""))
+        endpoint = {**endpoint, "timeout": {"read": 12, **endpoint.get("timeout", {})}}
+        found = codes(check_haproxy(cfg(**endpoint), ""))
+        assert "retry-never-starts" not in found
+        assert ("attempt-exceeds-total" in found) is (endpoint["timeout"].get("total", 10) is not None)
 
+
+class TestLikelyMilliseconds:
+    @pytest.mark.parametrize(("endpoint", "key", "fix"), [
+        ({"timeout": {"read": 5000, "total": None}}, "timeout.read", "read: 5"),
+        ({"timeout": {"total": 30000}}, "timeout.total", "total: 30"),
+        ({"timeout": {"connect": 500}}, "timeout.connect", "connect: 0.5"),
+        ({"breaker": {"reset_timeout": 30000}}, "breaker.reset_timeout", "reset_timeout: 30"),
+        ({"retry": {"backoff": {"initial": 1000, "max": 1000}}}, "retry.backoff.initial", "initial: 1"),
+    ])
+    def test_durations_past_the_threshold_are_reported(self, endpoint: dict[str, Any], key: str,
+                                                       fix: str) -> None:
+        """
+        A duration of 1000 s or more (connect: 60 s) is reported with the seconds it likely meant.
+        """
+        found = [f for f in check_haproxy(cfg(**endpoint), "") if f.code == "likely-milliseconds"]
+        f = next(f for f in found if f.message.startswith(f"{key} is "))
+        assert f.severity == "warning" and f.endpoint == "app"
+        assert f.message.endswith(f"ms write {fix}")
+
+    @pytest.mark.parametrize("endpoint", [
+        {"timeout": {"connect": 59, "read": 999, "total": None}},
+        {"breaker": {"reset_timeout": 900}, "retry": {"max_retry_after": 600}},
+    ])
+    def test_long_but_plausible_durations_are_not(self, endpoint: dict[str, Any]) -> None:
+        """
+        Just under the thresholds is a choice, not a slip.
+        """
+        assert "likely-milliseconds" not in codes(check_haproxy(cfg(**endpoint), ""))
+
+    def test_an_inherited_value_is_reported_once_where_it_was_written(self) -> None:
+        """
+        A slip in defaults is reported for defaults, not again for every endpoint inheriting it.
+        """
+        c = load_config({"defaults": {"timeout": {"read": 5000, "total": None}},
+                         "endpoints": [{"name": n, "match": f"http://{n}.test/", "fallback": "stale"}
+                                       for n in ("a", "b")]})
+        assert [(f.code, f.endpoint) for f in check_haproxy(c, "")] == [("likely-milliseconds", "default")]
+
+
+class TestCriticalWithoutFallback:
+    def test_an_endpoint_critical_by_default_is_a_warning(self) -> None:
+        """
+        An endpoint without a fallback (critical by default) is reported: its open breaker means 503.
+        """
+        f = codes(check_haproxy(cfg(), ""))["critical-without-fallback"]
+        assert f.severity == "warning" and "set critical: false" in f.message
+
+    def test_a_written_critical_true_is_only_a_reminder(self) -> None:
+        """
+        `critical: true` written by hand is a deliberate choice: reported as info.
+        """
+        assert codes(check_haproxy(cfg(critical=True), ""))["critical-without-fallback"].severity == "info"
+
+    @pytest.mark.parametrize("endpoint", [{"fallback": "stale"}, {"critical": False}, {"breaker": None}])
+    def test_nothing_to_report_when_the_health_view_cannot_turn(self, endpoint: dict[str, Any]) -> None:
+        """
+        A fallback, critical: false, or no breaker at all: the endpoint never makes /health 503 alone.
+        """
+        assert "critical-without-fallback" not in codes(check_haproxy(cfg(**endpoint), ""))
+
+    def test_the_defaults_are_not_reported(self) -> None:
+        """
+        Unmatched origins are critical by the defaults' design; only configured endpoints are reported.
+        """
+        assert "critical-without-fallback" not in codes(check_haproxy(cfg(), ""), endpoint="default")
+
+
+class TestBackoffBounds:
     def test_backoff_worst_case(self) -> None:
         """
         The worst-case backoff is the sum of the capped exponential bases (decorrelated: x3 steps).
@@ -219,6 +357,17 @@ class TestAttemptsExceedTotal:
         assert max_backoff(full, 3) == 1 + 2 + 3
         assert max_backoff(decorrelated, 3) == 3 + 5 + 5
         assert max_backoff(BackoffPolicy(), 0) == 0
+
+    @pytest.mark.parametrize("jitter", list(Jitter))
+    def test_backoff_shortest_case_bounds_what_the_retry_layer_sleeps(self, jitter: Jitter) -> None:
+        """
+        No first sleep of the retry layer's own Backoff is shorter than min_backoff, and it comes close.
+        """
+        policy = BackoffPolicy(initial=0.4, max=2.0, jitter=jitter)
+        bound = min_backoff(policy)
+        firsts = [Backoff(policy, rng=random.Random(seed)).sleep_for(1, 0.0) for seed in range(300)]
+        assert min(firsts) >= bound - 1e-9
+        assert min(firsts) <= bound + 0.02
 
     @pytest.mark.parametrize("jitter", list(Jitter))
     def test_backoff_worst_case_bounds_what_the_retry_layer_sleeps(self, jitter: Jitter) -> None:
@@ -420,7 +569,7 @@ class TestPairing:
         """
         The setup the docs recommend (one retry layer, deadline header enforced) is clean.
         """
-        c = cfg(timeout={"connect": 0.5, "read": 2, "total": 6}, propagation={},
+        c = cfg(timeout={"connect": 0.5, "read": 2, "total": 6}, propagation={}, fallback="stale",
                 retry={"attempts": 2, "backoff": {"initial": 0.1, "max": 0.5}})
         text = backend(
             "    timeout connect 500ms\n    timeout queue 5s\n    timeout server 6s\n"

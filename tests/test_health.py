@@ -145,6 +145,63 @@ class TestHealthView:
         assert "hunter2secret" not in json.dumps(h.as_dict())
 
 
+#: A config where one endpoint has a fallback and one is critical by choice despite its fallback.
+FALLBACKS: dict[str, Any] = {
+    "defaults": {"retry": None, "breaker": {"failure_threshold": 2, "reset_timeout": 30}},
+    "endpoints": [
+        {"name": "inventory", "match": "http://inventory.test/"},
+        {"name": "reco", "match": "http://reco.test/", "fallback": {"status": 200, "json": []}},
+        {"name": "prices", "match": "http://prices.test/", "fallback": "stale", "critical": True},
+    ],
+}
+
+
+class TestCritical:
+    def test_critical_follows_having_no_fallback(self):
+        """Without `critical`, an endpoint is critical exactly when it has no fallback."""
+        h = rc.ResilientSession(FALLBACKS).health()
+        assert [(e.name, e.critical) for e in h.endpoints] == [
+            ("inventory", True), ("reco", False), ("prices", True)]
+
+    def test_an_endpoint_serving_its_fallback_keeps_the_service_healthy(self, mocked):
+        """A dead peer behind a fallback opens its breaker, answers with the fallback, and only degrades."""
+        session = rc.ResilientSession(FALLBACKS)
+        mocked.add(responses.GET, "http://reco.test/for/42", body=refused())
+        for _ in range(3):
+            r = session.get("http://reco.test/for/42")
+            assert r.is_fallback and r.json() == []
+        h = session.health()
+        assert h["reco"].breaker == "open" and h["reco"].critical is False
+        assert (h.healthy, h.status) == (True, "degraded")
+
+    def test_an_explicit_critical_true_wins_over_the_fallback(self):
+        """`critical: true` on an endpoint with a fallback still makes the service unhealthy."""
+        session = rc.ResilientSession(FALLBACKS)
+        session.circuit("prices").open()
+        assert (session.health().healthy, session.health().status) == (False, "unhealthy")
+
+    @pytest.mark.parametrize(("defaults", "endpoint", "critical"), [
+        ({"critical": True}, {"fallback": "stale"}, True),        # true in defaults is explicit too
+        ({"critical": False}, {}, False),                         # so is false
+        ({"fallback": "stale"}, {}, False),                       # the defaults' fallback is inherited
+        ({"fallback": "stale"}, {"fallback": None}, True),         # switched off: critical again
+        ({"fallback": "stale", "critical": True}, {"critical": None}, False),  # null: follow the fallback
+    ])
+    def test_defaults_merge_key_by_key(self, defaults, endpoint, critical):
+        """`critical` and `fallback` merge from defaults like any key; null means "follow the fallback"."""
+        config = {"defaults": defaults, "endpoints": [{"name": "e", "match": "http://e.test/", **endpoint}]}
+        assert rc.ResilientSession(config).health()["e"].critical is critical
+
+    def test_unmatched_origins_follow_the_defaults(self, mocked):
+        """An origin no endpoint matches takes the defaults' fallback, so it is not critical either."""
+        session = rc.ResilientSession({"defaults": {"fallback": {"status": 204}}})
+        mocked.add(responses.GET, "http://other.test/", status=200)
+        session.get("http://other.test/")
+        session.circuit("http://other.test/").open()
+        h = session.health()
+        assert h["http://other.test:80"].critical is False and h.healthy
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
     """Run a WSGI app on the test server on 127.0.0.1; yields a function(app) -> base URL."""
@@ -248,8 +305,11 @@ def haproxy_server_status(sock_path: str) -> str | None:
 
 
 @pytest.mark.parametrize("check", list(HAPROXY_CHECKS))
-def test_a_real_haproxy_takes_the_service_out_and_back(tmp_path, serve, session, check):
-    """HAProxy's health check marks the server DOWN while a critical breaker is open, UP after."""
+def test_a_real_haproxy_takes_the_service_out_and_back(tmp_path, serve, check):
+    """HAProxy's health check marks the server DOWN while a critical breaker is open, UP after;
+    an open breaker to a non-critical endpoint, or to one with a fallback, keeps it UP."""
+    reco = FALLBACKS["endpoints"][1]  # has a fallback, no `critical`
+    session = rc.ResilientSession({**CONFIG, "endpoints": [*CONFIG["endpoints"], reco]})
     haproxy = shutil.which("haproxy") or shutil.which("/usr/sbin/haproxy")
     if haproxy is None:
         pytest.fail("haproxy is not installed (apt-get install haproxy); .ci/run installs it")
@@ -285,6 +345,7 @@ def test_a_real_haproxy_takes_the_service_out_and_back(tmp_path, serve, session,
         session.circuit("inventory").close()
         wait_for("UP")
         session.circuit("search").open()  # not critical: stays in rotation
+        session.circuit("reco").open()  # serves its fallback: stays in rotation
         time.sleep(0.2)
         wait_for("UP")
     finally:

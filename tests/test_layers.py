@@ -80,7 +80,7 @@ PUBLIC_NAMES = {
     # configuration and the policies a user constructs
     "Config", "Endpoint", "Secrets", "Policy", "Timeouts", "RetryPolicy", "BackoffPolicy", "Jitter",
     "BudgetPolicy", "BreakerPolicy", "BreakerMode", "BulkheadPolicy", "StaticFallback",
-    "StaleFallback", "CallableFallback", "PropagationPolicy",
+    "StaleFallback", "CallableFallback", "PropagationPolicy", "PoolPolicy",
     # what a callable fallback returns
     "fallback_response",
     # what session.circuit(), .resolve() and a clock= argument give or take

@@ -730,3 +730,57 @@ class TestSecondReview:
 
 def _noop_hook(r: requests.Response, **kwargs: Any) -> None:
     return None
+
+
+class TestMintedIdempotencyKeys:
+    def session(self, **retry: Any) -> resilient_client.ResilientSession:
+        return make_session(retry={**FAST_RETRY, "mint_idempotency_key": True, **retry})
+
+    def test_a_write_gets_one_key_for_every_retry(self, peer: Peer) -> None:
+        """A POST without a key gets a UUID4 Idempotency-Key, the same on each retry, and is retried."""
+        peer.on("/orders", answer(503), answer(503), answer(201, b"created"))
+        resp = self.session().post(peer.url("/orders"), json={"item": 1})
+        assert (resp.status_code, resp.attempts) == (201, 3)
+        keys = {r.headers.get("idempotency-key") for r in peer.requests}
+        assert len(keys) == 1 and None not in keys
+        assert len(keys.pop()) == 36  # a UUID
+
+    def test_each_call_gets_its_own_key_and_a_given_key_is_kept(self, peer: Peer) -> None:
+        """Two calls, two keys; a caller's own key is never replaced; a GET gets none."""
+        peer.on("/orders", answer(201))
+        peer.on("/items", answer(200))
+        session = self.session()
+        session.post(peer.url("/orders"))
+        session.post(peer.url("/orders"))
+        session.post(peer.url("/orders"), headers={"Idempotency-Key": "mine"})
+        session.get(peer.url("/items"))
+        keys = [r.headers.get("idempotency-key") for r in peer.requests]
+        assert keys[0] != keys[1] and keys[2] == "mine" and keys[3] is None
+
+    def test_a_409_for_a_keyed_request_is_retried_whatever_on_status_says(self, peer: Peer) -> None:
+        """409: the first request with this key is still being processed; retry with backoff."""
+        peer.on("/orders", answer(409), answer(201))
+        resp = self.session(on_status=[503]).post(peer.url("/orders"))
+        assert (resp.status_code, resp.attempts) == (201, 2)
+
+    def test_a_422_for_a_keyed_request_is_never_retried_and_said_so(self, peer: Peer) -> None:
+        """422: the key was reused with another payload; the caller's bug, reported as such."""
+        peer.on("/orders", answer(422), answer(201))
+        session = self.session()
+        events: list[Any] = []
+        session.subscribe(events.append)
+        resp = session.post(peer.url("/orders"))
+        assert (resp.status_code, resp.attempts) == (422, 1)
+        gave_up = [e for e in events if isinstance(e, resilient_client.GaveUp)]
+        assert [e.reason for e in gave_up] == ["idempotency_key_reused"]
+
+    def test_without_a_key_409_is_an_answer(self, peer: Peer) -> None:
+        """An unkeyed POST answered 409 is not retried."""
+        peer.on("/orders", answer(409), answer(201))
+        assert make_session().post(peer.url("/orders")).status_code == 409
+        assert peer.hits("/orders") == 1
+
+    def test_minting_must_be_a_boolean(self) -> None:
+        """`mint_idempotency_key: "yes"` is a ConfigError naming the key."""
+        with pytest.raises(resilient_client.ConfigError, match=r"defaults\.retry\.mint_idempotency_key"):
+            resilient_client.ResilientSession({"defaults": {"retry": {"mint_idempotency_key": "yes"}}})

@@ -99,3 +99,21 @@ class TestRetryVerdict:
     def test_the_user_may_refuse_what_the_rules_would_retry(self) -> None:
         """retry_if=False wins over the built-in rules."""
         assert not retry_verdict(POLICY, error("connect_error"), idempotent=True, replayable=True, user=False)
+
+
+class TestKeyedRequests:
+    def test_409_is_retried_for_a_keyed_request_only(self) -> None:
+        """The key's first request is still running: retry, whatever on_status says."""
+        outcome = of_status(409, frozenset())
+        assert retry_verdict(POLICY, outcome, idempotent=True, replayable=True, keyed=True)
+        assert not retry_verdict(POLICY, outcome, idempotent=True, replayable=True, keyed=False)
+
+    def test_422_is_never_retried_for_a_keyed_request(self) -> None:
+        """The key was reused with another payload: retrying cannot help."""
+        outcome = of_status(422, frozenset())
+        assert not retry_verdict(POLICY, outcome, idempotent=True, replayable=True, keyed=True)
+
+    def test_a_keyed_409_still_needs_a_replayable_body(self) -> None:
+        """A consumed generator body is not resent, key or not."""
+        outcome = of_status(409, frozenset())
+        assert not retry_verdict(POLICY, outcome, idempotent=True, replayable=False, keyed=True)

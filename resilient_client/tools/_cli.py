@@ -48,6 +48,7 @@ from .._events import (
     format_event,
     load_listeners,
 )
+from .._health import is_critical
 from .._policy import CallableFallback, Policy, StaleFallback, StaticFallback
 from .._redact import redact_headers, redact_url
 from .._version import __version__
@@ -270,6 +271,9 @@ def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, st
     for f in dataclasses.fields(policy):
         if f.name != "name":
             walk(f.name, getattr(policy, f.name), getattr(_FULL_POLICY, f.name))
+    # Unset, `critical` follows the fallback: show what it resolves to, and why.
+    if policy.critical is None:
+        out["critical"] = "yes (no fallback)" if is_critical(policy) else "no (fallback)"
     return out
 
 
@@ -340,8 +344,17 @@ class _LivePrinter:
 def describe(event: Event) -> str:
     """One line for a person: what happened, with its timing."""
     if isinstance(event, AttemptFinished):
-        what = f"{event.outcome} {event.status}" if event.status is not None else (
-            f"{event.outcome} ({event.error})")
+        if event.outcome == "deadline":
+            # `error` is the socket error the deadline was enforced with (a
+            # ReadTimeout, or a ConnectionError for a body cut off mid-read):
+            # naming it would send the reader after a read timeout or a broken
+            # peer, when what ended the attempt is the call's `total`.
+            what = "deadline (DeadlineExceeded: the call's total ran out" + (
+                f" after status {event.status})" if event.status is not None else ")")
+        elif event.status is not None:
+            what = f"{event.outcome} {event.status}"
+        else:
+            what = f"{event.outcome} ({event.error})"
         return f"attempt {event.attempt}: {what} in {event.duration:.3f}s"
     if isinstance(event, RetryScheduled):
         return (f"backoff: retry in {event.delay:.3f}s after {event.reason} "
@@ -441,16 +454,23 @@ def _status(args: argparse.Namespace) -> int:
             print(f"{PROG}: cannot read the health view at {args.source}: {e}", file=sys.stderr)
             return 2
         origin = f"service at {args.source}"
+        config: Config | None = None
     else:
         from .._session import ResilientSession
 
         session = ResilientSession(args.config)
         data = session.health().as_dict()
         origin = "a new session from " + (args.config or "the built-in defaults")
-        host_dir = _state_dir(args, session.config)
+        config = session.config
+        host_dir = _state_dir(args, config)
         data["host"] = host_state(host_dir)
     if args.json:
         print(json.dumps(data, indent=2))
+        return 0 if data.get("healthy") else 1
+    if not data.get("endpoints"):
+        # An empty table would read as "all is well"; say what was looked at instead.
+        _nothing_to_show(args, config, sys.stdout)
+        print(f"\nstatus: {data.get('status')} ({'healthy' if data.get('healthy') else 'UNHEALTHY'})")
         return 0 if data.get("healthy") else 1
     rows = [["endpoint", "critical", "breaker", "failures", "retry in", "storage", "bulkhead",
              "errors"]]
@@ -482,6 +502,38 @@ def _status(args: argparse.Namespace) -> int:
         print("note: 'memory' breakers live inside each process, so a new one starts closed; "
               "read a running service with --from http://HOST:PORT/health")
     return 0 if data.get("healthy") else 1
+
+
+def _nothing_to_show(args: argparse.Namespace, config: Config | None, out: TextIO) -> None:
+    """What `status` looked at when it found no endpoint, and where to look instead."""
+    width = min(100, shutil.get_terminal_size((100, 24)).columns)
+
+    def say(text: str, first: str = "", rest: str = "") -> None:
+        print(textwrap.fill(text, width, initial_indent=first, subsequent_indent=rest), file=out)
+
+    if config is None:
+        say(f"The service at {args.source} reports no endpoint: it configures none, and its "
+            "session has called no URL since its health view started.")
+        return
+    say(f"Nothing to show from {args.config or 'the built-in defaults (no --config given)'}:")
+    say("it configures no endpoint;", "  - ", "    ")
+    say("unmatched URLs get the defaults, with a breaker, budget and bulkhead per origin that "
+        "exist only once a process calls that origin, and this new session has called none;",
+        "  - ", "    ")
+    d = config.defaults
+    t = d.timeout
+    total = "none" if t.total is None else f"{t.total:g}s"
+    retry = "off" if d.retry is None else f"{d.retry.attempts} attempts"
+    if d.breaker is None:
+        breaker = "off"
+    else:
+        breaker = (f"opens after {d.breaker.failure_threshold} failures for "
+                   f"{d.breaker.reset_timeout:g}s, storage {redact_url(d.breaker.storage)}")
+    say(f"the defaults: timeouts connect {t.connect:g}s, read {t.read:g}s, total {total}; "
+        f"retry {retry}; breaker {breaker}.", "  - ", "    ")
+    say("To see breakers: `status --from http://HOST:PORT/health` reads a running service's "
+        "health view (health_app); `status --config FILE` shows the endpoints FILE configures, "
+        "with the state every process shares for those whose breaker storage is redis://.")
 
 
 # -- demo --------------------------------------------------------------------

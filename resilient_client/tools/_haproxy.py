@@ -7,8 +7,6 @@ of a haproxy.cfg (``timeout server``/``queue``/``connect``, ``retries``,
 ``http-request set-timeout server``) and reports the pairs of client and
 proxy settings that cannot both be what their authors meant:
 
-* ``attempts-exceed-total``: attempt timeout x attempts + backoff is beyond
-  ``total``, so against a peer that hangs the last attempts never run;
 * ``server-timeout-first`` / ``queue-timeout-first``: the client would wait
   longer for an answer than HAProxy does (``timeout server`` answers 504,
   ``timeout queue`` 503), so the client's own limits never fire, and a
@@ -23,6 +21,10 @@ Which policy goes with which backend: an endpoint and a backend (or listen
 section) with the same name are paired; every other policy (the defaults
 included) is checked against every backend no endpoint claimed.
 
+The client policy alone is checked too (`_policy_checks`: a deadline no
+attempt fits in, retries that can never start, likely milliseconds, critical
+endpoints without a fallback); an empty HAProxy text runs only those.
+
 The parser reads the subset of the format it needs; it never executes or
 validates the file (``haproxy -c -f`` does that).
 
@@ -35,19 +37,16 @@ map of the checks.
 from __future__ import annotations
 
 import dataclasses
-import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .._config import Config
-from .._policy import BackoffPolicy, Policy
-from .._retry import Backoff
+from .._policy import Policy
+from ._findings import SEVERITIES, Finding
+from ._policy_checks import check_policies
 
 __all__ = ["Finding", "HAProxyBackend", "check_haproxy", "parse_haproxy", "parse_time"]
-
-#: Severity of a finding, most serious first.
-SEVERITIES = ("error", "warning", "info")
 
 _SECTIONS = frozenset({
     "global", "defaults", "frontend", "backend", "listen", "peers", "resolvers", "userlist",
@@ -69,47 +68,6 @@ _DEFAULT_RETRIES = 3
 _DEFAULT_RETRY_ON = ("conn-failure",)
 # The pause HAProxy takes before retrying on the same server is min(timeout connect, 1s).
 _TURNAROUND = 1.0
-
-
-@dataclass(frozen=True)
-class Finding:
-    """
-    One incoherent pair of settings.
-
-    Attributes:
-        severity: ``error`` (work is multiplied or a limit can never act),
-            ``warning`` (probably not what was meant) or ``info`` (a hint).
-        code: a stable short name, e.g. ``stacked-retries``.
-        endpoint: the client policy (endpoint name, or ``default``), or None
-            for a finding about the HAProxy file alone.
-        backend: the HAProxy backend or listen section, or None.
-        message: what is wrong, with the numbers.
-        multiplier: for ``stacked-retries``, requests (or connection
-            attempts) per call across both layers.
-        line: the line of the HAProxy section, when there is one.
-
-    .. versionadded:: 0.1.0
-    """
-
-    severity: str
-    code: str
-    endpoint: str | None
-    backend: str | None
-    message: str
-    multiplier: int | None = None
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = []
-        if self.endpoint is not None:
-            where.append(f"endpoint {self.endpoint!r}")
-        if self.backend is not None:
-            at = f" (line {self.line})" if self.line is not None else ""
-            where.append(f"haproxy backend {self.backend!r}{at}")
-        elif self.line is not None:
-            where.append(f"haproxy line {self.line}")
-        place = " / ".join(where) or "config"
-        return f"{self.severity}: {place}: {self.message} [{self.code}]"
 
 
 @dataclass(frozen=True)
@@ -339,9 +297,7 @@ def check_haproxy(config: Config, haproxy_text: str) -> list[Finding]:
     .. versionadded:: 0.1.0
     """
     backends, findings = parse_haproxy(haproxy_text)
-    policies = [config.defaults, *(e.policy for e in config.endpoints)]
-    for policy in _unique(policies):
-        findings.extend(_check_policy(policy))
+    findings.extend(check_policies(config))
     for policy, backend in _pairs(config, backends):
         findings.extend(_check_pair(policy, backend))
     rank = {s: i for i, s in enumerate(SEVERITIES)}
@@ -379,37 +335,6 @@ def _s(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
-class _TopOfRange(random.Random):
-    """
-    A random source whose every draw is the top of its range, so `Backoff`
-    picks the longest sleep its jitter allows.
-
-    ``random.Random.uniform(a, b)`` is ``a + (b - a) * self.random()``:
-    returning 1.0 (outside ``random()``'s usual [0, 1), on purpose) makes
-    every ``uniform`` draw ``b``.
-    """
-
-    def random(self) -> float:
-        return 1.0
-
-
-def max_backoff(backoff: BackoffPolicy, sleeps: int) -> float:
-    """
-    The longest the first *sleeps* backoff sleeps can add up to (Retry-After aside).
-
-    Each sleep comes from the retry layer's own `Backoff.sleep_for`, not
-    from a copy of its formula, so this check cannot drift from what a
-    session really sleeps.
-    """
-    # Same chaining as Backoff.__call__: decorrelated jitter grows from the previous sleep.
-    worst = Backoff(backoff, rng=_TopOfRange())
-    total, prev = 0.0, 0.0
-    for n in range(1, sleeps + 1):
-        prev = worst.sleep_for(n, prev)
-        total += prev
-    return total
-
-
 def _attempts(policy: Policy) -> int:
     return policy.retry.attempts if policy.retry is not None else 1
 
@@ -423,32 +348,6 @@ def _wait(policy: Policy) -> float:
 def _retries_status(policy: Policy, status: int) -> bool:
     retry = policy.retry
     return retry is not None and retry.attempts > 1 and status in retry.on_status
-
-
-def _check_policy(policy: Policy) -> Iterator[Finding]:
-    """Client-only: do the attempts fit in the deadline?"""
-    t, retry = policy.timeout, policy.retry
-    if t.total is None or retry is None or retry.attempts <= 1:
-        return
-    per = t.connect + t.read
-    n = retry.attempts
-    worst = n * per + max_backoff(retry.backoff, n - 1)
-    if worst <= t.total:
-        return
-    fit = max(
-        k for k in range(1, n + 1)
-        if k == 1 or k * per + max_backoff(retry.backoff, k - 1) <= t.total
-    )
-    yield Finding(
-        "warning",
-        "attempts-exceed-total",
-        policy.name,
-        None,
-        f"{n} attempts x {_s(per)} (connect {_s(t.connect)} + read {_s(t.read)}) + up to "
-        f"{_s(max_backoff(retry.backoff, n - 1))} of backoff = {_s(worst)}, beyond total "
-        f"{_s(t.total)}: against a peer that hangs, only {fit} of the {n} attempts fit in full; "
-        "the others are cut short or never start",
-    )
 
 
 def _check_pair(policy: Policy, b: HAProxyBackend) -> Iterator[Finding]:
