@@ -784,3 +784,49 @@ class TestMintedIdempotencyKeys:
         """`mint_idempotency_key: "yes"` is a ConfigError naming the key."""
         with pytest.raises(resilient_client.ConfigError, match=r"defaults\.retry\.mint_idempotency_key"):
             resilient_client.ResilientSession({"defaults": {"retry": {"mint_idempotency_key": "yes"}}})
+
+
+class _TokenAuth(requests.auth.AuthBase):
+    """An auth that fetches a token through the same session while the call is prepared."""
+
+    def __init__(self, session: resilient_client.ResilientSession, url: str) -> None:
+        self.session, self.url, self.got = session, url, None
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.got = self.session.get(self.url)
+        r.headers["Authorization"] = "Bearer " + self.got.text
+        return r
+
+
+class TestThirdReview:
+    def test_a_call_made_while_preparing_does_not_take_the_outer_policy(self, peer: Peer) -> None:
+        """Auth fetching a token mid-preparation gets its own policy, not the outer call's fallback."""
+        peer.on("/token", answer(500, b"token down"))
+        peer.on("/data", answer(200, b"data"))
+        session = make_session(retry=None)
+        auth = _TokenAuth(session, peer.url("/token"))
+        cached = {"fallback": {"status": 200, "text": "cached"}}
+        resp = session.get(peer.url("/data"), auth=auth, policy=cached)
+        assert auth.got is not None and (auth.got.status_code, auth.got.is_fallback) == (500, False)
+        assert (resp.status_code, resp.text) == (200, "data")
+
+    def test_an_early_refusal_says_zero_attempts(self, peer: Peer) -> None:
+        """The CircuitOpenError raised before requests prepares the call carries attempts == 0."""
+        session = make_session(breaker={"failure_threshold": 1})
+        session.circuit(peer.url("/x")).open()
+        with pytest.raises(resilient_client.CircuitOpenError) as caught:
+            session.get(peer.url("/x"))
+        assert caught.value.attempts == 0
+
+    def test_the_extra_attributes_survive_pickling_a_response(self, peer: Peer) -> None:
+        """attempts, is_fallback and stale_age come back from pickle (HTTP caches pickle responses)."""
+        peer.on("/x", answer(503), answer(200, b"ok"))
+        resp = make_session().get(peer.url("/x"))
+        again = pickle.loads(pickle.dumps(resp))
+        assert (again.attempts, again.is_fallback, again.stale_age) == (2, False, None)
+
+    def test_a_session_pickles_under_the_fake_clock(self, fake_peers: Any) -> None:
+        """The test kit's clock does not make the application's sessions unpicklable."""
+        session = resilient_client.ResilientSession()
+        again = pickle.loads(pickle.dumps(session))
+        assert again.clock.monotonic() == session.clock.monotonic()
