@@ -50,6 +50,7 @@ from resilient_client._config import (
     _yaml_loads,
     load_config,
 )
+from resilient_client._errors import _SHOWN
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_SECRET = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
@@ -2207,8 +2208,11 @@ def check_loads_or_config_error(doc: dict[Any, Any]) -> None:
         if len(lines) == 1:
             assert str(e) == lines[0]
         else:
+            shown = lines[:_SHOWN]  # the message lists this many; .errors keeps them all
+            more = [f"  ... and {len(lines) - _SHOWN} more (all of them are in .errors)"] if len(
+                lines) > _SHOWN else []
             assert str(e) == "\n".join([f"{len(lines)} problems in the configuration:",
-                                        *(f"  {line}" for line in lines)])
+                                        *(f"  {line}" for line in shown), *more])
     else:
         assert isinstance(cfg, Config)
         # Whatever loads is safe: connect and read are finite and positive.
