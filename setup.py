@@ -84,10 +84,11 @@ setup(
     entry_points={
         "console_scripts": ["resilient-client=resilient_client.tools._cli:main"],
         # The package resilient_client.testing is the plugin: its __init__
-        # re-exports the fixtures of testing/_plugin.py. Naming the package,
-        # not _plugin, keeps `-p resilient_client.testing` and existing
-        # installs working (entry points are recorded at install time).
-        "pytest11": ["resilient_client=resilient_client.testing"],
+        # re-exports the fixtures of testing/_plugin.py. The entry point is
+        # named as the module, so that `-p resilient_client.testing` and
+        # `pytest_plugins = ["resilient_client.testing"]` find it already
+        # registered instead of registering it twice (pytest refuses that).
+        "pytest11": ["resilient_client.testing=resilient_client.testing"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -195,7 +195,10 @@ class CircuitBreaker:
             with self._lock:
                 self._rejected += 1
             at = self._machine.retry_at(rec)
-            retry_in = None if at is None else max(0.0, at - now)
+            # Past retry_at yet refused: another call's trial is in flight. If
+            # it fails now, the next trial is a reset_timeout away: say that,
+            # never 0 (a caller waiting retry_in before retrying would spin).
+            retry_in = None if at is None else (at - now if at > now else self.policy.reset_timeout)
             if at is not None and not self._local_time:  # _local(), inlined: a hot path
                 at = self._clock.monotonic() + (at - now)
             raise CircuitOpenError(self.name, at, retry_in=retry_in)

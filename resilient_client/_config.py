@@ -13,6 +13,7 @@ file's ``${VAR}`` references are replaced first (`_interpolation`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from typing import Any, TypeVar, Union
 
 from ._errors import ConfigError, Problems
 from ._events import check_listener_path, resolve_callable
-from ._interpolation import expand_environment, shown_as_written
+from ._interpolation import expand_environment, scrub, shown_as_written
 from ._policy import (
     BackoffPolicy,
     BreakerPolicy,
@@ -233,7 +234,8 @@ def _read_file(path: Path) -> Any:
         raise ConfigError("", f"{path}: config file is empty")
     try:
         if suffix == ".json":
-            return json.loads(text)
+            # A BOM is not JSON, but editors write one: as YAML does, read past it.
+            return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_no_duplicates)
         if suffix == ".toml":
             return _toml_loads(text)
         return _yaml_loads(text)
@@ -276,7 +278,31 @@ def _yaml_loads(text: str) -> Any:
     _Loader.add_implicit_resolver(
         bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
     )
+
+    def mapping(loader: Any, node: Any) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys: a later `breaker: null`
+        # would silently switch a protection off. Refuse, with its line.
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError("", f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                      f"(first at line {seen[key] + 1})")
+            seen[key] = key_node.start_mark.line
+        return dict(loader.construct_mapping(node, deep=True))
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     return yaml.load(text, Loader=_Loader)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON's object hook: two equal keys are a mistake, not "the last one wins"."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError("", f"duplicate key {key!r} in a JSON object")
+        out[key] = value
+    return out
 
 
 # -- mappings ---------------------------------------------------------------
@@ -355,6 +381,10 @@ def _parse(
                     problem = shown_as_written(problem, path, written, _value_at(raw, path))
                 errors.append((path, problem))
     if errors:
+        if written:
+            # A variable's value may be a secret: no message quotes it, at
+            # whatever key (a parent's "must be a mapping, got [...]") it shows.
+            errors = [(path, scrub(problem, written, os.environ)) for path, problem in errors]
         # Listed in the order of the file, whichever check found each one.
         errors.sort(key=lambda error: _position(raw, error[0]))
         raise ConfigError.of(errors)
@@ -453,6 +483,9 @@ def _endpoint(p: Problems, path: str, defaults: Policy, raw: object) -> Endpoint
     name = given.get("name", match)
     if "name" in given and (not isinstance(name, str) or not name):
         p.add(f"{path}.name", f"must be a non-empty string, got {name!r}")
+    elif isinstance(name, str) and not name.isprintable():
+        # Every log line and metric label carries it: no line breaks in them.
+        p.add(f"{path}.name", f"must not contain control characters, got {name!r}")
     if not isinstance(name, str) or not name:
         name = "endpoint"  # a stand-in, so that the sections are still checked
     sections = {k: v for k, v in given.items() if k in _SECTION_KEYS}
@@ -547,6 +580,13 @@ def _fallback(raw: object) -> Fallback | None:
         # Imported now, so that a bad path fails at load, not at the first failure.
         with p.at():
             function = resolve_callable("callable", given["callable"], what="fallback")
+            try:
+                # Called as fn(request, failure): a wrong signature fails now too.
+                inspect.signature(function).bind(None, None)
+            except TypeError as e:
+                p.add("callable", f"must take (request, failure): {e}")
+            except ValueError:
+                pass  # no signature to read (a builtin): trust it
         p.raise_if_any()
         return CallableFallback(function)
     given = _known(p, "", given, _FALLBACK_FORMS[2])

@@ -118,7 +118,7 @@ class EndpointState:
 class Route:
     """Everything the hot path needs for one URL shape, resolved once."""
 
-    __slots__ = ("name", "policy", "resolution", "retrying", "state", "timeouts")
+    __slots__ = ("name", "own_timeouts", "policy", "resolution", "retrying", "state", "timeouts")
 
     def __init__(
         self,
@@ -132,6 +132,8 @@ class Route:
         self.state = state
         self.retrying = retrying
         self.timeouts = (self.policy.timeout.connect, self.policy.timeout.read)
+        #: The call changed the timeouts (policy=): they hold on every hop.
+        self.own_timeouts = False
 
 
 class Endpoints:
@@ -192,8 +194,10 @@ class Endpoints:
         """*route* with a call's ``policy=`` changes: same endpoint state, another policy."""
         policy = call_policy(route.policy, changes)
         res = route.resolution
-        return Route(Resolution(policy, res.endpoint, res.index, res.key), route.state,
-                     self._build_retrying(policy))
+        changed = Route(Resolution(policy, res.endpoint, res.index, res.key), route.state,
+                        self._build_retrying(policy))
+        changed.own_timeouts = "timeout" in changes
+        return changed
 
     def all_states(self) -> list[EndpointState]:
         """Every endpoint state kept now: named endpoints, then origins."""

@@ -72,8 +72,14 @@ def _message(errors: Sequence[tuple[str, str]]) -> str:
     if len(errors) == 1:
         return _line(*errors[0])
     lines = [f"{len(errors)} problems in the configuration:"]
-    lines.extend(f"  {_line(path, problem)}" for path, problem in errors)
+    lines.extend(f"  {_line(path, problem)}" for path, problem in errors[:_SHOWN])
+    if len(errors) > _SHOWN:
+        # A message is read by a person; `.errors` keeps every one.
+        lines.append(f"  ... and {len(errors) - _SHOWN} more (all of them are in .errors)")
     return "\n".join(lines)
+
+
+_SHOWN = 50
 
 
 def _join(prefix: str, path: str) -> str:

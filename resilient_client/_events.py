@@ -354,7 +354,7 @@ def resolve_callable(path: str, spec: object, *, what: str = "listener") -> Call
     check_listener_path(path, spec, what=what)
     try:
         obj = pkgutil.resolve_name(str(spec))
-    except Exception as e:  # ImportError, AttributeError, or whatever the module raised
+    except (Exception, SystemExit) as e:  # ImportError, AttributeError, whatever the module raised
         raise ConfigError(path, f"cannot import {spec!r}: {type(e).__name__}: {e}") from None
     if not callable(obj):
         raise ConfigError(path, f"{spec!r} is not callable, got {obj!r}")

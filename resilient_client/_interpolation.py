@@ -44,6 +44,7 @@ __all__ = ["expand_environment", "shown_as_written"]
 _TOKEN = re.compile(
     r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{"
 )
+_WHOLE_ANYWHERE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
 _WHOLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 #: The strings that are YAML 1.2 booleans (the loader reads YAML that way too).
@@ -82,8 +83,15 @@ def expand_environment(
     path, and the value is left as written.
     """
     written: dict[str, str] = {}
+    # A config is small: a "billion laughs" of YAML aliases, or nesting a
+    # thousand deep, is refused instead of walked (exponential time, or a
+    # RecursionError instead of a ConfigError).
+    budget = [_MAX_NODES]
 
     def walk(value: Any, keys: tuple[str | int, ...]) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or len(keys) > _MAX_DEPTH:
+            raise _TooBig
         if isinstance(value, Mapping):
             return {k: walk(v, (*keys, str(k))) for k, v in value.items()}
         if isinstance(value, list):
@@ -92,7 +100,33 @@ def expand_environment(
             return _expand(value, keys, environ, problems, written)
         return value
 
-    return walk(data, ()), written
+    try:
+        return walk(data, ()), written
+    except _TooBig:
+        problems.add("", f"the configuration is too large or too deeply nested (more than "
+                         f"{_MAX_NODES} values, or {_MAX_DEPTH} levels; YAML aliases count each time)")
+        return {}, written
+
+
+class _TooBig(Exception):
+    pass
+
+
+_MAX_NODES = 100_000
+_MAX_DEPTH = 64
+
+
+def scrub(problem: str, written: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """
+    *problem* without the value of any variable the file referenced (it may be
+    a secret), wherever the message quotes it: each is shown as ``${NAME}``.
+    """
+    for template in set(written.values()):
+        for m in _WHOLE_ANYWHERE.finditer(template):
+            value = environ.get(m.group("name"))
+            if value and len(value) >= 3:
+                problem = problem.replace(value, "${" + m.group("name") + "}")
+    return problem
 
 
 def shown_as_written(problem: str, path: str, written: Mapping[str, str], value: object) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import json as _json
 import math
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -397,6 +398,12 @@ class BreakerPolicy:
             or self.storage.startswith(("redis://", "rediss://", "unix://"))
         ):
             p.add("storage", f"must be 'memory' or a redis:// URL, got {self.storage!r}")
+        elif self.storage != "memory" and not self.storage.startswith("unix://"):
+            try:
+                # A port out of range or not a number fails here, not on every call.
+                _ = urllib.parse.urlsplit(self.storage).port
+            except ValueError as e:
+                p.add("storage", f"must be a valid redis:// URL: {e}")
         try:
             _set(self, "mode", BreakerMode(self.mode))
         except ValueError:

@@ -81,7 +81,7 @@ from ._redact import (
     redact_url,
     secret_values,
 )
-from ._responses import discard, hand_slot_to, tell_attempts
+from ._responses import discard, hand_slot_to, mark, tell_attempts
 from ._retry import Call, ReplayFirst, build_retrying, decide
 from ._routing import Resolution, Router
 from ._timeouts import call_timeouts
@@ -98,6 +98,8 @@ _T = TypeVar("_T")
 
 # requests' own, untyped in its stubs.
 _merge_setting = cast(Callable[[Any, Any], Any], requests.sessions.merge_setting)
+# The attribute that carries request(policy=...) from prepare_request to send.
+_CALL_POLICY = "_resilient_call_policy"
 # The outcomes of refusals made before an attempt: constants, not classified anew.
 _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
@@ -157,6 +159,8 @@ class ResilientSession(requests.Session):
         # Config listeners are imported now, so a bad path fails here.
         self._config_listeners = load_listeners(self.config.listeners)
         self._bus = EventBus([*self._config_listeners, *listeners])
+        # Listeners of the test seam (`_watch_events`): never pickled.
+        self._transient: list[Callable[[Event], None]] = []
         # urllib3 logs each request line, query included, at DEBUG.
         self._log_secrets = self.config.secrets if self.config.secrets.query else None
         if self._log_secrets is not None:
@@ -178,7 +182,8 @@ class ResilientSession(requests.Session):
         # cache) starts afresh, as requests' connection pools do.
         state = {attr: getattr(self, attr, None) for attr in self.__attrs__}  # as requests does
         # The first is the built-in log listener; config listeners are re-imported.
-        listeners = [x for x in self._bus.listeners[1:] if x not in self._config_listeners]
+        listeners = [x for x in self._bus.listeners[1:]
+                     if x not in self._config_listeners and x not in self._transient]
         state["_resilient"] = (self.config, self.clock, listeners, self._retry_if, self._rng)
         return state
 
@@ -361,6 +366,7 @@ class ResilientSession(requests.Session):
                 try:
                     is_trial = breaker.before_call()
                 except CircuitOpenError as exc:
+                    tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
                     self._emit(BreakerRejected(route.name, method.upper(), shown,
                                                exc._retry_at, exc.retry_in))
@@ -427,6 +433,17 @@ class ResilientSession(requests.Session):
         every retry applies it afresh as a new call would. Stateless auth
         (basic, netrc) is already in the headers a retry resends.
         """
+        # The policy= of the request() preparing this, taken before any code
+        # of the caller's (auth) runs: a call that code makes is not this one.
+        changes = getattr(self._local, "call_policy", None)
+        if changes is not None:
+            self._local.call_policy = None
+        prepared = self._prepare(request)
+        if changes is not None:
+            setattr(prepared, _CALL_POLICY, changes)
+        return prepared
+
+    def _prepare(self, request: requests.Request) -> requests.PreparedRequest:
         try:
             auth = request.auth if request.auth is not None else self.auth
             if auth is None or isinstance(auth, (tuple, HTTPBasicAuth)):
@@ -487,8 +504,8 @@ class ResilientSession(requests.Session):
             return self._send_hop(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
         changes = kwargs.pop("policy", None)
-        if changes is None and getattr(self._local, "call_policy", None) is not None:
-            changes, self._local.call_policy = self._local.call_policy, None  # request()'s, taken once
+        if changes is None:
+            changes = request.__dict__.get(_CALL_POLICY)  # request()'s, bound in prepare_request
         if changes is not None:
             route = self._endpoints.changed(route, changes)
         # Recency for the origin bound: a plain counter, racy on purpose.
@@ -590,7 +607,9 @@ class ResilientSession(requests.Session):
         key = retry.key_header if retry is not None else None
         call.keyed = key is not None and key in request.headers
         given = kwargs.get("timeout")
-        call.timeout_given = given is not None
+        # The caller's own timeouts (timeout=, or policy= for this call) hold
+        # on every hop, into whichever endpoint it goes.
+        call.timeout_given = given is not None or route.own_timeouts
         call.timeouts = call_timeouts(route.timeouts, given)
         call.route = route
         call.stream = stream
@@ -692,9 +711,7 @@ class ResilientSession(requests.Session):
             self._gave_up(call, f"status {resp.status_code}")
         if call.stream and call.arm is not None:
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
-        resp.attempts = call.attempt  # type: ignore[attr-defined]
-        resp.is_fallback = False  # type: ignore[attr-defined]
-        resp.stale_age = None  # type: ignore[attr-defined]
+        mark(resp, call.attempt, is_fallback=False, stale_age=None)
         return resp
 
     def _attempt_then_retrying(self, call: Call, retrying: tenacity.Retrying) -> requests.Response:
@@ -936,10 +953,8 @@ class ResilientSession(requests.Session):
                 failure.close()  # its body is no longer under the deadline: never drain it
             else:
                 discard(failure)
-        resp.attempts = call.attempt  # type: ignore[attr-defined]
-        resp.is_fallback = True  # type: ignore[attr-defined]
-        if kind != "stale":
-            resp.stale_age = None  # type: ignore[attr-defined]
+        mark(resp, call.attempt, is_fallback=True,
+             stale_age=getattr(resp, "stale_age", None) if kind == "stale" else None)
         self._emit(FallbackServed(route.name, request.method or "", self._url(request), kind,
                                   self._describe(call, failure)))
         return resp
@@ -1068,6 +1083,24 @@ class ResilientSession(requests.Session):
             session._forget_state()
 
         return restore
+
+    def _watch_events(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """
+        `subscribe` for the test kit: the same, but the listener is this
+        process's only and is never pickled with the session (the kit's
+        recorder holds locks; an application's session must stay picklable
+        under test).
+        """
+        transient = self._transient  # not self: undoing holds no session (see the seam's comment)
+        transient.append(listener)
+        unsubscribe = self.subscribe(listener)
+
+        def undo() -> None:
+            unsubscribe()
+            if listener in transient:
+                transient.remove(listener)
+
+        return undo
 
     def _watch_calls(
         self,

@@ -686,3 +686,15 @@ class TestPybreakerVocabulary:
         code = "import sys, resilient_client; print('pybreaker' in sys.modules, 'redis' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+class TestRetryInDuringATrial:
+    def test_a_caller_refused_while_the_trial_runs_is_told_to_wait_not_zero(self, clock) -> None:
+        """Half-open with the trial in flight: retry_in is the reset_timeout, never 0 (no spinning)."""
+        breaker = make(clock, failure_threshold=1, reset_timeout=30.0)
+        fail(breaker)
+        clock.advance(31)
+        assert breaker.before_call() is True  # the trial
+        with pytest.raises(CircuitOpenError) as info:
+            breaker.before_call()
+        assert info.value.retry_in == pytest.approx(30.0)

@@ -50,6 +50,7 @@ from resilient_client._config import (
     _yaml_loads,
     load_config,
 )
+from resilient_client._errors import _SHOWN
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_SECRET = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
@@ -2207,8 +2208,11 @@ def check_loads_or_config_error(doc: dict[Any, Any]) -> None:
         if len(lines) == 1:
             assert str(e) == lines[0]
         else:
+            shown = lines[:_SHOWN]  # the message lists this many; .errors keeps them all
+            more = [f"  ... and {len(lines) - _SHOWN} more (all of them are in .errors)"] if len(
+                lines) > _SHOWN else []
             assert str(e) == "\n".join([f"{len(lines)} problems in the configuration:",
-                                        *(f"  {line}" for line in lines)])
+                                        *(f"  {line}" for line in shown), *more])
     else:
         assert isinstance(cfg, Config)
         # Whatever loads is safe: connect and read are finite and positive.
@@ -2296,3 +2300,73 @@ class TestPool:
             call_policy(Policy(), {"pool": {"max_size": 3}})
         assert info.value.path == "policy.pool"
 
+
+
+def _takes_nothing() -> None:
+    return None
+
+
+class TestThirdReview:
+    """What the third adversarial review found in the loader, pinned."""
+
+    def test_a_duplicate_yaml_key_is_refused_not_the_last_one_kept(self, tmp_path: Path) -> None:
+        """`breaker:` twice must not let a later `null` switch the breaker off silently."""
+        path = tmp_path / "c.yaml"
+        path.write_text("defaults:\n  breaker: {failure_threshold: 3}\n  breaker: null\n")
+        with pytest.raises(ConfigError, match=r"duplicate key 'breaker' at line 3 \(first at line 2\)"):
+            Config.load(path)
+
+    def test_a_duplicate_json_key_is_refused(self, tmp_path: Path) -> None:
+        """The same in JSON."""
+        path = tmp_path / "c.json"
+        path.write_text('{"defaults": {"breaker": {"failure_threshold": 3}, "breaker": null}}')
+        with pytest.raises(ConfigError, match="duplicate key 'breaker'"):
+            Config.load(path)
+
+    def test_a_json_file_with_a_bom_loads(self, tmp_path: Path) -> None:
+        """Editors write a BOM; YAML reads past it, and so does JSON now."""
+        path = tmp_path / "c.json"
+        path.write_text('\ufeff{"defaults": {"retry": null}}', encoding="utf-8")
+        assert Config.load(path).defaults.retry is None
+
+    def test_yaml_alias_bombs_are_refused_quickly(self, tmp_path: Path) -> None:
+        """A few hundred bytes of nested aliases is a ConfigError, not minutes of CPU."""
+        lines = ["a: &a [1,2,3,4,5,6,7,8,9,10]"]
+        for prev, name in zip("abcde", "bcdef", strict=True):
+            lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]")
+        path = tmp_path / "c.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(ConfigError, match="too large or too deeply nested"):
+            Config.load(path)
+
+    def test_a_very_long_error_message_is_capped_but_every_error_is_kept(self) -> None:
+        """1,000 problems: the message shows 50 and says how many more; .errors has them all."""
+        err = load_error({"defaults": {f"junk{i}": 1 for i in range(1000)}})
+        assert len(err.errors) == 1000
+        assert "... and 950 more" in str(err) and len(str(err).splitlines()) == 52
+
+    def test_a_redis_url_with_a_bad_port_is_a_config_error(self) -> None:
+        """Not a bare ValueError on every call."""
+        err = load_error({"defaults": {"breaker": {"storage": "redis://127.0.0.1:99999999/"}}})
+        assert err.path == "defaults.breaker.storage"
+
+    def test_a_callable_fallback_with_the_wrong_signature_fails_at_load(self) -> None:
+        """fn(request, failure) is how it is called: a function taking nothing is refused now."""
+        err = load_error({"defaults": {"fallback": {"callable": f"{__name__}:_takes_nothing"}}})
+        assert err.path == "defaults.fallback.callable" and "must take (request, failure)" in str(err)
+
+    def test_an_endpoint_name_with_a_line_break_is_refused(self) -> None:
+        """The name is in every log line: no injected lines."""
+        err = load_error(endpoints(ep(name="inv\nFAKE LOG LINE")))
+        assert err.path == "endpoints[0].name"
+
+    def test_an_environment_value_is_never_quoted_at_a_parent_key(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`timeout: [${PW}]` is "must be a mapping", without the value it was given."""
+        monkeypatch.setenv("PW", "hunter2SECRET")
+        path = tmp_path / "c.yaml"
+        path.write_text('defaults:\n  timeout: ["${PW}"]\n')
+        with pytest.raises(ConfigError) as caught:
+            Config.load(path)
+        assert "hunter2SECRET" not in str(caught.value) and "${PW}" in str(caught.value)

@@ -32,7 +32,7 @@ TITLE = re.compile(r'title="([^"]+)"')
 OTHER_PLUGINS = [
     arg
     for ep in entry_points(group="pytest11")
-    if ep.name != "resilient_client"
+    if ep.name != "resilient_client.testing"
     for arg in ("-p", f"no:{ep.name}")
 ]
 

@@ -36,6 +36,7 @@ from test_config import documents, shaped_documents
 from resilient_client import ConfigError, ResilientSession
 from resilient_client._config import Config, load_config
 from resilient_client._deadline import Deadline
+from resilient_client._errors import _SHOWN
 from resilient_client._outcome import failure_kind, is_peer_failure
 from resilient_client._policy import (
     BackoffPolicy,
@@ -70,9 +71,12 @@ def assert_config_error_names_a_path(e: ConfigError) -> None:
     if len(lines) == 1:
         assert str(e) == lines[0]
     else:
-        # Joined, not split: a key may itself hold a line break.
+        # Joined, not split: a key may itself hold a line break. The message
+        # lists the first _SHOWN problems; .errors keeps them all.
+        more = [f"  ... and {len(lines) - _SHOWN} more (all of them are in .errors)"] if len(
+            lines) > _SHOWN else []
         assert str(e) == "\n".join([f"{len(lines)} problems in the configuration:",
-                                    *(f"  {line}" for line in lines)])
+                                    *(f"  {line}" for line in lines[:_SHOWN]), *more])
 
 
 def load_or_config_error(source: Any) -> Config | None:

@@ -395,26 +395,36 @@ class TestAuthOnRetries:
         assert seen == [503, 200]
 
 
-class TestRedirectIntoAnotherEndpoint:
-    @pytest.fixture
-    def two(self) -> Iterator[tuple[Peer, Peer]]:
-        with Peer(lifetime=20.0) as a, Peer(lifetime=20.0) as b:
-            yield a, b
+@pytest.fixture
+def two() -> Iterator[tuple[Peer, Peer]]:
+    """Two loopback peers, for redirects from one endpoint into another."""
+    with Peer(lifetime=20.0) as a, Peer(lifetime=20.0) as b:
+        yield a, b
 
-    def session_for(self, a: Peer, b: Peer) -> resilient_client.ResilientSession:
-        session = resilient_client.ResilientSession({
-            "defaults": {"budget": None, "retry": None, "breaker": {"failure_threshold": 2}},
-            "endpoints": [{"name": "api", "match": a.url("/")}, {"name": "cdn", "match": b.url("/")}],
-        })
-        session.trust_env = False
-        return session
+
+def two_endpoints(
+    a: Peer, b: Peer, names: tuple[str, str], **defaults: Any
+) -> resilient_client.ResilientSession:
+    """A session with one endpoint per peer (breaker threshold 2, no retry, no budget)."""
+    config: dict[str, Any] = {"budget": None, "retry": None, "breaker": {"failure_threshold": 2}}
+    config.update(defaults)
+    session = resilient_client.ResilientSession({
+        "defaults": config,
+        "endpoints": [{"name": names[0], "match": a.url("/")}, {"name": names[1], "match": b.url("/")}],
+    })
+    session.trust_env = False
+    return session
+
+
+class TestRedirectIntoAnotherEndpoint:
+    names = ("api", "cdn")
 
     def test_the_targets_forced_open_breaker_is_respected(self, two: tuple[Peer, Peer]) -> None:
         """A redirect into an endpoint forced open is not followed; the error does not claim no send."""
         a, b = two
         a.on("/go", redirect(b.url("/file")))
         b.on("/file", answer(200, b"data"))
-        session = self.session_for(a, b)
+        session = two_endpoints(a, b, self.names)
         session.circuit("cdn").open()
         with pytest.raises(requests.ConnectionError, match="redirect into endpoint 'cdn'") as caught:
             session.get(a.url("/go"))
@@ -429,7 +439,7 @@ class TestRedirectIntoAnotherEndpoint:
         a, b = two
         a.on("/go", redirect(b.url("/file")))
         b.on("/file", answer(503))
-        session = self.session_for(a, b)
+        session = two_endpoints(a, b, self.names)
         for _ in range(2):
             assert session.get(a.url("/go")).status_code == 503
         assert (session.circuit("api").state, session.circuit("cdn").state) == ("closed", "open")
@@ -615,27 +625,14 @@ class TestPolicyForOneCall:
 
 
 class TestSecondReview:
-    @pytest.fixture
-    def two(self) -> Iterator[tuple[Peer, Peer]]:
-        with Peer(lifetime=20.0) as a, Peer(lifetime=20.0) as b:
-            yield a, b
-
-    def session_for(self, a: Peer, b: Peer, **defaults: Any) -> resilient_client.ResilientSession:
-        config: dict[str, Any] = {"budget": None, "retry": None, "breaker": {"failure_threshold": 2}}
-        config.update(defaults)
-        session = resilient_client.ResilientSession({
-            "defaults": config,
-            "endpoints": [{"name": "a", "match": a.url("/")}, {"name": "b", "match": b.url("/")}],
-        })
-        session.trust_env = False
-        return session
+    names = ("a", "b")
 
     def test_a_per_call_timeout_holds_on_a_hop_into_another_endpoint(self, two: tuple[Peer, Peer]) -> None:
         """timeout= given by the caller applies to every hop, whichever endpoint it enters."""
         a, b = two
         a.on("/go", redirect(b.url("/hang")))
         b.on("/hang", hang())
-        session = self.session_for(a, b, timeout={"connect": 1.0, "read": 3.0, "total": None})
+        session = two_endpoints(a, b, self.names, timeout={"connect": 1.0, "read": 3.0, "total": None})
         started = time.monotonic()
         with pytest.raises(requests.ReadTimeout):
             session.get(a.url("/go"), timeout=(0.5, 0.3))
@@ -647,7 +644,7 @@ class TestSecondReview:
         a.on("/login", redirect(b.url("/auth")))
         b.on("/auth", redirect(a.url("/callback")))
         a.on("/callback", answer(503))
-        session = self.session_for(a, b)
+        session = two_endpoints(a, b, self.names)
         for _ in range(2):
             assert session.get(a.url("/login")).status_code == 503
         assert (session.circuit("a").state, session.circuit("b").state) == ("open", "closed")
@@ -657,7 +654,7 @@ class TestSecondReview:
         a, b = two
         a.on("/go", redirect(b.url("/file")))
         b.on("/file", answer(503))
-        session = self.session_for(a, b)
+        session = two_endpoints(a, b, self.names)
         for _ in range(2):
             with pytest.raises(requests.HTTPError):
                 session.get(a.url("/go"), hooks={"response": lambda r, **kw: r.raise_for_status()})
@@ -784,3 +781,49 @@ class TestMintedIdempotencyKeys:
         """`mint_idempotency_key: "yes"` is a ConfigError naming the key."""
         with pytest.raises(resilient_client.ConfigError, match=r"defaults\.retry\.mint_idempotency_key"):
             resilient_client.ResilientSession({"defaults": {"retry": {"mint_idempotency_key": "yes"}}})
+
+
+class _TokenAuth(requests.auth.AuthBase):
+    """An auth that fetches a token through the same session while the call is prepared."""
+
+    def __init__(self, session: resilient_client.ResilientSession, url: str) -> None:
+        self.session, self.url, self.got = session, url, None
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.got = self.session.get(self.url)
+        r.headers["Authorization"] = "Bearer " + self.got.text
+        return r
+
+
+class TestThirdReview:
+    def test_a_call_made_while_preparing_does_not_take_the_outer_policy(self, peer: Peer) -> None:
+        """Auth fetching a token mid-preparation gets its own policy, not the outer call's fallback."""
+        peer.on("/token", answer(500, b"token down"))
+        peer.on("/data", answer(200, b"data"))
+        session = make_session(retry=None)
+        auth = _TokenAuth(session, peer.url("/token"))
+        cached = {"fallback": {"status": 200, "text": "cached"}}
+        resp = session.get(peer.url("/data"), auth=auth, policy=cached)
+        assert auth.got is not None and (auth.got.status_code, auth.got.is_fallback) == (500, False)
+        assert (resp.status_code, resp.text) == (200, "data")
+
+    def test_an_early_refusal_says_zero_attempts(self, peer: Peer) -> None:
+        """The CircuitOpenError raised before requests prepares the call carries attempts == 0."""
+        session = make_session(breaker={"failure_threshold": 1})
+        session.circuit(peer.url("/x")).open()
+        with pytest.raises(resilient_client.CircuitOpenError) as caught:
+            session.get(peer.url("/x"))
+        assert caught.value.attempts == 0
+
+    def test_the_extra_attributes_survive_pickling_a_response(self, peer: Peer) -> None:
+        """attempts, is_fallback and stale_age come back from pickle (HTTP caches pickle responses)."""
+        peer.on("/x", answer(503), answer(200, b"ok"))
+        resp = make_session().get(peer.url("/x"))
+        again = pickle.loads(pickle.dumps(resp))
+        assert (again.attempts, again.is_fallback, again.stale_age) == (2, False, None)
+
+    def test_a_session_pickles_under_the_fake_clock(self, fake_peers: Any) -> None:
+        """The test kit's clock does not make the application's sessions unpicklable."""
+        session = resilient_client.ResilientSession()
+        again = pickle.loads(pickle.dumps(session))
+        assert again.clock.monotonic() == session.clock.monotonic()

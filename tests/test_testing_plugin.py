@@ -20,7 +20,7 @@ pytest_plugins = ["pytester"]
 OTHER_PLUGINS = [
     arg
     for ep in entry_points(group="pytest11")
-    if ep.name != "resilient_client"
+    if ep.name != "resilient_client.testing"
     for arg in ("-p", f"no:{ep.name}")
 ]
 
@@ -67,16 +67,28 @@ class TestEntryPoint:
         result = run(
             """
             def test_plugin(request, fake_peers, fake_clock, fake_http, no_backoff):
-                assert request.config.pluginmanager.has_plugin("resilient_client")
+                assert request.config.pluginmanager.has_plugin("resilient_client.testing")
                 assert fake_peers.clock is fake_clock is no_backoff
                 assert fake_http is fake_peers
             """
         )
         result.assert_outcomes(passed=1)
 
+    def test_naming_the_plugin_again_is_harmless(self, run):
+        """`-p resilient_client.testing` or `pytest_plugins` with the module name do not register it twice."""
+        result = run(
+            """
+            pytest_plugins = ["resilient_client.testing"]
+
+            def test_plugin(fake_clock):
+                assert fake_clock.monotonic() == 0
+            """
+        )
+        result.assert_outcomes(passed=1)
+
     def test_disabling_the_entry_point_removes_the_fixtures(self, run):
         """With -p no:resilient_client the fixtures are gone, so they came from the entry point."""
-        result = run("def test_plugin(fake_peers):\n    pass\n", "-p", "no:resilient_client")
+        result = run("def test_plugin(fake_peers):\n    pass\n", "-p", "no:resilient_client.testing")
         result.assert_outcomes(errors=1)
         result.stdout.fnmatch_lines(["*fixture 'fake_peers' not found*"])
 

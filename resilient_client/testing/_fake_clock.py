@@ -35,6 +35,16 @@ class FakeClock:
         self.sleeps: list[float] = []
         self.instant_sleep = False
 
+    def __getstate__(self) -> dict[str, object]:
+        # A session pickles its clock; the lock is this process's only.
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def monotonic(self) -> float:
         """The current fake time, in seconds."""
         return self._now

@@ -99,7 +99,7 @@ class Wiring:
                 for adapter in session.adapters.values():
                     self._adapters[adapter] = weakref.ref(session)
                 rec._redaction.learn_secrets(session.config.secrets)
-                w.undo.append(session.subscribe(rec._on_event))
+                w.undo.append(session._watch_events(rec._on_event))
                 # Installed on the session itself: a reference it holds to itself.
                 w.undo.append(
                     session._watch_calls(
