@@ -1,0 +1,171 @@
+"""
+The httpx front's small parts: the per-call state its retry engine carries,
+the retry decision on httpx objects, a streamed response's bulkhead slot,
+fallback responses, per-endpoint connection pools and the clock's sleep.
+
+The decisions are the core's (`retry_verdict`, `_retry_core`'s waits and
+stops); what is here only reads httpx's objects for them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import tenacity
+from tenacity import RetryCallState
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._policy import RetryPolicy
+from ._verdict import AttemptOutcome, retry_verdict
+
+if TYPE_CHECKING:
+    from ._bulkhead import Bulkhead
+    from ._clock import Deadline
+    from ._endpoints import Route
+
+__all__ = ["ATTEMPT_ROUTE", "AsyncCall", "AsyncRetrySafely", "Pools", "SlotStream", "async_sleep",
+           "decide", "is_replayable", "static_response"]
+
+#: The route of the attempt running in this task: which endpoint's pool its
+#: connections come from (httpx picks a transport deep inside ``send``).
+ATTEMPT_ROUTE: contextvars.ContextVar[Route | None] = contextvars.ContextVar(
+    "resilient_client_attempt_route", default=None)
+
+#: ``(request, response_or_exception) -> bool | None``, as `ResilientSession`'s ``retry_if``.
+AsyncRetryPredicate = Callable[[httpx.Request, "httpx.Response | BaseException"], "bool | None"]
+
+
+class AsyncCall:
+    """Per-call state shared by the attempt function and the retry strategies."""
+
+    __slots__ = ("attempt", "auth", "budget", "deadline", "first_verdict", "follow_redirects",
+                 "idempotent", "keyed", "outcome", "prev_sleep", "replayable", "request",
+                 "retry_after", "route", "stop_reason", "stream", "timeouts")
+
+    def __init__(self, request: httpx.Request, route: Route, deadline: Deadline | None) -> None:
+        self.request = request
+        self.route = route
+        self.deadline = deadline
+        self.budget = route.state.budget
+        self.attempt = 0
+        self.prev_sleep = 0.0
+        self.retry_after: float | None = None
+        self.stop_reason = ""
+        self.outcome: AttemptOutcome | None = None
+        self.first_verdict: bool | None = None
+        self.idempotent = False
+        self.replayable = True
+        self.keyed = False
+        self.stream = False
+        self.timeouts: tuple[float, float] = route.timeouts
+        self.auth: Any = None
+        self.follow_redirects: Any = None
+
+
+def is_replayable(request: httpx.Request) -> bool:
+    """Whether the body can be sent again: bytes (content, json, form), not a stream or files."""
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def decide(call: AsyncCall, outcome: httpx.Response | BaseException, policy: RetryPolicy,
+           predicate: AsyncRetryPredicate | None) -> bool:
+    """The one retry verdict, asked about an httpx outcome (see `_retry.decide`)."""
+    classified = call.outcome
+    if classified is None or classified.refused or not isinstance(outcome, (Exception, httpx.Response)):
+        # Our own refusals and interrupts (cancellation) end the call.
+        return False
+    return retry_verdict(policy, classified, idempotent=call.idempotent, replayable=call.replayable,
+                         user=None if predicate is None else predicate(call.request, outcome),
+                         keyed=call.keyed)
+
+
+class AsyncRetrySafely(tenacity.retry_base):
+    """tenacity's retry strategy for the async client: `decide`."""
+
+    def __init__(self, policy: RetryPolicy, predicate: AsyncRetryPredicate | None) -> None:
+        self.policy = policy
+        self.predicate = predicate
+
+    def __call__(self, rs: RetryCallState) -> bool:
+        call: AsyncCall = rs.args[0]
+        if rs.attempt_number == 1 and call.first_verdict is not None:
+            return call.first_verdict  # the shortcut asked already: ask nobody twice
+        outcome = rs.outcome
+        assert outcome is not None
+        exc = outcome.exception()
+        return decide(call, exc if exc is not None else outcome.result(), self.policy, self.predicate)
+
+
+def async_sleep(clock: Clock) -> Callable[[float], Any]:
+    """The retry engine's sleep: the event loop's, or a fake clock's (which then yields once)."""
+    if clock is SYSTEM_CLOCK:
+        return anyio.sleep
+
+    async def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        await anyio.sleep(0)
+
+    return sleep
+
+
+class SlotStream(httpx.AsyncByteStream):
+    """A streamed body that gives its bulkhead slot back when it is closed (or read to the end)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, bulkhead: Bulkhead) -> None:
+        self._inner = inner
+        self._bulkhead: Bulkhead | None = bulkhead
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    def release(self) -> None:
+        bulkhead, self._bulkhead = self._bulkhead, None
+        if bulkhead is not None:
+            bulkhead.release()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self.release()
+
+    def __del__(self) -> None:
+        # A response dropped unread and unclosed: its slot comes back when collected.
+        self.release()
+
+
+def static_response(request: httpx.Request, status: int, body: bytes,
+                    headers: dict[str, str]) -> httpx.Response:
+    """A response made here (a fallback), as httpx would hand it over: read."""
+    return httpx.Response(status, headers=headers, content=body, request=request)
+
+
+class Pools:
+    """
+    One transport per endpoint, sized like the sync session's pools:
+    ``policy.pool_size`` connections kept for reuse, and never a wait for
+    one (as urllib3's non-blocking pools: the bulkhead is the limit).
+    """
+
+    def __init__(self, transport_args: dict[str, Any]) -> None:
+        self._args = transport_args
+        self._transports: dict[int, httpx.AsyncHTTPTransport] = {}
+
+    def transport_for(self, route: Route) -> httpx.AsyncHTTPTransport:
+        index = route.resolution.index
+        key = -1 if index is None else index  # bounded: one per endpoint rule, one for the rest
+        transport = self._transports.get(key)
+        if transport is None:
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=route.policy.pool_size)
+            transport = self._transports[key] = httpx.AsyncHTTPTransport(limits=limits, **self._args)
+        return transport
+
+    async def aclose(self) -> None:
+        transports, self._transports = list(self._transports.values()), {}
+        for transport in transports:
+            await transport.aclose()
