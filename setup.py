@@ -9,6 +9,8 @@ exec((HERE / "resilient_client" / "_version.py").read_text(), about)
 EXTRAS = {
     "yaml": ["PyYAML>=6"],
     "redis": ["redis>=4.5"],
+    # AsyncResilientClient, the httpx front (anyio comes with httpx).
+    "httpx": ["httpx>=0.27", "anyio>=4"],
     "prometheus": ["prometheus-client>=0.17"],
     "otel": ["opentelemetry-api>=1.20"],
     "toml": ['tomli>=2; python_version < "3.11"'],
@@ -28,6 +30,10 @@ EXTRAS["test"] = [
     "hypothesis>=6",
     *EXTRAS["yaml"],
     *EXTRAS["redis"],
+    *EXTRAS["httpx"],
+    # The async client's tests run on anyio's pytest plugin; the testing kit's
+    # fixtures are also checked under pytest-asyncio.
+    "pytest-asyncio>=0.23",
     *EXTRAS["prometheus"],
     *EXTRAS["otel"],
     # An in-memory meter provider for the OpenTelemetry listener's tests.

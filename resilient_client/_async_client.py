@@ -25,18 +25,18 @@ cancelled mid-call, or an ``asyncio.timeout()`` around it, leaks nothing.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import random
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import tenacity
 
-from ._async_errors import AsyncBulkheadFull, AsyncCircuitOpenError, AsyncDeadlineExceeded, classify_error
+from ._async_errors import AsyncBulkheadFull, AsyncDeadlineExceeded, classify_error
+from ._async_hooks import Reporting
 from ._async_parts import (
     ATTEMPT_ROUTE,
     AsyncCall,
@@ -45,52 +45,45 @@ from ._async_parts import (
     Pools,
     SlotStream,
     async_sleep,
+    cut_at,
     decide,
     is_replayable,
+    mark,
 )
 from ._async_retry import AsyncReplayFirst, fallback_or_none
-from ._breaker import BreakerState, CircuitBreaker
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._endpoints import Endpoints, EndpointState, Route
+from ._endpoints import Endpoints, Route
 from ._events import (
     AttemptFinished,
-    BreakerRejected,
-    BreakerStateChanged,
-    BudgetExhausted,
     BulkheadRejected,
-    CallFinished,
     DeadlinePassed,
     Event,
     EventBus,
-    GaveUp,
-    RetryScheduled,
     load_listeners,
 )
 from ._policy import Policy
 from ._propagation import call_deadline, header_value, retries_allowed
-from ._redact import redact_exception, redact_url, secret_values
+from ._redact import redact_exception
 from ._responses import tell_attempts
 from ._retry_core import strategies
-from ._routing import Resolution, Router
+from ._routing import Router
 from ._urls import URLLIB3_FORM
 from ._verdict import AttemptOutcome, of_status
-from .exceptions import CircuitOpenError
 
 if TYPE_CHECKING:
-    from ._health import Health, HealthTracker
+    from ._health import HealthTracker
 
 __all__ = ["AsyncResilientClient"]
 
 _DEADLINE = AttemptOutcome("deadline", None, False, False)
-_CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 #: The call this task is making: a call made from its event hook inherits its deadline.
 _CURRENT: contextvars.ContextVar[AsyncCall | None] = contextvars.ContextVar(
     "resilient_client_async_call", default=None)
 _TRANSPORT_KEYS = ("verify", "cert", "http1", "http2", "trust_env")
 
 
-class AsyncResilientClient(httpx.AsyncClient):
+class AsyncResilientClient(Reporting, httpx.AsyncClient):
     """
     A drop-in ``httpx.AsyncClient`` that enforces, per endpoint, mandatory
     timeouts, a total deadline, retries within a budget, a circuit breaker,
@@ -139,42 +132,6 @@ class AsyncResilientClient(httpx.AsyncClient):
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
                                     state_dir=self.config.state_dir)
-
-    # -- public helpers, as ResilientSession's --------------------------------
-
-    def policy_for(self, method: str, url: str) -> Policy:
-        """The policy that applies to *method* *url*."""
-        return self.resolve(method, url).policy
-
-    def resolve(self, method: str, url: str) -> Resolution:
-        """Which rule applies to *method* *url* and why (``str()`` explains)."""
-        return self._router.resolve(method, url)
-
-    def circuit(self, name_or_url: str, method: str = "GET") -> CircuitBreaker:
-        """The breaker of an endpoint name or URL (KeyError: none)."""
-        if "://" in name_or_url:
-            state = self._endpoints.route_for(method.upper(), name_or_url).state
-        else:
-            state = self._state_named(name_or_url)
-        if state.breaker is None:
-            raise KeyError(f"endpoint {state.name!r} has no breaker (breaker: null)")
-        return state.breaker
-
-    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
-        """Send every `Event` to *listener*; returns a function that unsubscribes it."""
-        return self._bus.subscribe(listener)
-
-    def health(self) -> Health:
-        """Every endpoint's breaker state, bulkhead usage and recent error rate."""
-        from ._health import collect
-
-        return collect(self)  # type: ignore[arg-type]  # duck-typed: the parts collect reads
-
-    def _all_states(self) -> list[EndpointState]:
-        return self._endpoints.all_states()
-
-    def _state_named(self, name: str) -> EndpointState:
-        return self._endpoints.state_named(name)
 
     def _build_retrying(self, policy: Policy) -> tenacity.AsyncRetrying | None:
         if policy.retry is None or policy.retry.attempts <= 1:
@@ -316,7 +273,7 @@ class AsyncResilientClient(httpx.AsyncClient):
         elif (call.outcome is not None and call.outcome.failure) or resp.status_code in (
                 retry.on_status if retry else ()) or (call.keyed and resp.status_code == 409):
             self._gave_up(call, f"status {resp.status_code}")
-        _mark(resp, call.attempt, is_fallback=False, stale_age=None)
+        mark(resp, call.attempt, is_fallback=False, stale_age=None)
         return resp
 
     async def _attempt_then_retrying(self, call: AsyncCall, retrying: Any) -> httpx.Response:
@@ -326,7 +283,9 @@ class AsyncResilientClient(httpx.AsyncClient):
             first = await self._attempt(call)
         except Exception as exc:  # an interrupt (cancellation) is never retried: it passes
             first = exc
-        call.first_verdict = decide(call, first, route_retry(call), self._retry_if)
+        retry = call.route.policy.retry
+        assert retry is not None  # an engine exists only with one
+        call.first_verdict = decide(call, first, retry, self._retry_if)
         if not call.first_verdict:
             if isinstance(first, BaseException):
                 raise first
@@ -370,7 +329,7 @@ class AsyncResilientClient(httpx.AsyncClient):
         token = ATTEMPT_ROUTE.set(route)
         resp: httpx.Response | None = None
         try:
-            with _cut_at(left):
+            with cut_at(left):
                 resp = await super().send(request, stream=True, auth=call.auth,
                                           follow_redirects=call.follow_redirects)
                 if not call.stream:
@@ -407,121 +366,5 @@ class AsyncResilientClient(httpx.AsyncClient):
             await self._record(breaker, not outcome.failure, is_trial, duration)
         return resp
 
-    # -- the breaker, off the loop when its state is remote ---------------------
-
-    async def _before_call(self, call: AsyncCall, breaker: CircuitBreaker) -> bool:
-        try:
-            if breaker.policy.storage.startswith("redis"):
-                return await anyio.to_thread.run_sync(breaker.before_call)
-            return breaker.before_call()
-        except CircuitOpenError as exc:
-            call.outcome = _CIRCUIT_OPEN
-            route, request = call.route, call.request
-            self._emit(BreakerRejected(route.name, request.method, self._url(request),
-                                       exc._retry_at, exc.retry_in))
-            raise AsyncCircuitOpenError(exc.endpoint, exc._retry_at, retry_in=exc.retry_in,
-                                        request=request) from None
-
-    @staticmethod
-    async def _record(breaker: CircuitBreaker, success: bool, is_trial: bool, duration: float) -> None:
-        if breaker.policy.storage.startswith("redis"):
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lambda: breaker.record(
-                    success=success, is_trial=is_trial, duration=duration))
-        else:
-            breaker.record(success=success, is_trial=is_trial, duration=duration)
-
-    @staticmethod
-    async def _release_trial(breaker: CircuitBreaker) -> None:
-        if breaker.policy.storage.startswith("redis"):
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(breaker.release_trial)
-        else:
-            breaker.release_trial()
-
-    # -- retry hooks, fallbacks, events ------------------------------------------
-
-    async def _before_sleep(self, rs: tenacity.RetryCallState) -> None:
-        """Close the discarded attempt's response, then say why we retry."""
-        call: AsyncCall = rs.args[0]
-        outcome = rs.outcome
-        assert outcome is not None
-        if outcome.failed:
-            exc = outcome.exception()
-            kind = call.outcome.kind if call.outcome is not None else "error"
-            reason = type(exc).__name__ if kind == "error" else kind
-        else:
-            resp: httpx.Response = outcome.result()
-            reason = f"status {resp.status_code}"
-            await resp.aclose()
-        route: Route = call.route
-        self._emit(RetryScheduled(route.name, call.request.method, self._url(call.request),
-                                  call.attempt, rs.upcoming_sleep, reason))
-
-    def _gave_up(self, call: AsyncCall, outcome: str) -> None:
-        route: Route = call.route
-        reason = call.stop_reason or ("breaker_open" if outcome == "circuit_open"
-                                      else "not_retryable" if route.retrying is not None else "no_retry")
-        method, url = call.request.method, self._url(call.request)
-        if reason == "budget":
-            self._emit(BudgetExhausted(route.name, method, url, call.attempt))
-        self._emit(GaveUp(route.name, method, url, call.attempt, reason, outcome))
-
-    async def _fallback_or_raise(self, call: AsyncCall, exc: BaseException) -> httpx.Response:
-        resp = await fallback_or_none(self, call, exc)
-        if resp is None:
-            raise exc
-        return resp
-
-    def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
-        failures = breaker.stats().consecutive_failures
-        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures))
-
-    def _emit(self, event: Event) -> None:
-        self._bus.emit(event)
-
-    def _emit_call(self, call: AsyncCall, resp: httpx.Response | None,
-                   failure: BaseException | httpx.Response | None, started: float) -> None:
-        route: Route = call.route
-        if isinstance(failure, BaseException):
-            outcome = classify_error(failure).kind
-        elif failure is not None:
-            outcome = "status"
-        else:
-            assert resp is not None
-            outcome = of_status(resp.status_code, route.policy.failure_status).kind
-        self._emit(CallFinished(route.name, call.request.method, self._url(call.request),
-                                call.attempt, outcome,
-                                resp.status_code if resp is not None else None,
-                                self.clock.monotonic() - started,
-                                resp is not None and getattr(resp, "is_fallback", False)))
-
-    def _url(self, request: httpx.Request) -> str:
-        return redact_url(str(request.url), self.config.secrets)
-
-    def _secret_values(self, call: AsyncCall) -> set[str]:
-        return secret_values(str(call.request.url), call.request.headers, self.config.secrets)
-
     def __repr__(self) -> str:
         return f"<AsyncResilientClient endpoints={[e.name for e in self.config.endpoints]}>"
-
-
-def route_retry(call: AsyncCall) -> Any:
-    return call.route.policy.retry
-
-
-@contextlib.contextmanager
-def _cut_at(left: float | None) -> Iterator[None]:
-    """The attempt under the time left (a cancel scope: no read can outlast it), or unbounded."""
-    if left is None:
-        yield
-        return
-    with anyio.fail_after(left):
-        yield
-
-
-def _mark(resp: httpx.Response, attempts: int, *, is_fallback: bool, stale_age: float | None) -> None:
-    """What every response the client returns carries (see the contract)."""
-    resp.attempts = attempts  # type: ignore[attr-defined]
-    resp.is_fallback = is_fallback  # type: ignore[attr-defined]
-    resp.stale_age = stale_age  # type: ignore[attr-defined]

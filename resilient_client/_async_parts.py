@@ -9,8 +9,9 @@ stops); what is here only reads httpx's objects for them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ._endpoints import Route
 
 __all__ = ["ATTEMPT_ROUTE", "AsyncCall", "AsyncRetrySafely", "Pools", "SlotStream", "async_sleep",
-           "decide", "is_replayable", "static_response"]
+           "cut_at", "decide", "is_replayable", "mark", "static_response"]
 
 #: The route of the attempt running in this task: which endpoint's pool its
 #: connections come from (httpx picks a transport deep inside ``send``).
@@ -169,3 +170,20 @@ class Pools:
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
             await transport.aclose()
+
+
+@contextlib.contextmanager
+def cut_at(left: float | None) -> Iterator[None]:
+    """The attempt under the time left (a cancel scope: no read can outlast it), or unbounded."""
+    if left is None:
+        yield
+        return
+    with anyio.fail_after(left):
+        yield
+
+
+def mark(resp: httpx.Response, attempts: int, *, is_fallback: bool, stale_age: float | None) -> None:
+    """What every response the client returns carries (see the contract)."""
+    resp.attempts = attempts  # type: ignore[attr-defined]
+    resp.is_fallback = is_fallback  # type: ignore[attr-defined]
+    resp.stale_age = stale_age  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from ._policy import CallableFallback, StaleFallback, StaticFallback
 from ._redact import redact_exception
 
 if TYPE_CHECKING:
-    from ._async_client import AsyncResilientClient
+    from ._async_hooks import Reporting
 
 __all__ = ["AsyncReplayFirst", "fallback_or_none"]
 
@@ -43,7 +43,7 @@ class AsyncReplayFirst:
 
 
 async def fallback_or_none(
-    client: AsyncResilientClient, call: AsyncCall, failure: BaseException | httpx.Response
+    client: Reporting, call: AsyncCall, failure: BaseException | httpx.Response
 ) -> httpx.Response | None:
     """The fallback's response for *failure*, or None when there is none to give."""
     route = call.route
