@@ -53,6 +53,10 @@ EXTRAS["test"] = [
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
 EXTRAS["requests-suite"] = ["pytest-httpbin>=2.1", "httpbin>=0.10", "trustme", "pytest-mock", "PySocks"]
+# What tests/httpx_suite/run.sh needs to run httpx's own AsyncClient tests
+# (its requirements.txt): a uvicorn server on loopback, trio, and httpx's extras.
+EXTRAS["httpx-suite"] = [*EXTRAS["httpx"], "uvicorn", "trio", "trustme", "h2", "socksio", "zstandard",
+                         "chardet"]
 # STYLE.md names the test extra `tests`; both spellings work.
 EXTRAS["tests"] = EXTRAS["test"]
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
@@ -64,7 +68,8 @@ EXTRAS["all"] = sorted(
     {
         d
         for k, v in EXTRAS.items()
-        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet", "release")
+        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "httpx-suite", "fleet",
+                     "release")
         for d in v
     }
 )

@@ -189,9 +189,12 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         call.replayable = is_replayable(request)
         call.stream, call.auth, call.follow_redirects = stream, auth, follow_redirects
         timeout = request.extensions.get("timeout")
+        if timeout is None and self._timeout_given:  # a request built elsewhere: the client's
+            timeout = httpx.Timeout(self.timeout).as_dict()
         if timeout is not None:  # the caller's own (None parts: the policy's, never infinite)
             c, r = timeout.get("connect"), timeout.get("read")
             call.timeouts = (route.timeouts[0] if c is None else c, route.timeouts[1] if r is None else r)
+            call.write_pool = (timeout.get("write"), timeout.get("pool"))
         hot = self._bus.wants_hot()
         started = self.clock.monotonic() if hot else 0.0
         token = _CURRENT.set(call)
@@ -323,8 +326,14 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         header = route.policy.retry.attempt_header if route.policy.retry else None
         if header:
             request.headers[header] = str(call.attempt)
+        # httpx's own two; not given: the policy's read and connect (never infinite).
+        write, pool = call.write_pool
+        write = route.timeouts[1] if write is None else write
+        pool = route.timeouts[0] if pool is None else pool
+        if left is not None:
+            write, pool = min(write, left), min(pool, left)
         request.extensions = {**request.extensions,
-                              "timeout": {"connect": connect, "read": read, "write": read, "pool": connect}}
+                              "timeout": {"connect": connect, "read": read, "write": write, "pool": pool}}
         started = self.clock.monotonic()
         token = ATTEMPT_ROUTE.set(route)
         resp: httpx.Response | None = None

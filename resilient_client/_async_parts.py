@@ -45,7 +45,7 @@ class AsyncCall:
 
     __slots__ = ("attempt", "auth", "budget", "deadline", "first_verdict", "follow_redirects",
                  "idempotent", "keyed", "outcome", "prev_sleep", "replayable", "request",
-                 "retry_after", "route", "stop_reason", "stream", "timeouts")
+                 "retry_after", "route", "stop_reason", "stream", "timeouts", "write_pool")
 
     def __init__(self, request: httpx.Request, route: Route, deadline: Deadline | None) -> None:
         self.request = request
@@ -63,6 +63,8 @@ class AsyncCall:
         self.keyed = False
         self.stream = False
         self.timeouts: tuple[float, float] = route.timeouts
+        #: httpx's write and pool timeouts when the caller gave them.
+        self.write_pool: tuple[float | None, float | None] = (None, None)
         self.auth: Any = None
         self.follow_redirects: Any = None
 
