@@ -142,6 +142,16 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
 
     # -- httpx's hooks ---------------------------------------------------------
 
+    async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
+        """
+        httpx's ``request``; a call to an endpoint whose breaker is open (and
+        that has no fallback) is refused before httpx builds it, as the sync
+        session does: refusing costs a route lookup, not a request's build.
+        """
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            self._refuse_early(method, url)
+        return await super().request(method, url, **kwargs)
+
     def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
         """httpx's own; a request left to the client's default timeout gets the policy's."""
         request = super().build_request(method, url, **kwargs)

@@ -94,6 +94,28 @@ class Reporting:
     def _state_named(self, name: str) -> EndpointState:
         return self._endpoints.state_named(name)
 
+    def _refuse_early(self, method: str, url: str) -> None:
+        """Raise CircuitOpenError when *url*'s breaker is open and no fallback applies (a local store)."""
+        method = method.upper()
+        route = self._endpoints.route_for(method, url)
+        breaker = route.state.breaker
+        if (breaker is None or route.policy.fallback is not None or breaker.policy.storage.startswith("redis")
+                or breaker.state is not BreakerState.OPEN):
+            return
+        try:
+            is_trial = breaker.before_call()
+        except CircuitOpenError as exc:
+            shown = redact_url(url, self.config.secrets)
+            self._emit(BreakerRejected(route.name, method, shown, exc._retry_at, exc.retry_in))
+            if self._bus.wants_hot():
+                self._emit(CallFinished(route.name, method, shown, 0, "circuit_open", None, 0.0, False))
+            err = AsyncCircuitOpenError(exc.endpoint, exc._retry_at, retry_in=exc.retry_in,
+                                        request=httpx.Request(method, url))
+            err.attempts = 0  # type: ignore[attr-defined]  # refused before any try
+            raise err from None
+        if is_trial:
+            breaker.release_trial()  # the trial became possible meanwhile: the normal path takes it
+
     async def _before_call(self, call: AsyncCall, breaker: CircuitBreaker) -> bool:
         try:
             if breaker.policy.storage.startswith("redis"):
