@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -47,10 +48,8 @@ def _sockets() -> int:
     """Sockets this process holds open now."""
     n = 0
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):
             n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
     return n
 
 
@@ -89,10 +88,8 @@ async def hung(n: int, total: float) -> list[_util.Row]:
             started = time.perf_counter()
 
             async def one() -> None:
-                try:
+                with contextlib.suppress(resilient_client.DeadlineExceeded):
                     await client.get(url)
-                except resilient_client.DeadlineExceeded:
-                    pass
                 ends.append(time.perf_counter() - started)
 
             await asyncio.gather(*(one() for _ in range(n)))
@@ -112,10 +109,8 @@ async def rejection(url: str, n: int) -> list[_util.Row]:
         client.circuit(url).open()
         started = time.perf_counter()
         for _ in range(n):
-            try:
+            with contextlib.suppress(resilient_client.CircuitOpenError):
                 await client.get(url)
-            except resilient_client.CircuitOpenError:
-                pass
         cost = (time.perf_counter() - started) / n * 1e6
     return [_util.Row("async", "open-breaker rejection, per call", cost, "µs")]
 
@@ -145,10 +140,8 @@ async def stall(n: int) -> list[_util.Row]:
 
     async def fail_all(client: httpx.AsyncClient) -> None:
         async def one() -> None:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 await client.get(refused)
-            except httpx.HTTPError:
-                pass
 
         await asyncio.gather(*(one() for _ in range(n)))
 

@@ -140,6 +140,19 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             sleep=async_sleep(self.clock), retry=AsyncRetrySafely(policy.retry, self._retry_if),
             before_sleep=self._before_sleep, **strategies(policy.retry, rng=self._rng))
 
+    async def _exchange(self, call: AsyncCall) -> httpx.Response:
+        """httpx's own send (auth, redirects, hooks), then the body unless streamed."""
+        resp = await super().send(call.request, stream=True, auth=call.auth,
+                                  follow_redirects=call.follow_redirects)
+        if not call.stream:
+            try:
+                await resp.aread()
+            except BaseException:
+                with anyio.CancelScope(shield=True):  # cancelled or not, the connection goes
+                    await resp.aclose()
+                raise
+        return resp
+
     # -- httpx's hooks ---------------------------------------------------------
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
@@ -156,8 +169,10 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         """httpx's own; a request left to the client's default timeout gets the policy's."""
         request = super().build_request(method, url, **kwargs)
         given = kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
-        if isinstance(given, httpx._client.UseClientDefault) and not self._timeout_given:
-            request.extensions = {k: v for k, v in request.extensions.items() if k != "timeout"}
+        if given is httpx.USE_CLIENT_DEFAULT and not self._timeout_given:
+            extensions = dict(request.extensions)
+            del extensions["timeout"]  # httpx's default of 5 s: the policy's instead
+            request.extensions = extensions
         return request
 
     def _transport_for_url(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
@@ -346,17 +361,17 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
                               "timeout": {"connect": connect, "read": read, "write": write, "pool": pool}}
         started = self.clock.monotonic()
         token = ATTEMPT_ROUTE.set(route)
-        resp: httpx.Response | None = None
         try:
-            with cut_at(left):
-                resp = await super().send(request, stream=True, auth=call.auth,
-                                          follow_redirects=call.follow_redirects)
-                if not call.stream:
-                    await resp.aread()
+            scope = cut_at(left)
+            if scope is None:
+                resp = await self._exchange(call)
+            elif hasattr(scope, "__aenter__"):
+                async with scope:
+                    resp = await self._exchange(call)
+            else:
+                with scope:
+                    resp = await self._exchange(call)
         except BaseException as exc:
-            if resp is not None:
-                with anyio.CancelScope(shield=True):  # cancelled or not, the connection goes
-                    await resp.aclose()
             duration = self.clock.monotonic() - started
             expired = deadline is not None and (isinstance(exc, TimeoutError) or deadline.expired())
             outcome = call.outcome = classify_error(exc, deadline_passed=expired)

@@ -293,3 +293,14 @@ class TestPools:
         assert pool._max_keepalive_connections == 2
         assert pool._max_connections > 10**9  # None: never a wait for a connection
         assert rest._pool._max_keepalive_connections == c.policy_for("GET", peer.url("/drip")).pool_size == 50
+
+
+class TestDocs:
+    async def test_the_asyncio_page_blocks_run_and_its_test_passes(self) -> None:
+        """docs/asyncio.md: every block runs, and the test it shows passes on a MockTransport."""
+        from test_docs_pages import blocks
+
+        namespace: dict[str, Any] = {"__name__": "docs_asyncio"}
+        for _, code, line in blocks("asyncio.md"):
+            exec(compile(code, f"asyncio.md:{line}", "exec"), namespace)
+        await namespace["test_breaker_opens_and_recovers"]()
