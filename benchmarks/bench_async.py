@@ -78,30 +78,43 @@ async def happy(url: str, rounds: int, calls: int) -> list[_util.Row]:
                       wall_ratio <= 1.10, f"CPU {cpu_ratio:.2f}x; plain {per_call:.0f} µs/call")]
 
 
+async def _hang_all(client: httpx.AsyncClient, url: str, n: int) -> tuple[float, list[float]]:
+    """*n* concurrent GETs of *url*: (wall time until all ended, when each ended)."""
+    ends: list[float] = []
+    started = time.perf_counter()
+
+    async def one() -> None:
+        with contextlib.suppress(httpx.TimeoutException):  # DeadlineExceeded is one
+            await client.get(url)
+        ends.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return time.perf_counter() - started, ends
+
+
 async def hung(n: int, total: float) -> list[_util.Row]:
     tarpit = socket.create_server(("127.0.0.1", 0), backlog=4096)  # accepts (the kernel), never answers
     url = f"http://127.0.0.1:{tarpit.getsockname()[1]}/items"
     sockets_before, tasks_before = _sockets(), len(asyncio.all_tasks())
     try:
         async with AsyncResilientClient(config(total, bulkhead={"max_concurrent": 2 * n})) as client:
-            ends: list[float] = []
-            started = time.perf_counter()
-
-            async def one() -> None:
-                with contextlib.suppress(resilient_client.DeadlineExceeded):
-                    await client.get(url)
-                ends.append(time.perf_counter() - started)
-
-            await asyncio.gather(*(one() for _ in range(n)))
-            wall = time.perf_counter() - started
+            wall, ends = await _hang_all(client, url, n)
         tasks_left = len(asyncio.all_tasks()) - tasks_before
         sockets_left = _sockets() - sockets_before - 1  # the tarpit's own listener
+        # The plain client, bounded the only way httpx can (a read timeout of
+        # `total`), with a pool that never makes a call wait, as ours.
+        plain = httpx.AsyncClient(timeout=httpx.Timeout(total, connect=1.0),
+                                  limits=httpx.Limits(max_connections=None))
+        async with plain:
+            plain_wall, plain_ends = await _hang_all(plain, url, n)
     finally:
         tarpit.close()
     ok = len(ends) == n and max(ends) < total + 0.5 and tasks_left == 0 and sockets_left <= 0
     return [_util.Row("async", f"{n} calls to a hung peer, total {total:g} s: all ended", wall, "s",
                       f"~{total:g} s", ok, f"first {min(ends):.2f} s, last {max(ends):.2f} s; "
-                      f"tasks left {tasks_left}, sockets left {max(0, sockets_left)}")]
+                      f"tasks left {tasks_left}, sockets left {max(0, sockets_left)}; plain "
+                      f"httpx.AsyncClient (read timeout {total:g} s): first {min(plain_ends):.2f} s, "
+                      f"last {max(plain_ends):.2f} s")]
 
 
 async def rejection(url: str, n: int) -> list[_util.Row]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -150,24 +151,52 @@ def static_response(request: httpx.Request, status: int, body: bytes,
     return httpx.Response(status, headers=headers, content=body, request=request)
 
 
+#: Transports per endpoint. httpcore's pool does O(requests in it) work on
+#: every request's start and end, so 1,000 calls in flight on one pool cost
+#: the event loop seconds (`benchmarks/bench_async.py`, the hung peer);
+#: spread over shards, each task always on the same one (keep-alive reuse),
+#: that work is divided by the shard count.
+SHARDS = 8
+_SHARD: contextvars.ContextVar[int] = contextvars.ContextVar("resilient_client_pool_shard", default=-1)
+
+
 class Pools:
     """
-    One transport per endpoint, sized like the sync session's pools:
-    ``policy.pool_size`` connections kept for reuse, and never a wait for
-    one (as urllib3's non-blocking pools: the bulkhead is the limit).
+    The transports of each endpoint, sized like the sync session's pools:
+    ``policy.pool_size`` connections kept for reuse in all (spread over
+    `SHARDS`), and never a wait for one (as urllib3's non-blocking pools:
+    the bulkhead is the limit).
     """
 
     def __init__(self, transport_args: dict[str, Any]) -> None:
         self._args = transport_args
-        self._transports: dict[int, httpx.AsyncHTTPTransport] = {}
+        self._transports: dict[tuple[int, int], httpx.AsyncHTTPTransport] = {}
+        self._tls: Any = None
+        self._deal = itertools.count()
+
+    def _transport_args(self) -> dict[str, Any]:
+        """The client's transport arguments, with one TLS context for all (loading CAs takes ~50 ms)."""
+        if self._tls is None:
+            args = self._args
+            self._tls = httpx.create_ssl_context(verify=args.get("verify", True), cert=args.get("cert"),
+                                                 trust_env=args.get("trust_env", True))
+        return {**{k: v for k, v in self._args.items() if k not in ("verify", "cert")}, "verify": self._tls}
 
     def transport_for(self, route: Route) -> httpx.AsyncHTTPTransport:
         index = route.resolution.index
-        key = -1 if index is None else index  # bounded: one per endpoint rule, one for the rest
+        shard = _SHARD.get()
+        if shard < 0:
+            # This task's shard from now on (a context variable is per task), dealt in turn.
+            shard = next(self._deal) % SHARDS
+            _SHARD.set(shard)
+        # Bounded: SHARDS per endpoint rule, and SHARDS for the unmatched rest.
+        key = (-1 if index is None else index, shard)
         transport = self._transports.get(key)
         if transport is None:
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=route.policy.pool_size)
-            transport = self._transports[key] = httpx.AsyncHTTPTransport(limits=limits, **self._args)
+            kept = -(-route.policy.pool_size // SHARDS)  # rounded up: at least one each
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=kept)
+            transport = httpx.AsyncHTTPTransport(limits=limits, **self._transport_args())
+            self._transports[key] = transport
         return transport
 
     async def aclose(self) -> None:

@@ -19,6 +19,7 @@ from peers import Peer, answer, drip_body, free_port, hang, retry_after
 
 import resilient_client
 from resilient_client import AsyncResilientClient, ResilientSession
+from resilient_client._async_parts import SHARDS
 from resilient_client.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -290,9 +291,11 @@ class TestPools:
             rest = c._pools.transport_for(c._endpoints.route_for("GET", peer.url("/drip")))
         pool = small._pool
         assert small is not rest
-        assert pool._max_keepalive_connections == 2
+        assert pool._max_keepalive_connections == 1  # 2 kept, over the shards (at least 1 each)
         assert pool._max_connections > 10**9  # None: never a wait for a connection
-        assert rest._pool._max_keepalive_connections == c.policy_for("GET", peer.url("/drip")).pool_size == 50
+        assert c.policy_for("GET", peer.url("/drip")).pool_size == 50
+        assert rest._pool._max_keepalive_connections == -(-50 // SHARDS)
+        assert small._pool._ssl_context is rest._pool._ssl_context  # one TLS context, CAs loaded once
 
 
 class TestDocs:
