@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import random
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -126,9 +127,7 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         self._rng = rng
         self._health: HealthTracker | None = None
         self._router = Router(self.config.endpoints, self.config.defaults, URLLIB3_FORM)
-        import threading  # a lock for the endpoint maps: taken only when a route is new
-
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # for the endpoint maps: taken only when a route is new
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
                                     state_dir=self.config.state_dir)
@@ -156,11 +155,7 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
     # -- httpx's hooks ---------------------------------------------------------
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        """
-        httpx's ``request``; a call to an endpoint whose breaker is open (and
-        that has no fallback) is refused before httpx builds it, as the sync
-        session does: refusing costs a route lookup, not a request's build.
-        """
+        """httpx's own; an open breaker's call (no fallback) is refused before httpx builds it."""
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             self._refuse_early(method, url)
         return await super().request(method, url, **kwargs)
@@ -216,13 +211,12 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         timeout = request.extensions.get("timeout")
         if timeout is None and self._timeout_given:  # a request built elsewhere: the client's
             timeout = httpx.Timeout(self.timeout).as_dict()
-        if timeout is not None:  # the caller's own (None parts: the policy's, never infinite)
-            c, r = timeout.get("connect"), timeout.get("read")
-            call.timeouts = (route.timeouts[0] if c is None else c, route.timeouts[1] if r is None else r)
-            call.write_pool = (timeout.get("write"), timeout.get("pool"))
+        if timeout is not None:
+            call.given_timeouts(timeout)
         hot = self._bus.wants_hot()
         started = self.clock.monotonic() if hot else 0.0
         token = _CURRENT.set(call)
+        extensions = request.extensions  # each attempt sets its timeouts: put the caller's back after
         try:
             resp, failure = await self._send_in_bulkhead(call)
         except Exception as exc:
@@ -233,6 +227,7 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             raise
         finally:
             _CURRENT.reset(token)
+            request.extensions = extensions
         if hot:
             self._emit_call(call, resp, failure, started)
         return resp

@@ -70,6 +70,13 @@ class AsyncCall:
         self.auth: Any = None
         self.follow_redirects: Any = None
 
+    def given_timeouts(self, timeout: dict[str, float | None]) -> None:
+        """The caller's own httpx timeouts (None parts: the policy's, never infinite)."""
+        c, r = timeout.get("connect"), timeout.get("read")
+        policy = self.route.timeouts
+        self.timeouts = (policy[0] if c is None else c, policy[1] if r is None else r)
+        self.write_pool = (timeout.get("write"), timeout.get("pool"))
+
 
 def is_replayable(request: httpx.Request) -> bool:
     """Whether the body can be sent again: bytes (content, json, form), not a stream or files."""

@@ -8,6 +8,7 @@ exceptions' classes, and state shared with a sync session through
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from peers import Peer, answer, drip_body, free_port, hang, retry_after
 
 import resilient_client
-from resilient_client import AsyncResilientClient, ResilientSession
+from resilient_client import AsyncResilientClient, CircuitBreaker, ResilientSession
 from resilient_client._async_parts import SHARDS
 from resilient_client.testing import FakeClock
 
@@ -278,6 +279,29 @@ class TestSharedState:
                 await c.get(peer.url("/ok"))
         assert peer.hits() == hits
 
+    @pytest.mark.redis
+    async def test_a_redis_breaker_is_shared_and_asked_off_the_loop(
+            self, peer: Peer, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A Redis breaker a sync session opened refuses the async call, asked from a worker thread."""
+        config = {"endpoints": [{"name": "shared-redis", "match": peer.url("/"), "retry": None,
+                                 "breaker": {"failure_threshold": 1, "storage": redis_url}}]}
+        with ResilientSession(config) as session:
+            session.get(peer.url("/down"))
+        hits = peer.hits()
+        threads: list[int] = []
+        before_call = CircuitBreaker.before_call
+
+        def watched(self: CircuitBreaker) -> bool:
+            threads.append(threading.get_ident())
+            return before_call(self)
+
+        monkeypatch.setattr(CircuitBreaker, "before_call", watched)
+        async with AsyncResilientClient(config) as c:
+            with pytest.raises(resilient_client.CircuitOpenError):
+                await c.get(peer.url("/ok"))
+        assert peer.hits() == hits
+        assert threads and threading.get_ident() not in threads  # never in the event loop's thread
+
 
 class TestPools:
     async def test_each_endpoint_gets_a_pool_sized_like_the_sync_session(self, peer: Peer) -> None:
@@ -307,3 +331,13 @@ class TestDocs:
         for _, code, line in blocks("asyncio.md"):
             exec(compile(code, f"asyncio.md:{line}", "exec"), namespace)
         await namespace["test_breaker_opens_and_recovers"]()
+
+
+class TestRequestsReused:
+    async def test_a_request_sent_twice_gets_the_policy_timeouts_both_times(self, peer: Peer) -> None:
+        """The attempt's capped timeouts are not left on the caller's request for its next send."""
+        async with _client({"timeout": {"total": 5.0, "read": 4.0}}) as c:
+            request = c.build_request("GET", peer.url("/ok"))
+            await c.send(request)
+            assert "timeout" not in request.extensions
+            assert (await c.send(request)).status_code == 200
