@@ -106,7 +106,7 @@ async def hung(n: int, total: float) -> list[_util.Row]:
         plain = httpx.AsyncClient(timeout=httpx.Timeout(total, connect=1.0),
                                   limits=httpx.Limits(max_connections=None))
         async with plain:
-            plain_wall, plain_ends = await _hang_all(plain, url, n)
+            _, plain_ends = await _hang_all(plain, url, n)
     finally:
         tarpit.close()
     ok = len(ends) == n and max(ends) < total + 0.5 and tasks_left == 0 and sockets_left <= 0

@@ -341,3 +341,16 @@ class TestRequestsReused:
             await c.send(request)
             assert "timeout" not in request.extensions
             assert (await c.send(request)).status_code == 200
+
+
+class TestSecrets:
+    async def test_secrets_never_reach_events_or_errors(self) -> None:
+        """A secret query parameter and the Authorization header stay out of events and error messages."""
+        seen: list[str] = []
+        config = {"secrets": {"query": ["token"]}, "defaults": {"retry": FAST}}
+        async with AsyncResilientClient(config, listeners=[lambda e: seen.append(repr(e))]) as c:
+            with pytest.raises(httpx.ConnectError) as info:
+                await c.get(f"http://127.0.0.1:{free_port()}/x?token=s3cr3t-value",
+                            headers={"Authorization": "Bearer top-s3cr3t"})
+        text = "\n".join([*seen, str(info.value), *getattr(info.value, "__notes__", [])])
+        assert seen and "s3cr3t-value" not in text and "top-s3cr3t" not in text
