@@ -119,7 +119,8 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         super().__init__(**kwargs)
         # Our pools per endpoint unless the caller chose transports or limits, or proxies apply.
         own = not ({"transport", "mounts", "limits"} & kwargs.keys()) and not self._mounts
-        self._pools = Pools({k: kwargs[k] for k in _TRANSPORT_KEYS if k in kwargs}) if own else None
+        args = {k: kwargs[k] for k in _TRANSPORT_KEYS if k in kwargs}
+        self._pools = Pools(args, self._transport) if own else None
         self.config: Config = Config.load(config)
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._bus = EventBus([*load_listeners(self.config.listeners), *listeners])

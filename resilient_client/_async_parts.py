@@ -175,10 +175,13 @@ class Pools:
     the bulkhead is the limit).
     """
 
-    def __init__(self, transport_args: dict[str, Any]) -> None:
+    def __init__(self, transport_args: dict[str, Any], default: httpx.AsyncBaseTransport) -> None:
         self._args = transport_args
         self._transports: dict[tuple[int, int], httpx.AsyncHTTPTransport] = {}
-        self._tls: Any = None
+        # The client's own transport was built from the same arguments: its
+        # TLS context is ours too (made at construction, as httpx makes it,
+        # not in the event loop at the first call).
+        self._tls: Any = getattr(getattr(default, "_pool", None), "_ssl_context", None)
         self._deal = itertools.count()
 
     def _transport_args(self) -> dict[str, Any]:
