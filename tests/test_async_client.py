@@ -354,3 +354,16 @@ class TestSecrets:
                             headers={"Authorization": "Bearer top-s3cr3t"})
         text = "\n".join([*seen, str(info.value), *getattr(info.value, "__notes__", [])])
         assert seen and "s3cr3t-value" not in text and "top-s3cr3t" not in text
+
+
+class TestHealth:
+    async def test_health_reports_the_async_client_s_endpoints(self) -> None:
+        """health() reads the same endpoint state as the sync session's."""
+        transport = httpx.MockTransport(lambda request: httpx.Response(503))
+        async with AsyncResilientClient({"defaults": {"retry": None}}, transport=transport) as c:
+            c.health()  # counting starts here
+            for _ in range(5):
+                await c.get("http://inventory.test/items")
+            health = c.health()
+        (endpoint,) = health.endpoints
+        assert not health.healthy and endpoint.breaker == "open" and endpoint.failures == 5
