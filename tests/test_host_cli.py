@@ -14,6 +14,9 @@ from resilient_client import ResilientSession
 from resilient_client._host_file import path_for
 from resilient_client.tools._cli import main
 
+# The tests look at the files in the state_dir their config names.
+pytestmark = pytest.mark.config_state_dir
+
 
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "rc.json"
