@@ -44,8 +44,8 @@ from ._events import AttemptFinished, Event
 from ._redact import redact_url
 
 if TYPE_CHECKING:
-    from ._bulkhead import Bulkhead
     from ._breaker import CircuitBreaker
+    from ._bulkhead import Bulkhead
     from ._endpoints import EndpointState
     from ._policy import Policy
     from ._session import ResilientSession

@@ -97,7 +97,7 @@ class TestWhereStatusLooks:
     def test_status_points_at_the_other_default_directory(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A login shell's default ($XDG_RUNTIME_DIR) is not a service's (/dev/shm): status says where the files are."""
+        """A shell's default ($XDG_RUNTIME_DIR) is not a service's (/dev/shm): status says where they are."""
         from resilient_client import _host_dir
 
         service_dir = tmp_path / "shm" / "resilient_client-0"

@@ -43,7 +43,10 @@ class TestFakeClockMovesHostState:
     def test_advance_past_reset_timeout_half_opens_a_host_breaker(
         self, fake_peers: FakePeers, fake_clock: FakeClock
     ) -> None:
-        """advance(21) with reset_timeout 20: half-open, as with memory state; a rejection before counts down on the fake clock."""
+        """
+        advance(21) with reset_timeout 20: half-open, as with memory state;
+        a rejection before that counts down on the fake clock.
+        """
         fake_peers.strict = False
         fake_peers.endpoint("inventory").refuse()
         session = ResilientSession(_host_config())
@@ -87,7 +90,10 @@ class TestEachTestHasItsOwnStateDir:
         assert TEST_STATE_DIR_ENV not in os.environ and os.environ[STATE_DIR_ENV]
 
     def test_state_does_not_leak_between_tests_of_a_user_run(self, pytester: pytest.Pytester) -> None:
-        """In a user's run, a breaker one test opens under a named state_dir is closed in the next, and the named dir stays empty."""
+        """
+        In a user's run, a breaker one test opens under a named state_dir is
+        closed in the next, and the named directory stays empty.
+        """
         live = pytester.path / "live-state"
         pytester.makepyfile(test_inner=f"""
             import resilient_client as rc
