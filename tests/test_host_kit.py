@@ -23,7 +23,7 @@ from resilient_client.testing import FakeClock, FakePeers
 
 pytest_plugins = ["pytester"]
 
-URL = "https://inventory.internal/items/1"
+URL = "https://catalog.internal/items/1"
 TEST_STATE_DIR_ENV = "RESILIENT_CLIENT_TEST_STATE_DIR"
 # The inner run loads only the kit (other plugins cost seconds to import).
 OTHER_PLUGINS = [arg for ep in entry_points(group="pytest11") if ep.name != "resilient_client.testing"
@@ -34,7 +34,7 @@ def _host_config(**top: Any) -> dict[str, Any]:
     return {
         **top,
         "defaults": {"state": "host", "retry": None},
-        "endpoints": [{"name": "inventory", "match": "https://inventory.internal/",
+        "endpoints": [{"name": "catalog", "match": "https://catalog.internal/",
                        "breaker": {"failure_threshold": 1, "reset_timeout": 20.0}}],
     }
 
@@ -48,17 +48,17 @@ class TestFakeClockMovesHostState:
         a rejection before that counts down on the fake clock.
         """
         fake_peers.strict = False
-        fake_peers.endpoint("inventory").refuse()
+        fake_peers.endpoint("catalog").refuse()
         session = ResilientSession(_host_config())
         with pytest.raises(Exception):  # noqa: B017 - the refused call, whatever it raises
             session.get(URL)
-        assert session.circuit("inventory").state == "open"
+        assert session.circuit("catalog").state == "open"
         fake_clock.advance(5)
         with pytest.raises(CircuitOpenError) as rejected:
             session.get(URL)
         assert rejected.value.retry_in == pytest.approx(15.0, abs=0.01)
         fake_clock.advance(16)
-        assert session.circuit("inventory").state == "half-open"
+        assert session.circuit("catalog").state == "half-open"
 
     def test_the_host_budget_window_slides_on_the_fake_clock(self, tmp_path: Path) -> None:
         """Retries refused for a spent budget are allowed again once the fake clock passes the window."""
@@ -76,17 +76,17 @@ class TestEachTestHasItsOwnStateDir:
         """A breaker opened in a test never reaches the state_dir the config names (live services')."""
         live = tmp_path / "live"
         session = ResilientSession(_host_config(state_dir=str(live)))
-        session.circuit("inventory").open()
+        session.circuit("catalog").open()
         assert not live.exists()
         here = os.environ[TEST_STATE_DIR_ENV]
-        assert os.path.exists(path_for(here, "inventory"))
+        assert os.path.exists(path_for(here, "catalog"))
 
     @pytest.mark.config_state_dir
     def test_the_config_state_dir_marker_opts_in(self, tmp_path: Path) -> None:
         """Marked, a test uses the state_dir its config names."""
         live = tmp_path / "live"
-        ResilientSession(_host_config(state_dir=str(live))).circuit("inventory").open()
-        assert os.path.exists(path_for(str(live), "inventory"))
+        ResilientSession(_host_config(state_dir=str(live))).circuit("catalog").open()
+        assert os.path.exists(path_for(str(live), "catalog"))
         assert TEST_STATE_DIR_ENV not in os.environ and os.environ[STATE_DIR_ENV]
 
     def test_state_does_not_leak_between_tests_of_a_user_run(self, pytester: pytest.Pytester) -> None:
@@ -98,13 +98,13 @@ class TestEachTestHasItsOwnStateDir:
         pytester.makepyfile(test_inner=f"""
             import resilient_client as rc
             CONFIG = {{"state_dir": {str(live)!r}, "defaults": {{"state": "host"}},
-                       "endpoints": [{{"name": "inventory", "match": "https://inventory.internal/"}}]}}
+                       "endpoints": [{{"name": "catalog", "match": "https://catalog.internal/"}}]}}
 
             def test_opens():
-                rc.ResilientSession(CONFIG).circuit("inventory").open()
+                rc.ResilientSession(CONFIG).circuit("catalog").open()
 
             def test_finds_it_closed():
-                assert rc.ResilientSession(CONFIG).circuit("inventory").state == "closed"
+                assert rc.ResilientSession(CONFIG).circuit("catalog").state == "closed"
         """)
         result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *OTHER_PLUGINS)
         result.assert_outcomes(passed=2)
