@@ -33,6 +33,7 @@ exactly the next ``send`` it makes as a hop of the running attempt; any other
 from __future__ import annotations
 
 import copy
+import os
 import random
 import threading
 import uuid
@@ -1149,3 +1150,28 @@ class ResilientSession(requests.Session):
 
 # -- the registry behind the test seam ----------------------------------------
 
+
+
+def _forget_inherited_connections() -> None:
+    """
+    In the child of an ``os.fork()``: close this process's copy of every
+    pooled connection of every live session's `HTTPAdapter`.
+
+    A session used before the fork (gunicorn ``--preload`` with a warm-up
+    call, a multiprocessing pool) hands its keep-alive sockets to every
+    child; two processes writing requests on one socket read each other's
+    answers. requests leaves this to the user ("do not share a session
+    across fork"); a drop-in that keeps callers safe should not. Closing
+    here closes the child's descriptors only (no shutdown, no TLS
+    close_notify), so the parent's connections stay usable; the adapters
+    open new pools on demand. Adapters that are not `HTTPAdapter`s are left
+    alone: their ``close()`` may do anything.
+    """
+    for session in LIVE_SESSIONS.after_fork():
+        for adapter in session.adapters.values():
+            if isinstance(adapter, requests.adapters.HTTPAdapter):
+                adapter.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_connections)
