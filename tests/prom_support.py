@@ -66,10 +66,10 @@ def prometheus(targets: list[str], scrape: float = 0.5) -> Iterator[str]:
         try:
             deadline = time.monotonic() + 15.0
             while True:
-                with contextlib.suppress(OSError):
-                    with urllib.request.urlopen(base + "/-/ready", timeout=1.0) as r:
-                        if r.status == 200:
-                            break
+                with contextlib.suppress(OSError), \
+                        urllib.request.urlopen(base + "/-/ready", timeout=1.0) as r:
+                    if r.status == 200:
+                        break
                 if proc.poll() is not None or time.monotonic() > deadline:
                     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                     raise RuntimeError(f"prometheus did not become ready: {err[-2000:]}")
@@ -237,7 +237,8 @@ def selectors(expr: str) -> tuple[list[tuple[str, set[str]]], set[str]]:
             if nxt == "{":
                 j = i + 2
                 while j < len(tokens) and tokens[j] != "}":
-                    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tokens[j]) and tokens[j + 1] in ("=", "=~", "!=", "!~"):
+                    is_name = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tokens[j])
+                    if is_name and tokens[j + 1] in ("=", "=~", "!=", "!~"):
                         labels.add(tokens[j])
                     j += 1
                 i = j

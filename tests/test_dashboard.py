@@ -64,7 +64,8 @@ TARGETS = dashboard_targets()
 
 
 def _build_module() -> Any:
-    spec = importlib.util.spec_from_file_location("grafana_build", ROOT / "dashboards" / "grafana" / "build.py")
+    path = ROOT / "dashboards" / "grafana" / "build.py"
+    spec = importlib.util.spec_from_file_location("grafana_build", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
@@ -138,7 +139,8 @@ class TestPromtool:
     def test_every_query_parses(self, tmp_path):
         """promtool checks every query as a recording rule, Grafana's variables filled in."""
         rules = {"groups": [{"name": "dashboard", "rules": [
-            {"record": f"dashboard:query_{i}", "expr": concrete(expr)} for i, (_, expr, _) in enumerate(TARGETS)
+            {"record": f"dashboard:query_{i}", "expr": concrete(expr)}
+            for i, (_, expr, _) in enumerate(TARGETS)
         ]}]}
         path = tmp_path / "rules.yml"
         path.write_text(yaml.safe_dump(rules), encoding="utf-8")
