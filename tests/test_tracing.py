@@ -116,6 +116,7 @@ class TestSpans:
         session = traced(provider, {"defaults": {"retry": None, "timeout": {"read": 0.1}}})
         with pytest.raises(requests.Timeout):
             session.get(peer.url("/slow"))
+        assert not trace.get_current_span().get_span_context().is_valid  # nothing left attached
         call, [attempt] = by_kind(exporter)
         assert attempt.attributes["error.type"] == "read_timeout"
         assert "http.response.status_code" not in attempt.attributes
