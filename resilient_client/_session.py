@@ -66,6 +66,7 @@ from ._events import (
     FallbackServed,
     GaveUp,
     RetryScheduled,
+    Tracing,
     load_listeners,
 )
 from ._fallback import make_response
@@ -369,11 +370,17 @@ class ResilientSession(requests.Session):
                 except CircuitOpenError as exc:
                     tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
-                    self._emit(BreakerRejected(route.name, method.upper(), shown,
-                                               exc._retry_at, exc.retry_in))
-                    if self._bus.wants_hot():
-                        self._emit(CallFinished(route.name, method.upper(), shown, 0,
-                                                "circuit_open", None, 0.0, False))
+                    tracing = self._bus.tracing
+                    token = tracing.enter_call(route.name, method.upper(), shown) if tracing else None
+                    try:
+                        self._emit(BreakerRejected(route.name, method.upper(), shown,
+                                                   exc._retry_at, exc.retry_in))
+                        if self._bus.wants_hot():
+                            self._emit(CallFinished(route.name, method.upper(), shown, 0,
+                                                    "circuit_open", None, 0.0, False))
+                    finally:
+                        if tracing is not None:
+                            tracing.exit_call(token)
                     raise
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
@@ -626,6 +633,17 @@ class ResilientSession(requests.Session):
             local.call = enclosing
 
     def _send_and_report(self, call: Call, hot: bool, started: float) -> requests.Response:
+        tracing = self._bus.tracing
+        if tracing is None:
+            return self._report(call, hot, started)
+        # A tracing listener holds the call's span open (and current) around it.
+        token = tracing.enter_call(call.route.name, call.request.method or "", self._url(call.request))
+        try:
+            return self._report(call, hot, started)
+        finally:
+            tracing.exit_call(token)
+
+    def _report(self, call: Call, hot: bool, started: float) -> requests.Response:
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
@@ -807,6 +825,17 @@ class ResilientSession(requests.Session):
         if guard is not None:
             guard.started = started
             call.hook_guard = guard
+        tracing = self._bus.tracing
+        traced = None
+        if tracing is not None:
+            # The attempt's span: its trace context goes out in this attempt's headers.
+            headers = None
+            if tracing.injects:
+                if request is call.request:
+                    request = request.copy()
+                headers = request.headers
+            traced = tracing.enter_attempt(route.name, request.method or "", self._url(request),
+                                           call.attempt, headers)
         a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
         local = self._local
@@ -828,6 +857,8 @@ class ResilientSession(requests.Session):
                 outcome = call.outcome = classify_error(
                     exc, reached_peer=call.reached_peer,
                     deadline_passed=deadline is not None and deadline.expired())
+            if traced is not None:
+                cast("Tracing", tracing).exit_attempt(traced, None, outcome.kind, type(exc).__name__)
             # The attempt's event first, then what the breaker made of it.
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
@@ -857,6 +888,8 @@ class ResilientSession(requests.Session):
         duration = self.clock.monotonic() - started
         outcome = call.outcome = of_status(resp.status_code, route.policy.failure_status)
         call.error = None
+        if traced is not None:
+            cast("Tracing", tracing).exit_attempt(traced, resp.status_code, outcome.kind, None)
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, outcome.kind, resp.status_code, duration))
