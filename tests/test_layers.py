@@ -92,6 +92,7 @@ PUBLIC_NAMES = {
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
     "BulkheadRejected", "DeadlinePassed", "CallFinished", "prometheus_listener", "otel_listener",
+    "otel_trace_listener",
     # health
     "Health", "EndpointHealth", "health_app",
 }
