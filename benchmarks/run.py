@@ -4,7 +4,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import pool host tracing
+                                              #   orphaned import pool host tracing async
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -27,6 +27,7 @@ from dataclasses import asdict
 
 import _util
 import bench_amplification
+import bench_async
 import bench_breaker
 import bench_cascade
 import bench_drip
@@ -54,6 +55,7 @@ BENCHES = {
     "orphaned": orphaned_work.run,
     "import": bench_import.run,
     "host": bench_host_state.run,
+    "async": bench_async.run,
     "tracing": bench_tracing.run,
 }
 

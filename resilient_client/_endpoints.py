@@ -44,7 +44,7 @@ _ROUTE_CACHE_SIZE = 4096
 MAX_ORIGIN_STATES = 256
 
 _StateChanged = Callable[[CircuitBreaker, BreakerState, BreakerState], None]
-_BuildRetrying = Callable[[Policy], "tenacity.Retrying | None"]
+_BuildRetrying = Callable[[Policy], "tenacity.BaseRetrying | None"]
 
 
 class EndpointState:
@@ -125,7 +125,7 @@ class Route:
         self,
         resolution: Resolution,
         state: EndpointState,
-        retrying: tenacity.Retrying | None,
+        retrying: tenacity.BaseRetrying | None,
     ) -> None:
         self.resolution = resolution
         self.policy = resolution.policy
@@ -171,7 +171,7 @@ class Endpoints:
         self._states: dict[str, EndpointState] = {}
         # Unmatched origins (bounded: MAX_ORIGIN_STATES).
         self._origins: OrderedDict[str, EndpointState] = OrderedDict()
-        self._retryings: dict[int, tenacity.Retrying | None] = {}
+        self._retryings: dict[int, tenacity.BaseRetrying | None] = {}
         self._next_scan = 0
         #: Calls made, for recency (racy on purpose, see the module docstring).
         self.calls = 0

@@ -708,7 +708,7 @@ class ResilientSession(requests.Session):
             retrying, call.stop_reason = None, "caller_retrying"
         try:
             resp = (self._attempt(call) if retrying is None
-                    else self._attempt_then_retrying(call, retrying))
+                    else self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying)))
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))

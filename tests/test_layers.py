@@ -87,6 +87,7 @@ PUBLIC_NAMES = {
     "CircuitBreaker", "BreakerState", "BreakerStats", "Resolution", "Clock",
     # deadlines across services
     "Deadline", "deadline", "current_deadline", "DeadlineMiddleware", "ASGIDeadlineMiddleware",
+    "AsyncResilientClient",
     # events and listeners
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
