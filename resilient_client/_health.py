@@ -148,8 +148,7 @@ class EndpointHealth:
         budget_requests: first tries in the retry budget's window (None: no budget).
         budget_retries: retries spent in that window (None: no budget).
         concurrency_limit: the adaptive concurrency limit (None: ``concurrency`` off).
-        throttle_reject_rate: the probability that the throttle refuses a
-            new call now (None: ``throttle`` off).
+        throttle_reject_rate: the throttle's refusal probability now (None: ``throttle`` off).
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.4.0 ``concurrency_limit``, ``throttle_reject_rate``.
@@ -192,10 +191,8 @@ class EndpointHealth:
                 "requests": self.budget_requests,
                 "retries": self.budget_retries,
             },
-            "overload": None if self.concurrency_limit is None and self.throttle_reject_rate is None else {
-                "concurrency_limit": self.concurrency_limit,
-                "throttle_reject_rate": self.throttle_reject_rate,
-            },
+            "overload": None if self.concurrency_limit is None and self.throttle_reject_rate is None else
+            {"concurrency_limit": self.concurrency_limit, "throttle_reject_rate": self.throttle_reject_rate},
             "recent": {
                 "attempts": self.attempts,
                 "failures": self.failures,
