@@ -7,7 +7,11 @@ queue builds in front of it (behind HAProxy, in its ``maxconn`` queue).
 ``aimd`` (AIMDLimit): +1 when a call succeeds while the limit is in use
 (at least half of it in flight), times ``backoff`` on a drop: a failure, a
 timeout, a 429, or a call slower than ``latency_factor`` times the fastest
-latency seen recently (a queued call is slow before it fails).
+latency seen recently (a queued call is slow before it fails). As TCP does,
+it backs off at most once per window of calls: the calls in flight when it
+backed off all saw the same queue, and their drops are one signal, not one
+each (without this, a burst of slow answers cut the limit below what the
+peer could serve: measured in benchmarks/bench_overload.py).
 
 ``gradient`` (a simplified Gradient2Limit): the limit follows
 ``limit * clamp(long_rtt / short_rtt, 0.5, 1) + sqrt(limit)``, smoothed,
@@ -45,8 +49,8 @@ class AdaptiveLimit:
     .. versionadded:: 0.4.0
     """
 
-    __slots__ = ("_count", "_in_flight", "_limit", "_lock", "_long", "_min_prev", "_min_rtt",
-                 "_short", "ceiling", "policy", "rejected")
+    __slots__ = ("_cooldown", "_count", "_in_flight", "_limit", "_lock", "_long", "_min_prev",
+                 "_min_rtt", "_short", "ceiling", "policy", "rejected")
 
     def __init__(self, policy: ConcurrencyPolicy, ceiling: int | None) -> None:
         self.policy = policy
@@ -59,6 +63,8 @@ class AdaptiveLimit:
         self._count = 0
         self._short = 0.0
         self._long = 0.0
+        #: Calls to complete before the next back-off (once per window).
+        self._cooldown = 0
         #: Calls refused because the limit was reached.
         self.rejected = 0
 
@@ -95,8 +101,13 @@ class AdaptiveLimit:
                 dropped = self._sample(rtt)
             p = self.policy
             limit = self._limit
+            if self._cooldown > 0:
+                self._cooldown -= 1
             if dropped:
+                if self._cooldown > 0:
+                    return  # the same congestion as the last back-off
                 limit = limit * p.backoff
+                self._cooldown = in_flight
             elif p.algorithm == "gradient":
                 if self._short > 0.0 and in_flight * 2 >= limit:
                     gradient = max(0.5, min(1.0, self._long / self._short))

@@ -401,7 +401,44 @@ class ResilientSession(requests.Session):
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
+            overload = route.state.overload
+            if overload is not None and route.policy.fallback is None:
+                return self._request_admitted(route, overload, method, url, args, kwargs)
         return self._request_prepared(method, url, args, kwargs)
+
+    def _request_admitted(
+        self, route: Route, overload: Overload, method: str, url: str, args: Any, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """
+        Overload control's refusals before requests prepares anything, as for
+        an open breaker: shedding must cost far less than the call it sheds.
+        An admitted call holds its place under the adaptive limit; the send
+        it makes finds it admitted (`_overload_refusal`).
+        """
+        why = overload.admit()
+        if why is not None:
+            shown = redact_url(url, self.config.secrets)
+            name, verb = route.name, method.upper()
+            err: Throttled | BulkheadFull
+            if why == LIMIT:
+                err = BulkheadFull(name, cast(Any, overload.limit).limit)
+                self._emit(CallThrottled(name, verb, shown, why, 0.0))
+            else:
+                err = self._throttled(name, verb, shown, overload, why, None)
+            tell_attempts(err, 0)
+            if self._bus.wants_hot():
+                kind = "bulkhead_full" if why == LIMIT else "throttled"
+                self._emit(CallFinished(name, verb, shown, 0, kind, None, 0.0, False))
+            raise err
+        local = self._local
+        local.admitted = overload
+        try:
+            return self._request_prepared(method, url, args, kwargs)
+        finally:
+            if local.admitted is not None:
+                # requests failed before sending it (a bad URL, a hook): give the place back.
+                local.admitted = None
+                overload.finish(None, None)
 
     def _request_prepared(
         self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any
@@ -718,6 +755,10 @@ class ResilientSession(requests.Session):
 
     def _overload_refusal(self, call: Call, overload: Overload) -> Throttled | BulkheadFull | None:
         """Ask the endpoint's overload control (`_overload`); the error refusing the call, if it does."""
+        local = self._local
+        if getattr(local, "admitted", None) is overload:
+            local.admitted = None  # this call's only: not a nested call's
+            return None
         why = overload.admit()
         if why is None:
             return None
@@ -728,10 +769,15 @@ class ResilientSession(requests.Session):
             limit = cast(Any, overload.limit).limit
             self._emit(CallThrottled(route.name, method, url, why, 0.0))
             return BulkheadFull(route.name, limit, request=request)
+        return self._throttled(route.name, method, url, overload, why, request)
+
+    def _throttled(self, name: str, method: str, url: str, overload: Overload, why: str,
+                   request: requests.PreparedRequest | None) -> Throttled:
+        """The error (and event) of a call the hold or the throttle refused."""
         retry_in = overload.hold_for() if why == HOLD else None
         rate = overload.throttle.rate() if why != HOLD and overload.throttle is not None else 0.0
-        self._emit(CallThrottled(route.name, method, url, why, rate, retry_in))
-        return Throttled(route.name, why, retry_in, request=request)
+        self._emit(CallThrottled(name, method, url, why, rate, retry_in))
+        return Throttled(name, why, retry_in, request=request)
 
     def _overload_finished(self, call: Call, overload: Overload, admitted: float) -> None:
         """Tell overload control how the call it admitted went (per call, at its end)."""

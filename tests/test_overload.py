@@ -166,6 +166,17 @@ class TestAdaptiveLimit:
             limit.release(dropped=True, rtt=None)
         assert limit.limit == 2  # never below min
 
+    def test_aimd_backs_off_once_per_window_of_calls(self) -> None:
+        """Ten calls in flight that all saw one queue are one signal, not ten back-offs."""
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, backoff=0.5), ceiling=50)
+        for _ in range(10):
+            assert limit.try_acquire()
+        for _ in range(10):
+            limit.release(dropped=True, rtt=None)
+        assert limit.limit == 5
+        limit.release(dropped=True, rtt=None)  # a later call: the next window
+        assert limit.limit == 2
+
     def test_aimd_does_not_grow_when_the_limit_is_not_in_use(self) -> None:
         limit = AdaptiveLimit(ConcurrencyPolicy(initial=10), ceiling=50)
         for _ in range(100):
