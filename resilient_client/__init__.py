@@ -63,6 +63,7 @@ if _typing.TYPE_CHECKING:
     from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
     from ._metrics import otel_listener, prometheus_listener
+    from ._overload import OverloadStatus
     from ._policy import (
         BackoffPolicy,
         BreakerMode,
@@ -139,6 +140,7 @@ __all__ = [
     "Health",
     "Jitter",
     "Listener",
+    "OverloadStatus",
     "Policy",
     "PoolPolicy",
     "PropagationPolicy",
@@ -178,6 +180,7 @@ _LAZY: dict[str, str] = {
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
+    "OverloadStatus": "_overload",
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
         "CallableFallback", "ConcurrencyPolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy",

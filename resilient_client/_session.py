@@ -431,14 +431,17 @@ class ResilientSession(requests.Session):
                 self._emit(CallFinished(name, verb, shown, 0, kind, None, 0.0, False))
             raise err
         local = self._local
+        # A call made while requests prepares this one (an auth hook fetching
+        # a token) has its own admission: this one's waits for it, restored after.
+        outer = getattr(local, "admitted", None)
         local.admitted = overload
         try:
             return self._request_prepared(method, url, args, kwargs)
         finally:
-            if local.admitted is not None:
+            if local.admitted is overload:
                 # requests failed before sending it (a bad URL, a hook): give the place back.
-                local.admitted = None
                 overload.finish(None, None)
+            local.admitted = outer
 
     def _request_prepared(
         self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any

@@ -490,3 +490,53 @@ def test_delay_peer_keeps_the_limit_when_latency_is_steady() -> None:
         for _ in range(20):
             assert s.get(peer.url("/")).status_code == 200
         assert s.overload(peer.url("/")).limit >= 1
+
+
+def test_status_shows_the_limit_and_the_refusal_rate_of_a_running_service(tmp_path: Any) -> None:
+    """`resilient-client status --from URL/health` reads a live session's overload control."""
+    import contextlib
+    import io
+    import wsgiref.simple_server
+
+    from resilient_client import health_app
+    from resilient_client.tools._cli import main
+
+    config = {"defaults": {"retry": None, "breaker": None, "concurrency": {"initial": 7},
+                           "throttle": {"min_requests": 0}}}
+    with Peer().on("*", answer(200)) as peer, session(config) as s:
+        s.get(peer.url("/"))
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, health_app(s))
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                main(["status", "--from", f"http://127.0.0.1:{server.server_port}/health"])
+        finally:
+            server.shutdown()
+            thread.join(5)
+            server.server_close()
+    assert "overload" in out.getvalue() and "limit 7, refusing 0%" in out.getvalue()
+
+
+def test_a_call_that_never_reaches_send_gives_its_place_back() -> None:
+    """requests failing while preparing an admitted call leaks no place under the limit."""
+    config = {"defaults": {"retry": None, "concurrency": {"initial": 1}}}
+    with session(config) as s:
+        for _ in range(3):
+            with pytest.raises(requests.exceptions.InvalidHeader):
+                s.get("http://127.0.0.1:9/", headers={"X-Bad": "a\nb"})
+        assert s.overload("http://127.0.0.1:9/").in_flight == 0
+
+
+def test_a_call_made_while_another_is_prepared_keeps_both_admissions_apart() -> None:
+    """An auth hook that calls the same endpoint: each call holds and returns its own place."""
+    config = {"defaults": {"retry": None, "concurrency": {"initial": 5}}}
+    with Peer().on("*", answer(200)) as peer, session(config) as s:
+        def auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
+            r.headers["X-Token"] = s.get(peer.url("/token")).text or "t"
+            return r
+
+        assert s.get(peer.url("/data"), auth=auth).status_code == 200
+        assert s.overload(peer.url("/")).in_flight == 0
+        assert peer.hits("/token") == 1 and peer.hits("/data") == 1
