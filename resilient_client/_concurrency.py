@@ -4,8 +4,9 @@ of calls in flight to an endpoint is learned from the calls themselves, so
 that a peer gets as many concurrent calls as it answers promptly, and no
 queue builds in front of it (behind HAProxy, in its ``maxconn`` queue).
 
-``aimd`` (AIMDLimit): +1 when a call succeeds while the limit is in use
-(at least half of it in flight), times ``backoff`` on a drop: a failure, a
+``aimd`` (AIMDLimit, paced as TCP's congestion window): +1 per window of
+calls that succeed while the limit is in use (at least half of it in
+flight: +1/limit per call), times ``backoff`` on a drop: a failure, a
 timeout, a 429, or a call slower than ``latency_factor`` times the fastest
 latency seen recently (a queued call is slow before it fails). As TCP does,
 it backs off at most once per window of calls: the calls in flight when it
@@ -114,7 +115,7 @@ class AdaptiveLimit:
                     target = limit * gradient + math.sqrt(limit)
                     limit = limit * 0.8 + target * 0.2
             elif in_flight * 2 >= limit:
-                limit += 1.0
+                limit += 1.0 / limit  # +1 per window of calls, as it backs off once per window
             self._limit = min(float(self.ceiling), max(float(p.min), limit))
 
     def _sample(self, rtt: float) -> bool:

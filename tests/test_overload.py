@@ -154,12 +154,16 @@ class TestAdaptiveLimit:
             assert limit.try_acquire()
         assert not limit.try_acquire()
         assert limit.rejected == 1
-        limit.release(dropped=False, rtt=0.01)  # 4 in flight of 4: in use, +1
-        assert limit.limit == 5
-        for _ in range(20):
-            assert limit.try_acquire()
+        for _ in range(5):  # a window of calls with the limit in use: +1
             limit.release(dropped=False, rtt=0.01)
+            limit.try_acquire()
+        assert limit.limit == 5
+        for _ in range(100):
+            limit.release(dropped=False, rtt=0.01)
+            limit.try_acquire()
         assert limit.limit == 8  # the bulkhead's ceiling
+        for _ in range(limit.in_flight):
+            limit.release(dropped=False, rtt=None)
         limit.release(dropped=True, rtt=None)
         assert limit.limit == 4
         for _ in range(5):
