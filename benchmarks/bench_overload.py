@@ -304,13 +304,15 @@ def run(*, workers: int = 4, high: float = 30.0, low: float = 15.0, smoke: bool 
             received = server_sessions(sock) - before
             close()
             # Answers the callers got while the overload lasted, per second.
-            goodput = sum(r.ok for r in results if r.ended <= high) / high / cap
+            answered = sum(r.ok for r in results if r.ended <= high) / high
+            goodput = answered / cap
             lat = [(r.ended - r.scheduled) * 1e3 for r in results]
             shed = [r.shed_cost * 1e6 for r in results if r.shed]
             shed_cpu = [r.shed_cpu * 1e6 for r in results if r.shed]
             failed_after = [r.scheduled for r in results if r.scheduled >= high and not r.ok]
             recover = (max(failed_after) - high) if failed_after else 0.0
-            note = (f"{len(results)} calls, {sum(r.ok for r in results)} ok, {len(shed)} shed; "
+            note = (f"{answered:.1f} answers/s = {answered / nominal:.2f} of the nominal {nominal:g}/s; "
+                    f"{len(results)} calls, {sum(r.ok for r in results)} ok, {len(shed)} shed; "
                     f"peer received {received}; p50 {percentile(lat, 0.5):.0f} ms, "
                     f"p99 {percentile(lat, 0.99):.0f} ms")
             rows += [
