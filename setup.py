@@ -30,8 +30,10 @@ EXTRAS["test"] = [
     *EXTRAS["redis"],
     *EXTRAS["prometheus"],
     *EXTRAS["otel"],
-    # An in-memory meter provider for the OpenTelemetry listener's tests.
+    # An in-memory meter provider and span exporter for the OpenTelemetry listeners' tests.
     "opentelemetry-sdk>=1.20",
+    # tests/test_tracing.py: our spans beside requests' own instrumentation.
+    "opentelemetry-instrumentation-requests>=0.41b0",
     # TOML config files on Python 3.10 (3.11+ has tomllib).
     *EXTRAS["toml"],
     # The benchmarks' smoke test.

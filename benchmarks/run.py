@@ -4,7 +4,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import pool host overload
+                                              #   orphaned import pool host tracing overload
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -35,6 +35,7 @@ import bench_host_state
 import bench_import
 import bench_overload
 import bench_pool
+import bench_tracing
 import observability_overhead
 import orphaned_work
 import retry_overhead
@@ -54,6 +55,7 @@ BENCHES = {
     "orphaned": orphaned_work.run,
     "import": bench_import.run,
     "host": bench_host_state.run,
+    "tracing": bench_tracing.run,
     "overload": bench_overload.run,
 }
 

@@ -91,6 +91,7 @@ if _typing.TYPE_CHECKING:
     )
     from ._routing import Resolution
     from ._session import ResilientSession
+    from ._tracing import otel_trace_listener
 
 if _typing.TYPE_CHECKING:
     # Deprecated here (see _MOVED): still typed for one release, so code that
@@ -162,6 +163,7 @@ __all__ = [
     "fallback_response",
     "health_app",
     "otel_listener",
+    "otel_trace_listener",
     "prometheus_listener",
 ]
 
@@ -181,6 +183,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
     "OverloadStatus": "_overload",
+    "otel_trace_listener": "_tracing",
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
         "CallableFallback", "ConcurrencyPolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy",
