@@ -62,6 +62,15 @@ class HostThrottle(Throttle):
                 return self._shared_requests, self._shared_accepts
         return super().snapshot()
 
+    def rate(self) -> float:
+        # From the totals last read (at most _FLUSH_EVERY old): a refusal
+        # reports its rate without a file operation of its own.
+        if not self._shared:
+            return super().rate()
+        with self._lock:
+            return reject_probability(self._shared_requests + self._pending_requests,
+                                      self._shared_accepts + self._pending_accepts, self.policy)
+
     def admit(self) -> bool:
         if not self._shared:
             return super().admit()
