@@ -81,10 +81,11 @@ class EndpointState:
         state_dir: str | None,
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
-        from ._host_file import HostFile, default_state_dir  # only host state opens files
+        from ._host_dir import effective_state_dir
+        from ._host_file import HostFile  # only host state opens files
         from ._host_state import HostBudget, HostBulkhead, HostStore, check_policy
 
-        file = HostFile(state_dir or default_state_dir(), name)
+        file = HostFile(effective_state_dir(state_dir), name)
         check_policy(file, (policy.breaker, policy.budget, policy.bulkhead))
         self.breaker = None
         if policy.breaker is not None:
@@ -92,7 +93,7 @@ class EndpointState:
             self.breaker = CircuitBreaker(
                 name, dataclasses.replace(policy.breaker, storage=policy.state) if redis else policy.breaker,
                 clock=clock, on_state_change=on_state_change,
-                store=None if redis else HostStore(file),
+                store=None if redis else HostStore(file, clock),
             )
         budget = HostBudget(policy.budget, clock, file) if policy.budget is not None else None
         self.budget = budget
