@@ -5,6 +5,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
                                               #   orphaned import pool host tracing async
+                                              #   overload
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -34,6 +35,7 @@ import bench_drip
 import bench_happy
 import bench_host_state
 import bench_import
+import bench_overload
 import bench_pool
 import bench_tracing
 import observability_overhead
@@ -57,6 +59,7 @@ BENCHES = {
     "host": bench_host_state.run,
     "async": bench_async.run,
     "tracing": bench_tracing.run,
+    "overload": bench_overload.run,
 }
 
 

@@ -35,6 +35,7 @@ from .exceptions import (
     ConfigError,
     DeadlineExceeded,
     ResilienceError,
+    Throttled,
 )
 
 if _typing.TYPE_CHECKING:
@@ -52,6 +53,8 @@ if _typing.TYPE_CHECKING:
         BudgetExhausted,
         BulkheadRejected,
         CallFinished,
+        CallThrottled,
+        ConcurrencyLimitChanged,
         DeadlinePassed,
         Event,
         FallbackServed,
@@ -62,6 +65,7 @@ if _typing.TYPE_CHECKING:
     from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
     from ._metrics import otel_listener, prometheus_listener
+    from ._overload import OverloadStatus
     from ._policy import (
         BackoffPolicy,
         BreakerMode,
@@ -69,13 +73,16 @@ if _typing.TYPE_CHECKING:
         BudgetPolicy,
         BulkheadPolicy,
         CallableFallback,
+        ConcurrencyPolicy,
         Jitter,
         Policy,
         PoolPolicy,
         PropagationPolicy,
+        ProxyErrorsPolicy,
         RetryPolicy,
         StaleFallback,
         StaticFallback,
+        ThrottlePolicy,
         Timeouts,
     )
     from ._propagation import (
@@ -116,10 +123,13 @@ __all__ = [
     "BulkheadPolicy",
     "BulkheadRejected",
     "CallFinished",
+    "CallThrottled",
     "CallableFallback",
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
+    "ConcurrencyLimitChanged",
+    "ConcurrencyPolicy",
     "Config",
     "ConfigError",
     "Deadline",
@@ -134,9 +144,11 @@ __all__ = [
     "Health",
     "Jitter",
     "Listener",
+    "OverloadStatus",
     "Policy",
     "PoolPolicy",
     "PropagationPolicy",
+    "ProxyErrorsPolicy",
     "ResilienceError",
     "ResilientSession",
     "Resolution",
@@ -145,6 +157,8 @@ __all__ = [
     "Secrets",
     "StaleFallback",
     "StaticFallback",
+    "ThrottlePolicy",
+    "Throttled",
     "Timeouts",
     "__version__",
     "current_deadline",
@@ -166,17 +180,19 @@ _LAZY: dict[str, str] = {
     "Deadline": "_clock",
     **dict.fromkeys([
         "OUTCOMES", "AttemptFinished", "BreakerRejected", "BreakerStateChanged",
-        "BudgetExhausted", "BulkheadRejected", "CallFinished", "DeadlinePassed", "Event",
+        "BudgetExhausted", "BulkheadRejected", "CallFinished", "CallThrottled",
+        "ConcurrencyLimitChanged", "DeadlinePassed", "Event",
         "FallbackServed", "GaveUp", "Listener", "RetryScheduled",
     ], "_events"),
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
+    "OverloadStatus": "_overload",
     "otel_trace_listener": "_tracing",
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
-        "CallableFallback", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy", "RetryPolicy",
-        "StaleFallback", "StaticFallback", "Timeouts",
+        "CallableFallback", "ConcurrencyPolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy",
+        "ProxyErrorsPolicy", "RetryPolicy", "StaleFallback", "StaticFallback", "ThrottlePolicy", "Timeouts",
     ], "_policy"),
     **dict.fromkeys(
         ["ASGIDeadlineMiddleware", "DeadlineMiddleware", "current_deadline", "deadline"],

@@ -32,13 +32,16 @@ from ._policy import (
     BudgetPolicy,
     BulkheadPolicy,
     CallableFallback,
+    ConcurrencyPolicy,
     Fallback,
     Policy,
     PoolPolicy,
     PropagationPolicy,
+    ProxyErrorsPolicy,
     RetryPolicy,
     StaleFallback,
     StaticFallback,
+    ThrottlePolicy,
     Timeouts,
     _header_name,
     _methods,
@@ -319,11 +322,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners", "state_dir")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
-                 "critical", "propagation", "pool", "state")
+                 "critical", "propagation", "pool", "state", "throttle", "concurrency", "proxy_errors")
 #: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
 _SECTION_KINDS: dict[str, type] = {
     "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
     "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy, "pool": PoolPolicy,
+    "throttle": ThrottlePolicy, "concurrency": ConcurrencyPolicy, "proxy_errors": ProxyErrorsPolicy,
 }
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
 _SECRETS_KEYS = ("headers", "query")
@@ -332,6 +336,7 @@ _FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "header
 _STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
 _NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "total",
+                       "throttle", "concurrency", "proxy_errors",
                        "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
 
 _S = TypeVar("_S")
@@ -676,7 +681,7 @@ def _shared_state_problems(endpoints: Iterable[tuple[int, Endpoint]]) -> list[tu
         first = seen.setdefault(ep.name, (i, ep.policy))
         if first[0] == i:
             continue
-        for section in ("breaker", "budget", "bulkhead", "state"):
+        for section in ("breaker", "budget", "bulkhead", "state", "throttle", "concurrency"):
             if getattr(first[1], section) != getattr(ep.policy, section):
                 problems.append((
                     f"endpoints[{i}].{section}",
