@@ -996,6 +996,13 @@ class ResilientSession(requests.Session):
                     breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif outcome.failure:
                     breaker.record(success=False, is_trial=is_trial, duration=duration)
+                elif outcome.kind == "deadline" and _slow(route, duration):
+                    # Cut by the deadline, yet already slower than
+                    # slow_call_duration: a slow call whatever cut it (a
+                    # drip-fed body never trips `read`, so this is the only
+                    # way such a peer counts). The machine takes a slow
+                    # success for a failure.
+                    breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
             if outcome.kind == "deadline" and not isinstance(exc, DeadlineExceeded):
@@ -1319,6 +1326,13 @@ class ResilientSession(requests.Session):
 
 # -- the registry behind the test seam ----------------------------------------
 
+
+
+def _slow(route: Route, duration: float) -> bool:
+    """Whether an attempt that lasted *duration* is a slow call for the route's breaker."""
+    policy = route.policy.breaker
+    slow = policy.slow_call_duration if policy is not None else None
+    return slow is not None and duration > slow
 
 
 def _forget_inherited_connections() -> None:
