@@ -92,7 +92,7 @@ class EndpointState:
             )
         budget = HostBudget(policy.budget, clock, file) if policy.budget is not None else None
         self.budget = budget
-        self.bulkhead = (HostBulkhead(name, policy.bulkhead, file, budget)
+        self.bulkhead = (HostBulkhead(name, policy.bulkhead, file)
                          if policy.bulkhead is not None else None)
         self._rest()
 

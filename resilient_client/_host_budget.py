@@ -59,10 +59,6 @@ class HostBudget(RetryBudget):
                 return sum(counts[0]), sum(counts[1])
         return super().snapshot()
 
-    def due(self, now: float) -> bool:
-        """Whether first tries counted here have waited long enough to be written."""
-        return self._pending > 0 and now - self._flushed >= _FLUSH_EVERY
-
     def flush(self, fd: int) -> None:
         """Add the first tries counted here to the file (its lock held by the caller)."""
         with self._lock:

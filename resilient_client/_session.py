@@ -362,7 +362,7 @@ class ResilientSession(requests.Session):
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
-            if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
+            if breaker is not None and route.policy.fallback is None and breaker.looks_open():
                 try:
                     is_trial = breaker.before_call()
                 except CircuitOpenError as exc:
