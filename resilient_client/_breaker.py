@@ -277,6 +277,19 @@ class CircuitBreaker:
 
         self._notify(self._store.apply(step, fresh=False)[3])
 
+    @property
+    def scope(self) -> str:
+        """
+        Where the record that decides lives now: ``process``, ``host``
+        (``state: host``) or ``redis``; ``process`` while a shared store is
+        unusable and this process carries on with its own.
+
+        .. versionadded:: 0.3.0
+        """
+        store = self._store
+        shared: str = getattr(store, "scope", "process")
+        return shared if store.reachable() else "process"
+
     def looks_open(self) -> bool:
         """
         Whether `state` is open, as far as this process last saw: for the

@@ -288,6 +288,7 @@ class RedisStore:
 
     exclusive = False
     local_time = False
+    scope = "redis"
 
     def __init__(
         self, url: str, name: str, reconcile: Callable[[Record, Record, Record, float], Record]

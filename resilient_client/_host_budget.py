@@ -36,6 +36,11 @@ class HostBudget(RetryBudget):
         self._flushed = time.monotonic()
         self._shared = True
 
+    @property
+    def scope(self) -> str:
+        """``host``, or ``process`` once the file is unusable."""
+        return "host" if self._shared else "process"
+
     def record_request(self) -> None:
         if not self._shared:
             super().record_request()

@@ -83,6 +83,11 @@ class HostBulkhead(Bulkhead):
         self._row_pid = 0  # ...by this pid
         self._shared = True
 
+    @property
+    def scope(self) -> str:
+        """``host``, or ``process`` once the file is unusable."""
+        return "host" if self._shared else "process"
+
     def try_acquire(self) -> bool:
         if self._shared:
             try:

@@ -109,6 +109,7 @@ class HostStore:
 
     exclusive = False
     local_time = False
+    scope = "host"
 
     def __init__(self, file: HostFile) -> None:
         self.file = file
