@@ -68,7 +68,8 @@ from ._host_file import (
 )
 
 # HostBudget, HostBulkhead, SLOT_LEASE: re-exported
-__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore", "check_policy"]
+__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore", "check_policy", "policy_checksum",
+           "recorded_policy"]
 
 R = TypeVar("R")
 logger = logging.getLogger("resilient_client")
@@ -76,17 +77,29 @@ _STATES = (CLOSED, OPEN, HALF_OPEN)
 _INDEX = {s: i for i, s in enumerate(_STATES)}
 
 
+def policy_checksum(policies: object) -> int:
+    """What the file records of a process's (breaker, budget, bulkhead) policies: never 0 ("none")."""
+    return zlib.crc32(repr(policies).encode()) or 1
+
+
+def recorded_policy(raw: bytes) -> int:
+    """The checksum recorded in a file's bytes (0: none yet)."""
+    (recorded,) = struct.unpack_from("<I", raw, POLICY_AT)
+    return int(recorded)
+
+
 def check_policy(file: HostFile, policies: object) -> bool:
     """
     Record *policies* (breaker, budget, bulkhead) in the file if it has none,
     else compare: a process whose policy for the name differs from the first
-    one's is reported once. Each process applies its own thresholds to the
-    shared state, so namesakes should agree. Returns whether they do.
+    one's is reported once (``resilient-client check`` reports it too:
+    ``host-policy-mismatch``). Each process applies its own thresholds to
+    the shared state, so namesakes should agree. Returns whether they do.
     """
-    ours = zlib.crc32(repr(policies).encode()) or 1  # 0 means "none recorded"
+    ours = policy_checksum(policies)
     try:
         with file.locked() as fd:
-            (recorded,) = struct.unpack("<I", file.read(fd, POLICY_AT, 4))
+            recorded = recorded_policy(file.read(fd, 0, POLICY_AT + 4))
             if recorded == 0:
                 file.write(fd, POLICY_AT, struct.pack("<I", ours))
     except HostFileError:
