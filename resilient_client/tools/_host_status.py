@@ -18,8 +18,6 @@ from typing import Any
 
 from .._config import Config
 from .._host_dir import default_state_dir, pid_alive
-from .._host_state import policy_checksum, recorded_policy
-from ._findings import Finding
 from .._host_file import (
     BREAKER,
     BREAKER_AT,
@@ -34,6 +32,8 @@ from .._host_file import (
     breaker_fields,
     path_for,
 )
+from .._host_state import policy_checksum, recorded_policy
+from ._findings import Finding
 
 __all__ = ["check_host_policies", "host_state", "reset_endpoint"]
 
