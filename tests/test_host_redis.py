@@ -94,7 +94,9 @@ class TestOneRoundTripPerIntervalPerHost:
         assert on_host <= intervals * 1.25 + WORKERS, (on_host, alone)
         assert alone > 1.5 * on_host, (on_host, alone)  # what the cache saves (CPU-starved workers read less)
 
-    def test_a_breaker_opened_elsewhere_is_seen_through_the_cache(self, redis_url: str, tmp_path: Path) -> None:
+    def test_a_breaker_opened_elsewhere_is_seen_through_the_cache(
+        self, redis_url: str, tmp_path: Path
+    ) -> None:
         """Opened in Redis by another host: the workers of this one refuse within an interval or so."""
         elsewhere = CircuitBreaker("peer", BreakerPolicy(storage=redis_url))
         queue, go = CTX.Queue(), CTX.Event()
