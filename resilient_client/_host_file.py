@@ -20,6 +20,7 @@ leaves the others shared. The layout is 4096 bytes, little-endian::
     248  policy   crc32 of the first user's breaker, budget and bulkhead policies
     256  bulkhead count of lease rows in use u32, then 128 rows from 272:
                   (pid i32, calls held u32, lease expiry f64), one per process
+    3584 redis    the Redis breaker's snapshot for ``state: redis://`` (`_host_redis`)
 
 Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process
 on a host). A file whose magic, version or size is not ours (an older
