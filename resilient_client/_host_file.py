@@ -79,6 +79,7 @@ import zlib
 from collections.abc import Iterator
 from typing import cast
 
+from . import _host_dir
 from ._host_dir import STATE_DIR_ENV, default_state_dir, path_for, pid_alive, warn_once
 
 try:
@@ -170,13 +171,16 @@ class HostFile:
     def _open(self) -> int:
         if fcntl is None:  # pragma: no cover - Windows
             raise HostFileError("this platform has no fcntl (no kernel file locks)")
+        read_only = _host_dir.READ_ONLY  # `resilient-client status`: create nothing
         try:
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            if not read_only:
+                os.makedirs(self._dir, mode=0o700, exist_ok=True)
             st = os.stat(self._dir)
             if st.st_uid != os.getuid() or st.st_mode & 0o022:
                 # Anyone who can write here can forge our breakers.
                 raise HostFileError(f"{self._dir} is not this user's own directory (mode 0700)")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
+            fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise HostFileError(f"cannot open {self.path}: {exc}") from exc
         try:
@@ -330,25 +334,17 @@ class HostFile:
         return raw
 
     def calls_held(self) -> int:
-        """
-        The calls in flight on the host: the sum of the rows, without the
-        flock (each row is written by its process alone, in one ``pwrite``).
-        """
+        """The calls in flight on the host: the rows summed, no flock (each row is one process's)."""
         try:
             raw = self._rows_raw(self.fd())
         except OSError as exc:
             raise HostFileError(f"{self.path}: {exc}") from exc
         n = min(_COUNT.unpack_from(raw, _ROWS_AT)[0], MAX_PROCESSES)
-        counts = _COUNTS.get(n)
-        if counts is None:
-            counts = _COUNTS[n] = struct.Struct("<" + "4xI8x" * n)
+        counts = _COUNTS.get(n) or _COUNTS.setdefault(n, struct.Struct("<" + "4xI8x" * n))
         return sum(counts.unpack_from(raw, _ROW0))
 
     def claim_row(self, pid: int, expiry: float) -> int:
-        """
-        A row for *pid*, under the lock: its own (left by a dead namesake
-        pid), else a free one or one whose pid is gone, else a new one.
-        """
+        """A row for *pid*, under the lock: its own, else a free one or a gone pid's, else a new one."""
         with self.locked() as fd:
             rows = self.read_rows(fd)
             mine = [i for i, r in enumerate(rows) if r[0] == pid]
