@@ -479,9 +479,10 @@ class ConcurrencyPolicy:
     (Netflix concurrency-limits): a ceiling under ``bulkhead.max_concurrent``
     that starts at ``initial`` and never goes below ``min``. ``aimd`` adds
     one when a call succeeds while the limit is in use and multiplies by
-    ``backoff`` on a failure, a timeout, a 429, or a call slower than
-    ``latency_factor`` times the fastest seen recently; ``gradient`` scales
-    the limit by the ratio of that fastest latency to the recent one.
+    ``backoff`` on a failure, a timeout, a 429, or the recent average latency
+    staying above ``latency_factor`` (> 1) times the long-term average;
+    ``gradient`` scales the limit by the ratio of the long-term average
+    latency to the recent one.
 
     .. versionadded:: 0.4.0
     """

@@ -188,13 +188,38 @@ class TestAdaptiveLimit:
             limit.release(dropped=False, rtt=0.01)
         assert limit.limit == 10
 
-    def test_aimd_treats_a_queued_latency_as_a_drop(self) -> None:
-        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0, backoff=0.5), ceiling=50)
-        limit.try_acquire()
-        limit.release(dropped=False, rtt=0.05)
-        limit.try_acquire()
-        limit.release(dropped=False, rtt=0.5)  # 10x the fastest: the peer is queueing
-        assert limit.limit == 5
+    @staticmethod
+    def calls(limit: AdaptiveLimit, rtts: list[float]) -> list[int]:
+        """Each rtt one call made with the limit in use; the limit after each."""
+        seen = []
+        for rtt in rtts:
+            while limit.in_flight < limit.limit and limit.try_acquire():
+                pass
+            limit.release(dropped=False, rtt=rtt)
+            seen.append(limit.limit)
+        return seen
+
+    def test_aimd_treats_a_sustained_latency_rise_as_a_drop(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0, backoff=0.5), ceiling=10)
+        assert self.calls(limit, [0.05] * 50)[-1] == 10
+        after = self.calls(limit, [0.5] * 30)  # 10x the usual, call after call: the peer is queueing
+        assert after[:9] == [10] * 9  # not on the first slow calls: sustained
+        assert min(after) <= 5
+
+    def test_aimd_keeps_its_limit_on_a_healthy_peer_with_mixed_latencies(self) -> None:
+        """A 1 ms lookup beside a 30 ms report is not a queue (review of issue 14: limit 1)."""
+        import random
+
+        rng = random.Random(7)
+        for mix in (0.5, 0.2, 0.05):
+            limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0), ceiling=10)
+            rtts = [0.03 if rng.random() < mix else 0.001 for _ in range(2000)]
+            assert min(self.calls(limit, rtts)) == 10, mix
+
+    def test_aimd_a_rare_slow_call_is_not_a_drop(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0), ceiling=10)
+        rtts = ([0.001] * 99 + [0.5]) * 10  # one call in a hundred 500x slower
+        assert min(self.calls(limit, rtts)) == 10
 
     def test_gradient_shrinks_when_latency_rises(self) -> None:
         limit = AdaptiveLimit(ConcurrencyPolicy(algorithm="gradient", initial=20), ceiling=100)
@@ -494,6 +519,26 @@ def test_delay_peer_keeps_the_limit_when_latency_is_steady() -> None:
         for _ in range(20):
             assert s.get(peer.url("/")).status_code == 200
         assert s.overload(peer.url("/")).limit >= 1
+
+
+def test_a_healthy_peer_with_mixed_latencies_is_never_shed() -> None:
+    """/fast (at once) and /slow (20 ms) on one endpoint, 8 threads: no call refused, limit kept."""
+    config = {"defaults": {"retry": None, "breaker": None, "budget": None, "concurrency": {}}}
+    refused: list[BaseException] = []
+    with Peer().on("/fast", answer(200)).on("/slow", delay(0.02)) as peer, session(config) as s:
+        def worker(n: int) -> None:
+            for i in range(24):
+                try:
+                    s.get(peer.url("/slow" if (i + n) % 2 else "/fast"))
+                except BulkheadFull as exc:
+                    refused.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not refused and s.overload(peer.url("/")).limit >= 10
 
 
 def test_status_shows_the_limit_and_the_refusal_rate_of_a_running_service(tmp_path: Any) -> None:
