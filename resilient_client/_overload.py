@@ -9,7 +9,12 @@ completes. An endpoint without ``throttle`` or ``concurrency`` has no
 Which completed calls are accepts (the throttle) and drops (the limit) is
 decided here from the call's last `AttemptOutcome`: an accept is an answer
 the peer produced that is not a failure, not a 429 and not a proxy error; a
-drop is a failure, a timeout or a 429. Transport-free.
+drop is a failure, a timeout or a 429. A call that made an attempt and then
+ran out of its deadline is a request without an accept: the throttle asks
+whether the peer accepts work in time (the SRE book's accepts), and a call
+cut while it waited in the peer's (or its proxy's) queue was not accepted in
+time. The breaker, which judges the peer's health, does not count such a
+cut (a caller in a hurry is not a failing peer). Transport-free.
 """
 
 from __future__ import annotations
@@ -109,8 +114,9 @@ class Overload:
         """
         throttle, limit = self.throttle, self.limit
         counted = outcome is not None and not outcome.refused
-        if throttle is not None and counted:
-            assert outcome is not None
+        if throttle is not None and outcome is not None and (counted or outcome.kind == "deadline"):
+            # A call the deadline ended after it was sent is a request the peer
+            # did not accept in time: not an accept (see the module docstring).
             throttle.record(outcome.reached_peer and outcome.status is not None and not outcome.failure
                             and outcome.status != 429 and not outcome.proxy)
         if limit is not None:

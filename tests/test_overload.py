@@ -259,6 +259,14 @@ class TestOverloadCounting:
             o.finish(outcome, 0.01)
         assert (o.status().requests, o.status().in_flight) == (0, 0)
 
+    def test_a_call_the_deadline_ended_is_a_request_without_an_accept(self) -> None:
+        """Cut by the deadline after it was sent (HAProxy's queue longer than the deadline)."""
+        o, _ = self.make()
+        for reached in (True, False):  # cut in flight, or between its attempts
+            assert o.admit() is None
+            o.finish(AttemptOutcome("deadline", None, reached, False), 0.01)
+        assert (o.status().requests, o.status().accepts, o.status().in_flight) == (2, 0, 0)
+
     def test_a_retry_after_holds_the_endpoint(self) -> None:
         o, clock = self.make()
         o.hold(2.0)
@@ -519,6 +527,24 @@ def test_delay_peer_keeps_the_limit_when_latency_is_steady() -> None:
         for _ in range(20):
             assert s.get(peer.url("/")).status_code == 200
         assert s.overload(peer.url("/")).limit >= 1
+
+
+def test_calls_the_deadline_ends_make_the_throttle_refuse() -> None:
+    """A peer slower than the callers' deadline accepts nothing in time: the throttle sees it."""
+    config = {"defaults": {"retry": None, "breaker": None, "timeout": {"total": 0.03},
+                           "throttle": {"min_requests": 0}}}
+    with Peer().on("*", delay(0.3)) as peer, session(config) as s:
+        cut = 0
+        for _ in range(4):
+            try:
+                s.get(peer.url("/"))
+            except resilient_client.DeadlineExceeded:
+                cut += 1
+            except Throttled:  # what the fix is for: the throttle saw the cuts
+                pass
+        status = s.overload(peer.url("/"))
+        assert cut >= 1 and status.accepts == 0 and status.requests == 4
+        assert status.reject_rate is not None and status.reject_rate > 0.5
 
 
 def test_a_healthy_peer_with_mixed_latencies_is_never_shed() -> None:
