@@ -101,6 +101,11 @@ class AdaptiveLimit:
             self._in_flight += 1
             return True
 
+    def enter(self) -> None:
+        """A call in flight that was not asked first (a redirect hop into this endpoint)."""
+        with self._lock:
+            self._in_flight += 1
+
     def release(self, *, dropped: bool, rtt: float | None) -> None:
         """
         Give the place back and learn from the call: *dropped* (a failure, a

@@ -95,6 +95,11 @@ class Overload:
             return LIMIT
         return None
 
+    def enter(self) -> None:
+        """A redirect hop into this endpoint: in flight without being admitted (ended by `finish`)."""
+        if self.limit is not None:
+            self.limit.enter()
+
     def hold_for(self) -> float:
         """Seconds left of the Retry-After hold (0 when none)."""
         return max(0.0, self.hold_until - self._clock.monotonic())

@@ -111,6 +111,8 @@ _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
+#: What the source endpoint of a redirect into another one answered.
+_REDIRECTED = AttemptOutcome("ok", 307, True, False)
 
 
 class ResilientSession(requests.Session):
@@ -579,7 +581,7 @@ class ResilientSession(requests.Session):
         hop: Call | None = getattr(self._local, "hop", None)
         if hop is not None:
             self._local.hop = None
-            return self._send_hop(request, kwargs, hop)
+            return self._send_hop_charged(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
         changes = kwargs.pop("policy", None)
         if changes is None:
@@ -591,6 +593,45 @@ class ResilientSession(requests.Session):
         endpoints.calls += 1
         route.state.used = endpoints.calls
         return self._send_with_fallback(request, kwargs, route)
+
+    def _send_hop_charged(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any], call: Call
+    ) -> requests.Response:
+        """
+        A hop into another endpoint with overload control: its answer is that
+        endpoint's (its Retry-After hold, throttle counts and limit signal),
+        not the source's, which answered with a redirect.
+        """
+        target = self._route_for(request.method or "GET", request.url or "")
+        overload = target.state.overload
+        if overload is None or target.state is call.route.state:
+            return self._send_hop(request, kwargs, call)
+        if overload.hold_for() > 0:
+            # As for an open breaker: the first hop reached a peer, so not Throttled.
+            raise requests.ConnectionError(
+                f"not following the redirect into endpoint {target.name!r}: it asked for "
+                f"{overload.hold_for():.1f} s of quiet (Retry-After)", request=request)
+        overload.enter()
+        started = self.clock.monotonic()
+        outcome: AttemptOutcome | None = None
+        try:
+            resp = self._send_hop(request, kwargs, call)
+        except BaseException as exc:
+            if call.hook_error is not exc:
+                deadline = call.deadline
+                outcome = classify_error(exc, reached_peer=True,
+                                         deadline_passed=deadline is not None and deadline.expired())
+            raise
+        else:
+            outcome = of_status(resp.status_code, target.policy.failure_status)
+            proxy = target.policy.proxy_errors
+            if proxy is not None and resp.status_code in (502, 503, 504) and proxy.header in resp.headers:
+                outcome = of_proxy_status(resp.status_code)
+            if resp.status_code in (429, 503) and not outcome.proxy:
+                self._overload_signal(target, resp, overload)
+            return resp
+        finally:
+            overload.finish(outcome, self.clock.monotonic() - started)
 
     def _send_hop(
         self, request: requests.PreparedRequest, kwargs: dict[str, Any], call: Call
@@ -813,7 +854,12 @@ class ResilientSession(requests.Session):
         limit = overload.limit
         before = limit.limit if limit is not None else 0
         outcome = call.outcome if call.attempt else None
-        overload.finish(outcome, self.clock.monotonic() - admitted)
+        if outcome is not None and call.left_endpoint:
+            # Redirected into another endpoint, which was charged with its answer:
+            # this one answered (with the redirect), in no time that is its own.
+            overload.finish(_REDIRECTED, None)
+        else:
+            overload.finish(outcome, self.clock.monotonic() - admitted)
         if limit is not None and limit.limit != before and self._bus.wants_hot():
             self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
 
@@ -1029,8 +1075,8 @@ class ResilientSession(requests.Session):
             if proxy is not None and status != 429 and proxy.header in resp.headers:
                 outcome = call.outcome = of_proxy_status(status)
             overload = route.state.overload
-            if overload is not None and status in (429, 503) and not outcome.proxy:
-                self._overload_signal(route, resp, overload)
+            if overload is not None and status in (429, 503) and not outcome.proxy and not call.left_endpoint:
+                self._overload_signal(route, resp, overload)  # another endpoint's: its hop held it
         if traced is not None:
             cast("Tracing", tracing).exit_attempt(traced, status, outcome.kind, None)
         if self._bus.wants_hot():

@@ -20,7 +20,7 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from peers import Peer, answer, delay, gate, retry_after, sequence
+from peers import Peer, answer, delay, gate, redirect, retry_after, sequence
 
 import resilient_client
 from resilient_client import (
@@ -545,6 +545,27 @@ def test_calls_the_deadline_ends_make_the_throttle_refuse() -> None:
         status = s.overload(peer.url("/"))
         assert cut >= 1 and status.accepts == 0 and status.requests == 4
         assert status.reject_rate is not None and status.reject_rate > 0.5
+
+
+def test_a_redirect_into_another_endpoint_charges_the_endpoint_that_answered() -> None:
+    """A -> B, B answers 429 Retry-After: B is held and counts it; A counts its own redirect."""
+    with Peer() as a, Peer() as b:
+        b.on("*", retry_after(429, "20"))
+        a.on("/go", redirect(b.url("/x"))).on("*", answer(200))
+        config = {"defaults": {"retry": None, "breaker": None, "budget": None,
+                               "throttle": {"min_requests": 1000}, "concurrency": {}},
+                  "endpoints": [{"name": "A", "match": a.url("/")}, {"name": "B", "match": b.url("/")}]}
+        with session(config) as s:
+            assert s.get(a.url("/go")).status_code == 429
+            sa, sb = s.overload("A"), s.overload("B")
+            assert (sa.retry_in, sa.requests, sa.accepts, sa.limit, sa.in_flight) == (0.0, 1, 1, 10, 0)
+            assert sb.retry_in > 19 and (sb.requests, sb.accepts, sb.limit, sb.in_flight) == (1, 0, 9, 0)
+            assert s.get(a.url("/ok")).status_code == 200  # A answered nothing wrong
+            with pytest.raises(Throttled):
+                s.get(b.url("/x"))
+            with pytest.raises(requests.ConnectionError, match="Retry-After"):
+                s.get(a.url("/go"))  # not followed into B while B asked for quiet
+            assert b.hits("/x") == 1
 
 
 def test_a_healthy_peer_with_mixed_latencies_is_never_shed() -> None:
