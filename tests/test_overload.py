@@ -636,3 +636,22 @@ def test_a_call_made_while_another_is_prepared_keeps_both_admissions_apart() -> 
         assert s.get(peer.url("/data"), auth=auth).status_code == 200
         assert s.overload(peer.url("/")).in_flight == 0
         assert peer.hits("/token") == 1 and peer.hits("/data") == 1
+
+
+def test_the_async_client_warns_once_about_overload_keys_it_does_not_apply(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Not applied by AsyncResilientClient yet: said once when it is built, never silently."""
+    import asyncio
+    import logging
+
+    config = {"defaults": {"throttle": {}, "concurrency": {}},
+              "endpoints": [{"name": "svc", "match": "http://svc/", "proxy_errors": {}}]}
+    with caplog.at_level(logging.WARNING, logger="resilient_client"):
+        client = resilient_client.AsyncResilientClient(config)
+        plain = resilient_client.AsyncResilientClient({"defaults": {"retry": None}})
+    asyncio.run(client.aclose())
+    asyncio.run(plain.aclose())
+    said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
+    assert len(said) == 1
+    assert all(key in said[0] for key in ("throttle (defaults, svc)", "concurrency", "proxy_errors (svc)",
+                                          "Retry-After"))
