@@ -61,6 +61,7 @@ if _typing.TYPE_CHECKING:
         GaveUp,
         Listener,
         RetryScheduled,
+        ThrottleRateChanged,
     )
     from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
@@ -158,6 +159,7 @@ __all__ = [
     "StaleFallback",
     "StaticFallback",
     "ThrottlePolicy",
+    "ThrottleRateChanged",
     "Throttled",
     "Timeouts",
     "__version__",
@@ -182,7 +184,7 @@ _LAZY: dict[str, str] = {
         "OUTCOMES", "AttemptFinished", "BreakerRejected", "BreakerStateChanged",
         "BudgetExhausted", "BulkheadRejected", "CallFinished", "CallThrottled",
         "ConcurrencyLimitChanged", "DeadlinePassed", "Event",
-        "FallbackServed", "GaveUp", "Listener", "RetryScheduled",
+        "FallbackServed", "GaveUp", "Listener", "RetryScheduled", "ThrottleRateChanged",
     ], "_events"),
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),

@@ -34,6 +34,7 @@ __all__ = [
     "CallFinished",
     "CallThrottled",
     "ConcurrencyLimitChanged",
+    "ThrottleRateChanged",
     "DeadlinePassed",
     "Event",
     "EventBus",
@@ -275,6 +276,21 @@ class ConcurrencyLimitChanged(Event):
 
 
 @dataclass(frozen=True)
+class ThrottleRateChanged(Event):
+    """
+    An endpoint's throttle refusal probability (``throttle``) moved from
+    ``old`` to ``new``, seen as calls complete: at once when it moved by more
+    than 0.01, else at most once a second, so it falls back to 0 when the
+    peer recovers (a refusal's ``call_throttled`` says the rate too).
+
+    .. versionadded:: 0.4.0
+    """
+
+    old: float
+    new: float
+
+
+@dataclass(frozen=True)
 class DeadlinePassed(Event):
     """
     The call's ``total`` deadline passed during its ``attempts``-th attempt.
@@ -321,6 +337,7 @@ _KINDS: dict[type, str] = {
     CallFinished: "call_finished",
     CallThrottled: "call_throttled",
     ConcurrencyLimitChanged: "concurrency_limit_changed",
+    ThrottleRateChanged: "throttle_rate_changed",
 }
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -392,6 +409,7 @@ _LEVELS: dict[type, int] = {
     DeadlinePassed: logging.WARNING,
     CallThrottled: logging.INFO,
     ConcurrencyLimitChanged: logging.DEBUG,
+    ThrottleRateChanged: logging.DEBUG,
 }
 
 

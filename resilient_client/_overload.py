@@ -69,7 +69,7 @@ class OverloadStatus:
 class Overload:
     """Throttle, adaptive limit and Retry-After hold of one endpoint (see the module docstring)."""
 
-    __slots__ = ("_clock", "_hold_lock", "hold_until", "limit", "throttle")
+    __slots__ = ("_clock", "_hold_lock", "_shown", "_shown_at", "hold_until", "limit", "throttle")
 
     def __init__(self, policy: Policy, clock: Clock, throttle: Throttle | None = None) -> None:
         self._clock = clock
@@ -82,6 +82,9 @@ class Overload:
         #: Until when (on the clock) a Retry-After asked us to send nothing new.
         self.hold_until = 0.0
         self._hold_lock = threading.Lock()
+        #: The throttle's rate last reported (`rate_moved`), and when.
+        self._shown = 0.0
+        self._shown_at = 0.0
 
     def admit(self) -> str | None:
         """Before a call: None when it may go (holding a place under the limit), else why not."""
@@ -132,6 +135,24 @@ class Overload:
             dropped = (outcome.proxy or outcome.status == 429
                        or (outcome.failure and outcome.kind in _DROP_KINDS))
             limit.release(dropped=dropped, rtt=duration)
+
+    def rate_moved(self) -> tuple[float, float] | None:
+        """
+        After a call completed: (old, new) when the throttle's rate moved by
+        more than 0.01 since last reported, or at all and a second has
+        passed; else None. Racy on purpose: a report more or less is harmless.
+        """
+        throttle = self.throttle
+        if throttle is None:
+            return None
+        rate, old = throttle.rate(), self._shown
+        if rate == old:
+            return None
+        now = self._clock.monotonic()
+        if abs(rate - old) <= 0.01 and now - self._shown_at < 1.0:
+            return None
+        self._shown, self._shown_at = rate, now
+        return old, rate
 
     def status(self) -> OverloadStatus:
         """What it is now (see `OverloadStatus`)."""

@@ -68,6 +68,7 @@ from ._events import (
     FallbackServed,
     GaveUp,
     RetryScheduled,
+    ThrottleRateChanged,
     Tracing,
     load_listeners,
 )
@@ -860,8 +861,12 @@ class ResilientSession(requests.Session):
             overload.finish(_REDIRECTED, None)
         else:
             overload.finish(outcome, self.clock.monotonic() - admitted)
-        if limit is not None and limit.limit != before and self._bus.wants_hot():
-            self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
+        if self._bus.wants_hot():
+            if limit is not None and limit.limit != before:
+                self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
+            moved = overload.rate_moved()  # the gauge falls back to 0 as the peer recovers
+            if moved is not None:
+                self._emit(ThrottleRateChanged(call.route.name, *moved))
 
     @staticmethod
     def _overload_signal(route: Route, resp: requests.Response, overload: Overload) -> None:

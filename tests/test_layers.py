@@ -96,6 +96,7 @@ PUBLIC_NAMES = {
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
     "BulkheadRejected", "DeadlinePassed", "CallFinished", "CallThrottled", "ConcurrencyLimitChanged",
+    "ThrottleRateChanged",
     "prometheus_listener", "otel_listener", "otel_trace_listener",
     # health
     "Health", "EndpointHealth", "health_app",

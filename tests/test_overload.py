@@ -568,6 +568,30 @@ def test_a_redirect_into_another_endpoint_charges_the_endpoint_that_answered() -
             assert b.hits("/x") == 1
 
 
+def test_the_reject_rate_gauge_falls_back_to_zero_when_the_peer_recovers() -> None:
+    """Not stuck at the last refusal's rate: calls that complete move it (review of issue 14)."""
+    from prometheus_client import CollectorRegistry
+
+    registry, clock, moves = CollectorRegistry(), FakeClock(), []
+    listeners = [resilient_client.prometheus_listener(registry), moves.append]
+    with Peer().on("*", answer(503)) as peer, session(
+            {"defaults": {"retry": None, "breaker": None, "budget": None,
+                          "throttle": {"window": 10, "min_requests": 5}},
+             "endpoints": [{"name": "svc", "match": peer.url("/")}]}, clock=clock, listeners=listeners) as s:
+        for _ in range(40):
+            with pytest.raises((Throttled, requests.HTTPError)):
+                s.get(peer.url("/")).raise_for_status()
+        gauge = registry.get_sample_value("resilient_client_throttle_reject_rate", {"endpoint": "svc"})
+        assert gauge is not None and gauge > 0.5
+        peer.on("*", answer(200))
+        clock.advance(11)  # the window forgets the failures
+        for _ in range(3):
+            assert s.get(peer.url("/")).status_code == 200
+        assert registry.get_sample_value("resilient_client_throttle_reject_rate", {"endpoint": "svc"}) == 0.0
+    changed = [e for e in moves if isinstance(e, resilient_client.ThrottleRateChanged)]
+    assert changed[-1].new == 0.0 and changed[-1].old > 0.5
+
+
 def test_a_healthy_peer_with_mixed_latencies_is_never_shed() -> None:
     """/fast (at once) and /slow (20 ms) on one endpoint, 8 threads: no call refused, limit kept."""
     config = {"defaults": {"retry": None, "breaker": None, "budget": None, "concurrency": {}}}
