@@ -506,6 +506,44 @@ class TestHostThrottle:
                 assert refused > 30
             assert peer.hits() - hits_before == 50 - refused
 
+    def test_two_windows_for_one_name_keep_their_counts_apart_and_warn(
+            self, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+        """Two services on the host, one endpoint name, windows 60 and 120: no wiping, one warning."""
+        import logging
+
+        from resilient_client._host_throttle import HostThrottle
+
+        clock = FakeClock()
+        a = HostThrottle(ThrottlePolicy(window=60, min_requests=0), clock, str(tmp_path), "svc")
+        b = HostThrottle(ThrottlePolicy(window=120, min_requests=0), clock, str(tmp_path), "svc")
+        with caplog.at_level(logging.WARNING, logger="resilient_client"):
+            for _ in range(3):
+                a.record(False)
+                b.record(True)
+                clock.advance(0.1)
+                a.snapshot(), b.snapshot()  # each a flush
+        assert (a.snapshot(), b.snapshot()) == ((3, 0), (3, 3))
+        warned = [r for r in caplog.records if "another window" in r.getMessage()]
+        assert len(warned) == 1 and "svc" in warned[0].getMessage()
+
+    def test_counts_pending_at_exit_reach_the_file(self, tmp_path: Any) -> None:
+        """A process that records and exits at once: its last counts are not lost."""
+        child = textwrap.dedent(f"""
+            from resilient_client._clock import SYSTEM_CLOCK
+            from resilient_client._host_throttle import HostThrottle
+            from resilient_client import ThrottlePolicy
+            t = HostThrottle(ThrottlePolicy(window=600), SYSTEM_CLOCK, {str(tmp_path)!r}, "svc")
+            for _ in range(37):
+                t.record(True)
+        """)
+        for _ in range(2):
+            subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
+        from resilient_client._clock import SYSTEM_CLOCK
+        from resilient_client._host_throttle import HostThrottle
+
+        here = HostThrottle(ThrottlePolicy(window=600), SYSTEM_CLOCK, str(tmp_path), "svc")
+        assert here.snapshot() == (74, 74)
+
     def test_a_damaged_file_degrades_to_process_local_counts(self, tmp_path: Any) -> None:
         (tmp_path / "blocked").mkdir()
         with Peer().on("*", answer(200)) as peer:
