@@ -872,11 +872,11 @@ class ResilientSession(requests.Session):
     def _overload_signal(route: Route, resp: requests.Response, overload: Overload) -> None:
         """A 429 or 503 with Retry-After holds the whole endpoint, not only this call's retry."""
         value = resp.headers.get("Retry-After")
-        if value is None:
-            return
+        retry = route.policy.retry
+        if value is None or (retry is not None and not retry.respect_retry_after):
+            return  # respect_retry_after: false ignores the header here too
         seconds = parse_retry_after(value)
         if seconds:
-            retry = route.policy.retry
             overload.hold(min(seconds, retry.max_retry_after if retry is not None else 30.0))
 
     def _send_with_retries(self, call: Call) -> requests.Response:

@@ -300,6 +300,21 @@ class TestConfig:
                      "concurrency.backoff", "proxy_errors.header"):
             assert f"endpoints[0].{path}:" in text, path
 
+    @pytest.mark.parametrize("window", [1e-310, 1e-3, 0.5])
+    def test_a_throttle_window_under_a_second_is_refused_at_load(self, window: float) -> None:
+        """Not accepted and then failing every call (1e-310 overflowed the bucket arithmetic)."""
+        with pytest.raises(ConfigError, match=r"defaults\.throttle\.window: must be at least 1"):
+            resilient_client.Config.load({"defaults": {"throttle": {"window": window}}})
+        resilient_client.Config.load({"defaults": {"throttle": {"window": 1}}})
+
+    def test_concurrency_min_above_the_bulkhead_is_refused(self) -> None:
+        """The limit is a ceiling under the bulkhead: it could never keep its promised min."""
+        with pytest.raises(ConfigError, match=r"endpoints\[0\]\.concurrency\.min: must be <= "
+                                              r"bulkhead\.max_concurrent \(5\), got 20"):
+            resilient_client.Config.load({"defaults": {"concurrency": {"min": 20, "initial": 30}},
+                                          "endpoints": [{"match": "http://a/",
+                                                         "bulkhead": {"max_concurrent": 5}}]})
+
     def test_endpoints_sharing_a_name_must_agree(self) -> None:
         with pytest.raises(ConfigError, match=r"endpoints\[1\]\.throttle"):
             resilient_client.Config.load({"endpoints": [
@@ -416,6 +431,14 @@ class TestRetryAfterOnSockets:
         with Peer().on("/a", retry_after(429, "5")).on("*", answer(200)) as peer, \
                 session({"defaults": {"retry": None}}) as s:
             assert s.get(peer.url("/a")).status_code == 429
+            assert s.get(peer.url("/b")).status_code == 200
+
+    def test_respect_retry_after_false_does_not_hold_the_endpoint(self) -> None:
+        config = {"defaults": {"retry": {"attempts": 1, "respect_retry_after": False},
+                               "concurrency": {}}}
+        with Peer().on("/a", retry_after(429, "10")).on("*", answer(200)) as peer, session(config) as s:
+            assert s.get(peer.url("/a")).status_code == 429
+            assert s.overload(peer.url("/")).retry_in == 0.0
             assert s.get(peer.url("/b")).status_code == 200
 
     def test_a_429_is_a_drop_for_the_adaptive_limit(self) -> None:
