@@ -383,11 +383,14 @@ class ResilientSession(requests.Session):
             # requests passes no extra argument from request() to send(): the
             # call's changes wait on this thread for the send it makes. (Such
             # a call may have a fallback its endpoint lacks: no early refusal.)
-            self._local.call_policy = changes
+            # Nor the admission of a call being prepared around it (an auth
+            # hook's call): its send asks overload control for its own.
+            local = self._local
+            local.call_policy, outer, local.admitted = changes, getattr(local, "admitted", None), None
             try:
                 return self._request_prepared(method, url, args, kwargs)
             finally:
-                self._local.call_policy = None
+                local.call_policy, local.admitted = None, outer
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker

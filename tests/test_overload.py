@@ -740,3 +740,23 @@ def test_the_async_client_warns_once_about_overload_keys_it_does_not_apply(
     assert len(said) == 1
     assert all(key in said[0] for key in ("throttle (defaults, svc)", "concurrency", "proxy_errors (svc)",
                                           "Retry-After"))
+
+
+def test_a_nested_call_with_policy_asks_for_its_own_admission() -> None:
+    """policy= on the auth hook's call: it neither takes the outer call's place nor skips the limit."""
+    config = {"defaults": {"retry": None, "breaker": None, "concurrency": {"initial": 1}}}
+    with Peer().on("*", answer(200)) as peer, session(config) as s:
+        seen: list[Any] = []
+
+        def auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
+            try:
+                s.get(peer.url("/token"), policy={"timeout": {"total": 5}})
+                seen.append("sent")
+            except BulkheadFull:
+                seen.append("refused")  # the outer call holds the only place
+            seen.append(s.overload(peer.url("/")).in_flight)
+            return r
+
+        assert s.get(peer.url("/data"), auth=auth).status_code == 200
+        assert seen == ["refused", 1] and peer.hits("/token") == 0
+        assert s.overload(peer.url("/")).in_flight == 0
