@@ -760,3 +760,23 @@ def test_a_nested_call_with_policy_asks_for_its_own_admission() -> None:
         assert s.get(peer.url("/data"), auth=auth).status_code == 200
         assert seen == ["refused", 1] and peer.hits("/token") == 0
         assert s.overload(peer.url("/")).in_flight == 0
+
+
+def test_check_prints_the_overload_sections_one_row_per_key(tmp_path: Any) -> None:
+    """Not a Python repr: throttle.window, concurrency.algorithm... like every other section."""
+    import contextlib
+    import io
+
+    from resilient_client.tools._cli import main
+
+    path = tmp_path / "client.yaml"
+    path.write_text("defaults:\n  throttle: {window: 10}\nendpoints:\n  - name: a\n    match: http://a/\n"
+                    "    concurrency: {algorithm: gradient}\n    proxy_errors: {}\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["check", str(path), "--width", "200"])
+    rows = [line.split() for line in out.getvalue().splitlines()]
+    assert ["throttle.window", "10", "10"] in rows
+    assert ["concurrency.algorithm", "off", "gradient", "*"] in rows
+    assert ["proxy_errors.header", "off", "X-Proxy-Error", "*"] in rows
+    assert "Policy(" not in out.getvalue()
