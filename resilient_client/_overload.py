@@ -20,6 +20,7 @@ cut (a caller in a hurry is not a failing peer). Transport-free.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._clock import Clock
@@ -71,10 +72,12 @@ class Overload:
 
     __slots__ = ("_clock", "_hold_lock", "_shown", "_shown_at", "hold_until", "limit", "throttle")
 
-    def __init__(self, policy: Policy, clock: Clock, throttle: Throttle | None = None) -> None:
+    def __init__(self, policy: Policy, clock: Clock, throttle: Throttle | None = None,
+                 rand: Callable[[], float] | None = None) -> None:
         self._clock = clock
         if throttle is None and policy.throttle is not None:
-            throttle = Throttle(policy.throttle, clock)
+            throttle = (Throttle(policy.throttle, clock) if rand is None
+                        else Throttle(policy.throttle, clock, rand))
         self.throttle = throttle
         self.limit = (AdaptiveLimit(policy.concurrency,
                                     policy.bulkhead.max_concurrent if policy.bulkhead else None)

@@ -132,7 +132,8 @@ class ResilientSession(requests.Session):
         retry_if: ``(request, response_or_exception) -> bool | None``
             overriding the built-in retry decision (None = use the built-in
             rules). A body that cannot be replayed is still never resent.
-        rng: the random source for backoff jitter.
+        rng: the random source for backoff jitter and the throttle's
+            refusal draw (the testing kit seeds it: deterministic refusals).
 
     .. versionadded:: 0.1.0
     """
@@ -181,7 +182,7 @@ class ResilientSession(requests.Session):
         self._lock = threading.Lock()
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
-                                    state_dir=self.config.state_dir)
+                                    state_dir=self.config.state_dir, rng=rng)
         self._local = threading.local()
         self._environ = EnvironCache()
 
@@ -1280,7 +1281,7 @@ class ResilientSession(requests.Session):
         tracker's counts. Calls in flight finish on what they hold.
         """
         with self._lock:
-            self._endpoints.forget(self.clock)
+            self._endpoints.forget(self.clock, self._rng)
             health, self._health = self._health, None
         if health is not None:
             # Subscribed by `health()`; the next call of it makes a new one.

@@ -780,3 +780,23 @@ def test_check_prints_the_overload_sections_one_row_per_key(tmp_path: Any) -> No
     assert ["concurrency.algorithm", "off", "gradient", "*"] in rows
     assert ["proxy_errors.header", "off", "X-Proxy-Error", "*"] in rows
     assert "Policy(" not in out.getvalue()
+
+
+def test_the_throttles_draw_is_deterministic_under_the_testing_kit(fake_peers: Any) -> None:
+    """The kit seeds the session's rng, and the throttle draws from it: the same refusals each run."""
+    fake_peers.url("https://svc.test/*").respond(503)
+    config = {"defaults": {"retry": None, "breaker": None, "budget": None,
+                           "throttle": {"min_requests": 5, "max_reject": 0.5}}}
+
+    def refusals() -> list[bool]:
+        session, out = fake_peers.session(config), []
+        for _ in range(60):
+            try:
+                session.get("https://svc.test/x")
+                out.append(False)
+            except Throttled:
+                out.append(True)
+        return out
+
+    first = refusals()
+    assert any(first) and not all(first) and refusals() == first
