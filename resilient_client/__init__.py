@@ -54,6 +54,8 @@ if _typing.TYPE_CHECKING:
         Event,
         FallbackServed,
         GaveUp,
+        HedgeSent,
+        HedgeWon,
         Listener,
         RetryScheduled,
     )
@@ -67,6 +69,7 @@ if _typing.TYPE_CHECKING:
         BudgetPolicy,
         BulkheadPolicy,
         CallableFallback,
+        HedgePolicy,
         Jitter,
         Policy,
         PoolPolicy,
@@ -128,6 +131,9 @@ __all__ = [
     "FallbackServed",
     "GaveUp",
     "Health",
+    "HedgePolicy",
+    "HedgeSent",
+    "HedgeWon",
     "Jitter",
     "Listener",
     "Policy",
@@ -160,14 +166,14 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys([
         "OUTCOMES", "AttemptFinished", "BreakerRejected", "BreakerStateChanged",
         "BudgetExhausted", "BulkheadRejected", "CallFinished", "DeadlinePassed", "Event",
-        "FallbackServed", "GaveUp", "Listener", "RetryScheduled",
+        "FallbackServed", "GaveUp", "HedgeSent", "HedgeWon", "Listener", "RetryScheduled",
     ], "_events"),
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
-        "CallableFallback", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy", "RetryPolicy",
+        "CallableFallback", "HedgePolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy", "RetryPolicy",
         "StaleFallback", "StaticFallback", "Timeouts",
     ], "_policy"),
     **dict.fromkeys(

@@ -33,6 +33,7 @@ from ._policy import (
     BulkheadPolicy,
     CallableFallback,
     Fallback,
+    HedgePolicy,
     Policy,
     PoolPolicy,
     PropagationPolicy,
@@ -317,11 +318,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners", "state_dir")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
-                 "critical", "propagation", "pool", "state")
+                 "critical", "propagation", "pool", "state", "hedge")
 #: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
 _SECTION_KINDS: dict[str, type] = {
     "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
     "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy, "pool": PoolPolicy,
+    "hedge": HedgePolicy,
 }
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
 _SECRETS_KEYS = ("headers", "query")
@@ -329,7 +331,7 @@ _SECRETS_KEYS = ("headers", "query")
 _FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "headers"))
 _STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
-_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "total",
+_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "hedge", "total",
                        "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
 
 _S = TypeVar("_S")

@@ -71,7 +71,7 @@ from urllib3.util.retry import Retry
 
 from ._clock import Deadline
 
-__all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter", "equip_manager",
+__all__ = ["Abandon", "Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter", "equip_manager",
            "is_equipped", "release"]
 
 
@@ -82,11 +82,13 @@ class _Arm:
     it: what a disarmed (streamed) body read gets.
     """
 
-    __slots__ = ("deadline", "prev", "read_timeout")
+    __slots__ = ("abandon", "deadline", "prev", "read_timeout")
 
     def __init__(self, deadline: Deadline | None, read_timeout: float | None = None) -> None:
         self.deadline = deadline
         self.read_timeout = read_timeout
+        #: A hedged copy's: how another thread stops its reads (see `Abandon`).
+        self.abandon: Abandon | None = None
         #: The arm this one hides on its thread: a call made from inside an
         #: attempt (a response hook, a listener) arms its own attempts and
         #: must hand the outer attempt's arm back when it is done, or the
@@ -97,7 +99,49 @@ class _Arm:
 _local = threading.local()
 
 
-def arm(deadline: Deadline, read_timeout: float | None = None) -> _Arm:
+class Abandon:
+    """
+    How a hedged copy that lost is stopped from another thread: no read of
+    its response starts once `abandon` was called, and a read under way is
+    woken by shutting its socket down, so the copy's thread ends at once and
+    urllib3 closes that connection instead of pooling it half-read.
+
+    Why a shutdown is safe here when a timer closing sockets is not (see the
+    module docstring): the socket is remembered only while a read on the
+    copy's own response is running, under the lock that `abandon` takes, so
+    the connection is certainly still checked out by the copy's thread.
+    """
+
+    __slots__ = ("_lock", "_sock", "abandoned")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.abandoned = False
+
+    def read(self, sock: socket.socket, raw: io.RawIOBase, b: Any) -> int | None:
+        with self._lock:
+            if self.abandoned:
+                raise ConnectionAbortedError("hedged copy abandoned: another copy answered first")
+            self._sock = sock
+        try:
+            return raw.readinto(b)
+        finally:
+            with self._lock:
+                self._sock = None
+
+    def abandon(self) -> None:
+        """Stop the copy's reads: the next one refused, the running one woken."""
+        with self._lock:
+            self.abandoned = True
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed meanwhile: nothing left to wake
+
+
+def arm(deadline: Deadline | None, read_timeout: float | None = None) -> _Arm:
     """
     Make responses built on this thread, until `disarm`, read against
     *deadline*; once disarmed, their reads get *read_timeout* (None: the
@@ -152,6 +196,9 @@ class _DeadlineReader(io.RawIOBase):
             rt = self._arm.read_timeout or self._read_timeout
             if rt is not None:
                 self._sock.settimeout(rt)
+        abandon = self._arm.abandon
+        if abandon is not None:
+            return abandon.read(self._sock, self._raw, b)
         return self._raw.readinto(b)
 
     def close(self) -> None:
@@ -189,7 +236,7 @@ class _DeadlineHTTPResponse(http.client.HTTPResponse):
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         a: _Arm | None = getattr(_local, "arm", None)
-        if a is not None and a.deadline is not None:
+        if a is not None and (a.deadline is not None or a.abandon is not None):
             sock = _DeadlineSocket(sock, a)
         super().__init__(sock, *args, **kwargs)
 

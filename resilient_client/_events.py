@@ -37,6 +37,8 @@ __all__ = [
     "EventBus",
     "FallbackServed",
     "GaveUp",
+    "HedgeSent",
+    "HedgeWon",
     "Listener",
     "RetryScheduled",
     "format_event",
@@ -242,6 +244,37 @@ class CallFinished(Event):
     fallback: bool
 
 
+@dataclass(frozen=True)
+class HedgeSent(Event):
+    """
+    A hedge: another copy of a safe call was sent, as its ``attempt``-th
+    try, because no copy had answered ``delay`` seconds after the last one.
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class HedgeWon(Event):
+    """
+    A hedge's answer was taken: the ``attempt``-th try answered first (and
+    acceptably) while an earlier copy was still waiting; that copy was
+    abandoned and its connection closed.
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    attempt: int
+    duration: float
+
+
 _KINDS: dict[type, str] = {
     AttemptFinished: "attempt_finished",
     RetryScheduled: "retry_scheduled",
@@ -253,6 +286,8 @@ _KINDS: dict[type, str] = {
     BulkheadRejected: "bulkhead_rejected",
     DeadlinePassed: "deadline_passed",
     CallFinished: "call_finished",
+    HedgeSent: "hedge_sent",
+    HedgeWon: "hedge_won",
 }
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -290,6 +325,8 @@ _LEVELS: dict[type, int] = {
     BreakerStateChanged: logging.WARNING,
     BulkheadRejected: logging.WARNING,
     DeadlinePassed: logging.WARNING,
+    HedgeSent: logging.DEBUG,
+    HedgeWon: logging.DEBUG,
 }
 
 

@@ -80,7 +80,7 @@ PUBLIC_NAMES = {
     # configuration and the policies a user constructs
     "Config", "Endpoint", "Secrets", "Policy", "Timeouts", "RetryPolicy", "BackoffPolicy", "Jitter",
     "BudgetPolicy", "BreakerPolicy", "BreakerMode", "BulkheadPolicy", "StaticFallback",
-    "StaleFallback", "CallableFallback", "PropagationPolicy", "PoolPolicy",
+    "StaleFallback", "CallableFallback", "PropagationPolicy", "PoolPolicy", "HedgePolicy",
     # what a callable fallback returns
     "fallback_response",
     # what session.circuit(), .resolve() and a clock= argument give or take
@@ -90,7 +90,7 @@ PUBLIC_NAMES = {
     # events and listeners
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
-    "BulkheadRejected", "DeadlinePassed", "CallFinished", "prometheus_listener", "otel_listener",
+    "BulkheadRejected", "DeadlinePassed", "CallFinished", "HedgeSent", "HedgeWon", "prometheus_listener", "otel_listener",
     # health
     "Health", "EndpointHealth", "health_app",
 }

@@ -1,0 +1,144 @@
+"""
+Hedged requests, the requests front's side: the threads the copies run on,
+and the race between the copies of one attempt.
+
+Why threads, and why these: a sync caller blocked in one socket read cannot
+also send a second copy, so each copy of a hedged attempt runs on a worker
+thread while the caller waits for the first acceptable answer. The workers
+form one pool per process (`HEDGE_THREADS` at most), started at the first
+hedged call: a process that hedges nothing starts no thread, and the threads
+are reused from call to call, never one per copy. The pool is bounded and
+never queues: when no worker is free, a call runs unhedged on the caller's
+own thread and a hedge is simply not sent (`HedgePool.try_submit`). A worker
+never outlives the call's deadline on that call's behalf: each copy reads
+against the deadline (`resilient_client._deadline`), and a copy that lost is
+abandoned (its socket read woken and its connection closed), so the worker
+is free again at once.
+
+Why the pool is shared by sessions rather than per session: threads are a
+process resource, like file descriptors; one bound for the process is the
+bound that matters, and sessions made per request would otherwise each
+start threads. It holds no session state: each task carries its call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["HEDGE_THREADS", "Copy", "HedgePool", "Race", "hedge_pool"]
+
+#: Worker threads at most, for the whole process.
+HEDGE_THREADS = 32
+
+
+class HedgePool:
+    """A bounded, lazily started pool that refuses work rather than queueing it."""
+
+    def __init__(self, max_threads: int) -> None:
+        self.max_threads = max_threads
+        self._lock = threading.Lock()
+        self._free = threading.Semaphore(max_threads)
+        self._executor: ThreadPoolExecutor | None = None
+
+    def try_submit(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` on a worker if one is free now; False (nothing run) if not."""
+        if not self._free.acquire(blocking=False):
+            return False
+        executor = self._executor
+        if executor is None:
+            with self._lock:
+                executor = self._executor
+                if executor is None:
+                    executor = self._executor = ThreadPoolExecutor(
+                        self.max_threads, thread_name_prefix="resilient_client-hedge")
+
+        def run() -> None:
+            try:
+                fn(*args)
+            finally:
+                self._free.release()
+
+        try:
+            executor.submit(run)
+        except BaseException:
+            self._free.release()
+            raise
+        return True
+
+    def threads(self) -> int:
+        """Worker threads started so far (they are kept for reuse)."""
+        executor = self._executor
+        return 0 if executor is None else len(executor._threads)
+
+    def _after_fork(self) -> None:
+        # A forked child has none of the parent's threads, but the executor
+        # would still count them and start no new one: start afresh.
+        self._lock = threading.Lock()
+        self._free = threading.Semaphore(self.max_threads)
+        self._executor = None
+
+
+_POOL = HedgePool(HEDGE_THREADS)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL._after_fork)
+
+
+def hedge_pool() -> HedgePool:
+    """The process's pool of hedging threads."""
+    return _POOL
+
+
+class Copy:
+    """One copy of a hedged attempt: its own call state, and how it ended."""
+
+    __slots__ = ("call", "done", "index", "result", "started")
+
+    def __init__(self, index: int, call: Any, started: float) -> None:
+        self.index = index
+        self.call = call
+        self.started = started
+        self.done = False
+        self.result: Any = None
+
+
+class Race:
+    """
+    The copies of one attempt, finishing in any order on worker threads;
+    the caller waits for the next to finish with `next_finished`. Once the
+    caller `close`s the race, copies finishing later are the caller's no
+    longer: `finish` tells such a copy to clean up after itself.
+    """
+
+    __slots__ = ("_cond", "_finished", "closed")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._finished: list[Copy] = []
+        self.closed = False
+
+    def finish(self, copy: Copy, result: Any) -> bool:
+        """Record *copy*'s *result*; False when the race was closed (the result is nobody's)."""
+        with self._cond:
+            copy.result = result
+            copy.done = True
+            if self.closed:
+                return False
+            self._finished.append(copy)
+            self._cond.notify_all()
+            return True
+
+    def next_finished(self, timeout: float | None) -> Copy | None:
+        """The next copy to finish, waiting at most *timeout* seconds (None: no limit)."""
+        with self._cond:
+            if not self._finished:
+                self._cond.wait(timeout)
+            return self._finished.pop(0) if self._finished else None
+
+    def close(self) -> None:
+        """From now on, copies finishing are abandoned (`finish` returns False)."""
+        with self._cond:
+            self.closed = True
