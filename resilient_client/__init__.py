@@ -173,8 +173,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
-        "CallableFallback", "HedgePolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy", "RetryPolicy",
-        "StaleFallback", "StaticFallback", "Timeouts",
+        "CallableFallback", "HedgePolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy",
+        "RetryPolicy", "StaleFallback", "StaticFallback", "Timeouts",
     ], "_policy"),
     **dict.fromkeys(
         ["ASGIDeadlineMiddleware", "DeadlineMiddleware", "current_deadline", "deadline"],

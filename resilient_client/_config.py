@@ -331,8 +331,8 @@ _SECRETS_KEYS = ("headers", "query")
 _FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "headers"))
 _STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
-_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "hedge", "total",
-                       "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
+_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "hedge",
+                       "total", "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
 
 _S = TypeVar("_S")
 

@@ -54,6 +54,7 @@ retrying inside each of the session's attempts multiplies them.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import logging
@@ -71,8 +72,8 @@ from urllib3.util.retry import Retry
 
 from ._clock import Deadline
 
-__all__ = ["Abandon", "Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter", "equip_manager",
-           "is_equipped", "release"]
+__all__ = ["Abandon", "Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter",
+           "equip_manager", "is_equipped", "release"]
 
 
 class _Arm:
@@ -135,10 +136,8 @@ class Abandon:
         with self._lock:
             self.abandoned = True
             if self._sock is not None:
-                try:
+                with contextlib.suppress(OSError):  # closed meanwhile: nothing left to wake
                     self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # closed meanwhile: nothing left to wake
 
 
 def arm(deadline: Deadline | None, read_timeout: float | None = None) -> _Arm:

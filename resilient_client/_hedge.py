@@ -95,12 +95,13 @@ def hedge_pool() -> HedgePool:
 class Copy:
     """One copy of a hedged attempt: its own call state, and how it ended."""
 
-    __slots__ = ("call", "done", "index", "result", "started")
+    __slots__ = ("call", "done", "ended", "index", "result", "started")
 
     def __init__(self, index: int, call: Any, started: float) -> None:
         self.index = index
         self.call = call
         self.started = started
+        self.ended = started
         self.done = False
         self.result: Any = None
 
@@ -138,7 +139,12 @@ class Race:
                 self._cond.wait(timeout)
             return self._finished.pop(0) if self._finished else None
 
-    def close(self) -> None:
-        """From now on, copies finishing are abandoned (`finish` returns False)."""
+    def close(self) -> list[Copy]:
+        """
+        From now on, copies finishing are abandoned (`finish` returns False);
+        returns the copies that finished but were not taken yet.
+        """
         with self._cond:
             self.closed = True
+            left, self._finished = self._finished, []
+            return left

@@ -49,7 +49,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import Deadline, DeadlineAdapter, arm, disarm, equip, is_equipped, release
+from ._deadline import Abandon, Deadline, DeadlineAdapter, arm, disarm, equip, is_equipped, release
 from ._endpoints import Endpoints, EndpointState, Route
 from ._environ import EnvironCache, merge_proxies
 from ._events import (
@@ -64,14 +64,17 @@ from ._events import (
     EventBus,
     FallbackServed,
     GaveUp,
+    HedgeSent,
+    HedgeWon,
     RetryScheduled,
     load_listeners,
 )
 from ._fallback import make_response
+from ._hedge import Copy, Race, hedge_pool
 from ._live import LIVE_SESSIONS
 from ._outcome import RetryPredicate, classify_error, is_replayable
 from ._per_attempt import REAUTH, HookGuard, PreAuth, reauthenticated
-from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
+from ._policy import CallableFallback, HedgePolicy, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
@@ -82,7 +85,7 @@ from ._redact import (
     secret_values,
 )
 from ._responses import discard, hand_slot_to, mark, tell_attempts
-from ._retry import Call, ReplayFirst, build_retrying, decide
+from ._retry import Call, ReplayFirst, build_retrying, clone_call, decide
 from ._routing import Resolution, Router
 from ._timeouts import call_timeouts
 from ._urls import URLLIB3_FORM
@@ -105,6 +108,11 @@ _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
+#: How long a hedged attempt's caller waits past the deadline for its copies
+#: (which read against the deadline themselves) before abandoning them.
+_HEDGE_GRACE = 0.05
+#: What a copy of a hedged attempt carries over to the call when it is chosen.
+_COPY_STATE = ("outcome", "error", "reached_peer", "left_endpoint", "hook_error", "hook_guard", "arm")
 
 
 class ResilientSession(requests.Session):
@@ -687,9 +695,12 @@ class ResilientSession(requests.Session):
         if retrying is not None and not retries_allowed():
             # This request is itself our caller's retry: retry at one layer only.
             retrying, call.stop_reason = None, "caller_retrying"
+        attempt = self._attempt
+        if route.policy.hedge is not None and call.stop_reason != "caller_retrying" and self._hedgeable(call):
+            attempt = self._hedged_attempt
         try:
-            resp = (self._attempt(call) if retrying is None
-                    else self._attempt_then_retrying(call, retrying))
+            resp = (attempt(call) if retrying is None
+                    else self._attempt_then_retrying(call, retrying, attempt))
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -711,10 +722,12 @@ class ResilientSession(requests.Session):
             self._gave_up(call, f"status {resp.status_code}")
         if call.stream and call.arm is not None:
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
-        mark(resp, call.attempt, is_fallback=False, stale_age=None)
+        mark(resp, call.attempt, is_fallback=False, stale_age=None, hedged=call.hedged)
         return resp
 
-    def _attempt_then_retrying(self, call: Call, retrying: tenacity.Retrying) -> requests.Response:
+    def _attempt_then_retrying(
+        self, call: Call, retrying: tenacity.Retrying, attempt: Callable[[Call], requests.Response]
+    ) -> requests.Response:
         """
         The first attempt, then tenacity only if that attempt's outcome may be retried.
 
@@ -731,7 +744,7 @@ class ResilientSession(requests.Session):
         retry = cast(RetryPolicy, call.route.policy.retry)  # a Retrying exists only with one
         first: requests.Response | BaseException
         try:
-            first = self._attempt(call)
+            first = attempt(call)
         except BaseException as exc:  # tenacity catches everything too
             first = exc
         try:
@@ -744,7 +757,153 @@ class ResilientSession(requests.Session):
             if isinstance(first, BaseException):
                 raise first  # what tenacity (reraise=True) would raise
             return first
-        return retrying(ReplayFirst(first, self._attempt), call)
+        return retrying(ReplayFirst(first, attempt), call)
+
+    # -- hedging: one attempt as a race of copies --------------------------------
+
+    @staticmethod
+    def _hedgeable(call: Call) -> bool:
+        """A method in ``retry.methods`` (not a key alone), a replayable body, no stream."""
+        retry = call.route.policy.retry
+        return (retry is not None and not call.stream and call.replayable
+                and call.request.method in retry.methods)
+
+    def _hedged_attempt(self, call: Call) -> requests.Response:
+        """
+        One attempt as a race of copies on the hedge pool's threads: the
+        first now, another each time ``delay`` passes with no answer (up to
+        ``max_extra``; each draws on the budget and holds a bulkhead slot),
+        the first acceptable answer taken and the others abandoned. To the
+        retry layer it is one attempt whose outcome is the winner's or, when
+        no copy answered acceptably, the first copy's; ``call.attempt``
+        counts every copy sent.
+        """
+        route: Route = call.route
+        policy = cast(HedgePolicy, route.policy.hedge)
+        clock = self.clock
+        pool = hedge_pool()
+        race = Race()
+        first = Copy(0, self._copy_of(call, 0), clock.monotonic())
+        if not pool.try_submit(self._run_copy, first, race, None):
+            return self._attempt(call)  # no worker free: this attempt goes unhedged
+        copies = [first]
+        window = route.state.latency
+        delay = window.value if window is not None else cast(float, policy.delay)
+        deadline = call.deadline
+        can_hedge, pending = True, 1
+        winner: Copy | None = None
+        finished: list[Copy] = []
+        try:
+            while pending:
+                wait: float | None = None
+                if can_hedge and len(copies) <= policy.max_extra:
+                    wait = max(0.0, copies[-1].started + delay - clock.monotonic())
+                if deadline is not None:
+                    left = deadline.remaining() + _HEDGE_GRACE
+                    wait = left if wait is None else min(wait, left)
+                done = race.next_finished(wait)
+                if done is not None:
+                    pending -= 1
+                    finished.append(done)
+                    if self._acceptable(done):
+                        winner = done
+                        break
+                elif deadline is not None and deadline.remaining() <= -_HEDGE_GRACE + 0.001:
+                    break  # the copies overran the deadline: abandon them
+                elif can_hedge and len(copies) <= policy.max_extra:
+                    hedge = self._send_hedge(call, len(copies), race, delay)
+                    if hedge is None:
+                        can_hedge = False
+                    else:
+                        copies.append(hedge)
+                        pending += 1
+        finally:
+            finished.extend(race.close())
+            now = clock.monotonic()
+            for c in copies:
+                if not c.done and c.call.abandon is not None:
+                    c.call.abandon.abandon()
+                    if window is not None:
+                        window.record(now - c.started)  # at least this slow: a lower bound
+        sent = sum(1 for i, c in enumerate(copies) if c.call.attempt > call.attempt + i)
+        chosen = winner if winner is not None else first
+        for c in finished:
+            if c is not chosen and isinstance(c.result, requests.Response):
+                discard(c.result)
+        call.attempt += sent
+        if not chosen.done:
+            # Every copy was still running past the deadline.
+            call.outcome = _DEADLINE
+            raise DeadlineExceeded(route.name, cast(Deadline, deadline).total, request=call.request)
+        for name in _COPY_STATE:
+            setattr(call, name, getattr(chosen.call, name))
+        if window is not None and isinstance(chosen.result, requests.Response):
+            window.record(chosen.ended - chosen.started)
+        if winner is not None and winner.index:
+            self._emit(HedgeWon(route.name, call.request.method or "", self._url(call.request),
+                                winner.call.attempt, winner.ended - first.started))
+        if isinstance(chosen.result, BaseException):
+            raise chosen.result
+        return cast(requests.Response, chosen.result)
+
+    def _copy_of(self, call: Call, index: int) -> Call:
+        copy_ = clone_call(call)
+        copy_.attempt = call.attempt + index  # `_attempt` counts it on from there
+        copy_.abandon = Abandon()
+        return copy_
+
+    def _send_hedge(self, call: Call, index: int, race: Race, delay: float) -> Copy | None:
+        """Start copy number *index*, or None when the deadline, budget, breaker, bulkhead or pool says no."""
+        route: Route = call.route
+        deadline = call.deadline
+        if deadline is not None and deadline.remaining() <= 0:
+            return None
+        breaker = route.state.breaker
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+            return None  # open: no call at all; half-open: the first copy is the one trial
+        bulkhead = route.state.bulkhead
+        if bulkhead is not None and not bulkhead.try_acquire():
+            return None
+        if call.budget is not None and not call.budget.try_spend():
+            if bulkhead is not None:
+                bulkhead.release()
+            return None
+        hedge = Copy(index, self._copy_of(call, index), self.clock.monotonic())
+        if not hedge_pool().try_submit(self._run_copy, hedge, race, bulkhead):
+            if bulkhead is not None:
+                bulkhead.release()
+            return None
+        call.hedged = True
+        self._emit(HedgeSent(route.name, call.request.method or "", self._url(call.request),
+                             call.attempt + index + 1, delay))
+        return hedge
+
+    def _run_copy(self, copy_: Copy, race: Race, bulkhead: Bulkhead | None) -> None:
+        """A copy's attempt, on a hedge pool thread, carrying its call's context."""
+        local = self._local
+        local.call = copy_.call  # calls made by a hook or listener inherit its deadline
+        result: requests.Response | BaseException
+        try:
+            result = self._attempt(copy_.call)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            result = exc
+        finally:
+            local.call = None
+            if bulkhead is not None:
+                bulkhead.release()
+        copy_.ended = self.clock.monotonic()
+        if not race.finish(copy_, result) and isinstance(result, requests.Response):
+            result.close()  # the race is over: nobody will read it
+
+    @staticmethod
+    def _acceptable(copy_: Copy) -> bool:
+        """An answer the call would keep: no failure, nothing a retry would be asked about."""
+        resp = copy_.result
+        outcome = copy_.call.outcome
+        if not isinstance(resp, requests.Response) or outcome is None or outcome.failure:
+            return False
+        retry = copy_.call.route.policy.retry
+        return retry is None or resp.status_code not in retry.on_status
 
     def _attempt(self, call: Call) -> requests.Response:
         """One try: breaker, timeouts capped by the deadline, then requests' own send."""
@@ -806,7 +965,10 @@ class ResilientSession(requests.Session):
         if guard is not None:
             guard.started = started
             call.hook_guard = guard
-        a = arm(deadline, call.timeouts[1]) if deadline is not None else None
+        a = None
+        if deadline is not None or call.abandon is not None:
+            a = arm(deadline, call.timeouts[1])
+            a.abandon = call.abandon
         call.arm = a
         local = self._local
         outer = getattr(local, "attempt", None)  # a call made from inside another's attempt
@@ -819,6 +981,11 @@ class ResilientSession(requests.Session):
                 disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
             call.error = exc
+            if call.abandon is not None and call.abandon.abandoned:
+                # A hedged copy that lost, stopped by us: not the peer's failure.
+                if is_trial:
+                    cast(CircuitBreaker, breaker).release_trial()
+                raise
             # Set by the hook guard during send (mypy cannot see that).
             hook_error: BaseException | None = getattr(call, "hook_error", None)
             if hook_error is exc:
@@ -954,7 +1121,7 @@ class ResilientSession(requests.Session):
             else:
                 discard(failure)
         mark(resp, call.attempt, is_fallback=True,
-             stale_age=getattr(resp, "stale_age", None) if kind == "stale" else None)
+             stale_age=getattr(resp, "stale_age", None) if kind == "stale" else None, hedged=call.hedged)
         self._emit(FallbackServed(route.name, request.method or "", self._url(request), kind,
                                   self._describe(call, failure)))
         return resp
