@@ -29,6 +29,8 @@ from ._events import (
     Event,
     FallbackServed,
     GaveUp,
+    HedgeSent,
+    HedgeWon,
     Listener,
     RetryScheduled,
 )
@@ -81,6 +83,10 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "breaker_transitions_total": (
         "counter", ("endpoint", "state"),
         "Breaker state changes, by the state entered.",
+    ),
+    "hedges_total": (
+        "counter", ("endpoint", "result"),
+        "Hedged copies: sent, and those whose answer was taken (won).",
     ),
 }
 
@@ -143,6 +149,7 @@ class _PrometheusListener:
         self._rejections = _Children(m["rejections_total"])
         self._state = _Children(m["breaker_state"])
         self._transitions = _Children(m["breaker_transitions_total"])
+        self._hedges = _Children(m["hedges_total"])
         self._handlers: dict[type, Callable[[Any], None]] = {
             AttemptFinished: self._attempt,
             CallFinished: self._call,
@@ -152,6 +159,8 @@ class _PrometheusListener:
             BulkheadRejected: self._bulkhead,
             BreakerRejected: self._breaker_rejected,
             BreakerStateChanged: self._breaker,
+            HedgeSent: lambda e: self._hedges(e.endpoint, "sent").inc(),
+            HedgeWon: lambda e: self._hedges(e.endpoint, "won").inc(),
         }
 
     def __call__(self, event: Event) -> None:
@@ -197,7 +206,7 @@ def prometheus_listener(registry: Any = None, prefix: str = "resilient_client") 
     ``<prefix>_requests_total``, ``_request_duration_seconds``,
     ``_attempts_total``, ``_attempt_duration_seconds``, ``_retries_total``,
     ``_gave_up_total``, ``_fallbacks_total``, ``_rejections_total``,
-    ``_breaker_state`` and ``_breaker_transitions_total``.
+    ``_breaker_state``, ``_breaker_transitions_total`` and ``_hedges_total``.
 
     Listeners made for the same *registry* (default: prometheus_client's
     global one) and *prefix* share their collectors, so every session of a
@@ -270,6 +279,7 @@ class _OTelListener:
             "fallbacks": ("{response}", "Responses made by a fallback."),
             "rejections": ("{call}", "Calls refused without touching the network."),
             "breaker.transitions": ("{transition}", "Breaker state changes."),
+            "hedges": ("{request}", "Hedged copies sent, and those whose answer was taken."),
         }
         self._counters = {
             name: meter.create_counter(f"resilient_client.{name}", unit=unit, description=doc)
@@ -290,6 +300,8 @@ class _OTelListener:
             BulkheadRejected: lambda e: self._rejected(e.endpoint, "bulkhead"),
             BreakerRejected: lambda e: self._rejected(e.endpoint, "breaker"),
             BreakerStateChanged: self._breaker,
+            HedgeSent: lambda e: self._count("hedges", e.endpoint, "hedge", "sent"),
+            HedgeWon: lambda e: self._count("hedges", e.endpoint, "hedge", "won"),
         }
 
     def __call__(self, event: Event) -> None:
