@@ -123,6 +123,11 @@ class Abandon:
     def read(self, sock: socket.socket, raw: io.RawIOBase, b: Any) -> int | None:
         with self._lock:
             if self.abandoned:
+                # Shut down, not only closed: urllib3's close of this connection
+                # would wait for every reference to the socket's reader (a
+                # traceback holding the response) before the peer saw a FIN.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 raise ConnectionAbortedError("hedged copy abandoned: another copy answered first")
             self._sock = sock
         try:

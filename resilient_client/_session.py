@@ -695,12 +695,15 @@ class ResilientSession(requests.Session):
         if retrying is not None and not retries_allowed():
             # This request is itself our caller's retry: retry at one layer only.
             retrying, call.stop_reason = None, "caller_retrying"
-        attempt = self._attempt
-        if route.policy.hedge is not None and call.stop_reason != "caller_retrying" and self._hedgeable(call):
-            attempt = self._hedged_attempt
+        hedged = (route.policy.hedge is not None and call.stop_reason != "caller_retrying"
+                  and self._hedgeable(call))
         try:
-            resp = (attempt(call) if retrying is None
-                    else self._attempt_then_retrying(call, retrying, attempt))
+            if retrying is None:
+                resp = self._hedged_attempt(call) if hedged else self._attempt(call)
+            elif hedged:
+                resp = self._attempt_then_retrying(call, retrying, self._hedged_attempt)
+            else:
+                resp = self._attempt_then_retrying(call, retrying)
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -726,7 +729,8 @@ class ResilientSession(requests.Session):
         return resp
 
     def _attempt_then_retrying(
-        self, call: Call, retrying: tenacity.Retrying, attempt: Callable[[Call], requests.Response]
+        self, call: Call, retrying: tenacity.Retrying,
+        attempt: Callable[[Call], requests.Response] | None = None,
     ) -> requests.Response:
         """
         The first attempt, then tenacity only if that attempt's outcome may be retried.
@@ -742,6 +746,7 @@ class ResilientSession(requests.Session):
         (``reraise=True``).
         """
         retry = cast(RetryPolicy, call.route.policy.retry)  # a Retrying exists only with one
+        attempt = attempt or self._attempt  # or `_hedged_attempt`: each try a race of copies
         first: requests.Response | BaseException
         try:
             first = attempt(call)
@@ -828,8 +833,8 @@ class ResilientSession(requests.Session):
         sent = sum(1 for i, c in enumerate(copies) if c.call.attempt > call.attempt + i)
         chosen = winner if winner is not None else first
         for c in finished:
-            if c is not chosen and isinstance(c.result, requests.Response):
-                discard(c.result)
+            if c is not chosen:
+                _forget(c)
         call.attempt += sent
         if not chosen.done:
             # Every copy was still running past the deadline.
@@ -892,8 +897,8 @@ class ResilientSession(requests.Session):
             if bulkhead is not None:
                 bulkhead.release()
         copy_.ended = self.clock.monotonic()
-        if not race.finish(copy_, result) and isinstance(result, requests.Response):
-            result.close()  # the race is over: nobody will read it
+        if not race.finish(copy_, result):
+            _forget(copy_)  # the race is over: nobody will read it
 
     @staticmethod
     def _acceptable(copy_: Copy) -> bool:
@@ -1312,6 +1317,28 @@ class ResilientSession(requests.Session):
                 session.send = prior  # type: ignore[method-assign]
 
         return unwatch
+
+
+def _forget(copy_: Copy) -> None:
+    """
+    Drop what a losing copy came to: its response's connection goes back
+    (or is closed), and its error's traceback is cut, which would otherwise
+    hold the copy, and through its frames the connection pool, in a
+    reference cycle until the garbage collector runs: idle connections of a
+    closed session would stay open that long.
+    """
+    result, copy_.result = copy_.result, None
+    if isinstance(result, requests.Response):
+        discard(result)
+    elif isinstance(result, BaseException):
+        copy_.call.error = None
+        seen: set[int] = set()
+        err: BaseException | None = result
+        # urllib3's frames hold the error they raise (`err = e`): every link of the chain.
+        while err is not None and id(err) not in seen:
+            seen.add(id(err))
+            err.__traceback__ = None
+            err = err.__cause__ or err.__context__
 
 
 # -- the registry behind the test seam ----------------------------------------

@@ -184,7 +184,8 @@ class TestOnSockets:
     def test_race_decided_by_events_first_copy_wins(self, peer: Peer) -> None:
         """Deterministic race: both copies sent, the first released first: its answer, the hedge abandoned."""
         first, second = threading.Event(), threading.Event()
-        peer.on("/r", sequence(gate(first), answer(200, b"first")), sequence(gate(second), answer(200, b"second")))
+        peer.on("/r", sequence(gate(first), answer(200, b"first")),
+                sequence(gate(second), answer(200, b"second")))
         session, events = make_session({"delay": 0.01})
         got: list[requests.Response] = []
         caller = threading.Thread(target=lambda: got.append(session.get(peer.url("/r"))))
@@ -199,7 +200,8 @@ class TestOnSockets:
     def test_race_decided_by_events_hedge_wins(self, peer: Peer) -> None:
         """Deterministic race: the hedge released first wins; the first copy's connection is closed."""
         first, second = threading.Event(), threading.Event()
-        peer.on("/r", sequence(gate(first), answer(200, b"first")), sequence(gate(second), answer(200, b"second")))
+        peer.on("/r", sequence(gate(first), answer(200, b"first")),
+                sequence(gate(second), answer(200, b"second")))
         session, events = make_session({"delay": 0.01})
         got: list[requests.Response] = []
         caller = threading.Thread(target=lambda: got.append(session.get(peer.url("/r"))))

@@ -90,7 +90,8 @@ PUBLIC_NAMES = {
     # events and listeners
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
-    "BulkheadRejected", "DeadlinePassed", "CallFinished", "HedgeSent", "HedgeWon", "prometheus_listener", "otel_listener",
+    "BulkheadRejected", "DeadlinePassed", "CallFinished", "HedgeSent", "HedgeWon",
+    "prometheus_listener", "otel_listener",
     # health
     "Health", "EndpointHealth", "health_app",
 }

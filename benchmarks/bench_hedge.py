@@ -1,0 +1,236 @@
+"""
+Hedged requests against a slow tail: latency percentiles, extra requests and
+CPU with no hedging, a fixed hedge delay and a learned ``p95`` delay.
+
+    python benchmarks/bench_hedge.py [--quick] [--calls 2000] [--callers 8] [--no-haproxy]
+
+Case 1: a loopback peer (tests/peers.py, in its own process) answers in
+5 ms, except 5 % of requests (drawn at random, seeded) that take 200 ms.
+Case 2: three such peers behind a real HAProxy (round robin), one of which
+stalls for 1 s out of every 3 s; the others answer in 5 ms.
+
+*callers* threads share one session and make *calls* calls in all per
+configuration. For each configuration: p50, p99, p99.9 of the call's
+duration, extra requests (requests the peers saw beyond the calls made, in
+%), CPU per call (this process's CPU time, hedge threads included, divided
+by the calls), calls that ran past their ``total`` deadline, and what was
+left behind: connections still open at the peers once the session is
+closed, and threads alive beyond those there before (the hedge pool's
+workers are reported apart: they are kept for reuse, at most
+``HEDGE_THREADS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import _util
+import peers
+
+import resilient_client
+from resilient_client._hedge import hedge_pool
+
+TOTAL = 2.0  # every call's deadline, seconds
+#: name -> the hedge section of the session's config.
+CONFIGS: dict[str, dict[str, Any] | None] = {
+    "no hedging": None,
+    "fixed 20 ms": {"delay": 0.02},
+    "p95": {"delay": "p95"},
+}
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest rank."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * p // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def drive(url: str, hedge: dict[str, Any] | None, callers: int, calls: int,
+          hits: Any, open_connections: Any) -> dict[str, float]:
+    """*callers* threads, *calls* calls in all through one session; the figures of one configuration."""
+    config: dict[str, Any] = {"timeout": {"total": TOTAL, "read": TOTAL}, "bulkhead": {"max_concurrent": 64}}
+    if hedge is not None:
+        config["hedge"] = hedge
+    session = resilient_client.ResilientSession({"defaults": config})
+    threads_before = {t for t in threading.enumerate() if not t.name.startswith("resilient_client-hedge")}
+    hits_before = hits()
+    durations: list[float] = []
+    hedged = [0]
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    each = max(1, calls // callers)
+    start = threading.Barrier(callers)
+
+    def caller() -> None:
+        mine: list[float] = []
+        n_hedged = 0
+        start.wait(timeout=30)
+        for _ in range(each):  # bounded
+            t0 = time.perf_counter()
+            try:
+                resp = session.get(url)
+                resp.raise_for_status()
+                n_hedged += bool(resp.hedged)
+            except Exception as exc:
+                with lock:
+                    errors.append(exc)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            durations.extend(mine)
+            hedged[0] += n_hedged
+
+    pool = [threading.Thread(target=caller, daemon=True) for _ in range(callers)]
+    cpu0 = time.process_time()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=600)
+    cpu = time.process_time() - cpu0
+    made = each * callers
+    session.close()
+    # Give abandoned copies' sockets a moment to be seen closed by the peer.
+    deadline = time.monotonic() + 2.0
+    left_open = open_connections()
+    while left_open and time.monotonic() < deadline:  # bounded
+        time.sleep(0.05)
+        left_open = open_connections()
+    extra_threads = [t for t in threading.enumerate()
+                     if t not in threads_before and not t.name.startswith("resilient_client-hedge")]
+    durations.sort()
+    return {
+        "calls": made,
+        "p50": percentile(durations, 50) * 1000,
+        "p99": percentile(durations, 99) * 1000,
+        "p99.9": percentile(durations, 99.9) * 1000,
+        "extra": 100.0 * (hits() - hits_before - made) / made,
+        "hedged": 100.0 * hedged[0] / made,
+        "cpu_us": cpu / made * 1e6,
+        "late": sum(1 for d in durations if d > TOTAL),
+        "errors": len(errors),
+        "open": left_open,
+        "threads": len(extra_threads),
+        "pool": hedge_pool().threads(),
+    }
+
+
+@contextlib.contextmanager
+def tail_peer() -> Iterator[tuple[str, Any, Any]]:
+    with peers.peer_process(record=False, max_connections=256) as remote:
+        remote.on("*", peers.tail(0.005, 0.2, 0.05, seed=7))
+        yield remote.url("/items"), remote.hits, lambda: remote.open_connections
+
+
+@contextlib.contextmanager
+def haproxy_peers(every: float = 3.0, stalled: float = 1.0) -> Iterator[tuple[str, Any, Any]]:
+    binary = shutil.which("haproxy") or shutil.which("/usr/sbin/haproxy")
+    if binary is None:
+        raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
+    with contextlib.ExitStack() as stack:
+        backends = [stack.enter_context(peers.peer_process(record=False, max_connections=256))
+                    for _ in range(3)]
+        backends[0].on("*", peers.stall(every, stalled, peers.delay(0.005)))
+        for b in backends[1:]:
+            b.on("*", peers.delay(0.005))
+        port = peers.free_port()
+        d = stack.enter_context(tempfile.TemporaryDirectory(prefix="rc-bench-haproxy-"))
+        cfg = Path(d) / "haproxy.cfg"
+        servers = "".join(f"    server s{i} 127.0.0.1:{b.port}\n" for i, b in enumerate(backends))
+        cfg.write_text(
+            "global\n    maxconn 1024\n\n"
+            "defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n"
+            "    timeout server 30s\n    option http-keep-alive\n\n"
+            f"frontend fe\n    bind 127.0.0.1:{port}\n    default_backend app\n\n"
+            f"backend app\n    balance roundrobin\n{servers}"
+        )
+        proc = subprocess.Popen([binary, "-f", str(cfg), "-db"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + 10
+            while True:  # bounded by `end`
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > end or proc.poll() is not None:
+                        raise RuntimeError("haproxy did not start") from None
+                    time.sleep(0.02)
+
+            def hits() -> int:
+                return sum(b.hits() for b in backends)
+
+            def open_connections() -> int:
+                # HAProxy keeps its own idle server connections: count the client side
+                # (ours to leak) as connections HAProxy still holds to the peers is not ours.
+                return sum(b.open_connections for b in backends)
+
+            yield f"http://127.0.0.1:{port}/items", hits, open_connections
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def rows_for(bench: str, results: dict[str, dict[str, float]]) -> list[_util.Row]:
+    rows: list[_util.Row] = []
+    base = results["no hedging"]["p99"]
+    for name, r in results.items():
+        note = (f"p50 {r['p50']:.1f} ms, p99.9 {r['p99.9']:.1f} ms, {r['extra']:.1f} % extra requests, "
+                f"{r['hedged']:.1f} % calls hedged, {r['cpu_us']:.0f} µs CPU/call, "
+                f"{int(r['late'])} late, {int(r['errors'])} errors, {int(r['open'])} conns open after, "
+                f"{int(r['threads'])} threads left (+{int(r['pool'])} pool)")
+        if name == "no hedging":
+            rows.append(_util.Row(bench, f"{name}: p99", round(r["p99"], 1), "ms", note=note))
+        else:
+            cut = base / r["p99"] if r["p99"] else float("inf")
+            ok = cut >= 5 and r["extra"] <= 10 and r["late"] == 0
+            rows.append(_util.Row(bench, f"{name}: p99", round(r["p99"], 1), "ms",
+                                  target=">= 5x cut, <= 10 % extra", met=ok,
+                                  note=f"{cut:.1f}x cut; {note}"))
+    return rows
+
+
+def run(*, smoke: bool = False, calls: int | None = None, callers: int = 8,
+        haproxy: bool = True) -> list[_util.Row]:
+    calls = calls or (80 if smoke else 2000)
+    rows: list[_util.Row] = []
+    cases = [("tail: 5 ms, 5 % at 200 ms", tail_peer)]
+    if haproxy:
+        cases.append(("HAProxy, 1 of 3 backends stalls 1 s every 3 s", haproxy_peers))
+    for title, make in cases:
+        bench = f"hedging, {title}; {callers} callers x {calls // callers} calls"
+        results: dict[str, dict[str, float]] = {}
+        with make() as (url, hits, open_connections):
+            for name, hedge in CONFIGS.items():
+                results[name] = drive(url, hedge, callers, calls, hits, open_connections)
+        rows.extend(rows_for(bench, results))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", "--smoke", dest="smoke", action="store_true", help="tiny counts: checks it runs")
+    ap.add_argument("--calls", type=int, default=None, help="calls per configuration (default 2000)")
+    ap.add_argument("--callers", type=int, default=8)
+    ap.add_argument("--no-haproxy", action="store_true", help="skip the HAProxy case")
+    args = ap.parse_args()
+    _util.print_rows(run(smoke=args.smoke, calls=args.calls, callers=args.callers,
+                         haproxy=not args.no_haproxy))
+
+
+if __name__ == "__main__":
+    main()
