@@ -223,7 +223,8 @@ def run(*, smoke: bool = False, calls: int | None = None, callers: int = 8,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", "--smoke", dest="smoke", action="store_true", help="tiny counts: checks it runs")
+    ap.add_argument("--quick", "--smoke", dest="smoke", action="store_true",
+                    help="tiny counts: checks it runs")
     ap.add_argument("--calls", type=int, default=None, help="calls per configuration (default 2000)")
     ap.add_argument("--callers", type=int, default=8)
     ap.add_argument("--no-haproxy", action="store_true", help="skip the HAProxy case")

@@ -54,7 +54,6 @@ retrying inside each of the session's attempts multiplies them.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import logging
@@ -71,9 +70,10 @@ from urllib3.poolmanager import PoolManager
 from urllib3.util.retry import Retry
 
 from ._clock import Deadline
+from ._hedge import Abandon
 
-__all__ = ["Abandon", "Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter",
-           "equip_manager", "is_equipped", "release"]
+__all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter", "equip_manager",
+           "is_equipped", "release"]
 
 
 class _Arm:
@@ -98,51 +98,6 @@ class _Arm:
 
 
 _local = threading.local()
-
-
-class Abandon:
-    """
-    How a hedged copy that lost is stopped from another thread: no read of
-    its response starts once `abandon` was called, and a read under way is
-    woken by shutting its socket down, so the copy's thread ends at once and
-    urllib3 closes that connection instead of pooling it half-read.
-
-    Why a shutdown is safe here when a timer closing sockets is not (see the
-    module docstring): the socket is remembered only while a read on the
-    copy's own response is running, under the lock that `abandon` takes, so
-    the connection is certainly still checked out by the copy's thread.
-    """
-
-    __slots__ = ("_lock", "_sock", "abandoned")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self.abandoned = False
-
-    def read(self, sock: socket.socket, raw: io.RawIOBase, b: Any) -> int | None:
-        with self._lock:
-            if self.abandoned:
-                # Shut down, not only closed: urllib3's close of this connection
-                # would wait for every reference to the socket's reader (a
-                # traceback holding the response) before the peer saw a FIN.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                raise ConnectionAbortedError("hedged copy abandoned: another copy answered first")
-            self._sock = sock
-        try:
-            return raw.readinto(b)
-        finally:
-            with self._lock:
-                self._sock = None
-
-    def abandon(self) -> None:
-        """Stop the copy's reads: the next one refused, the running one woken."""
-        with self._lock:
-            self.abandoned = True
-            if self._sock is not None:
-                with contextlib.suppress(OSError):  # closed meanwhile: nothing left to wake
-                    self._sock.shutdown(socket.SHUT_RDWR)
 
 
 def arm(deadline: Deadline | None, read_timeout: float | None = None) -> _Arm:

@@ -15,6 +15,10 @@ against the deadline (`resilient_client._deadline`), and a copy that lost is
 abandoned (its socket read woken and its connection closed), so the worker
 is free again at once.
 
+A copy that lost is stopped by `Abandon`, which the deadline reader
+(`resilient_client._deadline`) consults before and during each socket read
+of the copy's response.
+
 Why the pool is shared by sessions rather than per session: threads are a
 process resource, like file descriptors; one bound for the process is the
 bound that matters, and sessions made per request would otherwise each
@@ -23,16 +27,64 @@ start threads. It holds no session state: each task carries its call.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["HEDGE_THREADS", "Copy", "HedgePool", "Race", "hedge_pool"]
+__all__ = ["HEDGE_THREADS", "Abandon", "Copy", "HedgePool", "Race", "hedge_pool"]
 
 #: Worker threads at most, for the whole process.
 HEDGE_THREADS = 32
+
+
+class Abandon:
+    """
+    How a hedged copy that lost is stopped from another thread: no read of
+    its response starts once `abandon` was called, and a read under way is
+    woken by shutting its socket down, so the copy's thread ends at once and
+    urllib3 closes that connection instead of pooling it half-read.
+
+    Why a shutdown is safe here when a timer closing sockets is not (see
+    `resilient_client._deadline`): the socket is remembered only while a read on the
+    copy's own response is running, under the lock that `abandon` takes, so
+    the connection is certainly still checked out by the copy's thread.
+    """
+
+    __slots__ = ("_lock", "_sock", "abandoned")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.abandoned = False
+
+    def read(self, sock: socket.socket, raw: io.RawIOBase, b: Any) -> int | None:
+        with self._lock:
+            if self.abandoned:
+                # Shut down, not only closed: urllib3's close of this connection
+                # would wait for every reference to the socket's reader (a
+                # traceback holding the response) before the peer saw a FIN.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                raise ConnectionAbortedError("hedged copy abandoned: another copy answered first")
+            self._sock = sock
+        try:
+            return raw.readinto(b)
+        finally:
+            with self._lock:
+                self._sock = None
+
+    def abandon(self) -> None:
+        """Stop the copy's reads: the next one refused, the running one woken."""
+        with self._lock:
+            self.abandoned = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):  # closed meanwhile: nothing left to wake
+                    self._sock.shutdown(socket.SHUT_RDWR)
 
 
 class HedgePool:

@@ -5,6 +5,9 @@ through the endpoint's policy, one concern per layer::
     send                      route (cached), then:
     _send_with_fallback       deadline, bulkhead slot, fallback on failure
     _send_with_retries        tenacity, inside the retry budget
+    _hedged_attempt           (``hedge`` on, safe calls) each try a race of copies
+                              on the hedge pool's threads (`_hedge`), each copy
+                              an `_attempt` carrying the call's context
     _attempt                  breaker, timeouts capped by the deadline, the adapter
     resolve_redirects         each hop of an attempt back through send, as
     _send_hop                 the same attempt under the time left then
@@ -49,7 +52,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
-from ._deadline import Abandon, Deadline, DeadlineAdapter, arm, disarm, equip, is_equipped, release
+from ._deadline import Deadline, DeadlineAdapter, arm, disarm, equip, is_equipped, release
 from ._endpoints import Endpoints, EndpointState, Route
 from ._environ import EnvironCache, merge_proxies
 from ._events import (
@@ -70,7 +73,7 @@ from ._events import (
     load_listeners,
 )
 from ._fallback import make_response
-from ._hedge import Copy, Race, hedge_pool
+from ._hedge import Abandon, Copy, Race, hedge_pool
 from ._live import LIVE_SESSIONS
 from ._outcome import RetryPredicate, classify_error, is_replayable
 from ._per_attempt import REAUTH, HookGuard, PreAuth, reauthenticated

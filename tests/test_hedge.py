@@ -340,3 +340,19 @@ def test_a_session_without_hedging_starts_no_thread(peer: Peer) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.split() == ["0", "1"]
+
+
+class TestWithTheTestingKit:
+    def test_first_copy_held_the_hedge_answers(self) -> None:
+        """The kit scripts "the first copy is slow, the hedge is fast": hold the first, answer the next."""
+        from resilient_client.testing import fake_peers
+
+        url = "https://search.internal/q"
+        with fake_peers() as peers:
+            search = peers.url(url).hold(body=b"slow", times=1).respond(200, body=b"fast")
+            session = peers.session({"defaults": {"hedge": {"delay": 0.01}}})
+            resp = session.get(url)
+            search.release()  # the first copy, abandoned, is let go
+            assert resp.text == "fast" and resp.hedged is True and resp.attempts == 2
+            assert peers.attempts(url) == 2
+            assert len(peers.events.of(HedgeWon)) == 1
