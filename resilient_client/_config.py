@@ -677,7 +677,7 @@ def _shared_state_problems(endpoints: Iterable[tuple[int, Endpoint]]) -> list[tu
 
 #: What one call may change of its endpoint's policy (``session.get(url,
 #: policy={...})``): how this call is made, not the endpoint's shared state.
-CALL_SECTIONS = ("timeout", "retry", "fallback", "propagation")
+CALL_SECTIONS = ("timeout", "retry", "fallback", "propagation", "hedge")
 
 
 def call_policy(base: Policy, changes: Mapping[str, Any]) -> Policy:

@@ -77,7 +77,15 @@ from ._hedge import Abandon, Copy, Race, hedge_pool
 from ._live import LIVE_SESSIONS
 from ._outcome import RetryPredicate, classify_error, is_replayable
 from ._per_attempt import REAUTH, HookGuard, PreAuth, reauthenticated
-from ._policy import CallableFallback, HedgePolicy, Policy, RetryPolicy, StaleFallback, StaticFallback
+from ._policy import (
+    HEDGE_DELAY_CEILING,
+    CallableFallback,
+    HedgePolicy,
+    Policy,
+    RetryPolicy,
+    StaleFallback,
+    StaticFallback,
+)
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
@@ -796,7 +804,9 @@ class ResilientSession(requests.Session):
             return self._attempt(call)  # no worker free: this attempt goes unhedged
         copies = [first]
         window = route.state.latency
-        delay = window.value if window is not None else cast(float, policy.delay)
+        delay = (window.value if window is not None
+                 # A percentile asked for one call (policy=) on an endpoint that learns none.
+                 else HEDGE_DELAY_CEILING if isinstance(policy.delay, str) else policy.delay)
         deadline = call.deadline
         can_hedge, pending = True, 1
         winner: Copy | None = None

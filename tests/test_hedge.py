@@ -356,3 +356,11 @@ class TestWithTheTestingKit:
             assert resp.text == "fast" and resp.hedged is True and resp.attempts == 2
             assert peers.attempts(url) == 2
             assert len(peers.events.of(HedgeWon)) == 1
+
+
+def test_policy_switches_hedging_off_for_one_call(peer: Peer) -> None:
+    """policy={"hedge": None} sends one copy only, on an endpoint that hedges."""
+    peer.on("/x", delay(0.1, answer(200, b"slow")), answer(200, b"fast"))
+    session, _ = make_session({"delay": 0.01})
+    resp = session.get(peer.url("/x"), policy={"hedge": None})
+    assert resp.text == "slow" and resp.hedged is False and peer.hits("/x") == 1
