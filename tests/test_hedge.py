@@ -364,3 +364,12 @@ def test_policy_switches_hedging_off_for_one_call(peer: Peer) -> None:
     session, _ = make_session({"delay": 0.01})
     resp = session.get(peer.url("/x"), policy={"hedge": None})
     assert resp.text == "slow" and resp.hedged is False and peer.hits("/x") == 1
+
+
+def test_a_closed_session_keeps_no_connection_open(peer: Peer) -> None:
+    """The losing copy's error holds no reference cycle to the pool: closing the session closes it all."""
+    peer.on("/x", delay(2.0, answer(200, b"slow")), answer(200, b"fast"))
+    session, _ = make_session({"delay": 0.02})
+    assert session.get(peer.url("/x")).text == "fast"
+    session.close()
+    assert peer.wait_open_at_most(0) == 0
