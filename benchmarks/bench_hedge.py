@@ -14,16 +14,19 @@ configuration. For each configuration: p50, p99, p99.9 of the call's
 duration, extra requests (requests the peers saw beyond the calls made, in
 %), CPU per call (this process's CPU time, hedge threads included, divided
 by the calls), calls that ran past their ``total`` deadline, and what was
-left behind: connections still open at the peers once the session is
-closed, and threads alive beyond those there before (the hedge pool's
-workers are reported apart: they are kept for reuse, at most
-``HEDGE_THREADS``).
+left behind once the session is closed and dropped: sockets this process
+still holds, connections still open at the peers (behind HAProxy: HAProxy's
+own idle connections to them, not ours), and threads alive beyond those
+there before (the hedge pool's workers are reported apart: they are kept
+for reuse, at most ``HEDGE_THREADS``). The configurations run one after the
+other on the same peers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -46,6 +49,7 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "no hedging": None,
     "fixed 20 ms": {"delay": 0.02},
     "p95": {"delay": "p95"},
+    "p90": {"delay": "p90"},
 }
 
 
@@ -63,7 +67,9 @@ def drive(url: str, hedge: dict[str, Any] | None, callers: int, calls: int,
     config: dict[str, Any] = {"timeout": {"total": TOTAL, "read": TOTAL}, "bulkhead": {"max_concurrent": 64}}
     if hedge is not None:
         config["hedge"] = hedge
+    sockets_before = own_sockets()
     session = resilient_client.ResilientSession({"defaults": config})
+    holder = [session]  # the callers' way to it, dropped at the end (a closure cell cannot be)
     threads_before = {t for t in threading.enumerate() if not t.name.startswith("resilient_client-hedge")}
     hits_before = hits()
     durations: list[float] = []
@@ -80,7 +86,7 @@ def drive(url: str, hedge: dict[str, Any] | None, callers: int, calls: int,
         for _ in range(each):  # bounded
             t0 = time.perf_counter()
             try:
-                resp = session.get(url)
+                resp = holder[0].get(url)
                 resp.raise_for_status()
                 n_hedged += bool(resp.hedged)
             except Exception as exc:
@@ -99,13 +105,18 @@ def drive(url: str, hedge: dict[str, Any] | None, callers: int, calls: int,
         t.join(timeout=600)
     cpu = time.process_time() - cpu0
     made = each * callers
+    window = session._route_for("GET", url).state.latency
+    learned = window.value * 1000 if window is not None else float("nan")
     session.close()
+    holder.clear()
+    del session
     # Give abandoned copies' sockets a moment to be seen closed by the peer.
     deadline = time.monotonic() + 2.0
     left_open = open_connections()
     while left_open and time.monotonic() < deadline:  # bounded
         time.sleep(0.05)
         left_open = open_connections()
+    leaked = own_sockets() - sockets_before
     extra_threads = [t for t in threading.enumerate()
                      if t not in threads_before and not t.name.startswith("resilient_client-hedge")]
     durations.sort()
@@ -120,9 +131,20 @@ def drive(url: str, hedge: dict[str, Any] | None, callers: int, calls: int,
         "late": sum(1 for d in durations if d > TOTAL),
         "errors": len(errors),
         "open": left_open,
+        "sockets": leaked,
+        "learned": learned,
         "threads": len(extra_threads),
         "pool": hedge_pool().threads(),
     }
+
+
+def own_sockets() -> int:
+    """Sockets this process holds open now."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
 
 
 @contextlib.contextmanager
@@ -191,8 +213,11 @@ def rows_for(bench: str, results: dict[str, dict[str, float]]) -> list[_util.Row
     for name, r in results.items():
         note = (f"p50 {r['p50']:.1f} ms, p99.9 {r['p99.9']:.1f} ms, {r['extra']:.1f} % extra requests, "
                 f"{r['hedged']:.1f} % calls hedged, {r['cpu_us']:.0f} µs CPU/call, "
-                f"{int(r['late'])} late, {int(r['errors'])} errors, {int(r['open'])} conns open after, "
+                f"{int(r['late'])} late, {int(r['errors'])} errors, "
+                f"{int(r['sockets'])} sockets left open here, {int(r['open'])} conns open at the peers, "
                 f"{int(r['threads'])} threads left (+{int(r['pool'])} pool)")
+        if r["learned"] == r["learned"]:  # not NaN: a learned delay
+            note += f", delay learned {r['learned']:.1f} ms"
         if name == "no hedging":
             rows.append(_util.Row(bench, f"{name}: p99", round(r["p99"], 1), "ms", note=note))
         else:

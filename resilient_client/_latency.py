@@ -16,6 +16,14 @@ The learned delay is clamped to ``HEDGE_DELAY_FLOOR .. HEDGE_DELAY_CEILING``
 (`resilient_client._policy`) and is the ceiling until `MIN_SAMPLES` were
 seen: a cold endpoint hedges rarely rather than blindly.
 
+What is recorded (by the session): the latency of every copy that
+answered, and for a copy abandoned unanswered (another copy won), the
+ceiling: its true latency is unknown, only "at least the delay". Recording
+the time it had waited instead would pull the percentile down onto the
+delay itself, and the delay would chase its own tail; recorded as "slow",
+the percentile is exact as long as it lies below the delay, and when it
+does not, the delay rises until it does.
+
 Transport-free: no clock is read here, the session passes durations in.
 """
 

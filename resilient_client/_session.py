@@ -842,9 +842,15 @@ class ResilientSession(requests.Session):
                 if not c.done and c.call.abandon is not None:
                     c.call.abandon.abandon()
                     if window is not None:
-                        window.record(now - c.started)  # at least this slow: a lower bound
+                        # Censored: at least this slow, maybe much more. Counted as
+                        # the ceiling, so a percentile below the delay stays exact.
+                        window.record(max(now - c.started, HEDGE_DELAY_CEILING))
         sent = sum(1 for i, c in enumerate(copies) if c.call.attempt > call.attempt + i)
         chosen = winner if winner is not None else first
+        if window is not None:
+            for c in finished:
+                if isinstance(c.result, requests.Response):
+                    window.record(c.ended - c.started)
         for c in finished:
             if c is not chosen:
                 _forget(c)
@@ -855,8 +861,6 @@ class ResilientSession(requests.Session):
             raise DeadlineExceeded(route.name, cast(Deadline, deadline).total, request=call.request)
         for name in _COPY_STATE:
             setattr(call, name, getattr(chosen.call, name))
-        if window is not None and isinstance(chosen.result, requests.Response):
-            window.record(chosen.ended - chosen.started)
         if winner is not None and winner.index:
             self._emit(HedgeWon(route.name, call.request.method or "", self._url(call.request),
                                 winner.call.attempt, winner.ended - first.started))
