@@ -32,6 +32,7 @@ import functools
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -235,6 +236,45 @@ def rows_for(bench: str, results: dict[str, dict[str, float]], at: str = "p99") 
     return rows
 
 
+def handoff_cost(calls: int, rounds: int = 5) -> list[_util.Row]:
+    """
+    What hedging costs a call that needs no hedge: one caller, a peer that
+    answers at once, ``hedge: {delay: 1.0}`` (never fires) against hedging
+    off, alternated over *rounds* rounds (medians of per-round figures).
+    """
+    bench = f"hedging on, no hedge needed: 1 caller x {calls} calls, immediate answers"
+    walls: dict[str, list[float]] = {"off": [], "on": []}
+    cpus: dict[str, list[float]] = {"off": [], "on": []}
+    with peers.peer_process(record=False) as remote:
+        remote.on("*", peers.answer(200, _util.BODY))
+        url = remote.url("/items")
+        sessions = {
+            "off": resilient_client.ResilientSession(),
+            "on": resilient_client.ResilientSession({"defaults": {"hedge": {"delay": 1.0}}}),
+        }
+        for s in sessions.values():
+            for _ in range(20):  # warm: connections, routes
+                s.get(url).content  # noqa: B018
+        for _ in range(rounds):
+            for name, s in sessions.items():
+                w0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(calls):
+                    s.get(url).content  # noqa: B018
+                walls[name].append((time.perf_counter() - w0) / calls * 1e6)
+                cpus[name].append((time.process_time() - c0) / calls * 1e6)
+        for s in sessions.values():
+            s.close()
+    med = statistics.median
+    rows = []
+    for name in ("off", "on"):
+        rows.append(_util.Row(bench, f"hedge {name}: wall per call", round(med(walls[name]), 1), "µs",
+                              note=f"CPU {med(cpus[name]):.0f} µs per call"))
+    extra = med([b - a for a, b in zip(cpus["off"], cpus["on"], strict=True)])
+    rows.append(_util.Row(bench, "hedge on: extra CPU per call (the thread handoff)", round(extra, 1), "µs",
+                          note=f"{hedge_pool().threads()} pool threads started in this process"))
+    return rows
+
+
 def run(*, smoke: bool = False, calls: int | None = None, callers: int = 8,
         haproxy: bool = True) -> list[_util.Row]:
     calls = calls or (80 if smoke else 2000)
@@ -254,6 +294,7 @@ def run(*, smoke: bool = False, calls: int | None = None, callers: int = 8,
             for name, hedge in CONFIGS.items():
                 results[name] = drive(url, hedge, callers, n, hits, open_connections)
         rows.extend(rows_for(bench, results, at))
+    rows.extend(handoff_cost(50 if smoke else 1000, rounds=2 if smoke else 5))
     return rows
 
 
