@@ -4,7 +4,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import pool host hedge
+                                              #   orphaned import pool host tracing async hedge
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -27,6 +27,7 @@ from dataclasses import asdict
 
 import _util
 import bench_amplification
+import bench_async
 import bench_breaker
 import bench_cascade
 import bench_drip
@@ -35,6 +36,7 @@ import bench_hedge
 import bench_host_state
 import bench_import
 import bench_pool
+import bench_tracing
 import observability_overhead
 import orphaned_work
 import retry_overhead
@@ -54,6 +56,8 @@ BENCHES = {
     "orphaned": orphaned_work.run,
     "import": bench_import.run,
     "host": bench_host_state.run,
+    "async": bench_async.run,
+    "tracing": bench_tracing.run,
     "hedge": bench_hedge.run,
 }
 

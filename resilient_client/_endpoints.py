@@ -45,7 +45,7 @@ _ROUTE_CACHE_SIZE = 4096
 MAX_ORIGIN_STATES = 256
 
 _StateChanged = Callable[[CircuitBreaker, BreakerState, BreakerState], None]
-_BuildRetrying = Callable[[Policy], "tenacity.Retrying | None"]
+_BuildRetrying = Callable[[Policy], "tenacity.BaseRetrying | None"]
 
 
 class EndpointState:
@@ -78,10 +78,11 @@ class EndpointState:
         state_dir: str | None,
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
-        from ._host_file import HostFile, default_state_dir  # only host state opens files
+        from ._host_dir import effective_state_dir
+        from ._host_file import HostFile  # only host state opens files
         from ._host_state import HostBudget, HostBulkhead, HostStore, check_policy
 
-        file = HostFile(state_dir or default_state_dir(), name)
+        file = HostFile(effective_state_dir(state_dir), name)
         check_policy(file, (policy.breaker, policy.budget, policy.bulkhead))
         self.breaker = None
         if policy.breaker is not None:
@@ -89,7 +90,7 @@ class EndpointState:
             self.breaker = CircuitBreaker(
                 name, dataclasses.replace(policy.breaker, storage=policy.state) if redis else policy.breaker,
                 clock=clock, on_state_change=on_state_change,
-                store=None if redis else HostStore(file),
+                store=None if redis else HostStore(file, clock),
             )
         budget = HostBudget(policy.budget, clock, file) if policy.budget is not None else None
         self.budget = budget
@@ -129,7 +130,7 @@ class Route:
         self,
         resolution: Resolution,
         state: EndpointState,
-        retrying: tenacity.Retrying | None,
+        retrying: tenacity.BaseRetrying | None,
     ) -> None:
         self.resolution = resolution
         self.policy = resolution.policy
@@ -175,7 +176,7 @@ class Endpoints:
         self._states: dict[str, EndpointState] = {}
         # Unmatched origins (bounded: MAX_ORIGIN_STATES).
         self._origins: OrderedDict[str, EndpointState] = OrderedDict()
-        self._retryings: dict[int, tenacity.Retrying | None] = {}
+        self._retryings: dict[int, tenacity.BaseRetrying | None] = {}
         self._next_scan = 0
         #: Calls made, for recency (racy on purpose, see the module docstring).
         self.calls = 0

@@ -28,6 +28,7 @@ start threads. It holds no session state: each task carries its call.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import os
 import socket
@@ -97,7 +98,10 @@ class HedgePool:
         self._executor: ThreadPoolExecutor | None = None
 
     def try_submit(self, fn: Callable[..., Any], *args: Any) -> bool:
-        """Run ``fn(*args)`` on a worker if one is free now; False (nothing run) if not."""
+        """
+        Run ``fn(*args)`` on a worker, in a copy of the caller's context
+        variables, if a worker is free now; False (nothing run) if not.
+        """
         if not self._free.acquire(blocking=False):
             return False
         executor = self._executor
@@ -108,9 +112,13 @@ class HedgePool:
                     executor = self._executor = ThreadPoolExecutor(
                         self.max_threads, thread_name_prefix="resilient_client-hedge")
 
+        # The caller's context variables (a trace's current span, a logger's
+        # bound fields) go with the work: each copy runs in a copy of them.
+        context = contextvars.copy_context()
+
         def run() -> None:
             try:
-                fn(*args)
+                context.run(fn, *args)
             finally:
                 self._free.release()
 

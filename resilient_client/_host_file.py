@@ -70,6 +70,7 @@ import zlib
 from collections.abc import Iterator
 from typing import cast
 
+from . import _host_dir
 from ._host_dir import STATE_DIR_ENV, default_state_dir, path_for, warn_once
 
 try:
@@ -161,13 +162,16 @@ class HostFile:
     def _open(self) -> int:
         if fcntl is None:  # pragma: no cover - Windows
             raise HostFileError("this platform has no fcntl (no kernel file locks)")
+        read_only = _host_dir.READ_ONLY  # `resilient-client status`: create nothing
         try:
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            if not read_only:
+                os.makedirs(self._dir, mode=0o700, exist_ok=True)
             st = os.stat(self._dir)
             if st.st_uid != os.getuid() or st.st_mode & 0o022:
                 # Anyone who can write here can forge our breakers.
                 raise HostFileError(f"{self._dir} is not this user's own directory (mode 0700)")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
+            fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise HostFileError(f"cannot open {self.path}: {exc}") from exc
         try:

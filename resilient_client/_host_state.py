@@ -63,7 +63,7 @@ from typing import TypeVar
 from ._breaker_machine import CLOSED, CLOSED_RECORD, HALF_OPEN, OPEN, BreakerState, Record
 from ._breaker_store import Changes, MemoryStore, Step
 from ._bulkhead import Bulkhead
-from ._clock import SYSTEM_CLOCK
+from ._clock import SYSTEM_CLOCK, Clock
 from ._host_budget import HostBudget
 from ._host_dir import pid_alive, warn_once
 from ._host_file import (
@@ -117,13 +117,17 @@ def _degraded(file: HostFile, exc: Exception) -> None:
 
 
 class HostStore:
-    """A `BreakerStore` in the endpoint's host file; ``now`` is ``time.monotonic()``."""
+    """A `BreakerStore` in the endpoint's host file; ``now`` is the clock's (``time.monotonic()``)."""
 
     exclusive = False
     local_time = False
 
-    def __init__(self, file: HostFile) -> None:
+    def __init__(self, file: HostFile, clock: Clock = SYSTEM_CLOCK) -> None:
         self.file = file
+        # The session's clock: the system one in production (CLOCK_MONOTONIC,
+        # one time base for the host), a fake one under the testing kit.
+        self._clock = clock
+        self._now = clock.monotonic
         self._lock = threading.Lock()
         self._local: MemoryStore | None = None  # the truth once the file is unusable
         self._raw: BreakerFields | None = None  # the fields last decoded...
@@ -137,7 +141,7 @@ class HostStore:
         if self._local is None:
             try:
                 rec = self._read_shared()
-                return rec, time.monotonic(), self._observe(rec.state)
+                return rec, self._now(), self._observe(rec.state)
             except HostFileError as exc:
                 self._degrade(exc)
         rec, now, _ = self._local_store().read()
@@ -158,7 +162,7 @@ class HostStore:
     # -- the file -----------------------------------------------------------------------
 
     def _apply_shared(self, step: Step[R], fresh: bool) -> tuple[Record, R, float, Changes]:
-        now = time.monotonic()
+        now = self._now()
         # A step that changes nothing needs no lock: on a fresh read (admit),
         # or on the record last seen (an outcome: best effort, as with Redis).
         rec = self._read_shared() if fresh or self._raw is None else self._rec
@@ -218,7 +222,7 @@ class HostStore:
         with self._lock:
             if self._local is None:
                 # Carry on from the last record seen, on the same clock.
-                self._local = MemoryStore(SYSTEM_CLOCK, self._rec)
+                self._local = MemoryStore(self._clock, self._rec)
 
     def _local_store(self) -> MemoryStore:
         assert self._local is not None  # set by _degrade, never unset

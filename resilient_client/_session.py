@@ -36,6 +36,7 @@ exactly the next ``send`` it makes as a hop of the running attempt; any other
 from __future__ import annotations
 
 import copy
+import os
 import random
 import threading
 import uuid
@@ -70,6 +71,7 @@ from ._events import (
     HedgeSent,
     HedgeWon,
     RetryScheduled,
+    Tracing,
     load_listeners,
 )
 from ._fallback import make_response
@@ -387,11 +389,17 @@ class ResilientSession(requests.Session):
                 except CircuitOpenError as exc:
                     tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
-                    self._emit(BreakerRejected(route.name, method.upper(), shown,
-                                               exc._retry_at, exc.retry_in))
-                    if self._bus.wants_hot():
-                        self._emit(CallFinished(route.name, method.upper(), shown, 0,
-                                                "circuit_open", None, 0.0, False))
+                    tracing = self._bus.tracing
+                    token = tracing.enter_call(route.name, method.upper(), shown) if tracing else None
+                    try:
+                        self._emit(BreakerRejected(route.name, method.upper(), shown,
+                                                   exc._retry_at, exc.retry_in))
+                        if self._bus.wants_hot():
+                            self._emit(CallFinished(route.name, method.upper(), shown, 0,
+                                                    "circuit_open", None, 0.0, False))
+                    finally:
+                        if tracing is not None:
+                            tracing.exit_call(token)
                     raise
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
@@ -644,6 +652,17 @@ class ResilientSession(requests.Session):
             local.call = enclosing
 
     def _send_and_report(self, call: Call, hot: bool, started: float) -> requests.Response:
+        tracing = self._bus.tracing
+        if tracing is None:
+            return self._report(call, hot, started)
+        # A tracing listener holds the call's span open (and current) around it.
+        token = tracing.enter_call(call.route.name, call.request.method or "", self._url(call.request))
+        try:
+            return self._report(call, hot, started)
+        finally:
+            tracing.exit_call(token)
+
+    def _report(self, call: Call, hot: bool, started: float) -> requests.Response:
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
@@ -712,9 +731,10 @@ class ResilientSession(requests.Session):
             if retrying is None:
                 resp = self._hedged_attempt(call) if hedged else self._attempt(call)
             elif hedged:
-                resp = self._attempt_then_retrying(call, retrying, self._hedged_attempt)
+                resp = self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying),
+                                                   self._hedged_attempt)
             else:
-                resp = self._attempt_then_retrying(call, retrying)
+                resp = self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying))
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -987,6 +1007,17 @@ class ResilientSession(requests.Session):
         if guard is not None:
             guard.started = started
             call.hook_guard = guard
+        tracing = self._bus.tracing
+        traced = None
+        if tracing is not None:
+            # The attempt's span: its trace context goes out in this attempt's headers.
+            headers = None
+            if tracing.injects:
+                if request is call.request:
+                    request = request.copy()
+                headers = request.headers
+            traced = tracing.enter_attempt(route.name, request.method or "", self._url(request),
+                                           call.attempt, headers)
         a = None
         if deadline is not None or call.abandon is not None:
             a = arm(deadline, call.timeouts[1])
@@ -1016,6 +1047,8 @@ class ResilientSession(requests.Session):
                 outcome = call.outcome = classify_error(
                     exc, reached_peer=call.reached_peer,
                     deadline_passed=deadline is not None and deadline.expired())
+            if traced is not None:
+                cast("Tracing", tracing).exit_attempt(traced, None, outcome.kind, type(exc).__name__)
             # The attempt's event first, then what the breaker made of it.
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
@@ -1045,6 +1078,8 @@ class ResilientSession(requests.Session):
         duration = self.clock.monotonic() - started
         outcome = call.outcome = of_status(resp.status_code, route.policy.failure_status)
         call.error = None
+        if traced is not None:
+            cast("Tracing", tracing).exit_attempt(traced, resp.status_code, outcome.kind, None)
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, outcome.kind, resp.status_code, duration))
@@ -1360,3 +1395,28 @@ def _forget(copy_: Copy) -> None:
 
 # -- the registry behind the test seam ----------------------------------------
 
+
+
+def _forget_inherited_connections() -> None:
+    """
+    In the child of an ``os.fork()``: close this process's copy of every
+    pooled connection of every live session's `HTTPAdapter`.
+
+    A session used before the fork (gunicorn ``--preload`` with a warm-up
+    call, a multiprocessing pool) hands its keep-alive sockets to every
+    child; two processes writing requests on one socket read each other's
+    answers. requests leaves this to the user ("do not share a session
+    across fork"); a drop-in that keeps callers safe should not. Closing
+    here closes the child's descriptors only (no shutdown, no TLS
+    close_notify), so the parent's connections stay usable; the adapters
+    open new pools on demand. Adapters that are not `HTTPAdapter`s are left
+    alone: their ``close()`` may do anything.
+    """
+    for session in LIVE_SESSIONS.after_fork():
+        for adapter in session.adapters.values():
+            if isinstance(adapter, requests.adapters.HTTPAdapter):
+                adapter.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_connections)

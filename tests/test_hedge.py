@@ -400,3 +400,16 @@ def test_prometheus_counts_hedges_sent_and_won() -> None:
     name = "resilient_client_hedges_total"
     assert registry.get_sample_value(name, {"endpoint": "search", "result": "sent"}) == 2
     assert registry.get_sample_value(name, {"endpoint": "search", "result": "won"}) == 1
+
+
+def test_copies_run_in_the_callers_context() -> None:
+    """A copy on a worker thread sees the caller's context variables (a trace's current span)."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+    done = threading.Event()
+    pool = HedgePool(1)
+    var.set("the caller's")
+    assert pool.try_submit(lambda: (seen.append(var.get()), done.set()))
+    assert done.wait(2) and seen == ["the caller's"]
