@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import logging
 import os
 import socket
 import threading
@@ -37,7 +38,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["HEDGE_THREADS", "Abandon", "Copy", "HedgePool", "Race", "hedge_pool"]
+__all__ = ["HEDGE_THREADS", "Abandon", "Copy", "HedgePool", "Race", "hedge_pool", "warn_unhedged"]
+
+logger = logging.getLogger("resilient_client")
+
+
+def warn_unhedged(config: Any, front: str) -> None:
+    """
+    Say once, when *front* is built, that it does not hedge: a ``hedge``
+    section it cannot apply must not be silently ignored.
+    """
+    where = (["defaults"] if config.defaults.hedge is not None else []) + [
+        f"endpoint {e.name!r}" for e in config.endpoints if e.policy.hedge is not None]
+    if where:
+        logger.warning("%s does not hedge requests yet: the hedge section of %s is not applied",
+                       front, ", ".join(where))
+
 
 #: Worker threads at most, for the whole process.
 HEDGE_THREADS = 32

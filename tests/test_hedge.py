@@ -413,3 +413,15 @@ def test_copies_run_in_the_callers_context() -> None:
     var.set("the caller's")
     assert pool.try_submit(lambda: (seen.append(var.get()), done.set()))
     assert done.wait(2) and seen == ["the caller's"]
+
+
+def test_the_async_client_says_it_does_not_hedge(caplog: pytest.LogCaptureFixture) -> None:
+    """AsyncResilientClient does not hedge yet, and says so rather than ignoring the section."""
+    pytest.importorskip("httpx")
+    import logging
+
+    from resilient_client import AsyncResilientClient
+
+    with caplog.at_level(logging.WARNING, logger="resilient_client"):
+        AsyncResilientClient({"endpoints": [{"name": "s", "match": "http://s/", "hedge": {}}]})
+    assert "AsyncResilientClient does not hedge requests yet" in caplog.text and "'s'" in caplog.text
