@@ -4,7 +4,8 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import pool host tracing async hedge
+                                              #   orphaned import pool host tracing async
+                                              #   overload hedge
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -35,6 +36,7 @@ import bench_happy
 import bench_hedge
 import bench_host_state
 import bench_import
+import bench_overload
 import bench_pool
 import bench_tracing
 import observability_overhead
@@ -58,6 +60,7 @@ BENCHES = {
     "host": bench_host_state.run,
     "async": bench_async.run,
     "tracing": bench_tracing.run,
+    "overload": bench_overload.run,
     "hedge": bench_hedge.run,
 }
 

@@ -35,6 +35,7 @@ from .exceptions import (
     ConfigError,
     DeadlineExceeded,
     ResilienceError,
+    Throttled,
 )
 
 if _typing.TYPE_CHECKING:
@@ -52,6 +53,8 @@ if _typing.TYPE_CHECKING:
         BudgetExhausted,
         BulkheadRejected,
         CallFinished,
+        CallThrottled,
+        ConcurrencyLimitChanged,
         DeadlinePassed,
         Event,
         FallbackServed,
@@ -64,6 +67,7 @@ if _typing.TYPE_CHECKING:
     from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
     from ._metrics import otel_listener, prometheus_listener
+    from ._overload import OverloadStatus
     from ._policy import (
         BackoffPolicy,
         BreakerMode,
@@ -71,14 +75,17 @@ if _typing.TYPE_CHECKING:
         BudgetPolicy,
         BulkheadPolicy,
         CallableFallback,
+        ConcurrencyPolicy,
         HedgePolicy,
         Jitter,
         Policy,
         PoolPolicy,
         PropagationPolicy,
+        ProxyErrorsPolicy,
         RetryPolicy,
         StaleFallback,
         StaticFallback,
+        ThrottlePolicy,
         Timeouts,
     )
     from ._propagation import (
@@ -119,10 +126,13 @@ __all__ = [
     "BulkheadPolicy",
     "BulkheadRejected",
     "CallFinished",
+    "CallThrottled",
     "CallableFallback",
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
+    "ConcurrencyLimitChanged",
+    "ConcurrencyPolicy",
     "Config",
     "ConfigError",
     "Deadline",
@@ -140,9 +150,11 @@ __all__ = [
     "HedgeWon",
     "Jitter",
     "Listener",
+    "OverloadStatus",
     "Policy",
     "PoolPolicy",
     "PropagationPolicy",
+    "ProxyErrorsPolicy",
     "ResilienceError",
     "ResilientSession",
     "Resolution",
@@ -151,6 +163,8 @@ __all__ = [
     "Secrets",
     "StaleFallback",
     "StaticFallback",
+    "ThrottlePolicy",
+    "Throttled",
     "Timeouts",
     "__version__",
     "current_deadline",
@@ -172,17 +186,20 @@ _LAZY: dict[str, str] = {
     "Deadline": "_clock",
     **dict.fromkeys([
         "OUTCOMES", "AttemptFinished", "BreakerRejected", "BreakerStateChanged",
-        "BudgetExhausted", "BulkheadRejected", "CallFinished", "DeadlinePassed", "Event",
+        "BudgetExhausted", "BulkheadRejected", "CallFinished", "CallThrottled",
+        "ConcurrencyLimitChanged", "DeadlinePassed", "Event",
         "FallbackServed", "GaveUp", "HedgeSent", "HedgeWon", "Listener", "RetryScheduled",
     ], "_events"),
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
+    "OverloadStatus": "_overload",
     "otel_trace_listener": "_tracing",
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
-        "CallableFallback", "HedgePolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy",
-        "RetryPolicy", "StaleFallback", "StaticFallback", "Timeouts",
+        "CallableFallback", "ConcurrencyPolicy", "HedgePolicy", "Jitter", "Policy", "PoolPolicy",
+        "PropagationPolicy", "ProxyErrorsPolicy", "RetryPolicy", "StaleFallback", "StaticFallback",
+        "ThrottlePolicy", "Timeouts",
     ], "_policy"),
     **dict.fromkeys(
         ["ASGIDeadlineMiddleware", "DeadlineMiddleware", "current_deadline", "deadline"],

@@ -32,14 +32,17 @@ from ._policy import (
     BudgetPolicy,
     BulkheadPolicy,
     CallableFallback,
+    ConcurrencyPolicy,
     Fallback,
     HedgePolicy,
     Policy,
     PoolPolicy,
     PropagationPolicy,
+    ProxyErrorsPolicy,
     RetryPolicy,
     StaleFallback,
     StaticFallback,
+    ThrottlePolicy,
     Timeouts,
     _header_name,
     _methods,
@@ -320,11 +323,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners", "state_dir")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
-                 "critical", "propagation", "pool", "state", "hedge")
+                 "critical", "propagation", "pool", "state", "throttle", "concurrency", "proxy_errors",
+                 "hedge")
 #: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
 _SECTION_KINDS: dict[str, type] = {
     "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
     "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy, "pool": PoolPolicy,
+    "throttle": ThrottlePolicy, "concurrency": ConcurrencyPolicy, "proxy_errors": ProxyErrorsPolicy,
     "hedge": HedgePolicy,
 }
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
@@ -333,8 +338,9 @@ _SECRETS_KEYS = ("headers", "query")
 _FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "headers"))
 _STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
-_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "hedge",
-                       "total", "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
+_NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "total",
+                       "throttle", "concurrency", "proxy_errors", "hedge",
+                       "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
 
 _S = TypeVar("_S")
 
@@ -678,7 +684,7 @@ def _shared_state_problems(endpoints: Iterable[tuple[int, Endpoint]]) -> list[tu
         first = seen.setdefault(ep.name, (i, ep.policy))
         if first[0] == i:
             continue
-        for section in ("breaker", "budget", "bulkhead", "state"):
+        for section in ("breaker", "budget", "bulkhead", "state", "throttle", "concurrency"):
             if getattr(first[1], section) != getattr(ep.policy, section):
                 problems.append((
                     f"endpoints[{i}].{section}",

@@ -33,6 +33,7 @@ from ._clock import Clock
 from ._config import Endpoint, call_policy
 from ._fallback import StaleCache
 from ._latency import LatencyWindow
+from ._overload import Overload
 from ._policy import Policy, StaleFallback
 from ._routing import Resolution, Router
 
@@ -51,7 +52,8 @@ _BuildRetrying = Callable[[Policy], "tenacity.BaseRetrying | None"]
 class EndpointState:
     """What is shared by every request to one endpoint name (or origin)."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "latency", "name", "policy", "route_keys", "stale", "used")
+    __slots__ = ("breaker", "budget", "bulkhead", "latency", "name", "overload", "policy", "route_keys",
+                 "stale", "used")
 
     def __init__(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
@@ -71,6 +73,8 @@ class EndpointState:
             RetryBudget(policy.budget, clock) if policy.budget is not None else None)
         self.bulkhead: Bulkhead | None = (
             Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None)
+        #: Throttle, adaptive limit and Retry-After hold; None when both are off.
+        self.overload: Overload | None = Overload(policy, clock) if policy.overload_control else None
         self._rest()
 
     def _host(
@@ -96,7 +100,20 @@ class EndpointState:
         self.budget = budget
         self.bulkhead = (HostBulkhead(name, policy.bulkhead, file, budget)
                          if policy.bulkhead is not None else None)
+        self.overload = (self._host_overload(name, policy, clock, state_dir)
+                         if policy.overload_control else None)
         self._rest()
+
+    @staticmethod
+    def _host_overload(name: str, policy: Policy, clock: Clock, state_dir: str | None) -> Overload:
+        """The throttle's counts shared on the host (its own file); the adaptive limit stays per process."""
+        throttle = None
+        if policy.throttle is not None:
+            from ._host_dir import default_state_dir  # only host state opens files
+            from ._host_throttle import HostThrottle
+
+            throttle = HostThrottle(policy.throttle, clock, state_dir or default_state_dir(), name)
+        return Overload(policy, clock, throttle)
 
     def _rest(self) -> None:
         self.stale: StaleCache | None = None

@@ -32,6 +32,8 @@ __all__ = [
     "BudgetExhausted",
     "BulkheadRejected",
     "CallFinished",
+    "CallThrottled",
+    "ConcurrencyLimitChanged",
     "DeadlinePassed",
     "Event",
     "EventBus",
@@ -86,9 +88,12 @@ class AttemptFinished(Event):
     """
     One attempt (one request on the wire) ended after ``duration`` seconds.
     ``outcome`` is one of `OUTCOMES`; ``status`` is the response's status, or
-    None when it raised; ``error`` is the exception's type name.
+    None when it raised; ``error`` is the exception's type name;
+    ``proxy_error`` is true for a response the proxy made itself
+    (``proxy_errors``).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.4.0 ``proxy_error``.
     """
 
     method: str
@@ -98,6 +103,7 @@ class AttemptFinished(Event):
     status: int | None
     duration: float
     error: str | None = None
+    proxy_error: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,37 @@ class BulkheadRejected(Event):
 
 
 @dataclass(frozen=True)
+class CallThrottled(Event):
+    """
+    Overload control refused a call locally: ``reason`` is ``throttle``
+    (adaptive throttling, refusing with probability ``reject_rate``) or
+    ``retry_after`` (a Retry-After from the peer has ``retry_in`` seconds
+    left).
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    reason: str
+    reject_rate: float
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimitChanged(Event):
+    """
+    An endpoint's adaptive concurrency limit (``concurrency``) moved from
+    ``old`` to ``new`` calls in flight.
+
+    .. versionadded:: 0.4.0
+    """
+
+    old: int
+    new: int
+
+
+@dataclass(frozen=True)
 class DeadlinePassed(Event):
     """
     The call's ``total`` deadline passed during its ``attempts``-th attempt.
@@ -287,6 +324,8 @@ _KINDS: dict[type, str] = {
     BulkheadRejected: "bulkhead_rejected",
     DeadlinePassed: "deadline_passed",
     CallFinished: "call_finished",
+    CallThrottled: "call_throttled",
+    ConcurrencyLimitChanged: "concurrency_limit_changed",
     HedgeSent: "hedge_sent",
     HedgeWon: "hedge_won",
 }
@@ -358,6 +397,8 @@ _LEVELS: dict[type, int] = {
     BreakerStateChanged: logging.WARNING,
     BulkheadRejected: logging.WARNING,
     DeadlinePassed: logging.WARNING,
+    CallThrottled: logging.INFO,
+    ConcurrencyLimitChanged: logging.DEBUG,
     HedgeSent: logging.DEBUG,
     HedgeWon: logging.DEBUG,
 }

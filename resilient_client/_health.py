@@ -157,8 +157,11 @@ class EndpointHealth:
         error_rate: ``failures / attempts``, None without attempts.
         budget_requests: first tries in the retry budget's window (None: no budget).
         budget_retries: retries spent in that window (None: no budget).
+        concurrency_limit: the adaptive concurrency limit (None: ``concurrency`` off).
+        throttle_reject_rate: the throttle's refusal probability now (None: ``throttle`` off).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.4.0 ``concurrency_limit``, ``throttle_reject_rate``.
     """
 
     name: str
@@ -175,6 +178,8 @@ class EndpointHealth:
     error_rate: float | None
     budget_requests: int | None = None
     budget_retries: int | None = None
+    concurrency_limit: int | None = None
+    throttle_reject_rate: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
@@ -196,6 +201,8 @@ class EndpointHealth:
                 "requests": self.budget_requests,
                 "retries": self.budget_retries,
             },
+            "overload": None if self.concurrency_limit is None and self.throttle_reject_rate is None else
+            {"concurrency_limit": self.concurrency_limit, "throttle_reject_rate": self.throttle_reject_rate},
             "recent": {
                 "attempts": self.attempts,
                 "failures": self.failures,
@@ -339,6 +346,7 @@ def collect(session: ResilientSession) -> Health:
         else:
             bstate = consecutive = retry_in = storage = None
         budget = state.budget.snapshot() if state.budget is not None else None
+        overload = state.overload.status() if state.overload is not None else None
         endpoints.append(
             EndpointHealth(
                 name=state.name,
@@ -355,6 +363,8 @@ def collect(session: ResilientSession) -> Health:
                 error_rate=failures / attempts if attempts else None,
                 budget_requests=budget[0] if budget is not None else None,
                 budget_retries=budget[1] if budget is not None else None,
+                concurrency_limit=overload.limit if overload is not None else None,
+                throttle_reject_rate=overload.reject_rate if overload is not None else None,
             )
         )
     healthy = all(e.healthy or not e.critical for e in endpoints)

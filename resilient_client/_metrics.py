@@ -26,6 +26,8 @@ from ._events import (
     BreakerStateChanged,
     BulkheadRejected,
     CallFinished,
+    CallThrottled,
+    ConcurrencyLimitChanged,
     Event,
     FallbackServed,
     GaveUp,
@@ -74,7 +76,8 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "rejections_total": (
         "counter", ("endpoint", "by"),
-        "Calls refused without touching the network, by bulkhead or breaker.",
+        "Calls refused without touching the network, by bulkhead, breaker, throttle, "
+        "retry_after (a Retry-After hold) or concurrency (the adaptive limit).",
     ),
     "breaker_state": (
         "gauge", ("endpoint", "state"),
@@ -83,6 +86,14 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "breaker_transitions_total": (
         "counter", ("endpoint", "state"),
         "Breaker state changes, by the state entered.",
+    ),
+    "throttle_reject_rate": (
+        "gauge", ("endpoint",),
+        "The throttle's refusal probability when it last refused a call (throttle).",
+    ),
+    "concurrency_limit": (
+        "gauge", ("endpoint",),
+        "The adaptive concurrency limit (concurrency), since it first moved.",
     ),
     "hedges_total": (
         "counter", ("endpoint", "result"),
@@ -149,8 +160,12 @@ class _PrometheusListener:
         self._rejections = _Children(m["rejections_total"])
         self._state = _Children(m["breaker_state"])
         self._transitions = _Children(m["breaker_transitions_total"])
+        self._reject_rate = _Children(m["throttle_reject_rate"])
+        self._limit = _Children(m["concurrency_limit"])
         self._hedges = _Children(m["hedges_total"])
         self._handlers: dict[type, Callable[[Any], None]] = {
+            CallThrottled: self._throttled,
+            ConcurrencyLimitChanged: lambda e: self._limit(e.endpoint).set(e.new),
             AttemptFinished: self._attempt,
             CallFinished: self._call,
             RetryScheduled: self._retry,
@@ -190,6 +205,11 @@ class _PrometheusListener:
 
     def _breaker_rejected(self, e: BreakerRejected) -> None:
         self._rejections(e.endpoint, "breaker").inc()
+
+    def _throttled(self, e: CallThrottled) -> None:
+        self._rejections(e.endpoint, e.reason).inc()
+        if e.reason == "throttle":
+            self._reject_rate(e.endpoint).set(e.reject_rate)
 
     def _breaker(self, e: BreakerStateChanged) -> None:
         for state in BREAKER_STATES:
@@ -298,6 +318,7 @@ class _OTelListener:
             GaveUp: lambda e: self._count("gave_up", e.endpoint, "reason", e.reason),
             FallbackServed: lambda e: self._count("fallbacks", e.endpoint, "fallback", e.fallback),
             BulkheadRejected: lambda e: self._rejected(e.endpoint, "bulkhead"),
+            CallThrottled: lambda e: self._rejected(e.endpoint, e.reason),
             BreakerRejected: lambda e: self._rejected(e.endpoint, "breaker"),
             BreakerStateChanged: self._breaker,
             HedgeSent: lambda e: self._count("hedges", e.endpoint, "hedge", "sent"),

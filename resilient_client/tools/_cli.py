@@ -509,6 +509,9 @@ def _status(args: argparse.Namespace) -> int:
         return 0 if data.get("healthy") else 1
     rows = [["endpoint", "critical", "breaker", "failures", "retry in", "storage", "bulkhead",
              "errors"]]
+    overload = any(ep.get("overload") for ep in data.get("endpoints", []))
+    if overload:
+        rows[0].append("overload")
     memory_only = False
     for ep in data.get("endpoints", []):
         b = ep.get("breaker") or {}
@@ -527,6 +530,8 @@ def _status(args: argparse.Namespace) -> int:
             f"{bh.get('in_flight')}/{bh.get('max_concurrent')}" if bh else "unlimited",
             "-" if rate is None else f"{rate:.0%} of {rec.get('attempts')}",
         ])
+        if overload:
+            rows[-1].append(_overload_cell(ep.get("overload")))
     print(f"Health of {origin}:")
     _table(rows, sys.stdout)
     if data.get("host"):
@@ -539,6 +544,18 @@ def _status(args: argparse.Namespace) -> int:
         print("note: 'memory' breakers live inside each process, so a new one starts closed; "
               "read a running service with --from http://HOST:PORT/health")
     return 0 if data.get("healthy") else 1
+
+
+def _overload_cell(o: dict[str, Any] | None) -> str:
+    """The adaptive limit and the throttle's refusal rate, for the status table."""
+    if not o:
+        return "-"
+    parts = []
+    if o.get("concurrency_limit") is not None:
+        parts.append(f"limit {o['concurrency_limit']}")
+    if o.get("throttle_reject_rate") is not None:
+        parts.append(f"refusing {o['throttle_reject_rate']:.0%}")
+    return ", ".join(parts)
 
 
 def _nothing_to_show(args: argparse.Namespace, config: Config | None, out: TextIO) -> None:
