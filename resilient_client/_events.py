@@ -148,13 +148,19 @@ class GaveUp(Event):
 class BudgetExhausted(Event):
     """
     A retry was refused because the endpoint's retry budget is spent.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     attempt: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -162,13 +168,19 @@ class BreakerStateChanged(Event):
     """
     The endpoint's breaker moved from ``old`` to ``new`` (``closed``,
     ``open`` or ``half-open``) after ``failures`` consecutive failures.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     old: str
     new: str
     failures: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -178,15 +190,21 @@ class BreakerRejected(Event):
     breaker is open; ``retry_in`` is the seconds until a trial call becomes
     possible, None when it was forced open. ``retry_at`` (a monotonic-clock
     reading) is deprecated, left out of log lines, and goes in 0.3.0.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     retry_at: float | None = None
     retry_in: float | None = None
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -208,13 +226,19 @@ class FallbackServed(Event):
 class BulkheadRejected(Event):
     """
     A call was refused because ``max_concurrent`` calls were in flight.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     max_concurrent: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -233,6 +257,10 @@ class CallThrottled(Event):
     reason: str
     reject_rate: float
     retry_in: float | None = None
+    #: Where the refusing state lives: ``host`` for a throttle shared on
+    #: the host, else ``process`` (the hold and the adaptive limit are per
+    #: process).
+    scope: str = "process"
 
 
 @dataclass(frozen=True)

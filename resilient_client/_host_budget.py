@@ -36,6 +36,11 @@ class HostBudget(RetryBudget):
         self._flushed = time.monotonic()
         self._shared = True
 
+    @property
+    def scope(self) -> str:
+        """``host``, or ``process`` once the file is unusable."""
+        return "host" if self._shared else "process"
+
     def record_request(self) -> None:
         if not self._shared:
             super().record_request()
@@ -58,10 +63,6 @@ class HostBudget(RetryBudget):
             if counts is not None:
                 return sum(counts[0]), sum(counts[1])
         return super().snapshot()
-
-    def due(self, now: float) -> bool:
-        """Whether first tries counted here have waited long enough to be written."""
-        return self._pending > 0 and now - self._flushed >= _FLUSH_EVERY
 
     def flush(self, fd: int) -> None:
         """Add the first tries counted here to the file (its lock held by the caller)."""

@@ -55,6 +55,11 @@ class HostThrottle(Throttle):
         self._flushed = -_FLUSH_EVERY
         self._shared = True
 
+    @property
+    def shared(self) -> bool:
+        """Whether the counts are still shared on the host (False once the file failed)."""
+        return self._shared
+
     def snapshot(self) -> tuple[int, int]:
         if self._shared:
             self._maybe_flush(force=True)

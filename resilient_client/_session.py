@@ -407,7 +407,7 @@ class ResilientSession(requests.Session):
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
-            if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
+            if breaker is not None and route.policy.fallback is None and breaker.looks_open():
                 try:
                     is_trial = breaker.before_call()
                 except CircuitOpenError as exc:
@@ -417,7 +417,7 @@ class ResilientSession(requests.Session):
                     token = tracing.enter_call(route.name, method.upper(), shown) if tracing else None
                     try:
                         self._emit(BreakerRejected(route.name, method.upper(), shown,
-                                                   exc._retry_at, exc.retry_in))
+                                                   exc._retry_at, exc.retry_in, breaker.scope))
                         if self._bus.wants_hot():
                             self._emit(CallFinished(route.name, method.upper(), shown, 0,
                                                     "circuit_open", None, 0.0, False))
@@ -651,7 +651,7 @@ class ResilientSession(requests.Session):
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
             self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                       exc._retry_at, exc.retry_in))
+                                       exc._retry_at, exc.retry_in, breaker.scope))
             # Not CircuitOpenError: that promises nothing touched the network,
             # and the first hop did reach the peer (a write may have acted).
             raise requests.ConnectionError(
@@ -766,7 +766,7 @@ class ResilientSession(requests.Session):
                 overload.finish(None, None)  # give back its place under the adaptive limit
             err = BulkheadFull(route.name, bulkhead.max_concurrent, request=request)
             self._emit(BulkheadRejected(route.name, request.method or "", self._url(request),
-                                        bulkhead.max_concurrent))
+                                        bulkhead.max_concurrent, bulkhead.scope))
             return self._fallback_or_raise(call, err), err
         slot_held = bulkhead is not None
         try:
@@ -823,7 +823,8 @@ class ResilientSession(requests.Session):
         """The error (and event) of a call the hold or the throttle refused."""
         retry_in = overload.hold_for() if why == HOLD else None
         rate = overload.throttle.rate() if why != HOLD and overload.throttle is not None else 0.0
-        self._emit(CallThrottled(name, method, url, why, rate, retry_in))
+        shared = why != HOLD and getattr(overload.throttle, "shared", False)
+        self._emit(CallThrottled(name, method, url, why, rate, retry_in, "host" if shared else "process"))
         return Throttled(name, why, retry_in, request=request)
 
     def _overload_finished(self, call: Call, overload: Overload, admitted: float) -> None:
@@ -1104,7 +1105,7 @@ class ResilientSession(requests.Session):
             except CircuitOpenError as exc:
                 call.outcome = _CIRCUIT_OPEN
                 self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                           exc._retry_at, exc.retry_in))
+                                           exc._retry_at, exc.retry_in, breaker.scope))
                 raise
         # Only a call the breaker let through is a try.
         call.attempt += 1
@@ -1259,7 +1260,9 @@ class ResilientSession(requests.Session):
         )
         method, url = call.request.method or "", self._url(call.request)
         if reason == "budget":
-            self._emit(BudgetExhausted(route.name, method, url, call.attempt))
+            budget = route.state.budget
+            self._emit(BudgetExhausted(route.name, method, url, call.attempt,
+                                       "process" if budget is None else budget.scope))
         self._emit(GaveUp(route.name, method, url, call.attempt, reason, outcome))
 
     # -- fallbacks -----------------------------------------------------------
@@ -1339,7 +1342,7 @@ class ResilientSession(requests.Session):
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
-        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures))
+        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures, breaker.scope))
 
     def _emit(self, event: Event) -> None:
         self._bus.emit(event)

@@ -66,6 +66,48 @@ class TestHostCli:
         assert "unreadable: not a" in capsys.readouterr().out
         assert path.read_bytes() == b"junk" * 1024
 
+    def test_check_reports_a_policy_the_running_processes_do_not_share(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """check reads the state_dir: a file recorded under other thresholds is host-policy-mismatch."""
+        config = _config(tmp_path)
+        ResilientSession(str(config)).circuit("inventory")  # a running process records its policy
+        assert main(["check", str(config)]) == 0
+        assert "host-policy-mismatch" not in capsys.readouterr().out
+        other = tmp_path / "other.json"
+        doc = json.loads(config.read_text())
+        doc["defaults"]["breaker"] = {"failure_threshold": 2}
+        other.write_text(json.dumps(doc))
+        assert main(["check", str(other)]) == 0  # a warning: the config itself is valid
+        out = capsys.readouterr().out
+        assert "endpoint 'inventory'" in out and "[host-policy-mismatch]" in out
+        doc["state_dir"] = str(tmp_path / "own")  # its own state_dir: nothing shared, nothing to say
+        other.write_text(json.dumps(doc))
+        main(["check", str(other)])
+        assert "host-policy-mismatch" not in capsys.readouterr().out
+
+    def test_reset_stale_removes_only_forgotten_files(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--stale deletes a file idle for long with no live process's row, and keeps one in use."""
+        import os
+
+        from resilient_client._host_file import HostFile
+        from resilient_client._host_state import HostBulkhead
+        from resilient_client._policy import BulkheadPolicy
+
+        state = tmp_path / "state"
+        config = _config(tmp_path)
+        HostFile(str(state), "http://forgotten:80").fd()  # an origin called once, long ago
+        used = HostBulkhead("inventory", BulkheadPolicy(max_concurrent=2), HostFile(str(state), "inventory"))
+        assert used.try_acquire()
+        used.release()  # this process keeps its row: it is a live user
+        for p in state.iterdir():
+            os.utime(p, (1, 1))  # untouched since 1970
+        assert main(["reset", "--stale", "-c", str(config)]) == 0
+        assert "removed 1 state file" in capsys.readouterr().out
+        assert [p.name for p in state.iterdir()] == [Path(path_for(str(state), "inventory")).name]
+        assert main(["reset", "--stale", "inventory", "-c", str(config)]) == 2
 
 class TestWhereStatusLooks:
     def test_status_creates_no_directory_and_no_file(

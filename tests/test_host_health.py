@@ -31,7 +31,7 @@ class TestHostHealth:
     def test_in_flight_is_the_host_wide_count(self) -> None:
         """Two calls held by another worker show as 2 in flight here, where this process holds none."""
         session = ResilientSession(CONFIG)
-        other = HostBulkhead("inv", BulkheadPolicy(max_concurrent=5), _other_worker_file(), None)
+        other = HostBulkhead("inv", BulkheadPolicy(max_concurrent=5), _other_worker_file())
         assert other.try_acquire() and other.try_acquire()
         health = session.health()["inv"]
         assert (health.in_flight, health.max_concurrent) == (2, 5)

@@ -5,6 +5,7 @@ The ``resilient-client`` command (also ``python -m resilient_client``).
     resilient-client get URL [--config FILE]      one call, each event printed live
     resilient-client status [--config FILE]       breakers, bulkheads, health, host state
     resilient-client reset NAME [--config FILE]   clear an endpoint's host-shared state
+    resilient-client reset --stale [--idle H]     delete state files unused for H hours
     resilient-client demo [...]                   the cascade demo
 
 Exit codes: 0 fine; 1 the call failed (``get``) or the service is unhealthy
@@ -55,7 +56,16 @@ from .._redact import redact_headers, redact_url
 from .._version import __version__
 from ..exceptions import ConfigError
 from ._haproxy import check_haproxy
-from ._host_status import elsewhere, host_names, host_state, read_only, reset_endpoint, state_dir_for
+from ._host_status import (
+    check_host_policies,
+    elsewhere,
+    host_names,
+    host_state,
+    read_only,
+    remove_stale,
+    reset_endpoint,
+    state_dir_for,
+)
 from ._host_status import table as host_table
 
 __all__ = ["main"]
@@ -134,7 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_status)
 
     p = sub.add_parser("reset", help="clear an endpoint's host-shared state (state: host), for every process")
-    p.add_argument("name", metavar="NAME", help="the endpoint name (or origin)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the endpoint name (or origin)")
+    p.add_argument("--stale", action="store_true",
+                   help="instead of NAME: delete the state files nobody wrote for --idle hours "
+                        "and no live process has a row in (origins called once and forgotten)")
+    p.add_argument("--idle", type=float, default=24.0, metavar="HOURS", help="for --stale (default 24)")
     p.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
     p.add_argument("--state-dir", help="default: the config's state_dir")
     p.set_defaults(run=_reset)
@@ -151,6 +165,13 @@ def _reset(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     state_dir, how = state_dir_for(args.state_dir, config)
+    if args.stale == (args.name is not None):
+        print(f"{PROG}: reset takes NAME or --stale", file=sys.stderr)
+        return 2
+    if args.stale:
+        removed = remove_stale(state_dir, args.idle * 3600.0)
+        print(f"removed {len(removed)} state file(s) unused for {args.idle:g} h from {state_dir} ({how})")
+        return 0
     if not reset_endpoint(state_dir, args.name):
         print(f"{PROG}: no host-shared state for {args.name!r} in {state_dir} ({how}); nothing "
               "cleared", file=sys.stderr)
@@ -252,7 +273,7 @@ def _coherence(config: Config, haproxy_path: str | None, out: TextIO) -> int:
         except OSError as e:
             print(f"{haproxy_path}: cannot read: {e.strerror or e}", file=sys.stderr)
             return 2
-    findings = check_haproxy(config, haproxy_text)
+    findings = check_haproxy(config, haproxy_text) + check_host_policies(config)
     print(file=out)
     what = f"with {haproxy_path}" if haproxy_path else "(client policy alone; --haproxy adds the proxy)"
     if not findings:

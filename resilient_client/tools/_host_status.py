@@ -42,9 +42,12 @@ from .._host_file import (
     breaker_fields,
     path_for,
 )
+from .._host_state import policy_checksum, recorded_policy
+from ._findings import Finding
 
 __all__ = [
-    "elsewhere", "host_names", "host_state", "read_only", "reset_endpoint", "state_dir_for", "table",
+    "check_host_policies", "elsewhere", "host_names", "host_state", "read_only", "remove_stale",
+    "reset_endpoint", "state_dir_for", "table",
 ]
 
 _STATES = ("closed", "open", "half-open")
@@ -150,6 +153,79 @@ def _describe(path: Path, window: float = 10.0) -> dict[str, Any]:
         "gone_processes": gone,
     }
     return entry
+
+
+def check_host_policies(config: Config) -> list[Finding]:
+    """
+    ``host-policy-mismatch``: an endpoint shared on the host (``state: host``
+    or ``redis://``) whose file in ``state_dir`` records another breaker,
+    budget or bulkhead policy than *config*'s, i.e. the processes already
+    running with it apply other thresholds to the same shared state.
+    Reads only: a file that does not exist or is not ours says nothing.
+    """
+    state_dir, _ = state_dir_for(None, config)
+    found: list[Finding] = []
+    seen: set[str] = set()
+    for ep in config.endpoints:
+        policy = ep.policy
+        if ep.name in seen or not policy.host_shared:
+            continue
+        seen.add(ep.name)
+        path = path_for(state_dir, ep.name)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(SIZE)
+        except OSError:
+            continue  # no process has used it yet (or it is not readable): nothing to compare
+        if len(raw) != SIZE or not raw.startswith(b"RCHOST"):
+            continue  # not ours: `status` lists it as unreadable
+        recorded = recorded_policy(raw)
+        if recorded not in (0, policy_checksum((policy.breaker, policy.budget, policy.bulkhead))):
+            found.append(Finding(
+                "warning", "host-policy-mismatch", ep.name, None,
+                f"{path} was set up by a process whose breaker, budget or bulkhead policy for "
+                f"{ep.name!r} differs from this config's; each process applies its own thresholds "
+                "to the shared state: give namesakes one policy, or this service its own state_dir"))
+    return found
+
+
+def remove_stale(state_dir: str, idle: float) -> list[str]:
+    """
+    Delete the state files of *state_dir* nobody wrote for *idle* seconds
+    and whose bulkhead rows name no live process (an origin's state of
+    unmatched URLs, called once, stays otherwise): each under its lock,
+    one that is locked is skipped. Returns the paths removed.
+    """
+    import fcntl
+
+    removed: list[str] = []
+    base = Path(state_dir)
+    if not base.is_dir():
+        return removed
+    now = time.time()
+    for path in sorted(base.glob("*.state"))[:10_000]:  # bounded, whatever is in the directory
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use this very moment
+            if now - os.fstat(fd).st_mtime < idle:
+                continue
+            raw = os.pread(fd, SIZE, 0)
+            if raw.startswith(b"RCHOST") and len(raw) == SIZE:
+                (n,) = struct.unpack_from("<I", raw, 256)
+                rows = [ROW.unpack_from(raw, 272 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
+                if any(pid > 0 and pid_alive(pid) for pid, _, _ in rows):
+                    continue  # a live process has a row here: it may come back to it
+            os.unlink(path)
+            removed.append(str(path))
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _budget_in_window(values: tuple[Any, ...], window: float) -> tuple[int, int]:
