@@ -65,12 +65,13 @@ import logging
 import os
 import struct
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Iterator
 from typing import cast
 
-from ._host_dir import STATE_DIR_ENV, default_state_dir, path_for, warn_once
+from ._host_dir import STATE_DIR_ENV, alive, boot_id, default_state_dir, me, path_for, warn_once
 
 try:
     import fcntl
@@ -78,44 +79,61 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "POLICY_AT", "STATE_DIR_ENV", "BreakerFields",
-    "HostFile", "HostFileError", "breaker_fields", "current_pid", "default_state_dir", "path_for",
+    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "META", "META_AT", "ROW", "ROWS_AT", "ROW0",
+    "STATE_DIR_ENV", "BreakerFields", "HostFile", "HostFileBusy", "HostFileError", "breaker_fields",
+    "current_pid", "default_state_dir", "host_file", "path_for",
 ]
 
 logger = logging.getLogger("resilient_client")
 
 MAGIC = b"RCHOST\0\0"
 #: The layout's version: a file of another version is left alone.
-VERSION = 1
-SIZE = 4096
+VERSION = 2
+SIZE = 8192
 _HEADER = struct.Struct("<8sII48s")
 BREAKER_AT = 64
-#: state, forced, failures, opened_at, trial_until, trial pid, holder; then its crc32.
-BREAKER = struct.Struct("<BB2xIddi4x48s")
+#: state, forced, failures, opened_at, trial_until, the trial holder's pid,
+#: pid namespace and token, its holder string; then its crc32.
+BREAKER = struct.Struct("<BB2xIddiIQ40s")
 _CRC = struct.Struct("<I")
 #: The breaker record's fields as stored, in `BREAKER`'s order.
-BreakerFields = tuple[int, int, int, float, float, int, bytes]
-_ZERO: BreakerFields = (0, 0, 0, 0.0, 0.0, 0, b"")
+BreakerFields = tuple[int, int, int, float, float, int, int, int, bytes]
+_ZERO: BreakerFields = (0, 0, 0, 0.0, 0.0, 0, 0, 0, b"")
 BUDGET_AT = 160
 BUCKETS = 10
 BUDGET = struct.Struct(f"<q{BUCKETS}I{BUCKETS}I")
-POLICY_AT = 248
-_ROWS_AT = 256
-_ROW0 = 272
-ROW = struct.Struct("<iId")
+META_AT = 256
+#: boot id, digest of the endpoint's match, policy crc32, the recorder's pid, namespace and token.
+META = struct.Struct("<16s16sIiI4xQ")
+ROWS_AT = 320
+ROW0 = 336
+#: A lease row: pid, calls held, lease expiry, the holder's token and pid namespace.
+ROW = struct.Struct("<iIdQI4x")
 #: Processes that may hold bulkhead slots on one endpoint at once: 4-32
 #: gunicorn workers, plus room for recycled ones whose rows are reclaimed.
 MAX_PROCESSES = 128
 _COUNT = struct.Struct("<I")
 #: Rows read with the count in one pread: enough for 32 processes.
 _ROWS_FIRST = 32
-_ROWS_READ = _ROW0 + _ROWS_FIRST * ROW.size
+_ROWS_READ = ROW0 + _ROWS_FIRST * ROW.size
+#: The longest a call waits for another process's lock (held for microseconds
+#: unless its holder is stopped: SIGSTOP, ``docker pause``, a debugger).
+LOCK_WAIT = 0.05
+#: After a wait that gave up, calls try the lock once without waiting for this long.
+_BUSY_FOR = 1.0
+#: How often a file in use is checked for having been deleted or replaced,
+#: and a process that stopped sharing tries the file again.
+CHECK_EVERY = 5.0
 
 #: What the first 16 bytes of a good file are: checked under every lock.
 _HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]
 
 _open_lock = threading.Lock()
-
+#: One HostFile per file in a process (`host_file`): two sessions on one
+#: endpoint share its descriptor and its thread lock.
+_files: weakref.WeakValueDictionary[str, HostFile] = weakref.WeakValueDictionary()
+#: Every HostFile, so that a forked child closes what it inherited.
+_every: weakref.WeakSet[HostFile] = weakref.WeakSet()
 
 #: This process's pid, kept up to date across forks: getpid() is a system
 #: call (about 1 µs on this kind of host), and a call would make five.
@@ -132,6 +150,9 @@ def _after_fork() -> None:
     global _open_lock, _pid
     _open_lock = threading.Lock()
     _pid = os.getpid()
+    for f in list(_every):
+        f._tlock = threading.Lock()  # a parent thread may have held it at fork
+        f._drop_inherited()
 
 
 if hasattr(os, "register_at_fork"):
@@ -142,10 +163,24 @@ class HostFileError(Exception):
     """The file cannot be used: damaged, foreign, or not writable."""
 
 
+class HostFileBusy(HostFileError):
+    """Another process held the lock past `LOCK_WAIT`: decide this call in the process (fail open)."""
+
+
+def host_file(state_dir: str, name: str) -> HostFile:
+    """The process's one `HostFile` for endpoint *name* in *state_dir*."""
+    path = os.path.abspath(path_for(state_dir, name))
+    with _open_lock:
+        f = _files.get(path)
+        if f is None:
+            f = _files[path] = HostFile(state_dir, name)
+        return f
+
+
 class HostFile:
     """
     The state file of one endpoint, opened lazily; `HostFileError` from any
-    method means "use process-local state from now on".
+    method means "use process-local state" (`revive` tries again later).
     """
 
     def __init__(self, state_dir: str, name: str) -> None:
@@ -155,6 +190,12 @@ class HostFile:
         self._fd = -1
         self._pid = 0
         self._tlock = threading.Lock()
+        self._closer: weakref.finalize[..., None] | None = None
+        self._busy_until = 0.0
+        self._check_at = time.monotonic() + CHECK_EVERY
+        #: Bumped when the file is reopened (deleted or replaced under us).
+        self.generation = 0
+        _every.add(self)
 
     # -- opening ---------------------------------------------------------------------
 
@@ -167,11 +208,12 @@ class HostFile:
             if st.st_uid != os.getuid() or st.st_mode & 0o022:
                 # Anyone who can write here can forge our breakers.
                 raise HostFileError(f"{self._dir} is not this user's own directory (mode 0700)")
+            # O_CLOEXEC: a program exec'd by a worker must not keep the lock alive.
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise HostFileError(f"cannot open {self.path}: {exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._flock(fd)
             try:
                 size = os.fstat(fd).st_size
                 if size == 0 or (size == SIZE and os.pread(fd, 16, 0) == bytes(16)):
@@ -182,6 +224,7 @@ class HostFile:
                     os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]), 0)
                 else:
                     self._check_header(fd)
+                self._check_boot(fd)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except (OSError, HostFileError) as exc:
@@ -201,23 +244,105 @@ class HostFile:
         if version != VERSION or size != SIZE:
             raise HostFileError(f"{self.path} has layout version {version}, this release reads {VERSION}")
 
+    def _check_boot(self, fd: int) -> None:
+        """A file written before a reboot (state_dir on disk) holds times of another clock: start afresh."""
+        ours, recorded = boot_id(), os.pread(fd, 16, META_AT)
+        if recorded == ours:
+            return
+        if recorded != bytes(16):
+            logger.info("host state %s was written before this boot: cleared", self.path)
+            os.pwrite(fd, bytes(SIZE - BREAKER_AT), BREAKER_AT)
+        os.pwrite(fd, ours, META_AT)
+
     def fd(self) -> int:
         """The descriptor, (re)opened in this process: a forked child must not share the parent's lock."""
         pid = _pid
         if self._pid != pid:
             with _open_lock:
                 if self._pid != pid:
-                    # An inherited descriptor is the parent's (its flock is
-                    # the parent's too): leave it open for the parent's sake.
-                    self._tlock = threading.Lock()
-                    self._fd = self._open()
-                    self._pid = pid
-                    # Closed with this object: states of forgotten origins
+                    self._drop_inherited()
+                    fd = self._open()
+                    # Closed with this object: states of forgotten endpoints
                     # must not leak a descriptor each.
-                    weakref.finalize(self, os.close, self._fd)
+                    self._closer = weakref.finalize(self, os.close, fd)
+                    self._fd, self._pid = fd, pid
         return self._fd
 
-    # -- reading and writing -----------------------------------------------------------
+    def _drop_inherited(self) -> None:
+        """
+        After a fork, in the child: close the parent's descriptor. A flock
+        belongs to the open file description, which fork shares: a child
+        keeping it would keep the parent's lock alive after the parent dies.
+        Closing our copy leaves the parent's lock as it is.
+        """
+        if self._pid and self._pid != _pid and self._fd >= 0:
+            if self._closer is not None:
+                self._closer.detach()
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd, self._pid, self._closer = -1, 0, None
+
+    def _reopen_if_replaced(self, fd: int) -> None:
+        """The file deleted or replaced under us (thread lock held): reopen the path, same descriptor number."""
+        try:
+            st = os.fstat(fd)
+            try:
+                same = st.st_nlink > 0 and os.stat(self.path).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return
+            new = self._open()
+            try:
+                # dup2 keeps the number: a thread reading without the lock
+                # reads the new file, never a descriptor closed and reused.
+                os.dup2(new, fd, inheritable=False)
+            finally:
+                os.close(new)
+        except OSError as exc:
+            raise HostFileError(f"cannot reopen {self.path}: {exc}") from exc
+        self.generation += 1
+        logger.info("host state %s was deleted or replaced: reopened", self.path)
+
+    def revive(self) -> bool:
+        """Whether the file is usable again (reset in place, or recreated): for a process that stopped sharing."""
+        try:
+            fd = self.lock()
+            self.unlock(fd)
+        except HostFileError:
+            return False
+        logger.info("host state %s usable again: shared from now on", self.path,
+                    extra={"state_file": self.path})
+        return True
+
+    # -- the lock ------------------------------------------------------------------------
+
+    def _flock(self, fd: int) -> None:
+        """flock(LOCK_EX), waiting at most `LOCK_WAIT`; `HostFileBusy` when the holder does not let go."""
+        assert fcntl is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if now >= self._busy_until:  # else: recently given up; no wait until it is over
+            end, pause = now + LOCK_WAIT, 0.0001
+            for _ in range(200):  # bounded: ends by time long before
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._busy_until = 0.0
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= end:
+                        break
+            self._busy_until = time.monotonic() + _BUSY_FOR
+            warn_once(self.path + ":busy", "host state %s: its lock was held for more than %.0f ms (a "
+                      "stopped process?); calls decide in their process until it is free", self.path,
+                      LOCK_WAIT * 1000)
+        raise HostFileBusy(f"{self.path} is locked by another process")
 
     def lock(self, *, check: bool = True) -> int:
         """Take the file exclusively (thread lock, then flock) and return its descriptor.
@@ -227,14 +352,20 @@ class HostFile:
         reads it with the rows, saving a system call).
         """
         fd = self.fd()
-        assert fcntl is not None
         tlock = self._tlock
-        tlock.acquire()
+        if not tlock.acquire(timeout=2 * LOCK_WAIT):
+            raise HostFileBusy(f"{self.path} is locked by another thread")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
+            now = time.monotonic()
+            if now >= self._check_at:
+                self._check_at = now + CHECK_EVERY
+                self._reopen_if_replaced(fd)
+            self._flock(fd)
+        except BaseException as exc:
             tlock.release()
-            raise HostFileError(f"cannot lock {self.path}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise HostFileError(f"cannot lock {self.path}: {exc}") from exc
+            raise
         try:
             # Checked under every lock: a file damaged mid-run stops being written at once.
             if check and os.pread(fd, 16, 0) != _HEAD16:
@@ -266,6 +397,8 @@ class HostFile:
             raise HostFileError(f"{self.path}: {exc}") from exc
         finally:
             self.unlock(fd)
+
+    # -- reading and writing -----------------------------------------------------------
 
     def read(self, fd: int, at: int, size: int) -> bytes:
         raw = os.pread(fd, size, at)
@@ -303,42 +436,55 @@ class HostFile:
     # -- bulkhead rows ---------------------------------------------------------------------
 
     def read_rows(self, fd: int) -> list[list[int | float]]:
-        """The lease rows in use, ``[pid, calls, expiry]`` each; checks the header too."""
+        """The lease rows in use, ``[pid, calls, expiry, token, ns]`` each; checks the header too."""
         raw = os.pread(fd, _ROWS_READ, 0)  # header, breaker, budget and rows: one call
         if len(raw) != _ROWS_READ or raw[:16] != _HEAD16:
             self._check_header(fd)
             raise HostFileError(f"{self.path} header changed")
-        (n,) = _COUNT.unpack_from(raw, _ROWS_AT)
+        (n,) = _COUNT.unpack_from(raw, ROWS_AT)
         n = min(n, MAX_PROCESSES)  # a damaged count must not make us read past the table
         if n > _ROWS_FIRST:  # rare: more processes than one read covers
-            raw = self.read(fd, 0, _ROW0 + n * ROW.size)
-        return [list(r) for r in ROW.iter_unpack(raw[_ROW0:_ROW0 + n * ROW.size])]
+            raw = self.read(fd, 0, ROW0 + n * ROW.size)
+        return [list(r) for r in ROW.iter_unpack(raw[ROW0:ROW0 + n * ROW.size])]
 
-    def release_row(self, index: int, pid: int, expiry: float) -> None:
+    def release_row(self, index: int, expiry: float) -> None:
         """
-        One call fewer on row *index*, if it is still *pid*'s: without the
-        flock. While a process holds slots only it writes its row (others
-        clear it only once its pid is gone or its lease lapsed), so the
-        thread lock is enough; the header is checked first, as under the lock.
+        One call fewer on row *index*, if it is still this process's: without
+        the flock. While a process holds slots only it writes its row (others
+        clear it only once it is dead or its lease lapsed), and every session
+        of the process shares this HostFile (`host_file`), so the thread lock
+        is enough; the header is checked first, as under the lock.
         """
+        ident = me()
         with self._tlock:
             fd = self.fd()
             try:
-                at = _ROW0 + index * ROW.size
+                at = ROW0 + index * ROW.size
                 raw = os.pread(fd, at + ROW.size, 0)  # the header with the row: one call
                 if len(raw) != at + ROW.size or raw[:16] != _HEAD16:
                     raise HostFileError(f"{self.path} header changed or truncated")
-                owner, held, _ = ROW.unpack_from(raw, at)
-                if owner == pid and held > 0:
-                    os.pwrite(fd, ROW.pack(pid, held - 1, expiry), at)
+                owner, held, _, token, ns = ROW.unpack_from(raw, at)
+                if owner == ident.pid and token == ident.token and held > 0:
+                    os.pwrite(fd, ROW.pack(owner, held - 1, expiry, token, ns), at)
             except OSError as exc:
                 raise HostFileError(f"{self.path}: {exc}") from exc
 
     def write_row(self, fd: int, index: int, row: list[int | float], rows_in_use: int) -> None:
-        self.write(fd, _ROW0 + index * ROW.size, ROW.pack(*row))
+        self.write(fd, ROW0 + index * ROW.size, ROW.pack(*row))
         if index >= rows_in_use:
             # After the row: a death between the two leaves an unused row, not a bad count.
-            self.write(fd, _ROWS_AT, _COUNT.pack(index + 1))
+            self.write(fd, ROWS_AT, _COUNT.pack(index + 1))
+
+    def reclaim_rows(self, fd: int, rows: list[list[int | float]], now: float) -> list[tuple[int, int]]:
+        """Clear the rows of dead holders and lapsed leases; return ``(pid, calls)`` of each cleared."""
+        freed = []
+        for i, r in enumerate(rows):
+            owner, held = int(r[0]), int(r[1])
+            if held and (r[2] < now or alive(owner, int(r[3]), int(r[4])) is False):
+                self.write_row(fd, i, [owner, 0, 0.0, 0, 0], len(rows))
+                r[1] = 0
+                freed.append((owner, held))
+        return freed
 
     # -- all of it, for `status` and `reset` ---------------------------------------------------
 
@@ -346,7 +492,37 @@ class HostFile:
         """Forget everything but the header (``resilient-client reset``)."""
         with self.locked() as fd:
             self.write(fd, BREAKER_AT, bytes(SIZE - BREAKER_AT))
+            self.write(fd, META_AT, boot_id())
             self.write_breaker(fd, _ZERO)
+
+
+def reset_in_place(state_dir: str, name: str) -> None:
+    """
+    Lay endpoint *name*'s file out afresh in place, whatever it holds (a
+    damaged or foreign file included): processes that have it open keep
+    sharing the same inode, and those that stopped share it again (`revive`).
+    """
+    f = HostFile(state_dir, name)
+    try:
+        f.clear()
+        return
+    except HostFileBusy:
+        raise
+    except HostFileError:
+        pass
+    try:
+        fd = os.open(f.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise HostFileError(f"cannot open {f.path}: {exc}") from exc
+    try:
+        f._flock(fd)
+        os.ftruncate(fd, SIZE)
+        os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, name.encode()[:48]) + bytes(SIZE - 64), 0)
+        os.pwrite(fd, boot_id(), META_AT)
+    except OSError as exc:
+        raise HostFileError(f"cannot reset {f.path}: {exc}") from exc
+    finally:
+        os.close(fd)  # drops the lock with it
 
 
 def _crc(body: bytes) -> int:

@@ -53,8 +53,8 @@ benchmarks/bench_host_state.py measures it beside ``memory``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import struct
 import threading
 import time
 import zlib
@@ -65,15 +65,17 @@ from ._breaker_store import Changes, MemoryStore, Step
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK
 from ._host_budget import HostBudget
-from ._host_dir import pid_alive, warn_once
+from ._host_dir import Identity, alive, me, warn_once
 from ._host_file import (
+    CHECK_EVERY,
     MAX_PROCESSES,
-    POLICY_AT,
+    META,
+    META_AT,
     BreakerFields,
     HostFile,
+    HostFileBusy,
     HostFileError,
     breaker_fields,
-    current_pid,
 )
 from ._policy import BulkheadPolicy
 
@@ -88,27 +90,38 @@ _INDEX = {s: i for i, s in enumerate(_STATES)}
 SLOT_LEASE = 600.0
 
 
-def check_policy(file: HostFile, policies: object) -> bool:
+def check_policy(file: HostFile, policies: object, match: str = "") -> bool:
     """
-    Record *policies* (breaker, budget, bulkhead) in the file if it has none,
-    else compare: a process whose policy for the name differs from the first
-    one's is reported once. Each process applies its own thresholds to the
-    shared state, so namesakes should agree. Returns whether they do.
+    Record *policies* (breaker, budget, bulkhead) and the endpoint's *match*
+    in the file, with this process as their recorder, unless a live process
+    recorded others: then report each difference once (each process applies
+    its own thresholds to the shared state, so namesakes should agree, and
+    another service's namesake shares our breaker). A record whose recorder
+    is gone follows the newest process (a redeploy with new thresholds warns
+    only while old workers live). Rows of dead processes are reclaimed here
+    too. Returns whether all agree.
     """
     ours = zlib.crc32(repr(policies).encode()) or 1  # 0 means "none recorded"
+    digest = hashlib.blake2b(match.encode(), digest_size=16).digest()
+    ident = me()
     try:
         with file.locked() as fd:
-            (recorded,) = struct.unpack("<I", file.read(fd, POLICY_AT, 4))
-            if recorded == 0:
-                file.write(fd, POLICY_AT, struct.pack("<I", ours))
+            boot, recorded_match, recorded, pid, ns, token = META.unpack(file.read(fd, META_AT, META.size))
+            if recorded == 0 or (recorded, recorded_match) == (ours, digest) or alive(pid, token, ns) is False:
+                recorded, recorded_match = ours, digest
+                file.write(fd, META_AT, META.pack(boot, digest, ours, ident.pid, ident.ns, ident.token))
+            file.reclaim_rows(fd, file.read_rows(fd), time.monotonic())
     except HostFileError:
         return True  # the pieces find out, and say so, on their first call
-    if recorded in (0, ours):
-        return True
-    warn_once(file.path + ":policy", "endpoint %r: this process's breaker, budget or bulkhead policy "
-              "differs from the one the first process using %s recorded; each applies its own "
-              "thresholds to the shared state", file.name, file.path)
-    return False
+    if recorded_match != digest:
+        warn_once(file.path + ":match", "endpoint %r: another live process using %s gave this name to "
+                  "another match (here %r): both share one breaker, budget and bulkhead; give one of them "
+                  "another name or state_dir", file.name, file.path, match)
+    if recorded != ours:
+        warn_once(file.path + ":policy", "endpoint %r: this process's breaker, budget or bulkhead policy "
+                  "differs from the one a live process using %s recorded; each applies its own "
+                  "thresholds to the shared state", file.name, file.path)
+    return (recorded, recorded_match) == (ours, digest)
 
 
 def _degraded(file: HostFile, exc: Exception) -> None:
@@ -125,7 +138,8 @@ class HostStore:
     def __init__(self, file: HostFile) -> None:
         self.file = file
         self._lock = threading.Lock()
-        self._local: MemoryStore | None = None  # the truth once the file is unusable
+        self._local: MemoryStore | None = None  # the truth while the file is unusable
+        self._retry_at = 0.0  # when to try the file again, once unusable
         self._raw: BreakerFields | None = None  # the fields last decoded...
         self._rec = CLOSED_RECORD  # ...and their record (the last one seen)
         self._bytes = b""  # the bytes of that record, when they alone decide it
@@ -134,7 +148,7 @@ class HostStore:
     # -- the BreakerStore protocol ------------------------------------------------
 
     def read(self) -> tuple[Record, float, Changes]:
-        if self._local is None:
+        if self._local is None or self._revived():
             try:
                 rec = self._read_shared()
                 return rec, time.monotonic(), self._observe(rec.state)
@@ -144,9 +158,15 @@ class HostStore:
         return rec, now, self._observe(rec.state)
 
     def apply(self, step: Step[R], *, fresh: bool = True) -> tuple[Record, R, float, Changes]:
-        if self._local is None:
+        if self._local is None or self._revived():
             try:
                 return self._apply_shared(step, fresh)
+            except HostFileBusy:
+                # The lock is held by a stopped process: this call decides on
+                # the record last seen and writes nothing (fail open).
+                now = time.monotonic()
+                new, result = step(self._rec, now)
+                return new, result, now, self._observe(new.state)
             except HostFileError as exc:
                 self._degrade(exc)
         rec, result, now, _ = self._local_store().apply(step)
@@ -184,19 +204,28 @@ class HostStore:
             return self._rec  # the same bytes, no lease to check: the same record
         fields = breaker_fields(raw)
         if fields is None:  # torn by a concurrent write: read it under the lock
-            with self.file.locked() as fd:
-                fields = self.file.read_breaker(fd)
+            try:
+                with self.file.locked() as fd:
+                    fields = self.file.read_breaker(fd)
+            except HostFileBusy:
+                return self._rec
             raw = b""  # these fields are not those bytes'
         rec = self._decode(fields)
-        # A lease's holder may die at any time: such a record is decoded anew.
-        self._bytes = raw if fields[5] == 0 else b""
+        # A lease's holder may die at any time, and an opened_at ahead of our
+        # clock is clamped to it: such records are decoded anew.
+        self._bytes = raw if fields[5] == 0 and rec.opened_at == fields[3] else b""
         return rec
 
     def _decode(self, fields: BreakerFields) -> Record:
-        state, forced, failures, opened_at, trial_until, pid, holder = fields
+        state, forced, failures, opened_at, trial_until, pid, ns, token, holder = fields
         trial = holder.rstrip(b"\0").decode("utf-8", "replace")
-        if trial and pid != current_pid() and not pid_alive(pid):
+        if trial and alive(pid, token, ns) is False:
             trial_until = 0.0  # its holder is dead: the lease is lapsed
+        now = time.monotonic()
+        if opened_at > now:
+            # Written on another CLOCK_MONOTONIC (a time namespace): ahead of
+            # ours, it would keep the breaker open for the difference.
+            opened_at = now
         # An unknown state byte reads as open: damage must not close a breaker.
         rec = Record(_STATES[state] if state < 3 else OPEN, bool(forced), opened_at, failures, trial,
                      trial_until)
@@ -205,23 +234,40 @@ class HostStore:
 
     @staticmethod
     def _encode(new: Record, old: Record, fields: BreakerFields) -> BreakerFields:
-        # The lease's pid is whoever claimed it: the holder string may come
+        # The lease's holder is whoever claimed it: the holder string may come
         # from a parent process (a breaker built before a fork).
-        pid = fields[5] if new.trial == old.trial else (current_pid() if new.trial else 0)
+        if new.trial == old.trial:
+            pid, ns, token = fields[5], fields[6], fields[7]
+        elif new.trial:
+            pid, token, ns = me()
+        else:
+            pid = ns = token = 0
         return (_INDEX[new.state], int(new.forced), new.failures, new.opened_at, new.trial_until,
-                pid, new.trial.encode()[:48].ljust(48, b"\0"))
+                pid, ns, token, new.trial.encode()[:40].ljust(40, b"\0"))
 
     # -- degraded -------------------------------------------------------------------------
 
     def _degrade(self, exc: HostFileError) -> None:
         _degraded(self.file, exc)
         with self._lock:
+            self._retry_at = time.monotonic() + CHECK_EVERY
             if self._local is None:
                 # Carry on from the last record seen, on the same clock.
                 self._local = MemoryStore(SYSTEM_CLOCK, self._rec)
 
+    def _revived(self) -> bool:
+        """Unusable: whether the file is usable again (tried at most every `CHECK_EVERY`)."""
+        if time.monotonic() < self._retry_at:
+            return False
+        with self._lock:
+            self._retry_at = time.monotonic() + CHECK_EVERY
+        if not self.file.revive():
+            return False
+        self._local, self._bytes = None, b""
+        return True
+
     def _local_store(self) -> MemoryStore:
-        assert self._local is not None  # set by _degrade, never unset
+        assert self._local is not None  # set by _degrade
         return self._local
 
     def _observe(self, state: BreakerState) -> Changes:
@@ -239,20 +285,25 @@ class HostStore:
 class HostBulkhead(Bulkhead):
     """A `Bulkhead` whose cap is host-wide; slots are per-process leases in the file."""
 
-    __slots__ = ("_budget", "_file", "_held", "_row", "_shared")
+    __slots__ = ("_budget", "_file", "_gen", "_held", "_retry_at", "_row", "_shared", "_stale")
 
     def __init__(self, name: str, policy: BulkheadPolicy, file: HostFile, budget: HostBudget | None) -> None:
         super().__init__(name, policy)
         self._file = file
         self._budget = budget  # its pending first tries ride on our lock
         self._held = 0  # slots this process holds in the file
+        self._stale = 0  # slots held in a file since deleted or replaced
+        self._gen = file.generation
         self._row = -1  # our row in the file, once found
         self._shared = True
+        self._retry_at = 0.0
 
     def try_acquire(self) -> bool:
-        if self._shared:
+        if self._shared or self._revived():
             try:
                 ok = self._acquire_shared()
+            except HostFileBusy:
+                pass  # decided in the process for this call (fail open)
             except (HostFileError, OSError) as exc:
                 self._degrade(exc)
             else:
@@ -267,12 +318,14 @@ class HostBulkhead(Bulkhead):
 
     def release(self) -> None:
         with self._lock:
-            from_file = self._held > 0
-            if from_file:
+            from_file = self._held > 0 and not self._stale
+            if self._stale:
+                self._stale -= 1  # its file is gone: nothing to write
+            elif from_file:
                 self._held -= 1
         if from_file and self._shared and self._row >= 0:
             try:
-                self._file.release_row(self._row, current_pid(), time.monotonic() + SLOT_LEASE)
+                self._file.release_row(self._row, time.monotonic() + SLOT_LEASE)
             except HostFileError as exc:
                 self._degrade(exc)  # our lease then lapses on its own
         super().release()
@@ -286,57 +339,70 @@ class HostBulkhead(Bulkhead):
             return None
 
     def _acquire_shared(self) -> bool:
-        file, pid, now = self._file, current_pid(), time.monotonic()
+        file, ident, now = self._file, me(), time.monotonic()
         fd = file.lock(check=False)
         try:
             rows = file.read_rows(fd)  # first: it checks the header before anything is written
+            if file.generation != self._gen:
+                with self._lock:  # the file was replaced: slots held in the old one stay there
+                    self._stale, self._held, self._row = self._stale + self._held, 0, -1
+                    self._gen = file.generation
             budget = self._budget
             if budget is not None and budget.due(now):
                 budget.flush(fd)
             i = self._row
-            if not (0 <= i < len(rows) and rows[i][0] == pid):
-                i = self._find_row(rows, pid)
+            if not (0 <= i < len(rows) and _mine(rows[i], ident)):
+                i = self._find_row(rows, ident)
             total = sum([r[1] for r in rows])
-            if total >= self.max_concurrent:
-                total -= self._reclaim(fd, rows, pid, now)
+            if total >= self.max_concurrent or i >= MAX_PROCESSES:
+                total -= self._reclaim(fd, rows, now)
+                if i >= MAX_PROCESSES:  # the table was full: a dead process's row may be free now
+                    i = self._find_row(rows, ident)
                 if total >= self.max_concurrent:
                     return False
             if i >= MAX_PROCESSES:
-                raise HostFileError(f"more than {MAX_PROCESSES} processes hold slots")
-            mine = rows[i][1] if i < len(rows) and rows[i][0] == pid else 0
-            file.write_row(fd, i, [pid, mine + 1, now + SLOT_LEASE], len(rows))
+                raise HostFileError(f"more than {MAX_PROCESSES} live processes hold slots")
+            mine = rows[i][1] if i < len(rows) and _mine(rows[i], ident) else 0
+            file.write_row(fd, i, [ident.pid, mine + 1, now + SLOT_LEASE, ident.token, ident.ns], len(rows))
             self._row = i
             return True
         finally:
             file.unlock(fd)
 
     @staticmethod
-    def _find_row(rows: list[list[int | float]], pid: int) -> int:
+    def _find_row(rows: list[list[int | float]], ident: Identity) -> int:
         """Our row, else a row holding nothing, else a new one at the end."""
         for i, r in enumerate(rows):
-            if r[0] == pid:
+            if _mine(r, ident):
                 return i
         for i, r in enumerate(rows):
             if r[1] == 0:
                 return i
         return len(rows)
 
-    def _reclaim(self, fd: int, rows: list[list[int | float]], pid: int, now: float) -> int:
+    def _reclaim(self, fd: int, rows: list[list[int | float]], now: float) -> int:
         """Clear the rows of dead processes and lapsed leases; return the slots freed."""
-        freed = 0
-        for i, r in enumerate(rows):
-            held, owner = int(r[1]), int(r[0])
-            if held and owner != pid and (r[2] < now or not pid_alive(owner)):
-                self._file.write_row(fd, i, [owner, 0, 0.0], len(rows))
-                r[1] = 0
-                freed += held
-                logger.info("bulkhead %r: %d slot(s) of gone process %d reclaimed", self.name, held,
-                            owner, extra={"endpoint": self.name, "pid": owner})
-        return freed
+        freed = self._file.reclaim_rows(fd, rows, now)
+        for owner, held in freed:
+            logger.info("bulkhead %r: %d slot(s) of gone process %d reclaimed", self.name, held,
+                        owner, extra={"endpoint": self.name, "pid": owner})
+        return sum(held for _, held in freed)
 
     def _degrade(self, exc: Exception) -> None:
         _degraded(self._file, exc)
+        self._retry_at = time.monotonic() + CHECK_EVERY
         self._shared = False
+
+    def _revived(self) -> bool:
+        if time.monotonic() < self._retry_at:
+            return False
+        self._retry_at = time.monotonic() + CHECK_EVERY
+        self._shared = self._file.revive()
+        return self._shared
 
     def __repr__(self) -> str:
         return f"<HostBulkhead {self.name!r} {self._in_flight}/{self.max_concurrent} here>"
+
+
+def _mine(row: list[int | float], ident: Identity) -> bool:
+    return row[0] == ident.pid and row[3] == ident.token and row[4] == ident.ns

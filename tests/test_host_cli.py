@@ -58,7 +58,7 @@ class TestHostCli:
         config = _config(tmp_path)
         ResilientSession(str(config)).circuit("inventory").open()
         path = Path(path_for(str(tmp_path / "state"), "inventory"))
-        path.write_bytes(b"junk" * 1024)
+        path.write_bytes(b"junk" * 2048)
         main(["status", "-c", str(config)])
         assert "unreadable: not a" in capsys.readouterr().out
-        assert path.read_bytes() == b"junk" * 1024
+        assert path.read_bytes() == b"junk" * 2048

@@ -38,11 +38,11 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def _plant_row(d: Path, index: int, pid: int, held: int, expiry: float) -> None:
-    """What a process that held *held* slots left in the file."""
+def _plant_row(d: Path, index: int, pid: int, held: int, expiry: float, token: int = 0) -> None:
+    """What a process (of our pid namespace) that held *held* slots left in the file."""
     f = HostFile(str(d), "inv")
     with f.locked() as fd:
-        f.write_row(fd, index, [pid, held, expiry], index)
+        f.write_row(fd, index, [pid, held, expiry, token, _host_dir.me().ns], index)
 
 
 class TestHostBulkhead:
@@ -151,8 +151,8 @@ class TestDamage:
         assert default_state_dir().endswith(f"resilient_client-{os.getuid()}")
 
     def test_the_row_layout(self) -> None:
-        """A lease row is 16 bytes: 128 of them fit the 4 KiB file after the header sections."""
-        assert ROW.size == 16 and 272 + 128 * ROW.size <= _host_file.SIZE
+        """A lease row is 32 bytes: 128 of them fit the 8 KiB file after the header sections."""
+        assert ROW.size == 32 and _host_file.ROW0 + 128 * ROW.size <= _host_file.SIZE
 
 
 _SEEN: set[str] = set()
@@ -168,7 +168,8 @@ class TestTestingKit:
         assert here not in _SEEN
         _SEEN.add(here)
         assert Path(here).is_relative_to(tmp_path_factory.getbasetemp())
-        session = ResilientSession({"defaults": {"state": "host", "bulkhead": {"max_concurrent": 1}}})
+        session = ResilientSession({"defaults": {"state": "host", "bulkhead": {"max_concurrent": 1}},
+                                    "endpoints": [{"name": "nine", "match": "http://127.0.0.1:9/"}]})
         session._route_for("GET", "http://127.0.0.1:9/").state.bulkhead.try_acquire()  # type: ignore[union-attr]
         assert [p.suffix for p in Path(here).iterdir()] == [".state"]
 

@@ -5,8 +5,9 @@ command line.
 
 Reading takes each file's lock for one ``pread`` (a consistent view) and
 writes nothing; a file that is not ours is listed as unreadable, never
-changed. ``reset NAME`` clears an endpoint's breaker, budget and leases
-under the lock, as an operator's ``close()`` would for every process at once.
+changed. ``reset NAME`` clears an endpoint's breaker, budget and leases in
+place under the lock (a damaged file is laid out afresh, never unlinked), as
+an operator's ``close()`` would for every process at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .._host_dir import pid_alive
+from .._host_dir import alive
 from .._host_file import (
     BREAKER,
     BREAKER_AT,
@@ -25,11 +26,12 @@ from .._host_file import (
     BUDGET_AT,
     MAX_PROCESSES,
     ROW,
+    ROW0,
+    ROWS_AT,
     SIZE,
-    HostFile,
-    HostFileError,
     breaker_fields,
     path_for,
+    reset_in_place,
 )
 
 __all__ = ["host_state", "reset_endpoint"]
@@ -67,7 +69,7 @@ def _describe(path: Path) -> dict[str, Any]:
     if fields is None:
         entry["breaker"] = None  # damaged: the next process to lock it resets it
     else:
-        state, forced, failures, _, _, trial_pid, _ = fields
+        state, forced, failures, _, _, trial_pid, _, _, _ = fields
         entry["breaker"] = {
             "state": _STATES[state] if state < 3 else "?", "forced": bool(forced),
             "consecutive_failures": failures,
@@ -75,13 +77,14 @@ def _describe(path: Path) -> dict[str, Any]:
         }
     budget = BUDGET.unpack_from(raw, BUDGET_AT)
     entry["budget"] = {"first_tries": sum(budget[1:1 + BUCKETS]), "retries": sum(budget[1 + BUCKETS:])}
-    (n,) = struct.unpack_from("<I", raw, 256)
-    rows = [ROW.unpack_from(raw, 272 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
-    held = [(pid, count) for pid, count, _ in rows if count]
+    (n,) = struct.unpack_from("<I", raw, ROWS_AT)
+    rows = [ROW.unpack_from(raw, ROW0 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
+    # A holder in another pid namespace cannot be checked from here: counted as alive.
+    held = [(pid, count, alive(pid, token, ns) is not False) for pid, count, _, token, ns in rows if count]
     entry["bulkhead"] = {
-        "in_flight": sum(c for p, c in held if pid_alive(p)),
-        "held_by_gone_processes": sum(c for p, c in held if not pid_alive(p)),
-        "processes": sorted(p for p, _ in held),
+        "in_flight": sum(c for p, c, live in held if live),
+        "held_by_gone_processes": sum(c for p, c, live in held if not live),
+        "processes": sorted(p for p, _, _ in held),
     }
     return entry
 
@@ -90,11 +93,10 @@ def reset_endpoint(state_dir: str, name: str) -> bool:
     """Clear endpoint *name*'s host state; False when it has no file there."""
     if not os.path.exists(path_for(state_dir, name)):
         return False
-    try:
-        HostFile(state_dir, name).clear()
-    except HostFileError:
-        # Not ours (damaged, another version): clearing means starting afresh.
-        os.unlink(path_for(state_dir, name))
+    # In place, never unlinked: running processes keep sharing the same file
+    # (a new file would split the host in two), and those that stopped
+    # sharing it because it was damaged share it again within seconds.
+    reset_in_place(state_dir, name)
     return True
 
 
