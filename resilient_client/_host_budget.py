@@ -13,8 +13,9 @@ from typing import TypeVar
 
 from ._budget import RetryBudget
 from ._clock import Clock
+from . import _host_file
 from ._host_dir import warn_once
-from ._host_file import BUCKETS, BUDGET, BUDGET_AT, CHECK_EVERY, HostFile, HostFileBusy, HostFileError
+from ._host_file import BUCKETS, BUDGET, BUDGET_AT, HostFile, HostFileBusy, HostFileError
 from ._policy import BudgetPolicy
 
 __all__ = ["HostBudget"]
@@ -112,13 +113,13 @@ class HostBudget(RetryBudget):
             warn_once(self._file.path, "host state for endpoint %r unusable (%s); using process-local state",
                       self._file.name, exc)
             self._shared = False
-            self._retry_at = time.monotonic() + CHECK_EVERY
+            self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
             return None
 
     def _revived(self) -> bool:
-        """Unusable: whether the file is usable again (tried at most every `CHECK_EVERY`)."""
+        """Unusable: whether the file is usable again (tried at most every ``CHECK_EVERY``)."""
         if time.monotonic() < self._retry_at:
             return False
-        self._retry_at = time.monotonic() + CHECK_EVERY
+        self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
         self._shared = self._file.revive()
         return self._shared

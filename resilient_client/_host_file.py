@@ -358,7 +358,7 @@ class HostFile:
         try:
             now = time.monotonic()
             if now >= self._check_at:
-                self._check_at = now + CHECK_EVERY
+                self._check_at = now + CHECK_EVERY  # a module global: tests shorten it
                 self._reopen_if_replaced(fd)
             self._flock(fd)
         except BaseException as exc:

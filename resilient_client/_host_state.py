@@ -65,9 +65,9 @@ from ._breaker_store import Changes, MemoryStore, Step
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK
 from ._host_budget import HostBudget
+from . import _host_file
 from ._host_dir import Identity, alive, me, warn_once
 from ._host_file import (
-    CHECK_EVERY,
     MAX_PROCESSES,
     META,
     META_AT,
@@ -211,9 +211,15 @@ class HostStore:
                 return self._rec
             raw = b""  # these fields are not those bytes'
         rec = self._decode(fields)
-        # A lease's holder may die at any time, and an opened_at ahead of our
-        # clock is clamped to it: such records are decoded anew.
-        self._bytes = raw if fields[5] == 0 and rec.opened_at == fields[3] else b""
+        if fields[3] > time.monotonic() + 1.0:
+            # Opened on another CLOCK_MONOTONIC, ahead of ours (a time
+            # namespace): it would stay open here for the difference. Written
+            # back as opened now, so that our reset_timeout runs from here.
+            self.apply(lambda r, now: (r._replace(opened_at=now) if r.opened_at > now + 1.0 else r, None),
+                       fresh=False)
+            return self._rec
+        # A lease's holder may die at any time: such a record is decoded anew.
+        self._bytes = raw if fields[5] == 0 else b""
         return rec
 
     def _decode(self, fields: BreakerFields) -> Record:
@@ -221,11 +227,6 @@ class HostStore:
         trial = holder.rstrip(b"\0").decode("utf-8", "replace")
         if trial and alive(pid, token, ns) is False:
             trial_until = 0.0  # its holder is dead: the lease is lapsed
-        now = time.monotonic()
-        if opened_at > now:
-            # Written on another CLOCK_MONOTONIC (a time namespace): ahead of
-            # ours, it would keep the breaker open for the difference.
-            opened_at = now
         # An unknown state byte reads as open: damage must not close a breaker.
         rec = Record(_STATES[state] if state < 3 else OPEN, bool(forced), opened_at, failures, trial,
                      trial_until)
@@ -250,17 +251,17 @@ class HostStore:
     def _degrade(self, exc: HostFileError) -> None:
         _degraded(self.file, exc)
         with self._lock:
-            self._retry_at = time.monotonic() + CHECK_EVERY
+            self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
             if self._local is None:
                 # Carry on from the last record seen, on the same clock.
                 self._local = MemoryStore(SYSTEM_CLOCK, self._rec)
 
     def _revived(self) -> bool:
-        """Unusable: whether the file is usable again (tried at most every `CHECK_EVERY`)."""
+        """Unusable: whether the file is usable again (tried at most every ``CHECK_EVERY``)."""
         if time.monotonic() < self._retry_at:
             return False
         with self._lock:
-            self._retry_at = time.monotonic() + CHECK_EVERY
+            self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
         if not self.file.revive():
             return False
         self._local, self._bytes = None, b""
@@ -390,13 +391,13 @@ class HostBulkhead(Bulkhead):
 
     def _degrade(self, exc: Exception) -> None:
         _degraded(self._file, exc)
-        self._retry_at = time.monotonic() + CHECK_EVERY
+        self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
         self._shared = False
 
     def _revived(self) -> bool:
         if time.monotonic() < self._retry_at:
             return False
-        self._retry_at = time.monotonic() + CHECK_EVERY
+        self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
         self._shared = self._file.revive()
         return self._shared
 
