@@ -91,9 +91,18 @@ class EndpointState:
                 clock=clock, on_state_change=on_state_change,
                 store=None if redis else HostStore(file),
             )
+            if redis:
+                # The Redis snapshot cached in the host file: one Redis read
+                # per refresh interval for the host, whatever its worker count.
+                from ._breaker_redis import RedisStore
+                from ._host_redis import RedisHostCache
+
+                store = self.breaker._store
+                if isinstance(store, RedisStore):
+                    store.host = RedisHostCache(file)
         budget = HostBudget(policy.budget, clock, file) if policy.budget is not None else None
         self.budget = budget
-        self.bulkhead = (HostBulkhead(name, policy.bulkhead, file, budget)
+        self.bulkhead = (HostBulkhead(name, policy.bulkhead, file)
                          if policy.bulkhead is not None else None)
         self._rest()
 

@@ -139,13 +139,19 @@ class GaveUp(Event):
 class BudgetExhausted(Event):
     """
     A retry was refused because the endpoint's retry budget is spent.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     attempt: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -153,13 +159,19 @@ class BreakerStateChanged(Event):
     """
     The endpoint's breaker moved from ``old`` to ``new`` (``closed``,
     ``open`` or ``half-open``) after ``failures`` consecutive failures.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     old: str
     new: str
     failures: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -169,15 +181,21 @@ class BreakerRejected(Event):
     breaker is open; ``retry_in`` is the seconds until a trial call becomes
     possible, None when it was forced open. ``retry_at`` (a monotonic-clock
     reading) is deprecated, left out of log lines, and goes in 0.3.0.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     retry_at: float | None = None
     retry_in: float | None = None
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -199,13 +217,19 @@ class FallbackServed(Event):
 class BulkheadRejected(Event):
     """
     A call was refused because ``max_concurrent`` calls were in flight.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     max_concurrent: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)

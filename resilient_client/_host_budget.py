@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from . import _host_file
 from ._budget import RetryBudget
 from ._clock import Clock
-from . import _host_file
 from ._host_dir import warn_once
 from ._host_file import BUCKETS, BUDGET, BUDGET_AT, HostFile, HostFileBusy, HostFileError
 from ._policy import BudgetPolicy
@@ -38,6 +38,11 @@ class HostBudget(RetryBudget):
         self._shared = True
         self._retry_at = 0.0
 
+    @property
+    def scope(self) -> str:
+        """``host``, or ``process`` once the file is unusable."""
+        return "host" if self._shared else "process"
+
     def record_request(self) -> None:
         if not self._shared and not self._revived():
             super().record_request()
@@ -60,10 +65,6 @@ class HostBudget(RetryBudget):
             if counts is not None:
                 return sum(counts[0]), sum(counts[1])
         return super().snapshot()
-
-    def due(self, now: float) -> bool:
-        """Whether first tries counted here have waited long enough to be written."""
-        return self._pending > 0 and now - self._flushed >= _FLUSH_EVERY
 
     def flush(self, fd: int) -> None:
         """Add the first tries counted here to the file (its lock held by the caller)."""

@@ -31,8 +31,8 @@ import tempfile
 import threading
 from typing import NamedTuple
 
-__all__ = ["STATE_DIR_ENV", "Identity", "alive", "boot_id", "default_state_dir", "me", "path_for", "pid_alive",
-           "warn_once"]
+__all__ = ["STATE_DIR_ENV", "Identity", "alive", "boot_id", "default_state_dir", "me", "path_for",
+           "pid_alive", "warn_once"]
 
 logger = logging.getLogger("resilient_client")
 
@@ -155,7 +155,7 @@ def me() -> Identity:
 
 
 def alive(pid: int, token: int, ns: int) -> bool | None:
-    """Whether the lease holder ``(pid, token, ns)`` is alive; None: unknowable from here (see the docstring)."""
+    """Whether the lease holder ``(pid, token, ns)`` is alive; None: unknowable from here (see above)."""
     mine = _me
     if ns != mine.ns:
         return None

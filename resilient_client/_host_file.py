@@ -19,7 +19,7 @@ leaves the others shared. The layout is 4096 bytes, little-endian::
     160  budget   bucket number i64, 10 x first tries u32, 10 x retries u32
     248  policy   crc32 of the first user's breaker, budget and bulkhead policies
     256  bulkhead count of lease rows in use u32, then 128 rows from 272:
-                  (pid i32, calls held u32, lease expiry f64)
+                  (pid i32, calls held u32, lease expiry f64), one per process
 
 Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process
 on a host). A file whose magic, version or size is not ours (an older
@@ -47,6 +47,14 @@ read concurrent with a write may be torn: its crc32 catches that and the
 read is done again under the lock. A bad crc under the lock is damage (not
 a race): the record is reset to closed and that is logged.
 
+Bulkhead rows are the exception: a process claims a row once, under the
+lock (`claim_row`), then alone writes it, one ``pwrite`` and no lock (others
+only clear a gone pid's row or zero a lapsed lease, under the lock). A count
+is an aligned u32 in one 16-byte write, seen before or after it by a reader
+summing the rows (`calls_held`). Such a write does not check the header: a
+file damaged after it was opened may get one more row from each process
+before the next acquire's read sees the damage.
+
 Why ``pread``/``pwrite`` and not ``mmap``: a mapped file that another process
 truncates kills the next reader with SIGBUS; ``pread`` returns short, which
 is detected. The file lives on tmpfs (``/dev/shm`` or the runtime dir), so
@@ -71,7 +79,7 @@ import zlib
 from collections.abc import Iterator
 from typing import cast
 
-from ._host_dir import STATE_DIR_ENV, alive, boot_id, default_state_dir, me, path_for, warn_once
+from ._host_dir import STATE_DIR_ENV, Identity, alive, boot_id, default_state_dir, path_for, warn_once
 
 try:
     import fcntl
@@ -79,9 +87,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "META", "META_AT", "ROW", "ROWS_AT", "ROW0",
-    "STATE_DIR_ENV", "BreakerFields", "HostFile", "HostFileBusy", "HostFileError", "breaker_fields",
-    "current_pid", "default_state_dir", "host_file", "path_for",
+    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "META", "META_AT", "POLICY_AT", "ROW", "ROWS_AT",
+    "ROW_AT", "STATE_DIR_ENV", "BreakerFields", "HostFile", "HostFileBusy", "HostFileError",
+    "breaker_fields", "current_pid", "default_state_dir", "host_file", "path_for", "reset_in_place",
 ]
 
 logger = logging.getLogger("resilient_client")
@@ -103,10 +111,14 @@ BUDGET_AT = 160
 BUCKETS = 10
 BUDGET = struct.Struct(f"<q{BUCKETS}I{BUCKETS}I")
 META_AT = 256
-#: boot id, digest of the endpoint's match, policy crc32, the recorder's pid, namespace and token.
-META = struct.Struct("<16s16sIiI4xQ")
+#: boot id, digest of the endpoint's match, policy crc32, the recorder's pid
+#: and namespace, the reset epoch, the recorder's token.
+META = struct.Struct("<16s16sIiIIQ")
+_EPOCH_AT = META_AT + 44
+#: Where the recorded policy's crc32 is (`_host_state.recorded_policy`).
+POLICY_AT = META_AT + 32
 ROWS_AT = 320
-ROW0 = 336
+ROW0 = ROW_AT = 336
 #: A lease row: pid, calls held, lease expiry, the holder's token and pid namespace.
 ROW = struct.Struct("<iIdQI4x")
 #: Processes that may hold bulkhead slots on one endpoint at once: 4-32
@@ -116,9 +128,10 @@ _COUNT = struct.Struct("<I")
 #: Rows read with the count in one pread: enough for 32 processes.
 _ROWS_FIRST = 32
 _ROWS_READ = ROW0 + _ROWS_FIRST * ROW.size
+_COUNTS: dict[int, struct.Struct] = {}  # structs reading the calls held of n rows, by n
 #: The longest a call waits for another process's lock (held for microseconds
 #: unless its holder is stopped: SIGSTOP, ``docker pause``, a debugger).
-LOCK_WAIT = 0.05
+LOCK_WAIT = 0.25
 #: After a wait that gave up, calls try the lock once without waiting for this long.
 _BUSY_FOR = 1.0
 #: How often a file in use is checked for having been deleted or replaced,
@@ -127,7 +140,6 @@ CHECK_EVERY = 5.0
 
 #: What the first 16 bytes of a good file are: checked under every lock.
 _HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]
-
 _open_lock = threading.Lock()
 #: One HostFile per file in a process (`host_file`): two sessions on one
 #: endpoint share its descriptor and its thread lock.
@@ -193,7 +205,9 @@ class HostFile:
         self._closer: weakref.finalize[..., None] | None = None
         self._busy_until = 0.0
         self._check_at = time.monotonic() + CHECK_EVERY
-        #: Bumped when the file is reopened (deleted or replaced under us).
+        self._epoch = b""  # the reset epoch last seen
+        #: Bumped when the file is reopened (deleted or replaced under us),
+        #: reset, or usable again: bulkheads then claim their row again.
         self.generation = 0
         _every.add(self)
 
@@ -264,9 +278,22 @@ class HostFile:
                     fd = self._open()
                     # Closed with this object: states of forgotten endpoints
                     # must not leak a descriptor each.
-                    self._closer = weakref.finalize(self, os.close, fd)
+                    self._closer = weakref.finalize(self, os.close, fd)  # type: ignore[arg-type]
                     self._fd, self._pid = fd, pid
+                    self._epoch = os.pread(fd, 4, _EPOCH_AT)
+        elif time.monotonic() >= self._check_at:
+            self._check_replaced()
         return self._fd
+
+    def _check_replaced(self) -> None:
+        """Every ``CHECK_EVERY``: reopen the path if the file was deleted or replaced under us."""
+        if not self._tlock.acquire(blocking=False):
+            return  # in use (perhaps by this thread): checked on a later call
+        try:
+            self._check_at = time.monotonic() + CHECK_EVERY  # a module global: tests shorten it
+            self._reopen_if_replaced(self._fd)
+        finally:
+            self._tlock.release()
 
     def _drop_inherited(self) -> None:
         """
@@ -283,7 +310,11 @@ class HostFile:
             self._fd, self._pid, self._closer = -1, 0, None
 
     def _reopen_if_replaced(self, fd: int) -> None:
-        """The file deleted or replaced under us (thread lock held): reopen the path, same descriptor number."""
+        """
+        The file deleted or replaced under us (thread lock held): reopen the
+        path onto the same descriptor number, and bump `generation` (our
+        bulkhead row is claimed again in the new file).
+        """
         try:
             st = os.fstat(fd)
             try:
@@ -291,6 +322,10 @@ class HostFile:
             except FileNotFoundError:
                 same = False
             if same:
+                epoch = os.pread(fd, 4, _EPOCH_AT)
+                if epoch != self._epoch:  # reset (`clear`, `reset_in_place`): rows may be gone
+                    self._epoch = epoch
+                    self.generation += 1
                 return
             new = self._open()
             try:
@@ -302,15 +337,18 @@ class HostFile:
         except OSError as exc:
             raise HostFileError(f"cannot reopen {self.path}: {exc}") from exc
         self.generation += 1
+        self._epoch = os.pread(fd, 4, _EPOCH_AT)
         logger.info("host state %s was deleted or replaced: reopened", self.path)
 
     def revive(self) -> bool:
-        """Whether the file is usable again (reset in place, or recreated): for a process that stopped sharing."""
+        """Whether the file is usable again (reset in place, or recreated), for a degraded process."""
+        self._check_at = 0.0  # deleted meanwhile? checked now
         try:
             fd = self.lock()
             self.unlock(fd)
         except HostFileError:
             return False
+        self.generation += 1  # rows may have been rewritten meanwhile
         logger.info("host state %s usable again: shared from now on", self.path,
                     extra={"state_file": self.path})
         return True
@@ -318,29 +356,38 @@ class HostFile:
     # -- the lock ------------------------------------------------------------------------
 
     def _flock(self, fd: int) -> None:
-        """flock(LOCK_EX), waiting at most `LOCK_WAIT`; `HostFileBusy` when the holder does not let go."""
+        """
+        flock(LOCK_EX), waiting at most `LOCK_WAIT`; `HostFileBusy` when the
+        holder does not let go. A holder seen stopped (``/proc/locks`` names
+        it, its state is ``T``) is given up on at once: contention among
+        running processes waits, a paused holder does not stall anyone.
+        """
         assert fcntl is not None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             pass
-        now = time.monotonic()
-        if now >= self._busy_until:  # else: recently given up; no wait until it is over
-            end, pause = now + LOCK_WAIT, 0.0001
-            for _ in range(200):  # bounded: ends by time long before
+        start = time.monotonic()
+        if start >= self._busy_until:  # else: given up lately; no wait until that is over
+            pause, look_at = 0.0001, start + 0.005
+            for _ in range(1000):  # bounded: ends by time long before
                 time.sleep(pause)
                 pause = min(pause * 2, 0.005)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    self._busy_until = 0.0
                     return
                 except BlockingIOError:
-                    if time.monotonic() >= end:
+                    now = time.monotonic()
+                    if now >= start + LOCK_WAIT:
                         break
+                    if now >= look_at:
+                        look_at = now + 0.02
+                        if _holder_stopped(fd):
+                            break
             self._busy_until = time.monotonic() + _BUSY_FOR
-            warn_once(self.path + ":busy", "host state %s: its lock was held for more than %.0f ms (a "
-                      "stopped process?); calls decide in their process until it is free", self.path,
+            warn_once(self.path + ":busy", "host state %s: its lock is held by a stopped process (or for "
+                      "more than %.0f ms); calls decide in their process until it is free", self.path,
                       LOCK_WAIT * 1000)
         raise HostFileBusy(f"{self.path} is locked by another process")
 
@@ -356,10 +403,6 @@ class HostFile:
         if not tlock.acquire(timeout=2 * LOCK_WAIT):
             raise HostFileBusy(f"{self.path} is locked by another thread")
         try:
-            now = time.monotonic()
-            if now >= self._check_at:
-                self._check_at = now + CHECK_EVERY  # a module global: tests shorten it
-                self._reopen_if_replaced(fd)
             self._flock(fd)
         except BaseException as exc:
             tlock.release()
@@ -437,37 +480,54 @@ class HostFile:
 
     def read_rows(self, fd: int) -> list[list[int | float]]:
         """The lease rows in use, ``[pid, calls, expiry, token, ns]`` each; checks the header too."""
-        raw = os.pread(fd, _ROWS_READ, 0)  # header, breaker, budget and rows: one call
+        raw = self._rows_raw(fd)
+        n = min(_COUNT.unpack_from(raw, ROWS_AT)[0], MAX_PROCESSES)
+        return [list(r) for r in ROW.iter_unpack(raw[ROW0:ROW0 + n * ROW.size])]
+
+    def _rows_raw(self, fd: int) -> bytes:
+        """Header to the rows in use, in one ``pread``; the header is checked."""
+        raw = os.pread(fd, _ROWS_READ, 0)  # header, breaker, budget and 32 rows: one call
         if len(raw) != _ROWS_READ or raw[:16] != _HEAD16:
             self._check_header(fd)
             raise HostFileError(f"{self.path} header changed")
         (n,) = _COUNT.unpack_from(raw, ROWS_AT)
-        n = min(n, MAX_PROCESSES)  # a damaged count must not make us read past the table
         if n > _ROWS_FIRST:  # rare: more processes than one read covers
-            raw = self.read(fd, 0, ROW0 + n * ROW.size)
-        return [list(r) for r in ROW.iter_unpack(raw[ROW0:ROW0 + n * ROW.size])]
+            # A damaged count must not make us read past the table.
+            raw = self.read(fd, 0, ROW0 + min(n, MAX_PROCESSES) * ROW.size)
+        return raw
 
-    def release_row(self, index: int, expiry: float) -> None:
+    def calls_held(self) -> int:
         """
-        One call fewer on row *index*, if it is still this process's: without
-        the flock. While a process holds slots only it writes its row (others
-        clear it only once it is dead or its lease lapsed), and every session
-        of the process shares this HostFile (`host_file`), so the thread lock
-        is enough; the header is checked first, as under the lock.
+        The calls in flight on the host: the sum of the rows, without the
+        flock (each row is written by its process alone, in one ``pwrite``).
         """
-        ident = me()
-        with self._tlock:
-            fd = self.fd()
-            try:
-                at = ROW0 + index * ROW.size
-                raw = os.pread(fd, at + ROW.size, 0)  # the header with the row: one call
-                if len(raw) != at + ROW.size or raw[:16] != _HEAD16:
-                    raise HostFileError(f"{self.path} header changed or truncated")
-                owner, held, _, token, ns = ROW.unpack_from(raw, at)
-                if owner == ident.pid and token == ident.token and held > 0:
-                    os.pwrite(fd, ROW.pack(owner, held - 1, expiry, token, ns), at)
-            except OSError as exc:
-                raise HostFileError(f"{self.path}: {exc}") from exc
+        try:
+            raw = self._rows_raw(self.fd())
+        except OSError as exc:
+            raise HostFileError(f"{self.path}: {exc}") from exc
+        n = min(_COUNT.unpack_from(raw, ROWS_AT)[0], MAX_PROCESSES)
+        counts = _COUNTS.get(n)
+        if counts is None:
+            counts = _COUNTS[n] = struct.Struct("<" + "4xI24x" * n)
+        return sum(counts.unpack_from(raw, ROW0))
+
+    def claim_row(self, ident: Identity, expiry: float) -> int:
+        """
+        A row for this process (*ident*), under the lock: its own, else a
+        free one or one whose holder is dead (a predecessor with our pid
+        included: `alive`), else a new one. A row of another pid namespace
+        is never taken: its holder cannot be checked from here.
+        """
+        with self.locked() as fd:
+            rows = self.read_rows(fd)
+            mine = [i for i, r in enumerate(rows) if (r[0], r[3], r[4]) == (ident.pid, ident.token, ident.ns)]
+            free = mine or [i for i, r in enumerate(rows)
+                            if r[0] <= 0 or alive(int(r[0]), int(r[3]), int(r[4])) is False]
+            i = free[0] if free else len(rows)
+            if i >= MAX_PROCESSES:
+                raise HostFileError(f"more than {MAX_PROCESSES} live processes use {self.path}")
+            self.write_row(fd, i, [ident.pid, 0, expiry, ident.token, ident.ns], len(rows))
+            return i
 
     def write_row(self, fd: int, index: int, row: list[int | float], rows_in_use: int) -> None:
         self.write(fd, ROW0 + index * ROW.size, ROW.pack(*row))
@@ -475,25 +535,42 @@ class HostFile:
             # After the row: a death between the two leaves an unused row, not a bad count.
             self.write(fd, ROWS_AT, _COUNT.pack(index + 1))
 
-    def reclaim_rows(self, fd: int, rows: list[list[int | float]], now: float) -> list[tuple[int, int]]:
-        """Clear the rows of dead holders and lapsed leases; return ``(pid, calls)`` of each cleared."""
-        freed = []
-        for i, r in enumerate(rows):
-            owner, held = int(r[0]), int(r[1])
-            if held and (r[2] < now or alive(owner, int(r[3]), int(r[4])) is False):
-                self.write_row(fd, i, [owner, 0, 0.0, 0, 0], len(rows))
-                r[1] = 0
-                freed.append((owner, held))
-        return freed
-
     # -- all of it, for `status` and `reset` ---------------------------------------------------
 
     def clear(self) -> None:
-        """Forget everything but the header (``resilient-client reset``)."""
+        """
+        Forget the breaker, the budget, the recorded policy and the rows of
+        gone processes (``resilient-client reset``). A live process's row
+        stays: it is that process's to write, and its calls are in flight.
+        """
         with self.locked() as fd:
-            self.write(fd, BREAKER_AT, bytes(SIZE - BREAKER_AT))
+            rows = self.read_rows(fd)
+            (epoch,) = _COUNT.unpack(self.read(fd, _EPOCH_AT, 4))
+            self.write(fd, BREAKER_AT, bytes(ROWS_AT - BREAKER_AT))
             self.write(fd, META_AT, boot_id())
+            self.write(fd, _EPOCH_AT, _COUNT.pack((epoch + 1) & 0xFFFFFFFF))
             self.write_breaker(fd, _ZERO)
+            for i, r in enumerate(rows):
+                if alive(int(r[0]), int(r[3]), int(r[4])) is False:
+                    self.write(fd, ROW0 + i * ROW.size, bytes(ROW.size))
+
+
+def _holder_stopped(fd: int) -> bool:
+    """Whether the process holding *fd*'s file's flock is stopped (SIGSTOP, a debugger); False: unknown."""
+    try:
+        st = os.fstat(fd)
+        me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks", "rb") as f:
+            lines = f.read(1 << 20).decode("ascii", "replace").splitlines()
+        for line in lines[:10_000]:
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == me:
+                with open(f"/proc/{int(parts[4])}/stat", "rb") as f:
+                    raw = f.read(512)
+                return raw[raw.rfind(b")") + 2:][:1] in (b"T", b"t")
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def reset_in_place(state_dir: str, name: str) -> None:
@@ -519,6 +596,7 @@ def reset_in_place(state_dir: str, name: str) -> None:
         os.ftruncate(fd, SIZE)
         os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, name.encode()[:48]) + bytes(SIZE - 64), 0)
         os.pwrite(fd, boot_id(), META_AT)
+        os.pwrite(fd, os.urandom(4), _EPOCH_AT)  # its processes claim their rows again
     except OSError as exc:
         raise HostFileError(f"cannot reset {f.path}: {exc}") from exc
     finally:

@@ -5,8 +5,8 @@ every process on the host, in the endpoint's file (`_host_file`).
 * `HostStore` is a `BreakerStore`: the breaker machine and its facade are
   unchanged; the store reads the record from the file and applies the
   machine's steps under the file lock.
-* `HostBulkhead` is a `Bulkhead` whose slots are leases in the file: one row
-  per process, ``(pid, calls held, expiry)``.
+* `HostBulkhead` (`_host_bulkhead`) is a `Bulkhead` whose slots are leases
+  in the file: one row per process, ``(pid, calls held, expiry)``.
 * `HostBudget` (`_host_budget`) is a `RetryBudget` whose buckets are in the file.
 
 Each degrades on its own to the in-process behaviour of its base class when
@@ -16,37 +16,47 @@ error out of a call.
 Decision record: leases, and what a dead process leaves behind
 --------------------------------------------------------------
 The half-open trial is the machine's lease (holder, expiry); the store adds
-the pid of the process that claimed it, and shows the machine a lease whose
-pid is gone as lapsed (``trial_until = 0``), so a worker killed mid-trial
-frees the trial at once, and the machine knows nothing of processes.
+the identity of the process that claimed it (pid, start time, pid
+namespace: `_host_dir.alive`), and shows the machine a lease whose holder is
+dead as lapsed (``trial_until = 0``), so a worker killed mid-trial frees the
+trial at once, and the machine knows nothing of processes. A holder in
+another pid namespace cannot be checked: its lease runs to its expiry.
 
-Bulkhead slots are leased per process rather than per call: a row holds how
-many calls a pid has in flight and when its lease ends (refreshed on every
-acquire and release). The host-wide count is the sum of the rows. When the
-sum reaches ``max_concurrent``, rows whose pid is gone (``kill(pid, 0)``) or
-whose lease expired (`SLOT_LEASE`, for a pid reused by an unrelated
-process) are cleared before refusing, so a worker SIGKILLed mid-call leaks
-nothing. A row per call would need a free-slot search per call; a row per
-process is found once and cached.
+Decision record: what the file cannot be trusted for
+----------------------------------------------------
+* The lock: a holder stopped with it (SIGSTOP, ``docker pause``) would stall
+  every process. A call waits for it at most ``LOCK_WAIT`` (250 ms), less
+  once ``/proc/locks`` shows its holder stopped, then decides in its
+  process (fail open: the breaker on the record last seen, writing nothing;
+  the budget on its process-local state; the bulkhead on the counts, which
+  it reads without the lock, reclaiming nothing), and for a second after
+  that does not wait at all (`_host_file`).
+* The file: deleted or replaced, a process notices within ``CHECK_EVERY``
+  (5 s) and reopens it; damaged, the pieces fall back to process-local state
+  and try the file again every ``CHECK_EVERY`` (``resilient-client reset``
+  lays it out afresh in place).
+* Its clock: an ``opened_at`` ahead of ours (a time namespace) is written
+  back as "opened now"; a file from an earlier boot is cleared when opened.
+
+Bulkhead slots: see `_host_bulkhead`.
 
 Decision record: the cost of a call
 -----------------------------------
-A kernel lock costs about 1-2 µs here, a ``pread``/``pwrite`` under 1 µs; a
-happy call takes one lock (the bulkhead's acquire) and five system calls:
+A kernel lock costs about 1 µs here, a ``pread``/``pwrite`` 0.5-0.8 µs; a
+happy call takes no file lock and four system calls:
 
-* breaker admit: one ``pread`` without the lock, checked by its crc32; when
-  the bytes are those seen last, the decoded record is reused;
+* breaker admit: one ``pread`` without the lock; when the bytes are those of
+  the closed record seen last, nothing is decoded (`admits_closed`); the
+  session's early refusal uses the record last seen, reading nothing
+  (`closed_seen`: the call's own admit reads the file anyway);
 * breaker success: decided on the record last seen, no read (a success on a
   healthy breaker changes nothing; a change is made under the lock);
-* bulkhead acquire: flock, one ``pread`` (header and rows), one ``pwrite``
-  (our row), unlock;
-* bulkhead release: one ``pread`` and one ``pwrite`` of our own row under
-  the thread lock only: while a process holds slots, only it writes its row
-  (others clear a row only once its pid is gone or its lease lapsed);
+* bulkhead acquire: one ``pwrite`` (our row) and one ``pread`` (header and
+  rows); release: one ``pwrite`` (our row);
 * budget first try: counted in the process and added to the file under the
-  next bulkhead lock at least ``_FLUSH_EVERY`` (50 ms) later (the budget is a
-  rate over 10 s, so 50 ms late costs nothing); a retry (`try_spend`)
-  always adds them first.
+  lock at most every ``_FLUSH_EVERY`` (50 ms) (the budget is a rate over
+  10 s, so 50 ms late costs nothing); a retry (`try_spend`) always adds
+  them first.
 
 benchmarks/bench_host_state.py measures it beside ``memory``.
 """
@@ -55,39 +65,49 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 import threading
 import time
 import zlib
 from typing import TypeVar
 
+from . import _host_file
 from ._breaker_machine import CLOSED, CLOSED_RECORD, HALF_OPEN, OPEN, BreakerState, Record
 from ._breaker_store import Changes, MemoryStore, Step
-from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK
 from ._host_budget import HostBudget
-from . import _host_file
-from ._host_dir import Identity, alive, me, warn_once
+from ._host_bulkhead import SLOT_LEASE, HostBulkhead
+from ._host_dir import alive, me, warn_once
 from ._host_file import (
-    MAX_PROCESSES,
     META,
     META_AT,
+    POLICY_AT,
     BreakerFields,
     HostFile,
     HostFileBusy,
     HostFileError,
     breaker_fields,
 )
-from ._policy import BulkheadPolicy
 
-__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore", "check_policy"]  # HostBudget: re-exported
+# HostBudget, HostBulkhead, SLOT_LEASE: re-exported
+__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore", "check_policy", "policy_checksum",
+           "recorded_policy"]
 
 R = TypeVar("R")
 logger = logging.getLogger("resilient_client")
 _STATES = (CLOSED, OPEN, HALF_OPEN)
 _INDEX = {s: i for i, s in enumerate(_STATES)}
-#: A bulkhead row's lease: longer than any call holds a slot (the default
-#: total deadline is 10 s); only a pid reused by another process needs it.
-SLOT_LEASE = 600.0
+
+
+def policy_checksum(policies: object) -> int:
+    """What the file records of a process's (breaker, budget, bulkhead) policies: never 0 ("none")."""
+    return zlib.crc32(repr(policies).encode()) or 1
+
+
+def recorded_policy(raw: bytes) -> int:
+    """The checksum recorded in a file's bytes (0: none yet)."""
+    (recorded,) = struct.unpack_from("<I", raw, POLICY_AT)
+    return int(recorded)
 
 
 def check_policy(file: HostFile, policies: object, match: str = "") -> bool:
@@ -96,21 +116,24 @@ def check_policy(file: HostFile, policies: object, match: str = "") -> bool:
     in the file, with this process as their recorder, unless a live process
     recorded others: then report each difference once (each process applies
     its own thresholds to the shared state, so namesakes should agree, and
-    another service's namesake shares our breaker). A record whose recorder
-    is gone follows the newest process (a redeploy with new thresholds warns
-    only while old workers live). Rows of dead processes are reclaimed here
-    too. Returns whether all agree.
+    another service's namesake shares our breaker; ``resilient-client
+    check`` reports a policy mismatch too: ``host-policy-mismatch``). A
+    record whose recorder is gone follows the newest process, so after a
+    redeploy with new thresholds only workers started while old ones live
+    warn. Returns whether all agree.
     """
-    ours = zlib.crc32(repr(policies).encode()) or 1  # 0 means "none recorded"
+    ours = policy_checksum(policies)
     digest = hashlib.blake2b(match.encode(), digest_size=16).digest()
     ident = me()
     try:
         with file.locked() as fd:
-            boot, recorded_match, recorded, pid, ns, token = META.unpack(file.read(fd, META_AT, META.size))
-            if recorded == 0 or (recorded, recorded_match) == (ours, digest) or alive(pid, token, ns) is False:
+            meta = META.unpack(file.read(fd, META_AT, META.size))
+            boot, recorded_match, recorded, pid, ns, epoch, token = meta
+            agree = (recorded, recorded_match) == (ours, digest)
+            if recorded == 0 or agree or alive(pid, token, ns) is False:
                 recorded, recorded_match = ours, digest
-                file.write(fd, META_AT, META.pack(boot, digest, ours, ident.pid, ident.ns, ident.token))
-            file.reclaim_rows(fd, file.read_rows(fd), time.monotonic())
+                meta = (boot, digest, ours, ident.pid, ident.ns, epoch, ident.token)
+                file.write(fd, META_AT, META.pack(*meta))
     except HostFileError:
         return True  # the pieces find out, and say so, on their first call
     if recorded_match != digest:
@@ -134,6 +157,7 @@ class HostStore:
 
     exclusive = False
     local_time = False
+    scope = "host"
 
     def __init__(self, file: HostFile) -> None:
         self.file = file
@@ -142,7 +166,9 @@ class HostStore:
         self._retry_at = 0.0  # when to try the file again, once unusable
         self._raw: BreakerFields | None = None  # the fields last decoded...
         self._rec = CLOSED_RECORD  # ...and their record (the last one seen)
-        self._bytes = b""  # the bytes of that record, when they alone decide it
+        # The bytes of a record when they alone decide it, and that record:
+        # one attribute, so threads never pair one's bytes with another's record.
+        self._seen: tuple[bytes, Record] = (b"", CLOSED_RECORD)
         self._reported: BreakerState = CLOSED
 
     # -- the BreakerStore protocol ------------------------------------------------
@@ -175,6 +201,30 @@ class HostStore:
     def reachable(self) -> bool | None:
         return self._local is None
 
+    # -- fast paths (the facade's, for a closed breaker) ------------------------------------
+
+    def admits_closed(self) -> bool:
+        """
+        Whether the record is the closed one last seen and reported, so an
+        admit would change nothing: one ``pread`` and a bytes compare.
+        """
+        seen, rec = self._seen
+        if self._local is not None or self._reported is not CLOSED or rec.state is not CLOSED:
+            return False
+        try:
+            return self.file.read_breaker_unlocked() == seen
+        except HostFileError:
+            return False  # the full path degrades, and says so
+
+    def closed_seen(self) -> bool:
+        """Whether the record last seen (no read) is closed."""
+        return self._local is None and self._seen[1].state is CLOSED and self._reported is CLOSED
+
+    def healthy_seen(self) -> bool:
+        """Whether the record last seen is closed without failures: a success changes nothing."""
+        rec = self._rec
+        return self._local is None and rec.state is CLOSED and rec.failures == 0 and not rec.forced
+
     # -- the file -----------------------------------------------------------------------
 
     def _apply_shared(self, step: Step[R], fresh: bool) -> tuple[Record, R, float, Changes]:
@@ -195,13 +245,14 @@ class HostStore:
                 file.write_breaker(fd, fields)
                 # What we wrote is the record last seen: the outcome of our
                 # own trial is decided on it (fresh=False), not on the old one.
-                self._raw, self._rec, self._bytes = fields, new, b""
+                self._raw, self._rec, self._seen = fields, new, (b"", new)
         return new, result, now, self._observe(new.state)
 
     def _read_shared(self) -> Record:
         raw = self.file.read_breaker_unlocked()
-        if raw == self._bytes:
-            return self._rec  # the same bytes, no lease to check: the same record
+        seen, rec = self._seen
+        if raw == seen:
+            return rec  # the same bytes, no lease to check: the same record
         fields = breaker_fields(raw)
         if fields is None:  # torn by a concurrent write: read it under the lock
             try:
@@ -219,14 +270,14 @@ class HostStore:
                        fresh=False)
             return self._rec
         # A lease's holder may die at any time: such a record is decoded anew.
-        self._bytes = raw if fields[5] == 0 else b""
+        self._seen = (raw if fields[5] == 0 else b"", rec)
         return rec
 
     def _decode(self, fields: BreakerFields) -> Record:
         state, forced, failures, opened_at, trial_until, pid, ns, token, holder = fields
         trial = holder.rstrip(b"\0").decode("utf-8", "replace")
         if trial and alive(pid, token, ns) is False:
-            trial_until = 0.0  # its holder is dead: the lease is lapsed
+            trial_until = 0.0  # its holder is dead: the lease is lapsed (see `_host_dir.alive`)
         # An unknown state byte reads as open: damage must not close a breaker.
         rec = Record(_STATES[state] if state < 3 else OPEN, bool(forced), opened_at, failures, trial,
                      trial_until)
@@ -264,7 +315,7 @@ class HostStore:
             self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
         if not self.file.revive():
             return False
-        self._local, self._bytes = None, b""
+        self._local, self._seen = None, (b"", CLOSED_RECORD)
         return True
 
     def _local_store(self) -> MemoryStore:
@@ -281,129 +332,3 @@ class HostStore:
 
     def __repr__(self) -> str:
         return f"<HostStore {self.file.path} {self._rec}>"
-
-
-class HostBulkhead(Bulkhead):
-    """A `Bulkhead` whose cap is host-wide; slots are per-process leases in the file."""
-
-    __slots__ = ("_budget", "_file", "_gen", "_held", "_retry_at", "_row", "_shared", "_stale")
-
-    def __init__(self, name: str, policy: BulkheadPolicy, file: HostFile, budget: HostBudget | None) -> None:
-        super().__init__(name, policy)
-        self._file = file
-        self._budget = budget  # its pending first tries ride on our lock
-        self._held = 0  # slots this process holds in the file
-        self._stale = 0  # slots held in a file since deleted or replaced
-        self._gen = file.generation
-        self._row = -1  # our row in the file, once found
-        self._shared = True
-        self._retry_at = 0.0
-
-    def try_acquire(self) -> bool:
-        if self._shared or self._revived():
-            try:
-                ok = self._acquire_shared()
-            except HostFileBusy:
-                pass  # decided in the process for this call (fail open)
-            except (HostFileError, OSError) as exc:
-                self._degrade(exc)
-            else:
-                with self._lock:
-                    if ok:
-                        self._in_flight += 1
-                        self._held += 1
-                    else:
-                        self.rejected += 1
-                return ok
-        return super().try_acquire()
-
-    def release(self) -> None:
-        with self._lock:
-            from_file = self._held > 0 and not self._stale
-            if self._stale:
-                self._stale -= 1  # its file is gone: nothing to write
-            elif from_file:
-                self._held -= 1
-        if from_file and self._shared and self._row >= 0:
-            try:
-                self._file.release_row(self._row, time.monotonic() + SLOT_LEASE)
-            except HostFileError as exc:
-                self._degrade(exc)  # our lease then lapses on its own
-        super().release()
-
-    def host_in_flight(self) -> int | None:
-        """Calls in flight on the host (None when the file is unusable)."""
-        try:
-            with self._file.locked() as fd:
-                return sum(int(r[1]) for r in self._file.read_rows(fd))
-        except HostFileError:
-            return None
-
-    def _acquire_shared(self) -> bool:
-        file, ident, now = self._file, me(), time.monotonic()
-        fd = file.lock(check=False)
-        try:
-            rows = file.read_rows(fd)  # first: it checks the header before anything is written
-            if file.generation != self._gen:
-                with self._lock:  # the file was replaced: slots held in the old one stay there
-                    self._stale, self._held, self._row = self._stale + self._held, 0, -1
-                    self._gen = file.generation
-            budget = self._budget
-            if budget is not None and budget.due(now):
-                budget.flush(fd)
-            i = self._row
-            if not (0 <= i < len(rows) and _mine(rows[i], ident)):
-                i = self._find_row(rows, ident)
-            total = sum([r[1] for r in rows])
-            if total >= self.max_concurrent or i >= MAX_PROCESSES:
-                total -= self._reclaim(fd, rows, now)
-                if i >= MAX_PROCESSES:  # the table was full: a dead process's row may be free now
-                    i = self._find_row(rows, ident)
-                if total >= self.max_concurrent:
-                    return False
-            if i >= MAX_PROCESSES:
-                raise HostFileError(f"more than {MAX_PROCESSES} live processes hold slots")
-            mine = rows[i][1] if i < len(rows) and _mine(rows[i], ident) else 0
-            file.write_row(fd, i, [ident.pid, mine + 1, now + SLOT_LEASE, ident.token, ident.ns], len(rows))
-            self._row = i
-            return True
-        finally:
-            file.unlock(fd)
-
-    @staticmethod
-    def _find_row(rows: list[list[int | float]], ident: Identity) -> int:
-        """Our row, else a row holding nothing, else a new one at the end."""
-        for i, r in enumerate(rows):
-            if _mine(r, ident):
-                return i
-        for i, r in enumerate(rows):
-            if r[1] == 0:
-                return i
-        return len(rows)
-
-    def _reclaim(self, fd: int, rows: list[list[int | float]], now: float) -> int:
-        """Clear the rows of dead processes and lapsed leases; return the slots freed."""
-        freed = self._file.reclaim_rows(fd, rows, now)
-        for owner, held in freed:
-            logger.info("bulkhead %r: %d slot(s) of gone process %d reclaimed", self.name, held,
-                        owner, extra={"endpoint": self.name, "pid": owner})
-        return sum(held for _, held in freed)
-
-    def _degrade(self, exc: Exception) -> None:
-        _degraded(self._file, exc)
-        self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
-        self._shared = False
-
-    def _revived(self) -> bool:
-        if time.monotonic() < self._retry_at:
-            return False
-        self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
-        self._shared = self._file.revive()
-        return self._shared
-
-    def __repr__(self) -> str:
-        return f"<HostBulkhead {self.name!r} {self._in_flight}/{self.max_concurrent} here>"
-
-
-def _mine(row: list[int | float], ident: Identity) -> bool:
-    return row[0] == ident.pid and row[3] == ident.token and row[4] == ident.ns

@@ -71,16 +71,16 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "Responses made by a fallback (static, stale, callable).",
     ),
     "rejections_total": (
-        "counter", ("endpoint", "by"),
-        "Calls refused without touching the network, by bulkhead or breaker.",
+        "counter", ("endpoint", "by", "scope"),
+        "Calls refused without touching the network, by bulkhead or breaker, and its scope.",
     ),
     "breaker_state": (
         "gauge", ("endpoint", "state"),
         "1 for the breaker's current state, 0 for the others (since its first transition).",
     ),
     "breaker_transitions_total": (
-        "counter", ("endpoint", "state"),
-        "Breaker state changes, by the state entered.",
+        "counter", ("endpoint", "state", "scope"),
+        "Breaker state changes, by the state entered, and the breaker's scope.",
     ),
 }
 
@@ -177,15 +177,15 @@ class _PrometheusListener:
         self._fallbacks(e.endpoint, e.fallback).inc()
 
     def _bulkhead(self, e: BulkheadRejected) -> None:
-        self._rejections(e.endpoint, "bulkhead").inc()
+        self._rejections(e.endpoint, "bulkhead", e.scope).inc()
 
     def _breaker_rejected(self, e: BreakerRejected) -> None:
-        self._rejections(e.endpoint, "breaker").inc()
+        self._rejections(e.endpoint, "breaker", e.scope).inc()
 
     def _breaker(self, e: BreakerStateChanged) -> None:
         for state in BREAKER_STATES:
             self._state(e.endpoint, state).set(1.0 if state == e.new else 0.0)
-        self._transitions(e.endpoint, e.new).inc()
+        self._transitions(e.endpoint, e.new, e.scope).inc()
 
     def __repr__(self) -> str:
         return "prometheus_listener()"
@@ -287,8 +287,8 @@ class _OTelListener:
             RetryScheduled: lambda e: self._count("retries", e.endpoint, "reason", e.reason),
             GaveUp: lambda e: self._count("gave_up", e.endpoint, "reason", e.reason),
             FallbackServed: lambda e: self._count("fallbacks", e.endpoint, "fallback", e.fallback),
-            BulkheadRejected: lambda e: self._rejected(e.endpoint, "bulkhead"),
-            BreakerRejected: lambda e: self._rejected(e.endpoint, "breaker"),
+            BulkheadRejected: lambda e: self._rejected(e.endpoint, "bulkhead", e.scope),
+            BreakerRejected: lambda e: self._rejected(e.endpoint, "breaker", e.scope),
             BreakerStateChanged: self._breaker,
         }
 
@@ -305,13 +305,17 @@ class _OTelListener:
             attrs = self._attrs[key] = build()
         return attrs
 
-    def _count(self, counter: str, endpoint: str, name: str, value: str) -> None:
-        attrs = self._cached((counter, endpoint, value), lambda: {
-            "resilient_client.endpoint": endpoint, f"resilient_client.{name}": value})
-        self._counters[counter].add(1, attrs)
+    def _count(self, counter: str, endpoint: str, name: str, value: str, scope: str | None = None) -> None:
+        def build() -> dict[str, Any]:
+            attrs = {"resilient_client.endpoint": endpoint, f"resilient_client.{name}": value}
+            if scope is not None:
+                attrs["resilient_client.scope"] = scope
+            return attrs
 
-    def _rejected(self, endpoint: str, by: str) -> None:
-        self._count("rejections", endpoint, "rejected_by", by)
+        self._counters[counter].add(1, self._cached((counter, endpoint, value, scope), build))
+
+    def _rejected(self, endpoint: str, by: str, scope: str) -> None:
+        self._count("rejections", endpoint, "rejected_by", by, scope)
 
     def _attempt(self, e: AttemptFinished) -> None:
         # Keyed by scheme://authority, not the URL: paths with ids must not grow the cache.
@@ -333,7 +337,7 @@ class _OTelListener:
     def _breaker(self, e: BreakerStateChanged) -> None:
         with self._states_lock:
             self._states[e.endpoint] = e.new
-        self._count("breaker.transitions", e.endpoint, "breaker.state", e.new)
+        self._count("breaker.transitions", e.endpoint, "breaker.state", e.new, e.scope)
 
     def _observe_states(self, options: Any) -> list[Any]:
         from opentelemetry.metrics import Observation

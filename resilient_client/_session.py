@@ -362,14 +362,14 @@ class ResilientSession(requests.Session):
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
-            if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
+            if breaker is not None and route.policy.fallback is None and breaker.looks_open():
                 try:
                     is_trial = breaker.before_call()
                 except CircuitOpenError as exc:
                     tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
                     self._emit(BreakerRejected(route.name, method.upper(), shown,
-                                               exc._retry_at, exc.retry_in))
+                                               exc._retry_at, exc.retry_in, breaker.scope))
                     if self._bus.wants_hot():
                         self._emit(CallFinished(route.name, method.upper(), shown, 0,
                                                 "circuit_open", None, 0.0, False))
@@ -554,7 +554,7 @@ class ResilientSession(requests.Session):
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
             self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                       exc._retry_at, exc.retry_in))
+                                       exc._retry_at, exc.retry_in, breaker.scope))
             # Not CircuitOpenError: that promises nothing touched the network,
             # and the first hop did reach the peer (a write may have acted).
             raise requests.ConnectionError(
@@ -649,7 +649,7 @@ class ResilientSession(requests.Session):
         if bulkhead is not None and not bulkhead.try_acquire():
             err = BulkheadFull(route.name, bulkhead.max_concurrent, request=request)
             self._emit(BulkheadRejected(route.name, request.method or "", self._url(request),
-                                        bulkhead.max_concurrent))
+                                        bulkhead.max_concurrent, bulkhead.scope))
             return self._fallback_or_raise(call, err), err
         slot_held = bulkhead is not None
         try:
@@ -776,7 +776,7 @@ class ResilientSession(requests.Session):
             except CircuitOpenError as exc:
                 call.outcome = _CIRCUIT_OPEN
                 self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                           exc._retry_at, exc.retry_in))
+                                           exc._retry_at, exc.retry_in, breaker.scope))
                 raise
         # Only a call the breaker let through is a try.
         call.attempt += 1
@@ -892,7 +892,9 @@ class ResilientSession(requests.Session):
         )
         method, url = call.request.method or "", self._url(call.request)
         if reason == "budget":
-            self._emit(BudgetExhausted(route.name, method, url, call.attempt))
+            budget = route.state.budget
+            self._emit(BudgetExhausted(route.name, method, url, call.attempt,
+                                       "process" if budget is None else budget.scope))
         self._emit(GaveUp(route.name, method, url, call.attempt, reason, outcome))
 
     # -- fallbacks -----------------------------------------------------------
@@ -972,7 +974,7 @@ class ResilientSession(requests.Session):
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
-        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures))
+        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures, breaker.scope))
 
     def _emit(self, event: Event) -> None:
         self._bus.emit(event)

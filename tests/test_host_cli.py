@@ -62,3 +62,23 @@ class TestHostCli:
         main(["status", "-c", str(config)])
         assert "unreadable: not a" in capsys.readouterr().out
         assert path.read_bytes() == b"junk" * 2048
+
+    def test_check_reports_a_policy_the_running_processes_do_not_share(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """check reads the state_dir: a file recorded under other thresholds is host-policy-mismatch."""
+        config = _config(tmp_path)
+        ResilientSession(str(config)).circuit("inventory")  # a running process records its policy
+        assert main(["check", str(config)]) == 0
+        assert "host-policy-mismatch" not in capsys.readouterr().out
+        other = tmp_path / "other.json"
+        doc = json.loads(config.read_text())
+        doc["defaults"]["breaker"] = {"failure_threshold": 2}
+        other.write_text(json.dumps(doc))
+        assert main(["check", str(other)]) == 0  # a warning: the config itself is valid
+        out = capsys.readouterr().out
+        assert "endpoint 'inventory'" in out and "[host-policy-mismatch]" in out
+        doc["state_dir"] = str(tmp_path / "own")  # its own state_dir: nothing shared, nothing to say
+        other.write_text(json.dumps(doc))
+        main(["check", str(other)])
+        assert "host-policy-mismatch" not in capsys.readouterr().out

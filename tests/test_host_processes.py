@@ -225,7 +225,7 @@ def _hammer(queue: Any, state_dir: str, threads: int, rounds: int) -> None:
 
     machine = BreakerMachine(BreakerPolicy(failure_threshold=1_000_000), "w")
     store = HostStore(HostFile(state_dir, "peer"))
-    bulkhead = HostBulkhead("peer", BulkheadPolicy(max_concurrent=1_000), HostFile(state_dir, "peer"), None)
+    bulkhead = HostBulkhead("peer", BulkheadPolicy(max_concurrent=1_000), HostFile(state_dir, "peer"))
     budget = HostBudget(BudgetPolicy(ratio=0.0, min_per_second=1_000, window=10.0), FakeClock(),
                         HostFile(state_dir, "peer"))
     refused = []

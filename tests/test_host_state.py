@@ -29,7 +29,7 @@ def _fresh_warnings() -> None:
 
 
 def _bulkhead(d: Path, cap: int = 3) -> HostBulkhead:
-    return HostBulkhead("inv", BulkheadPolicy(max_concurrent=cap), HostFile(str(d), "inv"), None)
+    return HostBulkhead("inv", BulkheadPolicy(max_concurrent=cap), HostFile(str(d), "inv"))
 
 
 def _dead_pid() -> int:
@@ -84,6 +84,44 @@ class TestHostBulkhead:
         assert a.host_in_flight() == 0 and a.in_flight == 0
 
 
+    def test_a_live_processes_idle_row_is_not_taken(self, tmp_path: Path) -> None:
+        """A row is its process's while the pid lives, even holding nothing: a newcomer claims another."""
+        _plant_row(tmp_path, 0, os.getppid(), 0, time.monotonic() - 1)
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        f = HostFile(str(tmp_path), "inv")
+        with f.locked() as fd:
+            rows = f.read_rows(fd)
+        assert [int(r[0]) for r in rows] == [os.getppid(), os.getpid()] and rows[1][1] == 1
+
+    def test_a_dead_processes_row_is_reused(self, tmp_path: Path) -> None:
+        """A row left by a pid that is gone is claimed again, not a new one appended."""
+        _plant_row(tmp_path, 0, _dead_pid(), 0, time.monotonic() + 600)
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        f = HostFile(str(tmp_path), "inv")
+        with f.locked() as fd:
+            assert [(int(r[0]), int(r[1])) for r in f.read_rows(fd)] == [(os.getpid(), 1)]
+
+    def test_acquire_takes_no_file_lock(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Once the row is claimed, acquire and release are a pwrite and a pread: no flock."""
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        a.release()
+        locks: list[int] = []
+        real = _host_file.fcntl.flock
+
+        def counting(fd: int, op: int) -> None:
+            locks.append(op)
+            real(fd, op)
+
+        monkeypatch.setattr(_host_file.fcntl, "flock", counting)
+        for _ in range(5):
+            assert a.try_acquire()
+            a.release()
+        assert locks == []
+
+
 class TestHostBudget:
     def test_the_budget_is_host_wide(self, tmp_path: Path) -> None:
         """Retries spent by one process count against another's: 10 in all over the window."""
@@ -111,7 +149,7 @@ class TestDamage:
     ) -> None:
         """Overwritten in use: one warning, then bulkhead, budget and breaker carry on in the process."""
         f = HostFile(str(tmp_path), "inv")
-        bulkhead = HostBulkhead("inv", BulkheadPolicy(max_concurrent=2), f, None)
+        bulkhead = HostBulkhead("inv", BulkheadPolicy(max_concurrent=2), f)
         budget = HostBudget(BudgetPolicy(), FakeClock(), f)
         store = HostStore(f)
         assert bulkhead.try_acquire()

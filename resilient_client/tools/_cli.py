@@ -54,7 +54,7 @@ from .._redact import redact_headers, redact_url
 from .._version import __version__
 from ..exceptions import ConfigError
 from ._haproxy import check_haproxy
-from ._host_status import host_state, reset_endpoint
+from ._host_status import check_host_policies, host_state, reset_endpoint
 from ._host_status import table as host_table
 
 __all__ = ["main"]
@@ -233,7 +233,7 @@ def _coherence(config: Config, haproxy_path: str | None, out: TextIO) -> int:
         except OSError as e:
             print(f"{haproxy_path}: cannot read: {e.strerror or e}", file=sys.stderr)
             return 2
-    findings = check_haproxy(config, haproxy_text)
+    findings = check_haproxy(config, haproxy_text) + check_host_policies(config)
     print(file=out)
     what = f"with {haproxy_path}" if haproxy_path else "(client policy alone; --haproxy adds the proxy)"
     if not findings:

@@ -17,7 +17,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .._host_dir import alive
+from .._config import Config
+from .._host_dir import alive, default_state_dir
 from .._host_file import (
     BREAKER,
     BREAKER_AT,
@@ -33,8 +34,10 @@ from .._host_file import (
     path_for,
     reset_in_place,
 )
+from .._host_state import policy_checksum, recorded_policy
+from ._findings import Finding
 
-__all__ = ["host_state", "reset_endpoint"]
+__all__ = ["check_host_policies", "host_state", "reset_endpoint"]
 
 _STATES = ("closed", "open", "half-open")
 _HEADER = struct.Struct("<8sII48s")
@@ -87,6 +90,40 @@ def _describe(path: Path) -> dict[str, Any]:
         "processes": sorted(p for p, _, _ in held),
     }
     return entry
+
+
+def check_host_policies(config: Config) -> list[Finding]:
+    """
+    ``host-policy-mismatch``: an endpoint shared on the host (``state: host``
+    or ``redis://``) whose file in ``state_dir`` records another breaker,
+    budget or bulkhead policy than *config*'s, i.e. the processes already
+    running with it apply other thresholds to the same shared state.
+    Reads only: a file that does not exist or is not ours says nothing.
+    """
+    state_dir = config.state_dir or default_state_dir()
+    found: list[Finding] = []
+    seen: set[str] = set()
+    for ep in config.endpoints:
+        policy = ep.policy
+        if ep.name in seen or not policy.host_shared:
+            continue
+        seen.add(ep.name)
+        path = path_for(state_dir, ep.name)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(SIZE)
+        except OSError:
+            continue  # no process has used it yet (or it is not readable): nothing to compare
+        if len(raw) != SIZE or not raw.startswith(b"RCHOST"):
+            continue  # not ours: `status` lists it as unreadable
+        recorded = recorded_policy(raw)
+        if recorded not in (0, policy_checksum((policy.breaker, policy.budget, policy.bulkhead))):
+            found.append(Finding(
+                "warning", "host-policy-mismatch", ep.name, None,
+                f"{path} was set up by a process whose breaker, budget or bulkhead policy for "
+                f"{ep.name!r} differs from this config's; each process applies its own thresholds "
+                "to the shared state: give namesakes one policy, or this service its own state_dir"))
+    return found
 
 
 def reset_endpoint(state_dir: str, name: str) -> bool:
