@@ -11,21 +11,36 @@ Decision record: the file
 -------------------------
 One file per endpoint name, ``<state_dir>/<name>-<sha1 of name>.state``:
 endpoints never contend for one lock, and damage to one endpoint's file
-leaves the others shared. The layout is 4096 bytes, little-endian::
+leaves the others shared. The layout (version 2) is 8192 bytes, little-endian::
 
     0    header   magic b"RCHOST\\0\\0", layout version u32, size u32, name (48 bytes)
-    64   breaker  state u8, forced u8, failures u32, opened_at f64,
-                  trial_until f64, trial pid i32, holder (48 bytes), crc32
+    64   breaker  state u8, forced u8, failures u32, opened_at f64, trial_until f64,
+                  the trial holder's pid i32, pid namespace u32, token u64,
+                  holder (40 bytes), crc32
     160  budget   bucket number i64, 10 x first tries u32, 10 x retries u32
-    248  policy   crc32 of the first user's breaker, budget and bulkhead policies
-    256  bulkhead count of lease rows in use u32, then 128 rows from 272:
-                  (pid i32, calls held u32, lease expiry f64), one per process
+    256  meta     boot id (16 bytes), digest of the endpoint's match (16 bytes),
+                  crc32 of the recorder's breaker, budget and bulkhead policies,
+                  the recorder's pid i32 and namespace u32, reset epoch u32, token u64
+    320  bulkhead count of lease rows in use u32, then 128 rows from 336: (pid i32,
+                  calls held u32, lease expiry f64, token u64, pid namespace u32), one per process
+    7680 redis    the Redis breaker's snapshot, for ``state: redis://`` (`_host_redis`)
 
-Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process
-on a host). A file whose magic, version or size is not ours (an older
-release, another program, a truncation) is never written: the process logs
-once and keeps that endpoint's state in the process (`HostFileError`).
-Bumping `VERSION` is how a layout change keeps old and new releases apart.
+A process is named by pid, token (its start time) and pid namespace: see
+`_host_dir.alive`. Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one
+clock for every process of a boot and time namespace); a file written
+before this boot (its boot id) is cleared when opened, and an ``opened_at``
+ahead of our clock is taken as "now" (`_host_state`). A file whose magic,
+version or size is not ours (an older release, another program, a
+truncation) is never written: the process logs once and keeps that
+endpoint's state in the process (`HostFileError`), trying the file again
+every `CHECK_EVERY` (``resilient-client reset`` lays it out afresh *in
+place*: never unlinked, so no process is left on an old inode). Bumping
+`VERSION` is how a layout change keeps old and new releases apart.
+
+Why it is long: the bytes, the bounded lock, opening, fork and the
+deleted-file check belong together (each depends on the others' invariants);
+the process identity lives in `_host_dir`, the users in `_host_state`,
+`_host_bulkhead`, `_host_budget` and `_host_redis`.
 
 Decision record: atomicity and crashes
 --------------------------------------
@@ -60,10 +75,18 @@ truncates kills the next reader with SIGBUS; ``pread`` returns short, which
 is detected. The file lives on tmpfs (``/dev/shm`` or the runtime dir), so
 the page cache is the shared memory and a ``pread`` is a memory copy.
 
-Fork (gunicorn ``--preload``): a descriptor inherited across ``fork`` shares
-its flock with the parent, so the child reopens the file on first use (the
-pid, cached and refreshed by an ``os.register_at_fork`` hook, is compared on
-every operation).
+Fork (gunicorn ``--preload``, multiprocessing, celery prefork): a flock
+belongs to the open file description, which ``fork`` shares, so a child
+keeping the parent's descriptor would keep the parent's lock alive after
+the parent dies. An ``os.register_at_fork`` hook closes every inherited
+descriptor in the child (the parent's lock is untouched: it still has its
+own), and the child reopens the file on first use; descriptors are
+``O_CLOEXEC`` for an ``exec``. One `HostFile` per file per process
+(`host_file`): sessions on one endpoint share its descriptor and locks.
+
+The lock's wait is bounded (`LOCK_WAIT`): a holder stopped with it
+(SIGSTOP, ``docker pause``, a debugger) makes callers decide in their
+process (`HostFileBusy`) rather than stall past their deadline.
 """
 
 from __future__ import annotations
@@ -136,7 +159,7 @@ LOCK_WAIT = 0.25
 _BUSY_FOR = 1.0
 #: How often a file in use is checked for having been deleted or replaced,
 #: and a process that stopped sharing tries the file again.
-CHECK_EVERY = 5.0
+CHECK_EVERY = 1.0
 
 #: What the first 16 bytes of a good file are: checked under every lock.
 _HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]

@@ -32,7 +32,7 @@ Decision record: what the file cannot be trusted for
   it reads without the lock, reclaiming nothing), and for a second after
   that does not wait at all (`_host_file`).
 * The file: deleted or replaced, a process notices within ``CHECK_EVERY``
-  (5 s) and reopens it; damaged, the pieces fall back to process-local state
+  (1 s) and reopens it; damaged, the pieces fall back to process-local state
   and try the file again every ``CHECK_EVERY`` (``resilient-client reset``
   lays it out afresh in place).
 * Its clock: an ``opened_at`` ahead of ours (a time namespace) is written
