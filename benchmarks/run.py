@@ -4,7 +4,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import pool host
+                                              #   orphaned import pool host fleet
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -31,6 +31,7 @@ import bench_breaker
 import bench_cascade
 import bench_drip
 import bench_happy
+import bench_host_fleet
 import bench_host_state
 import bench_import
 import bench_pool
@@ -53,6 +54,7 @@ BENCHES = {
     "orphaned": orphaned_work.run,
     "import": bench_import.run,
     "host": bench_host_state.run,
+    "fleet": bench_host_fleet.run,
 }
 
 

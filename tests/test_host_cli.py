@@ -82,3 +82,26 @@ class TestHostCli:
         other.write_text(json.dumps(doc))
         main(["check", str(other)])
         assert "host-policy-mismatch" not in capsys.readouterr().out
+
+    def test_reset_stale_removes_only_forgotten_files(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--stale deletes a file idle for long with no live process's row, and keeps one in use."""
+        import os
+
+        from resilient_client._host_file import HostFile
+        from resilient_client._host_state import HostBulkhead
+        from resilient_client._policy import BulkheadPolicy
+
+        state = tmp_path / "state"
+        config = _config(tmp_path)
+        HostFile(str(state), "http://forgotten:80").fd()  # an origin called once, long ago
+        used = HostBulkhead("inventory", BulkheadPolicy(max_concurrent=2), HostFile(str(state), "inventory"))
+        assert used.try_acquire()
+        used.release()  # this process keeps its row: it is a live user
+        for p in state.iterdir():
+            os.utime(p, (1, 1))  # untouched since 1970
+        assert main(["reset", "--stale", "-c", str(config)]) == 0
+        assert "removed 1 state file" in capsys.readouterr().out
+        assert [p.name for p in state.iterdir()] == [Path(path_for(str(state), "inventory")).name]
+        assert main(["reset", "--stale", "inventory", "-c", str(config)]) == 2

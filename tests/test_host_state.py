@@ -275,3 +275,30 @@ class TestCreation:
         store = HostStore(HostFile(str(tmp_path), "inv"))
         assert store.read()[0].state == "closed" and store.reachable() is True
         assert path.read_bytes().startswith(b"RCHOST")
+
+
+class TestRedisHostCache:
+    def test_a_published_snapshot_is_fresh_for_one_interval_then_claimed_once(self, tmp_path: Path) -> None:
+        """One process publishes; another reads it while fresh; once stale, one claim wins until published."""
+        from resilient_client._host_redis import RedisHostCache
+
+        a, b = RedisHostCache(HostFile(str(tmp_path), "inv")), RedisHostCache(HostFile(str(tmp_path), "inv"))
+        assert a.fresh(0.02) is None and a.claim(0.02) and not b.claim(0.02)  # a refreshes, b waits
+        values = ("open", "1234.000", "", "5", "")
+        a.publish(values, 0.0, 1000.0, time.monotonic())
+        assert b.fresh(10.0) == (values, 0.0, 1000.0, pytest.approx(time.monotonic(), abs=1.0))
+        assert b.fresh(0.0) is None and b.claim(0.0)  # stale: b's turn
+        a.publish(values, 0.0, 999.0, time.monotonic())  # older by Redis's clock: not over newer news
+        assert b.fresh(10.0) is not None and b.fresh(10.0)[2] == 1000.0  # type: ignore[index]
+
+    def test_a_torn_or_damaged_entry_reads_as_none(self, tmp_path: Path) -> None:
+        """Bytes that fail the crc are no cache: the process reads Redis itself."""
+        from resilient_client._host_redis import CACHE_AT, RedisHostCache
+
+        cache = RedisHostCache(HostFile(str(tmp_path), "inv"))
+        cache.publish(("", "", "", "", ""), 0.0, 1000.0, time.monotonic())
+        assert cache.fresh(10.0) is not None
+        with open(path_for(str(tmp_path), "inv"), "r+b") as f:
+            f.seek(CACHE_AT + 41)  # inside the payload
+            f.write(b"\xff\xff")
+        assert cache.fresh(10.0) is None

@@ -5,6 +5,7 @@ The ``resilient-client`` command (also ``python -m resilient_client``).
     resilient-client get URL [--config FILE]      one call, each event printed live
     resilient-client status [--config FILE]       breakers, bulkheads, health, host state
     resilient-client reset NAME [--config FILE]   clear an endpoint's host-shared state
+    resilient-client reset --stale [--idle H]     delete state files unused for H hours
     resilient-client demo [...]                   the cascade demo
 
 Exit codes: 0 fine; 1 the call failed (``get``) or the service is unhealthy
@@ -54,7 +55,7 @@ from .._redact import redact_headers, redact_url
 from .._version import __version__
 from ..exceptions import ConfigError
 from ._haproxy import check_haproxy
-from ._host_status import check_host_policies, host_state, reset_endpoint
+from ._host_status import check_host_policies, host_state, remove_stale, reset_endpoint
 from ._host_status import table as host_table
 
 __all__ = ["main"]
@@ -133,7 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_status)
 
     p = sub.add_parser("reset", help="clear an endpoint's host-shared state (state: host), for every process")
-    p.add_argument("name", metavar="NAME", help="the endpoint name (or origin)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the endpoint name (or origin)")
+    p.add_argument("--stale", action="store_true",
+                   help="instead of NAME: delete the state files nobody wrote for --idle hours "
+                        "and no live process has a row in (origins called once and forgotten)")
+    p.add_argument("--idle", type=float, default=24.0, metavar="HOURS", help="for --stale (default 24)")
     p.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
     p.add_argument("--state-dir", help="default: the config's state_dir")
     p.set_defaults(run=_reset)
@@ -155,6 +160,13 @@ def _reset(args: argparse.Namespace) -> int:
     from .._config import load_config
 
     state_dir = _state_dir(args, load_config(args.config))
+    if args.stale == (args.name is not None):
+        print(f"{PROG}: reset takes NAME or --stale", file=sys.stderr)
+        return 2
+    if args.stale:
+        removed = remove_stale(state_dir, args.idle * 3600.0)
+        print(f"removed {len(removed)} state file(s) unused for {args.idle:g} h from {state_dir}")
+        return 0
     if not reset_endpoint(state_dir, args.name):
         print(f"{PROG}: no host-shared state for {args.name!r} in {state_dir}", file=sys.stderr)
         return 1

@@ -37,7 +37,7 @@ from .._host_file import (
 from .._host_state import policy_checksum, recorded_policy
 from ._findings import Finding
 
-__all__ = ["check_host_policies", "host_state", "reset_endpoint"]
+__all__ = ["check_host_policies", "host_state", "remove_stale", "reset_endpoint"]
 
 _STATES = ("closed", "open", "half-open")
 _HEADER = struct.Struct("<8sII48s")
@@ -124,6 +124,47 @@ def check_host_policies(config: Config) -> list[Finding]:
                 f"{ep.name!r} differs from this config's; each process applies its own thresholds "
                 "to the shared state: give namesakes one policy, or this service its own state_dir"))
     return found
+
+
+def remove_stale(state_dir: str, idle: float) -> list[str]:
+    """
+    Delete the state files of *state_dir* nobody wrote for *idle* seconds
+    and whose bulkhead rows name no live process (an origin's state of
+    unmatched URLs, called once, stays otherwise): each under its lock,
+    one that is locked is skipped. Returns the paths removed.
+    """
+    import fcntl
+    import time
+
+    removed: list[str] = []
+    base = Path(state_dir)
+    if not base.is_dir():
+        return removed
+    now = time.time()
+    for path in sorted(base.glob("*.state"))[:10_000]:  # bounded, whatever is in the directory
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use this very moment
+            if now - os.fstat(fd).st_mtime < idle:
+                continue
+            raw = os.pread(fd, SIZE, 0)
+            if raw.startswith(b"RCHOST") and len(raw) == SIZE:
+                (n,) = struct.unpack_from("<I", raw, ROWS_AT)
+                rows = [ROW.unpack_from(raw, ROW0 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
+                # Alive, or in another pid namespace (unknowable from here): kept.
+                if any(pid > 0 and alive(pid, token, ns) is not False for pid, _, _, token, ns in rows):
+                    continue  # a live process has a row here: it may come back to it
+            os.unlink(path)
+            removed.append(str(path))
+        finally:
+            os.close(fd)
+    return removed
 
 
 def reset_endpoint(state_dir: str, name: str) -> bool:
