@@ -9,6 +9,8 @@ exec((HERE / "resilient_client" / "_version.py").read_text(), about)
 EXTRAS = {
     "yaml": ["PyYAML>=6"],
     "redis": ["redis>=4.5"],
+    # AsyncResilientClient, the httpx front (anyio comes with httpx).
+    "httpx": ["httpx>=0.27", "anyio>=4"],
     "prometheus": ["prometheus-client>=0.17"],
     "otel": ["opentelemetry-api>=1.20"],
     "toml": ['tomli>=2; python_version < "3.11"'],
@@ -28,10 +30,16 @@ EXTRAS["test"] = [
     "hypothesis>=6",
     *EXTRAS["yaml"],
     *EXTRAS["redis"],
+    *EXTRAS["httpx"],
+    # The async client's tests run on anyio's pytest plugin; the testing kit's
+    # fixtures are also checked under pytest-asyncio.
+    "pytest-asyncio>=0.23",
     *EXTRAS["prometheus"],
     *EXTRAS["otel"],
-    # An in-memory meter provider for the OpenTelemetry listener's tests.
+    # An in-memory meter provider and span exporter for the OpenTelemetry listeners' tests.
     "opentelemetry-sdk>=1.20",
+    # tests/test_tracing.py: our spans beside requests' own instrumentation.
+    "opentelemetry-instrumentation-requests>=0.41b0",
     # TOML config files on Python 3.10 (3.11+ has tomllib).
     *EXTRAS["toml"],
     # The benchmarks' smoke test.
@@ -49,6 +57,10 @@ EXTRAS["test"] = [
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
 EXTRAS["requests-suite"] = ["pytest-httpbin>=2.1", "httpbin>=0.10", "trustme", "pytest-mock", "PySocks"]
+# What tests/httpx_suite/run.sh needs to run httpx's own AsyncClient tests
+# (its requirements.txt): a uvicorn server on loopback, trio, and httpx's extras.
+EXTRAS["httpx-suite"] = [*EXTRAS["httpx"], "uvicorn", "trio", "trustme", "h2", "socksio", "zstandard",
+                         "chardet"]
 # STYLE.md names the test extra `tests`; both spellings work.
 EXTRAS["tests"] = EXTRAS["test"]
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
@@ -60,7 +72,8 @@ EXTRAS["all"] = sorted(
     {
         d
         for k, v in EXTRAS.items()
-        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet", "release")
+        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "httpx-suite", "fleet",
+                     "release")
         for d in v
     }
 )

@@ -4,7 +4,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import pool host fleet
+                                              #   orphaned import pool host fleet tracing async
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -27,6 +27,7 @@ from dataclasses import asdict
 
 import _util
 import bench_amplification
+import bench_async
 import bench_breaker
 import bench_cascade
 import bench_drip
@@ -35,6 +36,7 @@ import bench_host_fleet
 import bench_host_state
 import bench_import
 import bench_pool
+import bench_tracing
 import observability_overhead
 import orphaned_work
 import retry_overhead
@@ -55,6 +57,8 @@ BENCHES = {
     "import": bench_import.run,
     "host": bench_host_state.run,
     "fleet": bench_host_fleet.run,
+    "async": bench_async.run,
+    "tracing": bench_tracing.run,
 }
 
 

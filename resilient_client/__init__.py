@@ -15,7 +15,8 @@ Importing the package loads only the exceptions (and so requests, which
 every user of a requests drop-in loads anyway). Every other name is loaded
 from its module on first use (PEP 562), so a service pays for the session's
 modules when it builds a session, and never for the metrics, health,
-propagation or tooling modules it does not use.
+propagation or tooling modules it does not use. httpx is imported only
+with `AsyncResilientClient` (the httpx front, extra ``httpx``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .exceptions import (
 if _typing.TYPE_CHECKING:
     # What type checkers and the API docs see: every public name, statically.
     # At run time __getattr__ below imports these on first use.
+    from ._async_client import AsyncResilientClient
     from ._breaker import BreakerState, BreakerStats, CircuitBreaker
     from ._clock import Clock, Deadline
     from ._config import Config, Endpoint, Secrets
@@ -84,6 +86,7 @@ if _typing.TYPE_CHECKING:
     )
     from ._routing import Resolution
     from ._session import ResilientSession
+    from ._tracing import otel_trace_listener
 
 if _typing.TYPE_CHECKING:
     # Deprecated here (see _MOVED): still typed for one release, so code that
@@ -98,6 +101,7 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "OUTCOMES",
     "ASGIDeadlineMiddleware",
+    "AsyncResilientClient",
     "AttemptFinished",
     "BackoffPolicy",
     "BreakerMode",
@@ -148,11 +152,14 @@ __all__ = [
     "fallback_response",
     "health_app",
     "otel_listener",
+    "otel_trace_listener",
     "prometheus_listener",
 ]
 
 #: Where each lazily loaded public name lives (a module of this package).
 _LAZY: dict[str, str] = {
+    # The httpx front: imports httpx, so only when asked for (extra `httpx`).
+    "AsyncResilientClient": "_async_client",
     **dict.fromkeys(["BreakerState", "BreakerStats", "CircuitBreaker"], "_breaker"),
     "Clock": "_clock",
     **dict.fromkeys(["Config", "Endpoint", "Secrets"], "_config"),
@@ -165,6 +172,7 @@ _LAZY: dict[str, str] = {
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
+    "otel_trace_listener": "_tracing",
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
         "CallableFallback", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy", "RetryPolicy",

@@ -44,7 +44,7 @@ _ROUTE_CACHE_SIZE = 4096
 MAX_ORIGIN_STATES = 256
 
 _StateChanged = Callable[[CircuitBreaker, BreakerState, BreakerState], None]
-_BuildRetrying = Callable[[Policy], "tenacity.Retrying | None"]
+_BuildRetrying = Callable[[Policy], "tenacity.BaseRetrying | None"]
 
 
 class EndpointState:
@@ -77,11 +77,12 @@ class EndpointState:
         state_dir: str | None, match: str,
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
-        from ._host_file import default_state_dir, host_file  # only host state opens files
+        from ._host_dir import effective_state_dir
+        from ._host_file import host_file  # only host state opens files
         from ._host_state import HostBudget, HostBulkhead, HostStore, check_policy
 
         # One HostFile per file in the process: sessions share its descriptor and lock.
-        file = host_file(state_dir or default_state_dir(), name)
+        file = host_file(effective_state_dir(state_dir), name)
         check_policy(file, (policy.breaker, policy.budget, policy.bulkhead), match)
         self.breaker = None
         if policy.breaker is not None:
@@ -89,7 +90,7 @@ class EndpointState:
             self.breaker = CircuitBreaker(
                 name, dataclasses.replace(policy.breaker, storage=policy.state) if redis else policy.breaker,
                 clock=clock, on_state_change=on_state_change,
-                store=None if redis else HostStore(file),
+                store=None if redis else HostStore(file, clock),
             )
             if redis:
                 # The Redis snapshot cached in the host file: one Redis read
@@ -134,7 +135,7 @@ class Route:
         self,
         resolution: Resolution,
         state: EndpointState,
-        retrying: tenacity.Retrying | None,
+        retrying: tenacity.BaseRetrying | None,
     ) -> None:
         self.resolution = resolution
         self.policy = resolution.policy
@@ -180,7 +181,7 @@ class Endpoints:
         self._states: dict[str, EndpointState] = {}
         # Unmatched origins (bounded: MAX_ORIGIN_STATES).
         self._origins: OrderedDict[str, EndpointState] = OrderedDict()
-        self._retryings: dict[int, tenacity.Retrying | None] = {}
+        self._retryings: dict[int, tenacity.BaseRetrying | None] = {}
         self._next_scan = 0
         #: Calls made, for recency (racy on purpose, see the module docstring).
         self.calls = 0

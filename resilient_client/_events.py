@@ -17,7 +17,7 @@ import logging
 import pkgutil
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, cast
 
@@ -39,6 +39,7 @@ __all__ = [
     "GaveUp",
     "Listener",
     "RetryScheduled",
+    "Tracing",
     "format_event",
     "load_listeners",
     "log_event",
@@ -299,6 +300,38 @@ class Listener(Protocol):
     def __call__(self, event: Event) -> None: ...
 
 
+class Tracing(Protocol):
+    """
+    A listener that also hears a call and its attempts begin and end, so
+    that it can hold a span open around them (`otel_trace_listener`). The
+    session calls the hooks only when such a listener is subscribed.
+    """
+
+    #: Whether `enter_attempt` wants the attempt's headers (to inject a trace context).
+    injects: bool
+
+    def __call__(self, event: Event) -> None: ...
+
+    def enter_call(self, endpoint: str, method: str, url: str) -> object: ...
+
+    def exit_call(self, token: object) -> None: ...
+
+    def enter_attempt(
+        self, endpoint: str, method: str, url: str, attempt: int,
+        headers: MutableMapping[str, str] | None,
+    ) -> object: ...
+
+    def exit_attempt(self, token: object, status: int | None, outcome: str, error: str | None) -> None: ...
+
+
+def _tracing_of(listeners: Iterable[Callable[[Event], None]]) -> Tracing | None:
+    """The one listener with span hooks among *listeners*, if any (the first, if several)."""
+    for listener in listeners:
+        if callable(getattr(listener, "enter_attempt", None)):
+            return cast(Tracing, listener)
+    return None
+
+
 # Per-call events (every call makes them) are DEBUG; what an operator should
 # see without asking is a level above. Under a full outage each call still
 # makes a line at INFO (rejected, fallback served): turn the logger to
@@ -405,10 +438,12 @@ def load_listeners(specs: Iterable[object]) -> list[Callable[[Event], None]]:
 class EventBus:
     """The listeners of one session (the logging listener first)."""
 
-    __slots__ = ("_failed", "_listeners", "_lock")
+    __slots__ = ("_failed", "_listeners", "_lock", "tracing")
 
     def __init__(self, listeners: Iterable[Callable[[Event], None]] = ()) -> None:
         self._listeners: tuple[Callable[[Event], None], ...] = (log_event, *listeners)
+        #: The listener holding spans around calls and attempts, or None (see `Tracing`).
+        self.tracing: Tracing | None = _tracing_of(self._listeners)
         # id -> listener: holding the listener keeps its id from being reused.
         self._failed: dict[int, Callable[[Event], None]] = {}
         self._lock = threading.Lock()
@@ -422,10 +457,12 @@ class EventBus:
         """Add *listener*; returns a function that removes it."""
         with self._lock:
             self._listeners = (*self._listeners, listener)
+            self.tracing = _tracing_of(self._listeners)
 
         def unsubscribe() -> None:
             with self._lock:
                 self._listeners = tuple(x for x in self._listeners if x is not listener)
+                self.tracing = _tracing_of(self._listeners)
 
         return unsubscribe
 

@@ -61,7 +61,7 @@ class HostBudget(RetryBudget):
 
     def snapshot(self) -> tuple[int, int]:
         if self._shared:
-            counts = self._locked(lambda fd: self._read(fd, time.monotonic())[1:])
+            counts = self._locked(lambda fd: self._read(fd, self._clock.monotonic())[1:])
             if counts is not None:
                 return sum(counts[0]), sum(counts[1])
         return super().snapshot()
@@ -71,13 +71,13 @@ class HostBudget(RetryBudget):
         with self._lock:
             pending, self._pending = self._pending, 0
         if pending:
-            bucket, requests, retries = self._read(fd, time.monotonic())
+            bucket, requests, retries = self._read(fd, self._clock.monotonic())
             requests[bucket % BUCKETS] += pending
             self._write(fd, bucket, requests, retries)
         self._flushed = time.monotonic()
 
     def _spend(self, fd: int) -> bool:
-        bucket, requests, retries = self._read(fd, time.monotonic())
+        bucket, requests, retries = self._read(fd, self._clock.monotonic())
         allowed = self.policy.ratio * sum(requests) + self.policy.min_per_second * self.policy.window
         if sum(retries) + 1 > allowed:
             return False

@@ -102,6 +102,7 @@ import zlib
 from collections.abc import Iterator
 from typing import cast
 
+from . import _host_dir
 from ._host_dir import STATE_DIR_ENV, Identity, alive, boot_id, default_state_dir, path_for, warn_once
 
 try:
@@ -239,14 +240,17 @@ class HostFile:
     def _open(self) -> int:
         if fcntl is None:  # pragma: no cover - Windows
             raise HostFileError("this platform has no fcntl (no kernel file locks)")
+        read_only = _host_dir.READ_ONLY  # `resilient-client status`: create nothing
         try:
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            if not read_only:
+                os.makedirs(self._dir, mode=0o700, exist_ok=True)
             st = os.stat(self._dir)
             if st.st_uid != os.getuid() or st.st_mode & 0o022:
                 # Anyone who can write here can forge our breakers.
                 raise HostFileError(f"{self._dir} is not this user's own directory (mode 0700)")
             # O_CLOEXEC: a program exec'd by a worker must not keep the lock alive.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
+            fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise HostFileError(f"cannot open {self.path}: {exc}") from exc
         try:
@@ -261,7 +265,8 @@ class HostFile:
                     os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]), 0)
                 else:
                     self._check_header(fd)
-                self._check_boot(fd)
+                if not read_only:
+                    self._check_boot(fd)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except (OSError, HostFileError) as exc:
@@ -520,10 +525,7 @@ class HostFile:
         return raw
 
     def calls_held(self) -> int:
-        """
-        The calls in flight on the host: the sum of the rows, without the
-        flock (each row is written by its process alone, in one ``pwrite``).
-        """
+        """The calls in flight on the host: the rows summed, no flock (each row is one process's)."""
         try:
             raw = self._rows_raw(self.fd())
         except OSError as exc:

@@ -74,7 +74,7 @@ from typing import TypeVar
 from . import _host_file
 from ._breaker_machine import CLOSED, CLOSED_RECORD, HALF_OPEN, OPEN, BreakerState, Record
 from ._breaker_store import Changes, MemoryStore, Step
-from ._clock import SYSTEM_CLOCK
+from ._clock import SYSTEM_CLOCK, Clock
 from ._host_budget import HostBudget
 from ._host_bulkhead import SLOT_LEASE, HostBulkhead
 from ._host_dir import alive, me, warn_once
@@ -153,14 +153,18 @@ def _degraded(file: HostFile, exc: Exception) -> None:
 
 
 class HostStore:
-    """A `BreakerStore` in the endpoint's host file; ``now`` is ``time.monotonic()``."""
+    """A `BreakerStore` in the endpoint's host file; ``now`` is the clock's (``time.monotonic()``)."""
 
     exclusive = False
     local_time = False
     scope = "host"
 
-    def __init__(self, file: HostFile) -> None:
+    def __init__(self, file: HostFile, clock: Clock = SYSTEM_CLOCK) -> None:
         self.file = file
+        # The session's clock: the system one in production (CLOCK_MONOTONIC,
+        # one time base for the host), a fake one under the testing kit.
+        self._clock = clock
+        self._now = clock.monotonic
         self._lock = threading.Lock()
         self._local: MemoryStore | None = None  # the truth while the file is unusable
         self._retry_at = 0.0  # when to try the file again, once unusable
@@ -177,7 +181,7 @@ class HostStore:
         if self._local is None or self._revived():
             try:
                 rec = self._read_shared()
-                return rec, time.monotonic(), self._observe(rec.state)
+                return rec, self._now(), self._observe(rec.state)
             except HostFileError as exc:
                 self._degrade(exc)
         rec, now, _ = self._local_store().read()
@@ -190,7 +194,7 @@ class HostStore:
             except HostFileBusy:
                 # The lock is held by a stopped process: this call decides on
                 # the record last seen and writes nothing (fail open).
-                now = time.monotonic()
+                now = self._now()
                 new, result = step(self._rec, now)
                 return new, result, now, self._observe(new.state)
             except HostFileError as exc:
@@ -228,7 +232,7 @@ class HostStore:
     # -- the file -----------------------------------------------------------------------
 
     def _apply_shared(self, step: Step[R], fresh: bool) -> tuple[Record, R, float, Changes]:
-        now = time.monotonic()
+        now = self._now()
         # A step that changes nothing needs no lock: on a fresh read (admit),
         # or on the record last seen (an outcome: best effort, as with Redis).
         rec = self._read_shared() if fresh or self._raw is None else self._rec
@@ -262,7 +266,7 @@ class HostStore:
                 return self._rec
             raw = b""  # these fields are not those bytes'
         rec = self._decode(fields)
-        if fields[3] > time.monotonic() + 1.0:
+        if fields[3] > self._now() + 1.0:
             # Opened on another CLOCK_MONOTONIC, ahead of ours (a time
             # namespace): it would stay open here for the difference. Written
             # back as opened now, so that our reset_timeout runs from here.
@@ -305,7 +309,7 @@ class HostStore:
             self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
             if self._local is None:
                 # Carry on from the last record seen, on the same clock.
-                self._local = MemoryStore(SYSTEM_CLOCK, self._rec)
+                self._local = MemoryStore(self._clock, self._rec)
 
     def _revived(self) -> bool:
         """Unusable: whether the file is usable again (tried at most every ``CHECK_EVERY``)."""

@@ -58,6 +58,15 @@ class LiveSessions:
 
         return unwatch
 
+    def after_fork(self) -> list[ResilientSession]:
+        """
+        In the child of an ``os.fork()``, where only the forking thread
+        lives on: a fresh lock (another thread may have held the old one at
+        the fork, and would never release it here) and the sessions.
+        """
+        self._lock = threading.Lock()
+        return list(self._sessions.values())
+
 
 #: The one registry of this process.
 LIVE_SESSIONS = LiveSessions()

@@ -630,7 +630,8 @@ class Policy:
         if self.critical is not None and not isinstance(_given(self.critical), bool):
             p.add("critical", f"must be true or false, got {self.critical!r}")
         if not _is_state(self.state):
-            p.add("state", f"must be memory, host or a redis:// URL, got {self.state!r}")
+            p.add("state", "must be memory, host or a redis://, rediss:// or unix:// URL, "
+                  f"got {self.state!r}")
         elif (
             self.state != "memory"
             and isinstance(self.breaker, BreakerPolicy)

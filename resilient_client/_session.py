@@ -33,6 +33,7 @@ exactly the next ``send`` it makes as a hop of the running attempt; any other
 from __future__ import annotations
 
 import copy
+import os
 import random
 import threading
 import uuid
@@ -65,6 +66,7 @@ from ._events import (
     FallbackServed,
     GaveUp,
     RetryScheduled,
+    Tracing,
     load_listeners,
 )
 from ._fallback import make_response
@@ -368,11 +370,17 @@ class ResilientSession(requests.Session):
                 except CircuitOpenError as exc:
                     tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
-                    self._emit(BreakerRejected(route.name, method.upper(), shown,
-                                               exc._retry_at, exc.retry_in, breaker.scope))
-                    if self._bus.wants_hot():
-                        self._emit(CallFinished(route.name, method.upper(), shown, 0,
-                                                "circuit_open", None, 0.0, False))
+                    tracing = self._bus.tracing
+                    token = tracing.enter_call(route.name, method.upper(), shown) if tracing else None
+                    try:
+                        self._emit(BreakerRejected(route.name, method.upper(), shown,
+                                                   exc._retry_at, exc.retry_in, breaker.scope))
+                        if self._bus.wants_hot():
+                            self._emit(CallFinished(route.name, method.upper(), shown, 0,
+                                                    "circuit_open", None, 0.0, False))
+                    finally:
+                        if tracing is not None:
+                            tracing.exit_call(token)
                     raise
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
@@ -625,6 +633,17 @@ class ResilientSession(requests.Session):
             local.call = enclosing
 
     def _send_and_report(self, call: Call, hot: bool, started: float) -> requests.Response:
+        tracing = self._bus.tracing
+        if tracing is None:
+            return self._report(call, hot, started)
+        # A tracing listener holds the call's span open (and current) around it.
+        token = tracing.enter_call(call.route.name, call.request.method or "", self._url(call.request))
+        try:
+            return self._report(call, hot, started)
+        finally:
+            tracing.exit_call(token)
+
+    def _report(self, call: Call, hot: bool, started: float) -> requests.Response:
         try:
             resp, failure = self._send_in_bulkhead(call)
         except Exception as exc:
@@ -689,7 +708,7 @@ class ResilientSession(requests.Session):
             retrying, call.stop_reason = None, "caller_retrying"
         try:
             resp = (self._attempt(call) if retrying is None
-                    else self._attempt_then_retrying(call, retrying))
+                    else self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying)))
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -806,6 +825,17 @@ class ResilientSession(requests.Session):
         if guard is not None:
             guard.started = started
             call.hook_guard = guard
+        tracing = self._bus.tracing
+        traced = None
+        if tracing is not None:
+            # The attempt's span: its trace context goes out in this attempt's headers.
+            headers = None
+            if tracing.injects:
+                if request is call.request:
+                    request = request.copy()
+                headers = request.headers
+            traced = tracing.enter_attempt(route.name, request.method or "", self._url(request),
+                                           call.attempt, headers)
         a = arm(deadline, call.timeouts[1]) if deadline is not None else None
         call.arm = a
         local = self._local
@@ -827,6 +857,8 @@ class ResilientSession(requests.Session):
                 outcome = call.outcome = classify_error(
                     exc, reached_peer=call.reached_peer,
                     deadline_passed=deadline is not None and deadline.expired())
+            if traced is not None:
+                cast("Tracing", tracing).exit_attempt(traced, None, outcome.kind, type(exc).__name__)
             # The attempt's event first, then what the breaker made of it.
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
@@ -856,6 +888,8 @@ class ResilientSession(requests.Session):
         duration = self.clock.monotonic() - started
         outcome = call.outcome = of_status(resp.status_code, route.policy.failure_status)
         call.error = None
+        if traced is not None:
+            cast("Tracing", tracing).exit_attempt(traced, resp.status_code, outcome.kind, None)
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, outcome.kind, resp.status_code, duration))
@@ -1151,3 +1185,28 @@ class ResilientSession(requests.Session):
 
 # -- the registry behind the test seam ----------------------------------------
 
+
+
+def _forget_inherited_connections() -> None:
+    """
+    In the child of an ``os.fork()``: close this process's copy of every
+    pooled connection of every live session's `HTTPAdapter`.
+
+    A session used before the fork (gunicorn ``--preload`` with a warm-up
+    call, a multiprocessing pool) hands its keep-alive sockets to every
+    child; two processes writing requests on one socket read each other's
+    answers. requests leaves this to the user ("do not share a session
+    across fork"); a drop-in that keeps callers safe should not. Closing
+    here closes the child's descriptors only (no shutdown, no TLS
+    close_notify), so the parent's connections stay usable; the adapters
+    open new pools on demand. Adapters that are not `HTTPAdapter`s are left
+    alone: their ``close()`` may do anything.
+    """
+    for session in LIVE_SESSIONS.after_fork():
+        for adapter in session.adapters.values():
+            if isinstance(adapter, requests.adapters.HTTPAdapter):
+                adapter.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_connections)

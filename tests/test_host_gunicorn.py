@@ -23,6 +23,7 @@ import pytest
 import requests
 from peers import Peer, delay, free_port, server_error
 
+from resilient_client._host_dir import effective_state_dir
 from resilient_client._host_file import HostFile
 from resilient_client.tools._host_status import host_state
 
@@ -66,8 +67,9 @@ def test_recycled_workers_keep_the_breaker_and_free_their_rows(tmp_path: Path) -
     assert len(outcomes) == 20 and set(outcomes) == {"503", "open"}
     assert 3 <= hits == outcomes.count("503") <= 3 + 3
     assert len(pids) > WORKERS, "no worker was recycled: nothing shown"
-    (entry,) = host_state(str(tmp_path))  # the peer's origin: its one endpoint
-    f = HostFile(str(tmp_path), entry["name"])
+    state_dir = effective_state_dir(str(tmp_path))  # the testing kit's, inherited by the workers
+    (entry,) = host_state(state_dir)  # the peer's origin: its one endpoint
+    f = HostFile(state_dir, entry["name"])
     with f.locked() as fd:
         rows = f.read_rows(fd)
     assert sum(int(r[1]) for r in rows) == 0

@@ -28,7 +28,9 @@ from resilient_client._breaker_machine import OPEN, Record
 from resilient_client._host_file import HostFile
 from resilient_client._host_state import HostStore
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks worker processes")
+# The tests name the state_dir each process uses: keep it (the kit would give this test its own).
+pytestmark = [pytest.mark.skipif(not hasattr(os, "fork"), reason="forks worker processes"),
+              pytest.mark.config_state_dir]
 
 CTX = multiprocessing.get_context("fork")
 

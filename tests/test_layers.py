@@ -87,10 +87,12 @@ PUBLIC_NAMES = {
     "CircuitBreaker", "BreakerState", "BreakerStats", "Resolution", "Clock",
     # deadlines across services
     "Deadline", "deadline", "current_deadline", "DeadlineMiddleware", "ASGIDeadlineMiddleware",
+    "AsyncResilientClient",
     # events and listeners
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
     "BulkheadRejected", "DeadlinePassed", "CallFinished", "prometheus_listener", "otel_listener",
+    "otel_trace_listener",
     # health
     "Health", "EndpointHealth", "health_app",
 }

@@ -325,8 +325,11 @@ class TestScope:
         assert sample(registry, "rejections_total", endpoint=ep, by="breaker", scope="host") == 1
         assert sample(registry, "breaker_transitions_total", endpoint=ep, state="open", scope="host") == 1
 
-    def test_an_unusable_host_file_says_process(self, tmp_path: pathlib.Path) -> None:
+    def test_an_unusable_host_file_says_process(
+        self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """A state_dir that cannot be used: the pieces carry on in the process, and say so."""
+        monkeypatch.delenv("RESILIENT_CLIENT_TEST_STATE_DIR", raising=False)  # the kit's would win
         shared = tmp_path / "shared"
         shared.mkdir(mode=0o777)
         shared.chmod(0o777)  # others may write: refused

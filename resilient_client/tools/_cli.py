@@ -23,6 +23,7 @@ import dataclasses
 import enum
 import importlib
 import json
+import os
 import shutil
 import sys
 import textwrap
@@ -55,7 +56,16 @@ from .._redact import redact_headers, redact_url
 from .._version import __version__
 from ..exceptions import ConfigError
 from ._haproxy import check_haproxy
-from ._host_status import check_host_policies, host_state, remove_stale, reset_endpoint
+from ._host_status import (
+    check_host_policies,
+    elsewhere,
+    host_names,
+    host_state,
+    read_only,
+    remove_stale,
+    reset_endpoint,
+    state_dir_for,
+)
 from ._host_status import table as host_table
 
 __all__ = ["main"]
@@ -150,28 +160,43 @@ def _parser() -> argparse.ArgumentParser:
 # -- host state -------------------------------------------------------------
 
 
-def _state_dir(args: argparse.Namespace, config: Config) -> str:
-    from .._host_file import default_state_dir
-
-    return str(args.state_dir or config.state_dir or default_state_dir())
-
-
 def _reset(args: argparse.Namespace) -> int:
     from .._config import load_config
 
-    state_dir = _state_dir(args, load_config(args.config))
+    config = load_config(args.config)
+    state_dir, how = state_dir_for(args.state_dir, config)
     if args.stale == (args.name is not None):
         print(f"{PROG}: reset takes NAME or --stale", file=sys.stderr)
         return 2
     if args.stale:
         removed = remove_stale(state_dir, args.idle * 3600.0)
-        print(f"removed {len(removed)} state file(s) unused for {args.idle:g} h from {state_dir}")
+        print(f"removed {len(removed)} state file(s) unused for {args.idle:g} h from {state_dir} ({how})")
         return 0
     if not reset_endpoint(state_dir, args.name):
-        print(f"{PROG}: no host-shared state for {args.name!r} in {state_dir}", file=sys.stderr)
+        print(f"{PROG}: no host-shared state for {args.name!r} in {state_dir} ({how}); nothing "
+              "cleared", file=sys.stderr)
+        for other in elsewhere([args.name], state_dir):
+            print(f"  {other} has a state file for {args.name!r}: pass --state-dir {other}",
+                  file=sys.stderr)
+        if not args.state_dir and not args.config:
+            print("  a service whose config names state_dir keeps its state there: pass its "
+                  "config (-c FILE) or --state-dir DIR", file=sys.stderr)
         return 1
-    print(f"cleared the host-shared state of {args.name!r} in {state_dir}")
+    print(f"cleared the host-shared state of {args.name!r} in {state_dir} ({how})")
     return 0
+
+
+def _host_notes(names: list[str], state_dir: str, how: str, missing: list[str]) -> None:
+    """Warn when the config's host endpoints have no state file where status looked."""
+    if not missing:
+        return
+    print(f"{PROG}: warning: no state file in {state_dir} ({how}) for {', '.join(missing)}: "
+          "either no process has used them there yet, or the service keeps its state in another "
+          "directory (its environment's $XDG_RUNTIME_DIR or $RESILIENT_CLIENT_STATE_DIR); "
+          "their rows below are a new process's view, not the service's", file=sys.stderr)
+    for other, found in elsewhere(missing, state_dir).items():
+        print(f"  {other} has state files for {', '.join(found)}: pass --state-dir {other}",
+              file=sys.stderr)
 
 
 # -- check -------------------------------------------------------------------
@@ -233,6 +258,9 @@ def _check(args: argparse.Namespace) -> int:
           f"query {', '.join(sorted(secrets.query)) or '(none)'}", file=out)
     listeners = ", ".join(map(_spec_name, config.listeners)) or "(none besides logging)"
     print(f"Listeners: {listeners}", file=out)
+    if any(p.state == "host" for p in policies):
+        state_dir, how = state_dir_for(None, config)
+        print(f"Host-shared state (state: host) in: {state_dir} ({how})", file=out)
     return _coherence(config, args.haproxy, out)
 
 
@@ -283,6 +311,10 @@ def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, st
     for f in dataclasses.fields(policy):
         if f.name != "name":
             walk(f.name, getattr(policy, f.name), getattr(_FULL_POLICY, f.name))
+    # `state` decides where the breaker lives: breaker.storage (its older
+    # spelling) must not read "memory" beside "state host".
+    if policy.state != "memory" and policy.breaker is not None:
+        out["breaker.storage"] = f"{redact_url(policy.state)} (from state)"
     # Unset, `critical` follows the fallback: show what it resolves to, and why.
     if policy.critical is None:
         out["critical"] = "yes (no fallback)" if is_critical(policy) else "no (fallback)"
@@ -457,7 +489,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    host_dir = ""
+    host_dir = how = ""
     if args.source:
         try:
             r = requests.get(args.source, timeout=(2.0, 5.0))
@@ -468,14 +500,26 @@ def _status(args: argparse.Namespace) -> int:
         origin = f"service at {args.source}"
         config: Config | None = None
     else:
+        from .._config import load_config
+        from .._host_file import path_for
         from .._session import ResilientSession
 
-        session = ResilientSession(args.config)
-        data = session.health().as_dict()
+        config = load_config(args.config)
+        host_dir, how = state_dir_for(args.state_dir, config)
+        names = host_names(config)
+        missing = [n for n in names if not os.path.exists(path_for(host_dir, n))]
+        _host_notes(names, host_dir, how, missing)
+        # Read-only: status creates no directory and no file.
+        with read_only([path_for(host_dir, n) for n in missing]):
+            config = dataclasses.replace(config, state_dir=host_dir)
+            data = session_health = ResilientSession(config).health().as_dict()
+        for ep in session_health["endpoints"]:
+            if ep["name"] in missing and ep.get("breaker"):
+                ep["breaker"]["storage"] = "host (no state file)"
         origin = "a new session from " + (args.config or "the built-in defaults")
-        config = session.config
-        host_dir = _state_dir(args, config)
-        data["host"] = host_state(host_dir)
+        budget = config.defaults.budget
+        data["state_dir"] = host_dir
+        data["host"] = host_state(host_dir, budget.window if budget is not None else 10.0)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0 if data.get("healthy") else 1
@@ -507,8 +551,10 @@ def _status(args: argparse.Namespace) -> int:
     print(f"Health of {origin}:")
     _table(rows, sys.stdout)
     if data.get("host"):
-        print(f"\nHost-shared state (state: host) in {host_dir}:")
+        print(f"\nHost-shared state (state: host) in {host_dir} ({how}):")
         _table(host_table(data["host"]), sys.stdout)
+    elif host_dir:
+        print(f"\nHost-shared state (state: host): no state file in {host_dir} ({how})")
     print(f"\nstatus: {data.get('status')} ({'healthy' if data.get('healthy') else 'UNHEALTHY'})")
     if memory_only and not args.source:
         print("note: 'memory' breakers live inside each process, so a new one starts closed; "

@@ -12,13 +12,23 @@ an operator's ``close()`` would for every process at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import _host_dir
 from .._config import Config
-from .._host_dir import alive, default_state_dir
+from .._host_dir import (
+    STATE_DIR_ENV,
+    TEST_STATE_DIR_ENV,
+    alive,
+    candidate_state_dirs,
+    default_state_dir,
+)
 from .._host_file import (
     BREAKER,
     BREAKER_AT,
@@ -37,24 +47,78 @@ from .._host_file import (
 from .._host_state import policy_checksum, recorded_policy
 from ._findings import Finding
 
-__all__ = ["check_host_policies", "host_state", "remove_stale", "reset_endpoint"]
+__all__ = [
+    "check_host_policies", "elsewhere", "host_names", "host_state", "read_only", "remove_stale",
+    "reset_endpoint", "state_dir_for", "table",
+]
 
 _STATES = ("closed", "open", "half-open")
 _HEADER = struct.Struct("<8sII48s")
 
 
-def host_state(state_dir: str) -> list[dict[str, Any]]:
-    """One entry per state file in *state_dir*: name, breaker, budget, leases."""
+def state_dir_for(given: str | None, config: Config) -> tuple[str, str]:
+    """The ``state_dir`` the command looks at (``--state-dir`` *given*, else the config's), and why."""
+    if given:
+        return os.path.abspath(given), "--state-dir"
+    if os.environ.get(TEST_STATE_DIR_ENV):
+        return os.environ[TEST_STATE_DIR_ENV], f"${TEST_STATE_DIR_ENV}"
+    if config.state_dir:
+        return config.state_dir, "the config's state_dir"
+    if os.environ.get(STATE_DIR_ENV):
+        return default_state_dir(), f"${STATE_DIR_ENV}"
+    via = "from $XDG_RUNTIME_DIR" if os.environ.get("XDG_RUNTIME_DIR") else "without $XDG_RUNTIME_DIR"
+    return default_state_dir(), f"the default state_dir here, {via}"
+
+
+def host_names(config: Config) -> list[str]:
+    """The configured endpoints whose state is ``host`` (each name once)."""
+    return list(dict.fromkeys(ep.name for ep in config.endpoints if ep.policy.state == "host"))
+
+
+def elsewhere(names: list[str], state_dir: str) -> dict[str, list[str]]:
+    """The other default directories that hold a file for some of *names*: dir -> those names."""
+    out: dict[str, list[str]] = {}
+    for other in candidate_state_dirs():
+        if os.path.realpath(other) != os.path.realpath(state_dir):
+            found = [n for n in names if os.path.exists(path_for(other, n))]
+            if found:
+                out[other] = found
+    return out
+
+
+@contextlib.contextmanager
+def read_only(missing_paths: list[str]) -> Iterator[None]:
+    """
+    Host files opened read-only, nothing created, while the block runs:
+    ``status`` must not leave a directory or file behind (one made by root
+    would lock the service's user out). A missing file is reported by the
+    command itself, not logged as damage.
+    """
+    previous = _host_dir.READ_ONLY
+    _host_dir.READ_ONLY = True
+    for path in missing_paths:
+        _host_dir.mark_warned(path)
+    try:
+        yield
+    finally:
+        _host_dir.READ_ONLY = previous
+
+
+def host_state(state_dir: str, window: float = 10.0) -> list[dict[str, Any]]:
+    """
+    One entry per state file in *state_dir*: name, breaker, budget, leases.
+    The budget counts are those of the last *window* seconds (the budget's).
+    """
     out: list[dict[str, Any]] = []
     base = Path(state_dir)
     if not base.is_dir():
         return out
     for path in sorted(base.glob("*.state"))[:1000]:  # bounded, whatever is in the directory
-        out.append(_describe(path))
+        out.append(_describe(path, window))
     return out
 
 
-def _describe(path: Path) -> dict[str, Any]:
+def _describe(path: Path, window: float = 10.0) -> dict[str, Any]:
     entry: dict[str, Any] = {"file": str(path)}
     try:
         with open(path, "rb") as f:
@@ -78,16 +142,18 @@ def _describe(path: Path) -> dict[str, Any]:
             "consecutive_failures": failures,
             "trial_pid": trial_pid or None,
         }
-    budget = BUDGET.unpack_from(raw, BUDGET_AT)
-    entry["budget"] = {"first_tries": sum(budget[1:1 + BUCKETS]), "retries": sum(budget[1 + BUCKETS:])}
+    first, retries = _budget_in_window(BUDGET.unpack_from(raw, BUDGET_AT), window)
+    entry["budget"] = {"first_tries": first, "retries": retries, "window": window}
     (n,) = struct.unpack_from("<I", raw, ROWS_AT)
     rows = [ROW.unpack_from(raw, ROW0 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
+    held = [(pid, count, alive(pid, token, ns)) for pid, count, _, token, ns in rows if count]
     # A holder in another pid namespace cannot be checked from here: counted as alive.
-    held = [(pid, count, alive(pid, token, ns) is not False) for pid, count, _, token, ns in rows if count]
+    gone = sorted({p for p, _, live in held if live is False})
     entry["bulkhead"] = {
-        "in_flight": sum(c for p, c, live in held if live),
-        "held_by_gone_processes": sum(c for p, c, live in held if not live),
+        "in_flight": sum(c for p, c, live in held if live is not False),
+        "held_by_gone_processes": sum(c for p, c, live in held if live is False),
         "processes": sorted(p for p, _, _ in held),
+        "gone_processes": gone,
     }
     return entry
 
@@ -100,7 +166,7 @@ def check_host_policies(config: Config) -> list[Finding]:
     running with it apply other thresholds to the same shared state.
     Reads only: a file that does not exist or is not ours says nothing.
     """
-    state_dir = config.state_dir or default_state_dir()
+    state_dir, _ = state_dir_for(None, config)
     found: list[Finding] = []
     seen: set[str] = set()
     for ep in config.endpoints:
@@ -134,7 +200,6 @@ def remove_stale(state_dir: str, idle: float) -> list[str]:
     one that is locked is skipped. Returns the paths removed.
     """
     import fcntl
-    import time
 
     removed: list[str] = []
     base = Path(state_dir)
@@ -167,6 +232,18 @@ def remove_stale(state_dir: str, idle: float) -> list[str]:
     return removed
 
 
+def _budget_in_window(values: tuple[Any, ...], window: float) -> tuple[int, int]:
+    """First tries and retries of the buckets still in the window now (as `HostBudget` slides them)."""
+    epoch, requests, retries = values[0], values[1:1 + BUCKETS], values[1 + BUCKETS:]
+    now = int(time.monotonic() / (window / BUCKETS))
+    if now - epoch >= BUCKETS or epoch > now + BUCKETS:
+        return 0, 0
+    # Buckets after the epoch (up to now) have left the window: HostBudget zeroes them on its next write.
+    stale = {b % BUCKETS for b in range(epoch + 1, now + 1)}
+    return (sum(v for i, v in enumerate(requests) if i not in stale),
+            sum(v for i, v in enumerate(retries) if i not in stale))
+
+
 def reset_endpoint(state_dir: str, name: str) -> bool:
     """Clear endpoint *name*'s host state; False when it has no file there."""
     if not os.path.exists(path_for(state_dir, name)):
@@ -180,8 +257,9 @@ def reset_endpoint(state_dir: str, name: str) -> bool:
 
 def table(entries: list[dict[str, Any]]) -> list[list[str]]:
     """The rows ``status`` prints for *entries*."""
-    rows = [["endpoint", "breaker", "failures", "trial pid", "in flight", "processes", "first tries",
-             "retries"]]
+    window = next((e["budget"]["window"] for e in entries if "budget" in e), 10.0)
+    rows = [["endpoint", "breaker", "failures", "trial pid", "in flight", "processes",
+             f"first tries ({window:g}s)", f"retries ({window:g}s)"]]
     for e in entries:
         if "error" in e:
             rows.append([Path(e["file"]).name, f"unreadable: {e['error']}", "", "", "", "", "", ""])
@@ -190,7 +268,10 @@ def table(entries: list[dict[str, Any]]) -> list[list[str]]:
         state = b.get("state", "damaged") + (" (forced)" if b.get("forced") else "")
         rows.append([
             e["name"], state, str(b.get("consecutive_failures", "-")), str(b.get("trial_pid") or "-"),
-            str(bh["in_flight"]), ",".join(map(str, bh["processes"])) or "-",
+            str(bh["in_flight"]) + (f" (+{bh['held_by_gone_processes']} gone)"
+                                    if bh["held_by_gone_processes"] else ""),
+            ",".join(f"{p} (gone)" if p in bh["gone_processes"] else str(p)
+                     for p in bh["processes"]) or "-",
             str(bu["first_tries"]), str(bu["retries"]),
         ])
     return rows

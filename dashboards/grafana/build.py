@@ -1,0 +1,197 @@
+"""
+Build resilient_client.json, the Grafana dashboard over the library's
+Prometheus metrics, from the panel list below.
+
+    python dashboards/grafana/build.py          # rewrite resilient_client.json
+    python dashboards/grafana/build.py --check  # exit 1 if the JSON is stale
+
+A panel is one `Panel(...)` line in `PANELS`: add it, run this script, and
+commit both files. tests/test_dashboard.py checks that the JSON is this
+script's output, that every metric and label a query names is one the
+library exports, and (with promtool installed) that every query parses; with
+Prometheus installed, it runs every query against a real one scraping a
+loopback outage.
+
+Queries use two Grafana variables: ``$endpoint`` (a multi-value regex, the
+endpoint label's values) and ``$__rate_interval``; ``${datasource}`` picks
+the Prometheus data source, so the file provisions as is.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "resilient_client.json"
+
+#: The selector every query applies: the endpoints picked at the top of the dashboard.
+E = 'endpoint=~"$endpoint"'
+RATE = "$__rate_interval"
+
+
+def rate(metric: str, matchers: str = "", by: str = "endpoint") -> str:
+    """``sum by (by) (rate(metric{endpoint=~...,matchers}[$__rate_interval]))``."""
+    sel = ", ".join(x for x in (E, matchers) if x)
+    return f"sum by ({by}) (rate({metric}{{{sel}}}[{RATE}]))"
+
+
+def quantile(q: float, metric: str) -> str:
+    return f"histogram_quantile({q}, sum by (endpoint, le) (rate({metric}_bucket{{{E}}}[{RATE}])))"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel: a title, what it shows, its queries (legend per query) and how to draw it."""
+
+    title: str
+    description: str
+    targets: tuple[tuple[str, str], ...]  # (PromQL, legend)
+    unit: str = "short"
+    kind: str = "timeseries"
+    width: int = 12
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+P = "resilient_client_"
+
+#: The dashboard, top to bottom, two panels a row (width 12 of 24).
+PANELS: list[Panel] = [
+    Panel("Calls per second by outcome",
+          "Calls the application made, by what happened (fallbacks included): ok, status "
+          "(a failure_status), connect_error, read_timeout, circuit_open, bulkhead_full...",
+          ((rate(P + "requests_total", by="endpoint, outcome"), "{{endpoint}} {{outcome}}"),),
+          unit="reqps"),
+    Panel("Attempts per call",
+          "Requests put on the wire per call made: 1 when nothing is retried; the retry "
+          "budget keeps it near 1 + ratio under a full outage; below 1 while an open "
+          "breaker refuses calls.",
+          ((f"{rate(P + 'attempts_total')} / {rate(P + 'requests_total')}", "{{endpoint}}"),)),
+    Panel("Breaker state",
+          "0 closed, 1 half-open (a trial call), 2 open: from the breaker_state gauge.",
+          ((f'max by (endpoint) ({P}breaker_state{{{E}, state="open"}}) * 2 + '
+            f'max by (endpoint) ({P}breaker_state{{{E}, state="half-open"}})', "{{endpoint}}"),),
+          kind="state-timeline",
+          extra={"mappings": [{"type": "value", "options": {
+              "0": {"text": "closed", "color": "green"},
+              "1": {"text": "half-open", "color": "yellow"},
+              "2": {"text": "open", "color": "red"}}}]}),
+    Panel("Breaker transitions",
+          "Breaker state changes, by the state entered.",
+          ((f"sum by (endpoint, state) (increase({P}breaker_transitions_total{{{E}}}[{RATE}]))",
+            "{{endpoint}} {{state}}"),)),
+    Panel("Retry budget use",
+          "Retries per call made (the budget allows `ratio` of first tries, plus "
+          "min_per_second), and calls whose retry the spent budget refused.",
+          ((f"{rate(P + 'retries_total')} / {rate(P + 'requests_total')}", "{{endpoint}} retries per call"),
+           (rate(P + "gave_up_total", 'reason="budget"'), "{{endpoint}} refused by the budget /s"))),
+    Panel("Retries by reason",
+          "Retries scheduled, by the failure that caused them.",
+          ((rate(P + "retries_total", by="endpoint, reason"), "{{endpoint}} {{reason}}"),),
+          unit="reqps"),
+    Panel("Rejected without touching the network",
+          "Calls refused by a full bulkhead or an open breaker.",
+          ((rate(P + "rejections_total", by="endpoint, by"), "{{endpoint}} by {{by}}"),),
+          unit="reqps"),
+    Panel("Fallbacks served",
+          "Responses made by a fallback (static, stale, callable), and their share of the calls.",
+          ((rate(P + "fallbacks_total", by="endpoint, fallback"), "{{endpoint}} {{fallback}} /s"),
+           (f"{rate(P + 'fallbacks_total')} / {rate(P + 'requests_total')}", "{{endpoint}} share"))),
+    Panel("Call latency percentiles",
+          "Whole calls: every attempt and backoff sleep (p50, p95, p99).",
+          tuple((quantile(q, P + "request_duration_seconds"), f"{{{{endpoint}}}} p{round(q * 100)}")
+                for q in (0.5, 0.95, 0.99)),
+          unit="s"),
+    Panel("Attempt latency percentiles",
+          "Single attempts: against the call's, how much of the time the client adds (retries, backoff).",
+          tuple((quantile(q, P + "attempt_duration_seconds"), f"{{{{endpoint}}}} p{round(q * 100)}")
+                for q in (0.5, 0.99)),
+          unit="s"),
+    Panel("Gave up, by reason",
+          "Calls that failed with no retry left: attempts, budget, deadline, breaker_open...",
+          ((rate(P + "gave_up_total", by="endpoint, reason"), "{{endpoint}} {{reason}}"),),
+          unit="reqps"),
+    Panel("Attempts per second by outcome",
+          "What the peer saw from this client: every attempt, by outcome.",
+          ((rate(P + "attempts_total", by="endpoint, outcome"), "{{endpoint}} {{outcome}}"),),
+          unit="reqps"),
+]
+
+
+def panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, object]:
+    defaults: dict[str, object] = {"unit": panel.unit}
+    defaults.update(panel.extra)
+    return {
+        "id": pid,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "tooltip": {"mode": "multi", "sort": "desc"}},
+        "targets": [
+            {"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
+             "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+            for i, (expr, legend) in enumerate(panel.targets)
+        ],
+    }
+
+
+def dashboard() -> dict[str, object]:
+    panels, x, y = [], 0, 0
+    for i, panel in enumerate(PANELS, start=1):
+        if x + panel.width > 24:
+            x, y = 0, y + 8
+        panels.append(panel_json(panel, i, x, y))
+        x += panel.width
+    return {
+        "uid": "resilient-client",
+        "title": "resilient_client",
+        "description": "Calls, attempts, breakers, retry budget, fallbacks and latency of "
+                       "resilient_client sessions, per endpoint (its Prometheus metrics).",
+        "tags": ["resilient_client", "http-client"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "timezone": "",
+        "graphTooltip": 1,
+        "annotations": {"list": []},
+        "links": [],
+        "templating": {"list": [
+            {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+             "current": {}, "hide": 0, "refresh": 1, "options": []},
+            {"name": "endpoint", "label": "endpoint", "type": "query",
+             "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "query": {"query": f"label_values({P}requests_total, endpoint)", "refId": "endpoints"},
+             "definition": f"label_values({P}requests_total, endpoint)",
+             "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0,
+             "refresh": 2, "sort": 1, "options": []},
+        ]},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    text = render()
+    if "--check" in sys.argv[1:]:
+        stale = not OUT.exists() or OUT.read_text(encoding="utf-8") != text
+        print(f"{OUT.name} is {'stale: run python dashboards/grafana/build.py' if stale else 'up to date'}")
+        return 1 if stale else 0
+    OUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUT} ({len(PANELS)} panels)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

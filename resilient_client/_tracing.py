@@ -1,0 +1,269 @@
+"""
+Traces as a listener: OpenTelemetry spans through ``opentelemetry-api`` (the
+``otel`` extra), imported only when `otel_trace_listener` is called.
+
+The trace of one call::
+
+    GET inventory                   INTERNAL  the call: resilient_client.* attributes,
+    │                                         events retry_scheduled, breaker_rejected,
+    │                                         budget_exhausted, fallback_served, gave_up...
+    ├── GET                         CLIENT    attempt 1: the HTTP client conventions
+    └── GET                         CLIENT    attempt 2: http.request.resend_count=1
+
+Why the call span is INTERNAL and the attempts are CLIENT: the HTTP semantic
+conventions make each request put on the wire a CLIENT span (a resend
+included, with ``http.request.resend_count``), parented by the logical
+operation that resent it. A call refused by an open breaker sent nothing,
+so it has no CLIENT span, and a service map drawn from CLIENT spans counts
+only requests that reached for the peer.
+
+Why the attempt suppresses other HTTP instrumentation: the attempt span *is*
+the HTTP client span of that request. ``opentelemetry-instrumentation-requests``
+wraps ``requests.Session.send``, which each attempt (and each redirect hop)
+calls; left alone it would add a second CLIENT span for the same request
+under ours and overwrite our ``traceparent`` with its own. While an attempt
+runs, its context carries the key that every OpenTelemetry HTTP
+instrumentation checks (``suppress_http_instrumentation``, the same key
+that instrumentation sets to silence urllib3's below it), so theirs steps
+aside. Without this listener nothing changes: their span per attempt.
+
+The session calls four hooks besides the events (`Tracing` in `_events`):
+entering and leaving a call and an attempt, so that the spans are current
+while the work runs (a span the application starts in a fallback or a
+response hook nests under them, and the trace context goes out in each
+attempt's headers). A session without a tracing listener checks one
+attribute per call and per attempt, and nothing more.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from ._events import (
+    BreakerRejected,
+    BreakerStateChanged,
+    BudgetExhausted,
+    BulkheadRejected,
+    CallFinished,
+    DeadlinePassed,
+    Event,
+    FallbackServed,
+    GaveUp,
+    RetryScheduled,
+)
+from ._metrics import _KNOWN_METHODS, _server
+from ._version import __version__
+
+__all__ = ["otel_trace_listener"]
+
+_EXTRA_HINT = "pip install 'resilient_client[otel]'"
+
+
+class _Attempt:
+    """What leaving an attempt needs: its span and the context token."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Any, token: Any) -> None:
+        self.span = span
+        self.token = token
+
+
+class _OTelTracing:
+    """
+    Turns calls, attempts and events into OpenTelemetry spans; see
+    `otel_trace_listener`.
+    """
+
+    def __init__(self, tracer: Any, propagate: bool, propagator: Any) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry import propagate as otel_propagate
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        self._tracer = tracer
+        self._context = context
+        self._set_span = trace.set_span_in_context
+        self._internal, self._client = SpanKind.INTERNAL, SpanKind.CLIENT
+        self._error = StatusCode.ERROR
+        self._status = Status
+        #: Whether the session must give each attempt's headers to `enter_attempt`.
+        self.injects = propagate
+        self._inject: Callable[..., None] = (
+            propagator.inject if propagator is not None else otel_propagate.inject)
+        # The key every OpenTelemetry HTTP instrumentation checks before making
+        # its own span (opentelemetry-api >= 1.24 defines it; older: none to set).
+        self._suppress_key: str | None = getattr(context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
+        # Per thread, the call spans open on it (a call made from a fallback or
+        # a hook nests): the events of a call are emitted on its thread.
+        self._local = threading.local()
+        self._handlers: dict[type, Callable[[Any, Any], None]] = {
+            CallFinished: self._call_finished,
+            RetryScheduled: lambda s, e: s.add_event("retry_scheduled", {
+                "resilient_client.attempt": e.attempt, "resilient_client.delay": e.delay,
+                "resilient_client.reason": e.reason}),
+            BudgetExhausted: lambda s, e: s.add_event("budget_exhausted", {
+                "resilient_client.attempt": e.attempt}),
+            GaveUp: lambda s, e: s.add_event("gave_up", {
+                "resilient_client.attempts": e.attempts, "resilient_client.reason": e.reason,
+                "resilient_client.outcome": e.outcome}),
+            BreakerRejected: lambda s, e: s.add_event("breaker_rejected", {
+                "resilient_client.retry_in": e.retry_in if e.retry_in is not None else -1.0}),
+            BulkheadRejected: lambda s, e: s.add_event("bulkhead_rejected", {
+                "resilient_client.max_concurrent": e.max_concurrent}),
+            FallbackServed: lambda s, e: s.add_event("fallback_served", {
+                "resilient_client.fallback": e.fallback, "resilient_client.error": e.error}),
+            DeadlinePassed: lambda s, e: s.add_event("deadline_passed", {
+                "resilient_client.total": e.total, "resilient_client.attempts": e.attempts}),
+            BreakerStateChanged: lambda s, e: s.add_event("breaker_state_changed", {
+                "resilient_client.old": e.old, "resilient_client.new": e.new,
+                "resilient_client.failures": e.failures}),
+        }
+
+    # -- the session's hooks -----------------------------------------------
+
+    def enter_call(self, endpoint: str, method: str, url: str) -> object:
+        """Start the call's span and make it current; returns what `exit_call` takes."""
+        attrs = _http_attrs(method, url)
+        attrs["resilient_client.endpoint"] = endpoint
+        span = self._tracer.start_span(f"{method} {endpoint}", kind=self._internal, attributes=attrs)
+        token = self._context.attach(self._set_span(span))
+        stack: list[Any] | None = getattr(self._local, "calls", None)
+        if stack is None:
+            stack = self._local.calls = []
+        stack.append(span)
+        return _Attempt(span, token)
+
+    def exit_call(self, token: object) -> None:
+        """End the call's span (its attributes came with `CallFinished`)."""
+        assert isinstance(token, _Attempt)
+        self._context.detach(token.token)
+        stack: list[Any] = self._local.calls
+        if stack and stack[-1] is token.span:
+            stack.pop()
+        token.span.end()
+
+    def enter_attempt(
+        self, endpoint: str, method: str, url: str, attempt: int,
+        headers: MutableMapping[str, str] | None,
+    ) -> object:
+        """
+        Start an attempt's CLIENT span under the current call's, put its
+        trace context in *headers* (when given), and make it current with
+        other HTTP instrumentation suppressed.
+        """
+        attrs = _http_attrs(method, url)
+        attrs["resilient_client.endpoint"] = endpoint
+        attrs["resilient_client.attempt"] = attempt
+        if attempt > 1:
+            attrs["http.request.resend_count"] = attempt - 1
+        name = method if method in _KNOWN_METHODS else "HTTP"
+        span = self._tracer.start_span(name, kind=self._client, attributes=attrs)
+        ctx = self._set_span(span)
+        if headers is not None:
+            self._inject(headers, context=ctx)
+        if self._suppress_key is not None:
+            ctx = self._context.set_value(self._suppress_key, True, ctx)
+        return _Attempt(span, self._context.attach(ctx))
+
+    def exit_attempt(self, token: object, status: int | None, outcome: str, error: str | None) -> None:
+        """End an attempt's span with what came back."""
+        assert isinstance(token, _Attempt)
+        self._context.detach(token.token)
+        span = token.span
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 400:  # a client span's error, as the conventions say
+                span.set_attribute("error.type", str(status))
+                span.set_status(self._status(self._error))
+        else:
+            # A low-cardinality identifier of ours, as the metrics use: read_timeout...
+            span.set_attribute("error.type", outcome)
+            span.set_status(self._status(self._error, error))
+        span.set_attribute("resilient_client.outcome", outcome)
+        span.end()
+
+    # -- events --------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            return
+        stack: list[Any] | None = getattr(self._local, "calls", None)
+        if stack:  # an event outside any call (session.circuit(...).open()) has no span
+            handler(stack[-1], event)
+
+    def _call_finished(self, span: Any, e: CallFinished) -> None:
+        span.set_attribute("resilient_client.attempts", e.attempts)
+        span.set_attribute("resilient_client.outcome", e.outcome)
+        span.set_attribute("resilient_client.fallback", e.fallback)
+        if e.status is not None:
+            span.set_attribute("http.response.status_code", e.status)
+        if e.fallback:
+            return  # the caller got an answer: the events say what it replaced
+        if e.status is None or e.outcome == "status":
+            span.set_attribute("error.type", e.outcome if e.status is None else str(e.status))
+            span.set_status(self._status(self._error))
+
+    def __repr__(self) -> str:
+        return "otel_trace_listener()"
+
+
+def _http_attrs(method: str, url: str) -> dict[str, Any]:
+    """The HTTP client conventions' request attributes; *url* is already redacted."""
+    host, port = _server(url)
+    known = method in _KNOWN_METHODS
+    attrs: dict[str, Any] = {
+        "http.request.method": method if known else "_OTHER",
+        "server.address": host,
+        "server.port": port,
+        "url.full": url,
+    }
+    if not known:
+        attrs["http.request.method_original"] = method
+    return attrs
+
+
+def otel_trace_listener(
+    tracer_provider: Any = None,
+    *,
+    tracer: Any = None,
+    propagate: bool = True,
+    propagator: Any = None,
+) -> _OTelTracing:
+    """
+    A listener making OpenTelemetry traces through ``opentelemetry-api``: an
+    INTERNAL span per call (``{method} {endpoint}``) with a CLIENT span per
+    attempt under it, following the HTTP client semantic conventions
+    (``http.request.method``, ``server.address``, ``server.port``,
+    ``url.full`` redacted as the library's logs are,
+    ``http.response.status_code``, ``http.request.resend_count``,
+    ``error.type``), and span events for retries, breaker rejections,
+    fallbacks, a spent retry budget, a full bulkhead and a passed deadline.
+    While an attempt runs, ``opentelemetry-instrumentation-requests`` (and
+    any other HTTP instrumentation) makes no span of its own.
+
+    Args:
+        tracer_provider: where to get the tracer (default: the global one,
+            which does nothing until an SDK is configured).
+        tracer: a tracer to use as is (overrides *tracer_provider*).
+        propagate: put each attempt's trace context in its headers
+            (``traceparent``...), with *propagator*.
+        propagator: a ``TextMapPropagator`` (default: the global one,
+            W3C trace context and baggage unless ``OTEL_PROPAGATORS`` says
+            otherwise).
+
+    Raises:
+        ImportError: opentelemetry-api is not installed.
+
+    .. versionadded:: 0.3.0
+    """
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        raise ImportError("otel_trace_listener needs opentelemetry-api: " + _EXTRA_HINT) from None
+    if tracer is None:
+        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        tracer = provider.get_tracer("resilient_client", __version__)
+    return _OTelTracing(tracer, propagate, propagator)
