@@ -44,6 +44,8 @@ _ROOT = _HERE.parent
 @pytest.fixture(autouse=True)
 def _fast_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_host_file, "CHECK_EVERY", 0.1, raising=False)
+    # These tests name their state_dir (tmp_path); the kit's per-test one would win.
+    monkeypatch.delenv("RESILIENT_CLIENT_TEST_STATE_DIR", raising=False)
     _host_dir._warned.clear()
 
 
@@ -154,7 +156,9 @@ def _can_unshare() -> bool:
                           timeout=10).returncode == 0
 
 
-_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
+def _env() -> dict[str, str]:
+    """The environment of a helper process: this checkout's package first."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
 needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare(1) for pid namespaces")
 
 
@@ -200,7 +204,7 @@ class TestDeadAndReused:
     @needs_unshare
     def test_a_reused_pid_does_not_inherit_a_dead_workers_slots(self, peer: Peer, tmp_path: Path) -> None:
         """A worker SIGKILLed mid-call whose pid comes back (same namespace): its successor is not refused."""
-        proc = subprocess.run(_unshare("reuse", str(tmp_path), peer.url("/slow")), env=_ENV,
+        proc = subprocess.run(_unshare("reuse", str(tmp_path), peer.url("/slow")), env=_env(),
                               capture_output=True, text=True, timeout=30)
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         assert out["calls"] == ["200"] * 3, proc.stderr
@@ -301,11 +305,11 @@ class TestNamespacesAndClocks:
     def test_slots_of_another_pid_namespace_are_left_to_their_lease(self, peer: Peer, tmp_path: Path) -> None:
         """Two containers share a state_dir: B cannot check A's pid, so A's slot is left to its lease."""
         peer.on("/slow", delay(1.5, answer(200, b"ok")))
-        a = subprocess.Popen(_unshare("hold", str(tmp_path), peer.url("/slow")), env=_ENV,
+        a = subprocess.Popen(_unshare("hold", str(tmp_path), peer.url("/slow")), env=_env(),
                              stdout=subprocess.PIPE, text=True)
         try:
             _wait_for(lambda: peer.hits("/slow") == 1, timeout=10)
-            b = subprocess.run(_unshare("probe", str(tmp_path), peer.url("/ok")), env=_ENV,
+            b = subprocess.run(_unshare("probe", str(tmp_path), peer.url("/ok")), env=_env(),
                                capture_output=True, text=True, timeout=30)
             assert json.loads(b.stdout.strip().splitlines()[-1])["calls"] == ["full"], b.stderr
         finally:
@@ -324,7 +328,7 @@ class TestNamespacesAndClocks:
                   "    time.sleep(0.4)\nprint(json.dumps(out))\n")
         behind = ["unshare", "--time", "--fork", "--monotonic", "-5000"]
         proc = subprocess.run([*behind, sys.executable, "-c", script, json.dumps(config), peer.url("/ok")],
-                              env=_ENV, capture_output=True, text=True, timeout=30)
+                              env=_env(), capture_output=True, text=True, timeout=30)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)[-1] == 200
 
