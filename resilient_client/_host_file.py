@@ -103,7 +103,16 @@ from collections.abc import Iterator
 from typing import cast
 
 from . import _host_dir
-from ._host_dir import STATE_DIR_ENV, Identity, alive, boot_id, default_state_dir, path_for, warn_once
+from ._host_dir import (
+    STATE_DIR_ENV,
+    Identity,
+    alive,
+    boot_id,
+    default_state_dir,
+    path_for,
+    pid_alive,
+    warn_once,
+)
 
 try:
     import fcntl
@@ -263,6 +272,8 @@ class HostFile:
                     # opener sees it whole.
                     os.ftruncate(fd, SIZE)
                     os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]), 0)
+                elif not read_only and self._upgrade_v1(fd, size):
+                    pass  # laid out afresh: no live process of the older release uses it
                 else:
                     self._check_header(fd)
                 if not read_only:
@@ -275,6 +286,27 @@ class HostFile:
                 raise
             raise HostFileError(f"cannot set up {self.path}: {exc}") from exc
         return fd
+
+    def _upgrade_v1(self, fd: int, size: int) -> bool:
+        """
+        A file of layout 1 (the release before) whose lease rows name no live
+        process is laid out as ours (lock held): after a rolling upgrade the
+        old file would otherwise keep every new worker process-local.
+        """
+        if size != 4096:
+            return False
+        raw = os.pread(fd, 4096, 0)
+        magic, version, _, _ = _HEADER.unpack_from(raw)
+        if magic != MAGIC or version != 1:
+            return False
+        (n,) = _COUNT.unpack_from(raw, 256)
+        rows = struct.iter_unpack("<iId", raw[272:272 + 16 * min(n, 128)])
+        if any(pid > 0 and pid_alive(pid) for pid, _, _ in rows):
+            return False  # an older worker still runs: each keeps to itself until it is gone
+        os.ftruncate(fd, SIZE)
+        os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]) + bytes(SIZE - 64), 0)
+        logger.info("host state %s: layout 1 of an older release, unused: laid out afresh", self.path)
+        return True
 
     def _check_header(self, fd: int) -> None:
         raw = os.pread(fd, _HEADER.size, 0)

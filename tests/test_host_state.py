@@ -302,3 +302,31 @@ class TestRedisHostCache:
             f.seek(CACHE_AT + 41)  # inside the payload
             f.write(b"\xff\xff")
         assert cache.fresh(10.0) is None
+
+
+class TestUpgrade:
+    def _v1(self, path: Path, pid: int) -> None:
+        """A layout-1 file (the release before) with one lease row of *pid*."""
+        import struct
+
+        raw = bytearray(4096)
+        struct.pack_into("<8sII48s", raw, 0, b"RCHOST\0\0", 1, 4096, b"inv")
+        struct.pack_into("<I", raw, 256, 1)
+        struct.pack_into("<iId", raw, 272, pid, 1, time.monotonic() + 600)
+        path.write_bytes(bytes(raw))
+
+    def test_an_unused_file_of_the_older_layout_is_laid_out_afresh(self, tmp_path: Path) -> None:
+        """After a rolling upgrade: no live process of the older release, so the new ones share it."""
+        path = Path(path_for(str(tmp_path), "inv"))
+        self._v1(path, _dead_pid())
+        bulkhead = _bulkhead(tmp_path, cap=1)
+        assert bulkhead.try_acquire() and bulkhead.host_in_flight() == 1 and bulkhead.scope == "host"
+        assert path.stat().st_size == _host_file.SIZE
+
+    def test_an_older_layout_in_use_is_left_alone(self, tmp_path: Path) -> None:
+        """An older worker still runs: its file is not rewritten under it."""
+        path = Path(path_for(str(tmp_path), "inv"))
+        self._v1(path, os.getppid())
+        bulkhead = _bulkhead(tmp_path, cap=1)
+        assert bulkhead.try_acquire() and bulkhead.scope == "process"
+        assert path.stat().st_size == 4096
