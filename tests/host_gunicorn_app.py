@@ -17,6 +17,8 @@ from resilient_client import CircuitOpenError, ResilientSession
 SESSION = ResilientSession({
     "state_dir": os.environ["RC_TEST_STATE_DIR"],
     "defaults": {"state": "host", "retry": None, "breaker": {"failure_threshold": 3, "reset_timeout": 60}},
+    # Named: an unmatched origin's state stays in the process.
+    "endpoints": [{"name": "peer", "match": os.environ["RC_TEST_PEER"]}],
 })
 
 
