@@ -150,7 +150,8 @@ class TestRedirectIntoAnotherEndpoint:
         a.on("/go", redirect(b.url("/hang")))
         b.on("/hang", hang())
         async with AsyncResilientClient({
-            "defaults": {"budget": None, "retry": None, "timeout": {"connect": 1.0, "read": 5.0, "total": None}},
+            "defaults": {"budget": None, "retry": None,
+                         "timeout": {"connect": 1.0, "read": 5.0, "total": None}},
             "endpoints": [{"name": "api", "match": a.url("/")},
                           {"name": "cdn", "match": b.url("/"), "timeout": {"read": 0.2}}],
         }, trust_env=False, follow_redirects=True) as c:

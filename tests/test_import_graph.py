@@ -302,7 +302,7 @@ class TestCore:
 
 #: The httpx front: the only modules that may import httpx.
 HTTPX_FRONT = frozenset({"_async_client", "_async_errors", "_async_hooks", "_async_parts", "_async_retry",
-                         "_async_seam", "_async_verbs", "testing._httpx_transport"})
+                         "_async_hops", "_async_seam", "_async_verbs", "testing._httpx_transport"})
 
 
 class TestHttpxFront:
