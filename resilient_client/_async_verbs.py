@@ -32,9 +32,7 @@ def take_call_policy() -> Mapping[str, Any] | None:
     return changes
 
 
-async def _with(policy: Mapping[str, Any] | None, call: Awaitable[httpx.Response]) -> httpx.Response:
-    if policy is None:
-        return await call
+async def _with(policy: Mapping[str, Any], call: Awaitable[httpx.Response]) -> httpx.Response:
     token = CALL_POLICY.set(policy)
     try:
         return await call
@@ -79,34 +77,50 @@ class PerCallPolicy(_Base):
                 self._refuse_early(method, url)
             return await super().request(method, url, **kwargs)
         # A call with its own policy may have a fallback its endpoint lacks: no early refusal.
+        if policy is None:  # a verb's, waiting for send already
+            return await super().request(method, url, **kwargs)
         return await _with(policy, super().request(method, url, **kwargs))
 
     async def get(self, url: httpx.URL | str, *, policy: Mapping[str, Any] | None = None,
                   **kwargs: Any) -> httpx.Response:
+        if policy is None:
+            return await super().get(url, **kwargs)
         return await _with(policy, super().get(url, **kwargs))
 
     async def head(self, url: httpx.URL | str, *, policy: Mapping[str, Any] | None = None,
                    **kwargs: Any) -> httpx.Response:
+        if policy is None:
+            return await super().head(url, **kwargs)
         return await _with(policy, super().head(url, **kwargs))
 
     async def options(self, url: httpx.URL | str, *,
                       policy: Mapping[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
+        if policy is None:
+            return await super().options(url, **kwargs)
         return await _with(policy, super().options(url, **kwargs))
 
     async def delete(self, url: httpx.URL | str, *,
                      policy: Mapping[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
+        if policy is None:
+            return await super().delete(url, **kwargs)
         return await _with(policy, super().delete(url, **kwargs))
 
     async def post(self, url: httpx.URL | str, *, policy: Mapping[str, Any] | None = None,
                    **kwargs: Any) -> httpx.Response:
+        if policy is None:
+            return await super().post(url, **kwargs)
         return await _with(policy, super().post(url, **kwargs))
 
     async def put(self, url: httpx.URL | str, *, policy: Mapping[str, Any] | None = None,
                   **kwargs: Any) -> httpx.Response:
+        if policy is None:
+            return await super().put(url, **kwargs)
         return await _with(policy, super().put(url, **kwargs))
 
     async def patch(self, url: httpx.URL | str, *, policy: Mapping[str, Any] | None = None,
                     **kwargs: Any) -> httpx.Response:
+        if policy is None:
+            return await super().patch(url, **kwargs)
         return await _with(policy, super().patch(url, **kwargs))
 
     @contextlib.asynccontextmanager
