@@ -46,8 +46,9 @@ EXTRAS["test"] = [
     *EXTRAS["bench"],
     # The demo --fleet test (gunicorn workers).
     *EXTRAS["fleet"],
-    # tests/test_host_gunicorn.py: state: host under gunicorn's gevent workers.
-    "gevent>=23",
+    # tests/test_host_gunicorn.py: state: host under gunicorn's gevent workers
+    # (gunicorn's gevent worker wants 24.10.1 or later).
+    "gevent>=24.10.1",
     # The test server's TLS flag (tests/peers.py): certificates from a throwaway CA.
     "trustme",
     # tests/test_adapters.py: adapters from the ecosystem keep the deadline.

@@ -33,6 +33,7 @@ from ._bulkhead import Bulkhead
 from ._clock import Clock
 from ._config import Endpoint, call_policy
 from ._fallback import StaleCache
+from ._latency import LatencyWindow
 from ._overload import Overload
 from ._policy import Policy, StaleFallback
 from ._routing import Resolution, Router
@@ -52,17 +53,18 @@ _BuildRetrying = Callable[[Policy], "tenacity.BaseRetrying | None"]
 class EndpointState:
     """What is shared by every request to one endpoint name (or origin)."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "name", "overload", "policy", "route_keys", "stale",
-                 "used")
+    __slots__ = ("breaker", "budget", "bulkhead", "latency", "name", "overload", "policy", "route_keys",
+                 "stale", "used")
 
     def __init__(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
-        state_dir: str | None = None, rand: Callable[[], float] | None = None,
+        state_dir: str | None = None, match: str = "",
+        rand: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         if policy.host_shared:
-            self._host(name, policy, clock, on_state_change, state_dir, rand)
+            self._host(name, policy, clock, on_state_change, state_dir, match, rand)
             return
         self.breaker: CircuitBreaker | None = (
             CircuitBreaker(name, policy.breaker, clock=clock, on_state_change=on_state_change)
@@ -80,15 +82,16 @@ class EndpointState:
 
     def _host(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
-        state_dir: str | None, rand: Callable[[], float] | None = None,
+        state_dir: str | None, match: str, rand: Callable[[], float] | None = None,
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
         from ._host_dir import effective_state_dir
-        from ._host_file import HostFile  # only host state opens files
+        from ._host_file import host_file  # only host state opens files
         from ._host_state import HostBudget, HostBulkhead, HostStore, check_policy
 
-        file = HostFile(effective_state_dir(state_dir), name)
-        check_policy(file, (policy.breaker, policy.budget, policy.bulkhead))
+        # One HostFile per file in the process: sessions share its descriptor and lock.
+        file = host_file(effective_state_dir(state_dir), name)
+        check_policy(file, (policy.breaker, policy.budget, policy.bulkhead), match)
         self.breaker = None
         if policy.breaker is not None:
             redis = policy.state != "host"
@@ -128,6 +131,10 @@ class EndpointState:
 
     def _rest(self) -> None:
         self.stale: StaleCache | None = None
+        hedge = self.policy.hedge
+        percentile = hedge.percentile if hedge is not None else None
+        #: Recent latencies, for a hedge delay given as a percentile.
+        self.latency = LatencyWindow(percentile) if percentile is not None else None
         #: The route-cache keys that lead here, dropped with this state.
         self.route_keys: list[tuple[str, str]] = []
         #: When a call last used it, on the call counter (for LRU).
@@ -245,7 +252,7 @@ class Endpoints:
                 return state
             for ep in self._endpoints:
                 if ep.name == name:
-                    state = self._states[name] = self._new_state(name, ep.policy)
+                    state = self._states[name] = self._new_state(name, ep.policy, ep.match)
                     return state
         known = sorted({e.name for e in self._endpoints})
         raise KeyError(f"no endpoint named {name!r}; known: {known}")
@@ -263,8 +270,8 @@ class Endpoints:
         self._retryings.clear()
         self._next_scan = 0
 
-    def _new_state(self, name: str, policy: Policy) -> EndpointState:
-        return EndpointState(name, policy, self._clock, self._on_state_change, self._state_dir,
+    def _new_state(self, name: str, policy: Policy, match: str = "") -> EndpointState:
+        return EndpointState(name, policy, self._clock, self._on_state_change, self._state_dir, match,
                              self._rng.random if self._rng is not None else None)
 
     def _new_route(self, method: str, url: str) -> Route:
@@ -277,7 +284,7 @@ class Endpoints:
             elif res.key in self._states:
                 state = self._states[res.key]
             else:
-                state = self._states[res.key] = self._new_state(res.key, policy)
+                state = self._states[res.key] = self._new_state(res.key, policy, res.endpoint.match)
             if isinstance(policy.fallback, StaleFallback) and state.stale is None:
                 state.stale = StaleCache(policy.fallback, self._clock)
             slot = -1 if res.index is None else res.index
@@ -299,5 +306,19 @@ class Endpoints:
                 for key in origins.pop(k).route_keys:
                     self._routes.pop(key, None)
             self._next_scan = len(origins) + MAX_ORIGIN_STATES // 4
-        state = origins[origin] = self._new_state(origin, policy)
+        state = origins[origin] = self._new_state(origin, _process_local(policy))
         return state
+
+
+def _process_local(policy: Policy) -> Policy:
+    """
+    An unmatched origin's state stays in the process under ``state: host``
+    (or Redis): a file per origin ever called would pile up in ``state_dir``
+    (origins are forgotten here, files would not be). A Redis breaker stays in Redis.
+    """
+    if not policy.host_shared:
+        return policy
+    breaker = policy.breaker
+    if breaker is not None and policy.state != "host":
+        breaker = dataclasses.replace(breaker, storage=policy.state)
+    return dataclasses.replace(policy, state="memory", breaker=breaker)

@@ -39,6 +39,8 @@ __all__ = [
     "EventBus",
     "FallbackServed",
     "GaveUp",
+    "HedgeSent",
+    "HedgeWon",
     "Listener",
     "RetryScheduled",
     "ThrottleRateChanged",
@@ -324,6 +326,37 @@ class CallFinished(Event):
     fallback: bool
 
 
+@dataclass(frozen=True)
+class HedgeSent(Event):
+    """
+    A hedge: another copy of a safe call was sent, as its ``attempt``-th
+    try, because no copy had answered ``delay`` seconds after the last one.
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class HedgeWon(Event):
+    """
+    A hedge's answer was taken: the ``attempt``-th try answered first (and
+    acceptably) while an earlier copy was still waiting; that copy was
+    abandoned and its connection closed.
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    attempt: int
+    duration: float
+
+
 _KINDS: dict[type, str] = {
     AttemptFinished: "attempt_finished",
     RetryScheduled: "retry_scheduled",
@@ -337,6 +370,8 @@ _KINDS: dict[type, str] = {
     CallFinished: "call_finished",
     CallThrottled: "call_throttled",
     ConcurrencyLimitChanged: "concurrency_limit_changed",
+    HedgeSent: "hedge_sent",
+    HedgeWon: "hedge_won",
     ThrottleRateChanged: "throttle_rate_changed",
 }
 
@@ -409,6 +444,8 @@ _LEVELS: dict[type, int] = {
     DeadlinePassed: logging.WARNING,
     CallThrottled: logging.INFO,
     ConcurrencyLimitChanged: logging.DEBUG,
+    HedgeSent: logging.DEBUG,
+    HedgeWon: logging.DEBUG,
     ThrottleRateChanged: logging.DEBUG,
 }
 
