@@ -12,7 +12,7 @@ bulkhead, breaker machine and stores, events, propagation)::
                               read, all under the time left
 
 What differs from the requests front: redirect hops are httpx's, inside one
-attempt under the first endpoint's breaker; the deadline is a cancel scope
+attempt, each charged where it goes (`_async_hops`); the deadline is a cancel scope
 (anyio's, so asyncio and trio both work) rather than a per-read check, so a
 drip-fed body is cut at ``total`` wherever the attempt is; a breaker whose
 state is in Redis is asked on threads of our own, within the deadline
@@ -31,11 +31,10 @@ do, each next to the one it calls; what is not a layer lives beside it
 
 from __future__ import annotations
 
-import contextvars
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -44,9 +43,11 @@ import tenacity
 
 from ._async_errors import AsyncBulkheadFull, AsyncDeadlineExceeded, classify_error
 from ._async_hooks import Reporting
+from ._async_hops import RedirectHops
 from ._async_log import TASK_SECRETS, install_httpx_log_filter
 from ._async_parts import (
     ATTEMPT_ROUTE,
+    CURRENT_CALL,
     AsyncCall,
     AsyncRetryPredicate,
     AsyncRetrySafely,
@@ -61,6 +62,8 @@ from ._async_parts import (
     was_cut,
 )
 from ._async_retry import AsyncReplayFirst, fallback_or_none
+from ._async_seam import TestSeam
+from ._async_verbs import PerCallPolicy, take_call_policy
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
 from ._endpoints import Endpoints, Route
@@ -72,6 +75,7 @@ from ._events import (
     EventBus,
     load_listeners,
 )
+from ._live import LIVE_ASYNC_CLIENTS
 from ._policy import Policy
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import redact_exception
@@ -87,13 +91,11 @@ if TYPE_CHECKING:
 __all__ = ["AsyncResilientClient"]
 
 _DEADLINE = AttemptOutcome("deadline", None, False, False)
-#: The call this task is making: a call made from its event hook inherits its deadline.
-_CURRENT: contextvars.ContextVar[AsyncCall | None] = contextvars.ContextVar(
-    "resilient_client_async_call", default=None)
+_CURRENT = CURRENT_CALL  # (the old name)
 _TRANSPORT_KEYS = ("verify", "cert", "http1", "http2", "trust_env")
 
 
-class AsyncResilientClient(Reporting, httpx.AsyncClient):
+class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, httpx.AsyncClient):
     """
     A drop-in ``httpx.AsyncClient`` that enforces, per endpoint, mandatory
     timeouts, a total deadline, retries within a budget, a circuit breaker,
@@ -142,6 +144,7 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
                                     state_dir=self.config.state_dir)
+        LIVE_ASYNC_CLIENTS.add(self)  # last: complete (the testing kit's seam, `TestSeam`)
 
     def _build_retrying(self, policy: Policy) -> tenacity.AsyncRetrying | None:
         if policy.retry is None or policy.retry.attempts <= 1:
@@ -165,23 +168,9 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
 
     # -- httpx's hooks ---------------------------------------------------------
 
-    async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        """httpx's own; an open breaker's call (no fallback) is refused before httpx builds it."""
-        if isinstance(url, str) and url.startswith(("http://", "https://")):
-            self._refuse_early(method, url)
-        return await super().request(method, url, **kwargs)
-
-    def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
-        """httpx's own; a request left to the client's default timeout gets the policy's."""
-        request = super().build_request(method, url, **kwargs)
-        given = kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
-        if given is httpx.USE_CLIENT_DEFAULT and not self._timeout_given:
-            extensions = dict(request.extensions)
-            del extensions["timeout"]  # httpx's default of 5 s: the policy's instead
-            request.extensions = extensions
-        return request
-
     def _transport_for_url(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        if self._test_transport is not None:
+            return self._test_transport
         route = ATTEMPT_ROUTE.get()
         if route is None or self._pools is None:
             return super()._transport_for_url(url)
@@ -202,10 +191,14 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
 
     async def send(self, request: httpx.Request, *, stream: bool = False,
                    auth: Any = httpx.USE_CLIENT_DEFAULT,
-                   follow_redirects: Any = httpx.USE_CLIENT_DEFAULT) -> httpx.Response:
-        """Send *request* through its endpoint's policy (httpx's signature)."""
+                   follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+                   policy: Mapping[str, Any] | None = None) -> httpx.Response:
+        """Send *request* through its endpoint's policy (httpx's signature, plus ``policy=``)."""
         route = self._endpoints.route_for(request.method, str(request.url))
-        policy = route.policy
+        changes = take_call_policy() if policy is None else policy  # a verb's, or request()'s
+        if changes is not None:
+            route = self._endpoints.changed(route, changes)
+        rules = route.policy
         enclosing = _CURRENT.get()
         task = current_task()
         if enclosing is not None and (enclosing.ended or enclosing.task is not task):
@@ -213,9 +206,9 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             # deadline ends with the call (awaited children, cancelled with
             # it, need none); a call awaited in the hook, in its task, inherits.
             enclosing = None
-        deadline = call_deadline(self.clock, policy.timeout.total,
+        deadline = call_deadline(self.clock, rules.timeout.total,
                                  enclosing.deadline if enclosing is not None else None)
-        retry = policy.retry
+        retry = rules.retry
         if (retry is not None and retry.mint_idempotency_key and request.method not in retry.methods
                 and retry.key_header not in request.headers):
             request.headers[retry.key_header or "Idempotency-Key"] = str(uuid.uuid4())
@@ -231,6 +224,7 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             timeout = httpx.Timeout(self.timeout).as_dict()
         if timeout is not None:
             call.given_timeouts(timeout)
+        call.timeout_given = timeout is not None or route.own_timeouts
         hot = self._bus.wants_hot()
         started = self.clock.monotonic() if hot else 0.0
         token = _CURRENT.set(call)
@@ -384,6 +378,7 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         started = self.clock.monotonic()
         token = ATTEMPT_ROUTE.set(route)
         cut: Any = None
+        call.reached_peer = call.left_endpoint = False  # set by its redirect hops (`RedirectHops`)
         try:
             scope = cut_at(left)
             if scope is None:
@@ -396,12 +391,16 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
                     resp = await self._exchange(call)
         except BaseException as exc:
             duration = self.clock.monotonic() - started
-            # Our deadline's cut, told apart from a TimeoutError of the caller's own code (a hook's).
-            ours = deadline is not None and isinstance(exc, TimeoutError) and was_cut(cut)
+            # Our deadline's cut (or the fake clock's, the testing kit's), told
+            # apart from a TimeoutError of the caller's own code (a hook's).
+            ours = deadline is not None and isinstance(exc, TimeoutError) and (
+                was_cut(cut) or deadline.expired())
             expired = deadline is not None and (ours or deadline.expired())
             outcome = call.outcome = classify_error(exc, deadline_passed=expired)
             if ours:
                 outcome = call.outcome = AttemptOutcome("deadline", None, True, False)
+            elif call.reached_peer and not outcome.reached_peer:  # a hop after the first failed
+                outcome = call.outcome = AttemptOutcome(outcome.kind, None, True, outcome.failure)
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method, self._url(request), call.attempt,
                                            outcome.kind, None, duration, type(exc).__name__))
@@ -421,7 +420,8 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             self._emit(AttemptFinished(route.name, request.method, self._url(request), call.attempt,
                                        outcome.kind, resp.status_code, duration))
         if breaker is not None:
-            await self._record(breaker, not outcome.failure, is_trial, duration, deadline)
+            await self._record(breaker, call.left_endpoint or not outcome.failure, is_trial, duration,
+                               deadline)
         return resp
 
     def __repr__(self) -> str:

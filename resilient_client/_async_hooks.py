@@ -161,15 +161,16 @@ class Reporting:
     async def _settle_raised(self, call: AsyncCall, breaker: CircuitBreaker, outcome: AttemptOutcome,
                              is_trial: bool, duration: float, *, wait: bool) -> None:
         """
-        The breaker's share of an attempt that raised: a failure; a slow call
+        The breaker's share of an attempt that raised: a failure (or a
+        success, when it had left the endpoint on a redirect); a slow call
         cut by the deadline (a drip-fed body never trips ``read``: past
         ``slow_call_duration`` it counts, as a slow success, which the
         machine takes for a failure); or else its trial back. *wait*: False
         when cancelled, the record is handed over, never waited for.
         """
         deadline = call.deadline
-        if outcome.failure:
-            await self._record(breaker, False, is_trial, duration, deadline, wait=wait)
+        if call.left_endpoint or outcome.failure:  # left: the source answered, a redirect
+            await self._record(breaker, call.left_endpoint, is_trial, duration, deadline, wait=wait)
         elif outcome.kind == "deadline" and slow(call.route, duration):
             await self._record(breaker, True, is_trial, duration, deadline, wait=wait)
         elif is_trial:

@@ -31,13 +31,19 @@ if TYPE_CHECKING:
     from ._clock import Deadline
     from ._endpoints import Route
 
-__all__ = ["ATTEMPT_ROUTE", "AsyncCall", "AsyncRetrySafely", "Pools", "SlotStream", "async_sleep",
-           "current_task", "cut_at", "decide", "is_replayable", "mark", "slow", "static_response", "was_cut"]
+__all__ = ["ATTEMPT_ROUTE", "CURRENT_CALL", "AsyncCall", "AsyncRetrySafely", "Pools", "SlotStream",
+           "async_sleep", "current_task", "cut_at", "decide", "is_replayable", "mark", "slow",
+           "static_response", "was_cut"]
 
 #: The route of the attempt running in this task: which endpoint's pool its
 #: connections come from (httpx picks a transport deep inside ``send``).
 ATTEMPT_ROUTE: contextvars.ContextVar[Route | None] = contextvars.ContextVar(
     "resilient_client_attempt_route", default=None)
+
+#: The call this task is making: a call made from its event hook inherits
+#: its deadline; a redirect hop of its attempt is told apart by its request.
+CURRENT_CALL: contextvars.ContextVar[AsyncCall | None] = contextvars.ContextVar(
+    "resilient_client_async_call", default=None)
 
 #: ``(request, response_or_exception) -> bool | None``, as `ResilientSession`'s ``retry_if``.
 AsyncRetryPredicate = Callable[[httpx.Request, "httpx.Response | BaseException"], "bool | None"]
@@ -47,8 +53,9 @@ class AsyncCall:
     """Per-call state shared by the attempt function and the retry strategies."""
 
     __slots__ = ("attempt", "auth", "budget", "deadline", "ended", "first_verdict", "follow_redirects",
-                 "idempotent", "keyed", "outcome", "prev_sleep", "replayable", "request",
-                 "retry_after", "route", "stop_reason", "stream", "task", "timeouts", "write_pool")
+                 "idempotent", "keyed", "left_endpoint", "outcome", "prev_sleep", "reached_peer",
+                 "replayable", "request", "retry_after", "route", "stop_reason", "stream", "task",
+                 "timeout_given", "timeouts", "write_pool")
 
     def __init__(self, request: httpx.Request, route: Route, deadline: Deadline | None) -> None:
         self.request = request
@@ -70,6 +77,11 @@ class AsyncCall:
         self.write_pool: tuple[float | None, float | None] = (None, None)
         self.auth: Any = None
         self.follow_redirects: Any = None
+        #: The caller's own timeouts (timeout=, or policy=): they hold on every redirect hop.
+        self.timeout_given = False
+        #: This attempt followed a redirect (a hop was answered) / into another endpoint.
+        self.reached_peer = False
+        self.left_endpoint = False
         #: The call has returned: a task it started (from a hook) no longer inherits its deadline.
         self.ended = False
         #: The task making it (`current_task`): only a call in the same task inherits its deadline.
