@@ -38,6 +38,7 @@ from ._verdict import AttemptOutcome, of_status, retry_verdict
 if TYPE_CHECKING:
     from ._budget import RetryBudget
     from ._deadline import Deadline
+    from ._traced import TracedCall
 
 __all__ = ["Backoff", "Call", "ReplayFirst", "build_retrying", "decide", "parse_retry_after"]
 
@@ -54,6 +55,7 @@ class Call:
         "first_verdict",
         "hook_error",
         "hook_guard",
+        "hook_status",
         "idempotent",
         "keyed",
         "kwargs",
@@ -69,6 +71,7 @@ class Call:
         "stream",
         "timeout_given",
         "timeouts",
+        "traced",
     )
 
     def __init__(
@@ -99,6 +102,8 @@ class Call:
         #: caller's own, not a transport failure), and the attempt's hook guard.
         self.hook_error: BaseException | None = None
         self.hook_guard: Any = None
+        #: The status of the response whose hook raised (for the attempt's span).
+        self.hook_status: int | None = None
         #: The caller passed its own ``timeout=`` (it applies to every hop).
         self.timeout_given = False
         #: What the latest attempt came to, classified once by the session,
@@ -108,6 +113,8 @@ class Call:
         #: `decide`'s answer for the first attempt, when the session's
         #: shortcut asked before entering tenacity.
         self.first_verdict: bool | None = None
+        #: The call's tracing (`resilient_client._traced`), fixed when it began.
+        self.traced: TracedCall | None = None
         #: Seconds asked by the last response's Retry-After; None when absent,
         #: math.inf when refused (unparseable, negative, over the maximum).
         self.retry_after: float | None = None

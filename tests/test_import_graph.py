@@ -50,7 +50,7 @@ LONG_REASON = "Why it is long:"
 #: this checks the core's own code and what it imports, not that side effect.
 CORE = frozenset({
     "_clock", "_errors", "_policy", "_config", "_interpolation", "_routing", "_verdict", "_budget",
-    "_bulkhead", "_events", "_propagation", "_breaker_machine", "_breaker_store",
+    "_bulkhead", "_events", "_traced", "_propagation", "_breaker_machine", "_breaker_store",
 })
 HTTP_CLIENTS = frozenset({"requests", "urllib3", "httpx"})
 
