@@ -374,9 +374,21 @@ def load_listeners(specs: Iterable[object]) -> list[Callable[[Event], None]]:
     problems = Problems()
     for i, spec in enumerate(specs):
         with problems.at():
-            out.append(resolve_callable(f"listeners[{i}]", spec))
+            listener = resolve_callable(f"listeners[{i}]", spec)
+            name = getattr(listener, "__name__", "")
+            if name in _FACTORIES and getattr(listener, "__module__", "").startswith("resilient_client."):
+                # It would be called with each event, as a tracer provider.
+                raise ConfigError(
+                    f"listeners[{i}]",
+                    f"{spec!r} names the factory {name}, not a listener: name a module "
+                    f"attribute holding its result (listener = resilient_client.{name}())")
+            out.append(listener)
     problems.raise_if_any()
     return out
+
+
+#: The library's listener factories: a config naming one meant its result.
+_FACTORIES = frozenset({"otel_trace_listener", "otel_listener", "prometheus_listener"})
 
 
 class EventBus:
