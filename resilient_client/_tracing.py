@@ -8,7 +8,8 @@ The trace of one call::
     │                                         events retry_scheduled, breaker_rejected,
     │                                         budget_exhausted, fallback_served, gave_up...
     ├── GET                         CLIENT    attempt 1: the HTTP client conventions
-    └── GET                         CLIENT    attempt 2: http.request.resend_count=1
+    ├── GET                         CLIENT    attempt 1's redirect hop: resend_count=1
+    └── GET                         CLIENT    attempt 2: http.request.resend_count=2
 
 Why the call span is INTERNAL and the attempts are CLIENT: the HTTP semantic
 conventions make each request put on the wire a CLIENT span (a resend
@@ -17,7 +18,7 @@ operation that resent it. A call refused by an open breaker sent nothing,
 so it has no CLIENT span, and a service map drawn from CLIENT spans counts
 only requests that reached for the peer.
 
-Why the attempt suppresses other HTTP instrumentation: the attempt span *is*
+Why the request suppresses other HTTP instrumentation: the request's span *is*
 the HTTP client span of that request. ``opentelemetry-instrumentation-requests``
 wraps ``requests.Session.send``, which each attempt (and each redirect hop)
 calls; left alone it would add a second CLIENT span for the same request
@@ -27,12 +28,15 @@ instrumentation checks (``suppress_http_instrumentation``, the same key
 that instrumentation sets to silence urllib3's below it), so theirs steps
 aside. Without this listener nothing changes: their span per attempt.
 
-The session calls four hooks besides the events (`Tracing` in `_events`):
-entering and leaving a call and an attempt, so that the spans are current
-while the work runs (a span the application starts in a fallback or a
-response hook nests under them, and the trace context goes out in each
-attempt's headers). A session without a tracing listener checks one
-attribute per call and per attempt, and nothing more.
+The session calls the hooks (`TracingListener` in `_traced`) through the
+call's `TracedCall`, fixed when the call starts and guarded there: entering
+and leaving a call and each request on the wire (an attempt, a redirect
+hop), and the response hooks (run under the request's span but without the
+suppression flag: they are the application's code), so that the spans are
+current while the work runs (a span the application starts in a fallback or
+a response hook nests under them, and the trace context goes out in each
+request's headers). A session without a tracing listener checks one
+attribute per call, and nothing more.
 """
 
 from __future__ import annotations
@@ -284,14 +288,20 @@ def otel_trace_listener(
     """
     A listener making OpenTelemetry traces through ``opentelemetry-api``: an
     INTERNAL span per call (``{method} {endpoint}``) with a CLIENT span per
-    attempt under it, following the HTTP client semantic conventions
+    request on the wire (each attempt and each redirect hop) under it,
+    following the HTTP client semantic conventions
     (``http.request.method``, ``server.address``, ``server.port``,
-    ``url.full`` redacted as the library's logs are,
+    ``url.full`` redacted as the conventions ask (user info, presigned-URL
+    signatures) and as the library's logs are,
     ``http.response.status_code``, ``http.request.resend_count``,
     ``error.type``), and span events for retries, breaker rejections,
     fallbacks, a spent retry budget, a full bulkhead and a passed deadline.
-    While an attempt runs, ``opentelemetry-instrumentation-requests`` (and
-    any other HTTP instrumentation) makes no span of its own.
+    While a request is sent, ``opentelemetry-instrumentation-requests`` (and
+    any other HTTP instrumentation) makes no span of its own; response hooks
+    run without that suppression. A tracing component that raises is
+    logged once and skipped: it never fails the request. The listener may
+    be shared by sessions, and pickles (coming back with the global tracer
+    provider's tracer).
 
     Args:
         tracer_provider: where to get the tracer (default: the global one,
