@@ -9,6 +9,8 @@ exec((HERE / "resilient_client" / "_version.py").read_text(), about)
 EXTRAS = {
     "yaml": ["PyYAML>=6"],
     "redis": ["redis>=4.5"],
+    # AsyncResilientClient, the httpx front (anyio comes with httpx).
+    "httpx": ["httpx>=0.27", "anyio>=4"],
     "prometheus": ["prometheus-client>=0.17"],
     "otel": ["opentelemetry-api>=1.20"],
     "toml": ['tomli>=2; python_version < "3.11"'],
@@ -28,6 +30,10 @@ EXTRAS["test"] = [
     "hypothesis>=6",
     *EXTRAS["yaml"],
     *EXTRAS["redis"],
+    *EXTRAS["httpx"],
+    # The async client's tests run on anyio's pytest plugin; the testing kit's
+    # fixtures are also checked under pytest-asyncio.
+    "pytest-asyncio>=0.23",
     *EXTRAS["prometheus"],
     *EXTRAS["otel"],
     # An in-memory meter provider and span exporter for the OpenTelemetry listeners' tests.
@@ -40,6 +46,9 @@ EXTRAS["test"] = [
     *EXTRAS["bench"],
     # The demo --fleet test (gunicorn workers).
     *EXTRAS["fleet"],
+    # tests/test_host_gunicorn.py: state: host under gunicorn's gevent workers
+    # (gunicorn's gevent worker wants 24.10.1 or later).
+    "gevent>=24.10.1",
     # The test server's TLS flag (tests/peers.py): certificates from a throwaway CA.
     "trustme",
     # tests/test_adapters.py: adapters from the ecosystem keep the deadline.
@@ -49,6 +58,10 @@ EXTRAS["test"] = [
 # What tests/requests_suite/run.sh needs to run requests' own test suite
 # (its requirements-dev.txt): httpbin on loopback, certificates, mocks, SOCKS.
 EXTRAS["requests-suite"] = ["pytest-httpbin>=2.1", "httpbin>=0.10", "trustme", "pytest-mock", "PySocks"]
+# What tests/httpx_suite/run.sh needs to run httpx's own AsyncClient tests
+# (its requirements.txt): a uvicorn server on loopback, trio, and httpx's extras.
+EXTRAS["httpx-suite"] = [*EXTRAS["httpx"], "uvicorn", "trio", "trustme", "h2", "socksio", "zstandard",
+                         "chardet"]
 # STYLE.md names the test extra `tests`; both spellings work.
 EXTRAS["tests"] = EXTRAS["test"]
 EXTRAS["lint"] = ["ruff>=0.5", "mypy>=1.10", "types-requests", "types-PyYAML"]
@@ -60,7 +73,8 @@ EXTRAS["all"] = sorted(
     {
         d
         for k, v in EXTRAS.items()
-        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "fleet", "release")
+        if k not in ("test", "tests", "lint", "docs", "bench", "requests-suite", "httpx-suite", "fleet",
+                     "release")
         for d in v
     }
 )

@@ -4,7 +4,8 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py                  # everything, several minutes
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
-                                              #   orphaned import pool host tracing
+                                              #   orphaned import pool host fleet tracing async
+                                              #   overload
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -27,12 +28,15 @@ from dataclasses import asdict
 
 import _util
 import bench_amplification
+import bench_async
 import bench_breaker
 import bench_cascade
 import bench_drip
 import bench_happy
+import bench_host_fleet
 import bench_host_state
 import bench_import
+import bench_overload
 import bench_pool
 import bench_tracing
 import observability_overhead
@@ -54,7 +58,10 @@ BENCHES = {
     "orphaned": orphaned_work.run,
     "import": bench_import.run,
     "host": bench_host_state.run,
+    "fleet": bench_host_fleet.run,
+    "async": bench_async.run,
     "tracing": bench_tracing.run,
+    "overload": bench_overload.run,
 }
 
 

@@ -15,7 +15,8 @@ Importing the package loads only the exceptions (and so requests, which
 every user of a requests drop-in loads anyway). Every other name is loaded
 from its module on first use (PEP 562), so a service pays for the session's
 modules when it builds a session, and never for the metrics, health,
-propagation or tooling modules it does not use.
+propagation or tooling modules it does not use. httpx is imported only
+with `AsyncResilientClient` (the httpx front, extra ``httpx``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from .exceptions import (
     ConfigError,
     DeadlineExceeded,
     ResilienceError,
+    Throttled,
 )
 
 if _typing.TYPE_CHECKING:
     # What type checkers and the API docs see: every public name, statically.
     # At run time __getattr__ below imports these on first use.
+    from ._async_client import AsyncResilientClient
     from ._breaker import BreakerState, BreakerStats, CircuitBreaker
     from ._clock import Clock, Deadline
     from ._config import Config, Endpoint, Secrets
@@ -50,6 +53,8 @@ if _typing.TYPE_CHECKING:
         BudgetExhausted,
         BulkheadRejected,
         CallFinished,
+        CallThrottled,
+        ConcurrencyLimitChanged,
         DeadlinePassed,
         Event,
         FallbackServed,
@@ -60,6 +65,7 @@ if _typing.TYPE_CHECKING:
     from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
     from ._metrics import otel_listener, prometheus_listener
+    from ._overload import OverloadStatus
     from ._policy import (
         BackoffPolicy,
         BreakerMode,
@@ -67,13 +73,16 @@ if _typing.TYPE_CHECKING:
         BudgetPolicy,
         BulkheadPolicy,
         CallableFallback,
+        ConcurrencyPolicy,
         Jitter,
         Policy,
         PoolPolicy,
         PropagationPolicy,
+        ProxyErrorsPolicy,
         RetryPolicy,
         StaleFallback,
         StaticFallback,
+        ThrottlePolicy,
         Timeouts,
     )
     from ._propagation import (
@@ -99,6 +108,7 @@ if _typing.TYPE_CHECKING:
 __all__ = [
     "OUTCOMES",
     "ASGIDeadlineMiddleware",
+    "AsyncResilientClient",
     "AttemptFinished",
     "BackoffPolicy",
     "BreakerMode",
@@ -113,10 +123,13 @@ __all__ = [
     "BulkheadPolicy",
     "BulkheadRejected",
     "CallFinished",
+    "CallThrottled",
     "CallableFallback",
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
+    "ConcurrencyLimitChanged",
+    "ConcurrencyPolicy",
     "Config",
     "ConfigError",
     "Deadline",
@@ -131,9 +144,11 @@ __all__ = [
     "Health",
     "Jitter",
     "Listener",
+    "OverloadStatus",
     "Policy",
     "PoolPolicy",
     "PropagationPolicy",
+    "ProxyErrorsPolicy",
     "ResilienceError",
     "ResilientSession",
     "Resolution",
@@ -142,6 +157,8 @@ __all__ = [
     "Secrets",
     "StaleFallback",
     "StaticFallback",
+    "ThrottlePolicy",
+    "Throttled",
     "Timeouts",
     "__version__",
     "current_deadline",
@@ -155,23 +172,27 @@ __all__ = [
 
 #: Where each lazily loaded public name lives (a module of this package).
 _LAZY: dict[str, str] = {
+    # The httpx front: imports httpx, so only when asked for (extra `httpx`).
+    "AsyncResilientClient": "_async_client",
     **dict.fromkeys(["BreakerState", "BreakerStats", "CircuitBreaker"], "_breaker"),
     "Clock": "_clock",
     **dict.fromkeys(["Config", "Endpoint", "Secrets"], "_config"),
     "Deadline": "_clock",
     **dict.fromkeys([
         "OUTCOMES", "AttemptFinished", "BreakerRejected", "BreakerStateChanged",
-        "BudgetExhausted", "BulkheadRejected", "CallFinished", "DeadlinePassed", "Event",
+        "BudgetExhausted", "BulkheadRejected", "CallFinished", "CallThrottled",
+        "ConcurrencyLimitChanged", "DeadlinePassed", "Event",
         "FallbackServed", "GaveUp", "Listener", "RetryScheduled",
     ], "_events"),
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),
     **dict.fromkeys(["otel_listener", "prometheus_listener"], "_metrics"),
+    "OverloadStatus": "_overload",
     "otel_trace_listener": "_tracing",
     **dict.fromkeys([
         "BackoffPolicy", "BreakerMode", "BreakerPolicy", "BudgetPolicy", "BulkheadPolicy",
-        "CallableFallback", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy", "RetryPolicy",
-        "StaleFallback", "StaticFallback", "Timeouts",
+        "CallableFallback", "ConcurrencyPolicy", "Jitter", "Policy", "PoolPolicy", "PropagationPolicy",
+        "ProxyErrorsPolicy", "RetryPolicy", "StaleFallback", "StaticFallback", "ThrottlePolicy", "Timeouts",
     ], "_policy"),
     **dict.fromkeys(
         ["ASGIDeadlineMiddleware", "DeadlineMiddleware", "current_deadline", "deadline"],

@@ -127,7 +127,8 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__", "_admit", "_clock", "_closed_fast", "_consecutive", "_failures",
-        "_fast_limit", "_healthy", "_listeners", "_local_time", "_lock", "_machine", "_mem",
+        "_fast_limit", "_healthy", "_host_admits", "_host_closed", "_host_healthy", "_listeners",
+        "_local_time", "_lock", "_machine", "_mem",
         "_on_state_change", "_rejected", "_slow_calls", "_store", "_successes", "_window",
         "name", "policy",
     )
@@ -171,6 +172,10 @@ class CircuitBreaker:
             store = RedisStore(policy.storage, name, machine.reconcile)
         self._store = store
         self._local_time = store.local_time
+        # state: host's fast paths (HostStore): one pread and a bytes compare.
+        self._host_admits: Callable[[], bool] | None = getattr(store, "admits_closed", None)
+        self._host_healthy: Callable[[], bool] | None = getattr(store, "healthy_seen", None)
+        self._host_closed: Callable[[], bool] | None = getattr(store, "closed_seen", None)
 
     # -- the hot path ------------------------------------------------------------
 
@@ -188,6 +193,9 @@ class CircuitBreaker:
         # Closed, in memory, no listeners: one attribute read, no lock.
         if self._closed_fast:
             return False
+        host = self._host_admits
+        if host is not None and not self._listeners and host():
+            return False  # the shared record is closed, as last seen: admitting changes nothing
         rec, verdict, now, changes = self._store.apply(self._admit)
         if changes:
             self._notify(changes)
@@ -219,7 +227,9 @@ class CircuitBreaker:
 
         .. versionadded:: 0.1.0
         """
-        if success and self._healthy and duration <= self._fast_limit and not is_trial:
+        if success and duration <= self._fast_limit and not is_trial and (
+                self._healthy or (self._host_healthy is not None and not self._listeners
+                                  and self._host_healthy())):
             # Nothing for the machine to change: only count it.
             with self._lock:
                 self._successes += 1
@@ -266,6 +276,32 @@ class CircuitBreaker:
             return machine.release(rec), None
 
         self._notify(self._store.apply(step, fresh=False)[3])
+
+    @property
+    def scope(self) -> str:
+        """
+        Where the record that decides lives now: ``process``, ``host``
+        (``state: host``) or ``redis``; ``process`` while a shared store is
+        unusable and this process carries on with its own.
+
+        .. versionadded:: 0.3.0
+        """
+        store = self._store
+        shared: str = getattr(store, "scope", "process")
+        return shared if store.reachable() else "process"
+
+    def looks_open(self) -> bool:
+        """
+        Whether `state` is open, as far as this process last saw: for the
+        session's early refusal, whose "no" the call's `before_call` checks
+        anyway. With ``state: host`` a breaker last seen closed reads no file.
+        """
+        if self._closed_fast:
+            return False
+        seen = self._host_closed
+        if seen is not None and seen():
+            return False
+        return self.state is BreakerState.OPEN
 
     # -- operators and tests -----------------------------------------------------
 

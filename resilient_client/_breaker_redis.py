@@ -24,6 +24,10 @@ shared; wall clocks can, but drift between hosts. The store's ``now`` is
 therefore Redis's own ``TIME`` (epoch seconds, sub-millisecond) as of the
 last snapshot, plus the local monotonic time elapsed since it was read.
 
+On a host (``state: redis://...``) the snapshot is also cached in the
+endpoint's host file (`_host_redis`): the host's workers read Redis at most
+once per `_SHARED_CACHE_TTL` between them, not once each.
+
 Redis must never become the thing that fails: every operation has a short
 socket timeout and no retries; when Redis is unreachable the store carries
 on with a `MemoryStore` seeded with the last record it saw, logs that once,
@@ -45,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pybreaker
@@ -53,6 +57,9 @@ import pybreaker
 from ._breaker_machine import CLOSED, CLOSED_RECORD, BreakerState, Record
 from ._breaker_store import Changes, MemoryStore, Step
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ._host_redis import RedisHostCache
 
 __all__ = ["RedisStore"]
 
@@ -130,6 +137,7 @@ class _Snap(NamedTuple):
     raw: tuple[str, ...]  # the five values as read, to compare-and-set against
     now: float  # Redis TIME when read, epoch seconds
     read_at: float  # time.monotonic() here when read
+    pttl: float = 0.0  # the trial lease's PTTL in ms when read (for the host cache)
 
     def clock(self) -> float:
         """Redis's time now, as far as this snapshot tells."""
@@ -154,7 +162,11 @@ def _decode(reply: Sequence[Any]) -> tuple[bool, _Snap]:
     ok, *values = reply
     raw = tuple(_text(v) for v in values[:5])
     pttl, secs, usecs = (_number(_text(v)) for v in values[5:8])
-    now = secs + usecs / 1e6
+    return bool(ok), _snap(raw, pttl, secs + usecs / 1e6, time.monotonic())
+
+
+def _snap(raw: tuple[str, ...], pttl: float, now: float, read_at: float) -> _Snap:
+    """The snapshot of five key values, the trial's PTTL (ms) and Redis TIME, read at *read_at*."""
     holder = raw[4] if pttl > 0 else ""
     record = Record(
         state=_STATE_BY_BYTES.get(raw[0].encode(), CLOSED),
@@ -164,7 +176,7 @@ def _decode(reply: Sequence[Any]) -> tuple[bool, _Snap]:
         trial=holder,
         trial_until=now + pttl / 1000.0 if holder else 0.0,
     )
-    return bool(ok), _Snap(record, raw, now, time.monotonic())
+    return _Snap(record, raw, now, read_at, pttl)
 
 
 def _encode(old: _Snap, new: Record) -> list[str]:
@@ -288,6 +300,7 @@ class RedisStore:
 
     exclusive = False
     local_time = False
+    scope = "redis"
 
     def __init__(
         self, url: str, name: str, reconcile: Callable[[Record, Record, Record, float], Record]
@@ -305,6 +318,9 @@ class RedisStore:
         self._down_until = 0.0  # time.monotonic(): Redis is not tried before then
         self._base = CLOSED_RECORD  # the shared record when Redis went away
         self._local: MemoryStore | None = None  # the truth while Redis is away
+        #: The host's copy of the snapshot (`_host_redis`), when the endpoint
+        #: has a host file: one Redis read per interval per host, not per process.
+        self.host: RedisHostCache | None = None
 
     # -- the BreakerStore protocol ------------------------------------------------
 
@@ -334,6 +350,7 @@ class RedisStore:
                 return new, result, now, self._observe(new.state)
             written, snap = self.storage.compare_and_set(snap, new, self._lease(new, now))
             self._cache(snap)
+            self._publish(snap)
             if written:
                 return snap.record, result, now, self._observe(snap.record.state)
         # Every write lost to another process's: decide for this call alone,
@@ -373,6 +390,14 @@ class RedisStore:
             return snap
         if self._down and now < self._down_until:
             return None
+        host = self.host
+        if host is not None and host.usable and not self._down:
+            shared = host.fresh(max_age)
+            if shared is not None:
+                self._cache(_snap(*shared))
+                return self._snap
+            if not host.claim(max_age) and snap is not None:
+                return snap  # another process of this host is reading Redis
         if snap is not None or self._down:
             # One thread reads (or probes a Redis that was away); the others
             # make do with a snapshot a few ms older, or the local state,
@@ -403,7 +428,13 @@ class RedisStore:
             self._failed(exc)
             return None
         self._cache(snap)
+        self._publish(snap)
         return snap
+
+    def _publish(self, snap: _Snap) -> None:
+        host = self.host
+        if host is not None and host.usable:
+            host.publish(snap.raw, snap.pttl, snap.now, snap.read_at)
 
     # -- outages ---------------------------------------------------------------------
 

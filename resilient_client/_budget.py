@@ -41,6 +41,11 @@ class RetryBudget:
         self._retries = [0] * _BUCKETS
         self._epoch = int(clock.monotonic() / self._bucket_len)
 
+    @property
+    def scope(self) -> str:
+        """Where the buckets are counted: ``process`` (``host`` for `HostBudget`)."""
+        return "process"
+
     def _roll(self) -> int:
         """Clear the buckets that slid out of the window; return the current index."""
         now = int(self._clock.monotonic() / self._bucket_len)

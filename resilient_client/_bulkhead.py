@@ -31,6 +31,11 @@ class Bulkhead:
         self.rejected = 0
 
     @property
+    def scope(self) -> str:
+        """Where the slots are counted: ``process`` (``host`` for `HostBulkhead`)."""
+        return "process"
+
+    @property
     def in_flight(self) -> int:
         """Calls holding a slot now."""
         return self._in_flight

@@ -32,13 +32,16 @@ from ._policy import (
     BudgetPolicy,
     BulkheadPolicy,
     CallableFallback,
+    ConcurrencyPolicy,
     Fallback,
     Policy,
     PoolPolicy,
     PropagationPolicy,
+    ProxyErrorsPolicy,
     RetryPolicy,
     StaleFallback,
     StaticFallback,
+    ThrottlePolicy,
     Timeouts,
     _header_name,
     _methods,
@@ -171,6 +174,8 @@ class Config:
             not isinstance(self.state_dir, str) or not self.state_dir or "\0" in self.state_dir
         ):
             p.add("state_dir", f"must be a directory path or null, got {self.state_dir!r}")
+        elif self.state_dir is not None and not os.path.isabs(self.state_dir):
+            p.add("state_dir", f"must be an absolute path, got {self.state_dir!r}")
         p.extend(_shared_state_problems(enumerate(self.endpoints)))
         p.extend(_listener_problems(self.listeners))
         p.raise_if_any()
@@ -213,7 +218,7 @@ def load_config(source: ConfigSource) -> Config:
         # Read at load time, so that a process sees its own environment (see _interpolation).
         env_problems = Problems()
         data, written = expand_environment(data, os.environ, env_problems)
-        return _parse(data, env_problems, written)
+        return _parse(data, env_problems, written, base=Path(source).absolute().parent)
     raise ConfigError("", f"config must be a mapping, a file path or a Config, got {type(source).__name__}")
 
 
@@ -317,11 +322,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners", "state_dir")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
-                 "critical", "propagation", "pool", "state")
+                 "critical", "propagation", "pool", "state", "throttle", "concurrency", "proxy_errors")
 #: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
 _SECTION_KINDS: dict[str, type] = {
     "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
     "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy, "pool": PoolPolicy,
+    "throttle": ThrottlePolicy, "concurrency": ConcurrencyPolicy, "proxy_errors": ProxyErrorsPolicy,
 }
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
 _SECRETS_KEYS = ("headers", "query")
@@ -330,6 +336,7 @@ _FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "header
 _STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
 _NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "total",
+                       "throttle", "concurrency", "proxy_errors",
                        "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
 
 _S = TypeVar("_S")
@@ -366,10 +373,12 @@ def _null(key: str, value: object) -> object:
 
 
 def _parse(
-    raw: object, env_problems: Problems | None = None, written: Mapping[str, str] | None = None
+    raw: object, env_problems: Problems | None = None, written: Mapping[str, str] | None = None,
+    base: Path | None = None,
 ) -> Config:
+    """*base*: the config file's directory, which a relative ``state_dir`` is relative to."""
     p = Problems()
-    config = _document(p, raw)
+    config = _document(p, raw, base)
     errors = list(env_problems.errors) if env_problems else []
     if p:
         # A value whose variable was missing is reported once, for that: not
@@ -427,11 +436,15 @@ def _value_at(raw: object, path: str) -> object:
     return value
 
 
-def _document(p: Problems, raw: object) -> Config | None:
+def _document(p: Problems, raw: object, base: Path | None = None) -> Config | None:
     doc = _mapping(p, "", raw)
     if doc is None:
         return None
-    doc = _known(p, "", doc, _TOP_KEYS)
+    for key in doc:
+        if key in _SECTION_KEYS:  # a section at the top: say where it goes
+            p.add(str(key), f"unknown key at the top level; {key} is per endpoint: put it under "
+                  "defaults (for every endpoint) or under an endpoint")
+    doc = _known(p, "", {k: v for k, v in doc.items() if k not in _SECTION_KEYS}, _TOP_KEYS)
     defaults_raw = _mapping(p, "defaults", _given(doc, "defaults", {})) or {}
     defaults = _policy(p, "defaults", Policy(), defaults_raw, name="default")
     secrets = _secrets(p, "secrets", doc.get("secrets"))
@@ -452,6 +465,12 @@ def _document(p: Problems, raw: object) -> Config | None:
     state_dir = doc.get("state_dir")
     if state_dir is not None and (not isinstance(state_dir, str) or not state_dir):
         p.add("state_dir", f"must be a directory path or null, got {state_dir!r}")
+    elif state_dir is not None and not os.path.isabs(state_dir):
+        if base is None:
+            p.add("state_dir", f"must be an absolute path (a relative one is only allowed in a "
+                  f"config file, relative to the file's directory), got {state_dir!r}")
+        else:  # relative to the file, not to whatever directory the process starts in
+            state_dir = os.path.normpath(base / state_dir)
     if p:
         return None
     with p.at():
@@ -664,7 +683,7 @@ def _shared_state_problems(endpoints: Iterable[tuple[int, Endpoint]]) -> list[tu
         first = seen.setdefault(ep.name, (i, ep.policy))
         if first[0] == i:
             continue
-        for section in ("breaker", "budget", "bulkhead", "state"):
+        for section in ("breaker", "budget", "bulkhead", "state", "throttle", "concurrency"):
             if getattr(first[1], section) != getattr(ep.policy, section):
                 problems.append((
                     f"endpoints[{i}].{section}",

@@ -32,6 +32,7 @@ from ._bulkhead import Bulkhead
 from ._clock import Clock
 from ._config import Endpoint, call_policy
 from ._fallback import StaleCache
+from ._overload import Overload
 from ._policy import Policy, StaleFallback
 from ._routing import Resolution, Router
 
@@ -44,13 +45,14 @@ _ROUTE_CACHE_SIZE = 4096
 MAX_ORIGIN_STATES = 256
 
 _StateChanged = Callable[[CircuitBreaker, BreakerState, BreakerState], None]
-_BuildRetrying = Callable[[Policy], "tenacity.Retrying | None"]
+_BuildRetrying = Callable[[Policy], "tenacity.BaseRetrying | None"]
 
 
 class EndpointState:
     """What is shared by every request to one endpoint name (or origin)."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "name", "policy", "route_keys", "stale", "used")
+    __slots__ = ("breaker", "budget", "bulkhead", "name", "overload", "policy", "route_keys", "stale",
+                 "used")
 
     def __init__(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
@@ -70,6 +72,8 @@ class EndpointState:
             RetryBudget(policy.budget, clock) if policy.budget is not None else None)
         self.bulkhead: Bulkhead | None = (
             Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None)
+        #: Throttle, adaptive limit and Retry-After hold; None when both are off.
+        self.overload: Overload | None = Overload(policy, clock) if policy.overload_control else None
         self._rest()
 
     def _host(
@@ -77,10 +81,11 @@ class EndpointState:
         state_dir: str | None,
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
-        from ._host_file import HostFile, default_state_dir  # only host state opens files
+        from ._host_dir import effective_state_dir
+        from ._host_file import HostFile  # only host state opens files
         from ._host_state import HostBudget, HostBulkhead, HostStore, check_policy
 
-        file = HostFile(state_dir or default_state_dir(), name)
+        file = HostFile(effective_state_dir(state_dir), name)
         check_policy(file, (policy.breaker, policy.budget, policy.bulkhead))
         self.breaker = None
         if policy.breaker is not None:
@@ -88,13 +93,35 @@ class EndpointState:
             self.breaker = CircuitBreaker(
                 name, dataclasses.replace(policy.breaker, storage=policy.state) if redis else policy.breaker,
                 clock=clock, on_state_change=on_state_change,
-                store=None if redis else HostStore(file),
+                store=None if redis else HostStore(file, clock),
             )
+            if redis:
+                # The Redis snapshot cached in the host file: one Redis read
+                # per refresh interval for the host, whatever its worker count.
+                from ._breaker_redis import RedisStore
+                from ._host_redis import RedisHostCache
+
+                store = self.breaker._store
+                if isinstance(store, RedisStore):
+                    store.host = RedisHostCache(file)
         budget = HostBudget(policy.budget, clock, file) if policy.budget is not None else None
         self.budget = budget
-        self.bulkhead = (HostBulkhead(name, policy.bulkhead, file, budget)
+        self.bulkhead = (HostBulkhead(name, policy.bulkhead, file)
                          if policy.bulkhead is not None else None)
+        self.overload = (self._host_overload(name, policy, clock, state_dir)
+                         if policy.overload_control else None)
         self._rest()
+
+    @staticmethod
+    def _host_overload(name: str, policy: Policy, clock: Clock, state_dir: str | None) -> Overload:
+        """The throttle's counts shared on the host (its own file); the adaptive limit stays per process."""
+        throttle = None
+        if policy.throttle is not None:
+            from ._host_dir import default_state_dir  # only host state opens files
+            from ._host_throttle import HostThrottle
+
+            throttle = HostThrottle(policy.throttle, clock, state_dir or default_state_dir(), name)
+        return Overload(policy, clock, throttle)
 
     def _rest(self) -> None:
         self.stale: StaleCache | None = None
@@ -124,7 +151,7 @@ class Route:
         self,
         resolution: Resolution,
         state: EndpointState,
-        retrying: tenacity.Retrying | None,
+        retrying: tenacity.BaseRetrying | None,
     ) -> None:
         self.resolution = resolution
         self.policy = resolution.policy
@@ -170,7 +197,7 @@ class Endpoints:
         self._states: dict[str, EndpointState] = {}
         # Unmatched origins (bounded: MAX_ORIGIN_STATES).
         self._origins: OrderedDict[str, EndpointState] = OrderedDict()
-        self._retryings: dict[int, tenacity.Retrying | None] = {}
+        self._retryings: dict[int, tenacity.BaseRetrying | None] = {}
         self._next_scan = 0
         #: Calls made, for recency (racy on purpose, see the module docstring).
         self.calls = 0

@@ -33,6 +33,8 @@ __all__ = [
     "BudgetExhausted",
     "BulkheadRejected",
     "CallFinished",
+    "CallThrottled",
+    "ConcurrencyLimitChanged",
     "DeadlinePassed",
     "Event",
     "EventBus",
@@ -84,9 +86,12 @@ class AttemptFinished(Event):
     """
     One attempt (one request on the wire) ended after ``duration`` seconds.
     ``outcome`` is one of `OUTCOMES`; ``status`` is the response's status, or
-    None when it raised; ``error`` is the exception's type name.
+    None when it raised; ``error`` is the exception's type name;
+    ``proxy_error`` is true for a response the proxy made itself
+    (``proxy_errors``).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.4.0 ``proxy_error``.
     """
 
     method: str
@@ -96,6 +101,7 @@ class AttemptFinished(Event):
     status: int | None
     duration: float
     error: str | None = None
+    proxy_error: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,13 +146,19 @@ class GaveUp(Event):
 class BudgetExhausted(Event):
     """
     A retry was refused because the endpoint's retry budget is spent.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     attempt: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -154,13 +166,19 @@ class BreakerStateChanged(Event):
     """
     The endpoint's breaker moved from ``old`` to ``new`` (``closed``,
     ``open`` or ``half-open``) after ``failures`` consecutive failures.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     old: str
     new: str
     failures: int
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -170,15 +188,21 @@ class BreakerRejected(Event):
     breaker is open; ``retry_in`` is the seconds until a trial call becomes
     possible, None when it was forced open. ``retry_at`` (a monotonic-clock
     reading) is deprecated, left out of log lines, and goes in 0.3.0.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     retry_at: float | None = None
     retry_in: float | None = None
+    scope: str = "process"
 
 
 @dataclass(frozen=True)
@@ -200,13 +224,54 @@ class FallbackServed(Event):
 class BulkheadRejected(Event):
     """
     A call was refused because ``max_concurrent`` calls were in flight.
+    ``scope`` says where the state that decided it lives: ``process``,
+    ``host`` (``state: host``, or a ``redis://`` state's budget and
+    bulkhead) or ``redis``; ``process`` also while a shared store is
+    unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``scope``.
     """
 
     method: str
     url: str
     max_concurrent: int
+    scope: str = "process"
+
+
+@dataclass(frozen=True)
+class CallThrottled(Event):
+    """
+    Overload control refused a call locally: ``reason`` is ``throttle``
+    (adaptive throttling, refusing with probability ``reject_rate``) or
+    ``retry_after`` (a Retry-After from the peer has ``retry_in`` seconds
+    left).
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    reason: str
+    reject_rate: float
+    retry_in: float | None = None
+    #: Where the refusing state lives: ``host`` for a throttle shared on
+    #: the host, else ``process`` (the hold and the adaptive limit are per
+    #: process).
+    scope: str = "process"
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimitChanged(Event):
+    """
+    An endpoint's adaptive concurrency limit (``concurrency``) moved from
+    ``old`` to ``new`` calls in flight.
+
+    .. versionadded:: 0.4.0
+    """
+
+    old: int
+    new: int
 
 
 @dataclass(frozen=True)
@@ -254,6 +319,8 @@ _KINDS: dict[type, str] = {
     BulkheadRejected: "bulkhead_rejected",
     DeadlinePassed: "deadline_passed",
     CallFinished: "call_finished",
+    CallThrottled: "call_throttled",
+    ConcurrencyLimitChanged: "concurrency_limit_changed",
 }
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -291,6 +358,8 @@ _LEVELS: dict[type, int] = {
     BreakerStateChanged: logging.WARNING,
     BulkheadRejected: logging.WARNING,
     DeadlinePassed: logging.WARNING,
+    CallThrottled: logging.INFO,
+    ConcurrencyLimitChanged: logging.DEBUG,
 }
 
 

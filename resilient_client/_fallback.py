@@ -123,7 +123,11 @@ class StaleCache:
         return len(self._entries)
 
     def store(self, method: str, url: str, resp: requests.Response) -> None:
-        entry = _Entry(resp.status_code, dict(resp.headers), resp.content or b"", self._clock.monotonic())
+        self.store_parts(method, url, resp.status_code, dict(resp.headers), resp.content or b"")
+
+    def store_parts(self, method: str, url: str, status: int, headers: dict[str, str], body: bytes) -> None:
+        """Keep a response given as its parts (any HTTP client's)."""
+        entry = _Entry(status, headers, body, self._clock.monotonic())
         key = (method, url)
         with self._lock:
             self._entries[key] = entry
@@ -133,14 +137,21 @@ class StaleCache:
 
     def response_for(self, request: requests.PreparedRequest) -> requests.Response | None:
         """The stale response for *request*, with its age in ``Age`` and ``.stale_age``."""
-        key = (request.method or "GET", request.url or "")
+        found = self.parts_for(request.method or "GET", request.url or "")
+        if found is None:
+            return None
+        status, headers, body, age = found
+        resp = make_response(request, status, body, headers)
+        resp.stale_age = age  # type: ignore[attr-defined]
+        return resp
+
+    def parts_for(self, method: str, url: str) -> tuple[int, dict[str, str], bytes, float] | None:
+        """(status, headers with ``Age``, body, age in seconds) kept for *method* *url*, or None."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.get((method, url))
         if entry is None:
             return None
         age = max(0.0, self._clock.monotonic() - entry.stored_at)
         headers = dict(entry.headers)
         headers["Age"] = str(int(age))
-        resp = make_response(request, entry.status, entry.body, headers)
-        resp.stale_age = age  # type: ignore[attr-defined]
-        return resp
+        return entry.status, headers, entry.body, age

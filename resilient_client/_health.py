@@ -24,6 +24,11 @@ it out again: a slow, self-limiting flap instead of a dead end.
 The error rate comes from a listener (`HealthTracker`) that the session
 adds on the first call to ``health()`` or `health_app`: a process that
 never asks for its health pays nothing for it.
+
+Why it is long: the view is one page of facts gathered from every piece
+(breaker, budget, bulkhead, tracker), each of which has its in-process,
+host-shared and Redis variants to read the right figure from, plus the
+WSGI app that serves it; split, the pieces would only call each other.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from ._redact import redact_url
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
+    from ._bulkhead import Bulkhead
     from ._endpoints import EndpointState
     from ._policy import Policy
     from ._session import ResilientSession
@@ -136,19 +142,26 @@ class EndpointHealth:
         healthy: False only when its breaker is open.
         breaker: ``closed``, ``open``, ``half-open``, or None (no breaker).
         consecutive_failures: as the breaker counts them; for a breaker
-            stored in Redis, the count every process shares (None: no breaker).
+            shared on the host or stored in Redis, the count every process
+            shares (None: no breaker).
         retry_in: seconds until an open breaker lets a trial call through
             (None when not open, or forced open).
-        storage: ``memory``, ``host`` or the Redis URL (password redacted).
-        in_flight: calls holding a bulkhead slot now (None: no bulkhead).
+        storage: ``memory``, ``host`` or the Redis URL (password redacted);
+            ``host (degraded: process-local)`` once the endpoint's host file
+            could not be used and this process keeps its state alone.
+        in_flight: calls holding a bulkhead slot now, on the whole host for
+            ``state: host`` (None: no bulkhead).
         max_concurrent: the bulkhead's size (None: no bulkhead).
         attempts: attempts over the last ``window`` seconds.
         failures: failed attempts among them.
         error_rate: ``failures / attempts``, None without attempts.
         budget_requests: first tries in the retry budget's window (None: no budget).
         budget_retries: retries spent in that window (None: no budget).
+        concurrency_limit: the adaptive concurrency limit (None: ``concurrency`` off).
+        throttle_reject_rate: the throttle's refusal probability now (None: ``throttle`` off).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.4.0 ``concurrency_limit``, ``throttle_reject_rate``.
     """
 
     name: str
@@ -165,6 +178,8 @@ class EndpointHealth:
     error_rate: float | None
     budget_requests: int | None = None
     budget_retries: int | None = None
+    concurrency_limit: int | None = None
+    throttle_reject_rate: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
@@ -186,6 +201,8 @@ class EndpointHealth:
                 "requests": self.budget_requests,
                 "retries": self.budget_retries,
             },
+            "overload": None if self.concurrency_limit is None and self.throttle_reject_rate is None else
+            {"concurrency_limit": self.concurrency_limit, "throttle_reject_rate": self.throttle_reject_rate},
             "recent": {
                 "attempts": self.attempts,
                 "failures": self.failures,
@@ -279,6 +296,29 @@ def _shared_failures(breaker: CircuitBreaker, local: int | None) -> int | None:
     return failures if isinstance(failures, int) else local
 
 
+#: `EndpointHealth.storage` of a ``state: host`` endpoint whose host file
+#: could not be used: its state is this process's alone from then on.
+DEGRADED = "host (degraded: process-local)"
+
+
+def _degraded(state: EndpointState, breaker_shared: bool | None) -> bool:
+    """Whether a ``state: host`` endpoint's breaker, budget or bulkhead fell back to process-local state."""
+    # HostBudget and HostBulkhead say so in `_shared` (reached by name: the
+    # memory pieces have none, and a host piece without it reads as shared).
+    return breaker_shared is False or not all(
+        getattr(piece, "_shared", True) for piece in (state.budget, state.bulkhead))
+
+
+def _in_flight(bulkhead: Bulkhead) -> int:
+    """Calls holding a slot: on the host for a host-wide bulkhead (its file's leases), else here."""
+    host_in_flight = getattr(bulkhead, "host_in_flight", None)
+    if host_in_flight is not None and getattr(bulkhead, "_shared", False):
+        shared = host_in_flight()
+        if isinstance(shared, int):
+            return shared
+    return bulkhead.in_flight
+
+
 def collect(session: ResilientSession) -> Health:
     """Implementation of `ResilientSession.health`."""
     tracker = tracker_of(session)
@@ -292,7 +332,7 @@ def collect(session: ResilientSession) -> Health:
             stats = breaker.stats()
             bstate: str | None = str(stats.state)
             consecutive: int | None = stats.consecutive_failures
-            if breaker.policy.storage != "memory":
+            if state.policy.breaker_storage != "memory":  # host or Redis: the shared record's count
                 consecutive = _shared_failures(breaker, consecutive)
             retry_in = (
                 max(0.0, stats.retry_at - now)
@@ -301,9 +341,12 @@ def collect(session: ResilientSession) -> Health:
             )
             # Where the record lives: `state` (host, Redis) or breaker.storage.
             storage: str | None = redact_url(state.policy.breaker_storage)
+            if state.policy.state == "host" and _degraded(state, stats.shared):
+                storage = DEGRADED
         else:
             bstate = consecutive = retry_in = storage = None
         budget = state.budget.snapshot() if state.budget is not None else None
+        overload = state.overload.status() if state.overload is not None else None
         endpoints.append(
             EndpointHealth(
                 name=state.name,
@@ -313,13 +356,15 @@ def collect(session: ResilientSession) -> Health:
                 consecutive_failures=consecutive,
                 retry_in=retry_in,
                 storage=storage,
-                in_flight=bulkhead.in_flight if bulkhead is not None else None,
+                in_flight=_in_flight(bulkhead) if bulkhead is not None else None,
                 max_concurrent=bulkhead.max_concurrent if bulkhead is not None else None,
                 attempts=attempts,
                 failures=failures,
                 error_rate=failures / attempts if attempts else None,
                 budget_requests=budget[0] if budget is not None else None,
                 budget_retries=budget[1] if budget is not None else None,
+                concurrency_limit=overload.limit if overload is not None else None,
+                throttle_reject_rate=overload.reject_rate if overload is not None else None,
             )
         )
     healthy = all(e.healthy or not e.critical for e in endpoints)

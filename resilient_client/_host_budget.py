@@ -36,6 +36,11 @@ class HostBudget(RetryBudget):
         self._flushed = time.monotonic()
         self._shared = True
 
+    @property
+    def scope(self) -> str:
+        """``host``, or ``process`` once the file is unusable."""
+        return "host" if self._shared else "process"
+
     def record_request(self) -> None:
         if not self._shared:
             super().record_request()
@@ -54,27 +59,23 @@ class HostBudget(RetryBudget):
 
     def snapshot(self) -> tuple[int, int]:
         if self._shared:
-            counts = self._locked(lambda fd: self._read(fd, time.monotonic())[1:])
+            counts = self._locked(lambda fd: self._read(fd, self._clock.monotonic())[1:])
             if counts is not None:
                 return sum(counts[0]), sum(counts[1])
         return super().snapshot()
-
-    def due(self, now: float) -> bool:
-        """Whether first tries counted here have waited long enough to be written."""
-        return self._pending > 0 and now - self._flushed >= _FLUSH_EVERY
 
     def flush(self, fd: int) -> None:
         """Add the first tries counted here to the file (its lock held by the caller)."""
         with self._lock:
             pending, self._pending = self._pending, 0
         if pending:
-            bucket, requests, retries = self._read(fd, time.monotonic())
+            bucket, requests, retries = self._read(fd, self._clock.monotonic())
             requests[bucket % BUCKETS] += pending
             self._write(fd, bucket, requests, retries)
         self._flushed = time.monotonic()
 
     def _spend(self, fd: int) -> bool:
-        bucket, requests, retries = self._read(fd, time.monotonic())
+        bucket, requests, retries = self._read(fd, self._clock.monotonic())
         allowed = self.policy.ratio * sum(requests) + self.policy.min_per_second * self.policy.window
         if sum(retries) + 1 > allowed:
             return False

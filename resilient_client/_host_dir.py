@@ -13,7 +13,10 @@ import re
 import tempfile
 import threading
 
-__all__ = ["STATE_DIR_ENV", "default_state_dir", "path_for", "pid_alive", "warn_once"]
+__all__ = [
+    "STATE_DIR_ENV", "TEST_STATE_DIR_ENV", "candidate_state_dirs", "default_state_dir",
+    "effective_state_dir", "mark_warned", "path_for", "pid_alive", "warn_once",
+]
 
 logger = logging.getLogger("resilient_client")
 
@@ -41,8 +44,28 @@ def warn_once(key: str, message: str, *args: object) -> None:
     logger.warning(message, *args, extra={"state_file": key})
 
 
-#: The default ``state_dir`` when set (the testing kit sets it per test).
+def mark_warned(key: str) -> None:
+    """Let `warn_once` stay silent for *key* (its caller reports the problem itself)."""
+    with _warned_lock:
+        _warned.add(key)
+
+
+#: The default ``state_dir`` when set (the config names none).
 STATE_DIR_ENV = "RESILIENT_CLIENT_STATE_DIR"
+#: The ``state_dir`` of every endpoint when set, even one the config names:
+#: the testing kit sets it per test, so that a test never shares host state
+#: with the live services on the machine (or with another test).
+TEST_STATE_DIR_ENV = "RESILIENT_CLIENT_TEST_STATE_DIR"
+
+
+def effective_state_dir(configured: str | None) -> str:
+    """The directory host state is kept in, for a config whose ``state_dir`` is *configured*."""
+    return os.environ.get(TEST_STATE_DIR_ENV) or configured or default_state_dir()
+
+
+#: Set by ``resilient-client status``: host files are opened read-only, and
+#: neither a directory nor a file is created (one missing is not used).
+READ_ONLY = False
 
 
 def default_state_dir() -> str:
@@ -56,9 +79,27 @@ def default_state_dir() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "resilient_client")
+    return _shm_dir()
+
+
+def _shm_dir() -> str:
     uid = os.getuid() if hasattr(os, "getuid") else 0
     base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     return os.path.join(base, f"resilient_client-{uid}")
+
+
+def candidate_state_dirs() -> list[str]:
+    """
+    Every directory the default ``state_dir`` may be for this user, as other
+    environments see it: a login shell has ``$XDG_RUNTIME_DIR``, a system
+    service usually not (`resilient-client status` looks in each).
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    out = [default_state_dir(), _shm_dir(), f"/run/user/{uid}/resilient_client"]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        out.append(os.path.join(runtime, "resilient_client"))
+    return list(dict.fromkeys(out))
 
 
 def path_for(state_dir: str, name: str) -> str:

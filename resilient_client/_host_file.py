@@ -19,7 +19,8 @@ leaves the others shared. The layout is 4096 bytes, little-endian::
     160  budget   bucket number i64, 10 x first tries u32, 10 x retries u32
     248  policy   crc32 of the first user's breaker, budget and bulkhead policies
     256  bulkhead count of lease rows in use u32, then 128 rows from 272:
-                  (pid i32, calls held u32, lease expiry f64)
+                  (pid i32, calls held u32, lease expiry f64), one per process
+    3584 redis    the Redis breaker's snapshot for ``state: redis://`` (`_host_redis`)
 
 Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process
 on a host). A file whose magic, version or size is not ours (an older
@@ -47,6 +48,14 @@ read concurrent with a write may be torn: its crc32 catches that and the
 read is done again under the lock. A bad crc under the lock is damage (not
 a race): the record is reset to closed and that is logged.
 
+Bulkhead rows are the exception: a process claims a row once, under the
+lock (`claim_row`), then alone writes it, one ``pwrite`` and no lock (others
+only clear a gone pid's row or zero a lapsed lease, under the lock). A count
+is an aligned u32 in one 16-byte write, seen before or after it by a reader
+summing the rows (`calls_held`). Such a write does not check the header: a
+file damaged after it was opened may get one more row from each process
+before the next acquire's read sees the damage.
+
 Why ``pread``/``pwrite`` and not ``mmap``: a mapped file that another process
 truncates kills the next reader with SIGBUS; ``pread`` returns short, which
 is detected. The file lives on tmpfs (``/dev/shm`` or the runtime dir), so
@@ -70,7 +79,8 @@ import zlib
 from collections.abc import Iterator
 from typing import cast
 
-from ._host_dir import STATE_DIR_ENV, default_state_dir, path_for, warn_once
+from . import _host_dir
+from ._host_dir import STATE_DIR_ENV, default_state_dir, path_for, pid_alive, warn_once
 
 try:
     import fcntl
@@ -78,8 +88,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "POLICY_AT", "STATE_DIR_ENV", "BreakerFields",
-    "HostFile", "HostFileError", "breaker_fields", "current_pid", "default_state_dir", "path_for",
+    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "POLICY_AT", "ROW", "ROW_AT", "STATE_DIR_ENV",
+    "BreakerFields", "HostFile", "HostFileError", "breaker_fields", "current_pid", "default_state_dir",
+    "path_for",
 ]
 
 logger = logging.getLogger("resilient_client")
@@ -101,7 +112,7 @@ BUCKETS = 10
 BUDGET = struct.Struct(f"<q{BUCKETS}I{BUCKETS}I")
 POLICY_AT = 248
 _ROWS_AT = 256
-_ROW0 = 272
+_ROW0 = ROW_AT = 272
 ROW = struct.Struct("<iId")
 #: Processes that may hold bulkhead slots on one endpoint at once: 4-32
 #: gunicorn workers, plus room for recycled ones whose rows are reclaimed.
@@ -110,12 +121,11 @@ _COUNT = struct.Struct("<I")
 #: Rows read with the count in one pread: enough for 32 processes.
 _ROWS_FIRST = 32
 _ROWS_READ = _ROW0 + _ROWS_FIRST * ROW.size
+_COUNTS: dict[int, struct.Struct] = {}  # structs reading the calls held of n rows, by n
 
 #: What the first 16 bytes of a good file are: checked under every lock.
 _HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]
-
 _open_lock = threading.Lock()
-
 
 #: This process's pid, kept up to date across forks: getpid() is a system
 #: call (about 1 µs on this kind of host), and a call would make five.
@@ -161,13 +171,16 @@ class HostFile:
     def _open(self) -> int:
         if fcntl is None:  # pragma: no cover - Windows
             raise HostFileError("this platform has no fcntl (no kernel file locks)")
+        read_only = _host_dir.READ_ONLY  # `resilient-client status`: create nothing
         try:
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            if not read_only:
+                os.makedirs(self._dir, mode=0o700, exist_ok=True)
             st = os.stat(self._dir)
             if st.st_uid != os.getuid() or st.st_mode & 0o022:
                 # Anyone who can write here can forge our breakers.
                 raise HostFileError(f"{self._dir} is not this user's own directory (mode 0700)")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
+            fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise HostFileError(f"cannot open {self.path}: {exc}") from exc
         try:
@@ -304,35 +317,43 @@ class HostFile:
 
     def read_rows(self, fd: int) -> list[list[int | float]]:
         """The lease rows in use, ``[pid, calls, expiry]`` each; checks the header too."""
-        raw = os.pread(fd, _ROWS_READ, 0)  # header, breaker, budget and rows: one call
+        raw = self._rows_raw(fd)
+        n = min(_COUNT.unpack_from(raw, _ROWS_AT)[0], MAX_PROCESSES)
+        return [list(r) for r in ROW.iter_unpack(raw[_ROW0:_ROW0 + n * ROW.size])]
+
+    def _rows_raw(self, fd: int) -> bytes:
+        """Header to the rows in use, in one ``pread``; the header is checked."""
+        raw = os.pread(fd, _ROWS_READ, 0)  # header, breaker, budget and 32 rows: one call
         if len(raw) != _ROWS_READ or raw[:16] != _HEAD16:
             self._check_header(fd)
             raise HostFileError(f"{self.path} header changed")
         (n,) = _COUNT.unpack_from(raw, _ROWS_AT)
-        n = min(n, MAX_PROCESSES)  # a damaged count must not make us read past the table
         if n > _ROWS_FIRST:  # rare: more processes than one read covers
-            raw = self.read(fd, 0, _ROW0 + n * ROW.size)
-        return [list(r) for r in ROW.iter_unpack(raw[_ROW0:_ROW0 + n * ROW.size])]
+            # A damaged count must not make us read past the table.
+            raw = self.read(fd, 0, _ROW0 + min(n, MAX_PROCESSES) * ROW.size)
+        return raw
 
-    def release_row(self, index: int, pid: int, expiry: float) -> None:
-        """
-        One call fewer on row *index*, if it is still *pid*'s: without the
-        flock. While a process holds slots only it writes its row (others
-        clear it only once its pid is gone or its lease lapsed), so the
-        thread lock is enough; the header is checked first, as under the lock.
-        """
-        with self._tlock:
-            fd = self.fd()
-            try:
-                at = _ROW0 + index * ROW.size
-                raw = os.pread(fd, at + ROW.size, 0)  # the header with the row: one call
-                if len(raw) != at + ROW.size or raw[:16] != _HEAD16:
-                    raise HostFileError(f"{self.path} header changed or truncated")
-                owner, held, _ = ROW.unpack_from(raw, at)
-                if owner == pid and held > 0:
-                    os.pwrite(fd, ROW.pack(pid, held - 1, expiry), at)
-            except OSError as exc:
-                raise HostFileError(f"{self.path}: {exc}") from exc
+    def calls_held(self) -> int:
+        """The calls in flight on the host: the rows summed, no flock (each row is one process's)."""
+        try:
+            raw = self._rows_raw(self.fd())
+        except OSError as exc:
+            raise HostFileError(f"{self.path}: {exc}") from exc
+        n = min(_COUNT.unpack_from(raw, _ROWS_AT)[0], MAX_PROCESSES)
+        counts = _COUNTS.get(n) or _COUNTS.setdefault(n, struct.Struct("<" + "4xI8x" * n))
+        return sum(counts.unpack_from(raw, _ROW0))
+
+    def claim_row(self, pid: int, expiry: float) -> int:
+        """A row for *pid*, under the lock: its own, else a free one or a gone pid's, else a new one."""
+        with self.locked() as fd:
+            rows = self.read_rows(fd)
+            mine = [i for i, r in enumerate(rows) if r[0] == pid]
+            free = mine or [i for i, r in enumerate(rows) if r[0] <= 0 or not pid_alive(int(r[0]))]
+            i = free[0] if free else len(rows)
+            if i >= MAX_PROCESSES:
+                raise HostFileError(f"more than {MAX_PROCESSES} live processes use {self.path}")
+            self.write_row(fd, i, [pid, 0, expiry], len(rows))
+            return i
 
     def write_row(self, fd: int, index: int, row: list[int | float], rows_in_use: int) -> None:
         self.write(fd, _ROW0 + index * ROW.size, ROW.pack(*row))
@@ -343,10 +364,18 @@ class HostFile:
     # -- all of it, for `status` and `reset` ---------------------------------------------------
 
     def clear(self) -> None:
-        """Forget everything but the header (``resilient-client reset``)."""
+        """
+        Forget the breaker, the budget, the recorded policy and the rows of
+        gone processes (``resilient-client reset``). A live process's row
+        stays: it is that process's to write, and its calls are in flight.
+        """
         with self.locked() as fd:
-            self.write(fd, BREAKER_AT, bytes(SIZE - BREAKER_AT))
+            rows = self.read_rows(fd)
+            self.write(fd, BREAKER_AT, bytes(_ROWS_AT - BREAKER_AT))
             self.write_breaker(fd, _ZERO)
+            for i, r in enumerate(rows):
+                if not pid_alive(int(r[0])):
+                    self.write(fd, _ROW0 + i * ROW.size, bytes(ROW.size))
 
 
 def _crc(body: bytes) -> int:

@@ -5,8 +5,8 @@ every process on the host, in the endpoint's file (`_host_file`).
 * `HostStore` is a `BreakerStore`: the breaker machine and its facade are
   unchanged; the store reads the record from the file and applies the
   machine's steps under the file lock.
-* `HostBulkhead` is a `Bulkhead` whose slots are leases in the file: one row
-  per process, ``(pid, calls held, expiry)``.
+* `HostBulkhead` (`_host_bulkhead`) is a `Bulkhead` whose slots are leases
+  in the file: one row per process, ``(pid, calls held, expiry)``.
 * `HostBudget` (`_host_budget`) is a `RetryBudget` whose buckets are in the file.
 
 Each degrades on its own to the in-process behaviour of its base class when
@@ -20,33 +20,25 @@ the pid of the process that claimed it, and shows the machine a lease whose
 pid is gone as lapsed (``trial_until = 0``), so a worker killed mid-trial
 frees the trial at once, and the machine knows nothing of processes.
 
-Bulkhead slots are leased per process rather than per call: a row holds how
-many calls a pid has in flight and when its lease ends (refreshed on every
-acquire and release). The host-wide count is the sum of the rows. When the
-sum reaches ``max_concurrent``, rows whose pid is gone (``kill(pid, 0)``) or
-whose lease expired (`SLOT_LEASE`, for a pid reused by an unrelated
-process) are cleared before refusing, so a worker SIGKILLed mid-call leaks
-nothing. A row per call would need a free-slot search per call; a row per
-process is found once and cached.
+Bulkhead slots: see `_host_bulkhead`.
 
 Decision record: the cost of a call
 -----------------------------------
-A kernel lock costs about 1-2 µs here, a ``pread``/``pwrite`` under 1 µs; a
-happy call takes one lock (the bulkhead's acquire) and five system calls:
+A kernel lock costs about 1 µs here, a ``pread``/``pwrite`` 0.5-0.8 µs; a
+happy call takes no file lock and four system calls:
 
-* breaker admit: one ``pread`` without the lock, checked by its crc32; when
-  the bytes are those seen last, the decoded record is reused;
+* breaker admit: one ``pread`` without the lock; when the bytes are those of
+  the closed record seen last, nothing is decoded (`admits_closed`); the
+  session's early refusal uses the record last seen, reading nothing
+  (`closed_seen`: the call's own admit reads the file anyway);
 * breaker success: decided on the record last seen, no read (a success on a
   healthy breaker changes nothing; a change is made under the lock);
-* bulkhead acquire: flock, one ``pread`` (header and rows), one ``pwrite``
-  (our row), unlock;
-* bulkhead release: one ``pread`` and one ``pwrite`` of our own row under
-  the thread lock only: while a process holds slots, only it writes its row
-  (others clear a row only once its pid is gone or its lease lapsed);
+* bulkhead acquire: one ``pwrite`` (our row) and one ``pread`` (header and
+  rows); release: one ``pwrite`` (our row);
 * budget first try: counted in the process and added to the file under the
-  next bulkhead lock at least ``_FLUSH_EVERY`` (50 ms) later (the budget is a
-  rate over 10 s, so 50 ms late costs nothing); a retry (`try_spend`)
-  always adds them first.
+  lock at most every ``_FLUSH_EVERY`` (50 ms) (the budget is a rate over
+  10 s, so 50 ms late costs nothing); a retry (`try_spend`) always adds
+  them first.
 
 benchmarks/bench_host_state.py measures it beside ``memory``.
 """
@@ -56,18 +48,16 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-import time
 import zlib
 from typing import TypeVar
 
 from ._breaker_machine import CLOSED, CLOSED_RECORD, HALF_OPEN, OPEN, BreakerState, Record
 from ._breaker_store import Changes, MemoryStore, Step
-from ._bulkhead import Bulkhead
-from ._clock import SYSTEM_CLOCK
+from ._clock import SYSTEM_CLOCK, Clock
 from ._host_budget import HostBudget
+from ._host_bulkhead import SLOT_LEASE, HostBulkhead
 from ._host_dir import pid_alive, warn_once
 from ._host_file import (
-    MAX_PROCESSES,
     POLICY_AT,
     BreakerFields,
     HostFile,
@@ -75,30 +65,40 @@ from ._host_file import (
     breaker_fields,
     current_pid,
 )
-from ._policy import BulkheadPolicy
 
-__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore", "check_policy"]  # HostBudget: re-exported
+# HostBudget, HostBulkhead, SLOT_LEASE: re-exported
+__all__ = ["SLOT_LEASE", "HostBudget", "HostBulkhead", "HostStore", "check_policy", "policy_checksum",
+           "recorded_policy"]
 
 R = TypeVar("R")
 logger = logging.getLogger("resilient_client")
 _STATES = (CLOSED, OPEN, HALF_OPEN)
 _INDEX = {s: i for i, s in enumerate(_STATES)}
-#: A bulkhead row's lease: longer than any call holds a slot (the default
-#: total deadline is 10 s); only a pid reused by another process needs it.
-SLOT_LEASE = 600.0
+
+
+def policy_checksum(policies: object) -> int:
+    """What the file records of a process's (breaker, budget, bulkhead) policies: never 0 ("none")."""
+    return zlib.crc32(repr(policies).encode()) or 1
+
+
+def recorded_policy(raw: bytes) -> int:
+    """The checksum recorded in a file's bytes (0: none yet)."""
+    (recorded,) = struct.unpack_from("<I", raw, POLICY_AT)
+    return int(recorded)
 
 
 def check_policy(file: HostFile, policies: object) -> bool:
     """
     Record *policies* (breaker, budget, bulkhead) in the file if it has none,
     else compare: a process whose policy for the name differs from the first
-    one's is reported once. Each process applies its own thresholds to the
-    shared state, so namesakes should agree. Returns whether they do.
+    one's is reported once (``resilient-client check`` reports it too:
+    ``host-policy-mismatch``). Each process applies its own thresholds to
+    the shared state, so namesakes should agree. Returns whether they do.
     """
-    ours = zlib.crc32(repr(policies).encode()) or 1  # 0 means "none recorded"
+    ours = policy_checksum(policies)
     try:
         with file.locked() as fd:
-            (recorded,) = struct.unpack("<I", file.read(fd, POLICY_AT, 4))
+            recorded = recorded_policy(file.read(fd, 0, POLICY_AT + 4))
             if recorded == 0:
                 file.write(fd, POLICY_AT, struct.pack("<I", ours))
     except HostFileError:
@@ -117,18 +117,25 @@ def _degraded(file: HostFile, exc: Exception) -> None:
 
 
 class HostStore:
-    """A `BreakerStore` in the endpoint's host file; ``now`` is ``time.monotonic()``."""
+    """A `BreakerStore` in the endpoint's host file; ``now`` is the clock's (``time.monotonic()``)."""
 
     exclusive = False
     local_time = False
+    scope = "host"
 
-    def __init__(self, file: HostFile) -> None:
+    def __init__(self, file: HostFile, clock: Clock = SYSTEM_CLOCK) -> None:
         self.file = file
+        # The session's clock: the system one in production (CLOCK_MONOTONIC,
+        # one time base for the host), a fake one under the testing kit.
+        self._clock = clock
+        self._now = clock.monotonic
         self._lock = threading.Lock()
         self._local: MemoryStore | None = None  # the truth once the file is unusable
         self._raw: BreakerFields | None = None  # the fields last decoded...
         self._rec = CLOSED_RECORD  # ...and their record (the last one seen)
-        self._bytes = b""  # the bytes of that record, when they alone decide it
+        # The bytes of a record when they alone decide it, and that record:
+        # one attribute, so threads never pair one's bytes with another's record.
+        self._seen: tuple[bytes, Record] = (b"", CLOSED_RECORD)
         self._reported: BreakerState = CLOSED
 
     # -- the BreakerStore protocol ------------------------------------------------
@@ -137,7 +144,7 @@ class HostStore:
         if self._local is None:
             try:
                 rec = self._read_shared()
-                return rec, time.monotonic(), self._observe(rec.state)
+                return rec, self._now(), self._observe(rec.state)
             except HostFileError as exc:
                 self._degrade(exc)
         rec, now, _ = self._local_store().read()
@@ -155,10 +162,34 @@ class HostStore:
     def reachable(self) -> bool | None:
         return self._local is None
 
+    # -- fast paths (the facade's, for a closed breaker) ------------------------------------
+
+    def admits_closed(self) -> bool:
+        """
+        Whether the record is the closed one last seen and reported, so an
+        admit would change nothing: one ``pread`` and a bytes compare.
+        """
+        seen, rec = self._seen
+        if self._local is not None or self._reported is not CLOSED or rec.state is not CLOSED:
+            return False
+        try:
+            return self.file.read_breaker_unlocked() == seen
+        except HostFileError:
+            return False  # the full path degrades, and says so
+
+    def closed_seen(self) -> bool:
+        """Whether the record last seen (no read) is closed."""
+        return self._local is None and self._seen[1].state is CLOSED and self._reported is CLOSED
+
+    def healthy_seen(self) -> bool:
+        """Whether the record last seen is closed without failures: a success changes nothing."""
+        rec = self._rec
+        return self._local is None and rec.state is CLOSED and rec.failures == 0 and not rec.forced
+
     # -- the file -----------------------------------------------------------------------
 
     def _apply_shared(self, step: Step[R], fresh: bool) -> tuple[Record, R, float, Changes]:
-        now = time.monotonic()
+        now = self._now()
         # A step that changes nothing needs no lock: on a fresh read (admit),
         # or on the record last seen (an outcome: best effort, as with Redis).
         rec = self._read_shared() if fresh or self._raw is None else self._rec
@@ -175,13 +206,14 @@ class HostStore:
                 file.write_breaker(fd, fields)
                 # What we wrote is the record last seen: the outcome of our
                 # own trial is decided on it (fresh=False), not on the old one.
-                self._raw, self._rec, self._bytes = fields, new, b""
+                self._raw, self._rec, self._seen = fields, new, (b"", new)
         return new, result, now, self._observe(new.state)
 
     def _read_shared(self) -> Record:
         raw = self.file.read_breaker_unlocked()
-        if raw == self._bytes:
-            return self._rec  # the same bytes, no lease to check: the same record
+        seen, rec = self._seen
+        if raw == seen:
+            return rec  # the same bytes, no lease to check: the same record
         fields = breaker_fields(raw)
         if fields is None:  # torn by a concurrent write: read it under the lock
             with self.file.locked() as fd:
@@ -189,7 +221,7 @@ class HostStore:
             raw = b""  # these fields are not those bytes'
         rec = self._decode(fields)
         # A lease's holder may die at any time: such a record is decoded anew.
-        self._bytes = raw if fields[5] == 0 else b""
+        self._seen = (raw if fields[5] == 0 else b"", rec)
         return rec
 
     def _decode(self, fields: BreakerFields) -> Record:
@@ -218,7 +250,7 @@ class HostStore:
         with self._lock:
             if self._local is None:
                 # Carry on from the last record seen, on the same clock.
-                self._local = MemoryStore(SYSTEM_CLOCK, self._rec)
+                self._local = MemoryStore(self._clock, self._rec)
 
     def _local_store(self) -> MemoryStore:
         assert self._local is not None  # set by _degrade, never unset
@@ -234,109 +266,3 @@ class HostStore:
 
     def __repr__(self) -> str:
         return f"<HostStore {self.file.path} {self._rec}>"
-
-
-class HostBulkhead(Bulkhead):
-    """A `Bulkhead` whose cap is host-wide; slots are per-process leases in the file."""
-
-    __slots__ = ("_budget", "_file", "_held", "_row", "_shared")
-
-    def __init__(self, name: str, policy: BulkheadPolicy, file: HostFile, budget: HostBudget | None) -> None:
-        super().__init__(name, policy)
-        self._file = file
-        self._budget = budget  # its pending first tries ride on our lock
-        self._held = 0  # slots this process holds in the file
-        self._row = -1  # our row in the file, once found
-        self._shared = True
-
-    def try_acquire(self) -> bool:
-        if self._shared:
-            try:
-                ok = self._acquire_shared()
-            except (HostFileError, OSError) as exc:
-                self._degrade(exc)
-            else:
-                with self._lock:
-                    if ok:
-                        self._in_flight += 1
-                        self._held += 1
-                    else:
-                        self.rejected += 1
-                return ok
-        return super().try_acquire()
-
-    def release(self) -> None:
-        with self._lock:
-            from_file = self._held > 0
-            if from_file:
-                self._held -= 1
-        if from_file and self._shared and self._row >= 0:
-            try:
-                self._file.release_row(self._row, current_pid(), time.monotonic() + SLOT_LEASE)
-            except HostFileError as exc:
-                self._degrade(exc)  # our lease then lapses on its own
-        super().release()
-
-    def host_in_flight(self) -> int | None:
-        """Calls in flight on the host (None when the file is unusable)."""
-        try:
-            with self._file.locked() as fd:
-                return sum(int(r[1]) for r in self._file.read_rows(fd))
-        except HostFileError:
-            return None
-
-    def _acquire_shared(self) -> bool:
-        file, pid, now = self._file, current_pid(), time.monotonic()
-        fd = file.lock(check=False)
-        try:
-            rows = file.read_rows(fd)  # first: it checks the header before anything is written
-            budget = self._budget
-            if budget is not None and budget.due(now):
-                budget.flush(fd)
-            i = self._row
-            if not (0 <= i < len(rows) and rows[i][0] == pid):
-                i = self._find_row(rows, pid)
-            total = sum([r[1] for r in rows])
-            if total >= self.max_concurrent:
-                total -= self._reclaim(fd, rows, pid, now)
-                if total >= self.max_concurrent:
-                    return False
-            if i >= MAX_PROCESSES:
-                raise HostFileError(f"more than {MAX_PROCESSES} processes hold slots")
-            mine = rows[i][1] if i < len(rows) and rows[i][0] == pid else 0
-            file.write_row(fd, i, [pid, mine + 1, now + SLOT_LEASE], len(rows))
-            self._row = i
-            return True
-        finally:
-            file.unlock(fd)
-
-    @staticmethod
-    def _find_row(rows: list[list[int | float]], pid: int) -> int:
-        """Our row, else a row holding nothing, else a new one at the end."""
-        for i, r in enumerate(rows):
-            if r[0] == pid:
-                return i
-        for i, r in enumerate(rows):
-            if r[1] == 0:
-                return i
-        return len(rows)
-
-    def _reclaim(self, fd: int, rows: list[list[int | float]], pid: int, now: float) -> int:
-        """Clear the rows of dead processes and lapsed leases; return the slots freed."""
-        freed = 0
-        for i, r in enumerate(rows):
-            held, owner = int(r[1]), int(r[0])
-            if held and owner != pid and (r[2] < now or not pid_alive(owner)):
-                self._file.write_row(fd, i, [owner, 0, 0.0], len(rows))
-                r[1] = 0
-                freed += held
-                logger.info("bulkhead %r: %d slot(s) of gone process %d reclaimed", self.name, held,
-                            owner, extra={"endpoint": self.name, "pid": owner})
-        return freed
-
-    def _degrade(self, exc: Exception) -> None:
-        _degraded(self._file, exc)
-        self._shared = False
-
-    def __repr__(self) -> str:
-        return f"<HostBulkhead {self.name!r} {self._in_flight}/{self.max_concurrent} here>"

@@ -27,6 +27,8 @@ from ._events import (
     BreakerStateChanged,
     BulkheadRejected,
     CallFinished,
+    CallThrottled,
+    ConcurrencyLimitChanged,
     Event,
     FallbackServed,
     GaveUp,
@@ -72,16 +74,26 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "Responses made by a fallback (static, stale, callable).",
     ),
     "rejections_total": (
-        "counter", ("endpoint", "by"),
-        "Calls refused without touching the network, by bulkhead or breaker.",
+        "counter", ("endpoint", "by", "scope"),
+        "Calls refused without touching the network, by bulkhead, breaker, throttle, "
+        "retry_after (a Retry-After hold) or concurrency (the adaptive limit), and the "
+        "scope of the state that refused (process, host or redis).",
     ),
     "breaker_state": (
         "gauge", ("endpoint", "state"),
         "1 for the breaker's current state, 0 for the others (since its first transition).",
     ),
     "breaker_transitions_total": (
-        "counter", ("endpoint", "state"),
-        "Breaker state changes, by the state entered.",
+        "counter", ("endpoint", "state", "scope"),
+        "Breaker state changes, by the state entered, and the breaker's scope.",
+    ),
+    "throttle_reject_rate": (
+        "gauge", ("endpoint",),
+        "The throttle's refusal probability when it last refused a call (throttle).",
+    ),
+    "concurrency_limit": (
+        "gauge", ("endpoint",),
+        "The adaptive concurrency limit (concurrency), since it first moved.",
     ),
 }
 
@@ -146,9 +158,13 @@ class _PrometheusListener:
         self._rejections = _Children(m["rejections_total"])
         self._state = _Children(m["breaker_state"])
         self._transitions = _Children(m["breaker_transitions_total"])
+        self._reject_rate = _Children(m["throttle_reject_rate"])
+        self._limit = _Children(m["concurrency_limit"])
         # (endpoint, method) pairs whose counters by outcome exist (at 0).
         self._known: set[tuple[str, str]] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
+            CallThrottled: self._throttled,
+            ConcurrencyLimitChanged: lambda e: self._limit(e.endpoint).set(e.new),
             AttemptFinished: self._attempt,
             CallFinished: self._call,
             RetryScheduled: self._retry,
@@ -182,8 +198,6 @@ class _PrometheusListener:
         for outcome in OUTCOMES:
             self._requests(endpoint, method, outcome)
             self._attempts(endpoint, method, outcome)
-        for kind in ("breaker", "bulkhead"):
-            self._rejections(endpoint, kind)
 
     def _attempt(self, e: AttemptFinished) -> None:
         if (e.endpoint, e.method) not in self._known:
@@ -207,16 +221,21 @@ class _PrometheusListener:
         self._fallbacks(e.endpoint, e.fallback).inc()
 
     def _bulkhead(self, e: BulkheadRejected) -> None:
-        self._rejections(e.endpoint, "bulkhead").inc()
+        self._rejections(e.endpoint, "bulkhead", e.scope).inc()
 
     def _breaker_rejected(self, e: BreakerRejected) -> None:
-        self._rejections(e.endpoint, "breaker").inc()
+        self._rejections(e.endpoint, "breaker", e.scope).inc()
+
+    def _throttled(self, e: CallThrottled) -> None:
+        self._rejections(e.endpoint, e.reason, e.scope).inc()
+        if e.reason == "throttle":
+            self._reject_rate(e.endpoint).set(e.reject_rate)
 
     def _breaker(self, e: BreakerStateChanged) -> None:
         for state in BREAKER_STATES:
             self._state(e.endpoint, state).set(1.0 if state == e.new else 0.0)
-            self._transitions(e.endpoint, state)  # each state's series exists, at 0 until it comes
-        self._transitions(e.endpoint, e.new).inc()
+            self._transitions(e.endpoint, state, e.scope)  # each state's series exists, at 0 until it comes
+        self._transitions(e.endpoint, e.new, e.scope).inc()
 
     def __repr__(self) -> str:
         return "prometheus_listener()"
@@ -320,8 +339,9 @@ class _OTelListener:
             RetryScheduled: lambda e: self._count("retries", e.endpoint, "reason", e.reason),
             GaveUp: lambda e: self._count("gave_up", e.endpoint, "reason", e.reason),
             FallbackServed: lambda e: self._count("fallbacks", e.endpoint, "fallback", e.fallback),
-            BulkheadRejected: lambda e: self._rejected(e.endpoint, "bulkhead"),
-            BreakerRejected: lambda e: self._rejected(e.endpoint, "breaker"),
+            BulkheadRejected: lambda e: self._rejected(e.endpoint, "bulkhead", e.scope),
+            CallThrottled: lambda e: self._rejected(e.endpoint, e.reason, e.scope),
+            BreakerRejected: lambda e: self._rejected(e.endpoint, "breaker", e.scope),
             BreakerStateChanged: self._breaker,
         }
 
@@ -338,13 +358,17 @@ class _OTelListener:
             attrs = self._attrs[key] = build()
         return attrs
 
-    def _count(self, counter: str, endpoint: str, name: str, value: str) -> None:
-        attrs = self._cached((counter, endpoint, value), lambda: {
-            "resilient_client.endpoint": endpoint, f"resilient_client.{name}": value})
-        self._counters[counter].add(1, attrs)
+    def _count(self, counter: str, endpoint: str, name: str, value: str, scope: str | None = None) -> None:
+        def build() -> dict[str, Any]:
+            attrs = {"resilient_client.endpoint": endpoint, f"resilient_client.{name}": value}
+            if scope is not None:
+                attrs["resilient_client.scope"] = scope
+            return attrs
 
-    def _rejected(self, endpoint: str, by: str) -> None:
-        self._count("rejections", endpoint, "rejected_by", by)
+        self._counters[counter].add(1, self._cached((counter, endpoint, value, scope), build))
+
+    def _rejected(self, endpoint: str, by: str, scope: str) -> None:
+        self._count("rejections", endpoint, "rejected_by", by, scope)
 
     def _attempt(self, e: AttemptFinished) -> None:
         # Keyed by scheme://authority, not the URL: paths with ids must not grow the cache.
@@ -366,7 +390,7 @@ class _OTelListener:
     def _breaker(self, e: BreakerStateChanged) -> None:
         with self._states_lock:
             self._states[e.endpoint] = e.new
-        self._count("breaker.transitions", e.endpoint, "breaker.state", e.new)
+        self._count("breaker.transitions", e.endpoint, "breaker.state", e.new, e.scope)
 
     def _observe_states(self, options: Any) -> list[Any]:
         from opentelemetry.metrics import Observation

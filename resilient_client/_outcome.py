@@ -21,7 +21,7 @@ from urllib3.exceptions import (
 )
 
 from ._verdict import BEFORE_SEND, AttemptOutcome, of_status
-from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError
+from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, ResilienceError, Throttled
 
 __all__ = [
     "BEFORE_SEND",
@@ -98,6 +98,8 @@ def classify_error(
             return AttemptOutcome("circuit_open", None, False, False)
         if isinstance(exc, BulkheadFull):
             return AttemptOutcome("bulkhead_full", None, False, False)
+        if isinstance(exc, Throttled):
+            return AttemptOutcome("throttled", None, False, False)
         return AttemptOutcome("error", None, False, False)
     kind = failure_kind(exc)
     if kind is None:

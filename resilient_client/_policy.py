@@ -32,14 +32,17 @@ __all__ = [
     "BudgetPolicy",
     "BulkheadPolicy",
     "CallableFallback",
+    "ConcurrencyPolicy",
     "Fallback",
     "Jitter",
     "Policy",
     "PoolPolicy",
     "PropagationPolicy",
+    "ProxyErrorsPolicy",
     "RetryPolicy",
     "StaleFallback",
     "StaticFallback",
+    "ThrottlePolicy",
     "Timeouts",
 ]
 
@@ -435,6 +438,102 @@ class BulkheadPolicy:
         _set(self, "max_concurrent", _integer("max_concurrent", self.max_concurrent, minimum=1))
 
 
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """
+    Client-side adaptive throttling (the SRE book's, "Handling Overload"):
+    a call is refused locally with probability
+    ``max(0, (requests - k * accepts) / (requests + 1))`` over the last
+    ``window`` seconds, capped at ``max_reject``, and never while fewer than
+    ``min_requests`` calls were counted. See the overload page.
+
+    .. versionadded:: 0.4.0
+    """
+
+    k: float = 2.0
+    window: float = 120.0
+    min_requests: int = 20
+    max_reject: float = 0.9
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        with p.at():
+            _set(self, "k", _number("k", self.k, minimum=1.0, allow_zero=True))
+        with p.at():
+            _set(self, "window", _duration("window", self.window))
+        with p.at():
+            _set(self, "min_requests", _integer("min_requests", self.min_requests, minimum=0))
+        with p.at():
+            _set(self, "max_reject", _ratio("max_reject", self.max_reject))
+        p.raise_if_any()
+
+
+#: The algorithms `ConcurrencyPolicy.algorithm` accepts.
+CONCURRENCY_ALGORITHMS = ("aimd", "gradient")
+
+
+@dataclass(frozen=True)
+class ConcurrencyPolicy:
+    """
+    An adaptive concurrency limit per endpoint, learned from the calls
+    (Netflix concurrency-limits): a ceiling under ``bulkhead.max_concurrent``
+    that starts at ``initial`` and never goes below ``min``. ``aimd`` adds
+    one when a call succeeds while the limit is in use and multiplies by
+    ``backoff`` on a failure, a timeout, a 429, or a call slower than
+    ``latency_factor`` times the fastest seen recently; ``gradient`` scales
+    the limit by the ratio of that fastest latency to the recent one.
+
+    .. versionadded:: 0.4.0
+    """
+
+    algorithm: str = "aimd"
+    initial: int = 10
+    min: int = 1
+    backoff: float = 0.9
+    latency_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        if self.algorithm not in CONCURRENCY_ALGORITHMS:
+            p.add("algorithm", f"must be one of {' | '.join(CONCURRENCY_ALGORITHMS)}, got {self.algorithm!r}")
+        with p.at():
+            _set(self, "initial", _integer("initial", self.initial, minimum=1))
+        with p.at():
+            _set(self, "min", _integer("min", self.min, minimum=1))
+        if not p.failed("initial", "min") and self.initial < self.min:
+            p.add("initial", f"must be >= min ({self.min}), got {self.initial!r}")
+        with p.at():
+            backoff = _ratio("backoff", self.backoff, allow_zero=False)
+            if backoff >= 1.0:
+                raise ConfigError("backoff", f"must be a number between 0 and 1 (exclusive), "
+                                             f"got {self.backoff!r}")
+            _set(self, "backoff", backoff)
+        with p.at():
+            _set(self, "latency_factor", _number("latency_factor", self.latency_factor, minimum=1.0))
+        p.raise_if_any()
+
+
+#: HAProxy's own name for the header it is told to add (see the overload page).
+DEFAULT_PROXY_ERROR_HEADER = "X-Proxy-Error"
+
+
+@dataclass(frozen=True)
+class ProxyErrorsPolicy:
+    """
+    Responses that a proxy in front of the peer made itself carry ``header``.
+    A 503 with it never reached the peer (retried as a ``connect_error``); a
+    502 or 504 with it was forwarded (retried only as its method allows).
+    Every one is a failure for the breaker and a rejection for the throttle.
+
+    .. versionadded:: 0.4.0
+    """
+
+    header: str = DEFAULT_PROXY_ERROR_HEADER
+
+    def __post_init__(self) -> None:
+        _header_name("header", self.header)
+
+
 #: requests' own pool size per origin (``HTTPAdapter(pool_maxsize=10)``).
 REQUESTS_POOL_SIZE = 10
 #: The largest pool accepted: urllib3 fills a pool's queue with one slot per
@@ -620,6 +719,12 @@ class Policy:
     #: ``host`` (every process on the host sharing ``state_dir``) or a
     #: ``redis://`` URL (the breaker in Redis, budget and bulkhead on the host).
     state: str = "memory"
+    #: Client-side adaptive throttling; None (the default) = off.
+    throttle: ThrottlePolicy | None = None
+    #: An adaptive concurrency limit under the bulkhead; None (the default) = off.
+    concurrency: ConcurrencyPolicy | None = None
+    #: The header a proxy adds to the errors it made itself; None (the default) = not read.
+    proxy_errors: ProxyErrorsPolicy | None = None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -630,7 +735,8 @@ class Policy:
         if self.critical is not None and not isinstance(_given(self.critical), bool):
             p.add("critical", f"must be true or false, got {self.critical!r}")
         if not _is_state(self.state):
-            p.add("state", f"must be memory, host or a redis:// URL, got {self.state!r}")
+            p.add("state", "must be memory, host or a redis://, rediss:// or unix:// URL, "
+                  f"got {self.state!r}")
         elif (
             self.state != "memory"
             and isinstance(self.breaker, BreakerPolicy)
@@ -681,6 +787,11 @@ class Policy:
         """Whether budget and bulkhead are shared on the host (``host`` or Redis)."""
         return self.state != "memory"
 
+    @property
+    def overload_control(self) -> bool:
+        """Whether a ``Retry-After`` slows the whole endpoint (throttle or concurrency on)."""
+        return self.throttle is not None or self.concurrency is not None
+
 
 def _is_state(value: object) -> bool:
     return isinstance(value, str) and (value in ("memory", "host") or _is_redis_url(value))
@@ -706,4 +817,7 @@ _SECTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "fallback": (StaticFallback, StaleFallback, CallableFallback),
     "propagation": PropagationPolicy,
     "pool": PoolPolicy,
+    "throttle": ThrottlePolicy,
+    "concurrency": ConcurrencyPolicy,
+    "proxy_errors": ProxyErrorsPolicy,
 }

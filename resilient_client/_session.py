@@ -60,6 +60,8 @@ from ._events import (
     BudgetExhausted,
     BulkheadRejected,
     CallFinished,
+    CallThrottled,
+    ConcurrencyLimitChanged,
     DeadlinePassed,
     Event,
     EventBus,
@@ -71,6 +73,7 @@ from ._events import (
 from ._fallback import make_response
 from ._live import LIVE_SESSIONS
 from ._outcome import RetryPredicate, classify_error, is_replayable
+from ._overload import HOLD, LIMIT, Overload, OverloadStatus
 from ._per_attempt import REAUTH, HookGuard, PreAuth, reauthenticated
 from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
 from ._propagation import call_deadline, header_value, retries_allowed
@@ -84,11 +87,12 @@ from ._redact import (
 )
 from ._responses import discard, hand_slot_to, mark, tell_attempts
 from ._retry import Call, ReplayFirst, build_retrying, decide
+from ._retry_after import parse_retry_after
 from ._routing import Resolution, Router
 from ._timeouts import call_timeouts
 from ._urls import URLLIB3_FORM
-from ._verdict import AttemptOutcome, of_status
-from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded
+from ._verdict import AttemptOutcome, of_proxy_status, of_status
+from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, Throttled
 
 if TYPE_CHECKING:
     from ._health import Health, HealthTracker
@@ -281,6 +285,26 @@ class ResilientSession(requests.Session):
             raise KeyError(f"endpoint {state.name!r} has no breaker (breaker: null)")
         return state.breaker
 
+    def overload(self, name_or_url: str, method: str = "GET") -> OverloadStatus:
+        """
+        The overload control of an endpoint name, or of the endpoint a URL
+        resolves to: its adaptive concurrency limit, the throttle's reject
+        rate and counts, and what is left of a Retry-After hold.
+
+        Raises:
+            KeyError: no such endpoint, or it has neither ``throttle`` nor ``concurrency``.
+
+        .. versionadded:: 0.4.0
+        """
+        if "://" in name_or_url:
+            state = self._route_for(method.upper(), name_or_url).state
+        else:
+            state = self._state_named(name_or_url)
+        if state.overload is None:
+            raise KeyError(f"endpoint {state.name!r} has no overload control "
+                           "(throttle and concurrency: null)")
+        return state.overload.status()
+
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         """
         Send every `Event` to *listener*; returns a function that unsubscribes it.
@@ -364,7 +388,7 @@ class ResilientSession(requests.Session):
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
-            if breaker is not None and route.policy.fallback is None and breaker.state is BreakerState.OPEN:
+            if breaker is not None and route.policy.fallback is None and breaker.looks_open():
                 try:
                     is_trial = breaker.before_call()
                 except CircuitOpenError as exc:
@@ -373,7 +397,7 @@ class ResilientSession(requests.Session):
                     traced = self._bus.start_trace(route.name, method.upper(), shown)
                     try:
                         self._emit(BreakerRejected(route.name, method.upper(), shown,
-                                                   exc._retry_at, exc.retry_in))
+                                                   exc._retry_at, exc.retry_in, breaker.scope))
                         if self._bus.wants_hot():
                             self._emit(CallFinished(route.name, method.upper(), shown, 0,
                                                     "circuit_open", None, 0.0, False))
@@ -384,7 +408,53 @@ class ResilientSession(requests.Session):
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
                     breaker.release_trial()
+            overload = route.state.overload
+            if overload is not None and route.policy.fallback is None:
+                return self._request_admitted(route, overload, method, url, args, kwargs)
         return self._request_prepared(method, url, args, kwargs)
+
+    def _request_admitted(
+        self, route: Route, overload: Overload, method: str, url: str, args: Any, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """
+        Overload control's refusals before requests prepares anything, as for
+        an open breaker: shedding must cost far less than the call it sheds.
+        An admitted call holds its place under the adaptive limit; the send
+        it makes finds it admitted (`_overload_refusal`).
+        """
+        why = overload.admit()
+        if why is not None:
+            shown = redact_url(url, self.config.secrets)
+            name, verb = route.name, method.upper()
+            # The tracing listeners see the refusal as a call's span.
+            traced = self._bus.start_trace(name, verb, shown)
+            try:
+                err: Throttled | BulkheadFull
+                if why == LIMIT:
+                    err = BulkheadFull(name, cast(Any, overload.limit).limit)
+                    self._emit(CallThrottled(name, verb, shown, why, 0.0))
+                else:
+                    err = self._throttled(name, verb, shown, overload, why, None)
+                tell_attempts(err, 0)
+                if self._bus.wants_hot():
+                    kind = "bulkhead_full" if why == LIMIT else "throttled"
+                    self._emit(CallFinished(name, verb, shown, 0, kind, None, 0.0, False))
+            finally:
+                if traced is not None:
+                    self._bus.end_trace(traced)
+            raise err
+        local = self._local
+        # A call made while requests prepares this one (an auth hook fetching
+        # a token) has its own admission: this one's waits for it, restored after.
+        outer = getattr(local, "admitted", None)
+        local.admitted = overload
+        try:
+            return self._request_prepared(method, url, args, kwargs)
+        finally:
+            if local.admitted is overload:
+                # requests failed before sending it (a bad URL, a hook): give the place back.
+                overload.finish(None, None)
+            local.admitted = outer
 
     def _request_prepared(
         self, method: str | bytes, url: str | bytes, args: Any, kwargs: Any
@@ -570,7 +640,7 @@ class ResilientSession(requests.Session):
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
             self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                       exc._retry_at, exc.retry_in))
+                                       exc._retry_at, exc.retry_in, breaker.scope))
             # Not CircuitOpenError: that promises nothing touched the network,
             # and the first hop did reach the peer (a write may have acted).
             raise requests.ConnectionError(
@@ -679,11 +749,20 @@ class ResilientSession(requests.Session):
         """The call in a bulkhead slot, or the fallback: (response, what a fallback replaced)."""
         route: Route = call.route
         request = call.request
+        overload = route.state.overload
+        admitted = 0.0
+        if overload is not None:
+            refused = self._overload_refusal(call, overload)
+            if refused is not None:
+                return self._fallback_or_raise(call, refused), refused
+            admitted = self.clock.monotonic()
         bulkhead = route.state.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
+            if overload is not None:
+                overload.finish(None, None)  # give back its place under the adaptive limit
             err = BulkheadFull(route.name, bulkhead.max_concurrent, request=request)
             self._emit(BulkheadRejected(route.name, request.method or "", self._url(request),
-                                        bulkhead.max_concurrent))
+                                        bulkhead.max_concurrent, bulkhead.scope))
             return self._fallback_or_raise(call, err), err
         slot_held = bulkhead is not None
         try:
@@ -714,6 +793,55 @@ class ResilientSession(requests.Session):
         finally:
             if slot_held:
                 cast(Bulkhead, bulkhead).release()
+            if overload is not None:
+                self._overload_finished(call, overload, admitted)
+
+    def _overload_refusal(self, call: Call, overload: Overload) -> Throttled | BulkheadFull | None:
+        """Ask the endpoint's overload control (`_overload`); the error refusing the call, if it does."""
+        local = self._local
+        if getattr(local, "admitted", None) is overload:
+            local.admitted = None  # this call's only: not a nested call's
+            return None
+        why = overload.admit()
+        if why is None:
+            return None
+        route: Route = call.route
+        request = call.request
+        method, url = request.method or "", self._url(request)
+        if why == LIMIT:
+            limit = cast(Any, overload.limit).limit
+            self._emit(CallThrottled(route.name, method, url, why, 0.0))
+            return BulkheadFull(route.name, limit, request=request)
+        return self._throttled(route.name, method, url, overload, why, request)
+
+    def _throttled(self, name: str, method: str, url: str, overload: Overload, why: str,
+                   request: requests.PreparedRequest | None) -> Throttled:
+        """The error (and event) of a call the hold or the throttle refused."""
+        retry_in = overload.hold_for() if why == HOLD else None
+        rate = overload.throttle.rate() if why != HOLD and overload.throttle is not None else 0.0
+        shared = why != HOLD and getattr(overload.throttle, "shared", False)
+        self._emit(CallThrottled(name, method, url, why, rate, retry_in, "host" if shared else "process"))
+        return Throttled(name, why, retry_in, request=request)
+
+    def _overload_finished(self, call: Call, overload: Overload, admitted: float) -> None:
+        """Tell overload control how the call it admitted went (per call, at its end)."""
+        limit = overload.limit
+        before = limit.limit if limit is not None else 0
+        outcome = call.outcome if call.attempt else None
+        overload.finish(outcome, self.clock.monotonic() - admitted)
+        if limit is not None and limit.limit != before and self._bus.wants_hot():
+            self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
+
+    @staticmethod
+    def _overload_signal(route: Route, resp: requests.Response, overload: Overload) -> None:
+        """A 429 or 503 with Retry-After holds the whole endpoint, not only this call's retry."""
+        value = resp.headers.get("Retry-After")
+        if value is None:
+            return
+        seconds = parse_retry_after(value)
+        if seconds:
+            retry = route.policy.retry
+            overload.hold(min(seconds, retry.max_retry_after if retry is not None else 30.0))
 
     def _send_with_retries(self, call: Call) -> requests.Response:
         route: Route = call.route
@@ -723,7 +851,7 @@ class ResilientSession(requests.Session):
             retrying, call.stop_reason = None, "caller_retrying"
         try:
             resp = (self._attempt(call) if retrying is None
-                    else self._attempt_then_retrying(call, retrying))
+                    else self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying)))
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -810,7 +938,7 @@ class ResilientSession(requests.Session):
             except CircuitOpenError as exc:
                 call.outcome = _CIRCUIT_OPEN
                 self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
-                                           exc._retry_at, exc.retry_in))
+                                           exc._retry_at, exc.retry_in, breaker.scope))
                 raise
         # Only a call the breaker let through is a try.
         call.attempt += 1
@@ -878,6 +1006,13 @@ class ResilientSession(requests.Session):
                     breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif outcome.failure:
                     breaker.record(success=False, is_trial=is_trial, duration=duration)
+                elif outcome.kind == "deadline" and _slow(route, duration):
+                    # Cut by the deadline, yet already slower than
+                    # slow_call_duration: a slow call whatever cut it (a
+                    # drip-fed body never trips `read`, so this is the only
+                    # way such a peer counts). The machine takes a slow
+                    # success for a failure.
+                    breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
             if traced is not None:  # after the breaker's record, whatever the span does
@@ -898,11 +1033,20 @@ class ResilientSession(requests.Session):
                 if not call.stream:
                     disarm(a)
         duration = self.clock.monotonic() - started
-        outcome = call.outcome = of_status(resp.status_code, route.policy.failure_status)
+        status = resp.status_code
+        outcome = call.outcome = of_status(status, route.policy.failure_status)
         call.error = None
+        if status >= 429 and (status == 429 or 502 <= status <= 504):
+            proxy = route.policy.proxy_errors
+            if proxy is not None and status != 429 and proxy.header in resp.headers:
+                outcome = call.outcome = of_proxy_status(status)
+            overload = route.state.overload
+            if overload is not None and status in (429, 503) and not outcome.proxy:
+                self._overload_signal(route, resp, overload)
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
-                                       call.attempt, outcome.kind, resp.status_code, duration))
+                                       call.attempt, outcome.kind, status, duration,
+                                       proxy_error=outcome.proxy))
         if breaker is not None:
             breaker.record(success=call.left_endpoint or not outcome.failure, is_trial=is_trial,
                            duration=duration)
@@ -938,7 +1082,9 @@ class ResilientSession(requests.Session):
         )
         method, url = call.request.method or "", self._url(call.request)
         if reason == "budget":
-            self._emit(BudgetExhausted(route.name, method, url, call.attempt))
+            budget = route.state.budget
+            self._emit(BudgetExhausted(route.name, method, url, call.attempt,
+                                       "process" if budget is None else budget.scope))
         self._emit(GaveUp(route.name, method, url, call.attempt, reason, outcome))
 
     # -- fallbacks -----------------------------------------------------------
@@ -1018,7 +1164,7 @@ class ResilientSession(requests.Session):
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
-        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures))
+        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures, breaker.scope))
 
     def _emit(self, event: Event) -> None:
         self._bus.emit(event)
@@ -1195,6 +1341,13 @@ class ResilientSession(requests.Session):
 
 # -- the registry behind the test seam ----------------------------------------
 
+
+
+def _slow(route: Route, duration: float) -> bool:
+    """Whether an attempt that lasted *duration* is a slow call for the route's breaker."""
+    policy = route.policy.breaker
+    slow = policy.slow_call_duration if policy is not None else None
+    return slow is not None and duration > slow
 
 
 def _forget_inherited_connections() -> None:

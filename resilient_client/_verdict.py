@@ -20,7 +20,8 @@ read_timeout       yes           yes         no byte within the read timeout
 read_error         yes           yes         the connection broke after the request was sent
 deadline           maybe         no [2]_     the call's deadline cut the attempt short
 circuit_open       no            no          our breaker refused the call
-bulkhead_full      no            no          our bulkhead refused the call
+bulkhead_full      no            no          our bulkhead (or adaptive concurrency limit) refused the call
+throttled          no            no          our throttle (or a Retry-After hold) refused the call
 error              maybe         no          anything else (TLS, invalid URL, a hook raised)
 =================  ============  ==========  ===========================================
 
@@ -30,6 +31,11 @@ error              maybe         no          anything else (TLS, invalid URL, a 
    inherited from the caller) before its own connect/read timeout passed is
    not the peer's failure: one tight caller must not open the breaker for
    everyone.
+
+A response that a proxy made itself (``proxy_errors``) has ``proxy=True``
+and is always a failure: a 503 is ``connect_error`` (never reached the
+peer, retried as a connect error whatever the method), a 502 or 504 is
+``status`` (forwarded: retried only as its method allows).
 
 Why ``reached_peer`` is not derived from the kind: a kind says where one
 connection failed, not whether the call already acted. A POST answered with
@@ -49,6 +55,7 @@ __all__ = [
     "OUTCOMES",
     "REFUSALS",
     "AttemptOutcome",
+    "of_proxy_status",
     "of_status",
     "retry_verdict",
 ]
@@ -59,7 +66,7 @@ BEFORE_SEND = frozenset({"connect_error", "connect_timeout"})
 
 #: Kinds that are the library's own refusals: never retried, never the peer's
 #: failure, and answered by the fallback when there is one.
-REFUSALS = frozenset({"deadline", "circuit_open", "bulkhead_full"})
+REFUSALS = frozenset({"deadline", "circuit_open", "bulkhead_full", "throttled"})
 
 #: Every kind, a closed set (safe as a metric label).
 OUTCOMES = (
@@ -72,6 +79,7 @@ OUTCOMES = (
     "deadline",
     "circuit_open",
     "bulkhead_full",
+    "throttled",
     "error",
 )
 
@@ -86,16 +94,18 @@ class AttemptOutcome:
         status: the response's status, or None when the attempt raised.
         reached_peer: the peer may have acted on the request.
         failure: it counts against the peer (breaker, fallback, health).
+        proxy: a proxy in front of the peer made the response itself.
     """
 
     kind: str
     status: int | None
     reached_peer: bool
     failure: bool
+    proxy: bool = False
 
     @property
     def refused(self) -> bool:
-        """The library itself ended the call (deadline, open breaker, full bulkhead)."""
+        """The library itself ended the call (deadline, open breaker, full bulkhead, throttle)."""
         return self.kind in REFUSALS
 
     @property
@@ -108,6 +118,17 @@ def of_status(status: int, failure_status: frozenset[int]) -> AttemptOutcome:
     """The outcome of an attempt that got a response with *status*."""
     failed = status in failure_status
     return AttemptOutcome("status" if failed else "ok", status, True, failed)
+
+
+#: A 503 that a proxy made before forwarding the request: a connect error.
+PROXY_503 = AttemptOutcome("connect_error", 503, False, True, True)
+
+
+def of_proxy_status(status: int) -> AttemptOutcome:
+    """The outcome of a response a proxy made itself (see the module docstring)."""
+    if status == 503:
+        return PROXY_503
+    return AttemptOutcome("status", status, True, True, True)
 
 
 def retry_verdict(
@@ -139,7 +160,7 @@ def retry_verdict(
     """
     if outcome.refused:
         return False
-    if outcome.status is not None:
+    if outcome.status is not None and outcome.reached_peer:
         if user is not None:
             return user and replayable
         if keyed and outcome.status in (409, 422):

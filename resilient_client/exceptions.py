@@ -8,7 +8,8 @@ Every exception fits the requests hierarchy, so existing
     ResilienceError(requests.RequestException)
     ├── CircuitOpenError(+ requests.ConnectionError)   .endpoint, .retry_in
     ├── DeadlineExceeded(+ requests.Timeout)           __cause__ = what was running
-    └── BulkheadFull                                   .endpoint, .max_concurrent
+    ├── BulkheadFull                                   .endpoint, .max_concurrent
+    └── Throttled(+ requests.ConnectionError)          .endpoint, .reason, .retry_in
     ConfigError(ValueError)    bad configuration, names the key path
 
 .. versionadded:: 0.1.0
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "ResilienceError",
+    "Throttled",
 ]
 
 
@@ -117,3 +119,25 @@ class BulkheadFull(ResilienceError):
             f"({max_concurrent} calls in flight)",
             **kwargs,
         )
+
+
+class Throttled(ResilienceError, requests.ConnectionError):
+    """
+    Overload control refused the call locally, without touching the network:
+    adaptive throttling (``reason`` ``"throttle"``) or a ``Retry-After``
+    from the peer that has not passed yet (``"retry_after"``; ``retry_in``
+    says how long is left).
+
+    .. versionadded:: 0.4.0
+    """
+
+    def __init__(self, endpoint: str, reason: str = "throttle", retry_in: float | None = None,
+                 **kwargs: Any) -> None:
+        self.endpoint = endpoint
+        self.reason = reason
+        self.retry_in = retry_in
+        if reason == "retry_after":
+            why = f"the peer asked for no calls for {retry_in or 0.0:.1f} s more (Retry-After)"
+        else:
+            why = "adaptive throttling: the peer accepts too few of our calls"
+        super().__init__(f"call to endpoint {endpoint!r} refused locally: {why}", **kwargs)

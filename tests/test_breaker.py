@@ -582,7 +582,11 @@ class BreakerMachine(RuleBasedStateMachine):
         self.reset = reset
         self.opened_at: float | None = None  # when it last opened, per the callback
         self.forced = False
-        self.in_flight: list[tuple[bool, float]] = []  # (is_trial, started)
+        # (is_trial, started, epoch): an operator's open() or close() starts a
+        # new epoch; a trial from an earlier one is no longer *the* trial (the
+        # breaker dropped its lease), so the next half-open may have its own.
+        self.in_flight: list[tuple[bool, float, int]] = []
+        self.epoch = 0
         policy = BreakerPolicy(
             failure_threshold=threshold, reset_timeout=reset, slow_call_duration=slow,
             mode=BreakerMode.RATE if rate else BreakerMode.CONSECUTIVE, min_calls=threshold, window=3.0,
@@ -606,7 +610,7 @@ class BreakerMachine(RuleBasedStateMachine):
             return None
         assert not blocked, "a call got through an open breaker before reset_timeout"
         if is_trial:
-            others = [s for t, s in self.in_flight if t]
+            others = [s for t, s, e in self.in_flight if t and e == self.epoch]
             assert all(now >= s + _TRIAL_LEASE_MIN for s in others), "two trials at once"
         return is_trial
 
@@ -614,7 +618,7 @@ class BreakerMachine(RuleBasedStateMachine):
     def start_call(self) -> None:
         is_trial = self._start()
         if is_trial is not None:
-            self.in_flight.append((is_trial, self.clock.monotonic()))
+            self.in_flight.append((is_trial, self.clock.monotonic(), self.epoch))
 
     @rule(success=st.booleans())
     def quick_call(self, success: bool) -> None:
@@ -626,14 +630,14 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), success=st.booleans(), duration=st.floats(0, 3))
     def end_call(self, data: st.DataObject, success: bool, duration: float) -> None:
         i = data.draw(st.integers(0, len(self.in_flight) - 1))
-        is_trial, _ = self.in_flight.pop(i)
+        is_trial, _, _ = self.in_flight.pop(i)
         self.breaker.record(success=success, is_trial=is_trial, duration=duration)
 
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data())
     def abandon_call(self, data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(self.in_flight) - 1))
-        is_trial, _ = self.in_flight.pop(i)
+        is_trial, _, _ = self.in_flight.pop(i)
         if is_trial:
             self.breaker.release_trial()
 
@@ -646,11 +650,13 @@ class BreakerMachine(RuleBasedStateMachine):
     def force_open(self) -> None:
         self.breaker.open()
         self.forced = True
+        self.epoch += 1
 
     @rule()
     def force_close(self) -> None:
         self.breaker.close()
         self.forced = False
+        self.epoch += 1
 
     @invariant()
     def state_agrees(self) -> None:

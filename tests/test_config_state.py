@@ -5,11 +5,13 @@ rule that `state` and the older `breaker.storage` must agree when both are given
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from resilient_client._config import load_config
+from resilient_client._config import Config, load_config
 from resilient_client._policy import Policy
 from resilient_client.exceptions import ConfigError
 
@@ -90,6 +92,31 @@ class TestStateDir:
     def test_a_bad_state_dir(self, bad: object) -> None:
         """Not a path: a ConfigError at `state_dir`."""
         assert _error({"state_dir": bad}).path == "state_dir"
+
+    def test_a_relative_state_dir_is_relative_to_the_config_file(self, tmp_path: Path) -> None:
+        """In a file, a relative state_dir means next to the file, wherever the process starts."""
+        config = tmp_path / "conf" / "rc.json"
+        config.parent.mkdir()
+        config.write_text(json.dumps({"state_dir": "run/state"}))
+        assert load_config(str(config)).state_dir == str(tmp_path / "conf" / "run" / "state")
+
+    def test_a_relative_state_dir_without_a_file_is_an_error(self) -> None:
+        """A mapping has no directory to be relative to: the cwd would be a guess."""
+        error = _error({"state_dir": "run/state"})
+        assert error.path == "state_dir" and "must be an absolute path" in str(error)
+        with pytest.raises(ConfigError, match="absolute"):
+            Config(state_dir="run/state")
+
+    def test_state_at_the_top_level_says_where_it_goes(self) -> None:
+        """A top-level `state: host` is not merely 'unknown': the message says to put it under defaults."""
+        error = _error({"state": "host"})
+        assert error.path == "state" and "put it under defaults" in str(error)
+
+    def test_a_bad_state_names_every_accepted_url_scheme(self) -> None:
+        """`state: hosts`: the message lists rediss:// and unix://, which are accepted too."""
+        message = str(_error({"defaults": {"state": "hosts"}}))
+        assert all(scheme in message for scheme in ("redis://", "rediss://", "unix://"))
+        load_config({"defaults": {"state": "rediss://127.0.0.1:6380/0"}})
 
     def test_state_is_not_one_calls_to_change(self) -> None:
         """`state` belongs to the endpoint: a call's policy= may not change it."""

@@ -1,4 +1,4 @@
-"""``demo --fleet``: real gunicorn workers behind HAProxy sharing a breaker through Redis."""
+"""``demo --fleet``: real gunicorn workers behind HAProxy; plain requests, state memory, host and Redis."""
 
 from __future__ import annotations
 
@@ -69,6 +69,11 @@ class TestQuickFleet:
         assert int(rc["fallbacks served"]) > arrived // 4
         assert int(rc["errors"]) <= arrived // 50
         assert rc["time to recover"] != "never"
+        # The host fleet shares one breaker too: a threshold for the host, not per worker.
+        host = _rows(proc.stdout, column=3)
+        shared = int(host["calls before the shared breaker opened"])
+        assert 1 <= shared <= 2 * workers + _demo_fleet.FAILURE_THRESHOLD
+        assert host["failure_threshold"] == "whole host"
         # ...where the plain requests fleet behind the same HAProxy set-up turned it into errors.
         plain = _rows(proc.stdout, column=1)
         assert int(plain["errors"]) > arrived // 4

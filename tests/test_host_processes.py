@@ -28,7 +28,9 @@ from resilient_client._breaker_machine import OPEN, Record
 from resilient_client._host_file import HostFile
 from resilient_client._host_state import HostStore
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks worker processes")
+# The tests name the state_dir each process uses: keep it (the kit would give this test its own).
+pytestmark = [pytest.mark.skipif(not hasattr(os, "fork"), reason="forks worker processes"),
+              pytest.mark.config_state_dir]
 
 CTX = multiprocessing.get_context("fork")
 
@@ -225,7 +227,7 @@ def _hammer(queue: Any, state_dir: str, threads: int, rounds: int) -> None:
 
     machine = BreakerMachine(BreakerPolicy(failure_threshold=1_000_000), "w")
     store = HostStore(HostFile(state_dir, "peer"))
-    bulkhead = HostBulkhead("peer", BulkheadPolicy(max_concurrent=1_000), HostFile(state_dir, "peer"), None)
+    bulkhead = HostBulkhead("peer", BulkheadPolicy(max_concurrent=1_000), HostFile(state_dir, "peer"))
     budget = HostBudget(BudgetPolicy(ratio=0.0, min_per_second=1_000, window=10.0), FakeClock(),
                         HostFile(state_dir, "peer"))
     refused = []

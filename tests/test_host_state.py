@@ -29,7 +29,7 @@ def _fresh_warnings() -> None:
 
 
 def _bulkhead(d: Path, cap: int = 3) -> HostBulkhead:
-    return HostBulkhead("inv", BulkheadPolicy(max_concurrent=cap), HostFile(str(d), "inv"), None)
+    return HostBulkhead("inv", BulkheadPolicy(max_concurrent=cap), HostFile(str(d), "inv"))
 
 
 def _dead_pid() -> int:
@@ -84,6 +84,44 @@ class TestHostBulkhead:
         assert a.host_in_flight() == 0 and a.in_flight == 0
 
 
+    def test_a_live_processes_idle_row_is_not_taken(self, tmp_path: Path) -> None:
+        """A row is its process's while the pid lives, even holding nothing: a newcomer claims another."""
+        _plant_row(tmp_path, 0, os.getppid(), 0, time.monotonic() - 1)
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        f = HostFile(str(tmp_path), "inv")
+        with f.locked() as fd:
+            rows = f.read_rows(fd)
+        assert [int(r[0]) for r in rows] == [os.getppid(), os.getpid()] and rows[1][1] == 1
+
+    def test_a_dead_processes_row_is_reused(self, tmp_path: Path) -> None:
+        """A row left by a pid that is gone is claimed again, not a new one appended."""
+        _plant_row(tmp_path, 0, _dead_pid(), 0, time.monotonic() + 600)
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        f = HostFile(str(tmp_path), "inv")
+        with f.locked() as fd:
+            assert [(int(r[0]), int(r[1])) for r in f.read_rows(fd)] == [(os.getpid(), 1)]
+
+    def test_acquire_takes_no_file_lock(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Once the row is claimed, acquire and release are a pwrite and a pread: no flock."""
+        a = _bulkhead(tmp_path)
+        assert a.try_acquire()
+        a.release()
+        locks: list[int] = []
+        real = _host_file.fcntl.flock
+
+        def counting(fd: int, op: int) -> None:
+            locks.append(op)
+            real(fd, op)
+
+        monkeypatch.setattr(_host_file.fcntl, "flock", counting)
+        for _ in range(5):
+            assert a.try_acquire()
+            a.release()
+        assert locks == []
+
+
 class TestHostBudget:
     def test_the_budget_is_host_wide(self, tmp_path: Path) -> None:
         """Retries spent by one process count against another's: 10 in all over the window."""
@@ -111,7 +149,7 @@ class TestDamage:
     ) -> None:
         """Overwritten in use: one warning, then bulkhead, budget and breaker carry on in the process."""
         f = HostFile(str(tmp_path), "inv")
-        bulkhead = HostBulkhead("inv", BulkheadPolicy(max_concurrent=2), f, None)
+        bulkhead = HostBulkhead("inv", BulkheadPolicy(max_concurrent=2), f)
         budget = HostBudget(BudgetPolicy(), FakeClock(), f)
         store = HostStore(f)
         assert bulkhead.try_acquire()
@@ -234,3 +272,30 @@ class TestCreation:
         store = HostStore(HostFile(str(tmp_path), "inv"))
         assert store.read()[0].state == "closed" and store.reachable() is True
         assert path.read_bytes().startswith(b"RCHOST")
+
+
+class TestRedisHostCache:
+    def test_a_published_snapshot_is_fresh_for_one_interval_then_claimed_once(self, tmp_path: Path) -> None:
+        """One process publishes; another reads it while fresh; once stale, one claim wins until published."""
+        from resilient_client._host_redis import RedisHostCache
+
+        a, b = RedisHostCache(HostFile(str(tmp_path), "inv")), RedisHostCache(HostFile(str(tmp_path), "inv"))
+        assert a.fresh(0.02) is None and a.claim(0.02) and not b.claim(0.02)  # a refreshes, b waits
+        values = ("open", "1234.000", "", "5", "")
+        a.publish(values, 0.0, 1000.0, time.monotonic())
+        assert b.fresh(10.0) == (values, 0.0, 1000.0, pytest.approx(time.monotonic(), abs=1.0))
+        assert b.fresh(0.0) is None and b.claim(0.0)  # stale: b's turn
+        a.publish(values, 0.0, 999.0, time.monotonic())  # older by Redis's clock: not over newer news
+        assert b.fresh(10.0) is not None and b.fresh(10.0)[2] == 1000.0  # type: ignore[index]
+
+    def test_a_torn_or_damaged_entry_reads_as_none(self, tmp_path: Path) -> None:
+        """Bytes that fail the crc are no cache: the process reads Redis itself."""
+        from resilient_client._host_redis import CACHE_AT, RedisHostCache
+
+        cache = RedisHostCache(HostFile(str(tmp_path), "inv"))
+        cache.publish(("", "", "", "", ""), 0.0, 1000.0, time.monotonic())
+        assert cache.fresh(10.0) is not None
+        with open(path_for(str(tmp_path), "inv"), "r+b") as f:
+            f.seek(CACHE_AT + 41)  # inside the payload
+            f.write(b"\xff\xff")
+        assert cache.fresh(10.0) is None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import itertools
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,7 @@ LONG_REASON = "Why it is long:"
 CORE = frozenset({
     "_clock", "_errors", "_policy", "_config", "_interpolation", "_routing", "_verdict", "_budget",
     "_bulkhead", "_events", "_traced", "_propagation", "_breaker_machine", "_breaker_store",
+    "_retry_after", "_retry_core",
 })
 HTTP_CLIENTS = frozenset({"requests", "urllib3", "httpx"})
 
@@ -295,6 +298,31 @@ class TestCore:
         """The check sees a front module's requests import (so it is not vacuous)."""
         assert "requests" in _external_imports(f"{PACKAGE}._outcome")
         assert "urllib3" in _external_imports(f"{PACKAGE}._urls")
+
+
+#: The httpx front: the only modules that may import httpx.
+HTTPX_FRONT = frozenset({"_async_client", "_async_errors", "_async_hooks", "_async_parts", "_async_retry"})
+
+
+class TestHttpxFront:
+    def test_only_the_httpx_front_imports_httpx(self) -> None:
+        """httpx is imported by the async client's modules and by nothing the package root loads."""
+        importers = {_short(m) for m in MODULES if "httpx" in _external_imports(m)}
+        assert importers <= HTTPX_FRONT, sorted(importers - HTTPX_FRONT)
+        assert "_async_client" in importers  # the check sees it (not vacuous)
+        # Only __init__ reaches the front, lazily (a name looked up on first use, not an import).
+        reached = {e.target for e in EDGES if _short(e.source) not in HTTPX_FRONT and not e.type_only}
+        assert not {_short(t) for t in reached} & HTTPX_FRONT
+
+    def test_import_resilient_client_never_imports_httpx(self) -> None:
+        """`import resilient_client` loads no httpx; the async client's name does."""
+        code = ("import sys, resilient_client\n"
+                "print('httpx' in sys.modules, 'anyio' in sys.modules)\n"
+                "resilient_client.AsyncResilientClient\n"
+                "print('httpx' in sys.modules)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             timeout=60, cwd=ROOT).stdout.split()
+        assert out == ["False", "False", "True"]
 
 
 def _docstring(path: Path) -> str:

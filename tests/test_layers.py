@@ -77,21 +77,26 @@ PUBLIC_NAMES = {
     # the session and its errors
     "ResilientSession",
     "ResilienceError", "CircuitOpenError", "DeadlineExceeded", "BulkheadFull", "ConfigError",
+    "Throttled",
     # configuration and the policies a user constructs
     "Config", "Endpoint", "Secrets", "Policy", "Timeouts", "RetryPolicy", "BackoffPolicy", "Jitter",
     "BudgetPolicy", "BreakerPolicy", "BreakerMode", "BulkheadPolicy", "StaticFallback",
     "StaleFallback", "CallableFallback", "PropagationPolicy", "PoolPolicy",
+    "ThrottlePolicy", "ConcurrencyPolicy", "ProxyErrorsPolicy",
     # what a callable fallback returns
     "fallback_response",
     # what session.circuit(), .resolve() and a clock= argument give or take
     "CircuitBreaker", "BreakerState", "BreakerStats", "Resolution", "Clock",
+    # what session.overload() gives
+    "OverloadStatus",
     # deadlines across services
     "Deadline", "deadline", "current_deadline", "DeadlineMiddleware", "ASGIDeadlineMiddleware",
+    "AsyncResilientClient",
     # events and listeners
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
-    "BulkheadRejected", "DeadlinePassed", "CallFinished", "prometheus_listener", "otel_listener",
-    "otel_trace_listener",
+    "BulkheadRejected", "DeadlinePassed", "CallFinished", "CallThrottled", "ConcurrencyLimitChanged",
+    "prometheus_listener", "otel_listener", "otel_trace_listener",
     # health
     "Health", "EndpointHealth", "health_app",
 }
@@ -115,7 +120,7 @@ class TestPublicSurface:
         assert len(resilient_client.__all__) == len(set(resilient_client.__all__))
         # Every public name is either loaded eagerly or known to the lazy loader, never both.
         eager = {"__version__", "ResilienceError", "CircuitOpenError", "DeadlineExceeded",
-                 "BulkheadFull", "ConfigError"}
+                 "BulkheadFull", "ConfigError", "Throttled"}
         lazy = set(resilient_client._LAZY)
         assert lazy | eager == PUBLIC_NAMES and not lazy & eager
         assert not set(resilient_client._MOVED) & PUBLIC_NAMES

@@ -78,10 +78,10 @@ class TestPrometheus:
         assert value("retries_total", endpoint=EP, reason="status 503") == 1
         assert value("retries_total", endpoint=EP, reason="connect_error") == 2
         assert value("gave_up_total", endpoint=EP, reason="attempts") == 1
-        assert value("rejections_total", endpoint=EP, by="breaker") == 1
+        assert value("rejections_total", endpoint=EP, by="breaker", scope="process") == 1
         assert value("breaker_state", endpoint=EP, state="open") == 1
         assert value("breaker_state", endpoint=EP, state="closed") == 0
-        assert value("breaker_transitions_total", endpoint=EP, state="open") == 1
+        assert value("breaker_transitions_total", endpoint=EP, state="open", scope="process") == 1
         get = {"endpoint": EP, "method": "GET"}
         assert value("attempt_duration_seconds_count", **get, outcome="connect_error") == 3
         # Durations are on the session's clock: the 0.1 s backoff is in the call's latency.
@@ -108,7 +108,7 @@ class TestPrometheus:
         session.get(URL)
         ep = "http://api.test:8080"
         assert sample(registry, "fallbacks_total", endpoint=ep, fallback="static") == 2
-        assert sample(registry, "rejections_total", endpoint=ep, by="bulkhead") == 1
+        assert sample(registry, "rejections_total", endpoint=ep, by="bulkhead", scope="process") == 1
         assert sample(registry, "requests_total", endpoint=ep, method="GET", outcome="bulkhead_full") == 1
 
     def test_the_scrape_has_exactly_the_documented_metrics(self, mocked):
@@ -160,8 +160,8 @@ class TestPrometheus:
     def test_counter_series_start_at_zero_so_the_first_increment_shows(self, mocked):
         """
         rate() and increase() need a sample before the first increment: the
-        counters by outcome of an (endpoint, method), its rejections, and
-        every breaker state's transitions exist at 0 from the first event.
+        counters by outcome of an (endpoint, method), and every breaker
+        state's transitions, exist at 0 from the first event.
         """
         registry = CollectorRegistry()
         run_scenario(mocked, rc.prometheus_listener(registry))
@@ -170,9 +170,9 @@ class TestPrometheus:
             assert sample(registry, "requests_total", **get, outcome=outcome) is not None, outcome
             assert sample(registry, "attempts_total", **get, outcome=outcome) is not None, outcome
         assert sample(registry, "requests_total", **get, outcome="read_timeout") == 0
-        assert sample(registry, "rejections_total", endpoint=EP, by="bulkhead") == 0
-        assert sample(registry, "breaker_transitions_total", endpoint=EP, state="half-open") == 0
-        assert sample(registry, "breaker_transitions_total", endpoint=EP, state="closed") == 0
+        scope = {"scope": "process"}
+        assert sample(registry, "breaker_transitions_total", endpoint=EP, state="half-open", **scope) == 0
+        assert sample(registry, "breaker_transitions_total", endpoint=EP, state="closed", **scope) == 0
 
     def test_a_session_with_the_listener_pickles(self, mocked):
         """The default registry's listener is rebuilt on unpickling and counts into the same collectors."""
@@ -238,7 +238,8 @@ class TestOpenTelemetry:
                        if all(p.attributes.get(k) == v for k, v in attrs.items()))
 
         assert total("resilient_client.retries", **{"resilient_client.reason": "connect_error"}) == 2
-        assert total("resilient_client.rejections", **{"resilient_client.rejected_by": "breaker"}) == 1
+        assert total("resilient_client.rejections", **{"resilient_client.rejected_by": "breaker",
+                                                       "resilient_client.scope": "process"}) == 1
         assert total("resilient_client.gave_up", **{"resilient_client.reason": "attempts"}) == 1
         calls = {p.attributes["resilient_client.outcome"]: p.count
                  for p in points["resilient_client.call.duration"]}
@@ -315,3 +316,66 @@ class TestLazyExtras:
         for name, (kind, labels, _) in PROMETHEUS_METRICS.items():
             row = f"| `resilient_client_{name}` | {kind} | {', '.join(f'`{label}`' for label in labels)} |"
             assert row in doc, row
+
+
+class TestScope:
+    def test_host_state_says_host_in_events_and_labels(self, mocked, tmp_path: pathlib.Path) -> None:
+        """state: host: the breaker's transition and rejection, and the bulkhead's, say scope host."""
+        registry = CollectorRegistry()
+        events: list[Any] = []
+        session = rc.ResilientSession(
+            {"state_dir": str(tmp_path),
+             "defaults": {"state": "host", "retry": None, "bulkhead": {"max_concurrent": 1},
+                          "breaker": {"failure_threshold": 1, "reset_timeout": 60}}},
+            listeners=[rc.prometheus_listener(registry), events.append],
+        )
+        mocked.add(responses.GET, URL, status=503)
+        held: list[BaseException] = []
+
+        def nested(event: Any) -> None:
+            if isinstance(event, rc.AttemptFinished) and not held:
+                try:
+                    session.get(URL)  # the slot is held: the bulkhead refuses
+                except rc.BulkheadFull as exc:
+                    held.append(exc)
+
+        session.subscribe(nested)
+        session.get(URL)
+        with pytest.raises(rc.CircuitOpenError):
+            session.get(URL)
+        ep = "http://api.test:8080"
+        kinds = {type(e).__name__: e.scope for e in events if hasattr(e, "scope")}
+        assert kinds == {"BulkheadRejected": "host", "BreakerStateChanged": "host", "BreakerRejected": "host"}
+        assert sample(registry, "rejections_total", endpoint=ep, by="bulkhead", scope="host") == 1
+        assert sample(registry, "rejections_total", endpoint=ep, by="breaker", scope="host") == 1
+        assert sample(registry, "breaker_transitions_total", endpoint=ep, state="open", scope="host") == 1
+
+    def test_an_unusable_host_file_says_process(
+        self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A state_dir that cannot be used: the pieces carry on in the process, and say so."""
+        monkeypatch.delenv("RESILIENT_CLIENT_TEST_STATE_DIR", raising=False)  # the kit's would win
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o777)
+        shared.chmod(0o777)  # others may write: refused
+        session = rc.ResilientSession({"state_dir": str(shared), "defaults": {"state": "host"}})
+        state = session._route_for("GET", URL).state
+        assert state.bulkhead is not None and state.budget is not None and state.breaker is not None
+        assert state.bulkhead.try_acquire()
+        state.budget.try_spend()
+        state.breaker.before_call()
+        assert (state.bulkhead.scope, state.budget.scope, state.breaker.scope) == ("process",) * 3
+
+    def test_budget_exhausted_says_its_scope(self, mocked, tmp_path: pathlib.Path) -> None:
+        """A retry refused by the host-wide budget: BudgetExhausted says host."""
+        events: list[Any] = []
+        session = rc.ResilientSession(
+            {"state_dir": str(tmp_path),
+             "defaults": {"state": "host", "breaker": None,
+                          "retry": {"attempts": 3, "backoff": {"initial": 0, "max": 0}},
+                          "budget": {"ratio": 0.0, "min_per_second": 0.1, "window": 10}}},
+            listeners=[events.append],
+        )
+        mocked.add(responses.GET, URL, status=503)
+        session.get(URL)
+        assert [e.scope for e in events if isinstance(e, rc.BudgetExhausted)] == ["host"]

@@ -489,3 +489,41 @@ class TestDeadlineReader:
         assert issubclass(pool, SOCKSHTTPConnectionPool)
         assert issubclass(pool.ConnectionCls, SOCKSConnection)
         assert pool.ConnectionCls.response_class is _DeadlineHTTPResponse
+
+
+class TestDeadlineCutsAndTheBreaker:
+    """
+    An attempt the deadline cuts is neither success nor failure, unless it
+    already ran longer than ``slow_call_duration``: then it is a slow call,
+    the only way a drip-feeding peer (which never trips ``read``) can open
+    the breaker.
+    """
+
+    @staticmethod
+    def dripping(slow: float | None) -> tuple[ResilientSession, Any]:
+        breaker = {"failure_threshold": 2, "reset_timeout": 30, "slow_call_duration": slow}
+        config = {"defaults": {"timeout": {"connect": 1, "read": 1, "total": 0.3},
+                               "retry": None, "breaker": breaker}}
+        return ResilientSession(config), drip_body(b"x" * 50, interval=0.05)
+
+    def test_a_drip_cut_by_the_deadline_is_a_slow_call(self) -> None:
+        session, drip = self.dripping(slow=0.1)
+        with Peer() as peer:
+            peer.on("/drip", drip)
+            for _ in range(2):
+                with pytest.raises(DeadlineExceeded):
+                    session.get(peer.url("/drip"))
+            assert session.circuit(peer.url("/drip")).state == "open"
+            with pytest.raises(requests.ConnectionError):  # CircuitOpenError, no third hit
+                session.get(peer.url("/drip"))
+            assert peer.hits("/drip") == 2
+
+    def test_without_slow_call_duration_a_deadline_cut_counts_for_nothing(self) -> None:
+        session, drip = self.dripping(slow=None)
+        with Peer() as peer:
+            peer.on("/drip", drip)
+            for _ in range(3):
+                with pytest.raises(DeadlineExceeded):
+                    session.get(peer.url("/drip"))
+            assert session.circuit(peer.url("/drip")).state == "closed"
+            assert peer.hits("/drip") == 3

@@ -113,7 +113,8 @@ PANELS: list[Panel] = [
           ((rate(P + "retries_total", by="endpoint, reason"), "{{endpoint}} {{reason}}"),),
           unit="reqps"),
     Panel("Rejected without touching the network",
-          "Calls refused by a full bulkhead or an open breaker.",
+          "Calls refused by a full bulkhead, an open breaker, the throttle, a Retry-After hold "
+          "or the adaptive concurrency limit.",
           ((rate(P + "rejections_total", by="endpoint, by"), "{{endpoint}} by {{by}}"),),
           unit="reqps"),
     Panel("Fallbacks served",
@@ -142,6 +143,11 @@ PANELS: list[Panel] = [
           "What the peer saw from this client: every attempt, by outcome.",
           ((rate(P + "attempts_total", by="endpoint, outcome"), "{{endpoint}} {{outcome}}"),),
           unit="reqps"),
+    Panel("Overload control",
+          "The adaptive concurrency limit (concurrency), and the throttle's refusal "
+          "probability when it last refused a call (throttle).",
+          ((f"max by (endpoint) ({P}concurrency_limit{{{E}}})", "{{endpoint}} concurrency limit"),
+           (f"max by (endpoint) ({P}throttle_reject_rate{{{E}}})", "{{endpoint}} throttle refusing"))),
 ]
 
 

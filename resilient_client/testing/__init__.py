@@ -77,5 +77,5 @@ else:
     from ._plugin import fake_peers_fixture as _fake_peers_fixture  # noqa: F401
     from ._plugin import fresh_sessions_fixture as _fresh_sessions_fixture  # noqa: F401
     from ._plugin import no_backoff_fixture as _no_backoff_fixture  # noqa: F401
-    from ._plugin import pytest_runtest_makereport  # noqa: F401
+    from ._plugin import pytest_configure, pytest_runtest_makereport  # noqa: F401
     from ._plugin import state_dir_fixture as _state_dir_fixture  # noqa: F401

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .._host_file import STATE_DIR_ENV
+from .._host_dir import STATE_DIR_ENV, TEST_STATE_DIR_ENV
 from .._session import ResilientSession
 from ._fake_clock import FakeClock
 from ._registry import FakePeers
@@ -27,6 +27,7 @@ __all__ = [
     "fake_peers_fixture",
     "fresh_sessions_fixture",
     "no_backoff_fixture",
+    "pytest_configure",
     "pytest_runtest_makereport",
     "state_dir_fixture",
 ]
@@ -49,23 +50,45 @@ def fresh_sessions_fixture() -> None:
         session._forget_state()
 
 
+#: The marker of a test that uses the ``state_dir`` its config names.
+CONFIG_STATE_DIR = "config_state_dir"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the kit's marker."""
+    config.addinivalue_line(
+        "markers",
+        f"{CONFIG_STATE_DIR}: this test uses the state_dir its config names (state: host), "
+        "shared with whatever else uses that directory, instead of one of its own",
+    )
+
+
 @pytest.fixture(name="_resilient_client_state_dir", autouse=True)
 def state_dir_fixture(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """
-    Each test gets its own default ``state_dir`` (``state: host``), so
-    tests, and parallel test workers, never share host state by accident.
-    The directory is only named here; it is created when a session first
-    uses it. A config that gives ``state_dir`` itself keeps it.
+    Each test gets its own ``state_dir`` (``state: host``), so tests, and
+    parallel test workers, never share host state by accident, nor with
+    the services running on the machine: it replaces the config's
+    ``state_dir`` too (``$RESILIENT_CLIENT_TEST_STATE_DIR``, which child
+    processes inherit). A test marked ``@pytest.mark.config_state_dir``
+    keeps the directory its config names. The directory is only named
+    here; it is created when a session first uses it.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 also replaces a ``state_dir`` the config names.
     """
     global _tests
     _tests += 1
     # Named under pytest's own base temp dir: per run and per xdist worker.
-    path = tmp_path_factory.getbasetemp() / "rc-state" / str(_tests)
-    monkeypatch.setenv(STATE_DIR_ENV, str(path))
+    path = str(tmp_path_factory.getbasetemp() / "rc-state" / str(_tests))
+    monkeypatch.setenv(STATE_DIR_ENV, path)
+    if request.node.get_closest_marker(CONFIG_STATE_DIR) is None:
+        monkeypatch.setenv(TEST_STATE_DIR_ENV, path)
+    else:
+        monkeypatch.delenv(TEST_STATE_DIR_ENV, raising=False)
 
 
 _tests = 0

@@ -5,6 +5,7 @@ The ``resilient-client`` command (also ``python -m resilient_client``).
     resilient-client get URL [--config FILE]      one call, each event printed live
     resilient-client status [--config FILE]       breakers, bulkheads, health, host state
     resilient-client reset NAME [--config FILE]   clear an endpoint's host-shared state
+    resilient-client reset --stale [--idle H]     delete state files unused for H hours
     resilient-client demo [...]                   the cascade demo
 
 Exit codes: 0 fine; 1 the call failed (``get``) or the service is unhealthy
@@ -22,6 +23,7 @@ import dataclasses
 import enum
 import importlib
 import json
+import os
 import shutil
 import sys
 import textwrap
@@ -54,7 +56,16 @@ from .._redact import redact_headers, redact_url
 from .._version import __version__
 from ..exceptions import ConfigError
 from ._haproxy import check_haproxy
-from ._host_status import host_state, reset_endpoint
+from ._host_status import (
+    check_host_policies,
+    elsewhere,
+    host_names,
+    host_state,
+    read_only,
+    remove_stale,
+    reset_endpoint,
+    state_dir_for,
+)
 from ._host_status import table as host_table
 
 __all__ = ["main"]
@@ -133,7 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_status)
 
     p = sub.add_parser("reset", help="clear an endpoint's host-shared state (state: host), for every process")
-    p.add_argument("name", metavar="NAME", help="the endpoint name (or origin)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the endpoint name (or origin)")
+    p.add_argument("--stale", action="store_true",
+                   help="instead of NAME: delete the state files nobody wrote for --idle hours "
+                        "and no live process has a row in (origins called once and forgotten)")
+    p.add_argument("--idle", type=float, default=24.0, metavar="HOURS", help="for --stale (default 24)")
     p.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
     p.add_argument("--state-dir", help="default: the config's state_dir")
     p.set_defaults(run=_reset)
@@ -145,21 +160,43 @@ def _parser() -> argparse.ArgumentParser:
 # -- host state -------------------------------------------------------------
 
 
-def _state_dir(args: argparse.Namespace, config: Config) -> str:
-    from .._host_file import default_state_dir
-
-    return str(args.state_dir or config.state_dir or default_state_dir())
-
-
 def _reset(args: argparse.Namespace) -> int:
     from .._config import load_config
 
-    state_dir = _state_dir(args, load_config(args.config))
+    config = load_config(args.config)
+    state_dir, how = state_dir_for(args.state_dir, config)
+    if args.stale == (args.name is not None):
+        print(f"{PROG}: reset takes NAME or --stale", file=sys.stderr)
+        return 2
+    if args.stale:
+        removed = remove_stale(state_dir, args.idle * 3600.0)
+        print(f"removed {len(removed)} state file(s) unused for {args.idle:g} h from {state_dir} ({how})")
+        return 0
     if not reset_endpoint(state_dir, args.name):
-        print(f"{PROG}: no host-shared state for {args.name!r} in {state_dir}", file=sys.stderr)
+        print(f"{PROG}: no host-shared state for {args.name!r} in {state_dir} ({how}); nothing "
+              "cleared", file=sys.stderr)
+        for other in elsewhere([args.name], state_dir):
+            print(f"  {other} has a state file for {args.name!r}: pass --state-dir {other}",
+                  file=sys.stderr)
+        if not args.state_dir and not args.config:
+            print("  a service whose config names state_dir keeps its state there: pass its "
+                  "config (-c FILE) or --state-dir DIR", file=sys.stderr)
         return 1
-    print(f"cleared the host-shared state of {args.name!r} in {state_dir}")
+    print(f"cleared the host-shared state of {args.name!r} in {state_dir} ({how})")
     return 0
+
+
+def _host_notes(names: list[str], state_dir: str, how: str, missing: list[str]) -> None:
+    """Warn when the config's host endpoints have no state file where status looked."""
+    if not missing:
+        return
+    print(f"{PROG}: warning: no state file in {state_dir} ({how}) for {', '.join(missing)}: "
+          "either no process has used them there yet, or the service keeps its state in another "
+          "directory (its environment's $XDG_RUNTIME_DIR or $RESILIENT_CLIENT_STATE_DIR); "
+          "their rows below are a new process's view, not the service's", file=sys.stderr)
+    for other, found in elsewhere(missing, state_dir).items():
+        print(f"  {other} has state files for {', '.join(found)}: pass --state-dir {other}",
+              file=sys.stderr)
 
 
 # -- check -------------------------------------------------------------------
@@ -221,6 +258,9 @@ def _check(args: argparse.Namespace) -> int:
           f"query {', '.join(sorted(secrets.query)) or '(none)'}", file=out)
     listeners = ", ".join(map(_spec_name, config.listeners)) or "(none besides logging)"
     print(f"Listeners: {listeners}", file=out)
+    if any(p.state == "host" for p in policies):
+        state_dir, how = state_dir_for(None, config)
+        print(f"Host-shared state (state: host) in: {state_dir} ({how})", file=out)
     return _coherence(config, args.haproxy, out)
 
 
@@ -233,7 +273,7 @@ def _coherence(config: Config, haproxy_path: str | None, out: TextIO) -> int:
         except OSError as e:
             print(f"{haproxy_path}: cannot read: {e.strerror or e}", file=sys.stderr)
             return 2
-    findings = check_haproxy(config, haproxy_text)
+    findings = check_haproxy(config, haproxy_text) + check_host_policies(config)
     print(file=out)
     what = f"with {haproxy_path}" if haproxy_path else "(client policy alone; --haproxy adds the proxy)"
     if not findings:
@@ -271,6 +311,10 @@ def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, st
     for f in dataclasses.fields(policy):
         if f.name != "name":
             walk(f.name, getattr(policy, f.name), getattr(_FULL_POLICY, f.name))
+    # `state` decides where the breaker lives: breaker.storage (its older
+    # spelling) must not read "memory" beside "state host".
+    if policy.state != "memory" and policy.breaker is not None:
+        out["breaker.storage"] = f"{redact_url(policy.state)} (from state)"
     # Unset, `critical` follows the fallback: show what it resolves to, and why.
     if policy.critical is None:
         out["critical"] = "yes (no fallback)" if is_critical(policy) else "no (fallback)"
@@ -445,7 +489,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    host_dir = ""
+    host_dir = how = ""
     if args.source:
         try:
             r = requests.get(args.source, timeout=(2.0, 5.0))
@@ -456,14 +500,26 @@ def _status(args: argparse.Namespace) -> int:
         origin = f"service at {args.source}"
         config: Config | None = None
     else:
+        from .._config import load_config
+        from .._host_file import path_for
         from .._session import ResilientSession
 
-        session = ResilientSession(args.config)
-        data = session.health().as_dict()
+        config = load_config(args.config)
+        host_dir, how = state_dir_for(args.state_dir, config)
+        names = host_names(config)
+        missing = [n for n in names if not os.path.exists(path_for(host_dir, n))]
+        _host_notes(names, host_dir, how, missing)
+        # Read-only: status creates no directory and no file.
+        with read_only([path_for(host_dir, n) for n in missing]):
+            config = dataclasses.replace(config, state_dir=host_dir)
+            data = session_health = ResilientSession(config).health().as_dict()
+        for ep in session_health["endpoints"]:
+            if ep["name"] in missing and ep.get("breaker"):
+                ep["breaker"]["storage"] = "host (no state file)"
         origin = "a new session from " + (args.config or "the built-in defaults")
-        config = session.config
-        host_dir = _state_dir(args, config)
-        data["host"] = host_state(host_dir)
+        budget = config.defaults.budget
+        data["state_dir"] = host_dir
+        data["host"] = host_state(host_dir, budget.window if budget is not None else 10.0)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0 if data.get("healthy") else 1
@@ -474,6 +530,9 @@ def _status(args: argparse.Namespace) -> int:
         return 0 if data.get("healthy") else 1
     rows = [["endpoint", "critical", "breaker", "failures", "retry in", "storage", "bulkhead",
              "errors"]]
+    overload = any(ep.get("overload") for ep in data.get("endpoints", []))
+    if overload:
+        rows[0].append("overload")
     memory_only = False
     for ep in data.get("endpoints", []):
         b = ep.get("breaker") or {}
@@ -492,16 +551,32 @@ def _status(args: argparse.Namespace) -> int:
             f"{bh.get('in_flight')}/{bh.get('max_concurrent')}" if bh else "unlimited",
             "-" if rate is None else f"{rate:.0%} of {rec.get('attempts')}",
         ])
+        if overload:
+            rows[-1].append(_overload_cell(ep.get("overload")))
     print(f"Health of {origin}:")
     _table(rows, sys.stdout)
     if data.get("host"):
-        print(f"\nHost-shared state (state: host) in {host_dir}:")
+        print(f"\nHost-shared state (state: host) in {host_dir} ({how}):")
         _table(host_table(data["host"]), sys.stdout)
+    elif host_dir:
+        print(f"\nHost-shared state (state: host): no state file in {host_dir} ({how})")
     print(f"\nstatus: {data.get('status')} ({'healthy' if data.get('healthy') else 'UNHEALTHY'})")
     if memory_only and not args.source:
         print("note: 'memory' breakers live inside each process, so a new one starts closed; "
               "read a running service with --from http://HOST:PORT/health")
     return 0 if data.get("healthy") else 1
+
+
+def _overload_cell(o: dict[str, Any] | None) -> str:
+    """The adaptive limit and the throttle's refusal rate, for the status table."""
+    if not o:
+        return "-"
+    parts = []
+    if o.get("concurrency_limit") is not None:
+        parts.append(f"limit {o['concurrency_limit']}")
+    if o.get("throttle_reject_rate") is not None:
+        parts.append(f"refusing {o['throttle_reject_rate']:.0%}")
+    return ", ".join(parts)
 
 
 def _nothing_to_show(args: argparse.Namespace, config: Config | None, out: TextIO) -> None:

@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="upstream requests per second (default 40; 20 with --fleet)")
     parser.add_argument("--fleet", action="store_true",
                         help="a ~1 min run (~20 s with --quick) with real gunicorn workers "
-                        "behind HAProxy, breaker state shared through Redis (needs the "
-                        "fleet extra, haproxy and redis-server)")
+                        "behind HAProxy: plain requests, then state memory, host and (with "
+                        "redis-server) Redis (needs the fleet extra and haproxy)")
     args = parser.parse_args(argv)
     if args.rate is None:
         args.rate = 20.0 if args.fleet else 40.0

@@ -4,19 +4,22 @@
 On 127.0.0.1 only, the demo starts and always stops (process groups,
 bounded waits):
 
-* ``redis-server`` on a free port, without persistence;
-* ``gunicorn`` with a few sync workers serving the upstream app
-  (`resilient_client.tools._demo_fleet_app`): one `ResilientSession` per worker,
-  its breaker state in that Redis, a static fallback;
-* ``haproxy`` in front of gunicorn (``maxconn`` = workers, ``timeout queue``
-  2 s), the way sync workers are usually deployed.
+* ``redis-server`` on a free port, without persistence (when it is there);
+* per fleet, ``gunicorn`` with a few sync workers serving the upstream app
+  (`resilient_client.tools._demo_fleet_app`), and ``haproxy`` in front of
+  it (``maxconn`` = workers, ``timeout queue`` 2 s), the way sync workers
+  are usually deployed. The fleets differ in their client: a plain
+  ``requests.Session``, then one `ResilientSession` per worker with
+  ``state: memory`` (a breaker per worker), ``state: host`` (one for the
+  host) and, with Redis, ``state: redis://...``; each has a static fallback.
 
 The downstream runs in this process on the same outage schedule as the
 threaded demo (hang, drip-feed, 503, recover), and a load generator sends
 requests through HAProxy at a fixed rate. The table is the threaded demo's,
-plus how many calls reached the failing downstream before the *shared*
-breaker opened: about ``failure_threshold`` for the whole fleet (plus the
-calls already in flight in the other workers), not per worker.
+plus how many calls reached the failing downstream before a breaker
+opened (the first worker's, with ``memory``): with a shared one, about
+``failure_threshold`` for the whole fleet (plus the calls already in flight
+in the other workers), not per worker.
 
 Why it is long: it starts, watches and always stops three kinds of
 real processes (redis-server, gunicorn, haproxy) besides running the load;
@@ -64,7 +67,6 @@ QUICK_FLEET_SCHEDULE = Schedule.of(
 #: How long the load generator waits for HAProxy's answer.
 CLIENT_TIMEOUT = 10.0
 STARTUP_TIMEOUT = 15.0
-OPENED_KEY = "rc-demo:opened_at"
 
 _HAPROXY_CFG = """\
 global
@@ -95,13 +97,16 @@ def missing_tools() -> list[str]:
     missing = []
     if importlib.util.find_spec("gunicorn") is None:
         missing.append("gunicorn (pip install 'resilient_client[fleet]')")
-    if importlib.util.find_spec("redis") is None:
-        missing.append("redis-py (pip install 'resilient_client[fleet]')")
     if _haproxy_path() is None:
         missing.append("haproxy (Debian/Ubuntu: apt-get install haproxy)")
-    if shutil.which("redis-server") is None:
-        missing.append("redis-server (Debian/Ubuntu: apt-get install redis-server)")
     return missing
+
+
+def _redis_server() -> str | None:
+    """redis-server, when it and redis-py are both there: the Redis fleet is optional."""
+    if importlib.util.find_spec("redis") is None:
+        return None
+    return shutil.which("redis-server")
 
 
 def _free_port() -> int:
@@ -186,21 +191,24 @@ class _Load:
 
 @dataclass
 class FleetResult:
-    """Each fleet's `Result` (plain requests first) and what the shared breaker did."""
+    """Each fleet's `Result` (plain requests first) and what its breakers did (None for plain)."""
 
     results: list[Result]
-    before_open: int | None  # calls that reached the failing downstream before it opened
-    opened_after: float | None  # seconds from the start of the outage to the breaker opening
+    before_open: list[int | None]  # calls that reached the failing downstream before one opened
+    opened_after: list[float | None]  # seconds from the start of the outage to it opening
+    states: list[str]  # each fleet's state: "-" (plain), memory, host, Redis
 
 
 @dataclass
 class _Variant:
-    """One fleet: its client, label, downstream and HAProxy URL."""
+    """One fleet: its client, label, state, downstream and HAProxy URL."""
 
     client: str
     label: str
     down: _TimedDownstream
+    state: str = ""
     url: str = ""
+    opened: Path | None = None
 
 
 def _send(session: Callable[[], requests.Session], url: str, job: _Job, t0: float) -> None:
@@ -248,35 +256,37 @@ def _thread_sessions() -> Iterator[_Sessions]:
 
 
 def run_fleet(schedule: Schedule, *, rate: float, reset_timeout: float, out: TextIO) -> FleetResult:
-    """Start both fleets, run *schedule* against them, stop everything; return the results."""
+    """Start every fleet, run *schedule* against them, stop everything; return the results."""
     haproxy = _haproxy_path()
-    redis_server = shutil.which("redis-server")
-    assert haproxy is not None and redis_server is not None  # checked by the caller
+    assert haproxy is not None  # checked by the caller
+    redis_server = _redis_server()
     with tempfile.TemporaryDirectory(prefix="rc-fleet-") as tmp:
         workdir = Path(tmp)
         fleet = _Fleet(workdir)
         variants: list[_Variant] = []
         try:
-            rport = _free_port()
-            redis_url = f"redis://{HOST}:{rport}/0"
-            fleet.spawn("redis", [redis_server, "--port", str(rport), "--bind", HOST,
-                                  "--save", "", "--appendonly", "no"])
-            fleet.wait_until("redis", rport, b"PING\r\n", b"+PONG")
-            for client, label in (("plain", f"requests timeout={_demo.PLAIN_TIMEOUT[0]:g},"
-                                            f"{_demo.PLAIN_TIMEOUT[1]:g}"),
-                                  ("resilient", "resilient_client")):
+            plain = f"requests timeout={_demo.PLAIN_TIMEOUT[0]:g},{_demo.PLAIN_TIMEOUT[1]:g}"
+            fleets = [("plain", plain, ""),
+                      ("memory", "rc, state memory", "memory"), ("host", "rc, state host", "host")]
+            if redis_server is not None:
+                rport = _free_port()
+                fleet.spawn("redis", [redis_server, "--port", str(rport), "--bind", HOST,
+                                      "--save", "", "--appendonly", "no"])
+                fleet.wait_until("redis", rport, b"PING\r\n", b"+PONG")
+                fleets.append(("redis", "rc, state Redis", f"redis://{HOST}:{rport}/0"))
+            for client, label, state in fleets:
                 # Each fleet has its own downstream; its clock starts with the load.
                 down = _TimedDownstream(schedule, time.monotonic() + 3600)
                 threading.Thread(target=down.serve_forever, kwargs={"poll_interval": 0.05},
                                  daemon=True).start()
-                variant = _Variant(client, label, down)
+                variant = _Variant(client, label, down, state)
                 variants.append(variant)
-                variant.url = _start_variant(fleet, workdir, haproxy, variant, redis_url,
-                                             reset_timeout)
+                variant.url = _start_variant(fleet, workdir, haproxy, variant, reset_timeout)
                 print(f"{label}: haproxy {variant.url} -> gunicorn, {FLEET_WORKERS} sync workers",
                       file=out)
-            print(f"breaker state of the resilient_client fleet in redis {HOST}:{rport}", file=out)
-            return _drive(schedule, variants, rate, redis_url, out)
+            if redis_server is None:
+                print("(no redis-server or redis-py: no Redis fleet)", file=out)
+            return _drive(schedule, variants, rate, out)
         finally:
             fleet.stop()
             for v in variants:
@@ -286,15 +296,17 @@ def run_fleet(schedule: Schedule, *, rate: float, reset_timeout: float, out: Tex
 
 
 def _start_variant(fleet: _Fleet, workdir: Path, haproxy: str, variant: _Variant,
-                   redis_url: str, reset_timeout: float) -> str:
+                   reset_timeout: float) -> str:
     gport, hport = _free_port(), _free_port()
     env = dict(os.environ)
     # The workers import this very package, wherever it is.
     pkg_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    env.update(RC_DEMO_DOWNSTREAM=variant.down.url, RC_DEMO_REDIS=redis_url,
-               RC_DEMO_RESET_TIMEOUT=str(reset_timeout), RC_DEMO_CLIENT=variant.client)
     name = variant.client
+    variant.opened = workdir / f"opened-{name}"
+    env.update(RC_DEMO_DOWNSTREAM=variant.down.url, RC_DEMO_STATE=variant.state or "memory",
+               RC_DEMO_STATE_DIR=str(workdir / f"state-{name}"), RC_DEMO_OPENED=str(variant.opened),
+               RC_DEMO_RESET_TIMEOUT=str(reset_timeout), RC_DEMO_CLIENT="plain" if name == "plain" else "rc")
     fleet.spawn(f"gunicorn-{name}", [
         sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{gport}",
         "--workers", str(FLEET_WORKERS), "--worker-class", "sync",
@@ -310,10 +322,7 @@ def _start_variant(fleet: _Fleet, workdir: Path, haproxy: str, variant: _Variant
     return f"http://{HOST}:{hport}/"
 
 
-def _drive(schedule: Schedule, variants: Sequence[_Variant], rate: float,
-           redis_url: str, out: TextIO) -> FleetResult:
-    import redis
-
+def _drive(schedule: Schedule, variants: Sequence[_Variant], rate: float, out: TextIO) -> FleetResult:
     # Warm up: every worker builds its session (and connects to Redis) before t0.
     with requests.Session() as s:
         for v in variants:
@@ -323,8 +332,8 @@ def _drive(schedule: Schedule, variants: Sequence[_Variant], rate: float,
         with v.down.lock:
             v.down.calls = dict.fromkeys(v.down.calls, 0)
             v.down.stamps.clear()
-    client = redis.Redis.from_url(redis_url, socket_timeout=1.0)
-    client.delete(OPENED_KEY)
+        if v.opened is not None:
+            v.opened.unlink(missing_ok=True)
     t0 = time.monotonic() + 0.2
     wall0 = time.time() + 0.2
     loads = [_Load(v.label, []) for v in variants]
@@ -361,21 +370,28 @@ def _drive(schedule: Schedule, variants: Sequence[_Variant], rate: float,
         cutoff = time.monotonic() - t0
         for v in variants:
             v.down.release.set()  # hung downstream calls return; pending sends finish
-    raw = client.get(OPENED_KEY)
-    client.close()
-    opened_at = float(raw) if raw else None
     results = [_demo.summarise(load, v.down, schedule, cutoff)
                for v, load in zip(variants, loads, strict=True)]
     outage_start = wall0 + schedule.phase("hang").start
-    before_open: int | None = None
-    opened_after: float | None = None
-    resilient = variants[-1].down
-    with resilient.lock:
-        failing = [ts for ts, phase in resilient.stamps if phase in _demo.OUTAGE]
-    if opened_at is not None:
-        before_open = sum(1 for ts in failing if ts < opened_at)
-        opened_after = opened_at - outage_start
-    return FleetResult(results, before_open, opened_after)
+    before: list[int | None] = []
+    after: list[float | None] = []
+    for v in variants:
+        opened_at = _opened_at(v)
+        with v.down.lock:
+            failing = [ts for ts, phase in v.down.stamps if phase in _demo.OUTAGE]
+        before.append(None if opened_at is None else sum(1 for ts in failing if ts < opened_at))
+        after.append(None if opened_at is None else opened_at - outage_start)
+    states = ["-" if v.client == "plain" else v.client for v in variants]
+    return FleetResult(results, before, after, states)
+
+
+def _opened_at(v: _Variant) -> float | None:
+    if v.client == "plain" or v.opened is None:
+        return None
+    try:
+        return float(v.opened.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _progress(t: float, jobs: Sequence[_Job]) -> str:
@@ -386,14 +402,18 @@ def _progress(t: float, jobs: Sequence[_Job]) -> str:
 
 
 def render_fleet_table(fr: FleetResult) -> str:
-    """The threaded demo's table for the fleets, plus the shared breaker's rows."""
-    pad = ["-"] * (len(fr.results) - 1)
+    """The threaded demo's table for the fleets, plus what their breakers did."""
+    def cells(values: list[str]) -> list[str]:
+        return [v if s != "-" else "-" for v, s in zip(values, fr.states, strict=True)]
+
     extra = [
         ("calls before the shared breaker opened",
-         [*pad, "never opened" if fr.before_open is None else str(fr.before_open)]),
+         cells(["never opened" if b is None else str(b) for b in fr.before_open])),
         ("  breaker opened after outage start",
-         [*pad, "-" if fr.opened_after is None else f"{fr.opened_after:.2f} s"]),
-        ("  failure_threshold (whole fleet)", [*pad, str(FAILURE_THRESHOLD)]),
+         cells(["-" if a is None else f"{a:.2f} s" for a in fr.opened_after])),
+        ("  failure_threshold", cells([
+            "per worker" if s == "memory" else "whole host" if s == "host" else "whole fleet"
+            for s in fr.states])),
         ("gunicorn workers", [str(FLEET_WORKERS)] * len(fr.results)),
     ]
     return _demo.render_table(fr.results, extra)
@@ -401,15 +421,20 @@ def render_fleet_table(fr: FleetResult) -> str:
 
 def fleet_verdict(fr: FleetResult) -> str:
     """One paragraph saying what the fleet table shows."""
-    r = fr.results[-1]
-    failing = sum(r.calls.get(p, 0) for p in _demo.OUTAGE)
-    if fr.before_open is None:
-        opened = "the shared breaker never opened"
-    else:
-        opened = (f"{fr.before_open} calls reached the failing downstream before the shared "
-                  f"breaker opened (failure_threshold {FAILURE_THRESHOLD} for the whole fleet "
-                  f"of {FLEET_WORKERS} workers)")
-    others = ", ".join(f"{o.label}: {o.throughput:.1f}" for o in fr.results[:-1])
-    return (f"The resilient_client fleet answered {r.throughput:.1f} requests/s ({others}) with "
-            f"{r.errors + r.queue_rejected + r.unanswered} errors and {r.fallback} fallbacks;\n"
-            f"{opened}, and {failing} in the whole outage.")
+    lines = []
+    for r, state, before in zip(fr.results, fr.states, fr.before_open, strict=True):
+        if state == "-":
+            continue
+        failing = sum(r.calls.get(p, 0) for p in _demo.OUTAGE)
+        opened = ("its breakers never opened" if before is None else
+                  f"{before} calls reached the failing downstream before "
+                  + ("the first worker's breaker opened" if state == "memory"
+                     else "the shared breaker opened"))
+        errors = r.errors + r.queue_rejected + r.unanswered
+        lines.append(f"state {state}: {r.throughput:.1f} answers/s, {errors} errors, {r.fallback} "
+                     f"fallbacks; {opened}, {failing} in the whole outage")
+    plain = fr.results[0]
+    return (f"The plain fleet answered {plain.throughput:.1f} requests/s with "
+            f"{plain.errors + plain.queue_rejected + plain.unanswered} errors. "
+            f"With resilient_client (failure_threshold {FAILURE_THRESHOLD}, {FLEET_WORKERS} workers):\n"
+            + "\n".join(lines) + ".")

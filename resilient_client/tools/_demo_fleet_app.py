@@ -5,14 +5,15 @@ gunicorn workers import (``resilient_client.tools._demo_fleet_app:app``).
 Each request makes one call to the downstream named by the environment
 (``RC_DEMO_DOWNSTREAM``): with ``RC_DEMO_CLIENT=plain``, through a plain
 ``requests.Session`` with ``timeout=(1, 3)``; otherwise through one
-`ResilientSession` per worker process,
-whose breaker keeps its state in Redis (``RC_DEMO_REDIS``), so every worker
-of the fleet sees the same circuit. The answer is always 200 with the
-outcome in the ``X-Demo-Outcome`` header (``ok``, ``fallback`` or
-``error``), unless the call raised (500). The first time any worker sees the
-breaker open, the wall-clock moment goes to the Redis key
-``rc-demo:opened_at`` (SET NX), so the demo can count the calls that reached
-the failing downstream before the shared breaker opened.
+`ResilientSession` per worker process whose endpoint has the ``state``
+named by ``RC_DEMO_STATE``: ``memory`` (a breaker per worker), ``host``
+(one breaker, budget and bulkhead for the workers, in ``RC_DEMO_STATE_DIR``)
+or a ``redis://`` URL (the breaker in Redis). The answer is always 200 with
+the outcome in the ``X-Demo-Outcome`` header (``ok``, ``fallback`` or
+``error``), unless the call raised (500). The first time any worker sees a
+breaker open, the wall-clock moment goes to the file ``RC_DEMO_OPENED``
+(created exclusively: the first worker wins), so the demo can count the
+calls that reached the failing downstream before it opened.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any
 
 __all__ = ["app"]
 
-OPENED_KEY = "rc-demo:opened_at"
 PLAIN_TIMEOUT = (1.0, 3.0)
 
 _lock = threading.Lock()
@@ -36,23 +36,23 @@ _session: Any = None
 def _make_session() -> Any:
     # Built lazily in each worker after the fork (gunicorn imports this
     # module in the workers without --preload): nothing is shared but Redis.
-    import redis
-
     from .._events import BreakerStateChanged, Event
     from .._session import ResilientSession
     from ._demo import demo_policy
 
     url = os.environ["RC_DEMO_DOWNSTREAM"]
-    redis_url = os.environ["RC_DEMO_REDIS"]
     reset = float(os.environ.get("RC_DEMO_RESET_TIMEOUT", "1.0"))
     config = demo_policy(url, reset_timeout=reset)
-    config["endpoints"][0]["breaker"]["storage"] = redis_url
-    client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    config["endpoints"][0]["state"] = os.environ.get("RC_DEMO_STATE", "memory")
+    config["state_dir"] = os.environ.get("RC_DEMO_STATE_DIR") or None
+    opened = os.environ.get("RC_DEMO_OPENED")
 
     def on_event(event: Event) -> None:
-        if isinstance(event, BreakerStateChanged) and event.new == "open":
-            with contextlib.suppress(Exception):  # a demo statistic, never the answer
-                client.set(OPENED_KEY, repr(time.time()), nx=True)
+        if opened and isinstance(event, BreakerStateChanged) and event.new == "open":
+            with contextlib.suppress(OSError):  # a demo statistic, never the answer; the first wins
+                fd = os.open(opened, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, repr(time.time()).encode())
+                os.close(fd)
 
     return ResilientSession(config, listeners=[on_event])
 

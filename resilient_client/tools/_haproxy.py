@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from .._config import Config
 from .._policy import Policy
 from ._findings import SEVERITIES, Finding
+from ._haproxy_errors import check_proxy_error_header
 from ._policy_checks import check_policies
 
 __all__ = ["Finding", "HAProxyBackend", "check_haproxy", "parse_haproxy", "parse_time"]
@@ -300,6 +301,7 @@ def check_haproxy(config: Config, haproxy_text: str) -> list[Finding]:
     findings.extend(check_policies(config))
     for policy, backend in _pairs(config, backends):
         findings.extend(_check_pair(policy, backend))
+    findings.extend(check_proxy_error_header(config, haproxy_text, _words))
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(findings, key=lambda f: rank.get(f.severity, len(rank)))
 

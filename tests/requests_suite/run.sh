@@ -34,6 +34,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "requests_suite: installing ${missing[*]}"
     timeout 120 "$PY" -m pip install -q "${missing[@]}"
 fi
+# httpbin 0.10.2+ pins greenlet < 3 on Python < 3.12 (for a gevent server the
+# suite never starts) while gunicorn's gevent workers, in our test extra, need
+# greenlet 3: pip then settles on httpbin 0.10.0, which does not import with
+# Werkzeug 3. Put a fixed httpbin in without its pins.
+if ! "$PY" -c 'import httpbin' 2>/dev/null; then
+    echo "requests_suite: httpbin does not import; installing httpbin>=0.10.2 without its pins"
+    timeout 120 "$PY" -m pip install -q --no-deps 'httpbin>=0.10.2'
+fi
 
 if [ -n "${REQUESTS_SDIST:-}" ]; then
     SDIST="$REQUESTS_SDIST"

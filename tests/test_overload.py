@@ -1,0 +1,546 @@
+"""
+Overload control (issue 14): client-side adaptive throttling (`_throttle`),
+the adaptive concurrency limit (`_concurrency`), 429/Retry-After as an
+endpoint-wide signal and errors the proxy made (`proxy_errors`).
+
+The arithmetic runs on a fake clock with an injected random source; the
+session's behaviour runs against real loopback peers (tests/peers.py); the
+host-shared throttle against a second real process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from peers import Peer, answer, delay, gate, retry_after, sequence
+
+import resilient_client
+from resilient_client import (
+    BulkheadFull,
+    CallThrottled,
+    ConcurrencyPolicy,
+    ConfigError,
+    ResilienceError,
+    Throttled,
+    ThrottlePolicy,
+)
+from resilient_client._concurrency import AdaptiveLimit
+from resilient_client._overload import Overload
+from resilient_client._policy import Policy
+from resilient_client._throttle import Throttle, reject_probability
+from resilient_client._verdict import AttemptOutcome, of_proxy_status, of_status
+from resilient_client.testing import FakeClock
+
+OK = of_status(200, frozenset({500, 502, 503, 504}))
+FAILED = of_status(503, frozenset({500, 502, 503, 504}))
+
+
+def throttle(rand: float = 0.0, **kw: Any) -> tuple[Throttle, FakeClock]:
+    clock = FakeClock()
+    policy = ThrottlePolicy(**{"min_requests": 0, **kw})
+    return Throttle(policy, clock, rand=lambda: rand), clock
+
+
+# -- the arithmetic, on a fake clock ------------------------------------------------
+
+
+class TestRejectProbability:
+    def test_the_sre_formula(self) -> None:
+        """(requests - k * accepts) / (requests + 1), floored at 0."""
+        policy = ThrottlePolicy(k=2.0, min_requests=0, max_reject=1.0)
+        assert reject_probability(100, 40, policy) == pytest.approx(20 / 101)
+        assert reject_probability(100, 50, policy) == 0.0
+        assert reject_probability(100, 0, policy) == pytest.approx(100 / 101)
+
+    def test_capped_at_max_reject(self) -> None:
+        assert reject_probability(1000, 0, ThrottlePolicy(max_reject=0.5, min_requests=0)) == 0.5
+
+    def test_nothing_below_min_requests(self) -> None:
+        policy = ThrottlePolicy(min_requests=20)
+        assert reject_probability(19, 0, policy) == 0.0
+        assert reject_probability(20, 0, policy) > 0.0
+
+
+class TestThrottle:
+    def test_a_healthy_peer_is_never_throttled(self) -> None:
+        t, clock = throttle(rand=0.0)  # rand 0: any probability above 0 refuses
+        for _ in range(500):
+            assert t.admit()
+            t.record(True)
+            clock.advance(0.01)
+        assert t.refused == 0
+
+    def test_failing_peer_is_throttled_up_to_max_reject(self) -> None:
+        t, _ = throttle(rand=0.5, max_reject=0.9)
+        for _ in range(100):
+            t.record(False)
+        assert t.rate() == pytest.approx(0.9)
+        assert not t.admit()
+        assert t.snapshot() == (101, 0)  # the refusal counts as a request
+
+    def test_counts_leave_the_window(self) -> None:
+        """Buckets older than `window` are forgotten: the peer gets a fresh chance."""
+        t, clock = throttle(window=10.0)
+        for _ in range(50):
+            t.record(False)
+        clock.advance(5.0)
+        for _ in range(50):
+            t.record(True)
+        assert t.snapshot() == (100, 50)
+        clock.advance(5.5)  # the first 50 slid out
+        assert t.snapshot() == (50, 50)
+        clock.advance(100.0)
+        assert t.snapshot() == (0, 0)
+        assert t.rate() == 0.0
+
+    def test_recovers_once_the_peer_accepts_again(self) -> None:
+        t, clock = throttle(rand=0.99, window=10.0, max_reject=0.9)
+        for _ in range(100):
+            t.record(False)
+        assert t.rate() > 0.8
+        for _ in range(200):  # the peer is back: accepts outweigh the window's failures
+            clock.advance(0.05)
+            if t.admit():
+                t.record(True)
+        assert t.rate() == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["ok", "fail", "call", "tick"]), st.floats(0, 1)),
+             max_size=300),
+    st.floats(0.0, 1.0),
+    st.floats(1.0, 4.0),
+)
+def test_property_reject_rate_is_capped_and_zero_while_healthy(
+    steps: list[tuple[str, float]], max_reject: float, k: float,
+) -> None:
+    """
+    Whatever the sequence of outcomes, refusals and time, the refusal
+    probability never exceeds max_reject; while the peer accepted every
+    completed call, it is 0 and nothing is refused.
+    """
+    clock = FakeClock()
+    draws = iter([d for _, d in steps] + [0.0] * 1000)
+    t = Throttle(ThrottlePolicy(k=k, max_reject=max_reject, min_requests=0, window=5.0), clock,
+                 rand=lambda: next(draws))
+    healthy = True
+    for action, value in steps:
+        if action == "tick":
+            clock.advance(value * 3)
+        elif action == "call":
+            if not t.admit():
+                assert not healthy
+        else:
+            healthy = healthy and action == "ok"
+            t.record(action == "ok")
+        assert 0.0 <= t.rate() <= max_reject
+        if healthy:
+            assert t.rate() == 0.0
+
+
+class TestAdaptiveLimit:
+    def test_aimd_grows_while_in_use_and_backs_off_on_a_drop(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=4, min=2, backoff=0.5), ceiling=8)
+        for _ in range(4):
+            assert limit.try_acquire()
+        assert not limit.try_acquire()
+        assert limit.rejected == 1
+        for _ in range(5):  # a window of calls with the limit in use: +1
+            limit.release(dropped=False, rtt=0.01)
+            limit.try_acquire()
+        assert limit.limit == 5
+        for _ in range(100):
+            limit.release(dropped=False, rtt=0.01)
+            limit.try_acquire()
+        assert limit.limit == 8  # the bulkhead's ceiling
+        for _ in range(limit.in_flight):
+            limit.release(dropped=False, rtt=None)
+        limit.release(dropped=True, rtt=None)
+        assert limit.limit == 4
+        for _ in range(5):
+            limit.release(dropped=True, rtt=None)
+        assert limit.limit == 2  # never below min
+
+    def test_aimd_backs_off_once_per_window_of_calls(self) -> None:
+        """Ten calls in flight that all saw one queue are one signal, not ten back-offs."""
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, backoff=0.5), ceiling=50)
+        for _ in range(10):
+            assert limit.try_acquire()
+        for _ in range(10):
+            limit.release(dropped=True, rtt=None)
+        assert limit.limit == 5
+        limit.release(dropped=True, rtt=None)  # a later call: the next window
+        assert limit.limit == 2
+
+    def test_aimd_does_not_grow_when_the_limit_is_not_in_use(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10), ceiling=50)
+        for _ in range(100):
+            assert limit.try_acquire()
+            limit.release(dropped=False, rtt=0.01)
+        assert limit.limit == 10
+
+    def test_aimd_treats_a_queued_latency_as_a_drop(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0, backoff=0.5), ceiling=50)
+        limit.try_acquire()
+        limit.release(dropped=False, rtt=0.05)
+        limit.try_acquire()
+        limit.release(dropped=False, rtt=0.5)  # 10x the fastest: the peer is queueing
+        assert limit.limit == 5
+
+    def test_gradient_shrinks_when_latency_rises(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(algorithm="gradient", initial=20), ceiling=100)
+        for _ in range(50):
+            for _ in range(20):
+                limit.try_acquire()
+            for _ in range(20):
+                limit.release(dropped=False, rtt=0.05)
+        steady = limit.limit
+        for _ in range(3):  # soon after the rise (the slow average drifts to a new baseline later)
+            for _ in range(steady):
+                limit.try_acquire()
+            for _ in range(steady):
+                limit.release(dropped=False, rtt=0.5)
+        assert limit.limit < steady
+
+
+class TestOverloadCounting:
+    def make(self) -> tuple[Overload, FakeClock]:
+        clock = FakeClock()
+        policy = Policy(throttle=ThrottlePolicy(min_requests=1000), concurrency=ConcurrencyPolicy())
+        return Overload(policy, clock), clock
+
+    def test_accepts_are_answers_that_are_not_failures_429s_or_proxy_errors(self) -> None:
+        o, _ = self.make()
+        for outcome in (OK, FAILED, of_status(429, frozenset()), of_proxy_status(503),
+                        of_proxy_status(502), AttemptOutcome("read_timeout", None, True, True)):
+            assert o.admit() is None
+            o.finish(outcome, 0.01)
+        assert o.status().requests == 6 and o.status().accepts == 1
+
+    def test_refusals_and_calls_with_no_attempt_are_not_counted(self) -> None:
+        o, _ = self.make()
+        for outcome in (None, AttemptOutcome("circuit_open", None, False, False),
+                        AttemptOutcome("bulkhead_full", None, False, False)):
+            assert o.admit() is None
+            o.finish(outcome, 0.01)
+        assert (o.status().requests, o.status().in_flight) == (0, 0)
+
+    def test_a_retry_after_holds_the_endpoint(self) -> None:
+        o, clock = self.make()
+        o.hold(2.0)
+        assert o.admit() == "retry_after"
+        assert o.status().retry_in == pytest.approx(2.0)
+        clock.advance(2.0)
+        assert o.admit() is None
+
+
+class TestConfig:
+    def test_sections_merge_from_defaults_and_switch_off(self) -> None:
+        config = resilient_client.Config.load({
+            "defaults": {"throttle": {"k": 1.5}, "concurrency": {"initial": 5}},
+            "endpoints": [{"match": "http://a/", "throttle": {"window": 10}, "concurrency": None},
+                          {"match": "http://b/", "proxy_errors": {}}],
+        })
+        a, b = (e.policy for e in config.endpoints)
+        assert a.throttle == ThrottlePolicy(k=1.5, window=10.0) and a.concurrency is None
+        assert b.proxy_errors is not None and b.proxy_errors.header == "X-Proxy-Error"
+        assert config.defaults.proxy_errors is None
+
+    def test_bad_values_name_their_key_path(self) -> None:
+        with pytest.raises(ConfigError) as err:
+            resilient_client.Config.load({"endpoints": [{"match": "http://a/", "throttle": {
+                "k": 0.5, "max_reject": 1.5, "window": 0, "min_requests": -1, "kk": 1},
+                "concurrency": {"algorithm": "vegas", "initial": 1, "min": 2, "backoff": 1.0},
+                "proxy_errors": {"header": "X Proxy"}}]})
+        text = str(err.value)
+        for path in ("throttle.k", "throttle.max_reject", "throttle.window", "throttle.min_requests",
+                     "throttle.kk", "concurrency.algorithm", "concurrency.initial",
+                     "concurrency.backoff", "proxy_errors.header"):
+            assert f"endpoints[0].{path}:" in text, path
+
+    def test_endpoints_sharing_a_name_must_agree(self) -> None:
+        with pytest.raises(ConfigError, match=r"endpoints\[1\]\.throttle"):
+            resilient_client.Config.load({"endpoints": [
+                {"name": "x", "match": "http://a/", "throttle": {}},
+                {"name": "x", "match": "http://b/"}]})
+
+
+# -- the session, on real sockets ---------------------------------------------------
+
+
+def session(config: dict[str, Any], **kw: Any) -> resilient_client.ResilientSession:
+    s = resilient_client.ResilientSession(config, **kw)
+    s.trust_env = False
+    return s
+
+
+THROTTLED = {"defaults": {"retry": None, "breaker": None, "budget": None,
+                          "throttle": {"min_requests": 10, "window": 60, "max_reject": 0.9}}}
+
+
+class TestThrottleOnSockets:
+    def test_a_failing_peer_gets_a_fraction_of_the_calls(self) -> None:
+        events: list[Any] = []
+        with Peer().on("*", answer(503)) as peer, session(THROTTLED, listeners=[events.append]) as s:
+            refused = 0
+            for _ in range(300):
+                try:
+                    s.get(peer.url("/x"))
+                except Throttled as exc:
+                    assert isinstance(exc, requests.ConnectionError) and isinstance(exc, ResilienceError)
+                    assert exc.reason == "throttle"
+                    refused += 1
+            assert refused + peer.hits() == 300
+            # The book's steady state lets through about (1 - max_reject) of the calls.
+            assert peer.hits() < 100
+            status = s.overload(peer.url("/"))
+            assert status.refused == refused and status.reject_rate == pytest.approx(0.9)
+            kinds = {e.reason for e in events if isinstance(e, CallThrottled)}
+            assert kinds == {"throttle"}
+            health = s.health().endpoints[0]
+            assert health.throttle_reject_rate == pytest.approx(0.9)
+
+    def test_a_healthy_peer_is_never_throttled(self) -> None:
+        with Peer().on("*", answer(200, b"ok")) as peer, session(THROTTLED) as s:
+            for _ in range(200):
+                assert s.get(peer.url("/x")).status_code == 200
+            assert s.overload(peer.url("/")).refused == 0
+            assert peer.hits() == 200
+
+    def test_a_refused_call_gets_the_fallback(self) -> None:
+        config = {"defaults": {**THROTTLED["defaults"], "fallback": {"status": 200, "text": "cached"}}}
+        with Peer().on("*", answer(500)) as peer, session(config) as s:
+            answers = [s.get(peer.url("/x")) for _ in range(100)]
+            fallbacks = [r for r in answers if r.is_fallback and r.attempts == 0]
+            assert fallbacks and all(r.text == "cached" for r in fallbacks)
+            assert peer.hits() + len(fallbacks) == 100
+
+    def test_off_by_default(self) -> None:
+        with session(None) as s, pytest.raises(KeyError, match="no overload control"):
+            s.overload("http://127.0.0.1:1/")
+
+
+class TestConcurrencyOnSockets:
+    def test_a_call_beyond_the_limit_is_refused_as_bulkhead_full(self) -> None:
+        release = threading.Event()
+        config = {"defaults": {"retry": None, "concurrency": {"initial": 2}}}
+        with Peer().on("/slow", sequence(gate(release), answer(200))).on("*", answer(200)) as peer, \
+                session(config) as s:
+            results: list[Any] = []
+            threads = [threading.Thread(target=lambda: results.append(s.get(peer.url("/slow"))))
+                       for _ in range(2)]
+            for t in threads:
+                t.start()
+            for _ in range(200):  # bounded wait until both calls are in flight
+                if s.overload(peer.url("/")).in_flight == 2:
+                    break
+                release.wait(0.01)
+            with pytest.raises(BulkheadFull) as err:
+                s.get(peer.url("/other"))
+            assert err.value.max_concurrent == 2
+            release.set()
+            for t in threads:
+                t.join(5)
+            assert [r.status_code for r in results] == [200, 200]
+            assert peer.hits("/other") == 0
+
+    def test_the_limit_learns_from_failures(self) -> None:
+        config = {"defaults": {"retry": None, "breaker": None,
+                               "concurrency": {"initial": 20, "min": 3, "backoff": 0.5}}}
+        with Peer().on("*", answer(503)) as peer, session(config) as s:
+            for _ in range(10):
+                s.get(peer.url("/x"))
+            assert s.overload(peer.url("/")).limit == 3
+            assert s.health().endpoints[0].concurrency_limit == 3
+
+
+class TestRetryAfterOnSockets:
+    def test_a_429_with_retry_after_holds_the_whole_endpoint(self) -> None:
+        clock = FakeClock()
+        config = {"defaults": {"retry": None, "concurrency": {}}}
+        events: list[Any] = []
+        with Peer().on("/a", retry_after(429, "5")).on("*", answer(200)) as peer, \
+                session(config, clock=clock, listeners=[events.append]) as s:
+            assert s.get(peer.url("/a")).status_code == 429
+            with pytest.raises(Throttled) as err:
+                s.get(peer.url("/b"))  # another path, the same endpoint: not sent
+            assert err.value.reason == "retry_after" and err.value.retry_in == pytest.approx(5.0)
+            assert peer.hits("/b") == 0
+            clock.advance(5.0)
+            assert s.get(peer.url("/b")).status_code == 200
+            assert [e.reason for e in events if isinstance(e, CallThrottled)] == ["retry_after"]
+
+    def test_without_overload_control_a_retry_after_only_delays_that_call(self) -> None:
+        with Peer().on("/a", retry_after(429, "5")).on("*", answer(200)) as peer, \
+                session({"defaults": {"retry": None}}) as s:
+            assert s.get(peer.url("/a")).status_code == 429
+            assert s.get(peer.url("/b")).status_code == 200
+
+    def test_a_429_is_a_drop_for_the_adaptive_limit(self) -> None:
+        config = {"defaults": {"retry": None, "concurrency": {"initial": 10, "backoff": 0.5}}}
+        with Peer().on("*", answer(429)) as peer, session(config) as s:
+            s.get(peer.url("/a"))
+            assert s.overload(peer.url("/")).limit == 5
+
+
+PROXY = {"retry": {"backoff": {"initial": 0, "max": 0}}, "breaker": None,
+         "proxy_errors": {"header": "X-Proxy-Error"}}
+
+
+class TestProxyErrorsOnSockets:
+    def test_a_proxy_503_is_retried_for_every_method(self) -> None:
+        events: list[Any] = []
+        proxy_503 = answer(503, b"", {"X-Proxy-Error": "queue timeout"})
+        with Peer().on("/w", proxy_503, answer(201)) as peer, \
+                session({"defaults": PROXY}, listeners=[events.append]) as s:
+            resp = s.post(peer.url("/w"), data=b"x")
+            assert (resp.status_code, resp.attempts, peer.hits("/w")) == (201, 2, 2)
+            first = next(e for e in events if isinstance(e, resilient_client.AttemptFinished))
+            assert (first.outcome, first.status, first.proxy_error) == ("connect_error", 503, True)
+
+    def test_a_503_from_the_peer_itself_is_not_retried_for_a_post(self) -> None:
+        with Peer().on("/w", answer(503), answer(201)) as peer, session({"defaults": PROXY}) as s:
+            assert s.post(peer.url("/w"), data=b"x").status_code == 503
+            assert peer.hits("/w") == 1
+
+    @pytest.mark.parametrize("status", [502, 504])
+    def test_a_proxy_502_or_504_is_retried_only_as_its_method_allows(self, status: int) -> None:
+        bad = answer(status, b"", {"X-Proxy-Error": "1"})
+        with Peer().on("/w", bad, answer(201)).on("/r", bad, answer(200)) as peer, \
+                session({"defaults": PROXY}) as s:
+            assert s.post(peer.url("/w"), data=b"x").status_code == status
+            assert s.get(peer.url("/r")).status_code == 200
+            assert (peer.hits("/w"), peer.hits("/r")) == (1, 2)
+
+    def test_a_proxy_error_is_a_breaker_failure_whatever_failure_status_says(self) -> None:
+        config = {"defaults": {**PROXY, "retry": None, "failure_status": [500],
+                               "breaker": {"failure_threshold": 2}}}
+        with Peer().on("*", answer(503, b"", {"X-Proxy-Error": "1"})) as peer, session(config) as s:
+            s.get(peer.url("/"))
+            s.get(peer.url("/"))
+            assert s.circuit(peer.url("/")).state == "open"
+
+    def test_a_proxy_error_is_a_rejection_for_the_throttle(self) -> None:
+        config = {"defaults": {**PROXY, "retry": None, "throttle": {"min_requests": 0}}}
+        with Peer().on("*", answer(502, b"", {"X-Proxy-Error": "1"})) as peer, session(config) as s:
+            s.get(peer.url("/"))
+            status = s.overload(peer.url("/"))
+            assert (status.requests, status.accepts) == (1, 0)
+
+
+class TestHostThrottle:
+    def test_two_processes_share_the_counts(self, tmp_path: Any) -> None:
+        """What another process saw (a failing peer) throttles this one's calls."""
+        with Peer().on("*", answer(503)) as peer:
+            config = {"state_dir": str(tmp_path),
+                      "endpoints": [{"name": "shared", "match": peer.url("/"), "state": "host",
+                                     "retry": None, "breaker": None, "budget": None,
+                                     "throttle": {"min_requests": 10, "max_reject": 0.9}}]}
+            script = textwrap.dedent(f"""
+                import resilient_client
+                s = resilient_client.ResilientSession({config!r})
+                s.trust_env = False
+                for _ in range(40):
+                    try:
+                        s.get({peer.url("/x")!r})
+                    except resilient_client.Throttled:
+                        pass
+                print(s.overload("shared").requests)
+            """)
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                 timeout=60, check=True)
+            assert int(out.stdout.strip()) >= 40
+            hits_before = peer.hits()
+            with session(config) as s:
+                status = s.overload("shared")
+                assert status.requests is not None and status.requests >= 40
+                assert status.reject_rate == pytest.approx(0.9)
+                refused = 0
+                for _ in range(50):
+                    try:
+                        s.get(peer.url("/x"))
+                    except Throttled:
+                        refused += 1
+                assert refused > 30
+            assert peer.hits() - hits_before == 50 - refused
+
+    def test_a_damaged_file_degrades_to_process_local_counts(self, tmp_path: Any) -> None:
+        (tmp_path / "blocked").mkdir()
+        with Peer().on("*", answer(200)) as peer:
+            config = {"state_dir": str(tmp_path / "blocked" / "file-not-dir"),
+                      "endpoints": [{"name": "e", "match": peer.url("/"), "state": "host",
+                                     "breaker": None, "budget": None, "bulkhead": None,
+                                     "throttle": {"min_requests": 0}}]}
+            (tmp_path / "blocked" / "file-not-dir").write_text("x")
+            with session(config) as s:
+                for _ in range(5):
+                    assert s.get(peer.url("/")).status_code == 200
+                assert s.overload("e").requests == 5
+
+
+def test_delay_peer_keeps_the_limit_when_latency_is_steady() -> None:
+    """A peer answering in steady time: the adaptive limit does not collapse."""
+    config = {"defaults": {"retry": None, "concurrency": {"initial": 4}}}
+    with Peer().on("*", delay(0.005)) as peer, session(config) as s:
+        for _ in range(20):
+            assert s.get(peer.url("/")).status_code == 200
+        assert s.overload(peer.url("/")).limit >= 1
+
+
+def test_status_shows_the_limit_and_the_refusal_rate_of_a_running_service(tmp_path: Any) -> None:
+    """`resilient-client status --from URL/health` reads a live session's overload control."""
+    import contextlib
+    import io
+    import wsgiref.simple_server
+
+    from resilient_client import health_app
+    from resilient_client.tools._cli import main
+
+    config = {"defaults": {"retry": None, "breaker": None, "concurrency": {"initial": 7},
+                           "throttle": {"min_requests": 0}}}
+    with Peer().on("*", answer(200)) as peer, session(config) as s:
+        s.get(peer.url("/"))
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, health_app(s))
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                main(["status", "--from", f"http://127.0.0.1:{server.server_port}/health"])
+        finally:
+            server.shutdown()
+            thread.join(5)
+            server.server_close()
+    assert "overload" in out.getvalue() and "limit 7, refusing 0%" in out.getvalue()
+
+
+def test_a_call_that_never_reaches_send_gives_its_place_back() -> None:
+    """requests failing while preparing an admitted call leaks no place under the limit."""
+    config = {"defaults": {"retry": None, "concurrency": {"initial": 1}}}
+    with session(config) as s:
+        for _ in range(3):
+            with pytest.raises(requests.exceptions.InvalidHeader):
+                s.get("http://127.0.0.1:9/", headers={"X-Bad": "a\nb"})
+        assert s.overload("http://127.0.0.1:9/").in_flight == 0
+
+
+def test_a_call_made_while_another_is_prepared_keeps_both_admissions_apart() -> None:
+    """An auth hook that calls the same endpoint: each call holds and returns its own place."""
+    config = {"defaults": {"retry": None, "concurrency": {"initial": 5}}}
+    with Peer().on("*", answer(200)) as peer, session(config) as s:
+        def auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
+            r.headers["X-Token"] = s.get(peer.url("/token")).text or "t"
+            return r
+
+        assert s.get(peer.url("/data"), auth=auth).status_code == 200
+        assert s.overload(peer.url("/")).in_flight == 0
+        assert peer.hits("/token") == 1 and peer.hits("/data") == 1
