@@ -5,7 +5,7 @@ Run every benchmark of resilient_client and print one table.
     python benchmarks/run.py --only happy     # one or more: happy breaker amplification
                                               #   storm retry observability cascade drip
                                               #   orphaned import pool host fleet tracing async
-                                              #   overload
+                                              #   overload hedge
     python benchmarks/run.py --smoke          # tiny counts: checks they run
     python benchmarks/run.py --markdown out.md --plot docs/img/happy.png
 
@@ -33,6 +33,7 @@ import bench_breaker
 import bench_cascade
 import bench_drip
 import bench_happy
+import bench_hedge
 import bench_host_fleet
 import bench_host_state
 import bench_import
@@ -62,6 +63,7 @@ BENCHES = {
     "async": bench_async.run,
     "tracing": bench_tracing.run,
     "overload": bench_overload.run,
+    "hedge": bench_hedge.run,
 }
 
 

@@ -18,6 +18,10 @@ drip-fed body is cut at ``total`` wherever the attempt is; a breaker whose
 state is in Redis is asked from a worker thread so the loop never blocks on
 the network (``state: host`` takes a few-microsecond ``flock`` in the loop).
 
+Why it is long: it is the httpx front, every layer of a call in one class
+as `_session` is for requests; its helpers already live in `_async_parts`,
+`_async_retry`, `_async_hooks` and `_async_errors`.
+
 Cancellation: every slot, trial and connection is given back in ``finally``
 blocks (the connection's close shielded from the cancellation), so a task
 cancelled mid-call, or an ``asyncio.timeout()`` around it, leaks nothing.
@@ -63,6 +67,7 @@ from ._events import (
     EventBus,
     load_listeners,
 )
+from ._hedge import warn_unhedged
 from ._policy import Policy
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import redact_exception
@@ -132,6 +137,7 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
                                     state_dir=self.config.state_dir)
+        warn_unhedged(self.config, "AsyncResilientClient")  # the sync session hedges, this client not yet
 
     def _build_retrying(self, policy: Policy) -> tenacity.AsyncRetrying | None:
         if policy.retry is None or policy.retry.attempts <= 1:

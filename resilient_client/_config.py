@@ -34,6 +34,7 @@ from ._policy import (
     CallableFallback,
     ConcurrencyPolicy,
     Fallback,
+    HedgePolicy,
     Policy,
     PoolPolicy,
     PropagationPolicy,
@@ -322,12 +323,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # dataclass: tests/test_config.py checks docs/configuration.md against them.
 _TOP_KEYS = ("defaults", "secrets", "endpoints", "listeners", "state_dir")
 _SECTION_KEYS = ("timeout", "retry", "budget", "failure_status", "breaker", "bulkhead", "fallback",
-                 "critical", "propagation", "pool", "state", "throttle", "concurrency", "proxy_errors")
+                 "critical", "propagation", "pool", "state", "throttle", "concurrency", "proxy_errors",
+                 "hedge")
 #: The sections that are a mapping of a dataclass's fields (retry.backoff is BackoffPolicy's).
 _SECTION_KINDS: dict[str, type] = {
     "timeout": Timeouts, "retry": RetryPolicy, "budget": BudgetPolicy, "breaker": BreakerPolicy,
     "bulkhead": BulkheadPolicy, "propagation": PropagationPolicy, "pool": PoolPolicy,
     "throttle": ThrottlePolicy, "concurrency": ConcurrencyPolicy, "proxy_errors": ProxyErrorsPolicy,
+    "hedge": HedgePolicy,
 }
 _ENDPOINT_KEYS = ("name", "match", "methods", *_SECTION_KEYS)
 _SECRETS_KEYS = ("headers", "query")
@@ -336,7 +339,7 @@ _FALLBACK_FORMS = (("stale",), ("callable",), ("status", "json", "text", "header
 _STALE_KEYS = ("max_entries",)
 # Keys where TOML's `false` (it has no null) means "off", as null does elsewhere.
 _NULLABLE = frozenset({"retry", "budget", "breaker", "bulkhead", "fallback", "propagation", "pool", "total",
-                       "throttle", "concurrency", "proxy_errors",
+                       "throttle", "concurrency", "proxy_errors", "hedge",
                        "idempotency_header", "attempt_header", "slow_call_duration", "max_size"})
 
 _S = TypeVar("_S")
@@ -696,7 +699,7 @@ def _shared_state_problems(endpoints: Iterable[tuple[int, Endpoint]]) -> list[tu
 
 #: What one call may change of its endpoint's policy (``session.get(url,
 #: policy={...})``): how this call is made, not the endpoint's shared state.
-CALL_SECTIONS = ("timeout", "retry", "fallback", "propagation")
+CALL_SECTIONS = ("timeout", "retry", "fallback", "propagation", "hedge")
 
 
 def call_policy(base: Policy, changes: Mapping[str, Any]) -> Policy:

@@ -70,6 +70,7 @@ from urllib3.poolmanager import PoolManager
 from urllib3.util.retry import Retry
 
 from ._clock import Deadline
+from ._hedge import Abandon
 
 __all__ = ["Deadline", "DeadlineAdapter", "arm", "disarm", "equip", "equip_adapter", "equip_manager",
            "is_equipped", "release"]
@@ -82,11 +83,13 @@ class _Arm:
     it: what a disarmed (streamed) body read gets.
     """
 
-    __slots__ = ("deadline", "prev", "read_timeout")
+    __slots__ = ("abandon", "deadline", "prev", "read_timeout")
 
     def __init__(self, deadline: Deadline | None, read_timeout: float | None = None) -> None:
         self.deadline = deadline
         self.read_timeout = read_timeout
+        #: A hedged copy's: how another thread stops its reads (see `Abandon`).
+        self.abandon: Abandon | None = None
         #: The arm this one hides on its thread: a call made from inside an
         #: attempt (a response hook, a listener) arms its own attempts and
         #: must hand the outer attempt's arm back when it is done, or the
@@ -97,7 +100,7 @@ class _Arm:
 _local = threading.local()
 
 
-def arm(deadline: Deadline, read_timeout: float | None = None) -> _Arm:
+def arm(deadline: Deadline | None, read_timeout: float | None = None) -> _Arm:
     """
     Make responses built on this thread, until `disarm`, read against
     *deadline*; once disarmed, their reads get *read_timeout* (None: the
@@ -152,6 +155,9 @@ class _DeadlineReader(io.RawIOBase):
             rt = self._arm.read_timeout or self._read_timeout
             if rt is not None:
                 self._sock.settimeout(rt)
+        abandon = self._arm.abandon
+        if abandon is not None:
+            return abandon.read(self._sock, self._raw, b)
         return self._raw.readinto(b)
 
     def close(self) -> None:
@@ -189,7 +195,7 @@ class _DeadlineHTTPResponse(http.client.HTTPResponse):
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         a: _Arm | None = getattr(_local, "arm", None)
-        if a is not None and a.deadline is not None:
+        if a is not None and (a.deadline is not None or a.abandon is not None):
             sock = _DeadlineSocket(sock, a)
         super().__init__(sock, *args, **kwargs)
 

@@ -32,6 +32,7 @@ from ._bulkhead import Bulkhead
 from ._clock import Clock
 from ._config import Endpoint, call_policy
 from ._fallback import StaleCache
+from ._latency import LatencyWindow
 from ._overload import Overload
 from ._policy import Policy, StaleFallback
 from ._routing import Resolution, Router
@@ -51,8 +52,8 @@ _BuildRetrying = Callable[[Policy], "tenacity.BaseRetrying | None"]
 class EndpointState:
     """What is shared by every request to one endpoint name (or origin)."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "name", "overload", "policy", "route_keys", "stale",
-                 "used")
+    __slots__ = ("breaker", "budget", "bulkhead", "latency", "name", "overload", "policy", "route_keys",
+                 "stale", "used")
 
     def __init__(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
@@ -125,6 +126,10 @@ class EndpointState:
 
     def _rest(self) -> None:
         self.stale: StaleCache | None = None
+        hedge = self.policy.hedge
+        percentile = hedge.percentile if hedge is not None else None
+        #: Recent latencies, for a hedge delay given as a percentile.
+        self.latency = LatencyWindow(percentile) if percentile is not None else None
         #: The route-cache keys that lead here, dropped with this state.
         self.route_keys: list[tuple[str, str]] = []
         #: When a call last used it, on the call counter (for LRU).

@@ -40,6 +40,8 @@ __all__ = [
     "EventBus",
     "FallbackServed",
     "GaveUp",
+    "HedgeSent",
+    "HedgeWon",
     "Listener",
     "RetryScheduled",
     "format_event",
@@ -308,6 +310,37 @@ class CallFinished(Event):
     fallback: bool
 
 
+@dataclass(frozen=True)
+class HedgeSent(Event):
+    """
+    A hedge: another copy of a safe call was sent, as its ``attempt``-th
+    try, because no copy had answered ``delay`` seconds after the last one.
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class HedgeWon(Event):
+    """
+    A hedge's answer was taken: the ``attempt``-th try answered first (and
+    acceptably) while an earlier copy was still waiting; that copy was
+    abandoned and its connection closed.
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    attempt: int
+    duration: float
+
+
 _KINDS: dict[type, str] = {
     AttemptFinished: "attempt_finished",
     RetryScheduled: "retry_scheduled",
@@ -321,6 +354,8 @@ _KINDS: dict[type, str] = {
     CallFinished: "call_finished",
     CallThrottled: "call_throttled",
     ConcurrencyLimitChanged: "concurrency_limit_changed",
+    HedgeSent: "hedge_sent",
+    HedgeWon: "hedge_won",
 }
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -360,6 +395,8 @@ _LEVELS: dict[type, int] = {
     DeadlinePassed: logging.WARNING,
     CallThrottled: logging.INFO,
     ConcurrencyLimitChanged: logging.DEBUG,
+    HedgeSent: logging.DEBUG,
+    HedgeWon: logging.DEBUG,
 }
 
 

@@ -30,6 +30,7 @@ import dataclasses
 import enum
 import functools
 import re
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -259,10 +260,11 @@ def _from_hint(owner: type, names: list[str]) -> _Expect:
         return _ANY  # an unknown key: reported by the loader
     nullable = False
     args = typing.get_args(hint)
-    if type(None) in args:
-        nullable = True
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        nullable = type(None) in args
         rest = [a for a in args if a is not type(None)]
-        hint = rest[0] if len(rest) == 1 else object
+        # `float | str` (hedge.delay: seconds or "p95"): a number when it reads as one.
+        hint = rest[0] if len(rest) == 1 else float if float in rest else object
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return _from_hint(hint, names[1:]) if len(names) > 1 else _Expect(dict, nullable=nullable)
     if len(names) > 1:

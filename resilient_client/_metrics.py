@@ -32,6 +32,8 @@ from ._events import (
     Event,
     FallbackServed,
     GaveUp,
+    HedgeSent,
+    HedgeWon,
     Listener,
     RetryScheduled,
 )
@@ -94,6 +96,10 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "concurrency_limit": (
         "gauge", ("endpoint",),
         "The adaptive concurrency limit (concurrency), since it first moved.",
+    ),
+    "hedges_total": (
+        "counter", ("endpoint", "result"),
+        "Hedged copies: sent, and those whose answer was taken (won).",
     ),
 }
 
@@ -160,6 +166,7 @@ class _PrometheusListener:
         self._transitions = _Children(m["breaker_transitions_total"])
         self._reject_rate = _Children(m["throttle_reject_rate"])
         self._limit = _Children(m["concurrency_limit"])
+        self._hedges = _Children(m["hedges_total"])
         # (endpoint, method) pairs whose counters by outcome exist (at 0).
         self._known: set[tuple[str, str]] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -173,6 +180,8 @@ class _PrometheusListener:
             BulkheadRejected: self._bulkhead,
             BreakerRejected: self._breaker_rejected,
             BreakerStateChanged: self._breaker,
+            HedgeSent: lambda e: self._hedges(e.endpoint, "sent").inc(),
+            HedgeWon: lambda e: self._hedges(e.endpoint, "won").inc(),
         }
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -247,7 +256,7 @@ def prometheus_listener(registry: Any = None, prefix: str = "resilient_client") 
     ``<prefix>_requests_total``, ``_request_duration_seconds``,
     ``_attempts_total``, ``_attempt_duration_seconds``, ``_retries_total``,
     ``_gave_up_total``, ``_fallbacks_total``, ``_rejections_total``,
-    ``_breaker_state`` and ``_breaker_transitions_total``.
+    ``_breaker_state``, ``_breaker_transitions_total`` and ``_hedges_total``.
 
     Listeners made for the same *registry* (default: prometheus_client's
     global one) and *prefix* share their collectors, so every session of a
@@ -320,6 +329,7 @@ class _OTelListener:
             "fallbacks": ("{response}", "Responses made by a fallback."),
             "rejections": ("{call}", "Calls refused without touching the network."),
             "breaker.transitions": ("{transition}", "Breaker state changes."),
+            "hedges": ("{request}", "Hedged copies sent, and those whose answer was taken."),
         }
         self._counters = {
             name: meter.create_counter(f"resilient_client.{name}", unit=unit, description=doc)
@@ -343,6 +353,8 @@ class _OTelListener:
             CallThrottled: lambda e: self._rejected(e.endpoint, e.reason, e.scope),
             BreakerRejected: lambda e: self._rejected(e.endpoint, "breaker", e.scope),
             BreakerStateChanged: self._breaker,
+            HedgeSent: lambda e: self._count("hedges", e.endpoint, "hedge", "sent"),
+            HedgeWon: lambda e: self._count("hedges", e.endpoint, "hedge", "won"),
         }
 
     def __call__(self, event: Event) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "CallableFallback",
     "ConcurrencyPolicy",
     "Fallback",
+    "HedgePolicy",
     "Jitter",
     "Policy",
     "PoolPolicy",
@@ -599,6 +600,64 @@ class PropagationPolicy:
         p.raise_if_any()
 
 
+#: What a learned (percentile) hedge delay is clamped to, in seconds: below
+#: the floor a hedge would double nearly every call to a fast peer; above the
+#: ceiling it would come too late to help anyone.
+HEDGE_DELAY_FLOOR = 0.005
+HEDGE_DELAY_CEILING = 1.0
+#: The most copies a call may add (``max_extra``): each holds a thread, a
+#: bulkhead slot and a connection.
+MAX_HEDGE_EXTRA = 4
+
+
+@dataclass(frozen=True)
+class HedgePolicy:
+    """
+    Hedged requests: when a safe call has not answered after ``delay``, send
+    another copy (up to ``max_extra`` copies) and take the first acceptable
+    answer. ``delay`` is seconds, or a percentile such as ``"p95"`` of the
+    endpoint's recent latencies (clamped to `HEDGE_DELAY_FLOOR` ..
+    `HEDGE_DELAY_CEILING`; the ceiling until enough latencies were seen).
+
+    Off (``None``) unless configured; ``hedge: {}`` turns it on with these
+    defaults.
+
+    .. versionadded:: 0.4.0
+    """
+
+    delay: float | str = 0.05
+    max_extra: int = 1
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        delay: object = self.delay
+        if isinstance(delay, str):
+            if _percentile(delay) is None:
+                p.add("delay", f"must be seconds or a percentile p50-p99.9 such as 'p95', got {delay!r}")
+        else:
+            with p.at():
+                _set(self, "delay", _duration("delay", delay))
+        with p.at():
+            extra = _integer("max_extra", self.max_extra, minimum=1)
+            if extra > MAX_HEDGE_EXTRA:
+                raise ConfigError("max_extra", f"must be at most {MAX_HEDGE_EXTRA}, got {extra!r}")
+            _set(self, "max_extra", extra)
+        p.raise_if_any()
+
+    @property
+    def percentile(self) -> float | None:
+        """The percentile (0-100) of a learned ``delay``; None for a fixed one."""
+        return _percentile(self.delay) if isinstance(self.delay, str) else None
+
+
+def _percentile(text: str) -> float | None:
+    """``"p95"`` -> 95.0; None unless a percentile between 50 and 99.9."""
+    if not text.startswith("p") or not text[1:].replace(".", "", 1).isdigit():
+        return None
+    value = float(text[1:])
+    return value if 50.0 <= value <= 99.9 else None
+
+
 @dataclass(frozen=True)
 class StaticFallback:
     """
@@ -725,6 +784,8 @@ class Policy:
     concurrency: ConcurrencyPolicy | None = None
     #: The header a proxy adds to the errors it made itself; None (the default) = not read.
     proxy_errors: ProxyErrorsPolicy | None = None
+    #: Hedged copies of safe calls; None (the default) = none.
+    hedge: HedgePolicy | None = None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -820,4 +881,5 @@ _SECTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "throttle": ThrottlePolicy,
     "concurrency": ConcurrencyPolicy,
     "proxy_errors": ProxyErrorsPolicy,
+    "hedge": HedgePolicy,
 }

@@ -21,14 +21,18 @@ __all__ = ["discard", "hand_slot_to", "mark", "tell_attempts"]
 # requests pickles (and copy.copy copies) a Response's `__attrs__` only: an
 # instance's own list, with ours added, keeps them through a cache that
 # pickles responses.
-_ATTRS = [*requests.Response.__attrs__, "attempts", "is_fallback", "stale_age"]
+_ATTRS = [*requests.Response.__attrs__, "attempts", "is_fallback", "stale_age", "hedged"]
 
 
-def mark(resp: requests.Response, attempts: int, *, is_fallback: bool, stale_age: float | None) -> None:
+def mark(
+    resp: requests.Response, attempts: int, *, is_fallback: bool, stale_age: float | None,
+    hedged: bool = False,
+) -> None:
     """Set what every response the session returns carries (see the contract)."""
     resp.attempts = attempts  # type: ignore[attr-defined]
     resp.is_fallback = is_fallback  # type: ignore[attr-defined]
     resp.stale_age = stale_age  # type: ignore[attr-defined]
+    resp.hedged = hedged  # type: ignore[attr-defined]
     resp.__attrs__ = _ATTRS
 
 

@@ -44,19 +44,21 @@ if TYPE_CHECKING:
     from ._deadline import Deadline
     from ._traced import TracedCall
 
-__all__ = ["Backoff", "Call", "ReplayFirst", "build_retrying", "decide", "parse_retry_after"]
+__all__ = ["Backoff", "Call", "ReplayFirst", "build_retrying", "clone_call", "decide", "parse_retry_after"]
 
 
 class Call:
     """Per-call state shared by the attempt function and the strategies."""
 
     __slots__ = (
+        "abandon",
         "arm",
         "attempt",
         "budget",
         "deadline",
         "error",
         "first_verdict",
+        "hedged",
         "hook_error",
         "hook_guard",
         "hook_status",
@@ -129,6 +131,21 @@ class Call:
         self.arm: Any = None
         self.stream = False
         self.timeouts: tuple[float, float] = (0.0, 0.0)
+        #: A hedge was sent for this call (`resp.hedged`).
+        self.hedged = False
+        #: Set on the copy of a hedged attempt only: how the race stops it.
+        self.abandon: Any = None
+
+
+def clone_call(call: Call) -> Call:
+    """A copy of *call*'s state for one copy of a hedged attempt (its own kwargs)."""
+    new = Call.__new__(Call)
+    for name in Call.__slots__:
+        setattr(new, name, getattr(call, name))
+    new.kwargs = dict(call.kwargs)
+    if call.traced is not None:
+        new.traced = call.traced.fork()  # its own request span, beside the others
+    return new
 
 
 def _call(rs: RetryCallState) -> Call:

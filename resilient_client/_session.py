@@ -5,6 +5,9 @@ through the endpoint's policy, one concern per layer::
     send                      route (cached), then:
     _send_with_fallback       deadline, bulkhead slot, fallback on failure
     _send_with_retries        tenacity, inside the retry budget
+    _hedged_attempt           (``hedge`` on, safe calls) each try a race of copies
+                              on the hedge pool's threads (`_hedge`), each copy
+                              an `_attempt` carrying the call's context
     _attempt                  breaker, timeouts capped by the deadline, the adapter
     resolve_redirects         each hop of an attempt back through send, as
     _send_hop                 the same attempt under the time left then
@@ -67,15 +70,26 @@ from ._events import (
     EventBus,
     FallbackServed,
     GaveUp,
+    HedgeSent,
+    HedgeWon,
     RetryScheduled,
     load_listeners,
 )
 from ._fallback import make_response
+from ._hedge import Abandon, Copy, Race, hedge_pool
 from ._live import LIVE_SESSIONS
 from ._outcome import RetryPredicate, classify_error, is_replayable
 from ._overload import HOLD, LIMIT, Overload, OverloadStatus
 from ._per_attempt import REAUTH, HookGuard, PreAuth, reauthenticated
-from ._policy import CallableFallback, Policy, RetryPolicy, StaleFallback, StaticFallback
+from ._policy import (
+    HEDGE_DELAY_CEILING,
+    CallableFallback,
+    HedgePolicy,
+    Policy,
+    RetryPolicy,
+    StaleFallback,
+    StaticFallback,
+)
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import (
     attempt_secrets,
@@ -86,7 +100,7 @@ from ._redact import (
     secret_values,
 )
 from ._responses import discard, hand_slot_to, mark, tell_attempts
-from ._retry import Call, ReplayFirst, build_retrying, decide
+from ._retry import Call, ReplayFirst, build_retrying, clone_call, decide
 from ._retry_after import parse_retry_after
 from ._routing import Resolution, Router
 from ._timeouts import call_timeouts
@@ -111,6 +125,11 @@ _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
+#: How long a hedged attempt's caller waits past the deadline for its copies
+#: (which read against the deadline themselves) before abandoning them.
+_HEDGE_GRACE = 0.05
+#: What a copy of a hedged attempt carries over to the call when it is chosen.
+_COPY_STATE = ("outcome", "error", "reached_peer", "left_endpoint", "hook_error", "hook_guard", "arm")
 
 
 class ResilientSession(requests.Session):
@@ -849,9 +868,16 @@ class ResilientSession(requests.Session):
         if retrying is not None and not retries_allowed():
             # This request is itself our caller's retry: retry at one layer only.
             retrying, call.stop_reason = None, "caller_retrying"
+        hedged = (route.policy.hedge is not None and call.stop_reason != "caller_retrying"
+                  and self._hedgeable(call))
         try:
-            resp = (self._attempt(call) if retrying is None
-                    else self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying)))
+            if retrying is None:
+                resp = self._hedged_attempt(call) if hedged else self._attempt(call)
+            elif hedged:
+                resp = self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying),
+                                                   self._hedged_attempt)
+            else:
+                resp = self._attempt_then_retrying(call, cast(tenacity.Retrying, retrying))
         except DeadlineExceeded:
             self._emit(DeadlinePassed(route.name, call.request.method or "", self._url(call.request),
                                       call.deadline.total if call.deadline else 0.0, call.attempt))
@@ -873,10 +899,13 @@ class ResilientSession(requests.Session):
             self._gave_up(call, f"status {resp.status_code}")
         if call.stream and call.arm is not None:
             disarm(call.arm)  # the body is the caller's now, bounded by the read timeout only
-        mark(resp, call.attempt, is_fallback=False, stale_age=None)
+        mark(resp, call.attempt, is_fallback=False, stale_age=None, hedged=call.hedged)
         return resp
 
-    def _attempt_then_retrying(self, call: Call, retrying: tenacity.Retrying) -> requests.Response:
+    def _attempt_then_retrying(
+        self, call: Call, retrying: tenacity.Retrying,
+        attempt: Callable[[Call], requests.Response] | None = None,
+    ) -> requests.Response:
         """
         The first attempt, then tenacity only if that attempt's outcome may be retried.
 
@@ -891,9 +920,10 @@ class ResilientSession(requests.Session):
         (``reraise=True``).
         """
         retry = cast(RetryPolicy, call.route.policy.retry)  # a Retrying exists only with one
+        attempt = attempt or self._attempt  # or `_hedged_attempt`: each try a race of copies
         first: requests.Response | BaseException
         try:
-            first = self._attempt(call)
+            first = attempt(call)
         except BaseException as exc:  # tenacity catches everything too
             first = exc
         try:
@@ -906,7 +936,159 @@ class ResilientSession(requests.Session):
             if isinstance(first, BaseException):
                 raise first  # what tenacity (reraise=True) would raise
             return first
-        return retrying(ReplayFirst(first, self._attempt), call)
+        return retrying(ReplayFirst(first, attempt), call)
+
+    # -- hedging: one attempt as a race of copies --------------------------------
+
+    @staticmethod
+    def _hedgeable(call: Call) -> bool:
+        """A method in ``retry.methods`` (not a key alone), a replayable body, no stream."""
+        retry = call.route.policy.retry
+        return (retry is not None and not call.stream and call.replayable
+                and call.request.method in retry.methods)
+
+    def _hedged_attempt(self, call: Call) -> requests.Response:
+        """
+        One attempt as a race of copies on the hedge pool's threads: the
+        first now, another each time ``delay`` passes with no answer (up to
+        ``max_extra``; each draws on the budget and holds a bulkhead slot),
+        the first acceptable answer taken and the others abandoned. To the
+        retry layer it is one attempt whose outcome is the winner's or, when
+        no copy answered acceptably, the first copy's; ``call.attempt``
+        counts every copy sent.
+        """
+        route: Route = call.route
+        policy = cast(HedgePolicy, route.policy.hedge)
+        clock = self.clock
+        pool = hedge_pool()
+        race = Race()
+        first = Copy(0, self._copy_of(call, 0), clock.monotonic())
+        if not pool.try_submit(self._run_copy, first, race, None):
+            return self._attempt(call)  # no worker free: this attempt goes unhedged
+        copies = [first]
+        window = route.state.latency
+        delay = (window.value if window is not None
+                 # A percentile asked for one call (policy=) on an endpoint that learns none.
+                 else HEDGE_DELAY_CEILING if isinstance(policy.delay, str) else policy.delay)
+        deadline = call.deadline
+        can_hedge, pending = True, 1
+        winner: Copy | None = None
+        finished: list[Copy] = []
+        try:
+            while pending:
+                wait: float | None = None
+                if can_hedge and len(copies) <= policy.max_extra:
+                    wait = max(0.0, copies[-1].started + delay - clock.monotonic())
+                if deadline is not None:
+                    left = deadline.remaining() + _HEDGE_GRACE
+                    wait = left if wait is None else min(wait, left)
+                done = race.next_finished(wait)
+                if done is not None:
+                    pending -= 1
+                    finished.append(done)
+                    if self._acceptable(done):
+                        winner = done
+                        break
+                elif deadline is not None and deadline.remaining() <= -_HEDGE_GRACE + 0.001:
+                    break  # the copies overran the deadline: abandon them
+                elif can_hedge and len(copies) <= policy.max_extra:
+                    hedge = self._send_hedge(call, len(copies), race, delay)
+                    if hedge is None:
+                        can_hedge = False
+                    else:
+                        copies.append(hedge)
+                        pending += 1
+        finally:
+            finished.extend(race.close())
+            now = clock.monotonic()
+            for c in copies:
+                if not c.done and c.call.abandon is not None:
+                    c.call.abandon.abandon()
+                    if window is not None:
+                        # Censored: at least this slow, maybe much more. Counted as
+                        # the ceiling, so a percentile below the delay stays exact.
+                        window.record(max(now - c.started, HEDGE_DELAY_CEILING))
+        sent = sum(1 for i, c in enumerate(copies) if c.call.attempt > call.attempt + i)
+        chosen = winner if winner is not None else first
+        if window is not None:
+            for c in finished:
+                if isinstance(c.result, requests.Response):
+                    window.record(c.ended - c.started)
+        for c in finished:
+            if c is not chosen:
+                _forget(c)
+        call.attempt += sent
+        if not chosen.done:
+            # Every copy was still running past the deadline.
+            call.outcome = _DEADLINE
+            raise DeadlineExceeded(route.name, cast(Deadline, deadline).total, request=call.request)
+        for name in _COPY_STATE:
+            setattr(call, name, getattr(chosen.call, name))
+        if winner is not None and winner.index:
+            self._emit(HedgeWon(route.name, call.request.method or "", self._url(call.request),
+                                winner.call.attempt, winner.ended - first.started))
+        if isinstance(chosen.result, BaseException):
+            raise chosen.result
+        return cast(requests.Response, chosen.result)
+
+    def _copy_of(self, call: Call, index: int) -> Call:
+        copy_ = clone_call(call)
+        copy_.attempt = call.attempt + index  # `_attempt` counts it on from there
+        copy_.abandon = Abandon()
+        return copy_
+
+    def _send_hedge(self, call: Call, index: int, race: Race, delay: float) -> Copy | None:
+        """Start copy number *index*, or None when the deadline, budget, breaker, bulkhead or pool says no."""
+        route: Route = call.route
+        deadline = call.deadline
+        if deadline is not None and deadline.remaining() <= 0:
+            return None
+        breaker = route.state.breaker
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+            return None  # open: no call at all; half-open: the first copy is the one trial
+        bulkhead = route.state.bulkhead
+        if bulkhead is not None and not bulkhead.try_acquire():
+            return None
+        if call.budget is not None and not call.budget.try_spend():
+            if bulkhead is not None:
+                bulkhead.release()
+            return None
+        hedge = Copy(index, self._copy_of(call, index), self.clock.monotonic())
+        if not hedge_pool().try_submit(self._run_copy, hedge, race, bulkhead):
+            if bulkhead is not None:
+                bulkhead.release()
+            return None
+        call.hedged = True
+        self._emit(HedgeSent(route.name, call.request.method or "", self._url(call.request),
+                             call.attempt + index + 1, delay))
+        return hedge
+
+    def _run_copy(self, copy_: Copy, race: Race, bulkhead: Bulkhead | None) -> None:
+        """A copy's attempt, on a hedge pool thread, carrying its call's context."""
+        local = self._local
+        local.call = copy_.call  # calls made by a hook or listener inherit its deadline
+        result: requests.Response | BaseException
+        try:
+            result = self._attempt(copy_.call)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            result = exc
+        finally:
+            local.call = None
+            if bulkhead is not None:
+                bulkhead.release()
+        copy_.ended = self.clock.monotonic()
+        if not race.finish(copy_, result):
+            _forget(copy_)  # the race is over: nobody will read it
+
+    @staticmethod
+    def _acceptable(copy_: Copy) -> bool:
+        """An answer the call would keep: no failure, nothing a retry would be asked about."""
+        resp = copy_.result
+        outcome = copy_.call.outcome
+        if not isinstance(resp, requests.Response) or outcome is None or outcome.failure:
+            return False
+        retry = copy_.call.route.policy.retry
+        return retry is None or resp.status_code not in retry.on_status
 
     def _attempt(self, call: Call) -> requests.Response:
         """One try: breaker, timeouts capped by the deadline, then requests' own send."""
@@ -975,7 +1157,10 @@ class ResilientSession(requests.Session):
                 request = request.copy()
             traced.enter_attempt(route.name, request.method or "", self._url(request),
                                  call.attempt, request.headers)
-        a = arm(deadline, call.timeouts[1]) if deadline is not None else None
+        a = None
+        if deadline is not None or call.abandon is not None:
+            a = arm(deadline, call.timeouts[1])
+            a.abandon = call.abandon
         call.arm = a
         local = self._local
         outer = getattr(local, "attempt", None)  # a call made from inside another's attempt
@@ -988,6 +1173,13 @@ class ResilientSession(requests.Session):
                 disarm(a)  # nothing of this attempt will be read again
             duration = self.clock.monotonic() - started
             call.error = exc
+            if call.abandon is not None and call.abandon.abandoned:
+                # A hedged copy that lost, stopped by us: not the peer's failure.
+                if is_trial:
+                    cast(CircuitBreaker, breaker).release_trial()
+                if traced is not None:
+                    traced.exit_attempt(None, "abandoned", type(exc).__name__)
+                raise
             # Set by the hook guard during send (mypy cannot see that).
             hook_error: BaseException | None = getattr(call, "hook_error", None)
             if hook_error is exc:
@@ -1146,7 +1338,7 @@ class ResilientSession(requests.Session):
             else:
                 discard(failure)
         mark(resp, call.attempt, is_fallback=True,
-             stale_age=getattr(resp, "stale_age", None) if kind == "stale" else None)
+             stale_age=getattr(resp, "stale_age", None) if kind == "stale" else None, hedged=call.hedged)
         self._emit(FallbackServed(route.name, request.method or "", self._url(request), kind,
                                   self._describe(call, failure)))
         return resp
@@ -1337,6 +1529,28 @@ class ResilientSession(requests.Session):
                 session.send = prior  # type: ignore[method-assign]
 
         return unwatch
+
+
+def _forget(copy_: Copy) -> None:
+    """
+    Drop what a losing copy came to: its response's connection goes back
+    (or is closed), and its error's traceback is cut, which would otherwise
+    hold the copy, and through its frames the connection pool, in a
+    reference cycle until the garbage collector runs: idle connections of a
+    closed session would stay open that long.
+    """
+    result, copy_.result = copy_.result, None
+    if isinstance(result, requests.Response):
+        discard(result)
+    elif isinstance(result, BaseException):
+        copy_.call.error = None
+        seen: set[int] = set()
+        err: BaseException | None = result
+        # urllib3's frames hold the error they raise (`err = e`): every link of the chain.
+        while err is not None and id(err) not in seen:
+            seen.add(id(err))
+            err.__traceback__ = None
+            err = err.__cause__ or err.__context__
 
 
 # -- the registry behind the test seam ----------------------------------------

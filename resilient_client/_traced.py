@@ -118,16 +118,26 @@ class TracedCall:
     requests put on the wire so far (``http.request.resend_count``).
     """
 
-    __slots__ = ("attempts", "calls", "redirected", "sent", "tracers")
+    __slots__ = ("_sent", "attempts", "calls", "redirected", "tracers")
 
     def __init__(self, tracers: tuple[TracingListener, ...], endpoint: str, method: str,
                  url: str) -> None:
         self.tracers = tracers
         self.calls = [_guard(t, "enter_call", t.enter_call, endpoint, method, url) for t in tracers]
         self.attempts: list[object] = []
-        self.sent = 0
+        self._sent = [0]  # shared with the forks: one count per call
         #: The status of the response the next redirect hop follows.
         self.redirected: int | None = None
+
+    def fork(self) -> TracedCall:
+        """
+        The same call's spans for a request sent beside this one (a hedge
+        copy, on another thread): its own request span, the count shared.
+        """
+        new = TracedCall.__new__(TracedCall)
+        new.tracers, new.calls, new._sent = self.tracers, self.calls, self._sent
+        new.attempts, new.redirected = [], None
+        return new
 
     def event(self, event: Event) -> None:
         for t, c in zip(self.tracers, self.calls, strict=True):
@@ -137,7 +147,9 @@ class TracedCall:
     def enter_attempt(self, endpoint: str, method: str, url: str, attempt: int,
                       headers: MutableMapping[str, str] | None) -> None:
         """A request goes on the wire (an attempt, or a redirect hop of one)."""
-        resend, self.sent = self.sent, self.sent + 1
+        sent = self._sent
+        resend = sent[0]
+        sent[0] = resend + 1  # racy between hedge copies: a count for the conventions, not a lock's worth
         self.attempts = [
             _guard(t, "enter_attempt", t.enter_attempt, c, endpoint, method, url, attempt, resend,
                    headers if t.injects else None) if c is not None else None

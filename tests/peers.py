@@ -20,7 +20,8 @@ Behaviours: `answer` (any status; `server_error`, `retry_after`, `redirect`,
 `redirect_to`, `redirect_chain`), `echo`, `delay`, `hang` (until the client
 leaves), `drip_headers`, `drip_body`, `reset` (before the answer, mid-headers
 or mid-body: an RST), `close_early` (a FIN), `truncated`, `garbage`,
-`oversized_headers`, `flap`, `Switch`, `wsgi` (a WSGI app), and the steps
+`oversized_headers`, `flap`, `tail` (a slow answer for a random fraction),
+`stall` (held for a while every few seconds), `Switch`, `wsgi` (a WSGI app), and the steps
 `pause`, `gate`, `send`, `drip` that `sequence` strings together with any of them.
 Connection-level faults are the peer's: ``handshake="stall"`` (a TLS peer
 that never answers the ClientHello), ``trusted=False`` (a certificate from
@@ -56,6 +57,7 @@ import io
 import json
 import multiprocessing
 import os
+import random
 import select
 import shutil
 import socket
@@ -106,6 +108,8 @@ __all__ = [
     "send",
     "sequence",
     "server_error",
+    "stall",
+    "tail",
     "truncated",
     "wsgi",
 ]
@@ -644,6 +648,62 @@ def flap(*behaviours: Behaviour, every: int = 1, period: float | None = None) ->
     return _Flap(behaviours or (server_error(503), answer(200, b"ok")), every, period)
 
 
+class _Tail:
+    """A slow answer for a *fraction* of requests at random (seeded), a fast one for the rest."""
+
+    def __init__(self, fast: float, slow: float, fraction: float, seed: int) -> None:
+        self._args = (fast, slow, fraction, seed)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> tuple[float, float, float, int]:  # picklable, for a peer in another process
+        return self._args
+
+    def __setstate__(self, state: tuple[float, float, float, int]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        fast, slow, fraction, _ = self._args
+        with self._lock:
+            slow_one = self._rng.random() < fraction
+        return delay(slow if slow_one else fast, answer(200, b"ok")).serve(conn, request)
+
+
+def tail(fast: float = 0.005, slow: float = 0.2, fraction: float = 0.05, seed: int = 1) -> Behaviour:
+    """
+    Answer 200 ``ok`` after *fast* seconds, or after *slow* seconds for a
+    *fraction* of requests drawn at random (seeded: the same sequence every
+    run): a peer with a slow tail, as a GC pause or a noisy neighbour makes.
+    """
+    return _Tail(fast, slow, fraction, seed)
+
+
+@dataclass(frozen=True)
+class _Stall:
+    every: float
+    stall: float
+    then: Behaviour
+
+    def serve(self, conn: Conn, request: Request) -> bool:
+        # Stalled for the first *stall* seconds of each *every*-second period
+        # (of the monotonic clock): a request arriving then waits for the end.
+        into = time.monotonic() % self.every
+        if into < self.stall and not conn.wait(self.stall - into):
+            return False
+        return self.then.serve(conn, request)
+
+
+def stall(every: float, seconds: float, then: Behaviour | None = None) -> Behaviour:
+    """
+    Play *then* (200 ``ok`` by default), except that for *seconds* out of
+    every *every* seconds the peer stalls: requests arriving then are held
+    until the stall ends (less if the client leaves).
+    """
+    if not 0 < seconds < every:
+        raise ValueError(f"a stall of {seconds} s needs a period longer than that, got {every}")
+    return _Stall(every, seconds, then if then is not None else answer(200, b"ok"))
+
+
 class Switch:
     """A behaviour that plays whichever behaviour it was last switched `to` (thread-safe)."""
 
@@ -1137,6 +1197,8 @@ def _serve_in_child(factory: str | None, options: dict[str, Any], pipe: Any) -> 
                 pipe.send(None)
             elif command == "counts":
                 pipe.send((peer.hits(args), peer.connections))
+            elif command == "open":
+                pipe.send(peer.open_connections)
     finally:
         peer.stop()
 
@@ -1144,7 +1206,8 @@ def _serve_in_child(factory: str | None, options: dict[str, Any], pipe: Any) -> 
 class RemotePeer:
     """
     A `Peer` in a child process, controlled through a pipe: ``port``, `url`,
-    `on` (behaviours are pickled across), `hits` and ``connections``.
+    `on` (behaviours are pickled across), `hits`, ``connections`` and
+    ``open_connections``.
     """
 
     def __init__(self, port: int, scheme: str, pipe: Any) -> None:
@@ -1173,6 +1236,10 @@ class RemotePeer:
     @property
     def connections(self) -> int:
         return int(self._ask("counts", None)[1])
+
+    @property
+    def open_connections(self) -> int:
+        return int(self._ask("open", None))
 
 
 @contextlib.contextmanager

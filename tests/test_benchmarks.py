@@ -44,3 +44,15 @@ class TestBenchmarksSmoke:
         benches = benches[: benches.index("}")]
         driven = set(re.findall(r":\s*(\w+)\.run,", benches))
         assert driven == scripts
+
+
+class TestHedgeBenchmark:
+    def test_bench_hedge_quick_runs(self):
+        """`bench_hedge.py --quick --no-haproxy` runs and prints a row per configuration."""
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "bench_hedge.py"), "--quick", "--no-haproxy",
+             "--calls", "48"],
+            capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        for name in ("no hedging: p99", "fixed 20 ms: p99", "p95: p99"):
+            assert name in proc.stdout

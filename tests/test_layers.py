@@ -82,7 +82,7 @@ PUBLIC_NAMES = {
     "Config", "Endpoint", "Secrets", "Policy", "Timeouts", "RetryPolicy", "BackoffPolicy", "Jitter",
     "BudgetPolicy", "BreakerPolicy", "BreakerMode", "BulkheadPolicy", "StaticFallback",
     "StaleFallback", "CallableFallback", "PropagationPolicy", "PoolPolicy",
-    "ThrottlePolicy", "ConcurrencyPolicy", "ProxyErrorsPolicy",
+    "ThrottlePolicy", "ConcurrencyPolicy", "ProxyErrorsPolicy", "HedgePolicy",
     # what a callable fallback returns
     "fallback_response",
     # what session.circuit(), .resolve() and a clock= argument give or take
@@ -96,6 +96,7 @@ PUBLIC_NAMES = {
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
     "BulkheadRejected", "DeadlinePassed", "CallFinished", "CallThrottled", "ConcurrencyLimitChanged",
+    "HedgeSent", "HedgeWon",
     "prometheus_listener", "otel_listener", "otel_trace_listener",
     # health
     "Health", "EndpointHealth", "health_app",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -464,3 +465,25 @@ class TestWithHooks:
         _, [attempt] = by_kind(exporter)
         assert theirs[0].parent.span_id == attempt.context.span_id  # under the attempt that ran the hook
         assert peer.last("/audit").headers["traceparent"][:-2] == traceparent_of(theirs[0])
+
+
+class TestHedges:
+    def test_each_hedge_copy_is_its_own_client_span(self, spans, peer):
+        """A hedged attempt's copies run at once: each its own CLIENT span and traceparent, all ended."""
+        from peers import delay
+
+        provider, exporter = spans
+        peer.on("/x", delay(0.5, answer(200, b"slow")), answer(200, b"fast"))
+        session = rc.ResilientSession({"defaults": {"hedge": {"delay": 0.02}, "timeout": {"total": 3.0}}},
+                                      listeners=[rc.otel_trace_listener(provider)])
+        assert session.get(peer.url("/x")).text == "fast"
+        for _ in range(200):  # bounded: the abandoned copy ends its span on its own thread
+            clients = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+            if len(clients) == 2:
+                break
+            time.sleep(0.01)
+        [call] = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.INTERNAL]
+        assert len(clients) == 2
+        assert {s.parent.span_id for s in clients} == {call.context.span_id}
+        wire = {r.headers["traceparent"][:-2] for r in peer.requests if r.path == "/x"}
+        assert wire == {traceparent_of(s) for s in clients}

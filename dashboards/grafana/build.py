@@ -33,6 +33,8 @@ OUT = HERE / "resilient_client.json"
 #: The selector every query applies: the jobs and endpoints picked at the top of the dashboard.
 E = 'job=~"$job", endpoint=~"$endpoint"'
 RATE = "$__rate_interval"
+#: The two values of hedges_total's `result` label.
+SENT, WON = 'result="sent"', 'result="won"'
 
 
 def rate(metric: str, matchers: str = "", by: str = "endpoint") -> str:
@@ -139,6 +141,13 @@ PANELS: list[Panel] = [
           "Calls that failed with no retry left: attempts, budget, deadline, breaker_open...",
           ((rate(P + "gave_up_total", by="endpoint, reason"), "{{endpoint}} {{reason}}"),),
           unit="reqps"),
+    Panel("Hedges",
+          "Hedged copies sent per call made, and the share of hedges whose answer was taken "
+          "(won): hedges that rarely win cost the peer load for little (see the tail latency docs).",
+          ((f"{rate(P + 'hedges_total', SENT)} / {rate(P + 'requests_total')}",
+            "{{endpoint}} hedges per call"),
+           (f"{rate(P + 'hedges_total', WON)} / {rate(P + 'hedges_total', SENT)}",
+            "{{endpoint}} won share"))),
     Panel("Attempts per second by outcome",
           "What the peer saw from this client: every attempt, by outcome.",
           ((rate(P + "attempts_total", by="endpoint, outcome"), "{{endpoint}} {{outcome}}"),),
