@@ -201,7 +201,9 @@ def run(*, rounds: int = 15, calls: int = 2000, hammer_rounds: int = 500, smoke:
         ))
         with _util.peer("ok") as peer:
             sessions = {
-                kind: rc.ResilientSession({"state_dir": d, "defaults": {"state": kind}})
+                # Named: an unmatched origin's state stays in the process.
+                kind: rc.ResilientSession({"state_dir": d, "defaults": {"state": kind},
+                                           "endpoints": [{"name": "peer", "match": peer.url}]})
                 for kind in ("memory", "host")
             }
             for s in sessions.values():

@@ -12,28 +12,33 @@ bulkhead, breaker machine and stores, events, propagation)::
                               read, all under the time left
 
 What differs from the requests front: redirect hops are httpx's, inside one
-attempt under the first endpoint's breaker; the deadline is a cancel scope
+attempt, each charged where it goes (`_async_hops`); the deadline is a cancel scope
 (anyio's, so asyncio and trio both work) rather than a per-read check, so a
 drip-fed body is cut at ``total`` wherever the attempt is; a breaker whose
-state is in Redis is asked from a worker thread so the loop never blocks on
-the network (``state: host`` takes a few-microsecond ``flock`` in the loop).
+state is in Redis is asked on threads of our own, within the deadline
+(`_async_breaker`), so the loop never blocks on the network (``state:
+host`` takes a few-microsecond ``flock`` in the loop).
 
 Why it is long: it is the httpx front, every layer of a call in one class
 as `_session` is for requests; its helpers already live in `_async_parts`,
 `_async_retry`, `_async_hooks` and `_async_errors`.
 
 Cancellation: every slot, trial and connection is given back in ``finally``
-blocks (the connection's close shielded from the cancellation), so a task
-cancelled mid-call, or an ``asyncio.timeout()`` around it, leaks nothing.
+blocks (the connection's close shielded from the cancellation; a Redis
+breaker's trial by the worker that claimed it), so a task cancelled
+mid-call, or an ``asyncio.timeout()`` around it, leaks nothing.
+
+Why it is long: the four layers read top to bottom as the sync session's
+do, each next to the one it calls; what is not a layer lives beside it
+(`_async_hooks`, `_async_parts`, `_async_retry`, `_async_breaker`).
 """
 
 from __future__ import annotations
 
-import contextvars
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -42,20 +47,27 @@ import tenacity
 
 from ._async_errors import AsyncBulkheadFull, AsyncDeadlineExceeded, classify_error
 from ._async_hooks import Reporting
+from ._async_hops import RedirectHops
+from ._async_log import TASK_SECRETS, install_httpx_log_filter
 from ._async_parts import (
     ATTEMPT_ROUTE,
+    CURRENT_CALL,
     AsyncCall,
     AsyncRetryPredicate,
     AsyncRetrySafely,
     Pools,
     SlotStream,
     async_sleep,
+    current_task,
     cut_at,
     decide,
     is_replayable,
     mark,
+    was_cut,
 )
 from ._async_retry import AsyncReplayFirst, fallback_or_none
+from ._async_seam import TestSeam
+from ._async_verbs import PerCallPolicy, take_call_policy
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, ConfigSource
 from ._endpoints import Endpoints, Route
@@ -68,6 +80,7 @@ from ._events import (
     load_listeners,
 )
 from ._hedge import warn_unhedged
+from ._live import LIVE_ASYNC_CLIENTS
 from ._policy import Policy
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import redact_exception
@@ -83,13 +96,11 @@ if TYPE_CHECKING:
 __all__ = ["AsyncResilientClient"]
 
 _DEADLINE = AttemptOutcome("deadline", None, False, False)
-#: The call this task is making: a call made from its event hook inherits its deadline.
-_CURRENT: contextvars.ContextVar[AsyncCall | None] = contextvars.ContextVar(
-    "resilient_client_async_call", default=None)
+_CURRENT = CURRENT_CALL  # (the old name)
 _TRANSPORT_KEYS = ("verify", "cert", "http1", "http2", "trust_env")
 
 
-class AsyncResilientClient(Reporting, httpx.AsyncClient):
+class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, httpx.AsyncClient):
     """
     A drop-in ``httpx.AsyncClient`` that enforces, per endpoint, mandatory
     timeouts, a total deadline, retries within a budget, a circuit breaker,
@@ -133,11 +144,13 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
         self._rng = rng
         self._health: HealthTracker | None = None
         self._router = Router(self.config.endpoints, self.config.defaults, URLLIB3_FORM)
+        install_httpx_log_filter()  # its own INFO line carries the URL: passwords, secret query values
         self._lock = threading.Lock()  # for the endpoint maps: taken only when a route is new
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
                                     state_dir=self.config.state_dir)
         warn_unhedged(self.config, "AsyncResilientClient")  # the sync session hedges, this client not yet
+        LIVE_ASYNC_CLIENTS.add(self)  # last: complete (the testing kit's seam, `TestSeam`)
 
     def _build_retrying(self, policy: Policy) -> tenacity.AsyncRetrying | None:
         if policy.retry is None or policy.retry.attempts <= 1:
@@ -161,23 +174,9 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
 
     # -- httpx's hooks ---------------------------------------------------------
 
-    async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        """httpx's own; an open breaker's call (no fallback) is refused before httpx builds it."""
-        if isinstance(url, str) and url.startswith(("http://", "https://")):
-            self._refuse_early(method, url)
-        return await super().request(method, url, **kwargs)
-
-    def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
-        """httpx's own; a request left to the client's default timeout gets the policy's."""
-        request = super().build_request(method, url, **kwargs)
-        given = kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
-        if given is httpx.USE_CLIENT_DEFAULT and not self._timeout_given:
-            extensions = dict(request.extensions)
-            del extensions["timeout"]  # httpx's default of 5 s: the policy's instead
-            request.extensions = extensions
-        return request
-
     def _transport_for_url(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        if self._test_transport is not None:
+            return self._test_transport
         route = ATTEMPT_ROUTE.get()
         if route is None or self._pools is None:
             return super()._transport_for_url(url)
@@ -198,18 +197,29 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
 
     async def send(self, request: httpx.Request, *, stream: bool = False,
                    auth: Any = httpx.USE_CLIENT_DEFAULT,
-                   follow_redirects: Any = httpx.USE_CLIENT_DEFAULT) -> httpx.Response:
-        """Send *request* through its endpoint's policy (httpx's signature)."""
+                   follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+                   policy: Mapping[str, Any] | None = None) -> httpx.Response:
+        """Send *request* through its endpoint's policy (httpx's signature, plus ``policy=``)."""
         route = self._endpoints.route_for(request.method, str(request.url))
-        policy = route.policy
+        changes = take_call_policy() if policy is None else policy  # a verb's, or request()'s
+        if changes is not None:
+            route = self._endpoints.changed(route, changes)
+        rules = route.policy
         enclosing = _CURRENT.get()
-        deadline = call_deadline(self.clock, policy.timeout.total,
+        task = current_task()
+        if enclosing is not None and (enclosing.ended or enclosing.task is not task):
+            # A task started from a call's hook runs on its own: the call's
+            # deadline ends with the call (awaited children, cancelled with
+            # it, need none); a call awaited in the hook, in its task, inherits.
+            enclosing = None
+        deadline = call_deadline(self.clock, rules.timeout.total,
                                  enclosing.deadline if enclosing is not None else None)
-        retry = policy.retry
+        retry = rules.retry
         if (retry is not None and retry.mint_idempotency_key and request.method not in retry.methods
                 and retry.key_header not in request.headers):
             request.headers[retry.key_header or "Idempotency-Key"] = str(uuid.uuid4())
         call = AsyncCall(request, route, deadline)
+        call.task = task
         key = retry.key_header if retry is not None else None
         call.keyed = key is not None and key in request.headers
         call.idempotent = retry is not None and (request.method in retry.methods or call.keyed)
@@ -220,9 +230,12 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             timeout = httpx.Timeout(self.timeout).as_dict()
         if timeout is not None:
             call.given_timeouts(timeout)
+        call.timeout_given = timeout is not None or route.own_timeouts
         hot = self._bus.wants_hot()
         started = self.clock.monotonic() if hot else 0.0
         token = _CURRENT.set(call)
+        # httpx logs each request's URL at INFO: the filter redacts it with these.
+        log_token = TASK_SECRETS.set(self.config.secrets) if self.config.secrets.query else None
         extensions = request.extensions  # each attempt sets its timeouts: put the caller's back after
         try:
             resp, failure = await self._send_in_bulkhead(call)
@@ -233,7 +246,10 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
                 self._emit_call(call, None, exc, started)
             raise
         finally:
+            call.ended = True
             _CURRENT.reset(token)
+            if log_token is not None:
+                TASK_SECRETS.reset(log_token)
             request.extensions = extensions
         if hot:
             self._emit_call(call, resp, failure, started)
@@ -337,16 +353,20 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             left = deadline.remaining()
             if left <= 0:
                 call.outcome = _DEADLINE
-                raise AsyncDeadlineExceeded(route.name, deadline.total, request=request)
+                raise AsyncDeadlineExceeded(route.name, deadline.total, inherited=deadline.inherited,
+                                       request=request)
+        breaker = route.state.breaker
+        is_trial = False
+        if breaker is not None:
+            is_trial = await self._before_call(call, breaker)
+            if deadline is not None and breaker.policy.storage.startswith("redis"):
+                left = deadline.remaining()  # the time left after asking Redis (> 0: checked there)
+        if left is not None:
             connect, read = min(connect, left), min(read, left)
         prop = route.policy.propagation
         if prop is not None and (deadline is not None or prop.per_attempt):
             told = read if prop.per_attempt or left is None else left
             request.headers[prop.deadline_header] = header_value(told)
-        breaker = route.state.breaker
-        is_trial = False
-        if breaker is not None:
-            is_trial = await self._before_call(call, breaker)
         call.attempt += 1
         if call.attempt == 1 and call.budget is not None:
             call.budget.record_request()
@@ -363,33 +383,40 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
                               "timeout": {"connect": connect, "read": read, "write": write, "pool": pool}}
         started = self.clock.monotonic()
         token = ATTEMPT_ROUTE.set(route)
+        cut: Any = None
+        call.reached_peer = call.left_endpoint = False  # set by its redirect hops (`RedirectHops`)
         try:
             scope = cut_at(left)
             if scope is None:
                 resp = await self._exchange(call)
             elif hasattr(scope, "__aenter__"):
-                async with scope:
+                async with scope as cut:
                     resp = await self._exchange(call)
             else:
-                with scope:
+                with scope as cut:
                     resp = await self._exchange(call)
         except BaseException as exc:
             duration = self.clock.monotonic() - started
-            expired = deadline is not None and (isinstance(exc, TimeoutError) or deadline.expired())
+            # Our deadline's cut (or the fake clock's, the testing kit's), told
+            # apart from a TimeoutError of the caller's own code (a hook's).
+            ours = deadline is not None and isinstance(exc, TimeoutError) and (
+                was_cut(cut) or deadline.expired())
+            expired = deadline is not None and (ours or deadline.expired())
             outcome = call.outcome = classify_error(exc, deadline_passed=expired)
-            if isinstance(exc, TimeoutError) and deadline is not None:
+            if ours:
                 outcome = call.outcome = AttemptOutcome("deadline", None, True, False)
+            elif call.reached_peer and not outcome.reached_peer:  # a hop after the first failed
+                outcome = call.outcome = AttemptOutcome(outcome.kind, None, True, outcome.failure)
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method, self._url(request), call.attempt,
                                            outcome.kind, None, duration, type(exc).__name__))
             if breaker is not None:
-                if outcome.failure:
-                    await self._record(breaker, False, is_trial, duration)
-                elif is_trial:
-                    await self._release_trial(breaker)
+                await self._settle_raised(call, breaker, outcome, is_trial, duration,
+                                          wait=isinstance(exc, Exception))
             if (outcome.kind == "deadline" and deadline is not None
                     and not isinstance(exc, AsyncDeadlineExceeded)):
-                raise AsyncDeadlineExceeded(route.name, deadline.total, request=request) from exc
+                raise AsyncDeadlineExceeded(route.name, deadline.total, inherited=deadline.inherited,
+                                       request=request) from exc
             raise
         finally:
             ATTEMPT_ROUTE.reset(token)
@@ -399,7 +426,8 @@ class AsyncResilientClient(Reporting, httpx.AsyncClient):
             self._emit(AttemptFinished(route.name, request.method, self._url(request), call.attempt,
                                        outcome.kind, resp.status_code, duration))
         if breaker is not None:
-            await self._record(breaker, not outcome.failure, is_trial, duration)
+            await self._record(breaker, call.left_endpoint or not outcome.failure, is_trial, duration,
+                               deadline)
         return resp
 
     def __repr__(self) -> str:

@@ -8,10 +8,12 @@ keeps catching what it caught, and code written for resilient_client too::
     resilient_client.ResilienceError
     ├── CircuitOpenError   ← AsyncCircuitOpenError(+ httpx.ConnectError)
     ├── DeadlineExceeded   ← AsyncDeadlineExceeded(+ httpx.TimeoutException)
-    └── BulkheadFull       ← AsyncBulkheadFull(+ httpx.TransportError)
+    ├── BulkheadFull       ← AsyncBulkheadFull(+ httpx.TransportError)
+    └── Throttled          ← AsyncThrottled(+ httpx.ConnectError)
 
-(``Throttled``, once the throttle lands on main, gets its twin here as an
-``httpx.ConnectError``: TODO with issue 16's note.)
+(The async client does not throttle yet: `AsyncThrottled` is the name it
+raises when it does, and what ``except`` clauses can name today.) They
+pickle and copy whole, as the sync ones (`ResilienceError.__reduce__`).
 
 This module imports httpx: only the httpx front imports it, so ``import
 resilient_client`` never loads httpx. `classify_error` is the httpx side of
@@ -38,6 +40,7 @@ __all__ = [
     "AsyncBulkheadFull",
     "AsyncCircuitOpenError",
     "AsyncDeadlineExceeded",
+    "AsyncThrottled",
     "classify_error",
 ]
 
@@ -54,6 +57,8 @@ class AsyncCircuitOpenError(_sync.CircuitOpenError, httpx.ConnectError):  # type
                  retry_in: float | None = None, **kwargs: Any) -> None:
         _sync.CircuitOpenError.__init__(self, endpoint, retry_at, retry_in=retry_in, **kwargs)
 
+    __reduce__ = _sync.CircuitOpenError.__reduce__  # not httpx's (BaseException's)
+
 
 class AsyncDeadlineExceeded(_sync.DeadlineExceeded, httpx.TimeoutException):  # type: ignore[misc]  # `request`: see the module docstring
     """
@@ -66,6 +71,8 @@ class AsyncDeadlineExceeded(_sync.DeadlineExceeded, httpx.TimeoutException):  # 
     def __init__(self, endpoint: str, total: float, **kwargs: Any) -> None:
         _sync.DeadlineExceeded.__init__(self, endpoint, total, **kwargs)
 
+    __reduce__ = _sync.DeadlineExceeded.__reduce__
+
 
 class AsyncBulkheadFull(_sync.BulkheadFull, httpx.TransportError):  # type: ignore[misc]  # `request`: see the module docstring
     """
@@ -77,6 +84,23 @@ class AsyncBulkheadFull(_sync.BulkheadFull, httpx.TransportError):  # type: igno
 
     def __init__(self, endpoint: str, max_concurrent: int, **kwargs: Any) -> None:
         _sync.BulkheadFull.__init__(self, endpoint, max_concurrent, **kwargs)
+
+    __reduce__ = _sync.BulkheadFull.__reduce__
+
+
+class AsyncThrottled(_sync.Throttled, httpx.ConnectError):  # type: ignore[misc]  # `request`: see the module docstring
+    """
+    `resilient_client.Throttled` as the async client raises it: also an
+    ``httpx.ConnectError`` (nothing touched the network).
+
+    .. versionadded:: 0.4.0
+    """
+
+    def __init__(self, endpoint: str, reason: str = "throttle", retry_in: float | None = None,
+                 **kwargs: Any) -> None:
+        _sync.Throttled.__init__(self, endpoint, reason, retry_in, **kwargs)
+
+    __reduce__ = _sync.Throttled.__reduce__
 
 
 def _tls(exc: BaseException) -> bool:
@@ -95,7 +119,7 @@ def failure_kind(exc: BaseException) -> str | None:
     """The ``retry.on`` kind of an httpx error, or None when no retry could fix it."""
     if isinstance(exc, _sync.ResilienceError):
         return None
-    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+    if isinstance(exc, httpx.ConnectTimeout):
         return "connect_timeout"  # nothing was sent
     if isinstance(exc, httpx.ReadTimeout):
         return "read_timeout"
@@ -122,6 +146,11 @@ def classify_error(
         if isinstance(exc, _sync.BulkheadFull):
             return AttemptOutcome("bulkhead_full", None, False, False)
         return AttemptOutcome("error", None, False, False)
+    if isinstance(exc, httpx.PoolTimeout):
+        # Our own pool had no connection for us in time (the caller's
+        # ``limits=``): local, as a full bulkhead; never the peer's failure,
+        # never retried. Raised as it is, unless the deadline was what ended it.
+        return AttemptOutcome("deadline" if deadline_passed else "error", None, False, False)
     kind = failure_kind(exc)
     if kind is None:
         # TLS, invalid URL, a hook that raised: not retryable, maybe sent; a

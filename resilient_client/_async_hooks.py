@@ -2,7 +2,8 @@
 What the async client does beside its layers, kept apart so each module
 reads as one concern: the public helpers it shares with `ResilientSession`
 (``policy_for``, ``resolve``, ``circuit``, ``subscribe``, ``health``), the
-breaker asked off the event loop when its state is remote (Redis), and the
+breaker asked off the event loop when its state is remote (Redis:
+`_async_breaker`), and the
 events, retry hooks and fallbacks' reporting.
 `AsyncResilientClient` mixes it in; it holds no state of its own.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import httpx
 import tenacity
 
-from ._async_errors import AsyncCircuitOpenError, classify_error
-from ._async_parts import AsyncCall
+from . import _async_breaker as remote
+from ._async_errors import AsyncCircuitOpenError, AsyncDeadlineExceeded, classify_error
+from ._async_parts import AsyncCall, slow
 from ._async_retry import fallback_or_none
 from ._breaker import BreakerState, CircuitBreaker
 from ._events import (
@@ -35,7 +36,7 @@ from ._verdict import AttemptOutcome, of_status
 from .exceptions import CircuitOpenError
 
 if TYPE_CHECKING:
-    from ._clock import Clock
+    from ._clock import Clock, Deadline
     from ._config import Config
     from ._endpoints import Endpoints, EndpointState, Route
     from ._health import Health, HealthTracker
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["Reporting"]
 
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
+_DEADLINE = AttemptOutcome("deadline", None, False, False)
 
 
 class Reporting:
@@ -110,6 +112,7 @@ class Reporting:
             if self._bus.wants_hot():
                 self._emit(CallFinished(route.name, method, shown, 0, "circuit_open", None, 0.0, False))
             err = AsyncCircuitOpenError(exc.endpoint, exc._retry_at, retry_in=exc.retry_in,
+                                        trial_in_flight=exc.trial_in_flight,
                                         request=httpx.Request(method, url))
             err.attempts = 0  # type: ignore[attr-defined]  # refused before any try
             raise err from None
@@ -118,33 +121,60 @@ class Reporting:
 
     async def _before_call(self, call: AsyncCall, breaker: CircuitBreaker) -> bool:
         try:
-            if breaker.policy.storage.startswith("redis"):
-                return await anyio.to_thread.run_sync(breaker.before_call)
-            return breaker.before_call()
+            if not breaker.policy.storage.startswith("redis"):
+                return breaker.before_call()
+            is_trial = await remote.before_call(breaker, call.deadline)
         except CircuitOpenError as exc:
             call.outcome = _CIRCUIT_OPEN
             route, request = call.route, call.request
             self._emit(BreakerRejected(route.name, request.method, self._url(request),
                                        exc._retry_at, exc.retry_in))
             raise AsyncCircuitOpenError(exc.endpoint, exc._retry_at, retry_in=exc.retry_in,
-                                        request=request) from None
+                                        trial_in_flight=exc.trial_in_flight, request=request) from None
+        deadline = call.deadline
+        if deadline is not None and deadline.expired():  # spent waiting for Redis
+            if is_trial:
+                await self._release_trial(breaker, wait=False)
+            call.outcome = _DEADLINE
+            raise AsyncDeadlineExceeded(call.route.name, deadline.total, inherited=deadline.inherited,
+                                        request=call.request)
+        return is_trial
 
     @staticmethod
-    async def _record(breaker: CircuitBreaker, success: bool, is_trial: bool, duration: float) -> None:
+    async def _record(breaker: CircuitBreaker, success: bool, is_trial: bool, duration: float,
+                      deadline: Deadline | None = None, *, wait: bool = True) -> None:
+        """Record an outcome; a Redis breaker's on its own threads (`_async_breaker`), never lost."""
         if breaker.policy.storage.startswith("redis"):
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lambda: breaker.record(
-                    success=success, is_trial=is_trial, duration=duration))
+            await remote.record(breaker, success=success, is_trial=is_trial, duration=duration,
+                                deadline=deadline, wait=wait)
         else:
             breaker.record(success=success, is_trial=is_trial, duration=duration)
 
     @staticmethod
-    async def _release_trial(breaker: CircuitBreaker) -> None:
+    async def _release_trial(breaker: CircuitBreaker, deadline: Deadline | None = None, *,
+                             wait: bool = True) -> None:
         if breaker.policy.storage.startswith("redis"):
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(breaker.release_trial)
+            await remote.release_trial(breaker, deadline, wait=wait)
         else:
             breaker.release_trial()
+
+    async def _settle_raised(self, call: AsyncCall, breaker: CircuitBreaker, outcome: AttemptOutcome,
+                             is_trial: bool, duration: float, *, wait: bool) -> None:
+        """
+        The breaker's share of an attempt that raised: a failure (or a
+        success, when it had left the endpoint on a redirect); a slow call
+        cut by the deadline (a drip-fed body never trips ``read``: past
+        ``slow_call_duration`` it counts, as a slow success, which the
+        machine takes for a failure); or else its trial back. *wait*: False
+        when cancelled, the record is handed over, never waited for.
+        """
+        deadline = call.deadline
+        if call.left_endpoint or outcome.failure:  # left: the source answered, a redirect
+            await self._record(breaker, call.left_endpoint, is_trial, duration, deadline, wait=wait)
+        elif outcome.kind == "deadline" and slow(call.route, duration):
+            await self._record(breaker, True, is_trial, duration, deadline, wait=wait)
+        elif is_trial:
+            await self._release_trial(breaker, deadline, wait=wait)
 
     # -- retry hooks, fallbacks, events ------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 import tenacity
+from httpx._multipart import MultipartStream  # what httpx makes of files=: its fields say what they read
 from tenacity import RetryCallState
 
 from ._clock import SYSTEM_CLOCK, Clock
@@ -30,13 +31,19 @@ if TYPE_CHECKING:
     from ._clock import Deadline
     from ._endpoints import Route
 
-__all__ = ["ATTEMPT_ROUTE", "AsyncCall", "AsyncRetrySafely", "Pools", "SlotStream", "async_sleep",
-           "cut_at", "decide", "is_replayable", "mark", "static_response"]
+__all__ = ["ATTEMPT_ROUTE", "CURRENT_CALL", "AsyncCall", "AsyncRetrySafely", "Pools", "SlotStream",
+           "async_sleep", "current_task", "cut_at", "decide", "is_replayable", "mark", "slow",
+           "static_response", "was_cut"]
 
 #: The route of the attempt running in this task: which endpoint's pool its
 #: connections come from (httpx picks a transport deep inside ``send``).
 ATTEMPT_ROUTE: contextvars.ContextVar[Route | None] = contextvars.ContextVar(
     "resilient_client_attempt_route", default=None)
+
+#: The call this task is making: a call made from its event hook inherits
+#: its deadline; a redirect hop of its attempt is told apart by its request.
+CURRENT_CALL: contextvars.ContextVar[AsyncCall | None] = contextvars.ContextVar(
+    "resilient_client_async_call", default=None)
 
 #: ``(request, response_or_exception) -> bool | None``, as `ResilientSession`'s ``retry_if``.
 AsyncRetryPredicate = Callable[[httpx.Request, "httpx.Response | BaseException"], "bool | None"]
@@ -45,9 +52,10 @@ AsyncRetryPredicate = Callable[[httpx.Request, "httpx.Response | BaseException"]
 class AsyncCall:
     """Per-call state shared by the attempt function and the retry strategies."""
 
-    __slots__ = ("attempt", "auth", "budget", "deadline", "first_verdict", "follow_redirects",
-                 "idempotent", "keyed", "outcome", "prev_sleep", "replayable", "request",
-                 "retry_after", "route", "stop_reason", "stream", "timeouts", "write_pool")
+    __slots__ = ("attempt", "auth", "budget", "deadline", "ended", "first_verdict", "follow_redirects",
+                 "idempotent", "keyed", "left_endpoint", "outcome", "prev_sleep", "reached_peer",
+                 "replayable", "request", "retry_after", "route", "stop_reason", "stream", "task",
+                 "timeout_given", "timeouts", "write_pool")
 
     def __init__(self, request: httpx.Request, route: Route, deadline: Deadline | None) -> None:
         self.request = request
@@ -69,6 +77,15 @@ class AsyncCall:
         self.write_pool: tuple[float | None, float | None] = (None, None)
         self.auth: Any = None
         self.follow_redirects: Any = None
+        #: The caller's own timeouts (timeout=, or policy=): they hold on every redirect hop.
+        self.timeout_given = False
+        #: This attempt followed a redirect (a hop was answered) / into another endpoint.
+        self.reached_peer = False
+        self.left_endpoint = False
+        #: The call has returned: a task it started (from a hook) no longer inherits its deadline.
+        self.ended = False
+        #: The task making it (`current_task`): only a call in the same task inherits its deadline.
+        self.task: object = None
 
     def given_timeouts(self, timeout: dict[str, float | None]) -> None:
         """The caller's own httpx timeouts (None parts: the policy's, never infinite)."""
@@ -79,9 +96,29 @@ class AsyncCall:
 
 
 def is_replayable(request: httpx.Request) -> bool:
-    """Whether the body can be sent again: bytes (content, json, form), not a stream or files."""
+    """
+    Whether the body can be sent again: bytes (content, json, form), or
+    ``files=`` whose every file is bytes, str or seekable (httpx's multipart
+    stream seeks each file back to 0 when it is sent again; requests makes
+    the same body into bytes up front, so the sync session retries it too).
+    Not a generator or an unseekable file.
+    """
     stream = request.stream
-    return type(stream) is httpx.ByteStream or isinstance(stream, httpx.ByteStream)
+    if type(stream) is httpx.ByteStream or isinstance(stream, httpx.ByteStream):
+        return True
+    if isinstance(stream, MultipartStream):
+        return all(_rewindable(getattr(field, "file", b"")) for field in stream.fields)
+    return False
+
+
+def _rewindable(file: object) -> bool:
+    if isinstance(file, (bytes, str)):
+        return True
+    seekable = getattr(file, "seekable", None)
+    try:
+        return bool(seekable()) if seekable is not None else False
+    except (OSError, ValueError):  # closed, or a pipe that says so by raising
+        return False
 
 
 def decide(call: AsyncCall, outcome: httpx.Response | BaseException, policy: RetryPolicy,
@@ -232,6 +269,31 @@ def cut_at(left: float | None) -> Any:
     if _ASYNCIO_TIMEOUT is not None and asyncio._get_running_loop() is not None:
         return _ASYNCIO_TIMEOUT(left)
     return anyio.fail_after(left)
+
+
+def current_task() -> object:
+    """The running task: asyncio's (cheap), else anyio's (trio)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return anyio.get_current_task().id
+
+
+def was_cut(cut: Any) -> bool:
+    """Whether the scope `cut_at` made (as entered) is what ended the attempt: its time ran out."""
+    if cut is None:
+        return False
+    expired = getattr(cut, "expired", None)  # asyncio.Timeout
+    if expired is not None:
+        return bool(expired())
+    return bool(getattr(cut, "cancelled_caught", False))  # anyio's CancelScope
+
+
+def slow(route: Route, duration: float) -> bool:
+    """Whether an attempt that lasted *duration* is a slow call for the route's breaker."""
+    policy = route.policy.breaker
+    limit = policy.slow_call_duration if policy is not None else None
+    return limit is not None and duration > limit
 
 
 def mark(resp: httpx.Response, attempts: int, *, is_fallback: bool, stale_age: float | None) -> None:

@@ -206,10 +206,11 @@ class CircuitBreaker:
             # Past retry_at yet refused: another call's trial is in flight. If
             # it fails now, the next trial is a reset_timeout away: say that,
             # never 0 (a caller waiting retry_in before retrying would spin).
-            retry_in = None if at is None else (at - now if at > now else self.policy.reset_timeout)
+            in_flight = at is not None and at <= now
+            retry_in = None if at is None else (self.policy.reset_timeout if in_flight else at - now)
             if at is not None and not self._local_time:  # _local(), inlined: a hot path
                 at = self._clock.monotonic() + (at - now)
-            raise CircuitOpenError(self.name, at, retry_in=retry_in)
+            raise CircuitOpenError(self.name, at, retry_in=retry_in, trial_in_flight=in_flight)
         for listener in self._listeners:
             safely(self.name, listener.before_call, self, None)
         return verdict is TRIAL

@@ -51,12 +51,15 @@ class Deadline:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("at", "clock", "total")
+    __slots__ = ("at", "clock", "inherited", "total")
 
-    def __init__(self, clock: Clock, total: float, *, at: float | None = None) -> None:
+    def __init__(self, clock: Clock, total: float, *, at: float | None = None,
+                 inherited: bool = False) -> None:
         self.clock = clock
         self.total = total
         self.at = clock.monotonic() + total if at is None else at
+        #: The caller's deadline (inbound header, ``deadline()``, an enclosing call), not ``total``.
+        self.inherited = inherited
 
     def remaining(self) -> float:
         """Seconds left; negative once passed."""

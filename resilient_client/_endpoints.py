@@ -57,12 +57,12 @@ class EndpointState:
 
     def __init__(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
-        state_dir: str | None = None,
+        state_dir: str | None = None, match: str = "",
     ) -> None:
         self.name = name
         self.policy = policy
         if policy.host_shared:
-            self._host(name, policy, clock, on_state_change, state_dir)
+            self._host(name, policy, clock, on_state_change, state_dir, match)
             return
         self.breaker: CircuitBreaker | None = (
             CircuitBreaker(name, policy.breaker, clock=clock, on_state_change=on_state_change)
@@ -79,15 +79,16 @@ class EndpointState:
 
     def _host(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
-        state_dir: str | None,
+        state_dir: str | None, match: str,
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
         from ._host_dir import effective_state_dir
-        from ._host_file import HostFile  # only host state opens files
+        from ._host_file import host_file  # only host state opens files
         from ._host_state import HostBudget, HostBulkhead, HostStore, check_policy
 
-        file = HostFile(effective_state_dir(state_dir), name)
-        check_policy(file, (policy.breaker, policy.budget, policy.bulkhead))
+        # One HostFile per file in the process: sessions share its descriptor and lock.
+        file = host_file(effective_state_dir(state_dir), name)
+        check_policy(file, (policy.breaker, policy.budget, policy.bulkhead), match)
         self.breaker = None
         if policy.breaker is not None:
             redis = policy.state != "host"
@@ -244,7 +245,7 @@ class Endpoints:
                 return state
             for ep in self._endpoints:
                 if ep.name == name:
-                    state = self._states[name] = self._new_state(name, ep.policy)
+                    state = self._states[name] = self._new_state(name, ep.policy, ep.match)
                     return state
         known = sorted({e.name for e in self._endpoints})
         raise KeyError(f"no endpoint named {name!r}; known: {known}")
@@ -261,8 +262,8 @@ class Endpoints:
         self._retryings.clear()
         self._next_scan = 0
 
-    def _new_state(self, name: str, policy: Policy) -> EndpointState:
-        return EndpointState(name, policy, self._clock, self._on_state_change, self._state_dir)
+    def _new_state(self, name: str, policy: Policy, match: str = "") -> EndpointState:
+        return EndpointState(name, policy, self._clock, self._on_state_change, self._state_dir, match)
 
     def _new_route(self, method: str, url: str) -> Route:
         res = self._router.resolve(method, url)
@@ -274,7 +275,7 @@ class Endpoints:
             elif res.key in self._states:
                 state = self._states[res.key]
             else:
-                state = self._states[res.key] = self._new_state(res.key, policy)
+                state = self._states[res.key] = self._new_state(res.key, policy, res.endpoint.match)
             if isinstance(policy.fallback, StaleFallback) and state.stale is None:
                 state.stale = StaleCache(policy.fallback, self._clock)
             slot = -1 if res.index is None else res.index
@@ -296,5 +297,19 @@ class Endpoints:
                 for key in origins.pop(k).route_keys:
                     self._routes.pop(key, None)
             self._next_scan = len(origins) + MAX_ORIGIN_STATES // 4
-        state = origins[origin] = self._new_state(origin, policy)
+        state = origins[origin] = self._new_state(origin, _process_local(policy))
         return state
+
+
+def _process_local(policy: Policy) -> Policy:
+    """
+    An unmatched origin's state stays in the process under ``state: host``
+    (or Redis): a file per origin ever called would pile up in ``state_dir``
+    (origins are forgotten here, files would not be). A Redis breaker stays in Redis.
+    """
+    if not policy.host_shared:
+        return policy
+    breaker = policy.breaker
+    if breaker is not None and policy.state != "host":
+        breaker = dataclasses.replace(breaker, storage=policy.state)
+    return dataclasses.replace(policy, state="memory", breaker=breaker)

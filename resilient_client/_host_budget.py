@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from . import _host_file
 from ._budget import RetryBudget
 from ._clock import Clock
 from ._host_dir import warn_once
-from ._host_file import BUCKETS, BUDGET, BUDGET_AT, HostFile, HostFileError
+from ._host_file import BUCKETS, BUDGET, BUDGET_AT, HostFile, HostFileBusy, HostFileError
 from ._policy import BudgetPolicy
 
 __all__ = ["HostBudget"]
@@ -27,7 +28,7 @@ _FLUSH_EVERY = 0.05
 class HostBudget(RetryBudget):
     """A `RetryBudget` whose buckets are shared on the host (see the module docstring)."""
 
-    __slots__ = ("_file", "_flushed", "_pending", "_shared")
+    __slots__ = ("_file", "_flushed", "_pending", "_retry_at", "_shared")
 
     def __init__(self, policy: BudgetPolicy, clock: Clock, file: HostFile) -> None:
         super().__init__(policy, clock)
@@ -35,6 +36,7 @@ class HostBudget(RetryBudget):
         self._pending = 0  # first tries not yet in the file
         self._flushed = time.monotonic()
         self._shared = True
+        self._retry_at = 0.0
 
     @property
     def scope(self) -> str:
@@ -42,7 +44,7 @@ class HostBudget(RetryBudget):
         return "host" if self._shared else "process"
 
     def record_request(self) -> None:
-        if not self._shared:
+        if not self._shared and not self._revived():
             super().record_request()
             return
         with self._lock:
@@ -51,7 +53,7 @@ class HostBudget(RetryBudget):
             self._locked(lambda fd: None)
 
     def try_spend(self) -> bool:
-        if self._shared:
+        if self._shared or self._revived():
             spent = self._locked(self._spend)
             if spent is not None:
                 return spent
@@ -101,13 +103,24 @@ class HostBudget(RetryBudget):
                                                     *(min(v, top) for v in retries)))
 
     def _locked(self, op: Callable[[int], R]) -> R | None:
-        """*op* under the file lock, pending first tries flushed; None once degraded."""
+        """*op* under the file lock, pending first tries flushed; None when degraded or busy."""
         try:
             with self._file.locked() as fd:
                 self.flush(fd)
                 return op(fd)
+        except HostFileBusy:
+            return None  # this call decides in the process (fail open)
         except HostFileError as exc:
             warn_once(self._file.path, "host state for endpoint %r unusable (%s); using process-local state",
                       self._file.name, exc)
             self._shared = False
+            self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
             return None
+
+    def _revived(self) -> bool:
+        """Unusable: whether the file is usable again (tried at most every ``CHECK_EVERY``)."""
+        if time.monotonic() < self._retry_at:
+            return False
+        self._retry_at = time.monotonic() + _host_file.CHECK_EVERY
+        self._shared = self._file.revive()
+        return self._shared

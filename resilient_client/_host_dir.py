@@ -1,7 +1,24 @@
 """
 Where host-shared state files live, and the small helpers around them:
-the default ``state_dir``, a file's name, whether a pid is alive, and
-logging a damaged file once (see `_host_file` for the file itself).
+the default ``state_dir``, a file's name, who this process is and whether
+another one is alive, and logging a damaged file once (see `_host_file` for
+the file itself).
+
+Decision record: who holds a lease
+----------------------------------
+A pid alone does not name a process: a container restarted after an OOM
+kill starts its workers with the same pids, and processes in other pid
+namespaces (containers sharing a ``state_dir``) have pids that mean nothing
+here. A lease therefore records ``(pid, token, pid namespace)``: the token is
+the process's start time (``/proc/<pid>/stat`` field 22, in clock ticks
+since boot), or a random number where ``/proc`` is not ours to read, and the
+namespace is the inode of ``/proc/self/ns/pid``. `alive` then says:
+
+* another namespace: *unknown* (its pids cannot be checked from here; its
+  leases are left to lapse on their own expiry);
+* our pid with another token: *dead* (a predecessor that had our pid);
+* a pid that does not exist, or exists with another start time: *dead*;
+* otherwise alive.
 """
 
 from __future__ import annotations
@@ -12,10 +29,11 @@ import os
 import re
 import tempfile
 import threading
+from typing import NamedTuple
 
 __all__ = [
-    "STATE_DIR_ENV", "TEST_STATE_DIR_ENV", "candidate_state_dirs", "default_state_dir",
-    "effective_state_dir", "mark_warned", "path_for", "pid_alive", "warn_once",
+    "STATE_DIR_ENV", "TEST_STATE_DIR_ENV", "Identity", "alive", "boot_id", "candidate_state_dirs",
+    "default_state_dir", "effective_state_dir", "mark_warned", "me", "path_for", "pid_alive", "warn_once",
 ]
 
 logger = logging.getLogger("resilient_client")
@@ -27,8 +45,9 @@ _warned_lock = threading.Lock()
 
 def _after_fork() -> None:
     # A lock held by a parent thread at fork would never be released here.
-    global _warned_lock
+    global _warned_lock, _me
     _warned_lock = threading.Lock()
+    _me = _identity()
 
 
 if hasattr(os, "register_at_fork"):
@@ -121,3 +140,80 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+
+
+class Identity(NamedTuple):
+    """Who holds a lease: pid, token (start time, else random), pid namespace (0: unknown)."""
+
+    pid: int
+    token: int
+    ns: int
+
+
+def _read_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read(1024)
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    return raw[raw.rfind(b")") + 2:].decode("ascii", "replace").split()
+
+
+def _start_time(pid: int | str) -> int:
+    fields = _read_stat(pid)
+    # Field 22 of the whole line is the 20th after the name (fields 3...).
+    return int(fields[19]) if fields is not None and len(fields) > 19 and fields[19].isdigit() else 0
+
+
+def _proc_is_ours() -> bool:
+    """Whether ``/proc`` shows our pid namespace (an unshared namespace may still see the host's)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
+def _identity() -> Identity:
+    pid = os.getpid()
+    token = _start_time("self") if _PROC_OURS else 0
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino & 0xFFFFFFFF
+    except OSError:
+        ns = 0
+    return Identity(pid, token or int.from_bytes(os.urandom(8), "little") | 1 << 63, ns)
+
+
+_PROC_OURS = _proc_is_ours()
+_me = _identity()
+
+
+def me() -> Identity:
+    """This process's identity (kept up to date across forks)."""
+    return _me
+
+
+def alive(pid: int, token: int, ns: int) -> bool | None:
+    """Whether the lease holder ``(pid, token, ns)`` is alive; None: unknowable from here (see above)."""
+    mine = _me
+    if ns != mine.ns:
+        return None
+    if pid == mine.pid:
+        return token == mine.token or token == 0
+    if not pid_alive(pid):
+        return False
+    if _PROC_OURS and token and not token >> 63:  # a start time, not a random token
+        started = _start_time(pid)
+        if started and started != token:
+            return False  # the pid was reused
+    return True
+
+
+def boot_id() -> bytes:
+    """This boot's id (16 bytes, zeros where unknown): CLOCK_MONOTONIC's times mean nothing across boots."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return bytes.fromhex(f.read(64).strip().decode().replace("-", ""))[:16].ljust(16, b"\0")
+    except (OSError, ValueError):
+        return bytes(16)

@@ -11,22 +11,36 @@ Decision record: the file
 -------------------------
 One file per endpoint name, ``<state_dir>/<name>-<sha1 of name>.state``:
 endpoints never contend for one lock, and damage to one endpoint's file
-leaves the others shared. The layout is 4096 bytes, little-endian::
+leaves the others shared. The layout (version 2) is 8192 bytes, little-endian::
 
     0    header   magic b"RCHOST\\0\\0", layout version u32, size u32, name (48 bytes)
-    64   breaker  state u8, forced u8, failures u32, opened_at f64,
-                  trial_until f64, trial pid i32, holder (48 bytes), crc32
+    64   breaker  state u8, forced u8, failures u32, opened_at f64, trial_until f64,
+                  the trial holder's pid i32, pid namespace u32, token u64,
+                  holder (40 bytes), crc32
     160  budget   bucket number i64, 10 x first tries u32, 10 x retries u32
-    248  policy   crc32 of the first user's breaker, budget and bulkhead policies
-    256  bulkhead count of lease rows in use u32, then 128 rows from 272:
-                  (pid i32, calls held u32, lease expiry f64), one per process
-    3584 redis    the Redis breaker's snapshot for ``state: redis://`` (`_host_redis`)
+    256  meta     boot id (16 bytes), digest of the endpoint's match (16 bytes),
+                  crc32 of the recorder's breaker, budget and bulkhead policies,
+                  the recorder's pid i32 and namespace u32, reset epoch u32, token u64
+    320  bulkhead count of lease rows in use u32, then 128 rows from 336: (pid i32,
+                  calls held u32, lease expiry f64, token u64, pid namespace u32), one per process
+    7680 redis    the Redis breaker's snapshot, for ``state: redis://`` (`_host_redis`)
 
-Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for every process
-on a host). A file whose magic, version or size is not ours (an older
-release, another program, a truncation) is never written: the process logs
-once and keeps that endpoint's state in the process (`HostFileError`).
-Bumping `VERSION` is how a layout change keeps old and new releases apart.
+A process is named by pid, token (its start time) and pid namespace: see
+`_host_dir.alive`. Times are ``time.monotonic()`` (CLOCK_MONOTONIC: one
+clock for every process of a boot and time namespace); a file written
+before this boot (its boot id) is cleared when opened, and an ``opened_at``
+ahead of our clock is taken as "now" (`_host_state`). A file whose magic,
+version or size is not ours (an older release, another program, a
+truncation) is never written: the process logs once and keeps that
+endpoint's state in the process (`HostFileError`), trying the file again
+every `CHECK_EVERY` (``resilient-client reset`` lays it out afresh *in
+place*: never unlinked, so no process is left on an old inode). Bumping
+`VERSION` is how a layout change keeps old and new releases apart.
+
+Why it is long: the bytes, the bounded lock, opening, fork and the
+deleted-file check belong together (each depends on the others' invariants);
+the process identity lives in `_host_dir`, the users in `_host_state`,
+`_host_bulkhead`, `_host_budget` and `_host_redis`.
 
 Decision record: atomicity and crashes
 --------------------------------------
@@ -61,10 +75,18 @@ truncates kills the next reader with SIGBUS; ``pread`` returns short, which
 is detected. The file lives on tmpfs (``/dev/shm`` or the runtime dir), so
 the page cache is the shared memory and a ``pread`` is a memory copy.
 
-Fork (gunicorn ``--preload``): a descriptor inherited across ``fork`` shares
-its flock with the parent, so the child reopens the file on first use (the
-pid, cached and refreshed by an ``os.register_at_fork`` hook, is compared on
-every operation).
+Fork (gunicorn ``--preload``, multiprocessing, celery prefork): a flock
+belongs to the open file description, which ``fork`` shares, so a child
+keeping the parent's descriptor would keep the parent's lock alive after
+the parent dies. An ``os.register_at_fork`` hook closes every inherited
+descriptor in the child (the parent's lock is untouched: it still has its
+own), and the child reopens the file on first use; descriptors are
+``O_CLOEXEC`` for an ``exec``. One `HostFile` per file per process
+(`host_file`): sessions on one endpoint share its descriptor and locks.
+
+The lock's wait is bounded (`LOCK_WAIT`): a holder stopped with it
+(SIGSTOP, ``docker pause``, a debugger) makes callers decide in their
+process (`HostFileBusy`) rather than stall past their deadline.
 """
 
 from __future__ import annotations
@@ -74,13 +96,23 @@ import logging
 import os
 import struct
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Iterator
 from typing import cast
 
 from . import _host_dir
-from ._host_dir import STATE_DIR_ENV, default_state_dir, path_for, pid_alive, warn_once
+from ._host_dir import (
+    STATE_DIR_ENV,
+    Identity,
+    alive,
+    boot_id,
+    default_state_dir,
+    path_for,
+    pid_alive,
+    warn_once,
+)
 
 try:
     import fcntl
@@ -88,44 +120,65 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "POLICY_AT", "ROW", "ROW_AT", "STATE_DIR_ENV",
-    "BreakerFields", "HostFile", "HostFileError", "breaker_fields", "current_pid", "default_state_dir",
-    "path_for",
+    "BREAKER", "BUCKETS", "BUDGET", "MAX_PROCESSES", "META", "META_AT", "POLICY_AT", "ROW", "ROWS_AT",
+    "ROW_AT", "STATE_DIR_ENV", "BreakerFields", "HostFile", "HostFileBusy", "HostFileError",
+    "breaker_fields", "current_pid", "default_state_dir", "host_file", "path_for", "reset_in_place",
 ]
 
 logger = logging.getLogger("resilient_client")
 
 MAGIC = b"RCHOST\0\0"
 #: The layout's version: a file of another version is left alone.
-VERSION = 1
-SIZE = 4096
+VERSION = 2
+SIZE = 8192
 _HEADER = struct.Struct("<8sII48s")
 BREAKER_AT = 64
-#: state, forced, failures, opened_at, trial_until, trial pid, holder; then its crc32.
-BREAKER = struct.Struct("<BB2xIddi4x48s")
+#: state, forced, failures, opened_at, trial_until, the trial holder's pid,
+#: pid namespace and token, its holder string; then its crc32.
+BREAKER = struct.Struct("<BB2xIddiIQ40s")
 _CRC = struct.Struct("<I")
 #: The breaker record's fields as stored, in `BREAKER`'s order.
-BreakerFields = tuple[int, int, int, float, float, int, bytes]
-_ZERO: BreakerFields = (0, 0, 0, 0.0, 0.0, 0, b"")
+BreakerFields = tuple[int, int, int, float, float, int, int, int, bytes]
+_ZERO: BreakerFields = (0, 0, 0, 0.0, 0.0, 0, 0, 0, b"")
 BUDGET_AT = 160
 BUCKETS = 10
 BUDGET = struct.Struct(f"<q{BUCKETS}I{BUCKETS}I")
-POLICY_AT = 248
-_ROWS_AT = 256
-_ROW0 = ROW_AT = 272
-ROW = struct.Struct("<iId")
+META_AT = 256
+#: boot id, digest of the endpoint's match, policy crc32, the recorder's pid
+#: and namespace, the reset epoch, the recorder's token.
+META = struct.Struct("<16s16sIiIIQ")
+_EPOCH_AT = META_AT + 44
+#: Where the recorded policy's crc32 is (`_host_state.recorded_policy`).
+POLICY_AT = META_AT + 32
+ROWS_AT = 320
+ROW0 = ROW_AT = 336
+#: A lease row: pid, calls held, lease expiry, the holder's token and pid namespace.
+ROW = struct.Struct("<iIdQI4x")
 #: Processes that may hold bulkhead slots on one endpoint at once: 4-32
 #: gunicorn workers, plus room for recycled ones whose rows are reclaimed.
 MAX_PROCESSES = 128
 _COUNT = struct.Struct("<I")
 #: Rows read with the count in one pread: enough for 32 processes.
 _ROWS_FIRST = 32
-_ROWS_READ = _ROW0 + _ROWS_FIRST * ROW.size
+_ROWS_READ = ROW0 + _ROWS_FIRST * ROW.size
 _COUNTS: dict[int, struct.Struct] = {}  # structs reading the calls held of n rows, by n
+#: The longest a call waits for another process's lock (held for microseconds
+#: unless its holder is stopped: SIGSTOP, ``docker pause``, a debugger).
+LOCK_WAIT = 0.25
+#: After a wait that gave up, calls try the lock once without waiting for this long.
+_BUSY_FOR = 1.0
+#: How often a file in use is checked for having been deleted or replaced,
+#: and a process that stopped sharing tries the file again.
+CHECK_EVERY = 1.0
 
 #: What the first 16 bytes of a good file are: checked under every lock.
 _HEAD16 = _HEADER.pack(MAGIC, VERSION, SIZE, b"")[:16]
 _open_lock = threading.Lock()
+#: One HostFile per file in a process (`host_file`): two sessions on one
+#: endpoint share its descriptor and its thread lock.
+_files: weakref.WeakValueDictionary[str, HostFile] = weakref.WeakValueDictionary()
+#: Every HostFile, so that a forked child closes what it inherited.
+_every: weakref.WeakSet[HostFile] = weakref.WeakSet()
 
 #: This process's pid, kept up to date across forks: getpid() is a system
 #: call (about 1 µs on this kind of host), and a call would make five.
@@ -142,6 +195,9 @@ def _after_fork() -> None:
     global _open_lock, _pid
     _open_lock = threading.Lock()
     _pid = os.getpid()
+    for f in list(_every):
+        f._tlock = threading.Lock()  # a parent thread may have held it at fork
+        f._drop_inherited()
 
 
 if hasattr(os, "register_at_fork"):
@@ -152,10 +208,24 @@ class HostFileError(Exception):
     """The file cannot be used: damaged, foreign, or not writable."""
 
 
+class HostFileBusy(HostFileError):
+    """Another process held the lock past `LOCK_WAIT`: decide this call in the process (fail open)."""
+
+
+def host_file(state_dir: str, name: str) -> HostFile:
+    """The process's one `HostFile` for endpoint *name* in *state_dir*."""
+    path = os.path.abspath(path_for(state_dir, name))
+    with _open_lock:
+        f = _files.get(path)
+        if f is None:
+            f = _files[path] = HostFile(state_dir, name)
+        return f
+
+
 class HostFile:
     """
     The state file of one endpoint, opened lazily; `HostFileError` from any
-    method means "use process-local state from now on".
+    method means "use process-local state" (`revive` tries again later).
     """
 
     def __init__(self, state_dir: str, name: str) -> None:
@@ -165,6 +235,14 @@ class HostFile:
         self._fd = -1
         self._pid = 0
         self._tlock = threading.Lock()
+        self._closer: weakref.finalize[..., None] | None = None
+        self._busy_until = 0.0
+        self._check_at = time.monotonic() + CHECK_EVERY
+        self._epoch = b""  # the reset epoch last seen
+        #: Bumped when the file is reopened (deleted or replaced under us),
+        #: reset, or usable again: bulkheads then claim their row again.
+        self.generation = 0
+        _every.add(self)
 
     # -- opening ---------------------------------------------------------------------
 
@@ -179,12 +257,13 @@ class HostFile:
             if st.st_uid != os.getuid() or st.st_mode & 0o022:
                 # Anyone who can write here can forge our breakers.
                 raise HostFileError(f"{self._dir} is not this user's own directory (mode 0700)")
+            # O_CLOEXEC: a program exec'd by a worker must not keep the lock alive.
             flags = os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT
             fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise HostFileError(f"cannot open {self.path}: {exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._flock(fd)
             try:
                 size = os.fstat(fd).st_size
                 if size == 0 or (size == SIZE and os.pread(fd, 16, 0) == bytes(16)):
@@ -193,8 +272,12 @@ class HostFile:
                     # opener sees it whole.
                     os.ftruncate(fd, SIZE)
                     os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]), 0)
+                elif not read_only and self._upgrade_v1(fd, size):
+                    pass  # laid out afresh: no live process of the older release uses it
                 else:
                     self._check_header(fd)
+                if not read_only:
+                    self._check_boot(fd)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except (OSError, HostFileError) as exc:
@@ -203,6 +286,27 @@ class HostFile:
                 raise
             raise HostFileError(f"cannot set up {self.path}: {exc}") from exc
         return fd
+
+    def _upgrade_v1(self, fd: int, size: int) -> bool:
+        """
+        A file of layout 1 (the release before) whose lease rows name no live
+        process is laid out as ours (lock held): after a rolling upgrade the
+        old file would otherwise keep every new worker process-local.
+        """
+        if size != 4096:
+            return False
+        raw = os.pread(fd, 4096, 0)
+        magic, version, _, _ = _HEADER.unpack_from(raw)
+        if magic != MAGIC or version != 1:
+            return False
+        (n,) = _COUNT.unpack_from(raw, 256)
+        rows = struct.iter_unpack("<iId", raw[272:272 + 16 * min(n, 128)])
+        if any(pid > 0 and pid_alive(pid) for pid, _, _ in rows):
+            return False  # an older worker still runs: each keeps to itself until it is gone
+        os.ftruncate(fd, SIZE)
+        os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, self.name.encode()[:48]) + bytes(SIZE - 64), 0)
+        logger.info("host state %s: layout 1 of an older release, unused: laid out afresh", self.path)
+        return True
 
     def _check_header(self, fd: int) -> None:
         raw = os.pread(fd, _HEADER.size, 0)
@@ -214,23 +318,138 @@ class HostFile:
         if version != VERSION or size != SIZE:
             raise HostFileError(f"{self.path} has layout version {version}, this release reads {VERSION}")
 
+    def _check_boot(self, fd: int) -> None:
+        """A file written before a reboot (state_dir on disk) holds times of another clock: start afresh."""
+        ours, recorded = boot_id(), os.pread(fd, 16, META_AT)
+        if recorded == ours:
+            return
+        if recorded != bytes(16):
+            logger.info("host state %s was written before this boot: cleared", self.path)
+            os.pwrite(fd, bytes(SIZE - BREAKER_AT), BREAKER_AT)
+        os.pwrite(fd, ours, META_AT)
+
     def fd(self) -> int:
         """The descriptor, (re)opened in this process: a forked child must not share the parent's lock."""
         pid = _pid
         if self._pid != pid:
             with _open_lock:
                 if self._pid != pid:
-                    # An inherited descriptor is the parent's (its flock is
-                    # the parent's too): leave it open for the parent's sake.
-                    self._tlock = threading.Lock()
-                    self._fd = self._open()
-                    self._pid = pid
-                    # Closed with this object: states of forgotten origins
+                    self._drop_inherited()
+                    fd = self._open()
+                    # Closed with this object: states of forgotten endpoints
                     # must not leak a descriptor each.
-                    weakref.finalize(self, os.close, self._fd)
+                    self._closer = weakref.finalize(self, os.close, fd)  # type: ignore[arg-type]
+                    self._fd, self._pid = fd, pid
+                    self._epoch = os.pread(fd, 4, _EPOCH_AT)
+        elif time.monotonic() >= self._check_at:
+            self._check_replaced()
         return self._fd
 
-    # -- reading and writing -----------------------------------------------------------
+    def _check_replaced(self) -> None:
+        """Every ``CHECK_EVERY``: reopen the path if the file was deleted or replaced under us."""
+        if not self._tlock.acquire(blocking=False):
+            return  # in use (perhaps by this thread): checked on a later call
+        try:
+            self._check_at = time.monotonic() + CHECK_EVERY  # a module global: tests shorten it
+            self._reopen_if_replaced(self._fd)
+        finally:
+            self._tlock.release()
+
+    def _drop_inherited(self) -> None:
+        """
+        After a fork, in the child: close the parent's descriptor. A flock
+        belongs to the open file description, which fork shares: a child
+        keeping it would keep the parent's lock alive after the parent dies.
+        Closing our copy leaves the parent's lock as it is.
+        """
+        if self._pid and self._pid != _pid and self._fd >= 0:
+            if self._closer is not None:
+                self._closer.detach()
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd, self._pid, self._closer = -1, 0, None
+
+    def _reopen_if_replaced(self, fd: int) -> None:
+        """
+        The file deleted or replaced under us (thread lock held): reopen the
+        path onto the same descriptor number, and bump `generation` (our
+        bulkhead row is claimed again in the new file).
+        """
+        try:
+            st = os.fstat(fd)
+            try:
+                same = st.st_nlink > 0 and os.stat(self.path).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                epoch = os.pread(fd, 4, _EPOCH_AT)
+                if epoch != self._epoch:  # reset (`clear`, `reset_in_place`): rows may be gone
+                    self._epoch = epoch
+                    self.generation += 1
+                return
+            new = self._open()
+            try:
+                # dup2 keeps the number: a thread reading without the lock
+                # reads the new file, never a descriptor closed and reused.
+                os.dup2(new, fd, inheritable=False)
+            finally:
+                os.close(new)
+        except OSError as exc:
+            raise HostFileError(f"cannot reopen {self.path}: {exc}") from exc
+        self.generation += 1
+        self._epoch = os.pread(fd, 4, _EPOCH_AT)
+        logger.info("host state %s was deleted or replaced: reopened", self.path)
+
+    def revive(self) -> bool:
+        """Whether the file is usable again (reset in place, or recreated), for a degraded process."""
+        self._check_at = 0.0  # deleted meanwhile? checked now
+        try:
+            fd = self.lock()
+            self.unlock(fd)
+        except HostFileError:
+            return False
+        self.generation += 1  # rows may have been rewritten meanwhile
+        logger.info("host state %s usable again: shared from now on", self.path,
+                    extra={"state_file": self.path})
+        return True
+
+    # -- the lock ------------------------------------------------------------------------
+
+    def _flock(self, fd: int) -> None:
+        """
+        flock(LOCK_EX), waiting at most `LOCK_WAIT`; `HostFileBusy` when the
+        holder does not let go. A holder seen stopped (``/proc/locks`` names
+        it, its state is ``T``) is given up on at once: contention among
+        running processes waits, a paused holder does not stall anyone.
+        """
+        assert fcntl is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        start = time.monotonic()
+        if start >= self._busy_until:  # else: given up lately; no wait until that is over
+            pause, look_at = 0.0001, start + 0.005
+            for _ in range(1000):  # bounded: ends by time long before
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if now >= start + LOCK_WAIT:
+                        break
+                    if now >= look_at:
+                        look_at = now + 0.02
+                        if _holder_stopped(fd):
+                            break
+            self._busy_until = time.monotonic() + _BUSY_FOR
+            warn_once(self.path + ":busy", "host state %s: its lock is held by a stopped process (or for "
+                      "more than %.0f ms); calls decide in their process until it is free", self.path,
+                      LOCK_WAIT * 1000)
+        raise HostFileBusy(f"{self.path} is locked by another process")
 
     def lock(self, *, check: bool = True) -> int:
         """Take the file exclusively (thread lock, then flock) and return its descriptor.
@@ -240,14 +459,16 @@ class HostFile:
         reads it with the rows, saving a system call).
         """
         fd = self.fd()
-        assert fcntl is not None
         tlock = self._tlock
-        tlock.acquire()
+        if not tlock.acquire(timeout=2 * LOCK_WAIT):
+            raise HostFileBusy(f"{self.path} is locked by another thread")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
+            self._flock(fd)
+        except BaseException as exc:
             tlock.release()
-            raise HostFileError(f"cannot lock {self.path}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise HostFileError(f"cannot lock {self.path}: {exc}") from exc
+            raise
         try:
             # Checked under every lock: a file damaged mid-run stops being written at once.
             if check and os.pread(fd, 16, 0) != _HEAD16:
@@ -279,6 +500,8 @@ class HostFile:
             raise HostFileError(f"{self.path}: {exc}") from exc
         finally:
             self.unlock(fd)
+
+    # -- reading and writing -----------------------------------------------------------
 
     def read(self, fd: int, at: int, size: int) -> bytes:
         raw = os.pread(fd, size, at)
@@ -316,10 +539,10 @@ class HostFile:
     # -- bulkhead rows ---------------------------------------------------------------------
 
     def read_rows(self, fd: int) -> list[list[int | float]]:
-        """The lease rows in use, ``[pid, calls, expiry]`` each; checks the header too."""
+        """The lease rows in use, ``[pid, calls, expiry, token, ns]`` each; checks the header too."""
         raw = self._rows_raw(fd)
-        n = min(_COUNT.unpack_from(raw, _ROWS_AT)[0], MAX_PROCESSES)
-        return [list(r) for r in ROW.iter_unpack(raw[_ROW0:_ROW0 + n * ROW.size])]
+        n = min(_COUNT.unpack_from(raw, ROWS_AT)[0], MAX_PROCESSES)
+        return [list(r) for r in ROW.iter_unpack(raw[ROW0:ROW0 + n * ROW.size])]
 
     def _rows_raw(self, fd: int) -> bytes:
         """Header to the rows in use, in one ``pread``; the header is checked."""
@@ -327,10 +550,10 @@ class HostFile:
         if len(raw) != _ROWS_READ or raw[:16] != _HEAD16:
             self._check_header(fd)
             raise HostFileError(f"{self.path} header changed")
-        (n,) = _COUNT.unpack_from(raw, _ROWS_AT)
+        (n,) = _COUNT.unpack_from(raw, ROWS_AT)
         if n > _ROWS_FIRST:  # rare: more processes than one read covers
             # A damaged count must not make us read past the table.
-            raw = self.read(fd, 0, _ROW0 + min(n, MAX_PROCESSES) * ROW.size)
+            raw = self.read(fd, 0, ROW0 + min(n, MAX_PROCESSES) * ROW.size)
         return raw
 
     def calls_held(self) -> int:
@@ -339,27 +562,35 @@ class HostFile:
             raw = self._rows_raw(self.fd())
         except OSError as exc:
             raise HostFileError(f"{self.path}: {exc}") from exc
-        n = min(_COUNT.unpack_from(raw, _ROWS_AT)[0], MAX_PROCESSES)
-        counts = _COUNTS.get(n) or _COUNTS.setdefault(n, struct.Struct("<" + "4xI8x" * n))
-        return sum(counts.unpack_from(raw, _ROW0))
+        n = min(_COUNT.unpack_from(raw, ROWS_AT)[0], MAX_PROCESSES)
+        counts = _COUNTS.get(n)
+        if counts is None:
+            counts = _COUNTS[n] = struct.Struct("<" + "4xI24x" * n)
+        return sum(counts.unpack_from(raw, ROW0))
 
-    def claim_row(self, pid: int, expiry: float) -> int:
-        """A row for *pid*, under the lock: its own, else a free one or a gone pid's, else a new one."""
+    def claim_row(self, ident: Identity, expiry: float) -> int:
+        """
+        A row for this process (*ident*), under the lock: its own, else a
+        free one or one whose holder is dead (a predecessor with our pid
+        included: `alive`), else a new one. A row of another pid namespace
+        is never taken: its holder cannot be checked from here.
+        """
         with self.locked() as fd:
             rows = self.read_rows(fd)
-            mine = [i for i, r in enumerate(rows) if r[0] == pid]
-            free = mine or [i for i, r in enumerate(rows) if r[0] <= 0 or not pid_alive(int(r[0]))]
+            mine = [i for i, r in enumerate(rows) if (r[0], r[3], r[4]) == (ident.pid, ident.token, ident.ns)]
+            free = mine or [i for i, r in enumerate(rows)
+                            if r[0] <= 0 or alive(int(r[0]), int(r[3]), int(r[4])) is False]
             i = free[0] if free else len(rows)
             if i >= MAX_PROCESSES:
                 raise HostFileError(f"more than {MAX_PROCESSES} live processes use {self.path}")
-            self.write_row(fd, i, [pid, 0, expiry], len(rows))
+            self.write_row(fd, i, [ident.pid, 0, expiry, ident.token, ident.ns], len(rows))
             return i
 
     def write_row(self, fd: int, index: int, row: list[int | float], rows_in_use: int) -> None:
-        self.write(fd, _ROW0 + index * ROW.size, ROW.pack(*row))
+        self.write(fd, ROW0 + index * ROW.size, ROW.pack(*row))
         if index >= rows_in_use:
             # After the row: a death between the two leaves an unused row, not a bad count.
-            self.write(fd, _ROWS_AT, _COUNT.pack(index + 1))
+            self.write(fd, ROWS_AT, _COUNT.pack(index + 1))
 
     # -- all of it, for `status` and `reset` ---------------------------------------------------
 
@@ -371,11 +602,62 @@ class HostFile:
         """
         with self.locked() as fd:
             rows = self.read_rows(fd)
-            self.write(fd, BREAKER_AT, bytes(_ROWS_AT - BREAKER_AT))
+            (epoch,) = _COUNT.unpack(self.read(fd, _EPOCH_AT, 4))
+            self.write(fd, BREAKER_AT, bytes(ROWS_AT - BREAKER_AT))
+            self.write(fd, META_AT, boot_id())
+            self.write(fd, _EPOCH_AT, _COUNT.pack((epoch + 1) & 0xFFFFFFFF))
             self.write_breaker(fd, _ZERO)
             for i, r in enumerate(rows):
-                if not pid_alive(int(r[0])):
-                    self.write(fd, _ROW0 + i * ROW.size, bytes(ROW.size))
+                if alive(int(r[0]), int(r[3]), int(r[4])) is False:
+                    self.write(fd, ROW0 + i * ROW.size, bytes(ROW.size))
+
+
+def _holder_stopped(fd: int) -> bool:
+    """Whether the process holding *fd*'s file's flock is stopped (SIGSTOP, a debugger); False: unknown."""
+    try:
+        st = os.fstat(fd)
+        me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks", "rb") as f:
+            lines = f.read(1 << 20).decode("ascii", "replace").splitlines()
+        for line in lines[:10_000]:
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == me:
+                with open(f"/proc/{int(parts[4])}/stat", "rb") as f:
+                    raw = f.read(512)
+                return raw[raw.rfind(b")") + 2:][:1] in (b"T", b"t")
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def reset_in_place(state_dir: str, name: str) -> None:
+    """
+    Lay endpoint *name*'s file out afresh in place, whatever it holds (a
+    damaged or foreign file included): processes that have it open keep
+    sharing the same inode, and those that stopped share it again (`revive`).
+    """
+    f = HostFile(state_dir, name)
+    try:
+        f.clear()
+        return
+    except HostFileBusy:
+        raise
+    except HostFileError:
+        pass
+    try:
+        fd = os.open(f.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise HostFileError(f"cannot open {f.path}: {exc}") from exc
+    try:
+        f._flock(fd)
+        os.ftruncate(fd, SIZE)
+        os.pwrite(fd, _HEADER.pack(MAGIC, VERSION, SIZE, name.encode()[:48]) + bytes(SIZE - 64), 0)
+        os.pwrite(fd, boot_id(), META_AT)
+        os.pwrite(fd, os.urandom(4), _EPOCH_AT)  # its processes claim their rows again
+    except OSError as exc:
+        raise HostFileError(f"cannot reset {f.path}: {exc}") from exc
+    finally:
+        os.close(fd)  # drops the lock with it
 
 
 def _crc(body: bytes) -> int:

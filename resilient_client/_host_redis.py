@@ -17,8 +17,8 @@ snapshot they have. A write (the compare-and-set of a change) still goes
 to Redis from the process that decides it, and its result is published
 too, so the host sees it at once.
 
-Layout: 512 bytes at `CACHE_AT`, in space the layout's version 1 leaves
-zero (a reader of version 1 without this module never looks there)::
+Layout: the last 512 bytes of the file, from `CACHE_AT` (after the lease
+rows, which end at 4432 in the layout's version 2)::
 
     0   claim until f64 (written under the lock)
     8   crc32 of the rest u32, payload length u16, 2 bytes padding
@@ -40,7 +40,7 @@ from ._host_file import SIZE, HostFile, HostFileError
 
 __all__ = ["CACHE_AT", "CLAIM_FOR", "RedisHostCache"]
 
-CACHE_AT = 3584
+CACHE_AT = SIZE - 512
 _CACHE_SIZE = SIZE - CACHE_AT
 _CLAIM = struct.Struct("<d")
 _HEAD = struct.Struct("<IH2xddd")

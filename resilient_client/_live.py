@@ -9,15 +9,18 @@ import itertools
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from ._async_client import AsyncResilientClient
     from ._session import ResilientSession
 
-__all__ = ["LIVE_SESSIONS", "LiveSessions"]
+__all__ = ["LIVE_ASYNC_CLIENTS", "LIVE_SESSIONS", "LiveSessions"]
+
+_S = TypeVar("_S", bound=Any)
 
 
-class LiveSessions:
+class LiveSessions(Generic[_S]):
     """
     Every `ResilientSession` alive in this process, oldest first, held
     weakly, and the callbacks that want to hear of each new one: the registry
@@ -31,24 +34,24 @@ class LiveSessions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Keyed by a serial number: a dict keeps insertion order, so oldest first.
-        self._sessions: weakref.WeakValueDictionary[int, ResilientSession] = (
+        self._sessions: weakref.WeakValueDictionary[int, _S] = (
             weakref.WeakValueDictionary()
         )
         self._serial = itertools.count()
-        self._callbacks: tuple[Callable[[ResilientSession], None], ...] = ()
+        self._callbacks: tuple[Callable[[_S], None], ...] = ()
 
-    def add(self, session: ResilientSession) -> None:
+    def add(self, session: _S) -> None:
         with self._lock:
             self._sessions[next(self._serial)] = session
             callbacks = self._callbacks
         for callback in callbacks:  # outside the lock: a callback may build a session
             callback(session)
 
-    def snapshot(self) -> list[ResilientSession]:
+    def snapshot(self) -> list[_S]:
         with self._lock:
             return list(self._sessions.values())
 
-    def watch(self, callback: Callable[[ResilientSession], None]) -> Callable[[], None]:
+    def watch(self, callback: Callable[[_S], None]) -> Callable[[], None]:
         with self._lock:
             self._callbacks = (*self._callbacks, callback)
 
@@ -58,7 +61,7 @@ class LiveSessions:
 
         return unwatch
 
-    def after_fork(self) -> list[ResilientSession]:
+    def after_fork(self) -> list[_S]:
         """
         In the child of an ``os.fork()``, where only the forking thread
         lives on: a fresh lock (another thread may have held the old one at
@@ -68,5 +71,8 @@ class LiveSessions:
         return list(self._sessions.values())
 
 
-#: The one registry of this process.
-LIVE_SESSIONS = LiveSessions()
+#: The one registry of this process's sessions.
+LIVE_SESSIONS: LiveSessions[ResilientSession] = LiveSessions()
+#: ... and of its `AsyncResilientClient` s (the same seam, see the end of
+#: `AsyncResilientClient`); here, so the testing kit finds them without importing httpx.
+LIVE_ASYNC_CLIENTS: LiveSessions[AsyncResilientClient] = LiveSessions()

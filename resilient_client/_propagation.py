@@ -176,7 +176,7 @@ def call_deadline(clock: Clock, total: float | None, enclosing: Deadline | None 
     at = inherited.at if inherited.clock is clock else now + inherited.remaining()
     if total is not None and now + total <= at:
         return Deadline(clock, total, at=now + total)
-    return Deadline(clock, max(0.0, at - now), at=at)
+    return Deadline(clock, max(0.0, at - now), at=at, inherited=True)
 
 
 def retries_allowed() -> bool:

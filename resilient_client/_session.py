@@ -641,7 +641,8 @@ class ResilientSession(requests.Session):
         if deadline is not None:
             left = deadline.remaining()
             if left <= 0:
-                raise DeadlineExceeded(call.route.name, deadline.total, request=request)
+                raise DeadlineExceeded(call.route.name, deadline.total, inherited=deadline.inherited,
+                                       request=request)
             connect, read = min(connect, left), min(read, left)
             prop = call.route.policy.propagation
             if prop is not None:  # the hop is a copy requests made: ours to change
@@ -1100,7 +1101,8 @@ class ResilientSession(requests.Session):
             left = deadline.remaining()
             if left <= 0:
                 call.outcome = _DEADLINE
-                raise DeadlineExceeded(route.name, deadline.total, request=request)
+                raise DeadlineExceeded(route.name, deadline.total, inherited=deadline.inherited,
+                                       request=request)
             connect, read = min(connect, left), min(read, left)
         call.reached_peer = call.left_endpoint = False
         call.hook_error = call.hook_guard = None
@@ -1211,7 +1213,8 @@ class ResilientSession(requests.Session):
                 traced.exit_attempt(call.hook_status if hook_error is exc else None,
                                     outcome.kind, type(exc).__name__)
             if outcome.kind == "deadline" and not isinstance(exc, DeadlineExceeded):
-                raise DeadlineExceeded(route.name, cast(Deadline, deadline).total, request=request) from exc
+                raise DeadlineExceeded(route.name, cast(Deadline, deadline).total,
+                                       inherited=cast(Deadline, deadline).inherited, request=request) from exc
             raise
         finally:
             local.attempt = outer

@@ -38,8 +38,26 @@ class ResilienceError(requests.RequestException):
     """
     Base class of the errors that resilient_client itself raises.
 
+    Each one pickles and copies whole (its own arguments, then its state:
+    ``request``, ``response``...), as multiprocessing, Celery or
+    ``concurrent.futures`` ship it: `_arguments` says what it was made of.
+
     .. versionadded:: 0.1.0
     """
+
+    def _arguments(self) -> dict[str, Any]:
+        """The keyword arguments that make this exception again (its message aside)."""
+        return {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's own reduce calls ``cls(*self.args)``: our messages
+        # are made from the arguments, so it nested or failed.
+        return _rebuild, (type(self), self._arguments()), dict(self.__dict__)
+
+
+def _rebuild(cls: type[ResilienceError], arguments: dict[str, Any]) -> ResilienceError:
+    """Unpickling: the exception made again from its arguments (its state is set after)."""
+    return cls(**arguments)
 
 
 class CircuitOpenError(ResilienceError, requests.ConnectionError):
@@ -52,27 +70,40 @@ class CircuitOpenError(ResilienceError, requests.ConnectionError):
         retry_in: seconds from when it was raised until a trial call may go
             through, or ``None`` when the breaker was forced open with
             ``.open()`` (no trial until ``.close()``).
+        trial_in_flight: half-open, another call's trial is in flight;
+            ``retry_in`` is then the wait for the next trial if it fails.
         retry_at: deprecated (a reading of the session's monotonic clock,
             meaningless in a log); use ``retry_in``. Removed in 0.3.0.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
+    .. versionchanged:: 0.4.0 ``trial_in_flight``.
     """
 
     def __init__(
         self, endpoint: str, retry_at: float | None = None, *, retry_in: float | None = None,
-        **kwargs: Any,
+        trial_in_flight: bool = False, **kwargs: Any,
     ) -> None:
         self.endpoint = endpoint
         self._retry_at = retry_at
         self.retry_in = retry_in
-        if retry_at is None:
-            when = "forced open: no trial call until it is closed"
-        elif retry_in is None:
-            when = "a trial call becomes possible later"
-        else:
+        #: Half-open: another call's trial is in flight (``retry_in``: if it fails).
+        self.trial_in_flight = trial_in_flight
+        if trial_in_flight:
+            when = "a trial call is in flight"
+            if retry_in is not None:
+                when += f"; if it fails, the next trial is {retry_in:.1f} s away"
+        elif retry_in is not None:
             when = f"a trial call may go through in {retry_in:.1f} s"
+        elif retry_at is None:
+            when = "forced open: no trial call until it is closed"
+        else:
+            when = "a trial call becomes possible later"
         super().__init__(f"circuit breaker for endpoint {endpoint!r} is open ({when})", **kwargs)
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "retry_at": self._retry_at, "retry_in": self.retry_in,
+                "trial_in_flight": self.trial_in_flight}
 
     @property
     def retry_at(self) -> float | None:
@@ -90,17 +121,26 @@ class DeadlineExceeded(ResilienceError, requests.Timeout):
     Attributes:
         endpoint: the endpoint name.
         total: the deadline, in seconds, that applied to the call.
+        inherited: the deadline was the caller's (an inbound deadline
+            header, `resilient_client.deadline()`, an enclosing call), not
+            the endpoint's ``total``.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.4.0 ``inherited``.
     """
 
-    def __init__(self, endpoint: str, total: float, **kwargs: Any) -> None:
+    def __init__(self, endpoint: str, total: float, *, inherited: bool = False, **kwargs: Any) -> None:
         self.endpoint = endpoint
         self.total = total
-        super().__init__(
-            f"call to endpoint {endpoint!r} exceeded its total deadline of {total:g}s",
-            **kwargs,
-        )
+        self.inherited = inherited
+        if inherited:
+            what = f"the deadline it inherited from its caller ({total:g}s left when it started)"
+        else:
+            what = f"its total deadline of {total:g}s"
+        super().__init__(f"call to endpoint {endpoint!r} exceeded {what}", **kwargs)
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "total": self.total, "inherited": self.inherited}
 
 
 class BulkheadFull(ResilienceError):
@@ -119,6 +159,9 @@ class BulkheadFull(ResilienceError):
             f"({max_concurrent} calls in flight)",
             **kwargs,
         )
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "max_concurrent": self.max_concurrent}
 
 
 class Throttled(ResilienceError, requests.ConnectionError):
@@ -141,3 +184,6 @@ class Throttled(ResilienceError, requests.ConnectionError):
         else:
             why = "adaptive throttling: the peer accepts too few of our calls"
         super().__init__(f"call to endpoint {endpoint!r} refused locally: {why}", **kwargs)
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "reason": self.reason, "retry_in": self.retry_in}

@@ -226,8 +226,7 @@ class TestHostShared:
         b = HostStore(HostFile(str(tmp_path), "inventory"))
         assert b.apply(theirs.admit)[1].value == "reject"  # the holder (us) is alive
         # Seen from another process, after the holder died:
-        monkeypatch.setattr(_host_state, "current_pid", lambda: 1)
-        monkeypatch.setattr(_host_state, "pid_alive", lambda pid: False)
+        monkeypatch.setattr(_host_state, "alive", lambda pid, token, ns: False)
         c = HostStore(HostFile(str(tmp_path), "inventory"))
         assert c.read()[0].trial_until == 0.0
         assert c.apply(theirs.admit)[1].value == "trial"

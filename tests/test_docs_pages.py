@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import os
 import re
 import subprocess
@@ -58,6 +59,12 @@ class TestDocsBlocks:
     def test_every_block_runs(self, page, monkeypatch):
         """Each python block of the page runs without an error, in order, in one namespace."""
         monkeypatch.chdir(ROOT)
+        # Blocks configure logging as a service would (a JSON handler at
+        # INFO): put the library's logger back afterwards, so later tests do
+        # not log every event through a page's handler.
+        logger = logging.getLogger("resilient_client")
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
         namespace: dict[str, object] = {"__name__": f"docs_{page[:-3]}"}
         for directive, code, line in blocks(page):
             if directive == "no-run":

@@ -61,10 +61,10 @@ class TestHostCli:
         config = _config(tmp_path)
         ResilientSession(str(config)).circuit("inventory").open()
         path = Path(path_for(str(tmp_path / "state"), "inventory"))
-        path.write_bytes(b"junk" * 1024)
+        path.write_bytes(b"junk" * 2048)
         main(["status", "-c", str(config)])
         assert "unreadable: not a" in capsys.readouterr().out
-        assert path.read_bytes() == b"junk" * 1024
+        assert path.read_bytes() == b"junk" * 2048
 
     def test_check_reports_a_policy_the_running_processes_do_not_share(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -169,6 +169,7 @@ class TestWhereStatusLooks:
         import subprocess
         import sys
 
+        from resilient_client._host_dir import me
         from resilient_client._host_file import BUDGET, BUDGET_AT, HostFile
 
         config = _config(tmp_path)
@@ -177,7 +178,7 @@ class TestWhereStatusLooks:
         proc.wait(timeout=10)
         f = HostFile(str(tmp_path / "state"), "inventory")
         with f.locked() as fd:
-            f.write_row(fd, 0, [proc.pid, 2, 1e12], 0)
+            f.write_row(fd, 0, [proc.pid, 2, 1e12, 0, me().ns], 0)  # a process of our pid namespace
             # 7 first tries, in a bucket that left the 10 s window long ago
             f.write(fd, BUDGET_AT, BUDGET.pack(1, 7, *([0] * 19)))
         main(["status", "-c", str(config)])

@@ -38,11 +38,11 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def _plant_row(d: Path, index: int, pid: int, held: int, expiry: float) -> None:
-    """What a process that held *held* slots left in the file."""
+def _plant_row(d: Path, index: int, pid: int, held: int, expiry: float, token: int = 0) -> None:
+    """What a process (of our pid namespace) that held *held* slots left in the file."""
     f = HostFile(str(d), "inv")
     with f.locked() as fd:
-        f.write_row(fd, index, [pid, held, expiry], index)
+        f.write_row(fd, index, [pid, held, expiry, token, _host_dir.me().ns], index)
 
 
 class TestHostBulkhead:
@@ -189,8 +189,10 @@ class TestDamage:
         assert default_state_dir().endswith(f"resilient_client-{os.getuid()}")
 
     def test_the_row_layout(self) -> None:
-        """A lease row is 16 bytes: 128 of them fit the 4 KiB file after the header sections."""
-        assert ROW.size == 16 and 272 + 128 * ROW.size <= _host_file.SIZE
+        """A lease row is 32 bytes: 128 of them fit the 8 KiB file after the header sections."""
+        from resilient_client._host_redis import CACHE_AT
+
+        assert ROW.size == 32 and _host_file.ROW0 + 128 * ROW.size <= CACHE_AT < _host_file.SIZE
 
 
 _SEEN: set[str] = set()
@@ -206,7 +208,8 @@ class TestTestingKit:
         assert here not in _SEEN
         _SEEN.add(here)
         assert Path(here).is_relative_to(tmp_path_factory.getbasetemp())
-        session = ResilientSession({"defaults": {"state": "host", "bulkhead": {"max_concurrent": 1}}})
+        session = ResilientSession({"defaults": {"state": "host", "bulkhead": {"max_concurrent": 1}},
+                                    "endpoints": [{"name": "nine", "match": "http://127.0.0.1:9/"}]})
         session._route_for("GET", "http://127.0.0.1:9/").state.bulkhead.try_acquire()  # type: ignore[union-attr]
         assert [p.suffix for p in Path(here).iterdir()] == [".state"]
 
@@ -299,3 +302,31 @@ class TestRedisHostCache:
             f.seek(CACHE_AT + 41)  # inside the payload
             f.write(b"\xff\xff")
         assert cache.fresh(10.0) is None
+
+
+class TestUpgrade:
+    def _v1(self, path: Path, pid: int) -> None:
+        """A layout-1 file (the release before) with one lease row of *pid*."""
+        import struct
+
+        raw = bytearray(4096)
+        struct.pack_into("<8sII48s", raw, 0, b"RCHOST\0\0", 1, 4096, b"inv")
+        struct.pack_into("<I", raw, 256, 1)
+        struct.pack_into("<iId", raw, 272, pid, 1, time.monotonic() + 600)
+        path.write_bytes(bytes(raw))
+
+    def test_an_unused_file_of_the_older_layout_is_laid_out_afresh(self, tmp_path: Path) -> None:
+        """After a rolling upgrade: no live process of the older release, so the new ones share it."""
+        path = Path(path_for(str(tmp_path), "inv"))
+        self._v1(path, _dead_pid())
+        bulkhead = _bulkhead(tmp_path, cap=1)
+        assert bulkhead.try_acquire() and bulkhead.host_in_flight() == 1 and bulkhead.scope == "host"
+        assert path.stat().st_size == _host_file.SIZE
+
+    def test_an_older_layout_in_use_is_left_alone(self, tmp_path: Path) -> None:
+        """An older worker still runs: its file is not rewritten under it."""
+        path = Path(path_for(str(tmp_path), "inv"))
+        self._v1(path, os.getppid())
+        bulkhead = _bulkhead(tmp_path, cap=1)
+        assert bulkhead.try_acquire() and bulkhead.scope == "process"
+        assert path.stat().st_size == 4096

@@ -326,7 +326,9 @@ class TestScope:
         session = rc.ResilientSession(
             {"state_dir": str(tmp_path),
              "defaults": {"state": "host", "retry": None, "bulkhead": {"max_concurrent": 1},
-                          "breaker": {"failure_threshold": 1, "reset_timeout": 60}}},
+                          "breaker": {"failure_threshold": 1, "reset_timeout": 60}},
+             # Named: an unmatched origin's state stays in the process.
+             "endpoints": [{"name": "api", "match": "http://api.test:8080/"}]},
             listeners=[rc.prometheus_listener(registry), events.append],
         )
         mocked.add(responses.GET, URL, status=503)
@@ -343,7 +345,7 @@ class TestScope:
         session.get(URL)
         with pytest.raises(rc.CircuitOpenError):
             session.get(URL)
-        ep = "http://api.test:8080"
+        ep = "api"
         kinds = {type(e).__name__: e.scope for e in events if hasattr(e, "scope")}
         assert kinds == {"BulkheadRejected": "host", "BreakerStateChanged": "host", "BreakerRejected": "host"}
         assert sample(registry, "rejections_total", endpoint=ep, by="bulkhead", scope="host") == 1
@@ -358,7 +360,8 @@ class TestScope:
         shared = tmp_path / "shared"
         shared.mkdir(mode=0o777)
         shared.chmod(0o777)  # others may write: refused
-        session = rc.ResilientSession({"state_dir": str(shared), "defaults": {"state": "host"}})
+        session = rc.ResilientSession({"state_dir": str(shared), "defaults": {"state": "host"},
+                                       "endpoints": [{"name": "api", "match": "http://api.test:8080/"}]})
         state = session._route_for("GET", URL).state
         assert state.bulkhead is not None and state.budget is not None and state.breaker is not None
         assert state.bulkhead.try_acquire()
@@ -373,7 +376,8 @@ class TestScope:
             {"state_dir": str(tmp_path),
              "defaults": {"state": "host", "breaker": None,
                           "retry": {"attempts": 3, "backoff": {"initial": 0, "max": 0}},
-                          "budget": {"ratio": 0.0, "min_per_second": 0.1, "window": 10}}},
+                          "budget": {"ratio": 0.0, "min_per_second": 0.1, "window": 10}},
+             "endpoints": [{"name": "api", "match": "http://api.test:8080/"}]},
             listeners=[events.append],
         )
         mocked.add(responses.GET, URL, status=503)

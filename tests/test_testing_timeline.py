@@ -78,10 +78,12 @@ class TestTimelineRedaction:
 
     def test_a_plain_requests_call_is_redacted_with_the_sessions_secrets(self):
         """A request no session sent is shown with what the live sessions call secret."""
-        rc.ResilientSession(CONFIG)
+        # Held: an unreferenced session is garbage a collection may free before the registry starts.
+        session = rc.ResilientSession(CONFIG)
         with fake_peers() as peers:
             peers.url(ITEMS).respond(200)
             requests.get(ITEMS, params={"api_key": SECRET}, timeout=1)
             assert peers.calls[0].endpoint is None
             timeline = peers.timeline()
         assert SECRET not in timeline and SECRET not in repr(peers.calls[0])
+        del session

@@ -326,6 +326,11 @@ class FakePeer:
 
     def _serve(self, request: requests.PreparedRequest) -> HTTPResponse:
         call: PeerCall = request.rc_call  # type: ignore[attr-defined]
+        outcome, n = self._pick(call)
+        return outcome.serve(self._context(request, call), n)
+
+    def _pick(self, call: PeerCall) -> tuple[Outcome, int]:
+        """The step that answers *call*, and how many requests it has answered, this one included."""
         call.peer = self
         clock = self._clock
         with self._lock:
@@ -339,7 +344,7 @@ class FakePeer:
                 step.used += 1
                 outcome, n = step.outcome, step.used
             self.calls.append(call)
-        return outcome.serve(self._context(request, call), n)
+        return outcome, n
 
     def _shortfall(self) -> str | None:
         """Why this peer was not used up, or None."""

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .._host_dir import STATE_DIR_ENV, TEST_STATE_DIR_ENV
+from .._live import LIVE_ASYNC_CLIENTS
 from .._session import ResilientSession
 from ._fake_clock import FakeClock
 from ._registry import FakePeers
@@ -39,7 +40,7 @@ _REGISTRY = pytest.StashKey[FakePeers]()
 @pytest.fixture(name="_resilient_client_fresh_sessions", autouse=True)
 def fresh_sessions_fixture() -> None:
     """
-    Every live `ResilientSession` (a module-level one included) starts each
+    Every live `ResilientSession` and `AsyncResilientClient` (a module-level one included) starts each
     test with fresh breakers, budgets, bulkheads and caches, so that a
     breaker one test opened does not fail the next. Function-scoped
     fixtures run after it, so what they set up stays.
@@ -48,6 +49,8 @@ def fresh_sessions_fixture() -> None:
     """
     for session in ResilientSession._live_sessions():
         session._forget_state()
+    for client in LIVE_ASYNC_CLIENTS.snapshot():  # AsyncResilientClient's seam, without importing httpx
+        client._forget_state()
 
 
 #: The marker of a test that uses the ``state_dir`` its config names.

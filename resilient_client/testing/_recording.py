@@ -8,9 +8,10 @@ wires, it records what it is told and answers.
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -21,9 +22,16 @@ from ._target import Target
 from ._timeline import Redaction, render_timeline
 
 if TYPE_CHECKING:
-    from .._session import ResilientSession
+    pass
 
 __all__ = ["Recording"]
+
+#: The application calls in progress, innermost last: per thread for
+#: sessions, and per task for async clients (each asyncio or anyio task runs
+#: in a context of its own; a thread starts with an empty one). A tuple, so
+#: that a task never changes the one it inherited.
+_STACK: contextvars.ContextVar[tuple[AppCall, ...]] = contextvars.ContextVar(
+    "resilient_client_testing_calls", default=())
 
 
 class Recording:
@@ -48,25 +56,22 @@ class Recording:
         self.unmatched: list[PeerCall] = []
         self._timeline: list[tuple[float, object]] = []
         self._lock = threading.RLock()
-        # The application calls in progress on each thread, innermost last.
-        self._local = threading.local()
         self._redaction = Redaction()
         # Sessions that made a call, in the order of their first one: the
         # first place `breaker()` looks.
-        self._used: list[ResilientSession] = []
+        self._used: list[Any] = []  # ResilientSession or AsyncResilientClient
         self._started_at = clock.monotonic()
 
     # -- recording (called by the sessions' watch, their events and the transport) ----
 
-    def _stack(self) -> list[AppCall]:
-        stack: list[AppCall] | None = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
+    @staticmethod
+    def _stack() -> tuple[AppCall, ...]:
+        return _STACK.get()
 
     def _app_call_started(
-        self, session: ResilientSession, request: requests.PreparedRequest
+        self, session: Any, request: requests.PreparedRequest
     ) -> AppCall | None:
+        """*session*: a `ResilientSession` or an `AsyncResilientClient`."""
         stack = self._stack()
         if stack and stack[-1]._session is session:
             return None  # a redirect hop inside one of this session's attempts
@@ -87,7 +92,7 @@ class Recording:
             self._timeline.append((call.started, call))
             if all(used is not session for used in self._used):
                 self._used.append(session)
-        stack.append(call)
+        _STACK.set((*stack, call))
         return call
 
     def _app_call_ended(
@@ -95,7 +100,7 @@ class Recording:
     ) -> None:
         stack = self._stack()
         if stack and stack[-1] is call:
-            stack.pop()
+            _STACK.set(stack[:-1])
         call.duration = self.clock.monotonic() - call.started
         if resp is not None:
             call.status = resp.status_code
@@ -117,13 +122,13 @@ class Recording:
             if stack:
                 stack[-1]._ran += 1
 
-    def _calling_session(self) -> ResilientSession | None:
+    def _calling_session(self) -> Any:
         """The session whose call is running on this thread, if any."""
         stack = self._stack()
         return stack[-1]._session if stack else None
 
     def _arrived(
-        self, request: requests.PreparedRequest, session: ResilientSession | None
+        self, request: requests.PreparedRequest, session: Any
     ) -> PeerCall:
         """Record a request reaching the transport, sent by *session* (None: not a session's)."""
         method, url = request.method or "GET", request.url or ""

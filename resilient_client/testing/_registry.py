@@ -105,7 +105,7 @@ class FakePeers(Recording):
         self.mock = Mock(self)
         self._peers: list[FakePeer] = []
         self._by_target: dict[tuple[str, str, str | None], FakePeer] = {}
-        self._wiring = Wiring(self, seed)
+        self._wiring = Wiring(self, seed, self._async_transport)
         self._running = False
 
     # -- scripting ----------------------------------------------------------------
@@ -145,6 +145,12 @@ class FakePeers(Recording):
                 self._by_target[key] = peer
             self.mock.add(self._script_type(peer))
         return peer
+
+    def _async_transport(self) -> Any:
+        """The fake httpx transport an `AsyncResilientClient` gets while this registry is active."""
+        from ._httpx_transport import FakeAsyncTransport
+
+        return FakeAsyncTransport(self)
 
     def _context(self, request: requests.PreparedRequest, call: PeerCall) -> ServeContext:
         return self._serve_context(request, self.clock, call)
@@ -294,10 +300,11 @@ class FakePeers(Recording):
         """
         errors: list[str] = []
 
-        def first_with_it(sessions: list[ResilientSession]) -> CircuitBreaker | None:
+        def first_with_it(sessions: list[Any]) -> CircuitBreaker | None:
             for session in sessions:
                 try:
-                    return session.circuit(name_or_url)
+                    breaker: CircuitBreaker = session.circuit(name_or_url)
+                    return breaker
                 except KeyError as e:
                     errors.append(str(e))
             return None

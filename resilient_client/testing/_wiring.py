@@ -23,10 +23,18 @@ import random
 import threading
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Union
 
 from .._clock import SYSTEM_CLOCK
+from .._live import LIVE_ASYNC_CLIENTS
 from .._session import ResilientSession
 from ._recording import Recording
+
+if TYPE_CHECKING:
+    from .._async_client import AsyncResilientClient
+
+#: What a registry wires: sessions, and async clients through the same seam.
+Client = Union[ResilientSession, "AsyncResilientClient"]
 
 __all__ = ["Wiring"]
 
@@ -46,33 +54,42 @@ class _Wired:
 class Wiring:
     """The sessions one registry has wired, recording into *recording*."""
 
-    def __init__(self, recording: Recording, seed: int | None) -> None:
+    def __init__(self, recording: Recording, seed: int | None,
+                 async_transport: Callable[[], Any] | None = None) -> None:
         self._recording = recording
         self._seed = seed
+        # Makes the fake httpx transport an async client is given (imports httpx: called only then).
+        self._async_transport = async_transport
         self._lock = threading.RLock()
         # Insertion order is the order sessions were found: oldest live ones first.
-        self._wired: weakref.WeakKeyDictionary[ResilientSession, _Wired] = (
+        self._wired: weakref.WeakKeyDictionary[Client, _Wired] = (
             weakref.WeakKeyDictionary()
         )
         # Sessions built while active, kept so that breakers can be asked about after the block.
-        self._built: list[ResilientSession] = []
+        self._built: list[Client] = []
         self._adapters: weakref.WeakKeyDictionary[object, weakref.ref[ResilientSession]] = (
             weakref.WeakKeyDictionary()
         )
         self._unwatch: Callable[[], None] | None = None
+        self._unwatch_async: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Wire every live session, and every one built from now on."""
         # Watch first, then take the live ones: one built in between is seen twice, wired once.
         self._unwatch = ResilientSession._on_new_session(self._built_now)
+        self._unwatch_async = LIVE_ASYNC_CLIENTS.watch(self._built_now)
         for session in ResilientSession._live_sessions():
             self.adopt(session, existing=True)
+        # The async clients' seam, read from its registry: no httpx import when there are none.
+        for client in LIVE_ASYNC_CLIENTS.snapshot():
+            self.adopt(client, existing=True)
 
     def stop(self) -> None:
         """Undo everything, newest change first; close the sessions the registry built."""
-        if self._unwatch is not None:
-            self._unwatch()
-            self._unwatch = None
+        for unwatch in (self._unwatch, self._unwatch_async):
+            if unwatch is not None:
+                unwatch()
+        self._unwatch = self._unwatch_async = None
         with self._lock:
             wired = list(self._wired.items())
             self._wired.clear()
@@ -80,13 +97,13 @@ class Wiring:
         for session, w in wired:
             for undo in reversed(w.undo):
                 undo()
-            if w.owned:
+            if w.owned and isinstance(session, ResilientSession):
                 session.close()
 
-    def _built_now(self, session: ResilientSession) -> None:
+    def _built_now(self, session: Client) -> None:
         self.adopt(session, existing=False)
 
-    def adopt(self, session: ResilientSession, *, existing: bool, move: bool = False) -> None:
+    def adopt(self, session: Client, *, existing: bool, move: bool = False) -> None:
         """Wire *session* once: record it, reset it, and move it if on the system clock (or *move*)."""
         rec = self._recording
         with self._lock:
@@ -96,8 +113,11 @@ class Wiring:
                 w = self._wired[session] = _Wired(existing)
                 if not existing:
                     self._built.append(session)
-                for adapter in session.adapters.values():
-                    self._adapters[adapter] = weakref.ref(session)
+                if isinstance(session, ResilientSession):
+                    for adapter in session.adapters.values():
+                        self._adapters[adapter] = weakref.ref(session)
+                elif self._async_transport is not None:
+                    w.undo.append(session._use_transport(self._async_transport()))
                 rec._redaction.learn_secrets(session.config.secrets)
                 w.undo.append(session._watch_events(rec._on_event))
                 # Installed on the session itself: a reference it holds to itself.
@@ -126,9 +146,9 @@ class Wiring:
         ref = self._adapters.get(adapter)
         return ref() if ref is not None else None
 
-    def first(self) -> list[ResilientSession]:
+    def first(self) -> list[Client]:
         """The sessions to ask about an endpoint first: those that made a call, then those built since."""
-        found: dict[int, ResilientSession] = {}
+        found: dict[int, Client] = {}
         with self._lock:
             for session in (*self._recording._used, *self._built):
                 found.setdefault(id(session), session)
@@ -139,7 +159,7 @@ class Wiring:
         with self._lock:
             return sum(w.existing for w in self._wired.values())
 
-    def older(self, *, collect: bool) -> list[ResilientSession]:
+    def older(self, *, collect: bool) -> list[Client]:
         """
         The sessions from before the registry, oldest first (a module-level
         session before leftovers of earlier tests); with *collect*, garbage

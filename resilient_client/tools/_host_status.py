@@ -5,8 +5,9 @@ command line.
 
 Reading takes each file's lock for one ``pread`` (a consistent view) and
 writes nothing; a file that is not ours is listed as unreadable, never
-changed. ``reset NAME`` clears an endpoint's breaker, budget and leases
-under the lock, as an operator's ``close()`` would for every process at once.
+changed. ``reset NAME`` clears an endpoint's breaker, budget and leases in
+place under the lock (a damaged file is laid out afresh, never unlinked), as
+an operator's ``close()`` would for every process at once.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from .._config import Config
 from .._host_dir import (
     STATE_DIR_ENV,
     TEST_STATE_DIR_ENV,
+    alive,
     candidate_state_dirs,
     default_state_dir,
-    pid_alive,
 )
 from .._host_file import (
     BREAKER,
@@ -36,11 +37,12 @@ from .._host_file import (
     BUDGET_AT,
     MAX_PROCESSES,
     ROW,
+    ROW0,
+    ROWS_AT,
     SIZE,
-    HostFile,
-    HostFileError,
     breaker_fields,
     path_for,
+    reset_in_place,
 )
 from .._host_state import policy_checksum, recorded_policy
 from ._findings import Finding
@@ -134,7 +136,7 @@ def _describe(path: Path, window: float = 10.0) -> dict[str, Any]:
     if fields is None:
         entry["breaker"] = None  # damaged: the next process to lock it resets it
     else:
-        state, forced, failures, _, _, trial_pid, _ = fields
+        state, forced, failures, _, _, trial_pid, _, _, _ = fields
         entry["breaker"] = {
             "state": _STATES[state] if state < 3 else "?", "forced": bool(forced),
             "consecutive_failures": failures,
@@ -142,14 +144,15 @@ def _describe(path: Path, window: float = 10.0) -> dict[str, Any]:
         }
     first, retries = _budget_in_window(BUDGET.unpack_from(raw, BUDGET_AT), window)
     entry["budget"] = {"first_tries": first, "retries": retries, "window": window}
-    (n,) = struct.unpack_from("<I", raw, 256)
-    rows = [ROW.unpack_from(raw, 272 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
-    held = [(pid, count) for pid, count, _ in rows if count]
-    gone = sorted({p for p, _ in held if not pid_alive(p)})
+    (n,) = struct.unpack_from("<I", raw, ROWS_AT)
+    rows = [ROW.unpack_from(raw, ROW0 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
+    held = [(pid, count, alive(pid, token, ns)) for pid, count, _, token, ns in rows if count]
+    # A holder in another pid namespace cannot be checked from here: counted as alive.
+    gone = sorted({p for p, _, live in held if live is False})
     entry["bulkhead"] = {
-        "in_flight": sum(c for p, c in held if p not in gone),
-        "held_by_gone_processes": sum(c for p, c in held if p in gone),
-        "processes": sorted(p for p, _ in held),
+        "in_flight": sum(c for p, c, live in held if live is not False),
+        "held_by_gone_processes": sum(c for p, c, live in held if live is False),
+        "processes": sorted(p for p, _, _ in held),
         "gone_processes": gone,
     }
     return entry
@@ -217,9 +220,10 @@ def remove_stale(state_dir: str, idle: float) -> list[str]:
                 continue
             raw = os.pread(fd, SIZE, 0)
             if raw.startswith(b"RCHOST") and len(raw) == SIZE:
-                (n,) = struct.unpack_from("<I", raw, 256)
-                rows = [ROW.unpack_from(raw, 272 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
-                if any(pid > 0 and pid_alive(pid) for pid, _, _ in rows):
+                (n,) = struct.unpack_from("<I", raw, ROWS_AT)
+                rows = [ROW.unpack_from(raw, ROW0 + i * ROW.size) for i in range(min(n, MAX_PROCESSES))]
+                # Alive, or in another pid namespace (unknowable from here): kept.
+                if any(pid > 0 and alive(pid, token, ns) is not False for pid, _, _, token, ns in rows):
                     continue  # a live process has a row here: it may come back to it
             os.unlink(path)
             removed.append(str(path))
@@ -244,11 +248,10 @@ def reset_endpoint(state_dir: str, name: str) -> bool:
     """Clear endpoint *name*'s host state; False when it has no file there."""
     if not os.path.exists(path_for(state_dir, name)):
         return False
-    try:
-        HostFile(state_dir, name).clear()
-    except HostFileError:
-        # Not ours (damaged, another version): clearing means starting afresh.
-        os.unlink(path_for(state_dir, name))
+    # In place, never unlinked: running processes keep sharing the same file
+    # (a new file would split the host in two), and those that stopped
+    # sharing it because it was damaged share it again within seconds.
+    reset_in_place(state_dir, name)
     return True
 
 
