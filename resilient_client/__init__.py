@@ -63,6 +63,7 @@ if _typing.TYPE_CHECKING:
         HedgeWon,
         Listener,
         RetryScheduled,
+        ThrottleRateChanged,
     )
     from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
@@ -164,6 +165,7 @@ __all__ = [
     "StaleFallback",
     "StaticFallback",
     "ThrottlePolicy",
+    "ThrottleRateChanged",
     "Throttled",
     "Timeouts",
     "__version__",
@@ -189,6 +191,7 @@ _LAZY: dict[str, str] = {
         "BudgetExhausted", "BulkheadRejected", "CallFinished", "CallThrottled",
         "ConcurrencyLimitChanged", "DeadlinePassed", "Event",
         "FallbackServed", "GaveUp", "HedgeSent", "HedgeWon", "Listener", "RetryScheduled",
+        "ThrottleRateChanged",
     ], "_events"),
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),

@@ -44,6 +44,7 @@ __all__ = [
     "HedgeWon",
     "Listener",
     "RetryScheduled",
+    "ThrottleRateChanged",
     "format_event",
     "load_listeners",
     "log_event",
@@ -277,6 +278,21 @@ class ConcurrencyLimitChanged(Event):
 
 
 @dataclass(frozen=True)
+class ThrottleRateChanged(Event):
+    """
+    An endpoint's throttle refusal probability (``throttle``) moved from
+    ``old`` to ``new``, seen as calls complete: at once when it moved by more
+    than 0.01, else at most once a second, so it falls back to 0 when the
+    peer recovers (a refusal's ``call_throttled`` says the rate too).
+
+    .. versionadded:: 0.4.0
+    """
+
+    old: float
+    new: float
+
+
+@dataclass(frozen=True)
 class DeadlinePassed(Event):
     """
     The call's ``total`` deadline passed during its ``attempts``-th attempt.
@@ -356,6 +372,7 @@ _KINDS: dict[type, str] = {
     ConcurrencyLimitChanged: "concurrency_limit_changed",
     HedgeSent: "hedge_sent",
     HedgeWon: "hedge_won",
+    ThrottleRateChanged: "throttle_rate_changed",
 }
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -397,6 +414,7 @@ _LEVELS: dict[type, int] = {
     ConcurrencyLimitChanged: logging.DEBUG,
     HedgeSent: logging.DEBUG,
     HedgeWon: logging.DEBUG,
+    ThrottleRateChanged: logging.DEBUG,
 }
 
 

@@ -36,6 +36,7 @@ from ._events import (
     HedgeWon,
     Listener,
     RetryScheduled,
+    ThrottleRateChanged,
 )
 from ._version import __version__
 
@@ -91,7 +92,7 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "throttle_reject_rate": (
         "gauge", ("endpoint",),
-        "The throttle's refusal probability when it last refused a call (throttle).",
+        "The throttle's refusal probability, as of its last refusal or completed call (throttle).",
     ),
     "concurrency_limit": (
         "gauge", ("endpoint",),
@@ -172,6 +173,7 @@ class _PrometheusListener:
         self._handlers: dict[type, Callable[[Any], None]] = {
             CallThrottled: self._throttled,
             ConcurrencyLimitChanged: lambda e: self._limit(e.endpoint).set(e.new),
+            ThrottleRateChanged: lambda e: self._reject_rate(e.endpoint).set(e.new),
             AttemptFinished: self._attempt,
             CallFinished: self._call,
             RetryScheduled: self._retry,

@@ -73,6 +73,7 @@ from ._events import (
     HedgeSent,
     HedgeWon,
     RetryScheduled,
+    ThrottleRateChanged,
     load_listeners,
 )
 from ._fallback import make_response
@@ -125,6 +126,8 @@ _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
+#: What the source endpoint of a redirect into another one answered.
+_REDIRECTED = AttemptOutcome("ok", 307, True, False)
 #: How long a hedged attempt's caller waits past the deadline for its copies
 #: (which read against the deadline themselves) before abandoning them.
 _HEDGE_GRACE = 0.05
@@ -148,7 +151,8 @@ class ResilientSession(requests.Session):
         retry_if: ``(request, response_or_exception) -> bool | None``
             overriding the built-in retry decision (None = use the built-in
             rules). A body that cannot be replayed is still never resent.
-        rng: the random source for backoff jitter.
+        rng: the random source for backoff jitter and the throttle's
+            refusal draw (the testing kit seeds it: deterministic refusals).
 
     .. versionadded:: 0.1.0
     """
@@ -197,7 +201,7 @@ class ResilientSession(requests.Session):
         self._lock = threading.Lock()
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
-                                    state_dir=self.config.state_dir)
+                                    state_dir=self.config.state_dir, rng=rng)
         self._local = threading.local()
         self._environ = EnvironCache()
 
@@ -399,11 +403,14 @@ class ResilientSession(requests.Session):
             # requests passes no extra argument from request() to send(): the
             # call's changes wait on this thread for the send it makes. (Such
             # a call may have a fallback its endpoint lacks: no early refusal.)
-            self._local.call_policy = changes
+            # Nor the admission of a call being prepared around it (an auth
+            # hook's call): its send asks overload control for its own.
+            local = self._local
+            local.call_policy, outer, local.admitted = changes, getattr(local, "admitted", None), None
             try:
                 return self._request_prepared(method, url, args, kwargs)
             finally:
-                self._local.call_policy = None
+                local.call_policy, local.admitted = None, outer
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
@@ -600,7 +607,7 @@ class ResilientSession(requests.Session):
         hop: Call | None = getattr(self._local, "hop", None)
         if hop is not None:
             self._local.hop = None
-            return self._send_hop(request, kwargs, hop)
+            return self._send_hop_charged(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
         changes = kwargs.pop("policy", None)
         if changes is None:
@@ -612,6 +619,45 @@ class ResilientSession(requests.Session):
         endpoints.calls += 1
         route.state.used = endpoints.calls
         return self._send_with_fallback(request, kwargs, route)
+
+    def _send_hop_charged(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any], call: Call
+    ) -> requests.Response:
+        """
+        A hop into another endpoint with overload control: its answer is that
+        endpoint's (its Retry-After hold, throttle counts and limit signal),
+        not the source's, which answered with a redirect.
+        """
+        target = self._route_for(request.method or "GET", request.url or "")
+        overload = target.state.overload
+        if overload is None or target.state is call.route.state:
+            return self._send_hop(request, kwargs, call)
+        if overload.hold_for() > 0:
+            # As for an open breaker: the first hop reached a peer, so not Throttled.
+            raise requests.ConnectionError(
+                f"not following the redirect into endpoint {target.name!r}: it asked for "
+                f"{overload.hold_for():.1f} s of quiet (Retry-After)", request=request)
+        overload.enter()
+        started = self.clock.monotonic()
+        outcome: AttemptOutcome | None = None
+        try:
+            resp = self._send_hop(request, kwargs, call)
+        except BaseException as exc:
+            if call.hook_error is not exc:
+                deadline = call.deadline
+                outcome = classify_error(exc, reached_peer=True,
+                                         deadline_passed=deadline is not None and deadline.expired())
+            raise
+        else:
+            outcome = of_status(resp.status_code, target.policy.failure_status)
+            proxy = target.policy.proxy_errors
+            if proxy is not None and resp.status_code in (502, 503, 504) and proxy.header in resp.headers:
+                outcome = of_proxy_status(resp.status_code)
+            if resp.status_code in (429, 503) and not outcome.proxy:
+                self._overload_signal(target, resp, overload)
+            return resp
+        finally:
+            overload.finish(outcome, self.clock.monotonic() - started)
 
     def _send_hop(
         self, request: requests.PreparedRequest, kwargs: dict[str, Any], call: Call
@@ -848,19 +894,28 @@ class ResilientSession(requests.Session):
         limit = overload.limit
         before = limit.limit if limit is not None else 0
         outcome = call.outcome if call.attempt else None
-        overload.finish(outcome, self.clock.monotonic() - admitted)
-        if limit is not None and limit.limit != before and self._bus.wants_hot():
-            self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
+        if outcome is not None and call.left_endpoint:
+            # Redirected into another endpoint, which was charged with its answer:
+            # this one answered (with the redirect), in no time that is its own.
+            overload.finish(_REDIRECTED, None)
+        else:
+            overload.finish(outcome, self.clock.monotonic() - admitted)
+        if self._bus.wants_hot():
+            if limit is not None and limit.limit != before:
+                self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
+            moved = overload.rate_moved()  # the gauge falls back to 0 as the peer recovers
+            if moved is not None:
+                self._emit(ThrottleRateChanged(call.route.name, *moved))
 
     @staticmethod
     def _overload_signal(route: Route, resp: requests.Response, overload: Overload) -> None:
         """A 429 or 503 with Retry-After holds the whole endpoint, not only this call's retry."""
         value = resp.headers.get("Retry-After")
-        if value is None:
-            return
+        retry = route.policy.retry
+        if value is None or (retry is not None and not retry.respect_retry_after):
+            return  # respect_retry_after: false ignores the header here too
         seconds = parse_retry_after(value)
         if seconds:
-            retry = route.policy.retry
             overload.hold(min(seconds, retry.max_retry_after if retry is not None else 30.0))
 
     def _send_with_retries(self, call: Call) -> requests.Response:
@@ -1236,8 +1291,8 @@ class ResilientSession(requests.Session):
             if proxy is not None and status != 429 and proxy.header in resp.headers:
                 outcome = call.outcome = of_proxy_status(status)
             overload = route.state.overload
-            if overload is not None and status in (429, 503) and not outcome.proxy:
-                self._overload_signal(route, resp, overload)
+            if overload is not None and status in (429, 503) and not outcome.proxy and not call.left_endpoint:
+                self._overload_signal(route, resp, overload)  # another endpoint's: its hop held it
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, outcome.kind, status, duration,
@@ -1433,7 +1488,7 @@ class ResilientSession(requests.Session):
         tracker's counts. Calls in flight finish on what they hold.
         """
         with self._lock:
-            self._endpoints.forget(self.clock)
+            self._endpoints.forget(self.clock, self._rng)
             health, self._health = self._health, None
         if health is not None:
             # Subscribed by `health()`; the next call of it makes a new one.
