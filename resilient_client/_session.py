@@ -73,7 +73,6 @@ from ._events import (
     HedgeSent,
     HedgeWon,
     RetryScheduled,
-    Tracing,
     load_listeners,
 )
 from ._fallback import make_response
@@ -110,6 +109,7 @@ from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, Thrott
 
 if TYPE_CHECKING:
     from ._health import Health, HealthTracker
+    from ._traced import TracedCall
 
 __all__ = ["ResilientSession"]
 
@@ -416,8 +416,7 @@ class ResilientSession(requests.Session):
                 except CircuitOpenError as exc:
                     tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
-                    tracing = self._bus.tracing
-                    token = tracing.enter_call(route.name, method.upper(), shown) if tracing else None
+                    traced = self._bus.start_trace(route.name, method.upper(), shown)
                     try:
                         self._emit(BreakerRejected(route.name, method.upper(), shown,
                                                    exc._retry_at, exc.retry_in, breaker.scope))
@@ -425,8 +424,8 @@ class ResilientSession(requests.Session):
                             self._emit(CallFinished(route.name, method.upper(), shown, 0,
                                                     "circuit_open", None, 0.0, False))
                     finally:
-                        if tracing is not None:
-                            tracing.exit_call(token)
+                        if traced is not None:
+                            self._bus.end_trace(traced)
                     raise
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
@@ -449,8 +448,8 @@ class ResilientSession(requests.Session):
         if why is not None:
             shown = redact_url(url, self.config.secrets)
             name, verb = route.name, method.upper()
-            tracing = self._bus.tracing  # a tracing listener sees the refusal as a call's span
-            token = tracing.enter_call(name, verb, shown) if tracing else None
+            # The tracing listeners see the refusal as a call's span.
+            traced = self._bus.start_trace(name, verb, shown)
             try:
                 err: Throttled | BulkheadFull
                 if why == LIMIT:
@@ -463,8 +462,8 @@ class ResilientSession(requests.Session):
                     kind = "bulkhead_full" if why == LIMIT else "throttled"
                     self._emit(CallFinished(name, verb, shown, 0, kind, None, 0.0, False))
             finally:
-                if tracing is not None:
-                    tracing.exit_call(token)
+                if traced is not None:
+                    self._bus.end_trace(traced)
             raise err
         local = self._local
         # A call made while requests prepares this one (an auth hook fetching
@@ -578,17 +577,20 @@ class ResilientSession(requests.Session):
             # Called by the user outside our attempts: each hop is a call.
             yield from hops
             return
+        traced = call.traced
         while True:
             # Only the next send this generator makes is the hop: a hook or a
             # listener running meanwhile makes calls of its own.
             self._local.hop = call
+            if traced is not None:
+                traced.redirected = resp.status_code  # what the hop's span closes the last one with
             try:
-                item = next(hops)
+                resp = next(hops)
             except StopIteration:
                 return
             finally:
                 self._local.hop = None
-            yield item
+            yield resp
 
     # -- the layers ---------------------------------------------------------
 
@@ -688,7 +690,13 @@ class ResilientSession(requests.Session):
             if prop is not None:  # the hop is a copy requests made: ours to change
                 request.headers[prop.deadline_header] = header_value(read if prop.per_attempt else left)
         kwargs["timeout"] = (connect, read)
+        traced = call.traced
+        if traced is not None:
+            # Each request on the wire is a CLIENT span: the previous one got its answer.
+            status = traced.redirected or 0
+            traced.exit_attempt(status, of_status(status, route.policy.failure_status).kind, None)
         if breaker is None:
+            self._trace_hop(call, route, request)
             return super().send(request, **kwargs)
         try:
             is_trial = breaker.before_call()
@@ -705,6 +713,7 @@ class ResilientSession(requests.Session):
             request.hooks = {**request.hooks, "response": [call.hook_guard.moved(breaker, is_trial,
                                                                                 route.policy.failure_status)]}
         started = self.clock.monotonic()
+        self._trace_hop(call, route, request)
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
@@ -719,6 +728,12 @@ class ResilientSession(requests.Session):
         breaker.record(success=not of_status(resp.status_code, route.policy.failure_status).failure,
                        is_trial=is_trial, duration=self.clock.monotonic() - started)
         return resp
+
+    def _trace_hop(self, call: Call, route: Route, request: requests.PreparedRequest) -> None:
+        """The hop's own CLIENT span, its trace context in the hop's headers."""
+        if call.traced is not None:
+            call.traced.enter_attempt(route.name, request.method or "", self._url(request),
+                                      call.attempt, request.headers)
 
     def _send_with_fallback(
         self, request: requests.PreparedRequest, kwargs: dict[str, Any], route: Route
@@ -765,15 +780,15 @@ class ResilientSession(requests.Session):
             local.call = enclosing
 
     def _send_and_report(self, call: Call, hot: bool, started: float) -> requests.Response:
-        tracing = self._bus.tracing
-        if tracing is None:
+        if not self._bus.tracing:
             return self._report(call, hot, started)
-        # A tracing listener holds the call's span open (and current) around it.
-        token = tracing.enter_call(call.route.name, call.request.method or "", self._url(call.request))
+        # The tracing listeners hold the call's span open (and current) around it.
+        traced = call.traced = self._bus.start_trace(call.route.name, call.request.method or "",
+                                                     self._url(call.request))
         try:
             return self._report(call, hot, started)
         finally:
-            tracing.exit_call(token)
+            self._bus.end_trace(cast("TracedCall", traced))
 
     def _report(self, call: Call, hot: bool, started: float) -> requests.Response:
         try:
@@ -1169,17 +1184,13 @@ class ResilientSession(requests.Session):
         if guard is not None:
             guard.started = started
             call.hook_guard = guard
-        tracing = self._bus.tracing
-        traced = None
-        if tracing is not None:
+        traced = call.traced
+        if traced is not None:
             # The attempt's span: its trace context goes out in this attempt's headers.
-            headers = None
-            if tracing.injects:
-                if request is call.request:
-                    request = request.copy()
-                headers = request.headers
-            traced = tracing.enter_attempt(route.name, request.method or "", self._url(request),
-                                           call.attempt, headers)
+            if traced.injects and request is call.request:
+                request = request.copy()
+            traced.enter_attempt(route.name, request.method or "", self._url(request),
+                                 call.attempt, request.headers)
         a = None
         if deadline is not None or call.abandon is not None:
             a = arm(deadline, call.timeouts[1])
@@ -1200,6 +1211,8 @@ class ResilientSession(requests.Session):
                 # A hedged copy that lost, stopped by us: not the peer's failure.
                 if is_trial:
                     cast(CircuitBreaker, breaker).release_trial()
+                if traced is not None:
+                    traced.exit_attempt(None, "abandoned", type(exc).__name__)
                 raise
             # Set by the hook guard during send (mypy cannot see that).
             hook_error: BaseException | None = getattr(call, "hook_error", None)
@@ -1209,8 +1222,6 @@ class ResilientSession(requests.Session):
                 outcome = call.outcome = classify_error(
                     exc, reached_peer=call.reached_peer,
                     deadline_passed=deadline is not None and deadline.expired())
-            if traced is not None:
-                cast("Tracing", tracing).exit_attempt(traced, None, outcome.kind, type(exc).__name__)
             # The attempt's event first, then what the breaker made of it.
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
@@ -1230,6 +1241,9 @@ class ResilientSession(requests.Session):
                     breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
+            if traced is not None:  # after the breaker's record, whatever the span does
+                traced.exit_attempt(call.hook_status if hook_error is exc else None,
+                                    outcome.kind, type(exc).__name__)
             if outcome.kind == "deadline" and not isinstance(exc, DeadlineExceeded):
                 raise DeadlineExceeded(route.name, cast(Deadline, deadline).total,
                                        inherited=cast(Deadline, deadline).inherited, request=request) from exc
@@ -1256,8 +1270,6 @@ class ResilientSession(requests.Session):
             overload = route.state.overload
             if overload is not None and status in (429, 503) and not outcome.proxy and not call.left_endpoint:
                 self._overload_signal(route, resp, overload)  # another endpoint's: its hop held it
-        if traced is not None:
-            cast("Tracing", tracing).exit_attempt(traced, status, outcome.kind, None)
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, outcome.kind, status, duration,
@@ -1265,6 +1277,8 @@ class ResilientSession(requests.Session):
         if breaker is not None:
             breaker.record(success=call.left_endpoint or not outcome.failure, is_trial=is_trial,
                            duration=duration)
+        if traced is not None:  # after the breaker's record, whatever the span does
+            traced.exit_attempt(resp.status_code, outcome.kind, None)
         return resp
 
     # -- retry hooks ---------------------------------------------------------
