@@ -5,7 +5,8 @@ request through its endpoint's policy, on the same core as
 bulkhead, breaker machine and stores, events, propagation)::
 
     send                      route (cached), deadline, then:
-    _send_in_bulkhead         bulkhead slot, fallback on failure
+    _send_in_bulkhead         overload control's admission (`_admission`), then
+    _send_in_slot             bulkhead slot, fallback on failure
     _send_with_retries        tenacity's AsyncRetrying, inside the retry budget
     _attempt                  breaker, timeouts capped by the deadline, httpx's
                               own send (auth, redirects, hooks) and the body
@@ -45,7 +46,8 @@ import anyio
 import httpx
 import tenacity
 
-from ._async_errors import AsyncBulkheadFull, AsyncDeadlineExceeded, classify_error, warn_unapplied
+from ._admission import answer_outcome, finished, hold_on, refusal_event
+from ._async_errors import AsyncBulkheadFull, AsyncDeadlineExceeded, AsyncThrottled, classify_error
 from ._async_hooks import Reporting
 from ._async_hops import RedirectHops
 from ._async_log import TASK_SECRETS, install_httpx_log_filter
@@ -81,6 +83,7 @@ from ._events import (
 )
 from ._hedge import warn_unhedged
 from ._live import LIVE_ASYNC_CLIENTS
+from ._overload import HOLD, LIMIT, OverloadStatus
 from ._policy import Policy
 from ._propagation import call_deadline, header_value, retries_allowed
 from ._redact import redact_exception
@@ -88,7 +91,7 @@ from ._responses import tell_attempts
 from ._retry_core import strategies
 from ._routing import Router
 from ._urls import URLLIB3_FORM
-from ._verdict import AttemptOutcome, of_status
+from ._verdict import AttemptOutcome
 
 if TYPE_CHECKING:
     from ._health import HealthTracker
@@ -137,7 +140,7 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
         own = not ({"transport", "mounts", "limits"} & kwargs.keys()) and not self._mounts
         args = {k: kwargs[k] for k in _TRANSPORT_KEYS if k in kwargs}
         self._pools = Pools(args, self._transport) if own else None
-        self.config: Config = warn_unapplied(Config.load(config))
+        self.config: Config = Config.load(config)
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._bus = EventBus([*load_listeners(self.config.listeners), *listeners])
         self._retry_if = retry_if
@@ -148,7 +151,7 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
         self._lock = threading.Lock()  # for the endpoint maps: taken only when a route is new
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
-                                    state_dir=self.config.state_dir)
+                                    state_dir=self.config.state_dir, rng=rng)
         warn_unhedged(self.config, "AsyncResilientClient")  # the sync session hedges, this client not yet
         LIVE_ASYNC_CLIENTS.add(self)  # last: complete (the testing kit's seam, `TestSeam`)
 
@@ -259,6 +262,42 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
         self, call: AsyncCall
     ) -> tuple[httpx.Response, BaseException | httpx.Response | None]:
         """The call in a bulkhead slot, or the fallback: (response, what a fallback replaced)."""
+        route: Route = call.route
+        request = call.request
+        overload = route.state.overload
+        if overload is None:
+            return await self._send_in_slot(call)
+        why = overload.admit()
+        if why is not None:
+            url = self._url(request)
+            self._emit(refusal_event(route.name, request.method, url, overload, why))
+            refused: AsyncThrottled | AsyncBulkheadFull
+            if why == LIMIT:
+                refused = AsyncBulkheadFull(route.name, overload.limit.limit if overload.limit else 0,
+                                            request=request)
+            else:
+                refused = AsyncThrottled(route.name, why, overload.hold_for() if why == HOLD else None,
+                                         request=request)
+            return await self._fallback_or_raise(call, refused), refused
+        admitted = self.clock.monotonic()
+        sample = True
+        try:
+            return await self._send_in_slot(call)
+        except BaseException as exc:
+            # A cancelled task (or an interrupt) is no sample of the peer's: its place goes back.
+            sample = isinstance(exc, Exception)
+            raise
+        finally:
+            outcome = call.outcome if call.attempt and sample else None
+            for event in finished(route.name, overload, outcome,
+                                  self.clock.monotonic() - admitted if sample else None,
+                                  left_endpoint=call.left_endpoint, hot=self._bus.wants_hot()):
+                self._emit(event)
+
+    async def _send_in_slot(
+        self, call: AsyncCall
+    ) -> tuple[httpx.Response, BaseException | httpx.Response | None]:
+        """`_send_in_bulkhead` once overload control admitted the call (holding its place under the limit)."""
         route: Route = call.route
         request = call.request
         bulkhead = route.state.bulkhead
@@ -421,14 +460,40 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
         finally:
             ATTEMPT_ROUTE.reset(token)
         duration = self.clock.monotonic() - started
-        outcome = call.outcome = of_status(resp.status_code, route.policy.failure_status)
+        status = resp.status_code
+        proxy = route.policy.proxy_errors
+        outcome = call.outcome = answer_outcome(status, route.policy,
+                                                proxy is not None and proxy.header in resp.headers)
+        overload = route.state.overload
+        if overload is not None and status in (429, 503) and not outcome.proxy and not call.left_endpoint:
+            # (a redirect into another endpoint: its hop held that one)
+            hold_on(overload, route.policy, resp.headers.get("Retry-After"))
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method, self._url(request), call.attempt,
-                                       outcome.kind, resp.status_code, duration))
+                                       outcome.kind, status, duration, proxy_error=outcome.proxy))
         if breaker is not None:
             await self._record(breaker, call.left_endpoint or not outcome.failure, is_trial, duration,
                                deadline)
         return resp
+
+    def overload(self, name_or_url: str, method: str = "GET") -> OverloadStatus:
+        """
+        The overload control of an endpoint name, or of the endpoint a URL
+        resolves to (as `ResilientSession.overload`).
+
+        Raises:
+            KeyError: no such endpoint, or it has neither ``throttle`` nor ``concurrency``.
+
+        .. versionadded:: 0.4.0
+        """
+        if "://" in name_or_url:
+            state = self._endpoints.route_for(method.upper(), name_or_url).state
+        else:
+            state = self._state_named(name_or_url)
+        if state.overload is None:
+            raise KeyError(f"endpoint {state.name!r} has no overload control "
+                           "(throttle and concurrency: null)")
+        return state.overload.status()
 
     def __repr__(self) -> str:
         return f"<AsyncResilientClient endpoints={[e.name for e in self.config.endpoints]}>"

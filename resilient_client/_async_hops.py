@@ -21,18 +21,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
+from ._admission import answer_outcome, hold_on
 from ._async_errors import AsyncDeadlineExceeded, classify_error
 from ._async_parts import ATTEMPT_ROUTE, CURRENT_CALL, AsyncCall
 from ._events import BreakerRejected
 from ._propagation import header_value
-from ._verdict import of_status
+from ._verdict import AttemptOutcome, of_status
 from .exceptions import CircuitOpenError
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
     from ._clock import Clock
-    from ._endpoints import Endpoints
+    from ._endpoints import Endpoints, Route
     from ._events import Event
+    from ._overload import Overload
 
     _Base = httpx.AsyncClient
 else:
@@ -88,11 +90,52 @@ class RedirectHops(_Base):
                               "timeout": {"connect": connect, "read": read, "write": write, "pool": pool}}
         token = ATTEMPT_ROUTE.set(route)  # its endpoint's pool
         try:
-            if breaker is None:
-                return await super()._send_single_request(request)
-            return await self._hop_in_breaker(route.name, route.policy.failure_status, breaker, request)
+            overload = target.state.overload if call.left_endpoint else None
+            if overload is None:
+                return await self._hop(route, breaker, request)
+            return await self._hop_charged(target, overload, request, call)
         finally:
             ATTEMPT_ROUTE.reset(token)
+
+    async def _hop(self, route: Route, breaker: CircuitBreaker | None,
+                   request: httpx.Request) -> httpx.Response:
+        if breaker is None:
+            return await super()._send_single_request(request)
+        return await self._hop_in_breaker(route.name, route.policy.failure_status, breaker, request)
+
+    async def _hop_charged(self, target: Route, overload: Overload, request: httpx.Request,
+                           call: AsyncCall) -> httpx.Response:
+        """
+        A hop into another endpoint with overload control: its answer is that
+        endpoint's (its Retry-After hold, throttle counts and limit signal), not
+        the source's, which answered with a redirect (as `ResilientSession`'s).
+        """
+        if overload.hold_for() > 0:
+            # As for an open breaker: the first hop reached a peer, so not Throttled.
+            raise httpx.ConnectError(
+                f"not following the redirect into endpoint {target.name!r}: it asked for "
+                f"{overload.hold_for():.1f} s of quiet (Retry-After)", request=request)
+        overload.enter()
+        started = self.clock.monotonic()
+        outcome: AttemptOutcome | None = None
+        try:
+            resp = await self._hop(target, target.state.breaker, request)
+        except Exception as exc:
+            deadline = call.deadline
+            outcome = classify_error(exc, deadline_passed=deadline is not None and deadline.expired())
+            outcome = AttemptOutcome(outcome.kind, None, True, outcome.failure)
+            raise
+        else:
+            policy = target.policy
+            proxy = policy.proxy_errors
+            outcome = answer_outcome(resp.status_code, policy,
+                                     proxy is not None and proxy.header in resp.headers)
+            if resp.status_code in (429, 503) and not outcome.proxy:
+                hold_on(overload, policy, resp.headers.get("Retry-After"))
+            return resp
+        finally:
+            # A cancelled hop (outcome None) gives its place back without a sample.
+            overload.finish(outcome, self.clock.monotonic() - started if outcome is not None else None)
 
     async def _hop_in_breaker(self, name: str, failure_status: Any, breaker: CircuitBreaker,
                               request: httpx.Request) -> httpx.Response:

@@ -78,7 +78,7 @@ class TestSeam:
     def _forget_state(self) -> None:
         """Start afresh: endpoint states (breakers, budgets, bulkheads, caches), routes, health."""
         with self._lock:
-            self._endpoints.forget(self.clock)
+            self._endpoints.forget(self.clock, self._rng)
             health, self._health = self._health, None
         if health is not None:
             self._bus.subscribe(health)()

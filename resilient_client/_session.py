@@ -49,6 +49,7 @@ import tenacity
 from requests.auth import HTTPBasicAuth
 from tenacity import RetryCallState
 
+from ._admission import finished, hold_on, refusal_event
 from ._breaker import BreakerState, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
@@ -64,7 +65,6 @@ from ._events import (
     BulkheadRejected,
     CallFinished,
     CallThrottled,
-    ConcurrencyLimitChanged,
     DeadlinePassed,
     Event,
     EventBus,
@@ -73,14 +73,13 @@ from ._events import (
     HedgeSent,
     HedgeWon,
     RetryScheduled,
-    ThrottleRateChanged,
     load_listeners,
 )
 from ._fallback import make_response
 from ._hedge import Abandon, Copy, Race, hedge_pool
 from ._live import LIVE_SESSIONS
 from ._outcome import RetryPredicate, classify_error, is_replayable
-from ._overload import HOLD, LIMIT, Overload, OverloadStatus
+from ._overload import LIMIT, Overload, OverloadStatus
 from ._per_attempt import REAUTH, HookGuard, PreAuth, reauthenticated
 from ._policy import (
     HEDGE_DELAY_CEILING,
@@ -102,7 +101,6 @@ from ._redact import (
 )
 from ._responses import discard, hand_slot_to, mark, tell_attempts
 from ._retry import Call, ReplayFirst, build_retrying, clone_call, decide
-from ._retry_after import parse_retry_after
 from ._routing import Resolution, Router
 from ._timeouts import call_timeouts
 from ._urls import URLLIB3_FORM
@@ -126,8 +124,6 @@ _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
-#: What the source endpoint of a redirect into another one answered.
-_REDIRECTED = AttemptOutcome("ok", 307, True, False)
 #: How long a hedged attempt's caller waits past the deadline for its copies
 #: (which read against the deadline themselves) before abandoning them.
 _HEDGE_GRACE = 0.05
@@ -883,40 +879,21 @@ class ResilientSession(requests.Session):
     def _throttled(self, name: str, method: str, url: str, overload: Overload, why: str,
                    request: requests.PreparedRequest | None) -> Throttled:
         """The error (and event) of a call the hold or the throttle refused."""
-        retry_in = overload.hold_for() if why == HOLD else None
-        rate = overload.throttle.rate() if why != HOLD and overload.throttle is not None else 0.0
-        shared = why != HOLD and getattr(overload.throttle, "shared", False)
-        self._emit(CallThrottled(name, method, url, why, rate, retry_in, "host" if shared else "process"))
-        return Throttled(name, why, retry_in, request=request)
+        event = refusal_event(name, method, url, overload, why)
+        self._emit(event)
+        return Throttled(name, why, event.retry_in, request=request)
 
     def _overload_finished(self, call: Call, overload: Overload, admitted: float) -> None:
         """Tell overload control how the call it admitted went (per call, at its end)."""
-        limit = overload.limit
-        before = limit.limit if limit is not None else 0
         outcome = call.outcome if call.attempt else None
-        if outcome is not None and call.left_endpoint:
-            # Redirected into another endpoint, which was charged with its answer:
-            # this one answered (with the redirect), in no time that is its own.
-            overload.finish(_REDIRECTED, None)
-        else:
-            overload.finish(outcome, self.clock.monotonic() - admitted)
-        if self._bus.wants_hot():
-            if limit is not None and limit.limit != before:
-                self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
-            moved = overload.rate_moved()  # the gauge falls back to 0 as the peer recovers
-            if moved is not None:
-                self._emit(ThrottleRateChanged(call.route.name, *moved))
+        for event in finished(call.route.name, overload, outcome, self.clock.monotonic() - admitted,
+                              left_endpoint=call.left_endpoint, hot=self._bus.wants_hot()):
+            self._emit(event)
 
     @staticmethod
     def _overload_signal(route: Route, resp: requests.Response, overload: Overload) -> None:
         """A 429 or 503 with Retry-After holds the whole endpoint, not only this call's retry."""
-        value = resp.headers.get("Retry-After")
-        retry = route.policy.retry
-        if value is None or (retry is not None and not retry.respect_retry_after):
-            return  # respect_retry_after: false ignores the header here too
-        seconds = parse_retry_after(value)
-        if seconds:
-            overload.hold(min(seconds, retry.max_retry_after if retry is not None else 30.0))
+        hold_on(overload, route.policy, resp.headers.get("Retry-After"))
 
     def _send_with_retries(self, call: Call) -> requests.Response:
         route: Route = call.route

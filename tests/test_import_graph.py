@@ -53,7 +53,7 @@ LONG_REASON = "Why it is long:"
 CORE = frozenset({
     "_clock", "_errors", "_policy", "_config", "_interpolation", "_routing", "_verdict", "_budget",
     "_bulkhead", "_events", "_traced", "_propagation", "_breaker_machine", "_breaker_store", "_latency",
-    "_retry_after", "_retry_core",
+    "_retry_after", "_retry_core", "_throttle", "_concurrency", "_overload", "_admission",
 })
 HTTP_CLIENTS = frozenset({"requests", "urllib3", "httpx"})
 
