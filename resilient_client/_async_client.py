@@ -187,11 +187,13 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
 
     async def aclose(self) -> None:
         """httpx's own, and the endpoints' pools."""
+        self._endpoints.flush()
         await super().aclose()
         if self._pools is not None:
             await self._pools.aclose()
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        self._endpoints.flush()
         await super().__aexit__(*exc_info)
         if self._pools is not None:
             await self._pools.aclose()
@@ -288,7 +290,11 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
             sample = isinstance(exc, Exception)
             raise
         finally:
-            outcome = call.outcome if call.attempt and sample else None
+            outcome = call.outcome if call.attempt else None
+            if not sample and outcome is not None and (outcome.status is None or not outcome.reached_peer):
+                outcome = None  # cancelled before the peer answered: nothing of the peer's to count
+            # Cancelled after an answer (a retry's backoff, a fallback): the
+            # answer counts, but the time in flight is no latency sample.
             for event in finished(route.name, overload, outcome,
                                   self.clock.monotonic() - admitted if sample else None,
                                   left_endpoint=call.left_endpoint, hot=self._bus.wants_hot()):

@@ -244,6 +244,14 @@ class Endpoints:
         with self._lock:
             return [*self._states.values(), *self._origins.values()]
 
+    def flush(self) -> None:
+        """Hand counts kept for a host-shared file to it now (a session closing)."""
+        for state in self.all_states():
+            throttle = state.overload.throttle if state.overload is not None else None
+            flush = getattr(throttle, "flush", None)  # only a HostThrottle keeps counts back
+            if flush is not None:
+                flush()
+
     def state_named(self, name: str) -> EndpointState:
         """The state of the endpoint called *name*; KeyError naming the known ones."""
         with self._lock:

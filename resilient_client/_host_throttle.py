@@ -129,6 +129,11 @@ class HostThrottle(Throttle):
                 self._pending_accepts += 1
         self._maybe_flush()
 
+    def flush(self) -> None:
+        """Write the counts not yet in the file now (its session is closing); never raises."""
+        if self._shared and self._pending_requests:
+            self._maybe_flush(force=True)
+
     def _maybe_flush(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._flushed < _FLUSH_EVERY:

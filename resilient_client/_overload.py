@@ -124,7 +124,10 @@ class Overload:
         its time in flight (None: not a latency sample).
         """
         throttle, limit = self.throttle, self.limit
-        counted = outcome is not None and not outcome.refused
+        # An "error" is the caller's own (a response hook that raised) or one
+        # no retry could fix (TLS, a bad URL): no answer of the peer's, so
+        # neither a rejection nor an accept.
+        counted = outcome is not None and not outcome.refused and outcome.kind != "error"
         if throttle is not None and outcome is not None and (counted or outcome.kind == "deadline"):
             # A call the deadline ended after it was sent is a request the peer
             # did not accept in time: not an accept (see the module docstring).

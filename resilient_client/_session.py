@@ -1429,6 +1429,13 @@ class ResilientSession(requests.Session):
         redact_exception(failure, self._secret_values(call), self.config.secrets)
         return f"{type(failure).__name__}: {failure}"
 
+    def close(self) -> None:
+        """requests' own, after writing host-shared throttle counts not yet in their file."""
+        endpoints: Endpoints | None = getattr(self, "_endpoints", None)  # None: __init__ failed
+        if endpoints is not None:
+            endpoints.flush()
+        super().close()
+
     def __repr__(self) -> str:
         return f"<ResilientSession endpoints={[e.name for e in self.config.endpoints]}>"
 

@@ -166,7 +166,9 @@ def retry_verdict(
         if keyed and outcome.status in (409, 422):
             return outcome.status == 409 and replayable
         return outcome.status in policy.on_status and idempotent and replayable
-    before_send = not outcome.reached_peer
+    # A proxy's own 503 never reached the peer, but the proxy read the body:
+    # only a body that can be replayed may be sent again.
+    before_send = not outcome.reached_peer and (replayable or not outcome.proxy)
     if user is not None:
         return user and (before_send or replayable)
     if outcome.kind not in policy.on:

@@ -216,3 +216,92 @@ async def test_a_sync_session_and_an_async_client_share_a_host_throttle(tmp_path
                     refused += 1
             assert refused > 30
         assert peer.hits() - hits_before == 50 - refused
+
+
+# -- found by the review of the async overload control ------------------------------------------
+
+
+def _proxy_first(then: Any) -> Peer:
+    return Peer().on("/w", answer(503, b"", {"X-Proxy-Error": "queue timeout"}), then)
+
+
+async def test_a_proxy_503_is_not_retried_when_the_body_cannot_be_replayed() -> None:
+    """The proxy read the body (though the peer never saw it): a one-shot body is not sent again."""
+
+    async def once() -> Any:
+        yield b"ab"
+
+    with _proxy_first(answer(201)) as peer:
+        async with AsyncResilientClient({"defaults": PROXY}) as c:
+            resp = await c.post(peer.url("/w"), content=once())
+    assert (resp.status_code, resp.attempts, peer.hits("/w")) == (503, 1, 1)
+
+
+def test_a_proxy_503_is_not_retried_with_an_empty_body_by_the_sync_session() -> None:
+    """Before: the retry sent an empty body (the generator was spent) and the peer took it."""
+    with _proxy_first(answer(201)) as peer:
+        session = ResilientSession({"defaults": PROXY})
+        session.trust_env = False
+        resp = session.post(peer.url("/w"), data=(chunk for chunk in [b"ab"]))
+    assert (resp.status_code, resp.attempts, peer.hits("/w")) == (503, 1, 1)
+
+
+async def test_a_raising_response_hook_is_no_rejection_for_the_throttle() -> None:
+    """raise_for_status on a 404 (an answer the peer accepted) must not make the throttle refuse."""
+
+    async def raise_for_status(response: httpx.Response) -> None:
+        response.raise_for_status()
+
+    config = {"defaults": {"retry": None, "breaker": None, "budget": None,
+                           "throttle": {"min_requests": 5, "max_reject": 0.9}}}
+    with Peer().on("*", answer(404)) as peer:
+        async with AsyncResilientClient(config, event_hooks={"response": [raise_for_status]}) as c:
+            for _ in range(30):
+                with pytest.raises(httpx.HTTPStatusError):
+                    await c.get(peer.url("/x"))
+            status = c.overload(peer.url("/"))
+        session = ResilientSession(config)
+        session.trust_env = False
+        session.hooks["response"].append(lambda r, *a, **k: r.raise_for_status())
+        for _ in range(30):
+            with pytest.raises(Exception) as info:
+                session.get(peer.url("/y"))
+            assert not isinstance(info.value, Throttled)
+        sync_status = session.overload(peer.url("/"))
+    assert (status.refused, sync_status.refused) == (0, 0)
+    assert peer.hits() == 60
+
+
+async def test_an_answer_before_the_callers_own_timeout_still_counts() -> None:
+    """Cancelled in the retry's backoff, after the peer's 503: the 503 counts for the throttle."""
+    config = {"defaults": {"retry": {"attempts": 3, "backoff": {"initial": 0.2, "max": 0.2, "jitter": "none"}},
+                           "breaker": None, "budget": None, "throttle": {"min_requests": 5}}}
+    with Peer().on("*", answer(503)) as peer:
+        async with AsyncResilientClient(config) as c:
+            for _ in range(10):
+                with contextlib.suppress(TimeoutError, Throttled):
+                    async with asyncio.timeout(0.1):
+                        await c.get(peer.url("/x"))
+            status = c.overload(peer.url("/"))
+    assert status.requests == 10 and status.accepts == 0
+    assert status.refused > 0
+
+
+async def test_closing_writes_the_host_throttle_counts(tmp_path: Any) -> None:
+    """Counts of the last 50 ms reach the shared file when the client or session closes."""
+    with Peer().on("*", answer(503)) as peer:
+        config = {"state_dir": str(tmp_path),
+                  "endpoints": [{"name": "shared", "match": peer.url("/"), "state": "host",
+                                 "retry": None, "breaker": None, "budget": None,
+                                 "throttle": {"min_requests": 100000, "window": 600}}]}
+        async with AsyncResilientClient(config) as c:
+            for _ in range(3):
+                await c.get(peer.url("/x"))
+        with ResilientSession(config) as s:
+            s.trust_env = False
+            for _ in range(3):
+                s.get(peer.url("/x"))
+        # A reader that never called: what it sees is only what reached the file.
+        with ResilientSession(config) as reader:
+            seen = reader.overload("shared").requests
+    assert seen is not None and seen >= 6, seen
