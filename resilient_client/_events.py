@@ -40,6 +40,7 @@ __all__ = [
     "FallbackServed",
     "GaveUp",
     "HedgeSent",
+    "HedgeSkipped",
     "HedgeWon",
     "Listener",
     "RetryScheduled",
@@ -341,6 +342,23 @@ class HedgeWon(Event):
     duration: float
 
 
+@dataclass(frozen=True)
+class HedgeSkipped(Event):
+    """
+    A hedge the call would have sent (or could have, for ``reason``
+    ``"no_thread"``) was not: ``reason`` is ``"no_thread"`` (every hedging
+    thread was busy, so the try ran unhedged on the caller's thread, or its
+    hedge found no thread), ``"budget"`` (the retry budget was spent) or
+    ``"bulkhead"`` (no bulkhead slot was free).
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    reason: str
+
+
 _KINDS: dict[type, str] = {
     AttemptFinished: "attempt_finished",
     RetryScheduled: "retry_scheduled",
@@ -356,6 +374,7 @@ _KINDS: dict[type, str] = {
     ConcurrencyLimitChanged: "concurrency_limit_changed",
     HedgeSent: "hedge_sent",
     HedgeWon: "hedge_won",
+    HedgeSkipped: "hedge_skipped",
 }
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -429,6 +448,7 @@ _LEVELS: dict[type, int] = {
     ConcurrencyLimitChanged: logging.DEBUG,
     HedgeSent: logging.DEBUG,
     HedgeWon: logging.DEBUG,
+    HedgeSkipped: logging.DEBUG,
 }
 
 
