@@ -314,8 +314,11 @@ class CallFinished(Event):
 @dataclass(frozen=True)
 class HedgeSent(Event):
     """
-    A hedge: another copy of a safe call was sent, as its ``attempt``-th
-    try, because no copy had answered ``delay`` seconds after the last one.
+    A hedge: another copy of a safe call was started because no copy had
+    answered ``delay`` seconds (the delay in effect: fixed, or learned)
+    after the last one. ``attempt`` is the number the copy gets, counting
+    every copy of the call so far (2 for the first hedge of a first try). A
+    copy started just as another copy answered is not put on the wire.
 
     .. versionadded:: 0.4.0
     """
@@ -329,9 +332,11 @@ class HedgeSent(Event):
 @dataclass(frozen=True)
 class HedgeWon(Event):
     """
-    A hedge's answer was taken: the ``attempt``-th try answered first (and
-    acceptably) while an earlier copy was still waiting; that copy was
-    abandoned and its connection closed.
+    A hedge's answer was taken: the copy numbered ``attempt`` answered
+    first (and acceptably) while an earlier copy was still waiting; that
+    copy was abandoned and its connection closed. ``duration`` is the
+    seconds from the try's first copy being started to the winner's
+    response being read.
 
     .. versionadded:: 0.4.0
     """
