@@ -64,6 +64,7 @@ if _typing.TYPE_CHECKING:
         HedgeWon,
         Listener,
         RetryScheduled,
+        ThrottleRateChanged,
     )
     from ._fallback import fallback_response
     from ._health import EndpointHealth, Health, health_app
@@ -166,6 +167,7 @@ __all__ = [
     "StaleFallback",
     "StaticFallback",
     "ThrottlePolicy",
+    "ThrottleRateChanged",
     "Throttled",
     "Timeouts",
     "__version__",
@@ -191,7 +193,7 @@ _LAZY: dict[str, str] = {
         "BudgetExhausted", "BulkheadRejected", "CallFinished", "CallThrottled",
         "ConcurrencyLimitChanged", "DeadlinePassed", "Event",
         "FallbackServed", "GaveUp", "HedgeSent", "HedgeSkipped", "HedgeWon", "Listener",
-        "RetryScheduled",
+        "RetryScheduled", "ThrottleRateChanged",
     ], "_events"),
     "fallback_response": "_fallback",
     **dict.fromkeys(["EndpointHealth", "Health", "health_app"], "_health"),

@@ -45,7 +45,7 @@ import anyio
 import httpx
 import tenacity
 
-from ._async_errors import AsyncBulkheadFull, AsyncDeadlineExceeded, classify_error
+from ._async_errors import AsyncBulkheadFull, AsyncDeadlineExceeded, classify_error, warn_unapplied
 from ._async_hooks import Reporting
 from ._async_hops import RedirectHops
 from ._async_log import TASK_SECRETS, install_httpx_log_filter
@@ -137,7 +137,7 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
         own = not ({"transport", "mounts", "limits"} & kwargs.keys()) and not self._mounts
         args = {k: kwargs[k] for k in _TRANSPORT_KEYS if k in kwargs}
         self._pools = Pools(args, self._transport) if own else None
-        self.config: Config = Config.load(config)
+        self.config: Config = warn_unapplied(Config.load(config))
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._bus = EventBus([*load_listeners(self.config.listeners), *listeners])
         self._retry_if = retry_if

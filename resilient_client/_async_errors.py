@@ -15,6 +15,11 @@ keeps catching what it caught, and code written for resilient_client too::
 raises when it does, and what ``except`` clauses can name today.) They
 pickle and copy whole, as the sync ones (`ResilienceError.__reduce__`).
 
+`warn_unapplied`: the one warning (at construction) naming what a config
+sets that this client does not apply yet: ``throttle``, ``concurrency`` and
+the endpoint-wide Retry-After hold they bring, ``proxy_errors`` (the
+requests front's only, for now): never silently ignored.
+
 This module imports httpx: only the httpx front imports it, so ``import
 resilient_client`` never loads httpx. `classify_error` is the httpx side of
 `resilient_client._outcome.classify_error`: what httpx raised, turned into
@@ -28,13 +33,17 @@ classes, whose only state, ``request``, is a property that requests'
 
 from __future__ import annotations
 
+import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from . import exceptions as _sync
 from ._verdict import BEFORE_SEND, AttemptOutcome
+
+if TYPE_CHECKING:
+    from ._config import Config
 
 __all__ = [
     "AsyncBulkheadFull",
@@ -42,6 +51,7 @@ __all__ = [
     "AsyncDeadlineExceeded",
     "AsyncThrottled",
     "classify_error",
+    "warn_unapplied",
 ]
 
 
@@ -160,3 +170,26 @@ def classify_error(
     if deadline_passed and kind not in ("connect_error",):
         return AttemptOutcome("deadline", None, kind not in BEFORE_SEND, False)
     return AttemptOutcome(kind, None, kind not in BEFORE_SEND, True)
+
+
+#: Overload-control keys the requests front applies and this client does not (yet).
+_UNAPPLIED = ("throttle", "concurrency", "proxy_errors")
+
+
+def warn_unapplied(config: Config) -> Config:
+    """*config*, after one warning naming the keys it sets that this client does not apply."""
+    where: dict[str, list[str]] = {}
+    for name, policy in [("defaults", config.defaults),
+                         *((e.name, e.policy) for e in config.endpoints)]:
+        for key in _UNAPPLIED:
+            if getattr(policy, key) is not None:
+                where.setdefault(key, []).append(name)
+    if not where:
+        return config
+    keys = ", ".join(f"{key} ({', '.join(names)})" for key, names in where.items())
+    hold = (" nor the endpoint-wide Retry-After hold they bring"
+            if "throttle" in where or "concurrency" in where else "")
+    logging.getLogger("resilient_client").warning(
+        "AsyncResilientClient does not apply %s%s: only ResilientSession does; "
+        "these calls go out without them (see docs/asyncio.md)", keys, hold)
+    return config

@@ -579,6 +579,8 @@ def _fallback(raw: object) -> Fallback | None:
         return None
     if raw == "stale":
         return StaleFallback()
+    if callable(raw) and not isinstance(raw, (str, Mapping)):
+        raw = {"callable": raw}  # a function given in Python: shorthand for {"callable": fn}
     if isinstance(raw, str):
         raise ConfigError(
             "", "must be 'stale', null or a mapping (with status and json or text, or with "

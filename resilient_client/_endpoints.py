@@ -20,6 +20,7 @@ approximate order, not a lock on the hot path.
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,11 +59,12 @@ class EndpointState:
     def __init__(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
         state_dir: str | None = None, match: str = "",
+        rand: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         if policy.host_shared:
-            self._host(name, policy, clock, on_state_change, state_dir, match)
+            self._host(name, policy, clock, on_state_change, state_dir, match, rand)
             return
         self.breaker: CircuitBreaker | None = (
             CircuitBreaker(name, policy.breaker, clock=clock, on_state_change=on_state_change)
@@ -74,12 +76,13 @@ class EndpointState:
         self.bulkhead: Bulkhead | None = (
             Bulkhead(name, policy.bulkhead) if policy.bulkhead is not None else None)
         #: Throttle, adaptive limit and Retry-After hold; None when both are off.
-        self.overload: Overload | None = Overload(policy, clock) if policy.overload_control else None
+        self.overload: Overload | None = (Overload(policy, clock, rand=rand)
+                                          if policy.overload_control else None)
         self._rest()
 
     def _host(
         self, name: str, policy: Policy, clock: Clock, on_state_change: _StateChanged,
-        state_dir: str | None, match: str,
+        state_dir: str | None, match: str, rand: Callable[[], float] | None = None,
     ) -> None:
         """``state: host`` or Redis: budget and bulkhead (and for host, the breaker) in the host file."""
         from ._host_dir import effective_state_dir
@@ -110,19 +113,20 @@ class EndpointState:
         self.budget = budget
         self.bulkhead = (HostBulkhead(name, policy.bulkhead, file)
                          if policy.bulkhead is not None else None)
-        self.overload = (self._host_overload(name, policy, clock, state_dir)
+        self.overload = (self._host_overload(name, policy, clock, state_dir, rand)
                          if policy.overload_control else None)
         self._rest()
 
     @staticmethod
-    def _host_overload(name: str, policy: Policy, clock: Clock, state_dir: str | None) -> Overload:
+    def _host_overload(name: str, policy: Policy, clock: Clock, state_dir: str | None,
+                       rand: Callable[[], float] | None) -> Overload:
         """The throttle's counts shared on the host (its own file); the adaptive limit stays per process."""
         throttle = None
         if policy.throttle is not None:
             from ._host_dir import default_state_dir  # only host state opens files
             from ._host_throttle import HostThrottle
 
-            throttle = HostThrottle(policy.throttle, clock, state_dir or default_state_dir(), name)
+            throttle = HostThrottle(policy.throttle, clock, state_dir or default_state_dir(), name, rand)
         return Overload(policy, clock, throttle)
 
     def _rest(self) -> None:
@@ -180,6 +184,7 @@ class Endpoints:
         on_state_change: told of every breaker transition.
         build_retrying: the retry engine for a policy (None: no retry).
         state_dir: the config's ``state_dir``, for ``state: host``.
+        rng: the throttle's random source (None: `random.random`).
     """
 
     def __init__(
@@ -191,8 +196,10 @@ class Endpoints:
         build_retrying: _BuildRetrying,
         lock: Any,
         state_dir: str | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._state_dir = state_dir
+        self._rng = rng
         self._router = router
         self._endpoints = endpoints
         self._clock = clock
@@ -250,12 +257,13 @@ class Endpoints:
         known = sorted({e.name for e in self._endpoints})
         raise KeyError(f"no endpoint named {name!r}; known: {known}")
 
-    def forget(self, clock: Clock) -> None:
+    def forget(self, clock: Clock, rng: random.Random | None = None) -> None:
         """
         Drop every route, state and retry engine (the caller holds the lock);
-        new states read *clock* (the session's, which a test may have moved).
+        new states read *clock* (the session's, which a test may have moved)
+        and draw from *rng*.
         """
-        self._clock = clock
+        self._clock, self._rng = clock, rng
         self._routes.clear()
         self._states.clear()
         self._origins.clear()
@@ -263,7 +271,8 @@ class Endpoints:
         self._next_scan = 0
 
     def _new_state(self, name: str, policy: Policy, match: str = "") -> EndpointState:
-        return EndpointState(name, policy, self._clock, self._on_state_change, self._state_dir, match)
+        return EndpointState(name, policy, self._clock, self._on_state_change, self._state_dir, match,
+                             self._rng.random if self._rng is not None else None)
 
     def _new_route(self, method: str, url: str) -> Route:
         res = self._router.resolve(method, url)

@@ -17,11 +17,12 @@ import logging
 import pkgutil
 import re
 import threading
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, cast
 
 from ._errors import ConfigError, Problems
+from ._traced import TracedCall, TracingListener, tracers_of
 from ._verdict import OUTCOMES
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
     "HedgeWon",
     "Listener",
     "RetryScheduled",
-    "Tracing",
+    "ThrottleRateChanged",
     "format_event",
     "load_listeners",
     "log_event",
@@ -278,6 +279,21 @@ class ConcurrencyLimitChanged(Event):
 
 
 @dataclass(frozen=True)
+class ThrottleRateChanged(Event):
+    """
+    An endpoint's throttle refusal probability (``throttle``) moved from
+    ``old`` to ``new``, seen as calls complete: at once when it moved by more
+    than 0.01, else at most once a second, so it falls back to 0 when the
+    peer recovers (a refusal's ``call_throttled`` says the rate too).
+
+    .. versionadded:: 0.4.0
+    """
+
+    old: float
+    new: float
+
+
+@dataclass(frozen=True)
 class DeadlinePassed(Event):
     """
     The call's ``total`` deadline passed during its ``attempts``-th attempt.
@@ -380,6 +396,7 @@ _KINDS: dict[type, str] = {
     HedgeSent: "hedge_sent",
     HedgeWon: "hedge_won",
     HedgeSkipped: "hedge_skipped",
+    ThrottleRateChanged: "throttle_rate_changed",
 }
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -402,38 +419,6 @@ class Listener(Protocol):
     def __call__(self, event: Event) -> None: ...
 
 
-class Tracing(Protocol):
-    """
-    A listener that also hears a call and its attempts begin and end, so
-    that it can hold a span open around them (`otel_trace_listener`). The
-    session calls the hooks only when such a listener is subscribed.
-    """
-
-    #: Whether `enter_attempt` wants the attempt's headers (to inject a trace context).
-    injects: bool
-
-    def __call__(self, event: Event) -> None: ...
-
-    def enter_call(self, endpoint: str, method: str, url: str) -> object: ...
-
-    def exit_call(self, token: object) -> None: ...
-
-    def enter_attempt(
-        self, endpoint: str, method: str, url: str, attempt: int,
-        headers: MutableMapping[str, str] | None,
-    ) -> object: ...
-
-    def exit_attempt(self, token: object, status: int | None, outcome: str, error: str | None) -> None: ...
-
-
-def _tracing_of(listeners: Iterable[Callable[[Event], None]]) -> Tracing | None:
-    """The one listener with span hooks among *listeners*, if any (the first, if several)."""
-    for listener in listeners:
-        if callable(getattr(listener, "enter_attempt", None)):
-            return cast(Tracing, listener)
-    return None
-
-
 # Per-call events (every call makes them) are DEBUG; what an operator should
 # see without asking is a level above. Under a full outage each call still
 # makes a line at INFO (rejected, fallback served): turn the logger to
@@ -454,6 +439,7 @@ _LEVELS: dict[type, int] = {
     HedgeSent: logging.DEBUG,
     HedgeWon: logging.DEBUG,
     HedgeSkipped: logging.DEBUG,
+    ThrottleRateChanged: logging.DEBUG,
 }
 
 
@@ -537,23 +523,65 @@ def load_listeners(specs: Iterable[object]) -> list[Callable[[Event], None]]:
     problems = Problems()
     for i, spec in enumerate(specs):
         with problems.at():
-            out.append(resolve_callable(f"listeners[{i}]", spec))
+            listener = resolve_callable(f"listeners[{i}]", spec)
+            name = getattr(listener, "__name__", "")
+            if name in _FACTORIES and getattr(listener, "__module__", "").startswith("resilient_client."):
+                # It would be called with each event, as a tracer provider.
+                raise ConfigError(
+                    f"listeners[{i}]",
+                    f"{spec!r} names the factory {name}, not a listener: name a module "
+                    f"attribute holding its result (listener = resilient_client.{name}())")
+            out.append(listener)
     problems.raise_if_any()
     return out
 
 
-class EventBus:
-    """The listeners of one session (the logging listener first)."""
+#: The library's listener factories: a config naming one meant its result.
+_FACTORIES = frozenset({"otel_trace_listener", "otel_listener", "prometheus_listener"})
 
-    __slots__ = ("_failed", "_listeners", "_lock", "tracing")
+
+class EventBus:
+    """
+    The listeners of one session (the logging listener first), and the
+    calls being traced on each thread (see `_traced`).
+    """
+
+    __slots__ = ("_failed", "_listeners", "_lock", "_plain", "_traced", "tracing")
 
     def __init__(self, listeners: Iterable[Callable[[Event], None]] = ()) -> None:
         self._listeners: tuple[Callable[[Event], None], ...] = (log_event, *listeners)
-        #: The listener holding spans around calls and attempts, or None (see `Tracing`).
-        self.tracing: Tracing | None = _tracing_of(self._listeners)
+        self._update()
         # id -> listener: holding the listener keeps its id from being reused.
         self._failed: dict[int, Callable[[Event], None]] = {}
         self._lock = threading.Lock()
+        self._traced = threading.local()
+
+    def _update(self) -> None:
+        #: The listeners holding spans around calls and requests (may be empty).
+        self.tracing: tuple[TracingListener, ...] = tracers_of(self._listeners)
+        self._plain = tuple(x for x in self._listeners if not isinstance(x, TracingListener))
+
+    def start_trace(self, endpoint: str, method: str, url: str) -> TracedCall | None:
+        """
+        Open the call's spans with the tracing listeners subscribed now (the
+        call keeps them to its end); None when there is none.
+        """
+        tracers = self.tracing
+        if not tracers:
+            return None
+        traced = TracedCall(tracers, endpoint, method, url)
+        stack: list[TracedCall] | None = getattr(self._traced, "stack", None)
+        if stack is None:
+            stack = self._traced.stack = []
+        stack.append(traced)
+        return traced
+
+    def end_trace(self, traced: TracedCall) -> None:
+        """Close the call's spans (their outcome came with `CallFinished`)."""
+        stack: list[TracedCall] = self._traced.stack
+        if stack and stack[-1] is traced:
+            stack.pop()
+        traced.exit()
 
     @property
     def listeners(self) -> tuple[Callable[[Event], None], ...]:
@@ -564,12 +592,12 @@ class EventBus:
         """Add *listener*; returns a function that removes it."""
         with self._lock:
             self._listeners = (*self._listeners, listener)
-            self.tracing = _tracing_of(self._listeners)
+            self._update()
 
         def unsubscribe() -> None:
             with self._lock:
                 self._listeners = tuple(x for x in self._listeners if x is not listener)
-                self.tracing = _tracing_of(self._listeners)
+                self._update()
 
         return unsubscribe
 
@@ -578,8 +606,16 @@ class EventBus:
         return len(self._listeners) > 1 or logger.isEnabledFor(logging.DEBUG)
 
     def emit(self, event: Event) -> None:
-        """Hand *event* to every listener; one that raises is logged once and skipped."""
-        for listener in self._listeners:
+        """
+        Hand *event* to every listener; one that raises is logged once and
+        skipped. The tracing listeners get it on the spans of the innermost
+        call this session traces on this thread (an event outside any call,
+        ``session.circuit(...).open()``, has no span).
+        """
+        stack: list[TracedCall] | None = getattr(self._traced, "stack", None)
+        if stack:
+            stack[-1].event(event)
+        for listener in self._plain:
             try:
                 listener(event)
             except Exception:

@@ -11,15 +11,25 @@ counts made in the process reach the file at most every ``_FLUSH_EVERY``
 seconds (one locked read-modify-write), and the shared totals read then
 serve the calls in between, so a call costs O(1) and no system call on
 most calls. Any error with the file degrades to the process-local throttle
-(logged once); a request never fails for it.
+(logged once); a request never fails for it. Counts still pending when the
+process exits are flushed then (``atexit``, best-effort: not after a kill).
+
+Two windows for one endpoint name (two services on the host configured
+apart) keep their counts apart: the window is part of the file's name
+(``NAME-HASH.w120.throttle``), since counts in buckets of one length cannot
+be added to another's; the first flush that finds another window's file
+warns once, because those processes do not throttle together.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import glob
 import os
 import struct
 import time
+import weakref
 from collections.abc import Callable
 
 from ._clock import Clock
@@ -36,11 +46,28 @@ _MAGIC = 0x52435431  # "RCT1"
 _LAYOUT = struct.Struct(f"<Idq{2 * _BUCKETS}I")
 
 
+#: Every live host throttle, for the flush at exit.
+_LIVE: weakref.WeakSet[HostThrottle] = weakref.WeakSet()
+
+
+def _flush_at_exit() -> None:
+    """Counts not yet in the file reach it when the process exits (best-effort)."""
+    for throttle in list(_LIVE):
+        try:
+            if throttle._shared and throttle._pending_requests:
+                throttle._flush()
+        except Exception:  # exiting: nothing to degrade to, and nobody to tell
+            pass
+
+
+atexit.register(_flush_at_exit)
+
+
 class HostThrottle(Throttle):
     """A `Throttle` whose counts are shared on the host (see the module docstring)."""
 
-    __slots__ = ("_dir", "_flushed", "_path", "_pending_accepts", "_pending_requests", "_shared",
-                 "_shared_accepts", "_shared_requests")
+    __slots__ = ("__weakref__", "_base", "_checked", "_dir", "_flushed", "_path", "_pending_accepts",
+                 "_pending_requests", "_shared", "_shared_accepts", "_shared_requests")
 
     def __init__(self, policy: ThrottlePolicy, clock: Clock, state_dir: str, name: str,
                  rand: Callable[[], float] | None = None) -> None:
@@ -48,12 +75,15 @@ class HostThrottle(Throttle):
             super().__init__(policy, clock)
         else:
             super().__init__(policy, clock, rand)
-        self._path = path_for(state_dir, name).removesuffix(".state") + ".throttle"
+        self._base = path_for(state_dir, name).removesuffix(".state")
+        self._path = f"{self._base}.w{policy.window:g}.throttle"
+        self._checked = False
         self._dir = state_dir
         self._pending_requests = self._pending_accepts = 0
         self._shared_requests = self._shared_accepts = 0
         self._flushed = -_FLUSH_EVERY
         self._shared = True
+        _LIVE.add(self)
 
     @property
     def shared(self) -> bool:
@@ -120,6 +150,15 @@ class HostThrottle(Throttle):
 
     def _flush(self) -> None:
         """Add the pending counts to the file's window and read its totals (one locked update)."""
+        if not self._checked:
+            self._checked = True
+            others = sorted(set(glob.glob(glob.escape(self._base) + ".w*.throttle")) - {self._path})[:5]
+            if others:
+                warn_once(self._base, "throttle for %r on the host with window %gs, but other processes "
+                          "use another window (%s): each window keeps its own counts, so they do not "
+                          "throttle together; give the endpoint one throttle.window on the host",
+                          os.path.basename(self._base), self.policy.window,
+                          ", ".join(os.path.basename(o) for o in others))
         try:
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         except FileNotFoundError:

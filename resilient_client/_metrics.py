@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._events import (
+    OUTCOMES,
     AttemptFinished,
     BreakerRejected,
     BreakerStateChanged,
@@ -36,6 +37,7 @@ from ._events import (
     HedgeWon,
     Listener,
     RetryScheduled,
+    ThrottleRateChanged,
 )
 from ._version import __version__
 
@@ -91,7 +93,7 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "throttle_reject_rate": (
         "gauge", ("endpoint",),
-        "The throttle's refusal probability when it last refused a call (throttle).",
+        "The throttle's refusal probability, as of its last refusal or completed call (throttle).",
     ),
     "concurrency_limit": (
         "gauge", ("endpoint",),
@@ -151,7 +153,9 @@ class _PrometheusListener:
     Turns events into Prometheus metrics; see `prometheus_listener`.
     """
 
-    def __init__(self, metrics: _PromMetrics) -> None:
+    def __init__(self, metrics: _PromMetrics, registry: Any = None, prefix: str = "resilient_client") -> None:
+        #: What `prometheus_listener` was given: an unpickled listener asks it again.
+        self._made_with = (registry, prefix)
         m = metrics.by_name
         self._requests = _Children(m["requests_total"])
         self._request_duration = _Children(m["request_duration_seconds"])
@@ -166,9 +170,12 @@ class _PrometheusListener:
         self._reject_rate = _Children(m["throttle_reject_rate"])
         self._limit = _Children(m["concurrency_limit"])
         self._hedges = _Children(m["hedges_total"])
+        # (endpoint, method) pairs whose counters by outcome exist (at 0).
+        self._known: set[tuple[str, str]] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
             CallThrottled: self._throttled,
             ConcurrencyLimitChanged: lambda e: self._limit(e.endpoint).set(e.new),
+            ThrottleRateChanged: lambda e: self._reject_rate(e.endpoint).set(e.new),
             AttemptFinished: self._attempt,
             CallFinished: self._call,
             RetryScheduled: self._retry,
@@ -182,16 +189,39 @@ class _PrometheusListener:
             HedgeSkipped: lambda e: self._hedges(e.endpoint, "skipped").inc(),
         }
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with a session: rebuilt from what made it (the collectors
+        # are the registry's, shared, never copied). A registry of one's own
+        # is pickled as it is, and prometheus_client's hold a lock: only the
+        # default registry's listener pickles.
+        registry, prefix = self._made_with
+        return (prometheus_listener, (registry, prefix))
+
     def __call__(self, event: Event) -> None:
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)
 
+    def _first(self, endpoint: str, method: str) -> None:
+        """
+        The first call to (endpoint, method): its counters by outcome start at
+        0, so that rate() and increase() see the first failure (a series
+        born at 1 has no earlier sample to count from).
+        """
+        self._known.add((endpoint, method))
+        for outcome in OUTCOMES:
+            self._requests(endpoint, method, outcome)
+            self._attempts(endpoint, method, outcome)
+
     def _attempt(self, e: AttemptFinished) -> None:
+        if (e.endpoint, e.method) not in self._known:
+            self._first(e.endpoint, e.method)
         self._attempts(e.endpoint, e.method, e.outcome).inc()
         self._attempt_duration(e.endpoint, e.method, e.outcome).observe(e.duration)
 
     def _call(self, e: CallFinished) -> None:
+        if (e.endpoint, e.method) not in self._known:
+            self._first(e.endpoint, e.method)
         self._requests(e.endpoint, e.method, e.outcome).inc()
         self._request_duration(e.endpoint, e.method, e.outcome).observe(e.duration)
 
@@ -218,6 +248,7 @@ class _PrometheusListener:
     def _breaker(self, e: BreakerStateChanged) -> None:
         for state in BREAKER_STATES:
             self._state(e.endpoint, state).set(1.0 if state == e.new else 0.0)
+            self._transitions(e.endpoint, state, e.scope)  # each state's series exists, at 0 until it comes
         self._transitions(e.endpoint, e.new, e.scope).inc()
 
     def __repr__(self) -> str:
@@ -254,7 +285,7 @@ def prometheus_listener(registry: Any = None, prefix: str = "resilient_client") 
         metrics = per_prefix.get(prefix)
         if metrics is None:
             metrics = per_prefix[prefix] = _PromMetrics(prometheus_client, registry, prefix)
-    return _PrometheusListener(metrics)
+    return _PrometheusListener(metrics, None if registry is prometheus_client.REGISTRY else registry, prefix)
 
 
 # -- OpenTelemetry ---------------------------------------------------------------
@@ -315,6 +346,8 @@ class _OTelListener:
             "resilient_client.breaker.state", callbacks=[self._observe_states], unit="1",
             description="1 for each breaker's current state, 0 for the others.")
         self._attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # (endpoint, method) pairs whose counters by outcome exist (at 0).
+        self._known: set[tuple[str, str]] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
             AttemptFinished: self._attempt,
             CallFinished: self._call,

@@ -9,12 +9,18 @@ completes. An endpoint without ``throttle`` or ``concurrency`` has no
 Which completed calls are accepts (the throttle) and drops (the limit) is
 decided here from the call's last `AttemptOutcome`: an accept is an answer
 the peer produced that is not a failure, not a 429 and not a proxy error; a
-drop is a failure, a timeout or a 429. Transport-free.
+drop is a failure, a timeout or a 429. A call that made an attempt and then
+ran out of its deadline is a request without an accept: the throttle asks
+whether the peer accepts work in time (the SRE book's accepts), and a call
+cut while it waited in the peer's (or its proxy's) queue was not accepted in
+time. The breaker, which judges the peer's health, does not count such a
+cut (a caller in a hurry is not a failing peer). Transport-free.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._clock import Clock
@@ -64,12 +70,14 @@ class OverloadStatus:
 class Overload:
     """Throttle, adaptive limit and Retry-After hold of one endpoint (see the module docstring)."""
 
-    __slots__ = ("_clock", "_hold_lock", "hold_until", "limit", "throttle")
+    __slots__ = ("_clock", "_hold_lock", "_shown", "_shown_at", "hold_until", "limit", "throttle")
 
-    def __init__(self, policy: Policy, clock: Clock, throttle: Throttle | None = None) -> None:
+    def __init__(self, policy: Policy, clock: Clock, throttle: Throttle | None = None,
+                 rand: Callable[[], float] | None = None) -> None:
         self._clock = clock
         if throttle is None and policy.throttle is not None:
-            throttle = Throttle(policy.throttle, clock)
+            throttle = (Throttle(policy.throttle, clock) if rand is None
+                        else Throttle(policy.throttle, clock, rand))
         self.throttle = throttle
         self.limit = (AdaptiveLimit(policy.concurrency,
                                     policy.bulkhead.max_concurrent if policy.bulkhead else None)
@@ -77,6 +85,9 @@ class Overload:
         #: Until when (on the clock) a Retry-After asked us to send nothing new.
         self.hold_until = 0.0
         self._hold_lock = threading.Lock()
+        #: The throttle's rate last reported (`rate_moved`), and when.
+        self._shown = 0.0
+        self._shown_at = 0.0
 
     def admit(self) -> str | None:
         """Before a call: None when it may go (holding a place under the limit), else why not."""
@@ -89,6 +100,11 @@ class Overload:
         if limit is not None and not limit.try_acquire():
             return LIMIT
         return None
+
+    def enter(self) -> None:
+        """A redirect hop into this endpoint: in flight without being admitted (ended by `finish`)."""
+        if self.limit is not None:
+            self.limit.enter()
 
     def hold_for(self) -> float:
         """Seconds left of the Retry-After hold (0 when none)."""
@@ -109,8 +125,9 @@ class Overload:
         """
         throttle, limit = self.throttle, self.limit
         counted = outcome is not None and not outcome.refused
-        if throttle is not None and counted:
-            assert outcome is not None
+        if throttle is not None and outcome is not None and (counted or outcome.kind == "deadline"):
+            # A call the deadline ended after it was sent is a request the peer
+            # did not accept in time: not an accept (see the module docstring).
             throttle.record(outcome.reached_peer and outcome.status is not None and not outcome.failure
                             and outcome.status != 429 and not outcome.proxy)
         if limit is not None:
@@ -121,6 +138,24 @@ class Overload:
             dropped = (outcome.proxy or outcome.status == 429
                        or (outcome.failure and outcome.kind in _DROP_KINDS))
             limit.release(dropped=dropped, rtt=duration)
+
+    def rate_moved(self) -> tuple[float, float] | None:
+        """
+        After a call completed: (old, new) when the throttle's rate moved by
+        more than 0.01 since last reported, or at all and a second has
+        passed; else None. Racy on purpose: a report more or less is harmless.
+        """
+        throttle = self.throttle
+        if throttle is None:
+            return None
+        rate, old = throttle.rate(), self._shown
+        if rate == old:
+            return None
+        now = self._clock.monotonic()
+        if abs(rate - old) <= 0.01 and now - self._shown_at < 1.0:
+            return None
+        self._shown, self._shown_at = rate, now
+        return old, rate
 
     def status(self) -> OverloadStatus:
         """What it is now (see `OverloadStatus`)."""

@@ -114,6 +114,19 @@ class HookGuard:
         return guard
 
     def __call__(self, resp: requests.Response, **kwargs: Any) -> requests.Response:
+        call = self.call
+        traced = call.traced if call is not None else None
+        if traced is None:
+            return self._run(resp, kwargs)
+        # The hooks are the application's code: under the attempt's span, but
+        # not hidden from other HTTP instrumentation as the send itself is.
+        tokens = traced.enter_hooks()
+        try:
+            return self._run(resp, kwargs)
+        finally:
+            traced.exit_hooks(tokens)
+
+    def _run(self, resp: requests.Response, kwargs: dict[str, Any]) -> requests.Response:
         for hook in self.hooks:
             try:
                 out = hook(resp, **kwargs)
@@ -121,6 +134,7 @@ class HookGuard:
                 call = self.call
                 if call is not None and call.hook_error is None:
                     call.hook_error = exc
+                    call.hook_status = resp.status_code
                     if self.breaker is not None:
                         failed = of_status(resp.status_code, self.failure_status).failure
                         self.breaker.record(success=not failed, is_trial=self.is_trial,

@@ -461,12 +461,22 @@ class ThrottlePolicy:
         with p.at():
             _set(self, "k", _number("k", self.k, minimum=1.0, allow_zero=True))
         with p.at():
-            _set(self, "window", _duration("window", self.window))
+            window = _duration("window", self.window)
+            if window < MIN_THROTTLE_WINDOW:
+                # 20 buckets of a few ms forget a failing peer between two calls (and a
+                # denormal window overflowed the bucket arithmetic at call time).
+                raise ConfigError("window", f"must be at least {MIN_THROTTLE_WINDOW:g} (seconds), "
+                                            f"got {self.window!r}")
+            _set(self, "window", window)
         with p.at():
             _set(self, "min_requests", _integer("min_requests", self.min_requests, minimum=0))
         with p.at():
             _set(self, "max_reject", _ratio("max_reject", self.max_reject))
         p.raise_if_any()
+
+
+#: The shortest ``throttle.window`` accepted, in seconds.
+MIN_THROTTLE_WINDOW = 1.0
 
 
 #: The algorithms `ConcurrencyPolicy.algorithm` accepts.
@@ -480,9 +490,10 @@ class ConcurrencyPolicy:
     (Netflix concurrency-limits): a ceiling under ``bulkhead.max_concurrent``
     that starts at ``initial`` and never goes below ``min``. ``aimd`` adds
     one when a call succeeds while the limit is in use and multiplies by
-    ``backoff`` on a failure, a timeout, a 429, or a call slower than
-    ``latency_factor`` times the fastest seen recently; ``gradient`` scales
-    the limit by the ratio of that fastest latency to the recent one.
+    ``backoff`` on a failure, a timeout, a 429, or the recent average latency
+    staying above ``latency_factor`` (> 1) times the long-term average;
+    ``gradient`` scales the limit by the ratio of the long-term average
+    latency to the recent one.
 
     .. versionadded:: 0.4.0
     """
@@ -813,6 +824,11 @@ class Policy:
                 continue
             if not isinstance(value, kind):
                 p.add(name, f"must be a {_kind_name(kind)}, got {value!r}")
+        if (isinstance(self.concurrency, ConcurrencyPolicy) and isinstance(self.bulkhead, BulkheadPolicy)
+                and self.concurrency.min > self.bulkhead.max_concurrent):
+            # The limit is a ceiling under the bulkhead: it could never stay at min.
+            p.add("concurrency.min", f"must be <= bulkhead.max_concurrent ({self.bulkhead.max_concurrent}), "
+                                     f"got {self.concurrency.min!r}")
         p.raise_if_any()
 
     def replace(self, **changes: Any) -> Policy:

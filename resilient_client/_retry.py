@@ -42,6 +42,7 @@ from ._verdict import AttemptOutcome, of_status, retry_verdict
 if TYPE_CHECKING:
     from ._budget import RetryBudget
     from ._deadline import Deadline
+    from ._traced import TracedCall
 
 __all__ = ["Backoff", "Call", "ReplayFirst", "build_retrying", "clone_call", "decide", "parse_retry_after"]
 
@@ -60,6 +61,7 @@ class Call:
         "hedged",
         "hook_error",
         "hook_guard",
+        "hook_status",
         "idempotent",
         "keyed",
         "kwargs",
@@ -75,6 +77,7 @@ class Call:
         "stream",
         "timeout_given",
         "timeouts",
+        "traced",
     )
 
     def __init__(
@@ -105,6 +108,8 @@ class Call:
         #: caller's own, not a transport failure), and the attempt's hook guard.
         self.hook_error: BaseException | None = None
         self.hook_guard: Any = None
+        #: The status of the response whose hook raised (for the attempt's span).
+        self.hook_status: int | None = None
         #: The caller passed its own ``timeout=`` (it applies to every hop).
         self.timeout_given = False
         #: What the latest attempt came to, classified once by the session,
@@ -114,6 +119,8 @@ class Call:
         #: `decide`'s answer for the first attempt, when the session's
         #: shortcut asked before entering tenacity.
         self.first_verdict: bool | None = None
+        #: The call's tracing (`resilient_client._traced`), fixed when it began.
+        self.traced: TracedCall | None = None
         #: Seconds asked by the last response's Retry-After; None when absent,
         #: math.inf when refused (unparseable, negative, over the maximum).
         self.retry_after: float | None = None
@@ -136,6 +143,8 @@ def clone_call(call: Call) -> Call:
     for name in Call.__slots__:
         setattr(new, name, getattr(call, name))
     new.kwargs = dict(call.kwargs)
+    if call.traced is not None:
+        new.traced = call.traced.fork()  # its own request span, beside the others
     return new
 
 

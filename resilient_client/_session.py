@@ -74,7 +74,7 @@ from ._events import (
     HedgeSkipped,
     HedgeWon,
     RetryScheduled,
-    Tracing,
+    ThrottleRateChanged,
     load_listeners,
 )
 from ._fallback import make_response
@@ -112,6 +112,7 @@ from .exceptions import BulkheadFull, CircuitOpenError, DeadlineExceeded, Thrott
 
 if TYPE_CHECKING:
     from ._health import Health, HealthTracker
+    from ._traced import TracedCall
 
 __all__ = ["ResilientSession"]
 
@@ -128,6 +129,8 @@ _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
 _ABANDONED = AttemptOutcome("abandoned", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
+#: What the source endpoint of a redirect into another one answered.
+_REDIRECTED = AttemptOutcome("ok", 307, True, False)
 #: How long a hedged attempt's caller waits past the deadline for its copies
 #: (which read against the deadline themselves) before abandoning them.
 _HEDGE_GRACE = 0.05
@@ -151,7 +154,8 @@ class ResilientSession(requests.Session):
         retry_if: ``(request, response_or_exception) -> bool | None``
             overriding the built-in retry decision (None = use the built-in
             rules). A body that cannot be replayed is still never resent.
-        rng: the random source for backoff jitter.
+        rng: the random source for backoff jitter and the throttle's
+            refusal draw (the testing kit seeds it: deterministic refusals).
 
     .. versionadded:: 0.1.0
     """
@@ -200,7 +204,7 @@ class ResilientSession(requests.Session):
         self._lock = threading.Lock()
         self._endpoints = Endpoints(self._router, self.config.endpoints, self.clock,
                                     self._breaker_changed, self._build_retrying, self._lock,
-                                    state_dir=self.config.state_dir)
+                                    state_dir=self.config.state_dir, rng=rng)
         self._local = threading.local()
         self._environ = EnvironCache()
 
@@ -402,11 +406,14 @@ class ResilientSession(requests.Session):
             # requests passes no extra argument from request() to send(): the
             # call's changes wait on this thread for the send it makes. (Such
             # a call may have a fallback its endpoint lacks: no early refusal.)
-            self._local.call_policy = changes
+            # Nor the admission of a call being prepared around it (an auth
+            # hook's call): its send asks overload control for its own.
+            local = self._local
+            local.call_policy, outer, local.admitted = changes, getattr(local, "admitted", None), None
             try:
                 return self._request_prepared(method, url, args, kwargs)
             finally:
-                self._local.call_policy = None
+                local.call_policy, local.admitted = None, outer
         if isinstance(method, str) and isinstance(url, str):
             route = self._route_for(method.upper(), url)
             breaker = route.state.breaker
@@ -416,8 +423,7 @@ class ResilientSession(requests.Session):
                 except CircuitOpenError as exc:
                     tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
-                    tracing = self._bus.tracing
-                    token = tracing.enter_call(route.name, method.upper(), shown) if tracing else None
+                    traced = self._bus.start_trace(route.name, method.upper(), shown)
                     try:
                         self._emit(BreakerRejected(route.name, method.upper(), shown,
                                                    exc._retry_at, exc.retry_in, breaker.scope))
@@ -425,8 +431,8 @@ class ResilientSession(requests.Session):
                             self._emit(CallFinished(route.name, method.upper(), shown, 0,
                                                     "circuit_open", None, 0.0, False))
                     finally:
-                        if tracing is not None:
-                            tracing.exit_call(token)
+                        if traced is not None:
+                            self._bus.end_trace(traced)
                     raise
                 if is_trial:
                     # The trial became possible meanwhile: the normal path takes it.
@@ -449,8 +455,8 @@ class ResilientSession(requests.Session):
         if why is not None:
             shown = redact_url(url, self.config.secrets)
             name, verb = route.name, method.upper()
-            tracing = self._bus.tracing  # a tracing listener sees the refusal as a call's span
-            token = tracing.enter_call(name, verb, shown) if tracing else None
+            # The tracing listeners see the refusal as a call's span.
+            traced = self._bus.start_trace(name, verb, shown)
             try:
                 err: Throttled | BulkheadFull
                 if why == LIMIT:
@@ -463,8 +469,8 @@ class ResilientSession(requests.Session):
                     kind = "bulkhead_full" if why == LIMIT else "throttled"
                     self._emit(CallFinished(name, verb, shown, 0, kind, None, 0.0, False))
             finally:
-                if tracing is not None:
-                    tracing.exit_call(token)
+                if traced is not None:
+                    self._bus.end_trace(traced)
             raise err
         local = self._local
         # A call made while requests prepares this one (an auth hook fetching
@@ -578,17 +584,20 @@ class ResilientSession(requests.Session):
             # Called by the user outside our attempts: each hop is a call.
             yield from hops
             return
+        traced = call.traced
         while True:
             # Only the next send this generator makes is the hop: a hook or a
             # listener running meanwhile makes calls of its own.
             self._local.hop = call
+            if traced is not None:
+                traced.redirected = resp.status_code  # what the hop's span closes the last one with
             try:
-                item = next(hops)
+                resp = next(hops)
             except StopIteration:
                 return
             finally:
                 self._local.hop = None
-            yield item
+            yield resp
 
     # -- the layers ---------------------------------------------------------
 
@@ -601,7 +610,7 @@ class ResilientSession(requests.Session):
         hop: Call | None = getattr(self._local, "hop", None)
         if hop is not None:
             self._local.hop = None
-            return self._send_hop(request, kwargs, hop)
+            return self._send_hop_charged(request, kwargs, hop)
         route = self._route_for(request.method or "GET", request.url or "")
         changes = kwargs.pop("policy", None)
         if changes is None:
@@ -613,6 +622,45 @@ class ResilientSession(requests.Session):
         endpoints.calls += 1
         route.state.used = endpoints.calls
         return self._send_with_fallback(request, kwargs, route)
+
+    def _send_hop_charged(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any], call: Call
+    ) -> requests.Response:
+        """
+        A hop into another endpoint with overload control: its answer is that
+        endpoint's (its Retry-After hold, throttle counts and limit signal),
+        not the source's, which answered with a redirect.
+        """
+        target = self._route_for(request.method or "GET", request.url or "")
+        overload = target.state.overload
+        if overload is None or target.state is call.route.state:
+            return self._send_hop(request, kwargs, call)
+        if overload.hold_for() > 0:
+            # As for an open breaker: the first hop reached a peer, so not Throttled.
+            raise requests.ConnectionError(
+                f"not following the redirect into endpoint {target.name!r}: it asked for "
+                f"{overload.hold_for():.1f} s of quiet (Retry-After)", request=request)
+        overload.enter()
+        started = self.clock.monotonic()
+        outcome: AttemptOutcome | None = None
+        try:
+            resp = self._send_hop(request, kwargs, call)
+        except BaseException as exc:
+            if call.hook_error is not exc:
+                deadline = call.deadline
+                outcome = classify_error(exc, reached_peer=True,
+                                         deadline_passed=deadline is not None and deadline.expired())
+            raise
+        else:
+            outcome = of_status(resp.status_code, target.policy.failure_status)
+            proxy = target.policy.proxy_errors
+            if proxy is not None and resp.status_code in (502, 503, 504) and proxy.header in resp.headers:
+                outcome = of_proxy_status(resp.status_code)
+            if resp.status_code in (429, 503) and not outcome.proxy:
+                self._overload_signal(target, resp, overload)
+            return resp
+        finally:
+            overload.finish(outcome, self.clock.monotonic() - started)
 
     def _send_hop(
         self, request: requests.PreparedRequest, kwargs: dict[str, Any], call: Call
@@ -649,7 +697,13 @@ class ResilientSession(requests.Session):
             if prop is not None:  # the hop is a copy requests made: ours to change
                 request.headers[prop.deadline_header] = header_value(read if prop.per_attempt else left)
         kwargs["timeout"] = (connect, read)
+        traced = call.traced
+        if traced is not None:
+            # Each request on the wire is a CLIENT span: the previous one got its answer.
+            status = traced.redirected or 0
+            traced.exit_attempt(status, of_status(status, route.policy.failure_status).kind, None)
         if breaker is None:
+            self._trace_hop(call, route, request)
             return super().send(request, **kwargs)
         try:
             is_trial = breaker.before_call()
@@ -666,6 +720,7 @@ class ResilientSession(requests.Session):
             request.hooks = {**request.hooks, "response": [call.hook_guard.moved(breaker, is_trial,
                                                                                 route.policy.failure_status)]}
         started = self.clock.monotonic()
+        self._trace_hop(call, route, request)
         try:
             resp = super().send(request, **kwargs)
         except BaseException as exc:
@@ -680,6 +735,12 @@ class ResilientSession(requests.Session):
         breaker.record(success=not of_status(resp.status_code, route.policy.failure_status).failure,
                        is_trial=is_trial, duration=self.clock.monotonic() - started)
         return resp
+
+    def _trace_hop(self, call: Call, route: Route, request: requests.PreparedRequest) -> None:
+        """The hop's own CLIENT span, its trace context in the hop's headers."""
+        if call.traced is not None:
+            call.traced.enter_attempt(route.name, request.method or "", self._url(request),
+                                      call.attempt, request.headers)
 
     def _send_with_fallback(
         self, request: requests.PreparedRequest, kwargs: dict[str, Any], route: Route
@@ -726,15 +787,15 @@ class ResilientSession(requests.Session):
             local.call = enclosing
 
     def _send_and_report(self, call: Call, hot: bool, started: float) -> requests.Response:
-        tracing = self._bus.tracing
-        if tracing is None:
+        if not self._bus.tracing:
             return self._report(call, hot, started)
-        # A tracing listener holds the call's span open (and current) around it.
-        token = tracing.enter_call(call.route.name, call.request.method or "", self._url(call.request))
+        # The tracing listeners hold the call's span open (and current) around it.
+        traced = call.traced = self._bus.start_trace(call.route.name, call.request.method or "",
+                                                     self._url(call.request))
         try:
             return self._report(call, hot, started)
         finally:
-            tracing.exit_call(token)
+            self._bus.end_trace(cast("TracedCall", traced))
 
     def _report(self, call: Call, hot: bool, started: float) -> requests.Response:
         try:
@@ -836,19 +897,28 @@ class ResilientSession(requests.Session):
         limit = overload.limit
         before = limit.limit if limit is not None else 0
         outcome = call.outcome if call.attempt else None
-        overload.finish(outcome, self.clock.monotonic() - admitted)
-        if limit is not None and limit.limit != before and self._bus.wants_hot():
-            self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
+        if outcome is not None and call.left_endpoint:
+            # Redirected into another endpoint, which was charged with its answer:
+            # this one answered (with the redirect), in no time that is its own.
+            overload.finish(_REDIRECTED, None)
+        else:
+            overload.finish(outcome, self.clock.monotonic() - admitted)
+        if self._bus.wants_hot():
+            if limit is not None and limit.limit != before:
+                self._emit(ConcurrencyLimitChanged(call.route.name, before, limit.limit))
+            moved = overload.rate_moved()  # the gauge falls back to 0 as the peer recovers
+            if moved is not None:
+                self._emit(ThrottleRateChanged(call.route.name, *moved))
 
     @staticmethod
     def _overload_signal(route: Route, resp: requests.Response, overload: Overload) -> None:
         """A 429 or 503 with Retry-After holds the whole endpoint, not only this call's retry."""
         value = resp.headers.get("Retry-After")
-        if value is None:
-            return
+        retry = route.policy.retry
+        if value is None or (retry is not None and not retry.respect_retry_after):
+            return  # respect_retry_after: false ignores the header here too
         seconds = parse_retry_after(value)
         if seconds:
-            retry = route.policy.retry
             overload.hold(min(seconds, retry.max_retry_after if retry is not None else 30.0))
 
     def _send_with_retries(self, call: Call) -> requests.Response:
@@ -1155,17 +1225,13 @@ class ResilientSession(requests.Session):
         if guard is not None:
             guard.started = started
             call.hook_guard = guard
-        tracing = self._bus.tracing
-        traced = None
-        if tracing is not None:
+        traced = call.traced
+        if traced is not None:
             # The attempt's span: its trace context goes out in this attempt's headers.
-            headers = None
-            if tracing.injects:
-                if request is call.request:
-                    request = request.copy()
-                headers = request.headers
-            traced = tracing.enter_attempt(route.name, request.method or "", self._url(request),
-                                           call.attempt, headers)
+            if traced.injects and request is call.request:
+                request = request.copy()
+            traced.enter_attempt(route.name, request.method or "", self._url(request),
+                                 call.attempt, request.headers)
         a = None
         if deadline is not None or call.abandon is not None:
             a = arm(deadline, call.timeouts[1])
@@ -1186,14 +1252,14 @@ class ResilientSession(requests.Session):
                 # A hedged copy that lost, stopped by us: not the peer's failure,
                 # yet a request on the wire, so its span ends and its event goes out.
                 outcome = call.outcome = _ABANDONED
-                if traced is not None:
-                    cast("Tracing", tracing).exit_attempt(traced, None, outcome.kind, type(exc).__name__)
                 if self._bus.wants_hot():
                     self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                                call.attempt, outcome.kind, None,
                                                duration, type(exc).__name__))
                 if is_trial:
                     cast(CircuitBreaker, breaker).release_trial()
+                if traced is not None:
+                    traced.exit_attempt(None, outcome.kind, type(exc).__name__)
                 raise
             # Set by the hook guard during send (mypy cannot see that).
             hook_error: BaseException | None = getattr(call, "hook_error", None)
@@ -1203,8 +1269,6 @@ class ResilientSession(requests.Session):
                 outcome = call.outcome = classify_error(
                     exc, reached_peer=call.reached_peer,
                     deadline_passed=deadline is not None and deadline.expired())
-            if traced is not None:
-                cast("Tracing", tracing).exit_attempt(traced, None, outcome.kind, type(exc).__name__)
             # The attempt's event first, then what the breaker made of it.
             if self._bus.wants_hot():
                 self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
@@ -1224,6 +1288,9 @@ class ResilientSession(requests.Session):
                     breaker.record(success=True, is_trial=is_trial, duration=duration)
                 elif is_trial:
                     breaker.release_trial()
+            if traced is not None:  # after the breaker's record, whatever the span does
+                traced.exit_attempt(call.hook_status if hook_error is exc else None,
+                                    outcome.kind, type(exc).__name__)
             if outcome.kind == "deadline" and not isinstance(exc, DeadlineExceeded):
                 raise DeadlineExceeded(route.name, cast(Deadline, deadline).total,
                                        inherited=cast(Deadline, deadline).inherited, request=request) from exc
@@ -1248,10 +1315,8 @@ class ResilientSession(requests.Session):
             if proxy is not None and status != 429 and proxy.header in resp.headers:
                 outcome = call.outcome = of_proxy_status(status)
             overload = route.state.overload
-            if overload is not None and status in (429, 503) and not outcome.proxy:
-                self._overload_signal(route, resp, overload)
-        if traced is not None:
-            cast("Tracing", tracing).exit_attempt(traced, status, outcome.kind, None)
+            if overload is not None and status in (429, 503) and not outcome.proxy and not call.left_endpoint:
+                self._overload_signal(route, resp, overload)  # another endpoint's: its hop held it
         if self._bus.wants_hot():
             self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
                                        call.attempt, outcome.kind, status, duration,
@@ -1259,6 +1324,8 @@ class ResilientSession(requests.Session):
         if breaker is not None:
             breaker.record(success=call.left_endpoint or not outcome.failure, is_trial=is_trial,
                            duration=duration)
+        if traced is not None:  # after the breaker's record, whatever the span does
+            traced.exit_attempt(resp.status_code, outcome.kind, None)
         return resp
 
     # -- retry hooks ---------------------------------------------------------
@@ -1445,7 +1512,7 @@ class ResilientSession(requests.Session):
         tracker's counts. Calls in flight finish on what they hold.
         """
         with self._lock:
-            self._endpoints.forget(self.clock)
+            self._endpoints.forget(self.clock, self._rng)
             health, self._health = self._health, None
         if health is not None:
             # Subscribed by `health()`; the next call of it makes a new one.

@@ -42,8 +42,9 @@ def dashboard_targets() -> list[tuple[str, str, str]]:
 
 
 def concrete(expr: str, rate_interval: str = "1m") -> str:
-    """*expr* with Grafana's variables as Grafana would fill them in (every endpoint)."""
-    return expr.replace("$__rate_interval", rate_interval).replace("$endpoint", ".*")
+    """*expr* with Grafana's variables as Grafana would fill them in (every job and endpoint)."""
+    return (expr.replace("$__rate_interval", rate_interval).replace("$endpoint", ".*")
+            .replace("$job", ".*"))
 
 
 @contextlib.contextmanager

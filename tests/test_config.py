@@ -1360,6 +1360,19 @@ class TestCallableFallbackByPath:
         fb = load_config(defaults(fallback={"callable": fallback_support.inventory})).defaults.fallback
         assert fb == CallableFallback(fallback_support.inventory)
 
+    def test_a_bare_python_callable_is_shorthand_for_the_mapping(self) -> None:
+        """
+        ``fallback: fn`` (in Python) is ``fallback: {callable: fn}``: same
+        policy, same signature check, at its key path.
+        """
+        import fallback_support
+
+        fb = load_config(defaults(fallback=fallback_support.inventory)).defaults.fallback
+        assert fb == CallableFallback(fallback_support.inventory)
+        err = load_error(defaults(fallback=lambda: None))
+        assert err.path == "defaults.fallback.callable"
+        assert err.problem.startswith("must take (request, failure)")
+
     def test_the_session_serves_the_named_fallback(self, tmp_path: Path) -> None:
         """
         A session built from the file answers a failed call with the function's response.

@@ -38,10 +38,15 @@ PREFIX = "resilient_client_"
 NOT_ON_THE_DASHBOARD: dict[str, str] = {}
 
 
+#: The labels Prometheus adds to every series it scrapes.
+TARGET_LABELS = ("job", "instance")
+
+
 def exported() -> dict[str, set[str]]:
-    """Every series name the Prometheus listener exports -> its labels."""
+    """Every series name the Prometheus listener exports -> its labels (as scraped)."""
     out: dict[str, set[str]] = {}
-    for name, (kind, labels, _) in PROMETHEUS_METRICS.items():
+    for name, (kind, labels_, _) in PROMETHEUS_METRICS.items():
+        labels = (*labels_, *TARGET_LABELS)
         full = PREFIX + name
         if kind == "histogram":
             out[full + "_bucket"] = {*labels, "le"}
@@ -83,7 +88,7 @@ class TestDashboardFile:
         board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
         assert board["uid"] == "resilient-client"
         names = [v["name"] for v in board["templating"]["list"]]
-        assert names == ["datasource", "endpoint"]
+        assert names == ["datasource", "job", "endpoint"]
         for panel in board["panels"]:
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         provisioning = yaml.safe_load((DASHBOARD.parent / "provisioning.yaml").read_text(encoding="utf-8"))
@@ -149,6 +154,46 @@ class TestPromtool:
                              timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"SUCCESS: {len(TARGETS)} rules found" in out.stdout
+
+
+    def _evaluate(self, tmp_path, title: str, series: list[dict[str, str]],
+                  expected: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+        """promtool's rule unit test: the panel's first query over *series*, at 1 minute."""
+        [expr] = [e for t, e, _ in TARGETS if t == title][:1]
+        (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": [
+            {"record": "panel", "expr": concrete(expr)}]}]}), encoding="utf-8")
+        (tmp_path / "test.yml").write_text(yaml.safe_dump({
+            "rule_files": ["rules.yml"], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series,
+                       "promql_expr_test": [{"expr": "panel", "eval_time": "1m",
+                                             "exp_samples": expected}]}]}), encoding="utf-8")
+        assert PROMTOOL is not None
+        return subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    def test_breaker_state_is_the_worst_among_replicas(self, tmp_path):
+        """One replica open, another half-open: the panel says open (2), not 3."""
+        def gauge(instance: str, state: str, value: int) -> dict[str, str]:
+            return {"series": f'{PREFIX}breaker_state{{job="app", instance="{instance}", '
+                              f'endpoint="inv", state="{state}"}}', "values": f"{value}x2"}
+        series = [gauge("a", "open", 1), gauge("a", "half-open", 0), gauge("a", "closed", 0),
+                  gauge("b", "open", 0), gauge("b", "half-open", 1), gauge("b", "closed", 0)]
+        out = self._evaluate(tmp_path, "Breaker state", series,
+                             [{"labels": 'panel{endpoint="inv"}', "value": 2}])
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    def test_call_latency_leaves_out_calls_refused_without_the_network(self, tmp_path):
+        """Fast refusals (circuit_open) do not pull the call latency down: p50 of the tried calls only."""
+        def bucket(outcome: str, le: str, values: str) -> dict[str, str]:
+            return {"series": f'{PREFIX}request_duration_seconds_bucket{{job="app", instance="a", '
+                              f'endpoint="inv", method="GET", outcome="{outcome}", le="{le}"}}',
+                    "values": values}
+        series = [bucket("ok", "0.001", "0 0"), bucket("ok", "1", "0 10"), bucket("ok", "+Inf", "0 10"),
+                  bucket("circuit_open", "0.001", "0 100"), bucket("circuit_open", "1", "0 100"),
+                  bucket("circuit_open", "+Inf", "0 100")]
+        out = self._evaluate(tmp_path, "Call latency percentiles", series,
+                             [{"labels": 'panel{endpoint="inv"}', "value": 0.5005}])
+        assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _values(result: list[dict[str, Any]]) -> list[float]:

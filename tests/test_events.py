@@ -300,6 +300,17 @@ class TestConfigListeners:
         assert info.value.path == "listeners[1]"
         assert info.value.problem.startswith(problem)
 
+    @pytest.mark.parametrize("factory", ["resilient_client:otel_trace_listener",
+                                         "resilient_client:prometheus_listener",
+                                         "resilient_client.otel_listener"])
+    def test_a_listener_factory_named_instead_of_a_listener_is_a_config_error(self, factory):
+        """The factory would be called with each event: refused, saying what to name instead."""
+        with pytest.raises(rc.ConfigError) as info:
+            rc.ResilientSession({"listeners": [factory]})
+        assert info.value.path == "listeners[0]"
+        assert "names the factory" in info.value.problem
+        assert "listener = resilient_client." in info.value.problem
+
     @pytest.mark.parametrize("bad", ["has space:x", "1abc", "a:b:c", "", 3, ["x"]])
     def test_a_malformed_listener_entry_fails_when_the_config_loads(self, bad):
         """A listener entry that is not a dotted path is refused by Config.load, path included."""

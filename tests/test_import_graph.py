@@ -52,7 +52,7 @@ LONG_REASON = "Why it is long:"
 #: this checks the core's own code and what it imports, not that side effect.
 CORE = frozenset({
     "_clock", "_errors", "_policy", "_config", "_interpolation", "_routing", "_verdict", "_budget",
-    "_bulkhead", "_events", "_propagation", "_breaker_machine", "_breaker_store", "_latency",
+    "_bulkhead", "_events", "_traced", "_propagation", "_breaker_machine", "_breaker_store", "_latency",
     "_retry_after", "_retry_core",
 })
 HTTP_CLIENTS = frozenset({"requests", "urllib3", "httpx"})

@@ -97,6 +97,7 @@ PUBLIC_NAMES = {
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
     "BulkheadRejected", "DeadlinePassed", "CallFinished", "CallThrottled", "ConcurrencyLimitChanged",
     "HedgeSent", "HedgeWon", "HedgeSkipped",
+    "ThrottleRateChanged",
     "prometheus_listener", "otel_listener", "otel_trace_listener",
     # health
     "Health", "EndpointHealth", "health_app",

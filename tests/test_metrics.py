@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import pickle
 import subprocess
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 import responses
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3.exceptions import NewConnectionError
 
@@ -155,6 +156,32 @@ class TestPrometheus:
         breaker.close()
         assert sample(registry, "breaker_state", endpoint=EP, state="open") == 0
         assert sample(registry, "breaker_state", endpoint=EP, state="closed") == 1
+
+    def test_counter_series_start_at_zero_so_the_first_increment_shows(self, mocked):
+        """
+        rate() and increase() need a sample before the first increment: the
+        counters by outcome of an (endpoint, method), and every breaker
+        state's transitions, exist at 0 from the first event.
+        """
+        registry = CollectorRegistry()
+        run_scenario(mocked, rc.prometheus_listener(registry))
+        get = {"endpoint": EP, "method": "GET"}
+        for outcome in rc.OUTCOMES:
+            assert sample(registry, "requests_total", **get, outcome=outcome) is not None, outcome
+            assert sample(registry, "attempts_total", **get, outcome=outcome) is not None, outcome
+        assert sample(registry, "requests_total", **get, outcome="read_timeout") == 0
+        scope = {"scope": "process"}
+        assert sample(registry, "breaker_transitions_total", endpoint=EP, state="half-open", **scope) == 0
+        assert sample(registry, "breaker_transitions_total", endpoint=EP, state="closed", **scope) == 0
+
+    def test_a_session_with_the_listener_pickles(self, mocked):
+        """The default registry's listener is rebuilt on unpickling and counts into the same collectors."""
+        session = rc.ResilientSession(listeners=[rc.prometheus_listener(prefix="rc_pickled")])
+        mocked.add(responses.GET, URL, status=200)
+        copy = pickle.loads(pickle.dumps(session))
+        copy.get(URL)
+        assert REGISTRY.get_sample_value("rc_pickled_requests_total", {
+            "endpoint": "http://api.test:8080", "method": "GET", "outcome": "ok"}) == 1
 
     def test_without_prometheus_client_the_factory_says_what_to_install(self, monkeypatch):
         """A missing extra is an ImportError naming the pip extra."""

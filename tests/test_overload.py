@@ -20,7 +20,7 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from peers import Peer, answer, delay, gate, retry_after, sequence
+from peers import Peer, answer, delay, gate, redirect, retry_after, sequence
 
 import resilient_client
 from resilient_client import (
@@ -188,13 +188,38 @@ class TestAdaptiveLimit:
             limit.release(dropped=False, rtt=0.01)
         assert limit.limit == 10
 
-    def test_aimd_treats_a_queued_latency_as_a_drop(self) -> None:
-        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0, backoff=0.5), ceiling=50)
-        limit.try_acquire()
-        limit.release(dropped=False, rtt=0.05)
-        limit.try_acquire()
-        limit.release(dropped=False, rtt=0.5)  # 10x the fastest: the peer is queueing
-        assert limit.limit == 5
+    @staticmethod
+    def calls(limit: AdaptiveLimit, rtts: list[float]) -> list[int]:
+        """Each rtt one call made with the limit in use; the limit after each."""
+        seen = []
+        for rtt in rtts:
+            while limit.in_flight < limit.limit and limit.try_acquire():
+                pass
+            limit.release(dropped=False, rtt=rtt)
+            seen.append(limit.limit)
+        return seen
+
+    def test_aimd_treats_a_sustained_latency_rise_as_a_drop(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0, backoff=0.5), ceiling=10)
+        assert self.calls(limit, [0.05] * 50)[-1] == 10
+        after = self.calls(limit, [0.5] * 30)  # 10x the usual, call after call: the peer is queueing
+        assert after[:9] == [10] * 9  # not on the first slow calls: sustained
+        assert min(after) <= 5
+
+    def test_aimd_keeps_its_limit_on_a_healthy_peer_with_mixed_latencies(self) -> None:
+        """A 1 ms lookup beside a 30 ms report is not a queue (review of issue 14: limit 1)."""
+        import random
+
+        rng = random.Random(7)
+        for mix in (0.5, 0.2, 0.05):
+            limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0), ceiling=10)
+            rtts = [0.03 if rng.random() < mix else 0.001 for _ in range(2000)]
+            assert min(self.calls(limit, rtts)) == 10, mix
+
+    def test_aimd_a_rare_slow_call_is_not_a_drop(self) -> None:
+        limit = AdaptiveLimit(ConcurrencyPolicy(initial=10, latency_factor=2.0), ceiling=10)
+        rtts = ([0.001] * 99 + [0.5]) * 10  # one call in a hundred 500x slower
+        assert min(self.calls(limit, rtts)) == 10
 
     def test_gradient_shrinks_when_latency_rises(self) -> None:
         limit = AdaptiveLimit(ConcurrencyPolicy(algorithm="gradient", initial=20), ceiling=100)
@@ -234,6 +259,14 @@ class TestOverloadCounting:
             o.finish(outcome, 0.01)
         assert (o.status().requests, o.status().in_flight) == (0, 0)
 
+    def test_a_call_the_deadline_ended_is_a_request_without_an_accept(self) -> None:
+        """Cut by the deadline after it was sent (HAProxy's queue longer than the deadline)."""
+        o, _ = self.make()
+        for reached in (True, False):  # cut in flight, or between its attempts
+            assert o.admit() is None
+            o.finish(AttemptOutcome("deadline", None, reached, False), 0.01)
+        assert (o.status().requests, o.status().accepts, o.status().in_flight) == (2, 0, 0)
+
     def test_a_retry_after_holds_the_endpoint(self) -> None:
         o, clock = self.make()
         o.hold(2.0)
@@ -266,6 +299,21 @@ class TestConfig:
                      "throttle.kk", "concurrency.algorithm", "concurrency.initial",
                      "concurrency.backoff", "proxy_errors.header"):
             assert f"endpoints[0].{path}:" in text, path
+
+    @pytest.mark.parametrize("window", [1e-310, 1e-3, 0.5])
+    def test_a_throttle_window_under_a_second_is_refused_at_load(self, window: float) -> None:
+        """Not accepted and then failing every call (1e-310 overflowed the bucket arithmetic)."""
+        with pytest.raises(ConfigError, match=r"defaults\.throttle\.window: must be at least 1"):
+            resilient_client.Config.load({"defaults": {"throttle": {"window": window}}})
+        resilient_client.Config.load({"defaults": {"throttle": {"window": 1}}})
+
+    def test_concurrency_min_above_the_bulkhead_is_refused(self) -> None:
+        """The limit is a ceiling under the bulkhead: it could never keep its promised min."""
+        with pytest.raises(ConfigError, match=r"endpoints\[0\]\.concurrency\.min: must be <= "
+                                              r"bulkhead\.max_concurrent \(5\), got 20"):
+            resilient_client.Config.load({"defaults": {"concurrency": {"min": 20, "initial": 30}},
+                                          "endpoints": [{"match": "http://a/",
+                                                         "bulkhead": {"max_concurrent": 5}}]})
 
     def test_endpoints_sharing_a_name_must_agree(self) -> None:
         with pytest.raises(ConfigError, match=r"endpoints\[1\]\.throttle"):
@@ -385,6 +433,14 @@ class TestRetryAfterOnSockets:
             assert s.get(peer.url("/a")).status_code == 429
             assert s.get(peer.url("/b")).status_code == 200
 
+    def test_respect_retry_after_false_does_not_hold_the_endpoint(self) -> None:
+        config = {"defaults": {"retry": {"attempts": 1, "respect_retry_after": False},
+                               "concurrency": {}}}
+        with Peer().on("/a", retry_after(429, "10")).on("*", answer(200)) as peer, session(config) as s:
+            assert s.get(peer.url("/a")).status_code == 429
+            assert s.overload(peer.url("/")).retry_in == 0.0
+            assert s.get(peer.url("/b")).status_code == 200
+
     def test_a_429_is_a_drop_for_the_adaptive_limit(self) -> None:
         config = {"defaults": {"retry": None, "concurrency": {"initial": 10, "backoff": 0.5}}}
         with Peer().on("*", answer(429)) as peer, session(config) as s:
@@ -473,6 +529,44 @@ class TestHostThrottle:
                 assert refused > 30
             assert peer.hits() - hits_before == 50 - refused
 
+    def test_two_windows_for_one_name_keep_their_counts_apart_and_warn(
+            self, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+        """Two services on the host, one endpoint name, windows 60 and 120: no wiping, one warning."""
+        import logging
+
+        from resilient_client._host_throttle import HostThrottle
+
+        clock = FakeClock()
+        a = HostThrottle(ThrottlePolicy(window=60, min_requests=0), clock, str(tmp_path), "svc")
+        b = HostThrottle(ThrottlePolicy(window=120, min_requests=0), clock, str(tmp_path), "svc")
+        with caplog.at_level(logging.WARNING, logger="resilient_client"):
+            for _ in range(3):
+                a.record(False)
+                b.record(True)
+                clock.advance(0.1)
+                a.snapshot(), b.snapshot()  # each a flush
+        assert (a.snapshot(), b.snapshot()) == ((3, 0), (3, 3))
+        warned = [r for r in caplog.records if "another window" in r.getMessage()]
+        assert len(warned) == 1 and "svc" in warned[0].getMessage()
+
+    def test_counts_pending_at_exit_reach_the_file(self, tmp_path: Any) -> None:
+        """A process that records and exits at once: its last counts are not lost."""
+        child = textwrap.dedent(f"""
+            from resilient_client._clock import SYSTEM_CLOCK
+            from resilient_client._host_throttle import HostThrottle
+            from resilient_client import ThrottlePolicy
+            t = HostThrottle(ThrottlePolicy(window=600), SYSTEM_CLOCK, {str(tmp_path)!r}, "svc")
+            for _ in range(37):
+                t.record(True)
+        """)
+        for _ in range(2):
+            subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
+        from resilient_client._clock import SYSTEM_CLOCK
+        from resilient_client._host_throttle import HostThrottle
+
+        here = HostThrottle(ThrottlePolicy(window=600), SYSTEM_CLOCK, str(tmp_path), "svc")
+        assert here.snapshot() == (74, 74)
+
     def test_a_damaged_file_degrades_to_process_local_counts(self, tmp_path: Any) -> None:
         (tmp_path / "blocked").mkdir()
         with Peer().on("*", answer(200)) as peer:
@@ -494,6 +588,89 @@ def test_delay_peer_keeps_the_limit_when_latency_is_steady() -> None:
         for _ in range(20):
             assert s.get(peer.url("/")).status_code == 200
         assert s.overload(peer.url("/")).limit >= 1
+
+
+def test_calls_the_deadline_ends_make_the_throttle_refuse() -> None:
+    """A peer slower than the callers' deadline accepts nothing in time: the throttle sees it."""
+    config = {"defaults": {"retry": None, "breaker": None, "timeout": {"total": 0.03},
+                           "throttle": {"min_requests": 0}}}
+    with Peer().on("*", delay(0.3)) as peer, session(config) as s:
+        cut = 0
+        for _ in range(4):
+            try:
+                s.get(peer.url("/"))
+            except resilient_client.DeadlineExceeded:
+                cut += 1
+            except Throttled:  # what the fix is for: the throttle saw the cuts
+                pass
+        status = s.overload(peer.url("/"))
+        assert cut >= 1 and status.accepts == 0 and status.requests == 4
+        assert status.reject_rate is not None and status.reject_rate > 0.5
+
+
+def test_a_redirect_into_another_endpoint_charges_the_endpoint_that_answered() -> None:
+    """A -> B, B answers 429 Retry-After: B is held and counts it; A counts its own redirect."""
+    with Peer() as a, Peer() as b:
+        b.on("*", retry_after(429, "20"))
+        a.on("/go", redirect(b.url("/x"))).on("*", answer(200))
+        config = {"defaults": {"retry": None, "breaker": None, "budget": None,
+                               "throttle": {"min_requests": 1000}, "concurrency": {}},
+                  "endpoints": [{"name": "A", "match": a.url("/")}, {"name": "B", "match": b.url("/")}]}
+        with session(config) as s:
+            assert s.get(a.url("/go")).status_code == 429
+            sa, sb = s.overload("A"), s.overload("B")
+            assert (sa.retry_in, sa.requests, sa.accepts, sa.limit, sa.in_flight) == (0.0, 1, 1, 10, 0)
+            assert sb.retry_in > 19 and (sb.requests, sb.accepts, sb.limit, sb.in_flight) == (1, 0, 9, 0)
+            assert s.get(a.url("/ok")).status_code == 200  # A answered nothing wrong
+            with pytest.raises(Throttled):
+                s.get(b.url("/x"))
+            with pytest.raises(requests.ConnectionError, match="Retry-After"):
+                s.get(a.url("/go"))  # not followed into B while B asked for quiet
+            assert b.hits("/x") == 1
+
+
+def test_the_reject_rate_gauge_falls_back_to_zero_when_the_peer_recovers() -> None:
+    """Not stuck at the last refusal's rate: calls that complete move it (review of issue 14)."""
+    from prometheus_client import CollectorRegistry
+
+    registry, clock, moves = CollectorRegistry(), FakeClock(), []
+    listeners = [resilient_client.prometheus_listener(registry), moves.append]
+    with Peer().on("*", answer(503)) as peer, session(
+            {"defaults": {"retry": None, "breaker": None, "budget": None,
+                          "throttle": {"window": 10, "min_requests": 5}},
+             "endpoints": [{"name": "svc", "match": peer.url("/")}]}, clock=clock, listeners=listeners) as s:
+        for _ in range(40):
+            with pytest.raises((Throttled, requests.HTTPError)):
+                s.get(peer.url("/")).raise_for_status()
+        gauge = registry.get_sample_value("resilient_client_throttle_reject_rate", {"endpoint": "svc"})
+        assert gauge is not None and gauge > 0.5
+        peer.on("*", answer(200))
+        clock.advance(11)  # the window forgets the failures
+        for _ in range(3):
+            assert s.get(peer.url("/")).status_code == 200
+        assert registry.get_sample_value("resilient_client_throttle_reject_rate", {"endpoint": "svc"}) == 0.0
+    changed = [e for e in moves if isinstance(e, resilient_client.ThrottleRateChanged)]
+    assert changed[-1].new == 0.0 and changed[-1].old > 0.5
+
+
+def test_a_healthy_peer_with_mixed_latencies_is_never_shed() -> None:
+    """/fast (at once) and /slow (20 ms) on one endpoint, 8 threads: no call refused, limit kept."""
+    config = {"defaults": {"retry": None, "breaker": None, "budget": None, "concurrency": {}}}
+    refused: list[BaseException] = []
+    with Peer().on("/fast", answer(200)).on("/slow", delay(0.02)) as peer, session(config) as s:
+        def worker(n: int) -> None:
+            for i in range(24):
+                try:
+                    s.get(peer.url("/slow" if (i + n) % 2 else "/fast"))
+                except BulkheadFull as exc:
+                    refused.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not refused and s.overload(peer.url("/")).limit >= 10
 
 
 def test_status_shows_the_limit_and_the_refusal_rate_of_a_running_service(tmp_path: Any) -> None:
@@ -544,3 +721,82 @@ def test_a_call_made_while_another_is_prepared_keeps_both_admissions_apart() -> 
         assert s.get(peer.url("/data"), auth=auth).status_code == 200
         assert s.overload(peer.url("/")).in_flight == 0
         assert peer.hits("/token") == 1 and peer.hits("/data") == 1
+
+
+def test_the_async_client_warns_once_about_overload_keys_it_does_not_apply(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Not applied by AsyncResilientClient yet: said once when it is built, never silently."""
+    import asyncio
+    import logging
+
+    config = {"defaults": {"throttle": {}, "concurrency": {}},
+              "endpoints": [{"name": "svc", "match": "http://svc/", "proxy_errors": {}}]}
+    with caplog.at_level(logging.WARNING, logger="resilient_client"):
+        client = resilient_client.AsyncResilientClient(config)
+        plain = resilient_client.AsyncResilientClient({"defaults": {"retry": None}})
+    asyncio.run(client.aclose())
+    asyncio.run(plain.aclose())
+    said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
+    assert len(said) == 1
+    assert all(key in said[0] for key in ("throttle (defaults, svc)", "concurrency", "proxy_errors (svc)",
+                                          "Retry-After"))
+
+
+def test_a_nested_call_with_policy_asks_for_its_own_admission() -> None:
+    """policy= on the auth hook's call: it neither takes the outer call's place nor skips the limit."""
+    config = {"defaults": {"retry": None, "breaker": None, "concurrency": {"initial": 1}}}
+    with Peer().on("*", answer(200)) as peer, session(config) as s:
+        seen: list[Any] = []
+
+        def auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
+            try:
+                s.get(peer.url("/token"), policy={"timeout": {"total": 5}})
+                seen.append("sent")
+            except BulkheadFull:
+                seen.append("refused")  # the outer call holds the only place
+            seen.append(s.overload(peer.url("/")).in_flight)
+            return r
+
+        assert s.get(peer.url("/data"), auth=auth).status_code == 200
+        assert seen == ["refused", 1] and peer.hits("/token") == 0
+        assert s.overload(peer.url("/")).in_flight == 0
+
+
+def test_check_prints_the_overload_sections_one_row_per_key(tmp_path: Any) -> None:
+    """Not a Python repr: throttle.window, concurrency.algorithm... like every other section."""
+    import contextlib
+    import io
+
+    from resilient_client.tools._cli import main
+
+    path = tmp_path / "client.yaml"
+    path.write_text("defaults:\n  throttle: {window: 10}\nendpoints:\n  - name: a\n    match: http://a/\n"
+                    "    concurrency: {algorithm: gradient}\n    proxy_errors: {}\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["check", str(path), "--width", "200"])
+    rows = [line.split() for line in out.getvalue().splitlines()]
+    assert ["throttle.window", "10", "10"] in rows
+    assert ["concurrency.algorithm", "off", "gradient", "*"] in rows
+    assert ["proxy_errors.header", "off", "X-Proxy-Error", "*"] in rows
+    assert "Policy(" not in out.getvalue()
+
+
+def test_the_throttles_draw_is_deterministic_under_the_testing_kit(fake_peers: Any) -> None:
+    """The kit seeds the session's rng, and the throttle draws from it: the same refusals each run."""
+    fake_peers.url("https://svc.test/*").respond(503)
+    config = {"defaults": {"retry": None, "breaker": None, "budget": None,
+                           "throttle": {"min_requests": 5, "max_reject": 0.5}}}
+
+    def refusals() -> list[bool]:
+        session, out = fake_peers.session(config), []
+        for _ in range(60):
+            try:
+                session.get("https://svc.test/x")
+                out.append(False)
+            except Throttled:
+                out.append(True)
+        return out
+
+    first = refusals()
+    assert any(first) and not all(first) and refusals() == first

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 import requests
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from peers import Peer, answer, hang
+from peers import Peer, answer, hang, redirect
 
 import resilient_client as rc
 
@@ -177,8 +181,8 @@ class TestEvents:
 class TestListener:
     def test_a_session_without_it_holds_no_tracing_hooks(self):
         """The default session checks one attribute per call and attempt: None."""
-        assert rc.ResilientSession()._bus.tracing is None
-        assert rc.ResilientSession(listeners=[rc.otel_listener()])._bus.tracing is None
+        assert rc.ResilientSession()._bus.tracing == ()
+        assert rc.ResilientSession(listeners=[rc.otel_listener()])._bus.tracing == ()
 
     def test_subscribing_and_unsubscribing_turns_spans_on_and_off(self, spans, peer):
         """session.subscribe works as listeners= does; unsubscribing stops the spans."""
@@ -190,7 +194,7 @@ class TestListener:
         stop()
         session.get(peer.url("/items"))
         assert len(exporter.get_finished_spans()) == 2
-        assert session._bus.tracing is None
+        assert session._bus.tracing == ()
 
     def test_spans_nest_under_the_callers_span_and_the_callers_stay_current(self, spans, peer):
         """The call span is a child of the application's current span, which is current again after."""
@@ -251,6 +255,238 @@ class TestWithRequestsInstrumentation:
         requests.Session().get(peer.url("/items"))
         scopes = [s.instrumentation_scope.name for s in exporter.get_finished_spans()]
         assert scopes.count("opentelemetry.instrumentation.requests") == 1
+
+
+class Raising(SpanProcessor):
+    """A span processor whose on_start or on_end raises on CLIENT spans while armed."""
+
+    def __init__(self, where: str) -> None:
+        self.where, self.armed = where, True
+
+    def _maybe(self, span: Any, where: str) -> None:
+        if self.armed and self.where == where and span.kind is SpanKind.CLIENT:
+            raise RuntimeError(f"{where} failed")
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self._maybe(span, "on_start")
+
+    def on_end(self, span: Any) -> None:
+        self._maybe(span, "on_end")
+
+
+class TestTracingFailures:
+    @pytest.mark.parametrize("where", ["on_start", "on_end"])
+    def test_a_raising_span_processor_fails_no_request_and_frees_the_trial(self, where, peer, caplog):
+        """
+        The half-open trial whose span processor raises still answers the
+        caller and closes the breaker: the trial is recorded, never left leased.
+        """
+        peer.on("/x", answer(503), answer(503), answer(200, b"ok"))
+        clock = rc.testing.FakeClock()
+        provider = TracerProvider()
+        processor = Raising(where)
+        provider.add_span_processor(processor)
+        session = rc.ResilientSession(
+            {"defaults": {"retry": None, "breaker": {"failure_threshold": 2, "reset_timeout": 1}}},
+            listeners=[rc.otel_trace_listener(provider)], clock=clock)
+        for _ in range(2):
+            assert session.get(peer.url("/x")).status_code == 503
+        assert session.circuit(peer.url("/x")).state == "open"
+        clock.advance(2)
+        with caplog.at_level(logging.ERROR, "resilient_client"):
+            assert session.get(peer.url("/x")).status_code == 200  # the trial
+            assert session.get(peer.url("/x")).status_code == 200
+        assert session.circuit(peer.url("/x")).state == "closed"
+        assert sum("tracing listener" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+    def test_a_raising_propagator_fails_no_request(self, spans, peer):
+        """The request goes out without a trace context; the call span is still exported."""
+        provider, exporter = spans
+        peer.on("/x", answer(200))
+        propagator = mock.Mock()
+        propagator.inject.side_effect = ValueError("bad propagator")
+        assert traced(provider, propagator=propagator).get(peer.url("/x")).status_code == 200
+        assert "traceparent" not in peer.last("/x").headers
+        call, _ = by_kind(exporter)
+        assert call.attributes["resilient_client.outcome"] == "ok"
+
+
+class TestRequestsOnTheWire:
+    def test_each_redirect_hop_is_a_client_span_with_its_own_trace_context(self, spans, peer):
+        """Three requests on the wire, three CLIENT spans: own url, status, traceparent, resend_count."""
+        provider, exporter = spans
+        peer.on("/start", redirect("/next"))
+        peer.on("/next", redirect("/final", 307))
+        peer.on("/final", answer(200))
+        assert traced(provider).get(peer.url("/start")).status_code == 200
+        finished = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+        hops = sorted(finished, key=lambda s: s.attributes.get("http.request.resend_count", 0))
+        paths = ("/start", "/next", "/final")
+        assert [s.attributes["url.full"] for s in hops] == [peer.url(p) for p in paths]
+        assert [s.attributes["http.response.status_code"] for s in hops] == [302, 307, 200]
+        assert [s.attributes.get("http.request.resend_count") for s in hops] == [None, 1, 2]
+        for path, span in zip(("/start", "/next", "/final"), hops, strict=True):
+            assert peer.last(path).headers["traceparent"][:-2] == traceparent_of(span)
+        assert len({s.parent.span_id for s in hops}) == 1  # siblings under the call span
+
+    def test_a_raising_response_hook_keeps_the_status_and_names_the_exception(self, spans, peer):
+        """The answer came (its status is recorded); error.type is the hook's exception type."""
+        provider, exporter = spans
+        peer.on("/x", answer(200))
+
+        def hook(resp: requests.Response, **kw: Any) -> None:
+            raise KeyError("hook bug")
+
+        with pytest.raises(KeyError):
+            traced(provider).get(peer.url("/x"), hooks={"response": hook})
+        _, [attempt] = by_kind(exporter)
+        assert attempt.attributes["http.response.status_code"] == 200
+        assert attempt.attributes["error.type"] == "KeyError"
+        assert attempt.status.status_code is StatusCode.ERROR
+
+    def test_url_full_redacts_user_info_and_presigned_signatures(self, spans, peer):
+        """As the HTTP conventions redact url.full: REDACTED:REDACTED@, signature parameters' values."""
+        provider, exporter = spans
+        peer.on("/o", answer(200))
+        params = ("X-Amz-Credential=AK&X-Amz-Signature=S1&X-Amz-Security-Token=T&sig=S2"
+                  "&X-Goog-Signature=S3&Signature=S4&AWSAccessKeyId=AK2&keep=1")
+        url = peer.url("/o?" + params).replace("http://", "http://alice:pw@")
+        traced(provider).get(url)
+        call, [attempt] = by_kind(exporter)
+        for span in (call, attempt):
+            full = span.attributes["url.full"]
+            assert full.startswith("http://REDACTED:REDACTED@127.0.0.1:")
+            assert not {"alice", "pw", "AK", "S1", "T", "S2", "S3", "S4", "AK2"} & set(
+                v for kv in full.split("?")[1].split("&") for v in kv.split("=")[1:])
+            assert full.endswith("&keep=1")
+
+
+class TestWhichListenersTrace:
+    def test_a_mock_is_an_ordinary_listener(self, spans, peer):
+        """Only the library's tracing listeners get the span hooks: a Mock() hears events only."""
+        provider, exporter = spans
+        peer.on("/x", answer(200))
+        m = mock.Mock()
+        session = rc.ResilientSession(listeners=[m, rc.otel_trace_listener(provider)])
+        session.get(peer.url("/x"))
+        assert [c[0] for c in m.mock_calls] == ["", ""]  # AttemptFinished, CallFinished
+        assert len(exporter.get_finished_spans()) == 2
+
+    def test_two_tracing_listeners_both_export_and_one_twice_counts_once(self, peer):
+        """Each of two listeners makes the whole trace; the same listener twice, one trace."""
+        peer.on("/x", answer(503), answer(200), answer(200))
+        exporters = []
+        listeners = []
+        for _ in range(2):
+            exporter, provider = InMemorySpanExporter(), TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            exporters.append(exporter)
+            listeners.append(rc.otel_trace_listener(provider))
+        session = rc.ResilientSession({"defaults": FAST_RETRY}, listeners=listeners)
+        session.subscribe(listeners[0])
+        session.get(peer.url("/x"))
+        for exporter in exporters:
+            call, attempts = by_kind(exporter)
+            assert len(attempts) == 2
+            assert events(call) == ["retry_scheduled"]
+
+    def test_a_listener_shared_by_two_sessions_keeps_their_spans_apart(self, spans, peer):
+        """Session B called from a hook of session A: A's events stay on A's call span."""
+        provider, exporter = spans
+        peer.on("/a", answer(503), answer(200))
+        peer.on("/b", answer(200))
+        listener = rc.otel_trace_listener(provider)
+        a = rc.ResilientSession({"defaults": FAST_RETRY}, listeners=[listener])
+        b = rc.ResilientSession({"defaults": FAST_RETRY}, listeners=[listener])
+
+        def hook(resp: requests.Response, **kw: Any) -> None:
+            b.get(peer.url("/b"))
+
+        a.get(peer.url("/a"), hooks={"response": hook})
+        calls = {s.attributes["url.full"]: s for s in exporter.get_finished_spans()
+                 if s.kind is SpanKind.INTERNAL}
+        assert events(calls[peer.url("/a")]) == ["retry_scheduled"]
+        assert calls[peer.url("/a")].attributes["resilient_client.attempts"] == 2
+        assert events(calls[peer.url("/b")]) == []
+        assert calls[peer.url("/b")].attributes["resilient_client.attempts"] == 1
+
+    def test_a_calls_tracing_is_fixed_when_it_starts(self, spans, peer):
+        """
+        Subscribed mid-call: no orphan attempt span; unsubscribed mid-call:
+        the call span keeps its outcome.
+        """
+        provider, exporter = spans
+        peer.on("/x", answer(503), answer(200), answer(503), answer(200))
+        listener = rc.otel_trace_listener(provider)
+        session = rc.ResilientSession({"defaults": FAST_RETRY})
+        held: list[Any] = []
+
+        def subscribe(resp: requests.Response, **kw: Any) -> None:
+            if not held:
+                held.append(session.subscribe(listener))
+
+        session.get(peer.url("/x"), hooks={"response": subscribe})
+        assert exporter.get_finished_spans() == ()  # nothing of a call that began untraced
+
+        def unsubscribe(resp: requests.Response, **kw: Any) -> None:
+            if held:
+                held.pop()()
+
+        session.get(peer.url("/x"), hooks={"response": unsubscribe})
+        call, attempts = by_kind(exporter)
+        assert len(attempts) == 2
+        assert call.attributes["resilient_client.outcome"] == "ok"
+        assert call.attributes["resilient_client.attempts"] == 2
+
+    def test_a_traced_session_pickles(self, spans, peer):
+        """Unpickled, the listener traces again, with the global tracer provider."""
+        provider, _ = spans
+        session = pickle.loads(pickle.dumps(traced(provider, propagate=False)))
+        [listener] = session._bus.tracing
+        assert listener.injects is False
+        peer.on("/x", answer(200))
+        assert session.get(peer.url("/x")).status_code == 200
+
+
+class TestWithHooks:
+    def test_a_plain_requests_call_from_a_response_hook_is_instrumented(self, instrumented, peer):
+        """The suppression covers the send only: a hook's plain call gets its span and traceparent."""
+        provider, exporter = instrumented
+        peer.on("/x", answer(200))
+        peer.on("/audit", answer(200))
+
+        def hook(resp: requests.Response, **kw: Any) -> None:
+            requests.Session().get(peer.url("/audit"))
+
+        traced(provider).get(peer.url("/x"), hooks={"response": hook})
+        theirs = [s for s in exporter.get_finished_spans()
+                  if s.instrumentation_scope.name == "opentelemetry.instrumentation.requests"]
+        assert len(theirs) == 1
+        _, [attempt] = by_kind(exporter)
+        assert theirs[0].parent.span_id == attempt.context.span_id  # under the attempt that ran the hook
+        assert peer.last("/audit").headers["traceparent"][:-2] == traceparent_of(theirs[0])
+
+
+class TestHedges:
+    def test_each_hedge_copy_is_its_own_client_span(self, spans, peer):
+        """A hedged attempt's copies run at once: each its own CLIENT span and traceparent, all ended."""
+        from peers import delay
+
+        provider, exporter = spans
+        peer.on("/x", delay(0.5, answer(200, b"slow")), answer(200, b"fast"))
+        session = rc.ResilientSession({"defaults": {"hedge": {"delay": 0.02}, "timeout": {"total": 3.0}}},
+                                      listeners=[rc.otel_trace_listener(provider)])
+        assert session.get(peer.url("/x")).text == "fast"
+        for _ in range(200):  # bounded: the abandoned copy ends its span on its own thread
+            clients = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+            if len(clients) == 2:
+                break
+            time.sleep(0.01)
+        [call] = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.INTERNAL]
+        assert len(clients) == 2
+        assert {s.parent.span_id for s in clients} == {call.context.span_id}
+        wire = {r.headers["traceparent"][:-2] for r in peer.requests if r.path == "/x"}
+        assert wire == {traceparent_of(s) for s in clients}
 
 
 def test_a_hedged_calls_losing_copy_has_its_attempt_span(spans, peer):

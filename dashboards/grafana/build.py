@@ -12,9 +12,12 @@ library exports, and (with promtool installed) that every query parses; with
 Prometheus installed, it runs every query against a real one scraping a
 loopback outage.
 
-Queries use two Grafana variables: ``$endpoint`` (a multi-value regex, the
-endpoint label's values) and ``$__rate_interval``; ``${datasource}`` picks
-the Prometheus data source, so the file provisions as is.
+Queries use three Grafana variables: ``$job`` and ``$endpoint`` (multi-value
+regexes over the ``job`` label Prometheus adds and the library's ``endpoint``
+label) and ``$__rate_interval``; ``${datasource}`` picks the Prometheus data
+source, so the file provisions as is. Every query sums over the replicas
+(``instance``) of the jobs picked: a panel shows an endpoint as the fleet
+sees it.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "resilient_client.json"
 
-#: The selector every query applies: the endpoints picked at the top of the dashboard.
-E = 'endpoint=~"$endpoint"'
+#: The selector every query applies: the jobs and endpoints picked at the top of the dashboard.
+E = 'job=~"$job", endpoint=~"$endpoint"'
 RATE = "$__rate_interval"
 #: The three values of hedges_total's `result` label.
 SENT, WON, SKIPPED = 'result="sent"', 'result="won"', 'result="skipped"'
@@ -40,8 +43,16 @@ def rate(metric: str, matchers: str = "", by: str = "endpoint") -> str:
     return f"sum by ({by}) (rate({metric}{{{sel}}}[{RATE}]))"
 
 
-def quantile(q: float, metric: str) -> str:
-    return f"histogram_quantile({q}, sum by (endpoint, le) (rate({metric}_bucket{{{E}}}[{RATE}])))"
+def quantile(q: float, metric: str, matchers: str = "") -> str:
+    sel = ", ".join(x for x in (E, matchers) if x)
+    return f"histogram_quantile({q}, sum by (endpoint, le) (rate({metric}_bucket{{{sel}}}[{RATE}])))"
+
+
+def right_axis(ref: str, unit: str) -> dict[str, object]:
+    """A field override: query *ref* drawn against a right-hand axis in *unit*."""
+    return {"matcher": {"id": "byFrameRefID", "options": ref},
+            "properties": [{"id": "unit", "value": unit},
+                           {"id": "custom.axisPlacement", "value": "right"}]}
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,13 @@ class Panel:
     kind: str = "timeseries"
     width: int = 12
     extra: dict[str, object] = field(default_factory=dict)
+    overrides: tuple[dict[str, object], ...] = ()
 
 
 P = "resilient_client_"
+
+#: Calls that reached for the peer: not refused by a breaker or a bulkhead.
+NOT_REFUSED = 'outcome!~"circuit_open|bulkhead_full"'
 
 #: The dashboard, top to bottom, two panels a row (width 12 of 24).
 PANELS: list[Panel] = [
@@ -67,28 +82,34 @@ PANELS: list[Panel] = [
           ((rate(P + "requests_total", by="endpoint, outcome"), "{{endpoint}} {{outcome}}"),),
           unit="reqps"),
     Panel("Attempts per call",
-          "Requests put on the wire per call made: 1 when nothing is retried; the retry "
-          "budget keeps it near 1 + ratio under a full outage; below 1 while an open "
-          "breaker refuses calls.",
+          "Attempts per call made: 1 when nothing is retried; the retry budget keeps it "
+          "near 1 + ratio under a full outage. A call refused by an open breaker or a "
+          "full bulkhead counts as a call with no attempt, so it drops below 1 while "
+          "calls are refused. (An attempt is one try: its redirect hops are not counted.)",
           ((f"{rate(P + 'attempts_total')} / {rate(P + 'requests_total')}", "{{endpoint}}"),)),
     Panel("Breaker state",
-          "0 closed, 1 half-open (a trial call), 2 open: from the breaker_state gauge.",
-          ((f'max by (endpoint) ({P}breaker_state{{{E}, state="open"}}) * 2 + '
-            f'max by (endpoint) ({P}breaker_state{{{E}, state="half-open"}})', "{{endpoint}}"),),
+          "0 closed, 1 half-open (a trial call), 2 open: from the breaker_state gauge. Each "
+          "replica has its own breaker (unless they share a store): this is the worst state "
+          "among the replicas picked.",
+          ((f'max by (endpoint) (({P}breaker_state{{{E}, state="open"}} * 2) '
+            f'or {P}breaker_state{{{E}, state="half-open"}})', "{{endpoint}}"),),
           kind="state-timeline",
           extra={"mappings": [{"type": "value", "options": {
               "0": {"text": "closed", "color": "green"},
               "1": {"text": "half-open", "color": "yellow"},
               "2": {"text": "open", "color": "red"}}}]}),
     Panel("Breaker transitions",
-          "Breaker state changes, by the state entered.",
+          "Breaker state changes, by the state entered (each state's series starts at 0 "
+          "at an endpoint's first change, so the first change is counted).",
           ((f"sum by (endpoint, state) (increase({P}breaker_transitions_total{{{E}}}[{RATE}]))",
             "{{endpoint}} {{state}}"),)),
     Panel("Retry budget use",
-          "Retries per call made (the budget allows `ratio` of first tries, plus "
-          "min_per_second), and calls whose retry the spent budget refused.",
+          "Retries per call made, left axis (the budget allows `ratio` of first tries, plus "
+          "min_per_second), and calls per second whose retry the spent budget refused, right "
+          "axis (a reason's series appears with its first call: that first one is not counted).",
           ((f"{rate(P + 'retries_total')} / {rate(P + 'requests_total')}", "{{endpoint}} retries per call"),
-           (rate(P + "gave_up_total", 'reason="budget"'), "{{endpoint}} refused by the budget /s"))),
+           (rate(P + "gave_up_total", 'reason="budget"'), "{{endpoint}} refused by the budget /s")),
+          overrides=(right_axis("B", "reqps"),)),
     Panel("Retries by reason",
           "Retries scheduled, by the failure that caused them.",
           ((rate(P + "retries_total", by="endpoint, reason"), "{{endpoint}} {{reason}}"),),
@@ -99,13 +120,17 @@ PANELS: list[Panel] = [
           ((rate(P + "rejections_total", by="endpoint, by"), "{{endpoint}} by {{by}}"),),
           unit="reqps"),
     Panel("Fallbacks served",
-          "Responses made by a fallback (static, stale, callable), and their share of the calls.",
+          "Responses made by a fallback (static, stale, callable) per second, left axis, and "
+          "their share of the calls, right axis (0-100%).",
           ((rate(P + "fallbacks_total", by="endpoint, fallback"), "{{endpoint}} {{fallback}} /s"),
-           (f"{rate(P + 'fallbacks_total')} / {rate(P + 'requests_total')}", "{{endpoint}} share"))),
+           (f"{rate(P + 'fallbacks_total')} / {rate(P + 'requests_total')}", "{{endpoint}} share")),
+          unit="reqps", overrides=(right_axis("B", "percentunit"),)),
     Panel("Call latency percentiles",
-          "Whole calls: every attempt and backoff sleep (p50, p95, p99).",
-          tuple((quantile(q, P + "request_duration_seconds"), f"{{{{endpoint}}}} p{round(q * 100)}")
-                for q in (0.5, 0.95, 0.99)),
+          "Whole calls that tried the peer: every attempt and backoff sleep (p50, p95, p99). "
+          "Calls refused without touching the network (circuit_open, bulkhead_full) take "
+          "microseconds and are left out, so an outage does not look fast.",
+          tuple((quantile(q, P + "request_duration_seconds", NOT_REFUSED),
+                 f"{{{{endpoint}}}} p{round(q * 100)}") for q in (0.5, 0.95, 0.99)),
           unit="s"),
     Panel("Attempt latency percentiles",
           "Single attempts: against the call's, how much of the time the client adds (retries, backoff).",
@@ -148,7 +173,7 @@ def panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, object]:
         "description": panel.description,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": list(panel.overrides)},
         "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                     "tooltip": {"mode": "multi", "sort": "desc"}},
         "targets": [
@@ -185,10 +210,17 @@ def dashboard() -> dict[str, object]:
         "templating": {"list": [
             {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0, "refresh": 1, "options": []},
+            {"name": "job", "label": "job", "type": "query",
+             "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "query": {"query": f"label_values({P}requests_total, job)", "refId": "jobs"},
+             "definition": f"label_values({P}requests_total, job)",
+             "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0,
+             "refresh": 2, "sort": 1, "options": []},
             {"name": "endpoint", "label": "endpoint", "type": "query",
              "datasource": {"type": "prometheus", "uid": "${datasource}"},
-             "query": {"query": f"label_values({P}requests_total, endpoint)", "refId": "endpoints"},
-             "definition": f"label_values({P}requests_total, endpoint)",
+             "query": {"query": f'label_values({P}requests_total{{job=~"$job"}}, endpoint)',
+                       "refId": "endpoints"},
+             "definition": f'label_values({P}requests_total{{job=~"$job"}}, endpoint)',
              "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0,
              "refresh": 2, "sort": 1, "options": []},
         ]},

@@ -24,7 +24,7 @@ from typing import Any
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # this checkout's package, and the test helpers
 
-from prom_support import concrete, dashboard_targets, query_range, with_outage  # noqa: E402
+from prom_support import DASHBOARD, concrete, dashboard_targets, query_range, with_outage  # noqa: E402
 
 #: (start second, what the peer does)
 PHASES = [(0.0, "healthy"), (6.0, "503"), (12.0, "hang"), (17.0, "healthy")]
@@ -41,6 +41,19 @@ def run() -> tuple[dict[str, list[tuple[str, list[dict[str, Any]]]]], float]:
             result = query_range(base, concrete(expr, "2s"), t0, t1, STEP)
             panels.setdefault(title, []).append((legend, result))
     return panels, t0
+
+
+def right_axis_refs() -> dict[str, set[str]]:
+    """Panel title -> the refIds its overrides draw against a right-hand axis."""
+    import json
+
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    out: dict[str, set[str]] = {}
+    for panel in board["panels"]:
+        for o in panel["fieldConfig"]["overrides"]:
+            if {"id": "custom.axisPlacement", "value": "right"} in o["properties"]:
+                out.setdefault(panel["title"], set()).add(o["matcher"]["options"])
+    return out
 
 
 def label(legend: str, metric: dict[str, str]) -> str:
@@ -63,12 +76,16 @@ def draw(panels: dict[str, list[tuple[str, list[dict[str, Any]]]]], t0: float, o
     fig, axes = plt.subplots(rows, cols, figsize=(13, 2.6 * rows), sharex=True)
     shade = {"503": "#f6c4c4", "hang": "#f9dfa8"}
     ends = [p[0] for p in PHASES[1:]] + [DURATION]
+    right = right_axis_refs()
     for ax, title in zip(axes.flat, titles, strict=False):
         for (start, what), end in zip(PHASES, ends, strict=True):
             if what in shade:
                 ax.axvspan(start, end, color=shade[what], zorder=0)
         ax.grid(alpha=0.3)
-        for legend, result in panels[title]:
+        twin = ax.twinx() if title in right else None
+        for i, (legend, result) in enumerate(panels[title]):
+            on = twin if twin is not None and chr(ord("A") + i) in right[title] else ax
+            color = "#6a1b9a" if on is twin else None
             for series in result:
                 ts = [float(t) - t0 for t, _ in series["values"]]
                 vs = [float(v) if v not in ("NaN", "+Inf", "-Inf") else None for _, v in series["values"]]
@@ -78,10 +95,15 @@ def draw(panels: dict[str, list[tuple[str, list[dict[str, Any]]]]], t0: float, o
                     continue
                 if title.endswith("percentiles"):
                     vs = [None if v is None else v * 1000 for v in vs]
-                ax.plot(ts, vs, lw=1.6, label=label(legend, series["metric"]))
+                text = label(legend, series["metric"]) + (" (right)" if on is twin else "")
+                on.plot(ts, vs, lw=1.6, label=text, **({"color": color} if color else {}))
         ax.set_title(title + (" (ms)" if title.endswith("percentiles") else ""), fontsize=10)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left", ncol=2)
+        handles, names = ax.get_legend_handles_labels()
+        if twin is not None:
+            more = twin.get_legend_handles_labels()
+            handles, names = handles + more[0], names + more[1]
+        if handles:
+            ax.legend(handles, names, fontsize=7, loc="upper left", ncol=2)
     for ax in axes.flat[len(titles):]:
         ax.set_visible(False)
     for ax in axes[-1]:

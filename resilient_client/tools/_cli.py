@@ -230,7 +230,10 @@ def _check(args: argparse.Namespace) -> int:
             seen.add(ep.name)
             policies.append(ep.policy)
     flat = [_flatten(p, secrets_headers=secrets.headers) for p in policies]
-    keys = list(_flatten(_FULL_POLICY, secrets_headers=secrets.headers))
+    keys: list[str] = []
+    for k in _flatten(_FULL_POLICY, secrets_headers=secrets.headers):
+        # A section off by default (throttle...) that some policy turns on: a row per key.
+        keys.extend(dict.fromkeys(x for f in flat for x in f if x.startswith(k + ".")) or [k])
     width = args.width or shutil.get_terminal_size((100, 24)).columns
     # Split wide configs into several tables that fit, the key column repeated.
     key_width = max(len(k) for k in keys) + 2
@@ -249,8 +252,8 @@ def _check(args: argparse.Namespace) -> int:
         for k in keys:
             row = [k]
             for i in g:
-                v = flat[i].get(k, "-")
-                row.append(v + (" *" if i and v != flat[0].get(k, "-") else ""))
+                v = _cell(flat[i], k)
+                row.append(v + (" *" if i and v != _cell(flat[0], k) else ""))
             rows.append(row)
         _table(rows, out)
         print(file=out)
@@ -298,6 +301,8 @@ def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, st
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: object, template: object) -> None:
+        if template is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            template = value  # a section off by default (throttle, propagation...), on here: its keys
         if isinstance(template, (StaticFallback, StaleFallback, CallableFallback)):
             out[prefix] = "none" if value is None else _fallback_text(value, secrets_headers)
         elif dataclasses.is_dataclass(template) and not isinstance(template, type):
@@ -319,6 +324,11 @@ def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, st
     if policy.critical is None:
         out["critical"] = "yes (no fallback)" if is_critical(policy) else "no (fallback)"
     return out
+
+
+def _cell(flat: dict[str, str], key: str) -> str:
+    """*key*'s text in one policy's column: ``off`` for a key of a section it has off."""
+    return flat.get(key, "off" if key.split(".")[0] in flat else "-")
 
 
 def _value_text(key: str, value: object) -> str:
