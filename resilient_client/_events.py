@@ -41,6 +41,7 @@ __all__ = [
     "FallbackServed",
     "GaveUp",
     "HedgeSent",
+    "HedgeSkipped",
     "HedgeWon",
     "Listener",
     "RetryScheduled",
@@ -329,8 +330,11 @@ class CallFinished(Event):
 @dataclass(frozen=True)
 class HedgeSent(Event):
     """
-    A hedge: another copy of a safe call was sent, as its ``attempt``-th
-    try, because no copy had answered ``delay`` seconds after the last one.
+    A hedge: another copy of a safe call was started because no copy had
+    answered ``delay`` seconds (the delay in effect: fixed, or learned)
+    after the last one. ``attempt`` is the number the copy gets, counting
+    every copy of the call so far (2 for the first hedge of a first try). A
+    copy started just as another copy answered is not put on the wire.
 
     .. versionadded:: 0.4.0
     """
@@ -344,9 +348,11 @@ class HedgeSent(Event):
 @dataclass(frozen=True)
 class HedgeWon(Event):
     """
-    A hedge's answer was taken: the ``attempt``-th try answered first (and
-    acceptably) while an earlier copy was still waiting; that copy was
-    abandoned and its connection closed.
+    A hedge's answer was taken: the copy numbered ``attempt`` answered
+    first (and acceptably) while an earlier copy was still waiting; that
+    copy was abandoned and its connection closed. ``duration`` is the
+    seconds from the try's first copy being started to the winner's
+    response being read.
 
     .. versionadded:: 0.4.0
     """
@@ -355,6 +361,23 @@ class HedgeWon(Event):
     url: str
     attempt: int
     duration: float
+
+
+@dataclass(frozen=True)
+class HedgeSkipped(Event):
+    """
+    A hedge the call would have sent (or could have, for ``reason``
+    ``"no_thread"``) was not: ``reason`` is ``"no_thread"`` (every hedging
+    thread was busy, so the try ran unhedged on the caller's thread, or its
+    hedge found no thread), ``"budget"`` (the retry budget was spent) or
+    ``"bulkhead"`` (no bulkhead slot was free).
+
+    .. versionadded:: 0.4.0
+    """
+
+    method: str
+    url: str
+    reason: str
 
 
 _KINDS: dict[type, str] = {
@@ -372,6 +395,7 @@ _KINDS: dict[type, str] = {
     ConcurrencyLimitChanged: "concurrency_limit_changed",
     HedgeSent: "hedge_sent",
     HedgeWon: "hedge_won",
+    HedgeSkipped: "hedge_skipped",
     ThrottleRateChanged: "throttle_rate_changed",
 }
 
@@ -414,6 +438,7 @@ _LEVELS: dict[type, int] = {
     ConcurrencyLimitChanged: logging.DEBUG,
     HedgeSent: logging.DEBUG,
     HedgeWon: logging.DEBUG,
+    HedgeSkipped: logging.DEBUG,
     ThrottleRateChanged: logging.DEBUG,
 }
 

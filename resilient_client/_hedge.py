@@ -72,12 +72,27 @@ class Abandon:
     the connection is certainly still checked out by the copy's thread.
     """
 
-    __slots__ = ("_lock", "_sock", "abandoned")
+    __slots__ = ("_lock", "_sock", "abandoned", "sent")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.abandoned = False
+        #: The copy went out (`start` said yes): final once `abandon` returned.
+        self.sent = False
+
+    def start(self) -> bool:
+        """
+        Whether the copy may go out now: False once the race was decided, so
+        a copy not yet sent then is never sent. Under the lock `abandon`
+        takes, so after `abandon` returns, `sent` counts exactly the copies
+        that reached the wire (or are about to).
+        """
+        with self._lock:
+            if self.abandoned:
+                return False
+            self.sent = True
+            return True
 
     def read(self, sock: socket.socket, raw: io.RawIOBase, b: Any) -> int | None:
         with self._lock:

@@ -33,6 +33,7 @@ from ._events import (
     FallbackServed,
     GaveUp,
     HedgeSent,
+    HedgeSkipped,
     HedgeWon,
     Listener,
     RetryScheduled,
@@ -100,7 +101,8 @@ PROMETHEUS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "hedges_total": (
         "counter", ("endpoint", "result"),
-        "Hedged copies: sent, and those whose answer was taken (won).",
+        "Hedged copies: sent, those whose answer was taken (won), and those not sent "
+        "for want of a thread, budget or bulkhead slot (skipped).",
     ),
 }
 
@@ -184,6 +186,7 @@ class _PrometheusListener:
             BreakerStateChanged: self._breaker,
             HedgeSent: lambda e: self._hedges(e.endpoint, "sent").inc(),
             HedgeWon: lambda e: self._hedges(e.endpoint, "won").inc(),
+            HedgeSkipped: lambda e: self._hedges(e.endpoint, "skipped").inc(),
         }
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -331,7 +334,7 @@ class _OTelListener:
             "fallbacks": ("{response}", "Responses made by a fallback."),
             "rejections": ("{call}", "Calls refused without touching the network."),
             "breaker.transitions": ("{transition}", "Breaker state changes."),
-            "hedges": ("{request}", "Hedged copies sent, and those whose answer was taken."),
+            "hedges": ("{request}", "Hedged copies sent, those whose answer was taken, and those skipped."),
         }
         self._counters = {
             name: meter.create_counter(f"resilient_client.{name}", unit=unit, description=doc)
@@ -357,6 +360,7 @@ class _OTelListener:
             BreakerStateChanged: self._breaker,
             HedgeSent: lambda e: self._count("hedges", e.endpoint, "hedge", "sent"),
             HedgeWon: lambda e: self._count("hedges", e.endpoint, "hedge", "won"),
+            HedgeSkipped: lambda e: self._count("hedges", e.endpoint, "hedge", "skipped"),
         }
 
     def __call__(self, event: Event) -> None:

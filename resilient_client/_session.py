@@ -71,6 +71,7 @@ from ._events import (
     FallbackServed,
     GaveUp,
     HedgeSent,
+    HedgeSkipped,
     HedgeWon,
     RetryScheduled,
     load_listeners,
@@ -122,6 +123,8 @@ _CALL_POLICY = "_resilient_call_policy"
 # The outcomes of refusals made before an attempt: constants, not classified anew.
 _DEADLINE = AttemptOutcome("deadline", None, False, False)
 _CIRCUIT_OPEN = AttemptOutcome("circuit_open", None, False, False)
+# A hedged copy that lost, stopped by us: neither the peer's failure nor a refusal.
+_ABANDONED = AttemptOutcome("abandoned", None, False, False)
 # A response hook raised: the peer answered; the error is the caller's own.
 _HOOK_RAISED = AttemptOutcome("error", None, True, False)
 #: How long a hedged attempt's caller waits past the deadline for its copies
@@ -997,6 +1000,7 @@ class ResilientSession(requests.Session):
         race = Race()
         first = Copy(0, self._copy_of(call, 0), clock.monotonic())
         if not pool.try_submit(self._run_copy, first, race, None):
+            self._hedge_skipped(call, "no_thread")
             return self._attempt(call)  # no worker free: this attempt goes unhedged
         copies = [first]
         window = route.state.latency
@@ -1041,7 +1045,8 @@ class ResilientSession(requests.Session):
                         # Censored: at least this slow, maybe much more. Counted as
                         # the ceiling, so a percentile below the delay stays exact.
                         window.record(max(now - c.started, HEDGE_DELAY_CEILING))
-        sent = sum(1 for i, c in enumerate(copies) if c.call.attempt > call.attempt + i)
+        # Every copy not done was abandoned above: `sent` is final for each.
+        sent = sum(1 for c in copies if cast(Abandon, c.call.abandon).sent)
         chosen = winner if winner is not None else first
         if window is not None:
             for c in finished:
@@ -1081,20 +1086,26 @@ class ResilientSession(requests.Session):
             return None  # open: no call at all; half-open: the first copy is the one trial
         bulkhead = route.state.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
+            self._hedge_skipped(call, "bulkhead")
             return None
         if call.budget is not None and not call.budget.try_spend():
             if bulkhead is not None:
                 bulkhead.release()
+            self._hedge_skipped(call, "budget")
             return None
         hedge = Copy(index, self._copy_of(call, index), self.clock.monotonic())
         if not hedge_pool().try_submit(self._run_copy, hedge, race, bulkhead):
             if bulkhead is not None:
                 bulkhead.release()
+            self._hedge_skipped(call, "no_thread")
             return None
         call.hedged = True
         self._emit(HedgeSent(route.name, call.request.method or "", self._url(call.request),
                              call.attempt + index + 1, delay))
         return hedge
+
+    def _hedge_skipped(self, call: Call, reason: str) -> None:
+        self._emit(HedgeSkipped(call.route.name, call.request.method or "", self._url(call.request), reason))
 
     def _run_copy(self, copy_: Copy, race: Race, bulkhead: Bulkhead | None) -> None:
         """A copy's attempt, on a hedge pool thread, carrying its call's context."""
@@ -1138,7 +1149,9 @@ class ResilientSession(requests.Session):
             connect, read = min(connect, left), min(read, left)
         call.reached_peer = call.left_endpoint = False
         call.hook_error = call.hook_guard = None
-        if call.attempt and hasattr(request, REAUTH):
+        if (call.attempt or call.abandon is not None) and hasattr(request, REAUTH):
+            # A retry, or a hedged copy (the first too): each runs on a pool
+            # thread where a thread-local auth state (digest) was never set up.
             request = reauthenticated(request)
         prop = route.policy.propagation
         if prop is not None and (deadline is not None or prop.per_attempt):
@@ -1156,6 +1169,11 @@ class ResilientSession(requests.Session):
                 self._emit(BreakerRejected(route.name, request.method or "", self._url(request),
                                            exc._retry_at, exc.retry_in, breaker.scope))
                 raise
+        if call.abandon is not None and not call.abandon.start():
+            # A hedged copy whose race was decided before it went out: never sent.
+            if is_trial:
+                cast(CircuitBreaker, breaker).release_trial()
+            raise ConnectionAbortedError("hedged copy abandoned before it was sent")
         # Only a call the breaker let through is a try.
         call.attempt += 1
         if call.attempt == 1 and call.budget is not None:
@@ -1208,11 +1226,17 @@ class ResilientSession(requests.Session):
             duration = self.clock.monotonic() - started
             call.error = exc
             if call.abandon is not None and call.abandon.abandoned:
-                # A hedged copy that lost, stopped by us: not the peer's failure.
+                # A hedged copy that lost, stopped by us: not the peer's failure,
+                # yet a request on the wire, so its span ends and its event goes out.
+                outcome = call.outcome = _ABANDONED
+                if self._bus.wants_hot():
+                    self._emit(AttemptFinished(route.name, request.method or "", self._url(request),
+                                               call.attempt, outcome.kind, None,
+                                               duration, type(exc).__name__))
                 if is_trial:
                     cast(CircuitBreaker, breaker).release_trial()
                 if traced is not None:
-                    traced.exit_attempt(None, "abandoned", type(exc).__name__)
+                    traced.exit_attempt(None, outcome.kind, type(exc).__name__)
                 raise
             # Set by the hook guard during send (mypy cannot see that).
             hook_error: BaseException | None = getattr(call, "hook_error", None)

@@ -80,6 +80,7 @@ OUTCOMES = (
     "circuit_open",
     "bulkhead_full",
     "throttled",
+    "abandoned",
     "error",
 )
 

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 import requests
-from peers import Peer, answer, delay, gate, hang, sequence, server_error
+from peers import Peer, Request, answer, delay, gate, hang, sequence, server_error
+from requests.auth import HTTPDigestAuth
 
 from resilient_client import (
+    AttemptFinished,
     ConfigError,
     DeadlineExceeded,
     HedgePolicy,
@@ -425,3 +427,111 @@ def test_the_async_client_says_it_does_not_hedge(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="resilient_client"):
         AsyncResilientClient({"endpoints": [{"name": "s", "match": "http://s/", "hedge": {}}]})
     assert "AsyncResilientClient does not hedge requests yet" in caplog.text and "'s'" in caplog.text
+
+
+class _DigestPeer:
+    """Asks for digest auth; answers an authenticated request 200, after *pause* seconds for the first."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.pause = pause
+        self.authenticated = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Any:
+        if "authorization" not in request.headers:
+            challenge = 'Digest realm="r", nonce="n1", qop="auth"'
+            return answer(401, b"auth please", {"WWW-Authenticate": challenge})
+        with self.lock:
+            self.authenticated += 1
+            first = self.authenticated == 1
+        return delay(self.pause, answer(200, b"slow")) if first and self.pause else answer(200, b"secret")
+
+
+class TestReviewFindings:
+    @pytest.mark.parametrize("pause", [0.0, 1.0], ids=["no hedge sent", "hedge sent"])
+    def test_digest_auth_works_with_hedging_on(self, peer: Peer, pause: float) -> None:
+        """Each copy runs on a pool thread: the digest auth's per-thread state is set up there."""
+        peer.on("/d", _DigestPeer(pause))
+        session, _ = make_session({"delay": 0.1})
+        resp = session.get(peer.url("/d"), auth=HTTPDigestAuth("u", "p"))
+        assert resp.status_code == 200 and resp.text == "secret"
+        assert peer.last("/d").headers["authorization"].startswith("Digest ")
+
+    def test_a_copy_not_sent_when_the_race_is_decided_is_never_sent(self, peer: Peer) -> None:
+        """The hedge's thread starts late, after the first copy won: it sends nothing, attempts counts one."""
+        peer.on("/x", delay(0.15, answer(200, b"first")))
+        session, events = make_session({"delay": 0.02})
+        release, ran = threading.Event(), threading.Event()
+        run_copy = session._run_copy
+
+        def late(copy_: Any, race: Race, bulkhead: Any) -> None:
+            if copy_.index == 1:
+                release.wait(2)
+            run_copy(copy_, race, bulkhead)
+            if copy_.index == 1:
+                ran.set()
+
+        session._run_copy = late  # type: ignore[method-assign]
+        resp = session.get(peer.url("/x"))
+        release.set()
+        assert ran.wait(2)
+        assert [type(e) for e in events if isinstance(e, HedgeSent)] == [HedgeSent]
+        assert resp.text == "first" and resp.attempts == peer.hits("/x") == 1
+
+    def test_the_losing_copy_has_its_attempt_event(self, peer: Peer) -> None:
+        """The abandoned copy was on the wire: its AttemptFinished says "abandoned"."""
+        peer.on("/x", delay(2.0, answer(200, b"slow")), answer(200, b"fast"))
+        session, events = make_session({"delay": 0.02})
+        resp = session.get(peer.url("/x"))
+        assert resp.text == "fast" and resp.attempts == 2
+        assert wait_for(lambda: len([e for e in events if isinstance(e, AttemptFinished)]) == 2)
+        finished = sorted((e.attempt, e.outcome) for e in events if isinstance(e, AttemptFinished))
+        assert finished == [(1, "abandoned"), (2, "ok")]
+
+    def test_a_call_with_no_thread_free_says_its_hedge_was_skipped(self, peer: Peer) -> None:
+        """Every hedging thread busy: the call runs unhedged, and HedgeSkipped (and the metric) says so."""
+        from prometheus_client import CollectorRegistry
+
+        from resilient_client import HedgeSkipped, prometheus_listener
+
+        peer.on("/x", answer(200, b"ok"))
+        registry = CollectorRegistry()
+        session, events = make_session({"delay": 0.02})
+        session.subscribe(prometheus_listener(registry))
+        release = threading.Event()
+        taken = 0
+        try:
+            while taken < HEDGE_THREADS and hedge_pool().try_submit(release.wait, 5.0):  # bounded
+                taken += 1
+            resp = session.get(peer.url("/x"))
+        finally:
+            release.set()
+        assert resp.text == "ok" and resp.attempts == 1 and resp.hedged is False
+        skipped = [e for e in events if isinstance(e, HedgeSkipped)]
+        assert [(e.method, e.reason) for e in skipped] == [("GET", "no_thread")]
+        sample = registry.get_sample_value("resilient_client_hedges_total",
+                                           {"endpoint": skipped[0].endpoint, "result": "skipped"})
+        assert sample == 1
+
+
+def test_check_shows_hedge_as_rows_and_warns_when_nothing_is_hedged(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`resilient-client check`: hedge.delay and hedge.max_extra rows; hedge with retry: null is a warning."""
+    import json
+
+    from resilient_client.tools._cli import main
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"endpoints": [
+        {"name": "search", "match": "http://a/", "hedge": {"delay": "p90", "max_extra": 2}},
+        {"name": "pay", "match": "http://b/", "retry": None, "hedge": {}},
+    ]}))
+    assert main(["check", str(path), "--width", "200"]) == 0  # warnings only
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  hedge.")}
+    assert rows == {"hedge.delay": ["off", "p90", "*", "0.05", "*"],
+                    "hedge.max_extra": ["off", "2", "*", "1", "*"]}
+    assert "HedgePolicy(" not in out
+    warned = [line for line in out.splitlines() if "[hedge-without-retry]" in line]
+    assert len(warned) == 1 and "endpoint 'pay'" in warned[0]

@@ -96,7 +96,7 @@ PUBLIC_NAMES = {
     "Event", "Listener", "OUTCOMES", "AttemptFinished", "RetryScheduled", "GaveUp",
     "BudgetExhausted", "BreakerStateChanged", "BreakerRejected", "FallbackServed",
     "BulkheadRejected", "DeadlinePassed", "CallFinished", "CallThrottled", "ConcurrencyLimitChanged",
-    "HedgeSent", "HedgeWon",
+    "HedgeSent", "HedgeWon", "HedgeSkipped",
     "ThrottleRateChanged",
     "prometheus_listener", "otel_listener", "otel_trace_listener",
     # health

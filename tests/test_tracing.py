@@ -487,3 +487,23 @@ class TestHedges:
         assert {s.parent.span_id for s in clients} == {call.context.span_id}
         wire = {r.headers["traceparent"][:-2] for r in peer.requests if r.path == "/x"}
         assert wire == {traceparent_of(s) for s in clients}
+
+
+def test_a_hedged_calls_losing_copy_has_its_attempt_span(spans, peer):
+    """Both copies were on the wire: two CLIENT spans under the call, the loser's ended as abandoned."""
+    import time
+
+    from peers import delay
+
+    provider, exporter = spans
+    peer.on("/x", delay(2.0, answer(200, b"slow")), answer(200, b"fast"))
+    session = traced(provider, {"defaults": {"hedge": {"delay": 0.02}, "timeout": {"total": 3.0}}})
+    assert session.get(peer.url("/x")).text == "fast"
+    end = time.monotonic() + 2
+    while len(exporter.get_finished_spans()) < 3 and time.monotonic() < end:  # bounded
+        time.sleep(0.005)
+    call, (first, second) = by_kind(exporter)
+    assert first.parent is not None and first.parent.span_id == call.context.span_id
+    assert second.parent is not None and second.parent.span_id == call.context.span_id
+    assert first.attributes["resilient_client.outcome"] == "abandoned"
+    assert second.attributes["http.response.status_code"] == 200

@@ -44,7 +44,7 @@ class TestOutcomes:
 
     def test_every_kind_is_listed(self) -> None:
         """OUTCOMES, a metric label set, names every kind the table uses."""
-        others = {"ok", "status", "read_timeout", "read_error", "error"}
+        others = {"ok", "status", "read_timeout", "read_error", "abandoned", "error"}
         assert set(BEFORE_SEND) | set(REFUSALS) | others == set(OUTCOMES)
 
 

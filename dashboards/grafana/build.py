@@ -33,8 +33,8 @@ OUT = HERE / "resilient_client.json"
 #: The selector every query applies: the jobs and endpoints picked at the top of the dashboard.
 E = 'job=~"$job", endpoint=~"$endpoint"'
 RATE = "$__rate_interval"
-#: The two values of hedges_total's `result` label.
-SENT, WON = 'result="sent"', 'result="won"'
+#: The three values of hedges_total's `result` label.
+SENT, WON, SKIPPED = 'result="sent"', 'result="won"', 'result="skipped"'
 
 
 def rate(metric: str, matchers: str = "", by: str = "endpoint") -> str:
@@ -143,11 +143,14 @@ PANELS: list[Panel] = [
           unit="reqps"),
     Panel("Hedges",
           "Hedged copies sent per call made, and the share of hedges whose answer was taken "
-          "(won): hedges that rarely win cost the peer load for little (see the tail latency docs).",
+          "(won): hedges that rarely win cost the peer load for little (see the tail latency docs); "
+          "skipped: hedges not sent for want of a hedging thread, budget or bulkhead slot.",
           ((f"{rate(P + 'hedges_total', SENT)} / {rate(P + 'requests_total')}",
             "{{endpoint}} hedges per call"),
            (f"{rate(P + 'hedges_total', WON)} / {rate(P + 'hedges_total', SENT)}",
-            "{{endpoint}} won share"))),
+            "{{endpoint}} won share"),
+           (f"{rate(P + 'hedges_total', SKIPPED)} / {rate(P + 'requests_total')}",
+            "{{endpoint}} skipped per call"))),
     Panel("Attempts per second by outcome",
           "What the peer saw from this client: every attempt, by outcome.",
           ((rate(P + "attempts_total", by="endpoint, outcome"), "{{endpoint}} {{outcome}}"),),

@@ -51,7 +51,7 @@ from .._events import (
     load_listeners,
 )
 from .._health import is_critical
-from .._policy import CallableFallback, Policy, StaleFallback, StaticFallback
+from .._policy import CallableFallback, HedgePolicy, Policy, StaleFallback, StaticFallback
 from .._redact import redact_headers, redact_url
 from .._version import __version__
 from ..exceptions import ConfigError
@@ -293,7 +293,7 @@ def _spec_name(spec: object) -> str:
 
 
 # Every section present: its flattened keys are the rows of the table.
-_FULL_POLICY = Policy(fallback=StaleFallback())
+_FULL_POLICY = Policy(fallback=StaleFallback(), hedge=HedgePolicy())
 
 
 def _flatten(policy: Policy, *, secrets_headers: frozenset[str]) -> dict[str, str]:

@@ -11,7 +11,9 @@ that are likely not what their author meant, with no HAProxy involved.
 * ``likely-milliseconds``: a duration so long that it is most likely
   milliseconds typed as seconds (``read: 5000``);
 * ``critical-without-fallback``: an endpoint whose open breaker turns the
-  health view to 503 with nothing to serve instead.
+  health view to 503 with nothing to serve instead;
+* ``hedge-without-retry``: ``hedge`` set where ``retry`` is null: only the
+  methods of ``retry.methods`` are hedged, so nothing is.
 
 What is *not* reported: ``attempts x (connect + read)`` beyond ``total``.
 The built-in defaults do that on purpose (3 x (1 + 5) s > 10 s): retries are
@@ -126,6 +128,13 @@ def min_backoff(backoff: BackoffPolicy) -> float:
 def _check_policy(policy: Policy) -> Iterator[Finding]:
     yield from _likely_milliseconds(policy)
     yield from _check_deadline(policy)
+    if policy.hedge is not None and policy.retry is None:
+        yield _finding(
+            "hedge-without-retry", policy,
+            "hedge is set but retry is null: only calls whose method is in retry.methods are "
+            "hedged, so nothing is; give it a retry section (retry: {attempts: 1} hedges "
+            "without retrying), or remove hedge",
+        )
 
 
 def _finding(code: str, policy: Policy, message: str, severity: str = "warning") -> Finding:
