@@ -121,7 +121,7 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
             as a per-call ``timeout=`` does (never infinite: None parts are
             the policy's).
 
-    .. versionadded:: 0.3.0
+    .. versionadded:: 0.2.0
     """
 
     def __init__(
@@ -490,7 +490,7 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
         Raises:
             KeyError: no such endpoint, or it has neither ``throttle`` nor ``concurrency``.
 
-        .. versionadded:: 0.4.0
+        .. versionadded:: 0.2.0
         """
         if "://" in name_or_url:
             state = self._endpoints.route_for(method.upper(), name_or_url).state

@@ -48,7 +48,7 @@ class AsyncCircuitOpenError(_sync.CircuitOpenError, httpx.ConnectError):  # type
     `resilient_client.CircuitOpenError` as the async client raises it: also
     an ``httpx.ConnectError`` (nothing touched the network).
 
-    .. versionadded:: 0.3.0
+    .. versionadded:: 0.2.0
     """
 
     def __init__(self, endpoint: str, retry_at: float | None = None, *,
@@ -63,7 +63,7 @@ class AsyncDeadlineExceeded(_sync.DeadlineExceeded, httpx.TimeoutException):  # 
     `resilient_client.DeadlineExceeded` as the async client raises it: also
     an ``httpx.TimeoutException``.
 
-    .. versionadded:: 0.3.0
+    .. versionadded:: 0.2.0
     """
 
     def __init__(self, endpoint: str, total: float, **kwargs: Any) -> None:
@@ -77,7 +77,7 @@ class AsyncBulkheadFull(_sync.BulkheadFull, httpx.TransportError):  # type: igno
     `resilient_client.BulkheadFull` as the async client raises it: also an
     ``httpx.TransportError``.
 
-    .. versionadded:: 0.3.0
+    .. versionadded:: 0.2.0
     """
 
     def __init__(self, endpoint: str, max_concurrent: int, **kwargs: Any) -> None:
@@ -91,7 +91,7 @@ class AsyncThrottled(_sync.Throttled, httpx.ConnectError):  # type: ignore[misc]
     `resilient_client.Throttled` as the async client raises it: also an
     ``httpx.ConnectError`` (nothing touched the network).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     def __init__(self, endpoint: str, reason: str = "throttle", retry_in: float | None = None,

@@ -285,7 +285,7 @@ class CircuitBreaker:
         (``state: host``) or ``redis``; ``process`` while a shared store is
         unusable and this process carries on with its own.
 
-        .. versionadded:: 0.3.0
+        .. versionadded:: 0.2.0
         """
         store = self._store
         shared: str = getattr(store, "scope", "process")

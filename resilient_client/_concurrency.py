@@ -61,7 +61,7 @@ class AdaptiveLimit:
         policy: algorithm, initial, min, backoff, latency_factor.
         ceiling: the most it may grow to (``bulkhead.max_concurrent``).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     __slots__ = ("_cooldown", "_count", "_high", "_in_flight", "_limit", "_lock", "_long",

@@ -95,7 +95,7 @@ class AttemptFinished(Event):
     (``proxy_errors``).
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.4.0 ``proxy_error``.
+    .. versionchanged:: 0.2.0 ``proxy_error``.
     """
 
     method: str
@@ -156,7 +156,7 @@ class BudgetExhausted(Event):
     unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.3.0 ``scope``.
+    .. versionchanged:: 0.2.0 ``scope``.
     """
 
     method: str
@@ -176,7 +176,7 @@ class BreakerStateChanged(Event):
     unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.3.0 ``scope``.
+    .. versionchanged:: 0.2.0 ``scope``.
     """
 
     old: str
@@ -199,7 +199,7 @@ class BreakerRejected(Event):
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
-    .. versionchanged:: 0.3.0 ``scope``.
+    .. versionchanged:: 0.2.0 ``scope``.
     """
 
     method: str
@@ -234,7 +234,7 @@ class BulkheadRejected(Event):
     unusable and the process carries on with its own.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.3.0 ``scope``.
+    .. versionchanged:: 0.2.0 ``scope``.
     """
 
     method: str
@@ -251,7 +251,7 @@ class CallThrottled(Event):
     ``retry_after`` (a Retry-After from the peer has ``retry_in`` seconds
     left).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     method: str
@@ -271,7 +271,7 @@ class ConcurrencyLimitChanged(Event):
     An endpoint's adaptive concurrency limit (``concurrency``) moved from
     ``old`` to ``new`` calls in flight.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     old: int
@@ -286,7 +286,7 @@ class ThrottleRateChanged(Event):
     than 0.01, else at most once a second, so it falls back to 0 when the
     peer recovers (a refusal's ``call_throttled`` says the rate too).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     old: float
@@ -336,7 +336,7 @@ class HedgeSent(Event):
     every copy of the call so far (2 for the first hedge of a first try). A
     copy started just as another copy answered is not put on the wire.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     method: str
@@ -354,7 +354,7 @@ class HedgeWon(Event):
     seconds from the try's first copy being started to the winner's
     response being read.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     method: str
@@ -372,7 +372,7 @@ class HedgeSkipped(Event):
     hedge found no thread), ``"budget"`` (the retry budget was spent) or
     ``"bulkhead"`` (no bulkhead slot was free).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     method: str

@@ -161,7 +161,7 @@ class EndpointHealth:
         throttle_reject_rate: the throttle's refusal probability now (None: ``throttle`` off).
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.4.0 ``concurrency_limit``, ``throttle_reject_rate``.
+    .. versionchanged:: 0.2.0 ``concurrency_limit``, ``throttle_reject_rate``.
     """
 
     name: str

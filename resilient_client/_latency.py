@@ -51,7 +51,7 @@ class LatencyWindow:
     few operations, and for one sort of `WINDOW` floats every `REFRESH`
     records.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     __slots__ = ("_ceiling", "_count", "_floor", "_lock", "_next", "_percentile", "_ring", "_value")

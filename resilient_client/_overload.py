@@ -55,7 +55,7 @@ class OverloadStatus:
         refused: calls this process's throttle refused since it was made.
         retry_in: seconds left of a Retry-After hold (0.0: none).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     limit: int | None

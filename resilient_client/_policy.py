@@ -448,7 +448,7 @@ class ThrottlePolicy:
     ``window`` seconds, capped at ``max_reject``, and never while fewer than
     ``min_requests`` calls were counted. See the overload page.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     k: float = 2.0
@@ -495,7 +495,7 @@ class ConcurrencyPolicy:
     ``gradient`` scales the limit by the ratio of the long-term average
     latency to the recent one.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     algorithm: str = "aimd"
@@ -537,7 +537,7 @@ class ProxyErrorsPolicy:
     502 or 504 with it was forwarded (retried only as its method allows).
     Every one is a failure for the breaker and a rejection for the throttle.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     header: str = DEFAULT_PROXY_ERROR_HEADER
@@ -563,7 +563,7 @@ class PoolPolicy:
     beyond the pool still gets a connection of its own (pools never block:
     the bulkhead is the limit), closed when it returns.
 
-    .. versionadded:: 0.3.0
+    .. versionadded:: 0.2.0
     """
 
     max_size: int | None = None
@@ -633,7 +633,7 @@ class HedgePolicy:
     Off (``None``) unless configured; ``hedge: {}`` turns it on with these
     defaults.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     delay: float | str = 0.05
@@ -841,7 +841,7 @@ class Policy:
         The connections kept per origin for this endpoint: ``pool.max_size``,
         else ``bulkhead.max_concurrent`` (capped), else requests' 10.
 
-        .. versionadded:: 0.3.0
+        .. versionadded:: 0.2.0
         """
         if self.pool is None:
             return REQUESTS_POOL_SIZE

@@ -316,7 +316,7 @@ class ResilientSession(requests.Session):
         Raises:
             KeyError: no such endpoint, or it has neither ``throttle`` nor ``concurrency``.
 
-        .. versionadded:: 0.4.0
+        .. versionadded:: 0.2.0
         """
         if "://" in name_or_url:
             state = self._route_for(method.upper(), name_or_url).state

@@ -53,7 +53,7 @@ class Throttle:
         clock: the session's clock (a fake one in tests).
         rand: a uniform [0, 1) source, injectable for tests.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     __slots__ = ("_accepts", "_bucket_len", "_clock", "_epoch", "_lock", "_rand", "_requests",

@@ -316,7 +316,7 @@ def otel_trace_listener(
     Raises:
         ImportError: opentelemetry-api is not installed.
 
-    .. versionadded:: 0.3.0
+    .. versionadded:: 0.2.0
     """
     try:
         from opentelemetry import trace

@@ -77,7 +77,7 @@ class CircuitOpenError(ResilienceError, requests.ConnectionError):
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 ``retry_in``; ``retry_at`` deprecated.
-    .. versionchanged:: 0.4.0 ``trial_in_flight``.
+    .. versionchanged:: 0.2.0 ``trial_in_flight``.
     """
 
     def __init__(
@@ -126,7 +126,7 @@ class DeadlineExceeded(ResilienceError, requests.Timeout):
             the endpoint's ``total``.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.4.0 ``inherited``.
+    .. versionchanged:: 0.2.0 ``inherited``.
     """
 
     def __init__(self, endpoint: str, total: float, *, inherited: bool = False, **kwargs: Any) -> None:
@@ -171,7 +171,7 @@ class Throttled(ResilienceError, requests.ConnectionError):
     from the peer that has not passed yet (``"retry_after"``; ``retry_in``
     says how long is left).
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.2.0
     """
 
     def __init__(self, endpoint: str, reason: str = "throttle", retry_in: float | None = None,

@@ -274,8 +274,8 @@ async def test_a_raising_response_hook_is_no_rejection_for_the_throttle() -> Non
 
 async def test_an_answer_before_the_callers_own_timeout_still_counts() -> None:
     """Cancelled in the retry's backoff, after the peer's 503: the 503 counts for the throttle."""
-    config = {"defaults": {"retry": {"attempts": 3, "backoff": {"initial": 0.2, "max": 0.2, "jitter": "none"}},
-                           "breaker": None, "budget": None, "throttle": {"min_requests": 5}}}
+    retry = {"attempts": 3, "backoff": {"initial": 0.2, "max": 0.2, "jitter": "none"}}
+    config = {"defaults": {"retry": retry, "breaker": None, "budget": None, "throttle": {"min_requests": 5}}}
     with Peer().on("*", answer(503)) as peer:
         async with AsyncResilientClient(config) as c:
             for _ in range(10):
