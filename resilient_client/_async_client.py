@@ -310,7 +310,7 @@ class AsyncResilientClient(Reporting, TestSeam, PerCallPolicy, RedirectHops, htt
         if bulkhead is not None and not bulkhead.try_acquire():
             err = AsyncBulkheadFull(route.name, bulkhead.max_concurrent, request=request)
             self._emit(BulkheadRejected(route.name, request.method, self._url(request),
-                                        bulkhead.max_concurrent))
+                                        bulkhead.max_concurrent, bulkhead.scope))
             return await self._fallback_or_raise(call, err), err
         held = bulkhead
         try:

@@ -32,6 +32,7 @@ from ._events import (
     RetryScheduled,
 )
 from ._redact import redact_url, secret_values
+from ._retry_core import gave_up_reason, retry_reason
 from ._verdict import AttemptOutcome, of_status
 from .exceptions import CircuitOpenError
 
@@ -108,7 +109,7 @@ class Reporting:
             is_trial = breaker.before_call()
         except CircuitOpenError as exc:
             shown = redact_url(url, self.config.secrets)
-            self._emit(BreakerRejected(route.name, method, shown, exc._retry_at, exc.retry_in))
+            self._emit(BreakerRejected(route.name, method, shown, exc._retry_at, exc.retry_in, breaker.scope))
             if self._bus.wants_hot():
                 self._emit(CallFinished(route.name, method, shown, 0, "circuit_open", None, 0.0, False))
             err = AsyncCircuitOpenError(exc.endpoint, exc._retry_at, retry_in=exc.retry_in,
@@ -128,7 +129,7 @@ class Reporting:
             call.outcome = _CIRCUIT_OPEN
             route, request = call.route, call.request
             self._emit(BreakerRejected(route.name, request.method, self._url(request),
-                                       exc._retry_at, exc.retry_in))
+                                       exc._retry_at, exc.retry_in, breaker.scope))
             raise AsyncCircuitOpenError(exc.endpoint, exc._retry_at, retry_in=exc.retry_in,
                                         trial_in_flight=exc.trial_in_flight, request=request) from None
         deadline = call.deadline
@@ -183,25 +184,21 @@ class Reporting:
         call: AsyncCall = rs.args[0]
         outcome = rs.outcome
         assert outcome is not None
-        if outcome.failed:
-            exc = outcome.exception()
-            kind = call.outcome.kind if call.outcome is not None else "error"
-            reason = type(exc).__name__ if kind == "error" else kind
-        else:
-            resp: httpx.Response = outcome.result()
-            reason = f"status {resp.status_code}"
-            await resp.aclose()
+        reason = retry_reason(rs, call.outcome.kind if call.outcome is not None else None)
+        if not outcome.failed:
+            await outcome.result().aclose()
         route: Route = call.route
         self._emit(RetryScheduled(route.name, call.request.method, self._url(call.request),
                                   call.attempt, rs.upcoming_sleep, reason))
 
     def _gave_up(self, call: AsyncCall, outcome: str) -> None:
         route: Route = call.route
-        reason = call.stop_reason or ("breaker_open" if outcome == "circuit_open"
-                                      else "not_retryable" if route.retrying is not None else "no_retry")
+        reason = gave_up_reason(call.stop_reason, outcome, route.retrying is not None)
         method, url = call.request.method, self._url(call.request)
         if reason == "budget":
-            self._emit(BudgetExhausted(route.name, method, url, call.attempt))
+            budget = route.state.budget
+            self._emit(BudgetExhausted(route.name, method, url, call.attempt,
+                                       "process" if budget is None else budget.scope))
         self._emit(GaveUp(route.name, method, url, call.attempt, reason, outcome))
 
     async def _fallback_or_raise(self, call: AsyncCall, exc: BaseException) -> httpx.Response:
@@ -212,7 +209,7 @@ class Reporting:
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         failures = breaker.stats().consecutive_failures
-        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures))
+        self._emit(BreakerStateChanged(breaker.name, str(old), str(new), failures, breaker.scope))
 
     def _emit(self, event: Event) -> None:
         self._bus.emit(event)

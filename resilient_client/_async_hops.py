@@ -145,7 +145,8 @@ class RedirectHops(_Base):
             else:
                 is_trial = breaker.before_call()
         except CircuitOpenError as exc:
-            self._emit(BreakerRejected(name, request.method, self._url(request), exc._retry_at, exc.retry_in))
+            self._emit(BreakerRejected(name, request.method, self._url(request), exc._retry_at, exc.retry_in,
+                                       breaker.scope))
             raise httpx.ConnectError(
                 f"not following the redirect into endpoint {name!r}: its breaker is open",
                 request=request) from exc

@@ -166,6 +166,27 @@ class StopAfterAttempts(tenacity.stop_after_attempt):
         return False
 
 
+def retry_reason(rs: RetryCallState, kind: str | None) -> str:
+    """
+    Why an attempt is retried, for `RetryScheduled`: ``status 503`` for an
+    answer, else the attempt's outcome kind (*kind*; None: ``error``), or
+    the exception's type for an error no kind names.
+    """
+    outcome = rs.outcome
+    assert outcome is not None
+    if outcome.failed:
+        kind = kind or "error"
+        return type(outcome.exception()).__name__ if kind == "error" else kind
+    return f"status {outcome.result().status_code}"
+
+
+def gave_up_reason(stop_reason: str | None, outcome: str, retrying: bool) -> str:
+    """Why a call's retries ended (`GaveUp.reason`), given why the engine stopped, if it did."""
+    # Another call opened the breaker during our backoff: it ended the retries.
+    return stop_reason or ("breaker_open" if outcome == "circuit_open"
+                           else "not_retryable" if retrying else "no_retry")
+
+
 def last_outcome(rs: RetryCallState) -> Any:
     """When retries stop, the caller gets the last attempt's own outcome."""
     assert rs.outcome is not None

@@ -102,6 +102,7 @@ from ._redact import (
 )
 from ._responses import discard, hand_slot_to, mark, tell_attempts
 from ._retry import Call, ReplayFirst, build_retrying, clone_call, decide
+from ._retry_core import gave_up_reason, retry_reason
 from ._routing import Resolution, Router
 from ._timeouts import call_timeouts
 from ._urls import URLLIB3_FORM
@@ -1312,25 +1313,16 @@ class ResilientSession(requests.Session):
         call: Call = rs.args[0]
         outcome = rs.outcome
         assert outcome is not None
-        if outcome.failed:
-            exc = outcome.exception()
-            kind = call.outcome.kind if call.outcome is not None else "error"
-            reason = type(exc).__name__ if kind == "error" else kind
-        else:
-            resp: requests.Response = outcome.result()
-            reason = f"status {resp.status_code}"
-            discard(resp)
+        reason = retry_reason(rs, call.outcome.kind if call.outcome is not None else None)
+        if not outcome.failed:
+            discard(outcome.result())
         route: Route = call.route
         self._emit(RetryScheduled(route.name, call.request.method or "", self._url(call.request),
                                   call.attempt, rs.upcoming_sleep, reason))
 
     def _gave_up(self, call: Call, outcome: str) -> None:
         route: Route = call.route
-        reason = call.stop_reason or (
-            # Another call opened the breaker during our backoff: it ended the retries.
-            "breaker_open" if outcome == "circuit_open"
-            else "not_retryable" if route.retrying is not None else "no_retry"
-        )
+        reason = gave_up_reason(call.stop_reason, outcome, route.retrying is not None)
         method, url = call.request.method or "", self._url(call.request)
         if reason == "budget":
             budget = route.state.budget

@@ -305,3 +305,24 @@ async def test_closing_writes_the_host_throttle_counts(tmp_path: Any) -> None:
         with ResilientSession(config) as reader:
             seen = reader.overload("shared").requests
     assert seen is not None and seen >= 6, seen
+
+
+async def test_async_events_say_the_scope_of_host_shared_state(tmp_path: Any) -> None:
+    """As the sync session's: a breaker and a budget shared on the host say ``host`` in their events."""
+    events: list[Any] = []
+    with Peer().on("*", answer(503)) as peer:
+        config = {"state_dir": str(tmp_path),
+                  "endpoints": [{"name": "shared", "match": peer.url("/"), "state": "host",
+                                 "retry": {"attempts": 3, "backoff": {"initial": 0, "max": 0}},
+                                 "budget": {"ratio": 0.0, "min_per_second": 0.0001},
+                                 "breaker": {"failure_threshold": 2}}]}
+        async with AsyncResilientClient(config, listeners=[events.append]) as c:
+            for _ in range(2):  # one attempt each (no budget for a retry): the second opens it
+                await c.get(peer.url("/x"))
+            with pytest.raises(resilient_client.CircuitOpenError):
+                await c.get(peer.url("/x"))
+    scoped = [e for e in events if isinstance(e, (resilient_client.BreakerStateChanged,
+                                                  resilient_client.BreakerRejected,
+                                                  resilient_client.BudgetExhausted))]
+    assert {type(e).__name__ for e in scoped} >= {"BreakerStateChanged", "BreakerRejected"}
+    assert {e.scope for e in scoped} == {"host"}, scoped
