@@ -116,8 +116,9 @@ PANELS: list[Panel] = [
           unit="reqps"),
     Panel("Rejected without touching the network",
           "Calls refused by a full bulkhead, an open breaker, the throttle, a Retry-After hold "
-          "or the adaptive concurrency limit.",
-          ((rate(P + "rejections_total", by="endpoint, by"), "{{endpoint}} by {{by}}"),),
+          "or the adaptive concurrency limit, and the scope of the state that refused: process, "
+          "host (state: host, shared by every worker on the host) or redis.",
+          ((rate(P + "rejections_total", by="endpoint, by, scope"), "{{endpoint}} by {{by}} ({{scope}})"),),
           unit="reqps"),
     Panel("Fallbacks served",
           "Responses made by a fallback (static, stale, callable) per second, left axis, and "
