@@ -129,7 +129,7 @@ class CircuitBreaker:
         "__weakref__", "_admit", "_clock", "_closed_fast", "_consecutive", "_failures",
         "_fast_limit", "_healthy", "_host_admits", "_host_closed", "_host_healthy", "_listeners",
         "_local_time", "_lock", "_machine", "_mem",
-        "_on_state_change", "_rejected", "_slow_calls", "_store", "_successes", "_window",
+        "_on_state_change", "_rejected", "_scope", "_slow_calls", "_store", "_successes", "_window",
         "name", "policy",
     )
 
@@ -171,6 +171,7 @@ class CircuitBreaker:
 
             store = RedisStore(policy.storage, name, machine.reconcile)
         self._store = store
+        self._scope: str = getattr(store, "scope", "process")  # read on every refusal's event
         self._local_time = store.local_time
         # state: host's fast paths (HostStore): one pread and a bytes compare.
         self._host_admits: Callable[[], bool] | None = getattr(store, "admits_closed", None)
@@ -287,9 +288,8 @@ class CircuitBreaker:
 
         .. versionadded:: 0.2.0
         """
-        store = self._store
-        shared: str = getattr(store, "scope", "process")
-        return shared if store.reachable() else "process"
+        shared = self._scope
+        return shared if shared == "process" or self._store.reachable() else "process"
 
     def looks_open(self) -> bool:
         """

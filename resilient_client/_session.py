@@ -412,7 +412,8 @@ class ResilientSession(requests.Session):
             finally:
                 local.call_policy, local.admitted = None, outer
         if isinstance(method, str) and isinstance(url, str):
-            route = self._route_for(method.upper(), url)
+            verb = method.upper()
+            route = self._endpoints.route_for(verb, url)
             breaker = route.state.breaker
             if breaker is not None and route.policy.fallback is None and breaker.looks_open():
                 try:
@@ -420,13 +421,14 @@ class ResilientSession(requests.Session):
                 except CircuitOpenError as exc:
                     tell_attempts(exc, 0)  # refused before any try, as the normal path says
                     shown = redact_url(url, self.config.secrets)
-                    traced = self._bus.start_trace(route.name, method.upper(), shown)
+                    bus = self._bus
+                    traced = bus.start_trace(route.name, verb, shown) if bus.tracing else None
                     try:
-                        self._emit(BreakerRejected(route.name, method.upper(), shown,
-                                                   exc._retry_at, exc.retry_in, breaker.scope))
-                        if self._bus.wants_hot():
-                            self._emit(CallFinished(route.name, method.upper(), shown, 0,
-                                                    "circuit_open", None, 0.0, False))
+                        bus.emit(BreakerRejected(route.name, verb, shown,
+                                                 exc._retry_at, exc.retry_in, breaker.scope))
+                        if bus.wants_hot():
+                            bus.emit(CallFinished(route.name, verb, shown, 0,
+                                                  "circuit_open", None, 0.0, False))
                     finally:
                         if traced is not None:
                             self._bus.end_trace(traced)
