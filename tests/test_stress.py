@@ -195,8 +195,13 @@ def check_run(session: ResilientSession, peer: Peer, tally: _Tally, r: Run, call
     for (_, new), (old, _) in zip(tally.changes, tally.changes[1:], strict=False):
         assert new == old, tally.changes
 
-    # Sockets: never more than the pool size at once, and none left but idle pooled ones.
-    assert r.max_sockets <= POOL
+    # Sockets: about the pool size at once, and none left but idle pooled ones.
+    # A connection the peer dropped in a failing phase sits in CLOSE_WAIT until
+    # the collector frees the failed call's traceback that holds it, so a few
+    # may overlap the pool's new ones for a moment (36 of 32 seen once on a
+    # busy box); a leak grows with the 1,280 calls instead, and the strict
+    # check below, after a collection, finds any.
+    assert r.max_sockets <= POOL + POOL // 4
     session.close()
     # urllib3 2 closes idle pooled connections when they are collected, not
     # on close(): collect, then none may be left.
