@@ -35,6 +35,20 @@ def refusal_event(name: str, method: str, url: str, overload: Overload, why: str
     return CallThrottled(name, method, url, why, throttle.rate(), None, "host" if shared else "process")
 
 
+def held_redirect(name: str, overload: Overload) -> str | None:
+    """
+    Why a redirect into endpoint *name* is not followed (it is under a
+    Retry-After hold), or None. Each front raises its own ConnectionError
+    with it: as for an open breaker, the first hop reached a peer, so not
+    Throttled.
+    """
+    left = overload.hold_for()
+    if left <= 0:
+        return None
+    return (f"not following the redirect into endpoint {name!r}: it asked for "
+            f"{left:.1f} s of quiet (Retry-After)")
+
+
 def answer_outcome(status: int, policy: Policy, proxy_header: bool) -> AttemptOutcome:
     """
     The outcome of an answer with *status*: a 502/503/504 carrying

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
-from ._admission import answer_outcome, hold_on
+from ._admission import answer_outcome, held_redirect, hold_on
 from ._async_errors import AsyncDeadlineExceeded, classify_error
 from ._async_parts import ATTEMPT_ROUTE, CURRENT_CALL, AsyncCall
 from ._events import BreakerRejected
@@ -110,11 +110,9 @@ class RedirectHops(_Base):
         endpoint's (its Retry-After hold, throttle counts and limit signal), not
         the source's, which answered with a redirect (as `ResilientSession`'s).
         """
-        if overload.hold_for() > 0:
-            # As for an open breaker: the first hop reached a peer, so not Throttled.
-            raise httpx.ConnectError(
-                f"not following the redirect into endpoint {target.name!r}: it asked for "
-                f"{overload.hold_for():.1f} s of quiet (Retry-After)", request=request)
+        held = held_redirect(target.name, overload)
+        if held is not None:
+            raise httpx.ConnectError(held, request=request)
         overload.enter()
         started = self.clock.monotonic()
         outcome: AttemptOutcome | None = None

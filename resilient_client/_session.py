@@ -49,7 +49,7 @@ import tenacity
 from requests.auth import HTTPBasicAuth
 from tenacity import RetryCallState
 
-from ._admission import finished, hold_on, refusal_event
+from ._admission import finished, held_redirect, hold_on, refusal_event
 from ._breaker import BreakerState, CircuitBreaker
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock
@@ -634,11 +634,9 @@ class ResilientSession(requests.Session):
         overload = target.state.overload
         if overload is None or target.state is call.route.state:
             return self._send_hop(request, kwargs, call)
-        if overload.hold_for() > 0:
-            # As for an open breaker: the first hop reached a peer, so not Throttled.
-            raise requests.ConnectionError(
-                f"not following the redirect into endpoint {target.name!r}: it asked for "
-                f"{overload.hold_for():.1f} s of quiet (Retry-After)", request=request)
+        held = held_redirect(target.name, overload)
+        if held is not None:
+            raise requests.ConnectionError(held, request=request)
         overload.enter()
         started = self.clock.monotonic()
         outcome: AttemptOutcome | None = None
